@@ -1,0 +1,169 @@
+"""The agent: audio source -> segmenter -> tagger -> transcriber -> session records.
+
+Decoding runs on the thread that calls `Agent.run`, never on the audio thread:
+the microphone callback only fills a bounded queue (edge.audio.mic).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from edge.audio import FRAME_BYTES
+from edge.audio.segmenter import Segmenter, SegmenterSettings
+from edge.config import Config
+from edge.stt.recognizer import Decoder, SpeechModel, Transcript, Word
+from edge.tagging import tag_session
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session: str
+    """Random id (16 hex digits)."""
+    profile: str
+    rule: str
+    """How the profile was chosen: "given", "active" or "strictest"."""
+    started: str
+    """Wall-clock time the session began, ISO 8601 UTC."""
+    start: float
+    """Seconds from the start of the input stream."""
+    end: float
+    """Seconds from the start of the input stream."""
+    end_reason: str
+    """"silence", "max_length", "no_speech", "end_of_input" or "stopped"."""
+    text: str
+    words: tuple[Word, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["start"], data["end"] = round(self.start, 3), round(self.end, 3)
+        return data
+
+
+@dataclass
+class RunSummary:
+    sessions: int = 0
+    seconds: float = 0.0
+    """Seconds of audio processed."""
+    wake_count: int = 0
+    stopped: bool = False
+
+
+def session_grammar(config: Config) -> tuple[str, ...]:
+    """Phrases a session recognizer may output. In wake mode the wake phrase is added,
+    so a session that starts at the wake phrase is not forced onto other words."""
+    grammar = config.trigger.grammar
+    if grammar and config.trigger.mode == "wake" and config.trigger.wake_phrase not in grammar:
+        grammar = grammar + (config.trigger.wake_phrase,)
+    return grammar
+
+
+class SessionRunner:
+    """The segmenter's sink: one tagged, decoded session between begin() and end()."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._current: tuple[str, object, float, str, Decoder] | None = None
+
+    def begin(self, offset: float) -> None:
+        tag = tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._current = (secrets.token_hex(8), tag, offset, started, self._agent.model.decoder(self._agent.grammar))
+
+    def audio(self, pcm: bytes) -> None:
+        if self._current is not None:
+            self._current[4].feed(pcm)
+
+    def end(self, offset: float, reason: str) -> None:
+        if self._current is None:
+            return
+        session_id, tag, start, started, decoder = self._current
+        self._current = None
+        transcript = _without_wake_phrase(decoder.transcript(), self._agent.wake_tokens, start)
+        record = SessionRecord(
+            session=session_id,
+            profile=tag.profile.name,
+            rule=tag.rule,
+            started=started,
+            start=start,
+            end=offset,
+            end_reason=reason,
+            text=transcript.text,
+            words=transcript.words,
+        )
+        self._agent.on_session(record)
+
+
+class Agent:
+    """Wires the pipeline for one run. `on_session` receives each finished session."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: SpeechModel,
+        on_session: Callable[[SessionRecord], None],
+        given_profile: str | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.on_session = self._count(on_session)
+        self.given_profile = given_profile
+        self.active_profile: str | None = None
+        """Set at run time (e.g. by the control socket); overrides [household] active_profile."""
+        if given_profile:
+            config.profile(given_profile)  # fail before any audio is heard
+        self.grammar = session_grammar(config)
+        if self.grammar:
+            model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")
+        self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == "wake" else []
+        spot_grammar = self.grammar  # free dictation when no grammar: any word may precede the wake phrase
+        self.segmenter = Segmenter(
+            SegmenterSettings.from_trigger(config.trigger),
+            SessionRunner(self),
+            make_spotter=lambda: model.decoder(spot_grammar),
+        )
+        self.summary = RunSummary()
+
+    def _count(self, callback: Callable[[SessionRecord], None]) -> Callable[[SessionRecord], None]:
+        def counted(record: SessionRecord) -> None:
+            self.summary.sessions += 1
+            callback(record)
+
+        return counted
+
+    def push_to_talk(self) -> None:
+        self.segmenter.push()
+
+    def run(self, chunks: Iterable[bytes], stop: threading.Event | None = None) -> RunSummary:
+        """Process pipeline PCM until the source ends or `stop` is set, then close open sessions."""
+        stop = stop or threading.Event()
+        pending = bytearray()
+        for chunk in chunks:
+            pending += chunk
+            whole = len(pending) - len(pending) % FRAME_BYTES
+            for index in range(0, whole, FRAME_BYTES):
+                self.segmenter.feed(bytes(pending[index : index + FRAME_BYTES]))
+            del pending[:whole]
+            if stop.is_set():
+                break
+        if pending and not stop.is_set():  # the last partial frame, padded with silence
+            self.segmenter.feed(bytes(pending) + bytes(FRAME_BYTES - len(pending)))
+        self.summary.stopped = stop.is_set()
+        self.segmenter.finish("stopped" if stop.is_set() else "end_of_input")
+        self.summary.seconds = self.segmenter.offset
+        self.summary.wake_count = self.segmenter.wake_count
+        return self.summary
+
+
+def _without_wake_phrase(transcript: Transcript, wake_tokens: list[str], start: float) -> Transcript:
+    """Drop a leading wake phrase; shift word times to stream offsets."""
+    words = list(transcript.words)
+    if wake_tokens and [w.word for w in words[: len(wake_tokens)]] == wake_tokens:
+        words = words[len(wake_tokens) :]
+    shifted = tuple(
+        Word(w.word, round(w.start + start, 3), round(w.end + start, 3), w.conf) for w in words
+    )
+    return Transcript(text=" ".join(w.word for w in shifted), words=shifted)

