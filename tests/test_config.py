@@ -1,0 +1,164 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, edge_agent
+from edge.config import BUILTIN_CONFIG, load_config
+from edge.errors import ConfigError
+
+BASE = """\
+[device]
+data_dir = "data"
+model = "auto"
+sample_rate = 16000
+
+[vault]
+backend = "keyring"
+
+[trigger]
+mode = "wake"
+wake_phrase = "라디오"
+grammar = ["메시지", "위치"]
+
+[household]
+
+[profiles.parent]
+kind = "adult"
+keep_audio = "24h"
+keep_transcript = "30d"
+
+[profiles.kid]
+kind = "child"
+keep_audio = "1h"
+keep_transcript = "7d"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "household.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    config = load_config(ROOT / "configs" / "household.example.toml")
+    assert [p.name for p in config.profiles] == ["parent", "child", "guest"]
+    assert config.profile("child").is_child and not config.profile("child").allow_training
+    assert config.trigger.mode == "wake" and config.trigger.wake_phrase == "라디오"
+    text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
+    for key in ("data_dir", "model", "sample_rate", "input_device", "backend", "path", "mode", "wake_phrase",
+                "grammar", "silence_end", "max_session", "wake_timeout", "vad_aggressiveness", "active_profile",
+                "kind", "keep_audio", "keep_transcript", "allow_training", "inactive_after"):
+        assert f"{key} =" in text, key
+
+
+def test_builtin_config_is_the_example():
+    assert BUILTIN_CONFIG.read_bytes() == (ROOT / "configs" / "household.example.toml").read_bytes()
+
+
+def test_base_config_values(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    assert config.device.data_dir == tmp_path / "data"  # relative to the config file
+    assert config.profile("kid").keep_audio == timedelta(hours=1)
+    assert config.profile("parent").inactive_after == timedelta(days=90)  # default
+    assert config.trigger.silence_end == timedelta(milliseconds=800)
+    assert config.household.active_profile is None
+    with pytest.raises(AttributeError):
+        config.trigger.mode = "always"  # frozen
+
+
+# (name, how to change BASE, strings the error must contain: the key path and what is allowed)
+BAD_CONFIGS = [
+    ("unknown top-level table", BASE + "\n[telemetry]\nurl = 'x'\n", ["unknown key 'telemetry'", "device"]),
+    ("typo in a profile key", BASE.replace('keep_audio = "1h"', 'keep_adio = "1h"'),
+     ["profiles.kid.keep_adio", "keep_audio"]),
+    ("unknown device key", BASE.replace('sample_rate = 16000', 'sample_rate = 16000\nmic = 1'), ["device.mic"]),
+    ("bad duration", BASE.replace('keep_audio = "1h"', 'keep_audio = "1 hour"'),
+     ["profiles.kid.keep_audio", "'1 hour'", '"24h"']),
+    ("duration as a number", BASE.replace('keep_audio = "1h"', "keep_audio = 3600"),
+     ["profiles.kid.keep_audio", "a string"]),
+    ("child allowed training", BASE.replace('kind = "child"', 'kind = "child"\nallow_training = true'),
+     ["profiles.kid.allow_training", "child"]),
+    ("training not a bool", BASE.replace('kind = "adult"', 'kind = "adult"\nallow_training = "yes"'),
+     ["profiles.parent.allow_training", "true or false"]),
+    ("missing kind", BASE.replace('kind = "child"\n', ""), ["profiles.kid.kind", "missing", '"adult" or "child"']),
+    ("bad kind", BASE.replace('kind = "child"', 'kind = "teen"'), ["profiles.kid.kind", "'teen'", '"child"']),
+    ("bad profile name", BASE.replace("[profiles.kid]", "[profiles.Kid]"), ["profiles.Kid", "lowercase"]),
+    ("no profiles", BASE.split("[profiles.parent]")[0], ["[profiles] is empty"]),
+    ("profile not a table", BASE.split("[profiles.parent]")[0] + "[profiles]\nkid = 3\n",
+     ["profiles.kid", "a table"]),
+    ("bad mode", BASE.replace('mode = "wake"', 'mode = "vox"'),
+     ["trigger.mode", "'vox'", '"wake" or "push_to_talk" or "always"']),
+    ("wake without phrase", BASE.replace('wake_phrase = "라디오"', 'wake_phrase = ""'), ["trigger.wake_phrase", "required"]),
+    ("grammar not a list", BASE.replace('grammar = ["메시지", "위치"]', 'grammar = "메시지"'), ["trigger.grammar", "a list"]),
+    ("grammar with empty phrase", BASE.replace('["메시지", "위치"]', '["메시지", ""]'), ["trigger.grammar[1]", "non-empty"]),
+    ("grammar with a number", BASE.replace('["메시지", "위치"]', '["메시지", 3]'), ["trigger.grammar[1]"]),
+    ("grammar repeats", BASE.replace('["메시지", "위치"]', '["메시지", "메시지"]'), ["trigger.grammar", "distinct"]),
+    ("silence_end too short", BASE.replace('mode = "wake"', 'mode = "wake"\nsilence_end = "10ms"'),
+     ["trigger.silence_end", "200ms to 10s"]),
+    ("max_session too long", BASE.replace('mode = "wake"', 'mode = "wake"\nmax_session = "2h"'),
+     ["trigger.max_session", "1s to 10m"]),
+    ("vad out of range", BASE.replace('mode = "wake"', 'mode = "wake"\nvad_aggressiveness = 5'),
+     ["trigger.vad_aggressiveness", "0, 1, 2 or 3"]),
+    ("sample rate text", BASE.replace("sample_rate = 16000", 'sample_rate = "16k"'),
+     ["device.sample_rate", "a whole number"]),
+    ("sample rate unsupported", BASE.replace("sample_rate = 16000", "sample_rate = 12345"),
+     ["device.sample_rate", "16000", "48000"]),
+    ("sample rate is a bool", BASE.replace("sample_rate = 16000", "sample_rate = true"), ["device.sample_rate"]),
+    ("file vault without path", BASE.replace('backend = "keyring"', 'backend = "file"'), ["vault.path", "required"]),
+    ("path without file vault", BASE.replace('backend = "keyring"', 'backend = "keyring"\npath = "k"'),
+     ["vault.path", 'only used when backend = "file"']),
+    ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file" or "tpm"']),
+    ("unknown active profile", BASE.replace("[household]", '[household]\nactive_profile = "grandma"'),
+     ["household.active_profile", "'grandma'", "parent, kid"]),
+    ("inactive_after zero", BASE.replace('keep_audio = "24h"', 'keep_audio = "24h"\ninactive_after = "0s"'),
+     ["profiles.parent.inactive_after"]),
+    ("section is a value", "household = 3\n" + BASE.replace("[household]\n", ""), ["household = 3", "a table"]),
+    ("not TOML", "this is not = = toml\n", ["is not valid TOML", "line 1"]),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_names_file_key_and_allowed_values(tmp_path, name, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found.*household.example.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_config_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+
+
+def test_config_not_utf8(tmp_path):
+    path = tmp_path / "household.toml"
+    path.write_bytes(b"\xff\xfe[device]\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name,text,expected", BAD_CONFIGS[:4], ids=[c[0] for c in BAD_CONFIGS[:4]])
+def test_cli_reports_config_errors_without_traceback(tmp_path, speech, name, text, expected):
+    path = write(tmp_path, text)
+    result = edge_agent("--config", str(path), "run", "--input", str(speech.say("메시지")))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("edge-agent: " + str(path))
+    assert expected[0] in result.stderr
+    assert result.stdout == ""
+
+
+def test_edge_config_environment_variable(tmp_path, speech):
+    path = write(tmp_path, BASE.replace('mode = "wake"', 'mode = "vox"'))
+    result = edge_agent("run", "--input", str(speech.say("메시지")), env={"EDGE_CONFIG": str(path)})
+    assert result.returncode == 1 and "trigger.mode" in result.stderr

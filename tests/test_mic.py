@@ -1,0 +1,146 @@
+"""The real microphone path: sounddevice recording a PulseAudio virtual microphone
+while `paplay` speaks into it, driving a running `edge-agent run --mic`."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.mic
+
+
+class MicAgent:
+    """`edge-agent run --mic --json` in the background, ready once it says it is listening."""
+
+    def __init__(self, env: dict, config, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", "--json", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.stderr = ""
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while "listening" not in self.stderr:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.process.kill()
+                pytest.fail(f"the agent did not start listening:\n{self.stderr}{self.process.stderr.read()}")
+            if selector.select(timeout=0.5):
+                self.stderr += self.process.stderr.readline()
+        time.sleep(0.3)  # the stream is open; let a few blocks flow
+
+    def stop(self, sig: int = signal.SIGINT) -> tuple[list[dict], str, int]:
+        self.process.send_signal(sig)
+        out, err = self.process.communicate(timeout=60)
+        return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
+
+
+def play(env: dict, path) -> None:
+    subprocess.run(["paplay", str(path)], env=env, check=True, timeout=60)
+
+
+def test_mic_two_phrases_are_two_sessions(virtual_mic, speech, write_config):
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"))
+    agent = MicAgent(virtual_mic, write_config(mode="always"))
+    play(virtual_mic, clip)
+    time.sleep(1.5)  # trailing silence closes the second session
+    sessions, stderr, code = agent.stop()
+    assert code == 0, stderr
+    assert [s["text"] for s in sessions] == ["메시지", "아버지"], stderr
+    assert [s["end_reason"] for s in sessions] == ["silence", "silence"]
+    first, second = sessions
+    # Boundaries follow the clip's timeline: the speech onsets are ~2.3 s apart.
+    onset_gap = second["words"][0]["start"] - first["words"][0]["start"]
+    expected_gap = (speech.say("메시지").stat().st_size - 44) / 32000 + 1.0
+    assert onset_gap == pytest.approx(expected_gap, abs=0.15)
+    assert first["end"] < second["start"]
+    assert "lost" not in stderr
+
+
+def test_mic_wake_mode(virtual_mic, speech, write_config):
+    clip = speech.join(speech.say("보안"), speech.say("라디오"), 0.5, speech.say("위치"))
+    agent = MicAgent(virtual_mic, write_config(mode="wake"), "--profile", "child")
+    play(virtual_mic, clip)
+    time.sleep(1.5)
+    sessions, stderr, code = agent.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert [(s["text"], s["profile"], s["rule"]) for s in sessions] == [("위치", "child", "given")]
+    assert "wake phrase heard 1 time(s)" in stderr
+
+
+def test_stop_finishes_the_session_in_progress(virtual_mic, speech, write_config):
+    long_speech = speech.join(*[speech.say(p, pad=0.05) for p in ["라디오", "메시지", "아버지", "위치", "보안"] * 2])
+    agent = MicAgent(virtual_mic, write_config(mode="always", max_session="1m"))
+    player = subprocess.Popen(["paplay", str(long_speech)], env=virtual_mic)
+    time.sleep(2.5)  # mid-speech
+    sessions, stderr, code = agent.stop(signal.SIGTERM)
+    player.wait(timeout=60)
+    assert code == 0, stderr
+    assert len(sessions) == 1 and sessions[0]["end_reason"] == "stopped"
+    assert sessions[0]["text"].startswith("라디오 메시지")
+
+
+def test_push_to_talk_by_signal(virtual_mic, speech, write_config):
+    agent = MicAgent(virtual_mic, write_config(mode="push_to_talk"))
+    play(virtual_mic, speech.say("보안"))  # no push yet: ignored
+    time.sleep(1.2)  # paplay returns before capture has caught up; let that utterance end
+    agent.process.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    play(virtual_mic, speech.say("아버지"))
+    time.sleep(1.5)
+    sessions, stderr, code = agent.stop()
+    assert code == 0, stderr
+    assert [(s["text"], s["end_reason"]) for s in sessions] == [("아버지", "silence")], stderr
+
+
+def test_queue_is_bounded_and_overflow_is_counted(virtual_mic):
+    """Nobody reads the queue: blocks beyond its bound are dropped and counted, not buffered."""
+    from edge.audio.mic import BLOCK_SECONDS, MicSource
+
+    with MicSource(16000, queue_seconds=0.3) as mic:
+        time.sleep(1.5)
+        stats = mic.stats
+        queued = mic._queue.qsize()
+    assert queued <= round(0.3 / BLOCK_SECONDS)
+    assert stats.blocks > 30 and stats.dropped_blocks >= stats.blocks - queued - 2
+
+
+def test_mic_chunks_drain_then_stop(virtual_mic, speech):
+    from edge.audio.mic import MicSource
+
+    stop = threading.Event()
+    received = []
+    with MicSource(16000) as mic:
+        timer = threading.Timer(1.0, stop.set)
+        timer.start()
+        for chunk in mic.chunks(stop):
+            received.append(chunk)
+    total = sum(map(len, received)) / 32000
+    assert 0.8 < total < 2.0
+
+
+def test_missing_input_device_is_explained(virtual_mic, write_config):
+    config = write_config(mode="always")
+    text = config.read_text(encoding="utf-8").replace('model = "auto"', 'model = "auto"\ninput_device = "no-such-mic"')
+    config.write_text(text, encoding="utf-8")
+    env = {**virtual_mic, "EDGE_CONFIG": str(config)}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--mic"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1 and "no-such-mic" in result.stderr and "python -m sounddevice" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.environ.get("PULSE_SERVER")
