@@ -16,7 +16,7 @@ from edge.audio import FRAME_BYTES
 from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.config import Config
 from edge.stt.recognizer import Decoder, SpeechModel, Transcript, Word
-from edge.tagging import tag_session
+from edge.tagging import Tag, tag_session
 
 
 @dataclass(frozen=True)
@@ -61,34 +61,46 @@ def session_grammar(config: Config) -> tuple[str, ...]:
     return grammar
 
 
+@dataclass
+class _OpenSession:
+    session: str
+    tag: Tag
+    start: float
+    started: str
+    decoder: Decoder
+
+
 class SessionRunner:
     """The segmenter's sink: one tagged, decoded session between begin() and end()."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
-        self._current: tuple[str, object, float, str, Decoder] | None = None
+        self._open: _OpenSession | None = None
 
     def begin(self, offset: float) -> None:
-        tag = tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._current = (secrets.token_hex(8), tag, offset, started, self._agent.model.decoder(self._agent.grammar))
+        self._open = _OpenSession(
+            session=secrets.token_hex(8),
+            tag=tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile),
+            start=offset,
+            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            decoder=self._agent.model.decoder(self._agent.grammar),
+        )
 
     def audio(self, pcm: bytes) -> None:
-        if self._current is not None:
-            self._current[4].feed(pcm)
+        if self._open is not None:
+            self._open.decoder.feed(pcm)
 
     def end(self, offset: float, reason: str) -> None:
-        if self._current is None:
+        session, self._open = self._open, None
+        if session is None:
             return
-        session_id, tag, start, started, decoder = self._current
-        self._current = None
-        transcript = _without_wake_phrase(decoder.transcript(), self._agent.wake_tokens, start)
+        transcript = _without_wake_phrase(session.decoder.transcript(), self._agent.wake_tokens, session.start)
         record = SessionRecord(
-            session=session_id,
-            profile=tag.profile.name,
-            rule=tag.rule,
-            started=started,
-            start=start,
+            session=session.session,
+            profile=session.tag.profile.name,
+            rule=session.tag.rule,
+            started=session.started,
+            start=session.start,
             end=offset,
             end_reason=reason,
             text=transcript.text,

@@ -19,7 +19,7 @@ from edge.durations import parse_duration
 from edge.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/edge/household.toml")
-BUILTIN_CONFIG = Path(__file__).parent / "data" / "household.example.toml"
+BUILTIN_CONFIG = (Path(__file__).parent / "data" / "household.example.toml").resolve()
 
 TRIGGER_MODES = ("wake", "push_to_talk", "always")
 VAULT_BACKENDS = ("keyring", "file", "tpm")
