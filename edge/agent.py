@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from edge.audio import FRAME_BYTES
 from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.config import Config
+from edge.store.recorder import Recorder, SealedSession
 from edge.stt.recognizer import Decoder, SpeechModel, Transcript, Word
 from edge.tagging import Tag, tag_session
 
@@ -36,6 +37,10 @@ class SessionRecord:
     """"silence", "max_length", "no_speech", "end_of_input" or "stopped"."""
     text: str
     words: tuple[Word, ...] = field(default=())
+    audio_expires: str | None = None
+    """When the sealed audio will be shredded (ISO 8601 UTC); None = not kept."""
+    transcript_expires: str | None = None
+    """When the sealed transcript will be shredded (ISO 8601 UTC); None = not kept."""
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -68,6 +73,7 @@ class _OpenSession:
     start: float
     started: str
     decoder: Decoder
+    sealed: SealedSession | None
 
 
 class SessionRunner:
@@ -78,23 +84,32 @@ class SessionRunner:
         self._open: _OpenSession | None = None
 
     def begin(self, offset: float) -> None:
+        session_id = secrets.token_hex(8)
+        tag = tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile)
+        recorder = self._agent.recorder
         self._open = _OpenSession(
-            session=secrets.token_hex(8),
-            tag=tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile),
+            session=session_id,
+            tag=tag,
             start=offset,
-            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            started=self._agent.clock().astimezone(timezone.utc).isoformat(timespec="seconds"),
             decoder=self._agent.model.decoder(self._agent.grammar),
+            sealed=recorder.begin(session_id, tag) if recorder is not None else None,
         )
 
     def audio(self, pcm: bytes) -> None:
         if self._open is not None:
             self._open.decoder.feed(pcm)
+            if self._open.sealed is not None:
+                self._open.sealed.write(pcm)
 
     def end(self, offset: float, reason: str) -> None:
         session, self._open = self._open, None
         if session is None:
             return
         transcript = _without_wake_phrase(session.decoder.transcript(), self._agent.wake_tokens, session.start)
+        kept = session.sealed.entry if session.sealed is not None else None
+        if session.sealed is not None:
+            session.sealed.finish(transcript)
         record = SessionRecord(
             session=session.session,
             profile=session.tag.profile.name,
@@ -105,6 +120,8 @@ class SessionRunner:
             end_reason=reason,
             text=transcript.text,
             words=transcript.words,
+            audio_expires=_iso(kept.audio_expires) if kept else None,
+            transcript_expires=_iso(kept.transcript_expires) if kept else None,
         )
         self._agent.on_session(record)
 
@@ -118,9 +135,14 @@ class Agent:
         model: SpeechModel,
         on_session: Callable[[SessionRecord], None],
         given_profile: str | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.config = config
         self.model = model
+        self.recorder = recorder
+        """Seals what profiles keep; None stores nothing (e.g. `transcribe`)."""
+        self.clock = clock
         self.on_session = self._count(on_session)
         self.given_profile = given_profile
         self.active_profile: str | None = None
@@ -168,6 +190,10 @@ class Agent:
         self.summary.seconds = self.segmenter.offset
         self.summary.wake_count = self.segmenter.wake_count
         return self.summary
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
 
 
 def _without_wake_phrase(transcript: Transcript, wake_tokens: list[str], start: float) -> Transcript:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -23,6 +24,7 @@ DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # everything edge creates is private to its user
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -88,6 +90,29 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="one JSON line per finished session")
     run.set_defaults(handler=_cmd_run)
 
+    status = sub.add_parser(
+        "status",
+        help="the vault's guarantee level and the retained sessions",
+        description="Show where the root key lives and what that guarantees, and every retained "
+        "session with when its audio and transcript will be shredded.",
+    )
+    status.add_argument("--json", action="store_true", help='print {"vault": {...}, "sessions": [...]}')
+    status.set_defaults(handler=_cmd_status)
+
+    export = sub.add_parser(
+        "export",
+        help="get a retained recording back, for a stated purpose",
+        description="Decrypt one retained recording to a WAV file for a stated purpose. Training is "
+        "refused for child profiles and profiles without allow_training = true. With --identity-out, "
+        "write the age identity that opens the session's bucket instead (for checking with `age -d`).",
+    )
+    export.add_argument("--session", required=True, metavar="ID", help="session id (see `edge-agent status`)")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="FILE.wav", help="write the decrypted recording here")
+    target.add_argument("--identity-out", metavar="FILE", help="write the bucket's age identity here (0600)")
+    export.add_argument("--purpose", choices=("playback", "review", "training"), help="why (required with --out)")
+    export.set_defaults(handler=_cmd_export)
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline on the bundled sample speech",
@@ -131,19 +156,102 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch:
         config = replace(config, device=replace(config.device, data_dir=Path(scratch)))
         trigger = config.trigger
+        profile = next((p for p in config.profiles if p.is_child and p.keep_audio), config.profiles[0])
         print(f"edge demo: config {config.path}")
         print(f"  trigger: {trigger.mode}" + (f', wake phrase "{trigger.wake_phrase}"' if trigger.mode == "wake" else ""))
         print(f"  grammar: {', '.join(trigger.grammar) if trigger.grammar else '(free dictation)'}")
-        print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng)")
-        code = _run_agent(config, str(DEMO_WAV), False, None, False)
-        print(
-            "Nothing was stored: audio lived only in RAM and was dropped when each session ended.\n"
-            "Speech heard before the wake phrase was wiped from RAM without being transcribed."
-        )
+        print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng), spoken as profile {profile.name!r}")
+        print(f"  data:    {scratch} (a temporary folder, removed at the end)")
+        code = _run_agent(config, str(DEMO_WAV), False, profile.name, False)
+        store = _open_keystore(config)
+        _print_status(store)
+        sealed = sorted(p.relative_to(scratch) for p in Path(scratch).rglob("*.age"))
+        print(f"On disk: {len(sealed)} sealed file(s), each an age file that only its bucket's key opens:")
+        for path in sealed:
+            head = (Path(scratch) / path).read_bytes()[:21].decode()
+            print(f"  {path}  ({head}...)")
+        print("Speech heard before the wake phrase was wiped from RAM, never written.")
+        for slot in ("current", "next"):
+            store.vault.erase(slot)
+        print("Demo over: its root key was destroyed, so none of those files can be opened again.")
         return code
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    store = _open_keystore(_load_config(args))
+    if args.json:
+        data = store.read()
+        sessions = [
+            {
+                "session": s.id,
+                "profile": s.profile,
+                "rule": s.rule,
+                "child": s.child,
+                "created": _iso(s.created),
+                "audio_expires": _iso(s.audio_expires),
+                "transcript_expires": _iso(s.transcript_expires),
+                "state": s.state,
+                "seconds": s.seconds,
+            }
+            for s in sorted(data.sessions.values(), key=lambda s: s.created)
+        ]
+        print(json.dumps({"vault": store.vault.level.to_json(), "buckets": len(data.buckets), "sessions": sessions}))
+    else:
+        _print_status(store)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edge.store.export import export_audio, export_identity
+
+    config = _load_config(args)
+    store = _open_keystore(config)
+    if args.identity_out:
+        bucket, members, expires = export_identity(store, args.session, Path(args.identity_out), _clock())
+        print(
+            f"edge-agent: WARNING: {args.identity_out} opens every recording in bucket {bucket} "
+            f"({members} session(s)) until {expires.isoformat()}. Keep it private and delete it after checking.",
+            file=sys.stderr,
+        )
+        return 0
+    if not args.purpose:
+        raise UsageError("export --out needs --purpose playback, review or training")
+    exported = export_audio(store, config, args.session, Path(args.out), args.purpose, _clock())
+    print(f"exported session {exported.session} ({exported.profile}, {exported.seconds:.1f} s) for {exported.purpose} to {exported.path}")
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------
+
+
+def _clock():
+    """Now, in UTC. (The retention issue replaces this with the trusted clock.)"""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def _iso(instant) -> str | None:
+    return instant.isoformat() if instant is not None else None
+
+
+def _open_keystore(config):
+    from edge.crypto.vault import open_vault
+    from edge.store.keystore import Keystore
+
+    return Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+
+
+def _print_status(store) -> None:
+    level = store.vault.level
+    data = store.read()
+    print(f"vault: {level.backend}: {level.summary}")
+    if not data.sessions:
+        print("no retained sessions")
+    for entry in sorted(data.sessions.values(), key=lambda s: s.created):
+        audio = _iso(entry.audio_expires) or "not kept"
+        text = _iso(entry.transcript_expires) or "not kept"
+        print(f"session {entry.id}  {entry.profile} ({entry.rule})  audio until {audio}  transcript until {text}  [{entry.state}]")
 
 
 def _load_config(args: argparse.Namespace):
@@ -179,13 +287,26 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
         if as_json:
             print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
         else:
+            kept = f"audio until {record.audio_expires}" if record.audio_expires else "audio not kept"
+            kept += f", transcript until {record.transcript_expires}" if record.transcript_expires else ", transcript not kept"
             print(
                 f"session {record.session}  {record.profile} ({record.rule})  "
-                f"{record.start:6.2f}-{record.end:6.2f}s  [{record.end_reason}]  {record.text or '(nothing recognised)'}",
+                f"{record.start:6.2f}-{record.end:6.2f}s  [{record.end_reason}]  {record.text or '(nothing recognised)'}"
+                f"\n    {kept}",
                 flush=True,
             )
 
-    agent = Agent(config, model, emit, given_profile=profile)
+    from edge.store.recorder import Recorder
+
+    store = _open_keystore(config)
+    store.read()  # open the vault and keystore before any audio is heard
+    if store.root_lost:
+        print(
+            "edge-agent: the vault's root key was gone (power-off with the keyring vault): everything "
+            "retained before was shredded by that loss, and a fresh keystore was started.",
+            file=sys.stderr,
+        )
+    agent = Agent(config, model, emit, given_profile=profile, recorder=Recorder(store, _clock), clock=_clock)
     stop = threading.Event()
     _install_signal_handlers(stop, agent)
     if info is not None:
@@ -202,6 +323,7 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
             print(f"edge-agent: listening on the microphone ({config.trigger.mode} mode); Ctrl-C to stop", file=sys.stderr, flush=True)
             summary = agent.run(source.chunks(stop), stop)
             dropped = source.stats.dropped_blocks + source.stats.input_overflows
+    sys.stdout.flush()
     print(
         f"edge-agent: {summary.sessions} session(s) from {summary.seconds:.1f} s of audio"
         + (f"; wake phrase heard {summary.wake_count} time(s)" if config.trigger.mode == "wake" else "")

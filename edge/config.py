@@ -23,6 +23,7 @@ BUILTIN_CONFIG = (Path(__file__).parent / "data" / "household.example.toml").res
 
 TRIGGER_MODES = ("wake", "push_to_talk", "always")
 VAULT_BACKENDS = ("keyring", "file", "tpm")
+KEYRINGS = ("persistent", "session")
 PROFILE_KINDS = ("adult", "child")
 SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -46,6 +47,9 @@ class VaultSettings:
     """Where the root key lives: "keyring" (kernel, lost at power-off), "file", "tpm"."""
     path: Path | None
     """Root key file for the "file" backend; None otherwise."""
+    keyring: str
+    """For "keyring": "persistent" (the user's persistent keyring: outlives the agent, not a
+    reboot) or "session" (the caller's session keyring, e.g. inside `keyctl session`)."""
 
 
 @dataclass(frozen=True)
@@ -200,8 +204,9 @@ def _parse_vault(table: _Table, path: Path) -> VaultSettings:
         table.fail("path", key_path, 'the path of the root key file (required when backend = "file")')
     if backend != "file" and key_path:
         table.fail("path", key_path, 'no value: path is only used when backend = "file"')
+    ring = table.choice("keyring", KEYRINGS, "persistent")
     table.finish()
-    return VaultSettings(backend=backend, path=_relative_to(path, key_path) if key_path else None)
+    return VaultSettings(backend=backend, path=_relative_to(path, key_path) if key_path else None, keyring=ring)
 
 
 def _parse_trigger(table: _Table) -> TriggerSettings:

@@ -28,3 +28,7 @@ class AudioError(EdgeError):
 
 class ModelError(EdgeError):
     """No usable Vosk model was found or it failed to load."""
+
+
+class PolicyError(EdgeError):
+    """A request the household's policy refuses (e.g. a child's audio for training)."""

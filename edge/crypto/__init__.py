@@ -1,0 +1,1 @@
+"""Cryptography: the age file format, the kernel keyring, and the vault for the root key."""

@@ -1,0 +1,1 @@
+"""What edge keeps on disk: private files, the keystore, sealed recordings."""

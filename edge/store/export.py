@@ -1,0 +1,127 @@
+"""The household's only way back to retained audio: a purpose-bound export.
+
+Training is refused for any child session and for any profile without
+`allow_training = true`; expired sessions are refused even if the shredder has
+not reached them yet (fail closed). The output file is written only after every
+chunk verified, so a damaged recording never yields a partial WAV.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from edge.config import Config
+from edge.crypto.age import AgeError, Identity, decrypt_stream
+from edge.errors import PolicyError, UsageError
+from edge.store.files import fsync_dir
+from edge.store.keystore import Keystore, KeystoreData, SessionEntry
+from edge.store.recorder import recording_path, wav_header
+
+PURPOSES = ("playback", "review", "training")
+
+
+@dataclass(frozen=True)
+class Exported:
+    session: str
+    profile: str
+    purpose: str
+    path: Path
+    seconds: float
+
+
+def find_session(data: KeystoreData, session_id: str) -> SessionEntry:
+    entry = data.sessions.get(session_id)
+    if entry is None:
+        raise UsageError(f"there is no retained session {session_id!r}; `edge-agent status` lists them")
+    return entry
+
+
+def check_purpose(config: Config, entry: SessionEntry, purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise UsageError(f"--purpose {purpose!r} is not allowed; use one of: {', '.join(PURPOSES)}")
+    if purpose != "training":
+        return
+    profile = next((p for p in config.profiles if p.name == entry.profile), None)
+    if entry.child or profile is None or profile.is_child:
+        raise PolicyError(f"session {entry.id} belongs to a child profile ({entry.profile}): never exported for training")
+    if not profile.allow_training:
+        raise PolicyError(
+            f"session {entry.id}: profile {entry.profile!r} has not consented to training "
+            "(allow_training = false); refused"
+        )
+
+
+def export_audio(
+    keystore: Keystore, config: Config, session_id: str, out: Path, purpose: str, now: datetime
+) -> Exported:
+    with keystore.transaction() as data:
+        entry = find_session(data, session_id)
+        check_purpose(config, entry, purpose)
+        if entry.audio_expires is None or entry.audio_bucket is None:
+            raise UsageError(f"session {session_id}: its profile ({entry.profile}) does not keep audio")
+        if now >= entry.audio_expires:
+            raise PolicyError(f"session {session_id}: its audio expired at {entry.audio_expires.isoformat()}; refused")
+        identity = keystore.identity(data.buckets[entry.audio_bucket])
+    seconds = _write_wav(recording_path(keystore.data_dir, session_id), identity, out, session_id)
+    return Exported(session_id, entry.profile, purpose, out, seconds)
+
+
+def export_identity(keystore: Keystore, session_id: str, out: Path, now: datetime) -> tuple[str, int, datetime]:
+    """Write the age identity of the session's audio bucket; returns (bucket, sessions in it, expiry)."""
+    with keystore.transaction() as data:
+        entry = find_session(data, session_id)
+        if entry.audio_bucket is None or entry.audio_expires is None:
+            raise UsageError(f"session {session_id}: its profile ({entry.profile}) does not keep audio")
+        if now >= entry.audio_expires:
+            raise PolicyError(f"session {session_id}: its audio expired at {entry.audio_expires.isoformat()}; refused")
+        bucket = data.buckets[entry.audio_bucket]
+        identity = keystore.identity(bucket)
+        members = sum(1 for s in data.sessions.values() if s.audio_bucket == bucket.id)
+    text = (
+        f"# edge bucket {bucket.id}: opens every recording in it until {bucket.expires.isoformat()}\n"
+        f"# public key: {bucket.recipient}\n{identity.encode()}\n"
+    )
+    _write_private(out, text.encode())
+    return bucket.id, members, bucket.expires
+
+
+def _write_wav(sealed: Path, identity: Identity, out: Path, session_id: str) -> float:
+    temp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with sealed.open("rb") as source, os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as sink:
+            for chunk in decrypt_stream(source, [identity]):
+                sink.write(chunk)
+            size = sink.tell() - 44
+            sink.seek(0)
+            sink.write(wav_header(size))
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temp, out)
+        fsync_dir(out.parent)
+    except FileNotFoundError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.filename == str(sealed):
+            raise AgeError(f"session {session_id}: its recording file is missing ({sealed})") from None
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
+    except AgeError:
+        temp.unlink(missing_ok=True)
+        raise AgeError(
+            f"session {session_id}: the recording is damaged or incomplete (for example the agent stopped "
+            "mid-session); nothing was exported"
+        ) from None
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
+    return size / 32000
+
+
+def _write_private(out: Path, data: bytes) -> None:
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None

@@ -1,0 +1,81 @@
+"""Private files: folders 0700, files 0600, atomic replacement, one writer at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+
+class StorageError(EdgeError):
+    """A file or folder edge keeps could not be written or locked."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) as 0700; tighten an existing folder we own to 0700."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create a private folder there: {exc.strerror}") from None
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: write a 0600 temp file, fsync, rename, fsync the folder.
+    A crash leaves either the old or the new content, never a mix."""
+    private_dir(path.parent)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:  # os.write raises ENOSPC when the disk is full
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise StorageError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def create_private_file(path: Path):
+    """A new 0600 file opened for binary writing; refuses to reuse an existing name."""
+    private_dir(path.parent)
+    try:
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create: {exc.strerror}") from None
+
+
+class DataLock:
+    """An exclusive lock on the data folder: the agent and CLI commands take turns."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = private_dir(data_dir) / "lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> DataLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,268 @@
+"""The keystore: the one source of truth for what exists and when it dies.
+
+It lists every session (profile, tagging rule, creation, absolute expiry
+instants, buckets) and every bucket (its public key, and its private identity
+sealed under the root key). The whole document is sealed under the root and
+replaced atomically. Everything else (schedules, status, reports) is derived
+from it.
+
+Ratchet: destroying a bucket replaces the root, so a stale copy of the keystore
+left on flash cannot be opened once the old root is gone from the vault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edge.crypto.age import Identity
+from edge.crypto.vault import ROOT_BYTES, Vault, VaultError
+from edge.errors import EdgeError
+from edge.store.files import DataLock, atomic_write, private_dir
+
+MAGIC = b"edge-keystore/v1\n"
+FORMAT_VERSION = 1
+KEYSTORE_FILE = "keystore"
+
+
+class KeystoreError(EdgeError):
+    """The keystore cannot be opened with the vault's root key; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    id: str
+    profile: str
+    kind: str
+    """"audio" or "transcript"."""
+    expires: datetime
+    """When this bucket's key must be destroyed (UTC)."""
+    recipient: str
+    """The bucket's age public key (age1...): all a recorder needs to seal."""
+    sealed_identity: str
+    """The bucket's age identity, sealed under the root (hex: nonce || ciphertext)."""
+
+
+@dataclass(frozen=True)
+class SessionEntry:
+    id: str
+    profile: str
+    rule: str
+    """How the profile was chosen: "given", "active" or "strictest"."""
+    child: bool
+    """Whether the profile was a child profile when the session was made."""
+    created: datetime
+    audio_expires: datetime | None
+    """None: audio not kept."""
+    transcript_expires: datetime | None
+    """None: transcript not kept."""
+    audio_bucket: str | None
+    transcript_bucket: str | None
+    state: str = "recording"
+    """"recording" until the session ended cleanly, then "complete"."""
+    seconds: float = 0.0
+    """Length of the recorded audio."""
+
+
+@dataclass
+class KeystoreData:
+    sessions: dict[str, SessionEntry] = field(default_factory=dict)
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        document = {
+            "format": "edge-keystore",
+            "version": FORMAT_VERSION,
+            "buckets": [_encode(asdict(b)) for b in self.buckets.values()],
+            "sessions": [_encode(asdict(s)) for s in self.sessions.values()],
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> KeystoreData:
+        document = json.loads(raw)
+        if document.get("format") != "edge-keystore" or document.get("version") != FORMAT_VERSION:
+            raise KeystoreError(
+                f"the keystore is version {document.get('version')!r}; this edge reads version {FORMAT_VERSION}"
+            )
+        buckets = [Bucket(**_decode(b)) for b in document["buckets"]]
+        sessions = [SessionEntry(**_decode(s)) for s in document["sessions"]]
+        return cls({s.id: s for s in sessions}, {b.id: b for b in buckets})
+
+
+class Keystore:
+    """The sealed keystore in DATA_DIR/keystore, opened under the data-folder lock."""
+
+    def __init__(self, data_dir: Path, vault: Vault) -> None:
+        self.data_dir = private_dir(data_dir)
+        self.path = data_dir / KEYSTORE_FILE
+        self.vault = vault
+        self._root: bytes | None = None
+        self.root_lost = False
+        """Set when the vault had no root although a keystore existed (e.g. a power-off with
+        the keyring vault): everything retained was shredded by that loss."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[KeystoreData]:
+        """Lock, open, let the caller change the data, seal it again if it changed."""
+        with DataLock(self.data_dir):
+            data = self._open()
+            before = data.to_json()
+            yield data
+            if data.to_json() != before:
+                self._save(data)
+
+    def read(self) -> KeystoreData:
+        with DataLock(self.data_dir):
+            return self._open()
+
+    # -- buckets -------------------------------------------------------------------
+
+    def new_bucket(self, data: KeystoreData, bucket_id: str, profile: str, kind: str, expires: datetime) -> Bucket:
+        """Create a bucket with a fresh identity (inside a transaction)."""
+        identity = Identity.generate()
+        bucket = Bucket(
+            id=bucket_id,
+            profile=profile,
+            kind=kind,
+            expires=expires,
+            recipient=identity.recipient.encode(),
+            sealed_identity=_seal_identity(self._require_root(), bucket_id, identity),
+        )
+        data.buckets[bucket_id] = bucket
+        return bucket
+
+    def identity(self, bucket: Bucket) -> Identity:
+        """Unseal a bucket's private identity: only export and verification need it."""
+        return _open_identity(self._require_root(), bucket)
+
+    def destroy_buckets(self, data: KeystoreData, bucket_ids: list[str]) -> None:
+        """Forget these buckets' identities and ratchet the root (inside a transaction).
+
+        After this returns, neither the current keystore nor any older copy of it can
+        yield those identities: the only root that opened the old copies is gone."""
+        for bucket_id in bucket_ids:
+            data.buckets.pop(bucket_id, None)
+        self._ratchet(data)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _require_root(self) -> bytes:
+        if self._root is None:
+            raise KeystoreError("the keystore is not open")
+        return self._root
+
+    def _open(self) -> KeystoreData:
+        current, staged = self.vault.read("current"), self.vault.read("next")
+        if not self.path.exists():
+            if current is None:
+                current = os.urandom(ROOT_BYTES)
+                self.vault.write("current", current)
+            self._root = current
+            return KeystoreData()
+        sealed = self.path.read_bytes()
+        for root in (current, staged):
+            if root is None:
+                continue
+            try:
+                data = KeystoreData.from_json(_unseal(root, sealed))
+            except InvalidTag:
+                continue
+            if root is staged:  # a ratchet was interrupted after the keystore was re-sealed
+                self.vault.write("current", staged)
+            if staged is not None:
+                self.vault.erase("next")
+            self._root = root
+            return data
+        if current is None and staged is None:
+            return self._after_root_loss()
+        raise KeystoreError(
+            f"{self.path}: the keystore cannot be opened with the vault's root key "
+            f"({self.vault.level.backend}). It is damaged or belongs to another vault; nothing was changed."
+        )
+
+    def _after_root_loss(self) -> KeystoreData:
+        """No root anywhere but a keystore exists: the data can never be opened again."""
+        if self.vault.level.survives_reboot:
+            raise VaultError(
+                f"{self.path}: the keystore exists but the vault's root key file is missing, so the "
+                "data it describes can never be opened. If the key was deleted on purpose, remove "
+                f"{self.data_dir}/keystore, recordings/ and transcripts/ to start afresh."
+            )
+        self.root_lost = True
+        self._root = os.urandom(ROOT_BYTES)
+        self.vault.write("current", self._root)
+        data = KeystoreData()
+        self._save(data)
+        return data
+
+    def _save(self, data: KeystoreData) -> None:
+        atomic_write(self.path, _seal(self._require_root(), data.to_json()))
+
+    def _ratchet(self, data: KeystoreData) -> None:
+        old, new = self._require_root(), os.urandom(ROOT_BYTES)
+        resealed = {
+            bucket_id: replace(bucket, sealed_identity=_seal_identity(new, bucket_id, _open_identity(old, bucket)))
+            for bucket_id, bucket in data.buckets.items()
+        }
+        data.buckets = resealed
+        self.vault.write("next", new)
+        atomic_write(self.path, _seal(new, data.to_json()))
+        self.vault.write("current", new)
+        self.vault.erase("next")
+        self._root = new
+
+
+def _key(root: bytes, purpose: bytes) -> ChaCha20Poly1305:
+    return ChaCha20Poly1305(HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=purpose).derive(root))
+
+
+def _seal(root: bytes, plaintext: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return MAGIC + nonce + _key(root, b"edge/v1 keystore").encrypt(nonce, plaintext, MAGIC)
+
+
+def _unseal(root: bytes, sealed: bytes) -> bytes:
+    if not sealed.startswith(MAGIC) or len(sealed) < len(MAGIC) + 12 + 16:
+        raise InvalidTag()
+    nonce = sealed[len(MAGIC) : len(MAGIC) + 12]
+    return _key(root, b"edge/v1 keystore").decrypt(nonce, sealed[len(MAGIC) + 12 :], MAGIC)
+
+
+def _seal_identity(root: bytes, bucket_id: str, identity: Identity) -> str:
+    nonce = os.urandom(12)
+    return (nonce + _key(root, b"edge/v1 bucket identity").encrypt(nonce, identity.secret, bucket_id.encode())).hex()
+
+
+def _open_identity(root: bytes, bucket: Bucket) -> Identity:
+    raw = bytes.fromhex(bucket.sealed_identity)
+    try:
+        secret = _key(root, b"edge/v1 bucket identity").decrypt(raw[:12], raw[12:], bucket.id.encode())
+    except InvalidTag:
+        raise KeystoreError(f"bucket {bucket.id}: its key cannot be unsealed (keystore damaged)") from None
+    identity = Identity(secret)
+    if identity.recipient.encode() != bucket.recipient:
+        raise KeystoreError(f"bucket {bucket.id}: its key does not match its public key (keystore damaged)")
+    return identity
+
+
+def _encode(record: dict) -> dict:
+    return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v) for k, v in record.items()}
+
+
+_TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")
+
+
+def _decode(record: dict) -> dict:
+    return {k: (datetime.fromisoformat(v) if k in _TIME_FIELDS and v is not None else v) for k, v in record.items()}
+
