@@ -54,10 +54,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def create_private_file(path: Path):
-    """A new 0600 file opened for binary writing; refuses to reuse an existing name."""
+    """A new 0600 file for binary writing, unbuffered (each sealed chunk reaches the OS at
+    once); refuses to reuse an existing name."""
     private_dir(path.parent)
     try:
-        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
     except OSError as exc:
         raise StorageError(f"{path}: cannot create: {exc.strerror}") from None
 

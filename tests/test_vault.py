@@ -1,0 +1,165 @@
+"""Vaults (kernel keyring, file) and the keystore sealed under their root key."""
+
+import shutil
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from edge.crypto import keyring
+from edge.crypto.vault import FileVault, KeyringVault, VaultError
+from edge.store.keystore import Keystore, KeystoreError
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def keyring_vault(tmp_path):
+    return KeyringVault(tmp_path / "data", ring="session")
+
+
+def test_keyring_round_trip_and_removal(tmp_path):
+    vault = keyring_vault(tmp_path)
+    assert vault.read("current") is None
+    vault.write("current", b"\x01" * 32)
+    assert vault.read("current") == b"\x01" * 32
+    vault.write("current", b"\x02" * 32)  # replaced, not duplicated
+    assert vault.read("current") == b"\x02" * 32
+    vault.erase("current")
+    assert vault.read("current") is None
+    vault.erase("current")  # idempotent
+
+
+def test_keyring_roots_are_per_data_folder(tmp_path):
+    one, two = KeyringVault(tmp_path / "a", "session"), KeyringVault(tmp_path / "b", "session")
+    one.write("current", b"\x01" * 32)
+    assert two.read("current") is None
+    one.erase("current")
+
+
+def test_keyring_key_is_visible_to_a_child_process_in_the_same_session(tmp_path):
+    import subprocess
+    import sys
+
+    vault = keyring_vault(tmp_path)
+    vault.write("current", b"\x07" * 32)
+    code = (
+        "from pathlib import Path; from edge.crypto.vault import KeyringVault;"
+        f"print(KeyringVault(Path({str(tmp_path / 'data')!r}), 'session').read('current').hex())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "07" * 32
+    vault.erase("current")
+
+
+def test_file_vault_is_private(tmp_path):
+    vault = FileVault(tmp_path / "keys" / "root.key")
+    vault.write("current", b"\x03" * 32)
+    assert stat.S_IMODE((tmp_path / "keys" / "root.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    vault.write("next", b"\x04" * 32)
+    assert vault.read("next") == b"\x04" * 32 and (tmp_path / "keys" / "root.key.next").exists()
+    vault.erase("next")
+    assert vault.read("next") is None and not (tmp_path / "keys" / "root.key.next").exists()
+
+
+def test_file_vault_rejects_a_wrong_file(tmp_path):
+    (tmp_path / "root.key").write_bytes(b"short")
+    with pytest.raises(VaultError, match="not a root key file"):
+        FileVault(tmp_path / "root.key").read("current")
+
+
+def test_levels_are_honest(tmp_path):
+    assert keyring_vault(tmp_path).level.crypto_erase and not keyring_vault(tmp_path).level.survives_reboot
+    file_level = FileVault(tmp_path / "k").level
+    assert file_level.survives_reboot and not file_level.crypto_erase
+    assert "logical" in file_level.to_json()["level"]
+
+
+def _store_with_bucket(tmp_path, vault=None):
+    store = Keystore(tmp_path / "data", vault or keyring_vault(tmp_path))
+    with store.transaction() as data:
+        bucket = store.new_bucket(data, "kid.audio.x", "kid", "audio", NOW + timedelta(hours=1))
+        store.new_bucket(data, "kid.audio.y", "kid", "audio", NOW + timedelta(hours=2))
+    return store, bucket
+
+
+def test_keystore_is_sealed_and_private(tmp_path):
+    store, bucket = _store_with_bucket(tmp_path)
+    raw = store.path.read_bytes()
+    assert raw.startswith(b"edge-keystore/v1\n")
+    assert b"kid.audio" not in raw and bucket.recipient.encode() not in raw
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.data_dir.stat().st_mode) == 0o700
+    reopened = Keystore(store.data_dir, store.vault)
+    assert set(reopened.read().buckets) == {"kid.audio.x", "kid.audio.y"}
+    store.vault.erase("current")
+
+
+def test_ratchet_makes_an_old_keystore_copy_useless(tmp_path):
+    store, bucket = _store_with_bucket(tmp_path)
+    stale = tmp_path / "stale-keystore"
+    shutil.copy(store.path, stale)
+    with store.transaction() as data:
+        store.destroy_buckets(data, ["kid.audio.x"])
+    survivor = store.read().buckets["kid.audio.y"]
+    assert store.identity(survivor).recipient.encode() == survivor.recipient  # live data still opens
+    shutil.copy(stale, store.path)  # put the forensic copy back beside the current vault
+    with pytest.raises(KeystoreError, match="cannot be opened"):
+        Keystore(store.data_dir, store.vault).read()
+    assert store.path.read_bytes() == stale.read_bytes()  # a failed open changes nothing
+    store.vault.erase("current")
+
+
+@pytest.mark.parametrize("crash_after", ["next staged", "keystore resealed", "current replaced"])
+def test_interrupted_ratchet_recovers(tmp_path, crash_after):
+    store, _ = _store_with_bucket(tmp_path)
+    vault = store.vault
+    old = vault.read("current")
+    new = b"\x09" * 32
+    data = store.read()
+    # Replay the ratchet's steps by hand (as under the lock) and stop after one of them.
+    vault.write("next", new)
+    if crash_after != "next staged":
+        from edge.store import keystore as module
+
+        module.atomic_write(store.path, module._seal(new, data.to_json()))  # buckets not resealed: fine for opening
+    if crash_after == "current replaced":
+        vault.write("current", new)
+    reopened = Keystore(store.data_dir, vault)
+    assert set(reopened.read().buckets) == {"kid.audio.x", "kid.audio.y"}
+    assert vault.read("next") is None
+    assert vault.read("current") == (old if crash_after == "next staged" else new)
+    vault.erase("current")
+
+
+def test_root_lost_with_keyring_starts_afresh(tmp_path):
+    store, _ = _store_with_bucket(tmp_path)
+    store.vault.erase("current")  # what a power-off does to the kernel keyring
+    reopened = Keystore(store.data_dir, store.vault)
+    assert reopened.read().buckets == {} and reopened.root_lost
+    store.vault.erase("current")
+
+
+def test_root_lost_with_file_vault_is_an_error_not_a_wipe(tmp_path):
+    vault = FileVault(tmp_path / "root.key")
+    store, _ = _store_with_bucket(tmp_path, vault)
+    before = store.path.read_bytes()
+    (tmp_path / "root.key").unlink()
+    with pytest.raises(VaultError, match="root key file is missing"):
+        Keystore(store.data_dir, vault).read()
+    assert store.path.read_bytes() == before
+
+
+def test_wrong_root_is_an_error_not_a_wipe(tmp_path):
+    store, _ = _store_with_bucket(tmp_path)
+    before = store.path.read_bytes()
+    store.vault.write("current", b"\x05" * 32)
+    with pytest.raises(KeystoreError, match="nothing was changed"):
+        Keystore(store.data_dir, store.vault).read()
+    assert store.path.read_bytes() == before
+    store.vault.erase("current")
+
+
+def test_syscall_errors_are_reported():
+    with pytest.raises(keyring.KeyringError, match="refused"):
+        keyring.read(123456789)
