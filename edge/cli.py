@@ -113,6 +113,31 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--purpose", choices=("playback", "review", "training"), help="why (required with --out)")
     export.set_defaults(handler=_cmd_export)
 
+    purge = sub.add_parser(
+        "purge",
+        help="shred everything that is due now, and say what was shredded",
+        description="Run what the agent's sweep runs: shred every retention bucket whose expiry has "
+        "passed (by the clock that cannot be set back) and every child profile unused for its "
+        "inactive_after, finish interrupted work, delete orphaned ciphertext.",
+    )
+    purge.set_defaults(handler=_cmd_purge)
+
+    forget = sub.add_parser(
+        "forget",
+        help="forget sessions now: one, a profile, everything, or everything before a date",
+        description="Forget retained sessions immediately. Afterwards no key on the device opens them, "
+        "nor any copy of their files recovered from the storage. Asks for confirmation unless --yes.",
+    )
+    which = forget.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="ID", help="one session")
+    which.add_argument("--profile", metavar="NAME", help="every session of a profile")
+    which.add_argument("--all", action="store_true", help="every session")
+    which.add_argument(
+        "--before", metavar="ISO8601", help="every session created before this instant (no zone given = local time)"
+    )
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    forget.set_defaults(handler=_cmd_forget)
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline on the bundled sample speech",
@@ -207,7 +232,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     config = _load_config(args)
     store = _open_keystore(config)
     if args.identity_out:
-        bucket, members, expires = export_identity(store, args.session, Path(args.identity_out), _clock())
+        bucket, members, expires = export_identity(store, args.session, Path(args.identity_out), _trusted_now(config))
         print(
             f"edge-agent: WARNING: {args.identity_out} opens every recording in bucket {bucket} "
             f"({members} session(s)) until {expires.isoformat()}. Keep it private and delete it after checking.",
@@ -216,19 +241,99 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     if not args.purpose:
         raise UsageError("export --out needs --purpose playback, review or training")
-    exported = export_audio(store, config, args.session, Path(args.out), args.purpose, _clock())
+    exported = export_audio(store, config, args.session, Path(args.out), args.purpose, _trusted_now(config))
     print(f"exported session {exported.session} ({exported.profile}, {exported.seconds:.1f} s) for {exported.purpose} to {exported.path}")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    report = _shredder(config).sweep()
+    if report.empty:
+        print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
+    _print_report(report)
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from edge.retention.shredder import ForgetRequest
+
+    config = _load_config(args)
+    request = ForgetRequest(session=args.session, profile=args.profile, everything=args.all, before=_parse_instant(args.before))
+    shredder = _shredder(config)
+    if args.session and args.session not in shredder.keystore.read().sessions:
+        raise UsageError(f"there is no retained session {args.session!r}; `edge-agent status` lists them")
+    if not args.yes and not sys.stdin.isatty():
+        raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
+
+    def confirm(sessions) -> bool:
+        if args.yes:
+            return True
+        profiles = sorted({s.profile for s in sessions})
+        answer = input(
+            f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles) or 'no sessions'})? "
+            "This cannot be undone. [y/N] "
+        )
+        return answer.strip().lower() in ("y", "yes")
+
+    report = shredder.forget(request, confirm)
+    if report.empty:
+        print(f"nothing to forget for {request.describe()}" if args.yes or not report.forgotten else "nothing was forgotten")
+    _print_report(report)
     return 0
 
 
 # -- helpers --------------------------------------------------------------------
 
 
-def _clock():
-    """Now, in UTC. (The retention issue replaces this with the trusted clock.)"""
-    from datetime import datetime, timezone
+def _shredder(config):
+    from edge.retention.clock import TrustedClock
+    from edge.retention.shredder import Shredder
 
-    return datetime.now(timezone.utc)
+    return Shredder(_open_keystore(config), TrustedClock(config.device.data_dir), config)
+
+
+def _parse_instant(text: str | None):
+    """ISO 8601; without a zone it is the device's local time."""
+    if text is None:
+        return None
+    from datetime import datetime
+
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--before {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00") from None
+    return instant.astimezone() if instant.tzinfo is None else instant
+
+
+def _trusted_now(config):
+    """Now, by the clock that cannot be set back (edge.retention.clock)."""
+    from edge.retention.clock import TrustedClock
+
+    return TrustedClock(config.device.data_dir).now()
+
+
+def _print_report(report, stream=sys.stdout) -> None:
+    """What a sweep or forget did, one line per bucket. No key material, no transcript text."""
+    for item in report.buckets:
+        seconds = item.late.total_seconds()
+        timing = "on time" if 0 <= seconds < 1 else (f"late by {seconds:.0f}s" if seconds > 0 else "ahead of expiry")
+        print(
+            f"shredded {item.kind} bucket {item.bucket}: {len(item.sessions)} session(s), {item.reason}, {timing}",
+            file=stream,
+        )
+    for bucket in report.rekeyed:
+        print(f"re-keyed bucket {bucket}: its remaining sessions now open only with a new key", file=stream)
+    if report.forgotten:
+        print(f"forgot {len(report.forgotten)} session(s)", file=stream)
+    if report.files_deleted:
+        print(f"deleted {report.files_deleted} ciphertext file(s)", file=stream)
+    reading = report.reading
+    if not report.empty:
+        note = "" if reading.synced else " (clock not NTP-synced)"
+        if reading.set_back.total_seconds() > 2:
+            note += f" (wall clock is {reading.set_back.total_seconds():.0f}s behind the trusted clock: set back?)"
+        print(f"at {reading.now.isoformat(timespec='seconds')}{note}", file=stream, flush=True)
 
 
 def _iso(instant) -> str | None:
@@ -306,23 +411,22 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
             "retained before was shredded by that loss, and a fresh keystore was started.",
             file=sys.stderr,
         )
-    agent = Agent(config, model, emit, given_profile=profile, recorder=Recorder(store, _clock), clock=_clock)
-    stop = threading.Event()
-    _install_signal_handlers(stop, agent)
-    if info is not None:
-        from edge.audio.wavfile import read_pipeline_chunks
+    from edge.retention.clock import TrustedClock
+    from edge.retention.scheduler import RetentionService
+    from edge.retention.shredder import Shredder
 
-        if config.trigger.mode == "push_to_talk":
-            agent.push_to_talk()
-        summary = agent.run(read_pipeline_chunks(info), stop)
-        dropped = 0
-    else:
-        from edge.audio.mic import MicSource
-
-        with MicSource(config.device.sample_rate, config.device.input_device) as source:
-            print(f"edge-agent: listening on the microphone ({config.trigger.mode} mode); Ctrl-C to stop", file=sys.stderr, flush=True)
-            summary = agent.run(source.chunks(stop), stop)
-            dropped = source.stats.dropped_blocks + source.stats.input_overflows
+    clock = TrustedClock(config.device.data_dir)
+    retention = RetentionService(
+        Shredder(store, clock, config), clock, config.retention.sweep, lambda report: _print_report(report, sys.stderr)
+    )
+    retention.catch_up()  # everything already due is shredded before any audio is heard
+    recorder = Recorder(store, clock.now, on_new_bucket=retention.add_bucket)
+    agent = Agent(config, model, emit, given_profile=profile, recorder=recorder, clock=clock.now)
+    retention.start()
+    try:
+        summary, dropped = _listen(agent, config, info)
+    finally:
+        retention.stop()
     sys.stdout.flush()
     print(
         f"edge-agent: {summary.sessions} session(s) from {summary.seconds:.1f} s of audio"
@@ -331,6 +435,24 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
         file=sys.stderr,
     )
     return 0
+
+
+def _listen(agent, config, info):
+    """Feed the agent from the file or the microphone until the end or a stop signal."""
+    stop = threading.Event()
+    _install_signal_handlers(stop, agent)
+    if info is not None:
+        from edge.audio.wavfile import read_pipeline_chunks
+
+        if config.trigger.mode == "push_to_talk":
+            agent.push_to_talk()
+        return agent.run(read_pipeline_chunks(info), stop), 0
+    from edge.audio.mic import MicSource
+
+    with MicSource(config.device.sample_rate, config.device.input_device) as source:
+        print(f"edge-agent: listening on the microphone ({config.trigger.mode} mode); Ctrl-C to stop", file=sys.stderr, flush=True)
+        summary = agent.run(source.chunks(stop), stop)
+    return summary, source.stats.dropped_blocks + source.stats.input_overflows
 
 
 def _install_signal_handlers(stop: threading.Event, agent) -> None:

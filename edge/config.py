@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
-from edge.durations import parse_duration
+from edge.durations import format_duration, parse_duration
 from edge.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/edge/household.toml")
@@ -66,6 +66,8 @@ class TriggerSettings:
     """Longest session; longer speech is cut here."""
     wake_timeout: timedelta
     """After the wake phrase (or a push-to-talk press): how long speech may take to begin."""
+    wake_confidence: float
+    """Lowest Vosk confidence (0-1) at which the wake phrase counts as heard."""
     vad_aggressiveness: int
     """WebRTC VAD mode 0-3: higher ignores more background noise."""
 
@@ -93,6 +95,16 @@ class Profile:
 class HouseholdSettings:
     active_profile: str | None
     """Profile for sessions not tagged otherwise; None = the strictest profile."""
+    max_child_audio: timedelta
+    """Cap on any child profile's keep_audio."""
+    max_child_transcript: timedelta
+    """Cap on any child profile's keep_transcript."""
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    sweep: timedelta
+    """How often the running agent checks for anything due, besides each bucket's own job."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class Config:
     vault: VaultSettings
     trigger: TriggerSettings
     household: HouseholdSettings
+    retention: RetentionSettings
     profiles: tuple[Profile, ...]
 
     def profile(self, name: str) -> Profile:
@@ -154,6 +167,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     vault = _parse_vault(root.table("vault"), path)
     trigger = _parse_trigger(root.table("trigger"))
     household_table = root.table("household")
+    retention = _parse_retention(root.table("retention"))
     profiles_table = root.table("profiles")
     root.finish()
 
@@ -170,15 +184,47 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     active = household_table.get("active_profile", str, None)
     if active is not None and active not in names:
         household_table.fail("active_profile", active, f"one of the profiles: {', '.join(names)}")
+    household = HouseholdSettings(
+        active_profile=active,
+        max_child_audio=household_table.duration("max_child_audio", "24h"),
+        max_child_transcript=household_table.duration("max_child_transcript", "30d"),
+    )
     household_table.finish()
+    for profile in profiles:
+        _check_child_caps(profile, household, path)
     return Config(
         path=path,
         device=device,
         vault=vault,
         trigger=trigger,
-        household=HouseholdSettings(active_profile=active),
+        household=household,
+        retention=retention,
         profiles=profiles,
     )
+
+
+def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path) -> None:
+    """Children's data is capped household-wide; a child profile may not exceed the caps."""
+    if not profile.is_child:
+        return
+    for key, value, cap_key, cap in (
+        ("keep_audio", profile.keep_audio, "max_child_audio", household.max_child_audio),
+        ("keep_transcript", profile.keep_transcript, "max_child_transcript", household.max_child_transcript),
+    ):
+        if value > cap:
+            raise ConfigError(
+                f"{path}: profiles.{profile.name}.{key} = {format_duration(value)!r} is longer than "
+                f"household.{cap_key} = {format_duration(cap)!r}, the most a child profile may keep; "
+                f"lower {key} or raise {cap_key}"
+            )
+
+
+def _parse_retention(table: _Table) -> RetentionSettings:
+    sweep = table.duration("sweep", "60s")
+    if not timedelta(seconds=1) <= sweep <= timedelta(hours=1):
+        table.fail("sweep", sweep, "a duration from 1s to 1h")
+    table.finish()
+    return RetentionSettings(sweep=sweep)
 
 
 def _parse_device(table: _Table, path: Path) -> DeviceSettings:
@@ -229,6 +275,9 @@ def _parse_trigger(table: _Table) -> TriggerSettings:
         table.fail("max_session", max_session, "a duration from 1s to 10m")
     if not timedelta(seconds=1) <= wake_timeout <= timedelta(minutes=1):
         table.fail("wake_timeout", wake_timeout, "a duration from 1s to 1m")
+    wake_confidence = table.get("wake_confidence", (float, int), 0.8)
+    if not 0 <= wake_confidence <= 1:
+        table.fail("wake_confidence", wake_confidence, "a number from 0 to 1")
     vad = table.get("vad_aggressiveness", int, 2)
     if vad not in (0, 1, 2, 3):
         table.fail("vad_aggressiveness", vad, "0, 1, 2 or 3")
@@ -240,6 +289,7 @@ def _parse_trigger(table: _Table) -> TriggerSettings:
         silence_end=silence_end,
         max_session=max_session,
         wake_timeout=wake_timeout,
+        wake_confidence=float(wake_confidence),
         vad_aggressiveness=vad,
     )
 
@@ -276,7 +326,7 @@ def _relative_to(config_path: Path, value: str) -> Path:
 
 _MISSING = object()
 REQUIRED = object()
-_TYPE_NAMES = {str: "a string", int: "a whole number", bool: "true or false", list: "a list", dict: "a table"}
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
 
 
 class _Table:

@@ -54,7 +54,8 @@ class Speech:
         if not out.exists():
             raw = out.with_suffix(".raw.wav")
             _run(["espeak-ng", "-v", "ko", "-s", str(speed), "-p", str(pitch), "-w", str(raw), text])
-            _run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", str(pad), str(pad)])
+            # -D: no dither, so the same text always gives the same samples (reproducible tests)
+            _run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", str(pad), str(pad)])
             raw.unlink()
         return out
 

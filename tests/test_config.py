@@ -116,6 +116,14 @@ BAD_CONFIGS = [
      ["profiles.parent.inactive_after"]),
     ("section is a value", "household = 3\n" + BASE.replace("[household]\n", ""), ["household = 3", "a table"]),
     ("not TOML", "this is not = = toml\n", ["is not valid TOML", "line 1"]),
+    ("wake confidence above 1", BASE.replace('mode = "wake"', 'mode = "wake"\nwake_confidence = 1.5'),
+     ["trigger.wake_confidence", "from 0 to 1"]),
+    ("child above the audio cap", BASE.replace('keep_audio = "1h"', 'keep_audio = "48h"'),
+     ["profiles.kid.keep_audio = '2d'", "household.max_child_audio = '1d'"]),
+    ("child above a lowered cap", BASE.replace("[household]", '[household]\nmax_child_transcript = "1d"'),
+     ["profiles.kid.keep_transcript = '7d'", "household.max_child_transcript = '1d'"]),
+    ("sweep too slow", BASE + '\n[retention]\nsweep = "2h"\n', ["retention.sweep", "1s to 1h"]),
+    ("unknown retention key", BASE + '\n[retention]\nsweap = "1m"\n', ["retention.sweap", "sweep"]),
 ]
 
 

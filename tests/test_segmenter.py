@@ -76,7 +76,7 @@ def test_wake_phrase_without_command_in_time_opens_nothing(speech, model, load):
 def test_wake_mode_without_wake_phrase_opens_nothing(speech, model, load):
     path = speech.join(speech.say("메시지"), speech.say("아버지"), speech.say("위치"))
     records, summary = run_file(load(mode="wake"), model, path)
-    assert records == [] and summary.wake_count == 0
+    assert (records, summary.wake_count) == ([], 0), records
 
 
 def test_push_to_talk_session_starts_at_the_push(speech, model, load):
@@ -140,3 +140,29 @@ def test_held_utterance_is_wiped_from_ram(speech, model):
     assert held_buffers, "the utterance was held while it was spoken"
     assert all(len(buffer) == 0 for buffer in held_buffers)
     assert sink.calls == []
+
+
+class _Heard:
+    """A spotter that reports fixed words: the segmenter's wake decision is what is tested."""
+
+    def __init__(self, conf):
+        from edge.stt.recognizer import Word
+
+        self.words = [Word("라디오", 0.3, 0.8, conf)]
+
+    def feed(self, pcm):
+        pass
+
+    def finish(self):
+        return self.words
+
+
+@pytest.mark.parametrize("conf,wakes", [(0.5, 0), (0.79, 0), (0.8, 1), (1.0, 1)])
+def test_wake_needs_confidence(speech, conf, wakes):
+    settings = SegmenterSettings(mode="wake", silence_end=0.8, max_session=15, wake_timeout=5, wake_phrase="라디오")
+    segmenter = Segmenter(settings, _Recorder(), make_spotter=lambda: _Heard(conf))
+    pcm = b"".join(read_pipeline_chunks(open_wav(speech.say("라디오"))))
+    for index in range(0, len(pcm) - FRAME_BYTES, FRAME_BYTES):
+        segmenter.feed(pcm[index : index + FRAME_BYTES])
+    segmenter.finish()
+    assert segmenter.wake_count == wakes

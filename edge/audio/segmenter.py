@@ -43,6 +43,8 @@ class SegmenterSettings:
     wake_timeout: float
     """Seconds allowed for speech to begin after the wake phrase or a push."""
     wake_phrase: str = ""
+    wake_confidence: float = 0.8
+    """Lowest confidence at which every word of the wake phrase counts as heard."""
     vad_aggressiveness: int = 2
     """WebRTC VAD mode, 0 (lenient) to 3 (strict)."""
     pre_roll: float = 0.3
@@ -58,6 +60,7 @@ class SegmenterSettings:
             max_session=trigger.max_session.total_seconds(),
             wake_timeout=trigger.wake_timeout.total_seconds(),
             wake_phrase=trigger.wake_phrase,
+            wake_confidence=trigger.wake_confidence,
             vad_aggressiveness=trigger.vad_aggressiveness,
         )
 
@@ -71,6 +74,7 @@ class SessionSink(Protocol):
 class SpottedWord(Protocol):
     word: str
     start: float
+    conf: float
 
 
 class Spotter(Protocol):
@@ -241,6 +245,9 @@ class Segmenter:
             found = _find_phrase([w.word for w in words], self._wake_tokens)
             if found is None:
                 return
+            heard = words[found : found + len(self._wake_tokens)]
+            if min(w.conf for w in heard) < self.settings.wake_confidence:
+                return  # a near miss (e.g. a similar word): not a wake
             self.wake_count += 1
             after = found + len(self._wake_tokens)
             if after >= len(words):

@@ -274,6 +274,22 @@ def decrypt(data: bytes, identities: Iterable[Identity]) -> bytes:
     return b"".join(decrypt_stream(io.BytesIO(data), list(identities)))
 
 
+def rekey_in_place(handle: BinaryIO, identities: Iterable[Identity], recipient: Recipient) -> None:
+    """Re-address a file to `recipient` by rewriting only its header (same file key, same
+    payload). An X25519 header always has the same length, so this is an in-place write
+    that is safe while another process is still appending chunks to the file."""
+    handle.seek(0)
+    header = read_header(handle)
+    length = handle.tell()
+    new_header = _header(unwrap_file_key(header, identities), recipient)
+    if len(new_header) != length:
+        raise AgeError()
+    handle.seek(0)
+    handle.write(new_header)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 # -- helpers ------------------------------------------------------------------------
 
 

@@ -51,6 +51,9 @@ class Bucket:
     """The bucket's age public key (age1...): all a recorder needs to seal."""
     sealed_identity: str
     """The bucket's age identity, sealed under the root (hex: nonce || ciphertext)."""
+    retiring_identity: str | None = None
+    """While the bucket is re-keyed (forgetting one of its sessions): the previous identity,
+    sealed like `sealed_identity`. Destroyed, with a ratchet, once every file is re-keyed."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class SessionEntry:
 class KeystoreData:
     sessions: dict[str, SessionEntry] = field(default_factory=dict)
     buckets: dict[str, Bucket] = field(default_factory=dict)
+    last_seen: dict[str, datetime] = field(default_factory=dict)
+    """Per profile: when its latest session began (for inactive child profiles)."""
 
     def to_json(self) -> bytes:
         document = {
@@ -85,6 +90,7 @@ class KeystoreData:
             "version": FORMAT_VERSION,
             "buckets": [_encode(asdict(b)) for b in self.buckets.values()],
             "sessions": [_encode(asdict(s)) for s in self.sessions.values()],
+            "last_seen": {name: instant.isoformat() for name, instant in sorted(self.last_seen.items())},
         }
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
@@ -97,7 +103,12 @@ class KeystoreData:
             )
         buckets = [Bucket(**_decode(b)) for b in document["buckets"]]
         sessions = [SessionEntry(**_decode(s)) for s in document["sessions"]]
-        return cls({s.id: s for s in sessions}, {b.id: b for b in buckets})
+        last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
+        return cls({s.id: s for s in sessions}, {b.id: b for b in buckets}, last_seen)
+
+    def members(self, bucket_id: str) -> list[SessionEntry]:
+        """Sessions with data in this bucket."""
+        return [s for s in self.sessions.values() if bucket_id in (s.audio_bucket, s.transcript_bucket)]
 
 
 class Keystore:
@@ -126,6 +137,10 @@ class Keystore:
         with DataLock(self.data_dir):
             return self._open()
 
+    def save(self, data: KeystoreData) -> None:
+        """Make the data durable now, mid-transaction (a checkpoint before touching files)."""
+        self._save(data)
+
     # -- buckets -------------------------------------------------------------------
 
     def new_bucket(self, data: KeystoreData, bucket_id: str, profile: str, kind: str, expires: datetime) -> Bucket:
@@ -143,8 +158,37 @@ class Keystore:
         return bucket
 
     def identity(self, bucket: Bucket) -> Identity:
-        """Unseal a bucket's private identity: only export and verification need it."""
-        return _open_identity(self._require_root(), bucket)
+        """Unseal a bucket's private identity: only export, re-keying and verification need it."""
+        return _open_identity(self._require_root(), bucket.id, bucket.sealed_identity, bucket.recipient)
+
+    def identities(self, bucket: Bucket) -> list[Identity]:
+        """The current identity, and the retiring one while a re-key is under way."""
+        found = [self.identity(bucket)]
+        if bucket.retiring_identity is not None:
+            found.append(_open_identity(self._require_root(), bucket.id, bucket.retiring_identity, None))
+        return found
+
+    def start_rekey(self, data: KeystoreData, bucket_id: str) -> Bucket:
+        """Give a bucket a fresh identity, keeping the old one as retiring (inside a transaction).
+        A crash before `finish_rekey` leaves every file openable by one of the two."""
+        bucket = data.buckets[bucket_id]
+        if bucket.retiring_identity is not None:
+            return bucket  # a re-key is already under way: finish that one first
+        identity = Identity.generate()
+        data.buckets[bucket_id] = replace(
+            bucket,
+            recipient=identity.recipient.encode(),
+            sealed_identity=_seal_identity(self._require_root(), bucket_id, identity),
+            retiring_identity=bucket.sealed_identity,
+        )
+        return data.buckets[bucket_id]
+
+    def finish_rekey(self, data: KeystoreData, bucket_ids: list[str]) -> None:
+        """Drop the retiring identities and ratchet, so no copy of them survives anywhere."""
+        for bucket_id in bucket_ids:
+            if bucket_id in data.buckets:
+                data.buckets[bucket_id] = replace(data.buckets[bucket_id], retiring_identity=None)
+        self._ratchet(data)
 
     def destroy_buckets(self, data: KeystoreData, bucket_ids: list[str]) -> None:
         """Forget these buckets' identities and ratchet the root (inside a transaction).
@@ -211,8 +255,17 @@ class Keystore:
 
     def _ratchet(self, data: KeystoreData) -> None:
         old, new = self._require_root(), os.urandom(ROOT_BYTES)
+        def reseal(bucket_id: str, sealed: str | None) -> str | None:
+            if sealed is None:
+                return None
+            return _seal_identity(new, bucket_id, _open_identity(old, bucket_id, sealed, None))
+
         resealed = {
-            bucket_id: replace(bucket, sealed_identity=_seal_identity(new, bucket_id, _open_identity(old, bucket)))
+            bucket_id: replace(
+                bucket,
+                sealed_identity=reseal(bucket_id, bucket.sealed_identity),
+                retiring_identity=reseal(bucket_id, bucket.retiring_identity),
+            )
             for bucket_id, bucket in data.buckets.items()
         }
         data.buckets = resealed
@@ -244,15 +297,15 @@ def _seal_identity(root: bytes, bucket_id: str, identity: Identity) -> str:
     return (nonce + _key(root, b"edge/v1 bucket identity").encrypt(nonce, identity.secret, bucket_id.encode())).hex()
 
 
-def _open_identity(root: bytes, bucket: Bucket) -> Identity:
-    raw = bytes.fromhex(bucket.sealed_identity)
+def _open_identity(root: bytes, bucket_id: str, sealed: str, recipient: str | None) -> Identity:
+    raw = bytes.fromhex(sealed)
     try:
-        secret = _key(root, b"edge/v1 bucket identity").decrypt(raw[:12], raw[12:], bucket.id.encode())
+        secret = _key(root, b"edge/v1 bucket identity").decrypt(raw[:12], raw[12:], bucket_id.encode())
     except InvalidTag:
-        raise KeystoreError(f"bucket {bucket.id}: its key cannot be unsealed (keystore damaged)") from None
+        raise KeystoreError(f"bucket {bucket_id}: its key cannot be unsealed (keystore damaged)") from None
     identity = Identity(secret)
-    if identity.recipient.encode() != bucket.recipient:
-        raise KeystoreError(f"bucket {bucket.id}: its key does not match its public key (keystore damaged)")
+    if recipient is not None and identity.recipient.encode() != recipient:
+        raise KeystoreError(f"bucket {bucket_id}: its key does not match its public key (keystore damaged)")
     return identity
 
 
@@ -260,7 +313,7 @@ def _encode(record: dict) -> dict:
     return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v) for k, v in record.items()}
 
 
-_TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")
+_TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime
 
 
 def _decode(record: dict) -> dict:

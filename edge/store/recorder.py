@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -21,7 +21,7 @@ from edge.audio import PIPELINE_RATE
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.store.buckets import bucket_id, expiry_for
 from edge.store.files import atomic_write, create_private_file
-from edge.store.keystore import Keystore, KeystoreData, SessionEntry
+from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry
 from edge.stt.recognizer import Transcript
 from edge.tagging import Tag
 
@@ -46,24 +46,26 @@ def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
     return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
 
 
-@dataclass(frozen=True)
-class Kept:
-    """What a session keeps and until when (UTC); None = not kept."""
-
-    audio_expires: datetime | None
-    transcript_expires: datetime | None
-
-
 class Recorder:
     """Makes a SealedSession for each session whose profile keeps something."""
 
-    def __init__(self, keystore: Keystore, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        keystore: Keystore,
+        clock: Callable[[], datetime],
+        on_new_bucket: Callable[[Bucket], None] | None = None,
+    ) -> None:
         self.keystore = keystore
         self.clock = clock
+        self.on_new_bucket = on_new_bucket
+        """Called for each new bucket (the scheduler adds its expiry job)."""
 
     def begin(self, session_id: str, tag: Tag) -> SealedSession:
+        """Register the session and open its sealed recording, under the data-folder lock, so
+        a forget or a re-key running in another process always sees the file's header."""
         profile, now = tag.profile, self.clock()
         with self.keystore.transaction() as data:
+            data.last_seen[profile.name] = now
             audio = self._bucket(data, profile.name, "audio", now, profile.keep_audio)
             transcript = self._bucket(data, profile.name, "transcript", now, profile.keep_transcript)
             entry = SessionEntry(
@@ -72,45 +74,35 @@ class Recorder:
                 rule=tag.rule,
                 child=profile.is_child,
                 created=now,
-                audio_expires=audio[1] if audio else None,
-                transcript_expires=transcript[1] if transcript else None,
-                audio_bucket=audio[0] if audio else None,
-                transcript_bucket=transcript[0] if transcript else None,
+                audio_expires=audio.expires if audio else None,
+                transcript_expires=transcript.expires if transcript else None,
+                audio_bucket=audio.id if audio else None,
+                transcript_bucket=transcript.id if transcript else None,
             )
             if audio or transcript:
                 data.sessions[session_id] = entry
-        return SealedSession(
-            self.keystore,
-            entry,
-            audio_recipient=Recipient.parse(audio[2]) if audio else None,
-            transcript_recipient=Recipient.parse(transcript[2]) if transcript else None,
-        )
+            return SealedSession(self.keystore, entry, Recipient.parse(audio.recipient) if audio else None)
 
-    def _bucket(
-        self, data: KeystoreData, profile: str, kind: str, now: datetime, keep: timedelta
-    ) -> tuple[str, datetime, str] | None:
-        """(bucket id, expiry, recipient) for data kept `keep` from `now`; None if not kept."""
+    def _bucket(self, data: KeystoreData, profile: str, kind: str, now: datetime, keep: timedelta) -> Bucket | None:
+        """The bucket for data kept `keep` from `now` (created if new); None if not kept."""
         if keep <= timedelta(0):
             return None
         expires = expiry_for(now, keep)
         identifier = bucket_id(profile, kind, expires)
-        bucket = data.buckets.get(identifier) or self.keystore.new_bucket(data, identifier, profile, kind, expires)
-        return identifier, bucket.expires, bucket.recipient
+        bucket = data.buckets.get(identifier)
+        if bucket is None:
+            bucket = self.keystore.new_bucket(data, identifier, profile, kind, expires)
+            if self.on_new_bucket is not None:
+                self.on_new_bucket(bucket)
+        return bucket
 
 
 class SealedSession:
     """One session's sealed outputs. Audio is encrypted before any byte reaches disk."""
 
-    def __init__(
-        self,
-        keystore: Keystore,
-        entry: SessionEntry,
-        audio_recipient: Recipient | None,
-        transcript_recipient: Recipient | None,
-    ) -> None:
+    def __init__(self, keystore: Keystore, entry: SessionEntry, audio_recipient: Recipient | None) -> None:
         self._keystore = keystore
         self.entry = entry
-        self._transcript_recipient = transcript_recipient
         self._file = None
         self._writer: StreamWriter | None = None
         self._bytes = 0
@@ -128,17 +120,17 @@ class SealedSession:
         """Seal the last audio chunk and the transcript; mark the session complete."""
         if self._writer is not None and self._file is not None:
             self._writer.close()
-            self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-        if self._transcript_recipient is not None:
-            document = {"session": self.entry.id, **transcript.to_json()}
-            sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), self._transcript_recipient)
-            atomic_write(transcript_path(self._keystore.data_dir, self.entry.id), sealed)
-        if self._writer is None and self._transcript_recipient is None:
+        if self.entry.audio_bucket is None and self.entry.transcript_bucket is None:
             return
         with self._keystore.transaction() as data:
-            if self.entry.id in data.sessions:  # unless it was forgotten meanwhile
-                data.sessions[self.entry.id] = replace(
-                    data.sessions[self.entry.id], state="complete", seconds=round(self._bytes / (2 * PIPELINE_RATE), 3)
-                )
+            entry = data.sessions.get(self.entry.id)
+            if entry is None:
+                return  # forgotten (or shredded) while it was being recorded: keep nothing
+            bucket = data.buckets.get(entry.transcript_bucket) if entry.transcript_bucket else None
+            if bucket is not None:  # sealed to the bucket's key as it is *now* (it may have been re-keyed)
+                document = {"session": entry.id, **transcript.to_json()}
+                sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), Recipient.parse(bucket.recipient))
+                atomic_write(transcript_path(self._keystore.data_dir, entry.id), sealed)
+            data.sessions[entry.id] = replace(entry, state="complete", seconds=round(self._bytes / (2 * PIPELINE_RATE), 3))

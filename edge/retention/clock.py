@@ -1,0 +1,131 @@
+"""The trusted clock: time that never goes back.
+
+A Pi has no real-time clock and boots with a stale time until NTP syncs, and
+anyone can set the clock. Retention must never be extended by either, so "now"
+is the later of the wall clock and the last trusted instant plus the monotonic
+time elapsed since it (when still in the same boot). The last trusted instant
+is persisted (DATA_DIR/clock) as a high-water mark. A forward jump is taken at
+face value: data only expires earlier.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from edge.store.files import atomic_write
+
+CLOCK_FILE = "clock"
+SET_BACK_TOLERANCE = timedelta(seconds=2)
+"""A wall clock this far behind the trusted time counts as set back (an anomaly)."""
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Mark:
+    wall: datetime
+    """The trusted instant (UTC)."""
+    monotonic: float
+    """time.monotonic() at that instant."""
+    boot: str
+
+
+@dataclass(frozen=True)
+class Reading:
+    now: datetime
+    """The trusted time (UTC)."""
+    wall: datetime
+    """What the wall clock said."""
+    set_back: timedelta
+    """How far the wall clock is behind the trusted time (0 when it is not)."""
+    synced: bool
+    """Whether the kernel says the clock is synchronised (NTP)."""
+
+
+class TrustedClock:
+    """`now()` for everything retention decides. Inject `wall` and `monotonic` in tests."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        boot: Callable[[], str] = boot_id,
+    ) -> None:
+        self.path = data_dir / CLOCK_FILE
+        self._wall, self._monotonic, self._boot = wall, monotonic, boot
+        self._mark = self._load()
+
+    def read(self) -> Reading:
+        wall = datetime.fromtimestamp(self._wall(), timezone.utc)
+        trusted = wall
+        if self._mark is not None:
+            floor = self._mark.wall
+            if self._mark.boot == self._boot():
+                floor += timedelta(seconds=max(0.0, self._monotonic() - self._mark.monotonic))
+            trusted = max(wall, floor)
+        return Reading(now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced())
+
+    def now(self) -> datetime:
+        return self.read().now
+
+    def drift(self) -> float:
+        """Wall minus monotonic seconds: constant until someone (or NTP) steps the clock."""
+        return self._wall() - self._monotonic()
+
+    def persist(self) -> Reading:
+        """Move the high-water mark up to now (call at start, at each sweep and shred)."""
+        reading = self.read()
+        self._mark = Mark(reading.now, self._monotonic(), self._boot())
+        document = {"version": 1, "wall": reading.now.isoformat(), "monotonic": self._mark.monotonic, "boot": self._mark.boot}
+        atomic_write(self.path, json.dumps(document).encode())
+        return reading
+
+    def _load(self) -> Mark | None:
+        try:
+            document = json.loads(self.path.read_bytes())
+            return Mark(datetime.fromisoformat(document["wall"]), float(document["monotonic"]), str(document["boot"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged mark only loses protection against a set-back, it never extends retention
+
+
+class _Timex(ctypes.Structure):
+    # The leading fields of struct timex (linux/timex.h); the rest is padding.
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 256),
+    ]
+
+
+_STA_UNSYNC = 0x0040
+_TIME_ERROR = 5
+
+
+def clock_synced() -> bool:
+    """Whether an NTP daemon has synchronised the kernel clock (adjtimex, read-only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = _Timex()
+        state = libc.adjtimex(ctypes.byref(timex))
+    except (OSError, AttributeError):
+        return False
+    return state not in (-1, _TIME_ERROR) and not timex.status & _STA_UNSYNC

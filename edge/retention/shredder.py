@@ -1,0 +1,212 @@
+"""Crypto-shredding: destroy the keys, ratchet the root, delete the ciphertext.
+
+Order, always under the data-folder lock:
+  1. the keystore drops the buckets' identities and the root is ratcheted
+     (from then on no key on the device opens that data, nor any old copy of it);
+  2. ciphertext files no live session refers to are deleted (hygiene);
+  3. the caller records the event.
+Each step is idempotent and a crash between steps is finished by the next sweep:
+files left behind are orphans that step 2 of any later run deletes.
+
+Forgetting some sessions of a bucket (but not all) re-keys the bucket: its files
+get headers for a fresh identity, then the old identity is destroyed with a
+ratchet, so a copy of a forgotten file recovered from flash opens with nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+from edge.config import Config
+from edge.crypto.age import AgeError, Recipient, rekey_in_place
+from edge.retention.clock import Reading, TrustedClock
+from edge.store.keystore import Keystore, KeystoreData, SessionEntry
+from edge.store.recorder import RECORDINGS, TRANSCRIPTS, recording_path, transcript_path
+
+
+@dataclass(frozen=True)
+class ShreddedBucket:
+    bucket: str
+    profile: str
+    kind: str
+    expires: datetime
+    sessions: tuple[str, ...]
+    """Sessions whose data of this kind died with the bucket."""
+    reason: str
+    """"expired", "inactive" (child profile unused for inactive_after) or "forget"."""
+    late: timedelta
+    """How long after its expiry the bucket was shredded (negative: early, e.g. forget)."""
+
+
+@dataclass
+class ShredReport:
+    reading: Reading
+    """The trusted time of the run, whether the clock was synced, and any set-back."""
+    buckets: list[ShreddedBucket] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    """Sessions removed by a forget request."""
+    rekeyed: list[str] = field(default_factory=list)
+    """Buckets given a new key because some (not all) of their sessions were forgotten."""
+    files_deleted: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.buckets or self.forgotten or self.rekeyed or self.files_deleted)
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """Exactly one of the selectors is set."""
+
+    session: str | None = None
+    profile: str | None = None
+    everything: bool = False
+    before: datetime | None = None
+
+    def matches(self, entry: SessionEntry) -> bool:
+        if self.everything:
+            return True
+        if self.session is not None:
+            return entry.id == self.session
+        if self.profile is not None:
+            return entry.profile == self.profile
+        return self.before is not None and entry.created < self.before
+
+    def describe(self) -> str:
+        if self.everything:
+            return "everything"
+        if self.session is not None:
+            return f"session {self.session}"
+        if self.profile is not None:
+            return f"profile {self.profile}"
+        return f"everything before {self.before.isoformat() if self.before else '?'}"
+
+
+class Shredder:
+    """Runs sweeps and forget requests against the keystore."""
+
+    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config) -> None:
+        self.keystore = keystore
+        self.clock = clock
+        self.config = config
+
+    def sweep(self) -> ShredReport:
+        """Shred every bucket that is due (or whose child profile went inactive), finish any
+        interrupted re-key, delete orphaned ciphertext."""
+        with self.keystore.transaction() as data:
+            report = ShredReport(self.clock.persist())
+            now = report.reading.now
+            reasons = {b.id: "expired" for b in data.buckets.values() if b.expires <= now}
+            for profile in self.config.profiles:
+                seen = data.last_seen.get(profile.name)
+                if profile.is_child and seen is not None and now - seen >= profile.inactive_after:
+                    reasons.update({b.id: "inactive" for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons})
+            self._destroy(data, reasons, now, report)
+            self._finish_rekeys(data, report)
+            report.files_deleted += self._delete_orphans(data)
+        return report
+
+    def forget(self, request: ForgetRequest, confirm: Callable[[list[SessionEntry]], bool] = lambda _: True) -> ShredReport:
+        """Forget the matching sessions now. `confirm` sees them first and may refuse."""
+        with self.keystore.transaction() as data:
+            report = ShredReport(self.clock.persist())
+            doomed = {s.id for s in data.sessions.values() if request.matches(s)}
+            if request.everything:
+                whole = set(data.buckets)
+            else:
+                whole = {b for b in data.buckets if data.members(b) and all(m.id in doomed for m in data.members(b))}
+                if request.profile is not None:
+                    whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
+            partial = {
+                bucket_id
+                for s in data.sessions.values()
+                if s.id in doomed
+                for bucket_id in (s.audio_bucket, s.transcript_bucket)
+                if bucket_id is not None and bucket_id not in whole
+            }
+            if not doomed and not whole:
+                return report
+            if not confirm(sorted((data.sessions[i] for i in doomed), key=lambda s: s.created)):
+                return report
+            report.forgotten = sorted(doomed)
+            for session_id in doomed:
+                del data.sessions[session_id]
+            for bucket_id in sorted(partial):
+                self.keystore.start_rekey(data, bucket_id)
+            self.keystore.save(data)  # the new identities are durable before any file changes
+            self._destroy(data, {b: "forget" for b in whole}, report.reading.now, report, ratchet=not partial)
+            self._finish_rekeys(data, report)
+            report.files_deleted += self._delete_orphans(data)
+        return report
+
+    # -- steps ---------------------------------------------------------------------
+
+    def _destroy(
+        self, data: KeystoreData, reasons: dict[str, str], now: datetime, report: ShredReport, ratchet: bool = True
+    ) -> None:
+        if not reasons:
+            return
+        for bucket_id, reason in sorted(reasons.items()):
+            bucket = data.buckets[bucket_id]
+            members = tuple(s.id for s in data.members(bucket_id))
+            report.buckets.append(ShreddedBucket(bucket_id, bucket.profile, bucket.kind, bucket.expires, members, reason, now - bucket.expires))
+            for session_id in members:
+                entry = data.sessions[session_id]
+                if entry.audio_bucket == bucket_id:
+                    entry = replace(entry, audio_bucket=None, audio_expires=None)
+                if entry.transcript_bucket == bucket_id:
+                    entry = replace(entry, transcript_bucket=None, transcript_expires=None)
+                data.sessions[session_id] = entry
+        for session_id in [s.id for s in data.sessions.values() if s.audio_bucket is None and s.transcript_bucket is None]:
+            del data.sessions[session_id]  # nothing of it is left
+        if ratchet:
+            self.keystore.destroy_buckets(data, sorted(reasons))
+        else:
+            for bucket_id in reasons:
+                data.buckets.pop(bucket_id)  # the re-key that follows ratchets once for both
+
+    def _finish_rekeys(self, data: KeystoreData, report: ShredReport) -> None:
+        rekeying = [b for b in data.buckets.values() if b.retiring_identity is not None]
+        if not rekeying:
+            return
+        for bucket in rekeying:
+            identities = self.keystore.identities(bucket)
+            recipient = Recipient.parse(bucket.recipient)
+            for path in self._files_of(data, bucket.id):
+                try:
+                    with path.open("r+b") as handle:
+                        rekey_in_place(handle, identities, recipient)
+                except FileNotFoundError:
+                    continue
+                except AgeError:
+                    continue  # a damaged file: it opens with nothing either way
+            report.rekeyed.append(bucket.id)
+        self.keystore.finish_rekey(data, [b.id for b in rekeying])
+
+    def _files_of(self, data: KeystoreData, bucket_id: str) -> list[Path]:
+        root = self.keystore.data_dir
+        files = []
+        for entry in data.members(bucket_id):
+            if entry.audio_bucket == bucket_id:
+                files.append(recording_path(root, entry.id))
+            if entry.transcript_bucket == bucket_id:
+                files.append(transcript_path(root, entry.id))
+        return files
+
+    def _delete_orphans(self, data: KeystoreData) -> int:
+        """Delete ciphertext that no live session refers to (what a shred leaves, or a crash)."""
+        root = self.keystore.data_dir
+        live = {recording_path(root, s.id) for s in data.sessions.values() if s.audio_bucket}
+        live |= {transcript_path(root, s.id) for s in data.sessions.values() if s.transcript_bucket}
+        deleted = 0
+        for folder in (root / RECORDINGS, root / TRANSCRIPTS):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path not in live:
+                    path.unlink(missing_ok=True)
+                    deleted += 1
+        return deleted
