@@ -1,0 +1,459 @@
+"""Retention and crypto-shredding: policy, trusted clock, sweep, forget, remnant tests,
+crash recovery, the real scheduler, and whole-process time travel with faketime."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, edge_agent
+from edge.config import load_config
+from edge.crypto.age import AgeError, decrypt
+from edge.crypto.vault import open_vault
+from edge.retention.clock import TrustedClock
+from edge.retention.scheduler import RetentionService
+from edge.retention.shredder import ForgetRequest, Shredder
+from edge.store.buckets import expiry_for, window_for
+from edge.store.keystore import Keystore, KeystoreError
+from edge.store.recorder import Recorder, recording_path, transcript_path
+from edge.stt.recognizer import Transcript, Word
+from edge.tagging import Tag
+
+START = datetime(2026, 11, 28, 12, 0, 7, tzinfo=timezone.utc)
+PCM = bytes(range(256)) * 300  # 76,800 bytes: more than one 64 KiB chunk
+
+
+class FakeWall:
+    """The wall clock and the monotonic clock, moved by hand (the `*_at_time` idea)."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.wall = start.timestamp()
+        self.mono = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def set_wall(self, instant: datetime) -> None:  # a clock change: monotonic does not move
+        self.wall = instant.timestamp()
+
+
+def setup(tmp_path: Path, write_config, **config):
+    config = load_config(write_config(mode="always", **config))
+    wall = FakeWall()
+    clock = TrustedClock(config.device.data_dir, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1")
+    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    return config, wall, clock, store, Shredder(store, clock, config)
+
+
+def record(store: Keystore, clock: TrustedClock, config, profile: str) -> str:
+    """One real sealed session: audio sealed in chunks, transcript sealed at the end."""
+    session_id = os.urandom(8).hex()
+    sealed = Recorder(store, clock.now).begin(session_id, Tag(config.profile(profile), "given"))
+    sealed.write(PCM)
+    sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
+    return session_id
+
+
+def openable(store: Keystore, files: list[Path]) -> list[bool]:
+    """Try every key the device holds now on each file."""
+    data = store.read()
+    identities = [i for b in data.buckets.values() for i in store.identities(b)]
+    results = []
+    for path in files:
+        try:
+            decrypt(path.read_bytes(), identities)
+            results.append(True)
+        except (AgeError, FileNotFoundError):
+            results.append(False)
+    return results
+
+
+# -- policy -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [timedelta(seconds=5), timedelta(minutes=90), timedelta(hours=24), timedelta(days=7)])
+def test_bucket_expiry_is_never_later_than_policy(keep):
+    rng = random.Random(7)
+    for _ in range(500):
+        created = START + timedelta(seconds=rng.uniform(0, 10 * 86400))
+        expires = expiry_for(created, keep)
+        assert created + keep - window_for(keep) < expires <= created + keep
+        assert window_for(keep) * 12 <= keep or window_for(keep) == timedelta(seconds=1)
+
+
+# -- trusted clock ------------------------------------------------------------------
+
+
+def test_clock_set_back_never_moves_time_back(tmp_path):
+    wall = FakeWall()
+    clock = TrustedClock(tmp_path, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "b")
+    clock.persist()
+    wall.advance(60)
+    wall.set_wall(START - timedelta(days=365))  # someone sets the clock back a year
+    reading = clock.read()
+    assert reading.now == START + timedelta(seconds=60)
+    assert reading.set_back > timedelta(days=364)
+    # A new process in the same boot reads the persisted mark.
+    again = TrustedClock(tmp_path, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "b")
+    assert again.now() == START + timedelta(seconds=60)
+    # After a reboot the monotonic clock restarts: the mark itself is the floor.
+    rebooted = TrustedClock(tmp_path, wall=lambda: wall.wall, monotonic=lambda: 5.0, boot=lambda: "other")
+    assert rebooted.now() == START
+
+
+def test_clock_forward_jump_is_taken(tmp_path):
+    wall = FakeWall()
+    clock = TrustedClock(tmp_path, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "b")
+    clock.persist()
+    wall.set_wall(datetime(2038, 1, 20, tzinfo=timezone.utc))
+    assert clock.now() == datetime(2038, 1, 20, tzinfo=timezone.utc)
+
+
+# -- sweep ---------------------------------------------------------------------------
+
+
+def test_sweep_shreds_each_kind_at_its_expiry(tmp_path, write_config):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    session = record(store, clock, config, "child")  # audio 1h, transcript 7d
+    data_dir = config.device.data_dir
+    assert shredder.sweep().empty
+    wall.advance(3600)
+    report = shredder.sweep()
+    assert [(b.kind, b.reason, b.sessions) for b in report.buckets] == [("audio", "expired", (session,))]
+    assert timedelta(0) <= report.buckets[0].late < timedelta(minutes=5)  # the window rounds down
+    assert not recording_path(data_dir, session).exists() and transcript_path(data_dir, session).exists()
+    entry = store.read().sessions[session]
+    assert entry.audio_expires is None and entry.transcript_expires is not None
+    assert shredder.sweep().empty  # idempotent
+    wall.advance(7 * 86400)
+    assert [b.kind for b in shredder.sweep().buckets] == ["transcript"]
+    assert store.read().sessions == {} and list(data_dir.rglob("*.age")) == []
+
+
+def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    sessions = [record(store, clock, config, "child") for _ in range(20)]
+    assert len(store.read().buckets) == 2  # 20 sessions, one audio and one transcript bucket
+    wall.advance(3600)
+    report = shredder.sweep()
+    assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
+
+
+def test_inactive_child_profile_is_shredded(tmp_path, write_config):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    text = config.path.read_text(encoding="utf-8").replace('keep_transcript = "7d"', 'keep_transcript = "7d"\ninactive_after = "2d"')
+    config.path.write_text(text, encoding="utf-8")
+    config = load_config(config.path)
+    shredder = Shredder(store, clock, config)
+    record(store, clock, config, "child")
+    wall.advance(2 * 86400)
+    report = shredder.sweep()
+    assert {(b.kind, b.reason) for b in report.buckets} == {("audio", "expired"), ("transcript", "inactive")}
+    assert store.read().sessions == {}
+
+
+# -- remnant tests: the definition of crypto-shredding --------------------------------
+
+
+def test_remnant_after_shred(tmp_path, write_config):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    doomed = record(store, clock, config, "child")  # audio expires in 1h
+    wall.advance(2 * 3600)
+    live = record(store, clock, config, "child")
+    data_dir = config.device.data_dir
+    image = tmp_path / "forensic-image"
+    shutil.copytree(data_dir, image)  # a copy of the whole card, before the shred
+    wall.advance(3600 - 10 * 60)  # past the first session's audio expiry only
+    report = shredder.sweep()
+    assert [b.sessions for b in report.buckets] == [(doomed,)]
+    old = [recording_path(image, doomed), recording_path(image, live), transcript_path(image, doomed)]
+    assert openable(store, old) == [False, True, True]  # the shredded audio opens with nothing
+    # Now the whole old folder, old keystore included, beside the current vault.
+    shutil.rmtree(data_dir)
+    shutil.copytree(image, data_dir)
+    with pytest.raises(KeystoreError):
+        Keystore(data_dir, store.vault).read()
+
+
+@pytest.mark.parametrize("which", ["session", "profile", "all", "before"])
+def test_remnant_after_forget(tmp_path, write_config, which):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    first = record(store, clock, config, "child")
+    wall.advance(60)
+    second = record(store, clock, config, "child")  # same buckets as the first
+    parent = record(store, clock, config, "parent")
+    data_dir = config.device.data_dir
+    image = tmp_path / "forensic-image"
+    shutil.copytree(data_dir, image)
+    request = {
+        "session": ForgetRequest(session=first),
+        "profile": ForgetRequest(profile="child"),
+        "all": ForgetRequest(everything=True),
+        "before": ForgetRequest(before=START + timedelta(seconds=30)),
+    }[which]
+    report = shredder.forget(request)
+    gone = {"session": [first], "profile": [first, second], "all": [first, second, parent], "before": [first]}[which]
+    assert sorted(report.forgotten) == sorted(gone)
+    kept = [s for s in (first, second, parent) if s not in gone]
+    assert set(store.read().sessions) == set(kept)
+    for session in gone:  # neither the deleted files nor any recovered copy open
+        assert not recording_path(data_dir, session).exists()
+        assert openable(store, [recording_path(image, session), transcript_path(image, session)]) == [False, False]
+    for session in kept:  # everything live still opens
+        assert openable(store, [recording_path(data_dir, session), transcript_path(data_dir, session)]) == [True, True]
+    if which in ("session", "before"):
+        assert len(report.rekeyed) == 2  # the child's audio and transcript buckets got new keys
+        assert all(b.retiring_identity is None for b in store.read().buckets.values())
+
+
+def test_forget_confirmation_can_refuse(tmp_path, write_config):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    session = record(store, clock, config, "child")
+    report = shredder.forget(ForgetRequest(everything=True), confirm=lambda sessions: False)
+    assert report.empty and session in store.read().sessions
+
+
+# -- crashes between the steps --------------------------------------------------------
+
+
+def test_crash_after_ratchet_before_delete_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch):
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    session = record(store, clock, config, "child")
+    wall.advance(3600)
+    monkeypatch.setattr(Shredder, "_delete_orphans", lambda self, data: (_ for _ in ()).throw(SystemExit("power cut")))
+    with pytest.raises(SystemExit):
+        shredder.sweep()
+    monkeypatch.undo()
+    path = recording_path(config.device.data_dir, session)
+    assert path.exists() and openable(store, [path]) == [False]  # keys gone already
+    report = shredder.sweep()
+    assert report.files_deleted == 1 and not path.exists()
+
+
+def test_crash_in_the_middle_of_a_rekey_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch):
+    from edge.retention import shredder as module
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    sessions = [record(store, clock, config, "child") for _ in range(4)]
+    calls = []
+    real = module.rekey_in_place
+
+    def crash_on_third(handle, identities, recipient):
+        calls.append(1)
+        if len(calls) == 3:
+            raise SystemExit("power cut")
+        real(handle, identities, recipient)
+
+    monkeypatch.setattr(module, "rekey_in_place", crash_on_third)
+    with pytest.raises(SystemExit):
+        shredder.forget(ForgetRequest(session=sessions[0]))
+    monkeypatch.undo()
+    data_dir = config.device.data_dir
+    live = [recording_path(data_dir, s) for s in sessions[1:]]
+    assert openable(store, live) == [True, True, True]  # nothing lost: the retiring key still opens the rest
+    report = shredder.sweep()
+    assert sorted(report.rekeyed) and all(b.retiring_identity is None for b in store.read().buckets.values())
+    assert openable(store, live) == [True, True, True]
+    assert not recording_path(data_dir, sessions[0]).exists()
+
+
+# -- the real scheduler ---------------------------------------------------------------
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def _service(config, store, clock, reports):
+    return RetentionService(Shredder(store, clock, config), clock, timedelta(minutes=10), reports.append)
+
+
+def test_bucket_job_fires_at_expiry(tmp_path, write_config):
+    config = load_config(write_config(mode="always"))
+    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "3s"')
+    config.path.write_text(text, encoding="utf-8")
+    config = load_config(config.path)
+    clock = TrustedClock(config.device.data_dir)
+    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    reports: list = []
+    service = _service(config, store, clock, reports)  # the sweep is 10 min away: only the bucket job can do it
+    service.start()
+    try:
+        recorder = Recorder(store, clock.now, on_new_bucket=service.add_bucket)
+        session = os.urandom(8).hex()
+        sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
+        sealed.write(PCM)
+        sealed.finish(Transcript("", ()))
+        path = recording_path(config.device.data_dir, session)
+        assert path.exists()
+        assert wait_for(lambda: not path.exists(), 8), "the bucket's date job did not shred it"
+        late = reports[-1].buckets[0].late
+        assert timedelta(0) <= late < timedelta(seconds=2)
+    finally:
+        service.stop()
+
+
+def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
+    """The trusted clock is an hour ahead of the wall clock (the clock was set back after
+    the last mark). A bucket due in 3 trusted seconds must go in about 3 real seconds."""
+    config = load_config(write_config(mode="always"))
+    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "3s"')
+    config.path.write_text(text, encoding="utf-8")
+    config = load_config(config.path)
+    data_dir = config.device.data_dir
+    ahead = datetime.now(timezone.utc) + timedelta(hours=1)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    from edge.retention.clock import boot_id
+
+    (data_dir / "clock").write_text(json.dumps({"version": 1, "wall": ahead.isoformat(), "monotonic": time.monotonic(), "boot": boot_id()}))
+    clock = TrustedClock(data_dir)
+    assert clock.read().set_back > timedelta(minutes=59)
+    store = Keystore(data_dir, open_vault(config.vault, data_dir))
+    reports: list = []
+    service = _service(config, store, clock, reports)
+    service.start()
+    try:
+        session = os.urandom(8).hex()
+        sealed = Recorder(store, clock.now, on_new_bucket=service.add_bucket).begin(session, Tag(config.profile("child"), "given"))
+        sealed.finish(Transcript("", ()))
+        assert wait_for(lambda: not recording_path(data_dir, session).exists(), 8)
+    finally:
+        service.stop()
+
+
+# -- whole processes: faketime, a running agent, kill -9 --------------------------------
+
+
+def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProcess:
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is missing: run scripts/setup.sh test")
+    env = {**os.environ, "DONT_FAKE_MONOTONIC": "1", "EDGE_CONFIG": str(config)}
+    return subprocess.run(
+        ["faketime", "-f", offset, sys.executable, "-m", "edge", *args],
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT,
+    )
+
+
+def test_time_travel_whole_process(write_config, speech):
+    config = write_config(mode="always")
+    clip = speech.join(speech.say("메시지"), 1.0)
+    ran = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child", "--json")
+    assert ran.returncode == 0, ran.stderr
+    session = json.loads(ran.stdout)["session"]
+
+    back = faketime("-1y", "purge", config=config)  # the clock set back a year
+    assert back.returncode == 0, back.stderr
+    assert "nothing is due" in back.stdout
+
+    later = faketime("+2h", "purge", config=config)  # two hours later: the child's audio (1h) is due
+    assert later.returncode == 0, later.stderr
+    assert "shredded audio bucket child.audio." in later.stdout and "expired" in later.stdout
+
+    # Back to the real time: nothing comes back, and the export refuses.
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert [(s["session"], s["audio_expires"]) for s in status["sessions"]] == [(session, None)]
+    refused = edge_agent("--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback")
+    assert refused.returncode != 0 and "does not keep audio" in refused.stderr
+
+    future = faketime("@2038-01-20 00:00:00", "purge", config=config)  # forward to 2038
+    assert future.returncode == 0, future.stderr
+    assert "shredded transcript bucket" in future.stdout
+    assert json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"] == []
+    back_again = faketime("-1y", "purge", config=config)
+    assert back_again.returncode == 0 and "nothing is due" in back_again.stdout
+
+
+def test_forget_cli(write_config, speech):
+    config = write_config(mode="always")
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0)
+    ran = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child", "--json")
+    sessions = [json.loads(line)["session"] for line in ran.stdout.splitlines()]
+    unconfirmed = edge_agent("--config", str(config), "forget", "--session", sessions[0], stdin=subprocess.DEVNULL)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    forgot = edge_agent("--config", str(config), "forget", "--session", sessions[0], "--yes")
+    assert forgot.returncode == 0, forgot.stderr
+    assert "forgot 1 session(s)" in forgot.stdout and "re-keyed bucket" in forgot.stdout
+    unknown = edge_agent("--config", str(config), "forget", "--session", "feedfeedfeedfeed", "--yes")
+    assert unknown.returncode == 2 and "no retained session" in unknown.stderr
+    bad_date = edge_agent("--config", str(config), "forget", "--before", "last tuesday", "--yes")
+    assert bad_date.returncode == 2 and "ISO 8601" in bad_date.stderr
+    everything = edge_agent("--config", str(config), "forget", "--all", "--yes")
+    assert everything.returncode == 0 and "forgot 1 session(s)" in everything.stdout
+    assert list((config.parent / "data").rglob("*.age")) == []
+
+
+@pytest.mark.mic
+def test_running_agent_shreds_on_schedule_and_catches_up_at_start(virtual_mic, write_config, speech):
+    from test_mic import MicAgent
+
+    config = write_config(mode="always")
+    config.write_text(config.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "4s"'), encoding="utf-8")
+    agent = MicAgent(virtual_mic, config, "--profile", "child")
+    subprocess.run(["paplay", str(speech.say("메시지"))], env=virtual_mic, check=True)
+    data_dir = config.parent / "data"
+    assert wait_for(lambda: list((data_dir / "recordings").glob("*.age")), 5), "no session was recorded"
+    assert wait_for(lambda: not list((data_dir / "recordings").glob("*.age")), 10), "not shredded on schedule"
+    sessions, stderr, code = agent.stop()
+    assert code == 0 and "shredded audio bucket" in stderr
+
+    # Off: a session recorded, then the agent not running past its expiry.
+    clip = speech.join(speech.say("아버지"), 1.0)
+    assert edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child").returncode == 0
+    assert list((data_dir / "recordings").glob("*.age"))
+    time.sleep(5)
+    restarted = MicAgent(virtual_mic, config)
+    assert "shredded audio bucket" in restarted.stderr.split("listening")[0]  # before the microphone opened
+    restarted.stop()
+
+
+def test_kill_9_during_purge_then_purge_is_consistent(tmp_path, write_config):
+    """Sessions an hour apart, from 20 h ago to 20 h ahead; purges under faketime at later and
+    later instants each have buckets to shred, and each is killed at a random point."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    wall.set_wall(datetime.now(timezone.utc) - timedelta(hours=20))
+    for _ in range(40):
+        record(store, clock, config, "child")
+        wall.advance(3600)
+    data_dir = config.device.data_dir
+    (data_dir / "clock").unlink(missing_ok=True)  # the processes below use the real (faked) clock
+    rng = random.Random(2026)
+    killed_running = 0
+    for hours in range(0, 25, 4):
+        process = subprocess.Popen(
+            ["faketime", "-f", f"+{hours}h", sys.executable, "-m", "edge", "--config", str(config.path), "purge"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            env={**os.environ, "DONT_FAKE_MONOTONIC": "1"},
+        )
+        time.sleep(rng.uniform(0.2, 0.8))
+        killed_running += process.poll() is None
+        process.kill()
+        process.communicate()
+    final = faketime("+25h", "purge", config=config.path)
+    assert final.returncode == 0, final.stderr
+    fresh = Keystore(data_dir, store.vault)
+    data = fresh.read()
+    now = TrustedClock(data_dir).now()
+    assert all(b.expires > now and b.retiring_identity is None for b in data.buckets.values())
+    files = sorted(data_dir.rglob("*.age"))
+    expected = sorted(
+        [recording_path(data_dir, s.id) for s in data.sessions.values() if s.audio_bucket]
+        + [transcript_path(data_dir, s.id) for s in data.sessions.values() if s.transcript_bucket]
+    )
+    assert files == expected  # no orphans, nothing missing
+    assert len(files) > 10 and all(openable(fresh, files))  # the live transcripts still open
+    assert killed_running > 0, "every purge had finished before its kill: the test proved nothing"
