@@ -433,13 +433,13 @@ def test_kill_9_during_purge_then_purge_is_consistent(tmp_path, write_config):
     (data_dir / "clock").unlink(missing_ok=True)  # the processes below use the real (faked) clock
     rng = random.Random(2026)
     killed_running = 0
-    for hours in range(0, 25, 4):
+    for hours in range(0, 25, 2):
         process = subprocess.Popen(
             ["faketime", "-f", f"+{hours}h", sys.executable, "-m", "edge", "--config", str(config.path), "purge"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
             env={**os.environ, "DONT_FAKE_MONOTONIC": "1"},
         )
-        time.sleep(rng.uniform(0.2, 0.8))
+        time.sleep(rng.uniform(0.05, 0.4))
         killed_running += process.poll() is None
         process.kill()
         process.communicate()
