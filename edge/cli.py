@@ -7,6 +7,7 @@ code; no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -138,6 +139,55 @@ def _build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(handler=_cmd_forget)
 
+    audit = sub.add_parser(
+        "audit",
+        help="check, show and export the tamper-evident audit log",
+        description="The audit log records every session, export, shred and forget, hash-chained and "
+        "signed. It never holds audio, transcript text or keys.",
+    )
+    audit.set_defaults(handler=lambda _args: audit.print_help() or 0)
+    audit_sub = audit.add_subparsers(title="audit commands", metavar="COMMAND", parser_class=_Parser)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="prove the log is intact and that nothing past its retention can still be opened",
+        description="Read-only. Checks the hash chain and every signed checkpoint, then cross-checks the "
+        "data folder: every session past its expiry has a shred logged and opens with no key the device "
+        "holds; every forget request was fulfilled; no child session was exported for training. "
+        "On failure exits 1 and names the first bad line.",
+    )
+    verify.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(handler=_cmd_audit_verify)
+    checkpoint = audit_sub.add_parser(
+        "checkpoint",
+        help="sign the log's current head; write the text to FILE and the signature to FILE.sig",
+        description="Writes a checkpoint (log id, entries, head hash) and its raw 64-byte Ed25519 "
+        "signature. Keep it somewhere else (e.g. a phone): `audit verify --witness FILE` then detects a "
+        "log that was cut short or replaced.",
+    )
+    checkpoint.add_argument("--out", required=True, metavar="FILE")
+    checkpoint.set_defaults(handler=_cmd_audit_checkpoint)
+    export_key = audit_sub.add_parser(
+        "export-key",
+        help="write the log's public key (PEM) for checking checkpoints with openssl",
+        description="Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig",
+    )
+    export_key.add_argument("--out", required=True, metavar="FILE.pem")
+    export_key.set_defaults(handler=_cmd_audit_export_key)
+    show = audit_sub.add_parser("show", help="list the log's events", description="List audit events, oldest first.")
+    show.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
+    show.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. shred, session.created)")
+    show.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
+    show.set_defaults(handler=_cmd_audit_show)
+    report = audit_sub.add_parser(
+        "report",
+        help="write a self-contained HTML page for parents",
+        description="One HTML file with no external scripts, fonts or images: what each profile keeps and "
+        "until when, a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level.",
+    )
+    report.add_argument("--html", required=True, metavar="FILE")
+    report.set_defaults(handler=_cmd_audit_report)
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline on the bundled sample speech",
@@ -188,7 +238,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng), spoken as profile {profile.name!r}")
         print(f"  data:    {scratch} (a temporary folder, removed at the end)")
         code = _run_agent(config, str(DEMO_WAV), False, profile.name, False)
-        store = _open_keystore(config)
+        store, _audit = _open_store(config)
         _print_status(store)
         sealed = sorted(p.relative_to(scratch) for p in Path(scratch).rglob("*.age"))
         print(f"On disk: {len(sealed)} sealed file(s), each an age file that only its bucket's key opens:")
@@ -196,6 +246,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             head = (Path(scratch) / path).read_bytes()[:21].decode()
             print(f"  {path}  ({head}...)")
         print("Speech heard before the wake phrase was wiped from RAM, never written.")
+        verification = _verification(config)
+        print(
+            f"Audit log: {verification.entries} entries, {verification.checkpoints} signed checkpoint(s): "
+            + ("verified (`edge-agent audit verify`)" if verification.ok else f"FAILED: {verification.problems[0]}")
+        )
         for slot in ("current", "next"):
             store.vault.erase(slot)
         print("Demo over: its root key was destroyed, so none of those files can be opened again.")
@@ -203,7 +258,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    store = _open_keystore(_load_config(args))
+    store, _audit = _open_store(_load_config(args))
     if args.json:
         data = store.read()
         sessions = [
@@ -230,9 +285,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edge.store.export import export_audio, export_identity
 
     config = _load_config(args)
-    store = _open_keystore(config)
+    store, audit = _open_store(config)
     if args.identity_out:
-        bucket, members, expires = export_identity(store, args.session, Path(args.identity_out), _trusted_now(config))
+        bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), _trusted_now(config))
         print(
             f"edge-agent: WARNING: {args.identity_out} opens every recording in bucket {bucket} "
             f"({members} session(s)) until {expires.isoformat()}. Keep it private and delete it after checking.",
@@ -241,7 +296,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     if not args.purpose:
         raise UsageError("export --out needs --purpose playback, review or training")
-    exported = export_audio(store, config, args.session, Path(args.out), args.purpose, _trusted_now(config))
+    exported = export_audio(store, audit, config, args.session, Path(args.out), args.purpose, _trusted_now(config))
     print(f"exported session {exported.session} ({exported.profile}, {exported.seconds:.1f} s) for {exported.purpose} to {exported.path}")
     return 0
 
@@ -259,7 +314,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     from edge.retention.shredder import ForgetRequest
 
     config = _load_config(args)
-    request = ForgetRequest(session=args.session, profile=args.profile, everything=args.all, before=_parse_instant(args.before))
+    request = ForgetRequest(
+        session=args.session, profile=args.profile, everything=args.all, before=_parse_instant(args.before, "--before")
+    )
     shredder = _shredder(config)
     if args.session and args.session not in shredder.keystore.read().sessions:
         raise UsageError(f"there is no retained session {args.session!r}; `edge-agent status` lists them")
@@ -283,17 +340,135 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verification(config, witness_path: str | None = None):
+    """Verify the log and the data folder (read-only)."""
+    from datetime import timedelta
+
+    from edge.audit.log import AuditLog, Checkpoint
+    from edge.audit.verify import verify
+    from edge.crypto.vault import open_vault
+    from edge.store.keystore import Keystore
+
+    witness = None
+    if witness_path:
+        path = Path(witness_path)
+        try:
+            text = path.read_bytes()
+            signature_path = path.with_name(path.name + ".sig")
+            signature = signature_path.read_bytes() if signature_path.exists() else b""
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the witness: {exc.strerror}") from None
+        witness = Checkpoint.parse(text, signature)
+    data_dir = config.device.data_dir
+    keystore = Keystore(data_dir, open_vault(config.vault, data_dir), readonly=True)
+    grace = config.retention.sweep + timedelta(seconds=2)
+    return verify(AuditLog(data_dir), keystore, _trusted_now(config), grace, witness)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    result = _verification(_load_config(args), args.witness)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0 if result.ok else 1
+    if not result.ok:
+        print(f"audit verify FAILED: {result.problems[0]}")
+        for problem in result.problems[1:]:
+            print(f"  also: {problem}")
+        return 1
+    print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
+    if result.witness:
+        print(f"witness: {result.witness}")
+    print(
+        f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, "
+        f"worst lateness {result.worst_late_seconds:.1f} s"
+    )
+    print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
+    print("nothing past its retention can be opened with any key this device holds")
+    return 0
+
+
+def _cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    from edge.audit.log import AuditLog
+
+    config = _load_config(args)
+    checkpoint = AuditLog(config.device.data_dir).checkpoint()
+    out = Path(args.out)
+    try:
+        out.write_bytes(checkpoint.text)
+        out.with_name(out.name + ".sig").write_bytes(checkpoint.signature)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
+    print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
+    return 0
+
+
+def _cmd_audit_export_key(args: argparse.Namespace) -> int:
+    from edge.audit.log import AuditLog
+
+    config = _load_config(args)
+    out = Path(args.out)
+    try:
+        out.write_bytes(AuditLog(config.device.data_dir).public_key_pem())
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
+    print(f"public key written to {out}")
+    return 0
+
+
+def _cmd_audit_show(args: argparse.Namespace) -> int:
+    from edge.audit.log import AuditLog
+
+    config = _load_config(args)
+    since = _parse_instant(args.since, "--since")
+    for entry in AuditLog(config.device.data_dir).entries():
+        if args.type and entry["type"] != args.type:
+            continue
+        if since and datetime_from(entry["wall"]) < since:
+            continue
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in sorted(entry["fields"].items()) if k not in ("signature", "public_key"))
+            print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
+    return 0
+
+
+def _cmd_audit_report(args: argparse.Namespace) -> int:
+    from edge.audit.log import AuditLog
+    from edge.audit.report import render
+    from edge.crypto.vault import open_vault
+
+    config = _load_config(args)
+    verification = _verification(config)
+    level = open_vault(config.vault, config.device.data_dir).level
+    page = render(list(AuditLog(config.device.data_dir).entries()), config, level, verification, _trusted_now(config))
+    out = Path(args.html)
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
+    print(f"report written to {out}" + ("" if verification.ok else " (the audit log did NOT verify: see the page)"))
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------
+
+
+def datetime_from(text: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(text)
 
 
 def _shredder(config):
     from edge.retention.clock import TrustedClock
     from edge.retention.shredder import Shredder
 
-    return Shredder(_open_keystore(config), TrustedClock(config.device.data_dir), config)
+    store, audit = _open_store(config)
+    return Shredder(store, TrustedClock(config.device.data_dir), config, audit)
 
 
-def _parse_instant(text: str | None):
+def _parse_instant(text: str | None, option: str):
     """ISO 8601; without a zone it is the device's local time."""
     if text is None:
         return None
@@ -302,7 +477,7 @@ def _parse_instant(text: str | None):
     try:
         instant = datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--before {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00") from None
+        raise UsageError(f"{option} {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00") from None
     return instant.astimezone() if instant.tzinfo is None else instant
 
 
@@ -340,11 +515,16 @@ def _iso(instant) -> str | None:
     return instant.isoformat() if instant is not None else None
 
 
-def _open_keystore(config):
+def _open_store(config):
+    """The data folder's keystore and audit log; a lost root key is audited when found."""
+    from edge.audit.log import AuditLog
     from edge.crypto.vault import open_vault
     from edge.store.keystore import Keystore
 
-    return Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    audit = AuditLog(config.device.data_dir)
+    vault = open_vault(config.vault, config.device.data_dir)
+    store = Keystore(config.device.data_dir, vault, on_root_lost=lambda: audit.append("root.lost", backend=vault.level.backend))
+    return store, audit
 
 
 def _print_status(store) -> None:
@@ -403,7 +583,8 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
 
     from edge.store.recorder import Recorder
 
-    store = _open_keystore(config)
+    store, audit = _open_store(config)
+    audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
     store.read()  # open the vault and keystore before any audio is heard
     if store.root_lost:
         print(
@@ -417,16 +598,21 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
 
     clock = TrustedClock(config.device.data_dir)
     retention = RetentionService(
-        Shredder(store, clock, config), clock, config.retention.sweep, lambda report: _print_report(report, sys.stderr)
+        Shredder(store, clock, config, audit), clock, config.retention.sweep, lambda report: _print_report(report, sys.stderr)
     )
     retention.catch_up()  # everything already due is shredded before any audio is heard
-    recorder = Recorder(store, clock.now, on_new_bucket=retention.add_bucket)
+    recorder = Recorder(store, clock.now, audit, on_new_bucket=retention.add_bucket)
     agent = Agent(config, model, emit, given_profile=profile, recorder=recorder, clock=clock.now)
+    level = store.vault.level
+    audit.append("agent.started", version=__version__, source="mic" if info is None else "file", vault=level.backend,
+                 level=level.to_json()["level"], survives_reboot=level.survives_reboot)
     retention.start()
     try:
         summary, dropped = _listen(agent, config, info)
     finally:
         retention.stop()
+        audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3))
+        audit.checkpoint()
     sys.stdout.flush()
     print(
         f"edge-agent: {summary.sessions} session(s) from {summary.seconds:.1f} s of audio"

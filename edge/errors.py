@@ -32,3 +32,8 @@ class ModelError(EdgeError):
 
 class PolicyError(EdgeError):
     """A request the household's policy refuses (e.g. a child's audio for training)."""
+
+    def __init__(self, message: str, reason: str = "policy") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """A short, loggable reason ("child", "no consent", ...)."""

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PURPOSE=${1:-run}
 APT_RUN=(python3 python3-venv python3-dev gcc libportaudio2 libsndfile1)
-APT_TEST=(espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime)
+APT_TEST=(espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium)
 packages=("${APT_RUN[@]}")
 [ "$PURPOSE" = test ] && packages+=("${APT_TEST[@]}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, edge_agent
+from edge.audit.log import AuditLog
 from edge.config import load_config
 from edge.crypto.age import AgeError, decrypt
 from edge.crypto.vault import open_vault
@@ -52,13 +53,13 @@ def setup(tmp_path: Path, write_config, **config):
     wall = FakeWall()
     clock = TrustedClock(config.device.data_dir, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1")
     store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
-    return config, wall, clock, store, Shredder(store, clock, config)
+    return config, wall, clock, store, Shredder(store, clock, config, AuditLog(config.device.data_dir))
 
 
 def record(store: Keystore, clock: TrustedClock, config, profile: str) -> str:
     """One real sealed session: audio sealed in chunks, transcript sealed at the end."""
     session_id = os.urandom(8).hex()
-    sealed = Recorder(store, clock.now).begin(session_id, Tag(config.profile(profile), "given"))
+    sealed = Recorder(store, clock.now, AuditLog(store.data_dir)).begin(session_id, Tag(config.profile(profile), "given"))
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
@@ -154,7 +155,7 @@ def test_inactive_child_profile_is_shredded(tmp_path, write_config):
     text = config.path.read_text(encoding="utf-8").replace('keep_transcript = "7d"', 'keep_transcript = "7d"\ninactive_after = "2d"')
     config.path.write_text(text, encoding="utf-8")
     config = load_config(config.path)
-    shredder = Shredder(store, clock, config)
+    shredder = Shredder(store, clock, config, AuditLog(config.device.data_dir))
     record(store, clock, config, "child")
     wall.advance(2 * 86400)
     report = shredder.sweep()
@@ -280,7 +281,7 @@ def wait_for(condition, seconds: float) -> bool:
 
 
 def _service(config, store, clock, reports):
-    return RetentionService(Shredder(store, clock, config), clock, timedelta(minutes=10), reports.append)
+    return RetentionService(Shredder(store, clock, config, AuditLog(store.data_dir)), clock, timedelta(minutes=10), reports.append)
 
 
 def test_bucket_job_fires_at_expiry(tmp_path, write_config):
@@ -294,14 +295,14 @@ def test_bucket_job_fires_at_expiry(tmp_path, write_config):
     service = _service(config, store, clock, reports)  # the sweep is 10 min away: only the bucket job can do it
     service.start()
     try:
-        recorder = Recorder(store, clock.now, on_new_bucket=service.add_bucket)
+        recorder = Recorder(store, clock.now, AuditLog(store.data_dir), on_new_bucket=service.add_bucket)
         session = os.urandom(8).hex()
         sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
         sealed.write(PCM)
         sealed.finish(Transcript("", ()))
         path = recording_path(config.device.data_dir, session)
         assert path.exists()
-        assert wait_for(lambda: not path.exists(), 8), "the bucket's date job did not shred it"
+        assert wait_for(lambda: not path.exists() and reports, 8), "the bucket's date job did not shred it"
         late = reports[-1].buckets[0].late
         assert timedelta(0) <= late < timedelta(seconds=2)
     finally:
@@ -329,7 +330,8 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
     service.start()
     try:
         session = os.urandom(8).hex()
-        sealed = Recorder(store, clock.now, on_new_bucket=service.add_bucket).begin(session, Tag(config.profile("child"), "given"))
+        recorder = Recorder(store, clock.now, AuditLog(data_dir), on_new_bucket=service.add_bucket)
+        sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
         sealed.finish(Transcript("", ()))
         assert wait_for(lambda: not recording_path(data_dir, session).exists(), 8)
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import PHRASES, ROOT, edge_agent
 from edge.agent import Agent
+from edge.audit.log import AuditLog
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.config import load_config
 from edge.crypto.age import AgeError
@@ -36,7 +37,8 @@ def keystore_for(config) -> Keystore:
 def run_sealed(config, model, path: Path, profile: str) -> tuple[list, Keystore]:
     store = keystore_for(config)
     records: list = []
-    agent = Agent(config, model, records.append, given_profile=profile, recorder=Recorder(store, lambda: datetime.now(timezone.utc)))
+    recorder = Recorder(store, lambda: datetime.now(timezone.utc), AuditLog(config.device.data_dir))
+    agent = Agent(config, model, records.append, given_profile=profile, recorder=recorder)
     agent.run(read_pipeline_chunks(open_wav(path)))
     return records, store
 
@@ -93,7 +95,7 @@ def test_the_scan_can_fail(load, model, two_phrases, tmp_path):
     config = load(mode="always")
     records, store = run_sealed(config, model, two_phrases, "child")
     out = config.device.data_dir / "leak.wav"
-    export_audio(store, config, records[0].session, out, "playback", datetime.now(timezone.utc))
+    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, out, "playback", datetime.now(timezone.utc))
     assert plaintext_found(config.device.data_dir, pcm_of(two_phrases), []) == [str(out)]
 
 
@@ -112,7 +114,7 @@ def test_export_is_the_exact_audio_of_the_session(load, model, two_phrases, tmp_
     config = load(mode="always")
     records, store = run_sealed(config, model, two_phrases, "child")
     out = tmp_path / "out.wav"
-    exported = export_audio(store, config, records[1].session, out, "review", datetime.now(timezone.utc))
+    exported = export_audio(store, AuditLog(config.device.data_dir), config, records[1].session, out, "review", datetime.now(timezone.utc))
     info = open_wav(out)
     assert (info.rate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     session_pcm = out.read_bytes()[44:]
@@ -129,9 +131,9 @@ def test_training_is_refused_for_children_and_non_consenting_adults(load, model,
     parent, _ = run_sealed(config, model, two_phrases, "parent")
     now = datetime.now(timezone.utc)
     with pytest.raises(PolicyError, match="child profile"):
-        export_audio(store, config, child[0].session, tmp_path / "a.wav", "training", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, child[0].session, tmp_path / "a.wav", "training", now)
     with pytest.raises(PolicyError, match="has not consented"):
-        export_audio(store, config, parent[0].session, tmp_path / "b.wav", "training", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, parent[0].session, tmp_path / "b.wav", "training", now)
     assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists()
 
 
@@ -140,7 +142,7 @@ def test_training_allowed_only_with_consent(write_config, model, two_phrases, tm
     path.write_text(path.read_text(encoding="utf-8") + CONSENTING, encoding="utf-8")
     config = load_config(path)
     records, store = run_sealed(config, model, two_phrases, "donor")
-    export_audio(store, config, records[0].session, tmp_path / "ok.wav", "training", datetime.now(timezone.utc))
+    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "ok.wav", "training", datetime.now(timezone.utc))
     assert open_wav(tmp_path / "ok.wav").frames > 0
 
 
@@ -149,15 +151,15 @@ def test_unknown_expired_and_damaged_sessions_are_clear_errors(load, model, two_
     records, store = run_sealed(config, model, two_phrases, "child")
     now = datetime.now(timezone.utc)
     with pytest.raises(UsageError, match="no retained session 'nope'"):
-        export_audio(store, config, "nope", tmp_path / "x.wav", "playback", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, "nope", tmp_path / "x.wav", "playback", now)
     with pytest.raises(PolicyError, match="expired"):
-        export_audio(store, config, records[0].session, tmp_path / "x.wav", "playback", now + timedelta(hours=2))
+        export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now + timedelta(hours=2))
     sealed = recording_path(config.device.data_dir, records[0].session)
     blob = bytearray(sealed.read_bytes())
     blob[-100] ^= 1
     sealed.write_bytes(bytes(blob))
     with pytest.raises(AgeError, match="damaged or incomplete"):
-        export_audio(store, config, records[0].session, tmp_path / "x.wav", "playback", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now)
     assert list(tmp_path.glob("*x.wav*")) == []  # no partial output left behind
 
 

@@ -15,11 +15,13 @@ ratchet, so a copy of a forgotten file recovered from flash opens with nothing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
+from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.crypto.age import AgeError, Recipient, rekey_in_place
 from edge.retention.clock import Reading, TrustedClock
@@ -88,10 +90,12 @@ class ForgetRequest:
 class Shredder:
     """Runs sweeps and forget requests against the keystore."""
 
-    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config) -> None:
+    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config, audit: AuditLog) -> None:
         self.keystore = keystore
         self.clock = clock
         self.config = config
+        self.audit = audit
+        self._logged_set_back = timedelta(0)
 
     def sweep(self) -> ShredReport:
         """Shred every bucket that is due (or whose child profile went inactive), finish any
@@ -107,6 +111,7 @@ class Shredder:
             self._destroy(data, reasons, now, report)
             self._finish_rekeys(data, report)
             report.files_deleted += self._delete_orphans(data)
+            self._log(report)
         return report
 
     def forget(self, request: ForgetRequest, confirm: Callable[[list[SessionEntry]], bool] = lambda _: True) -> ShredReport:
@@ -132,6 +137,8 @@ class Shredder:
             if not confirm(sorted((data.sessions[i] for i in doomed), key=lambda s: s.created)):
                 return report
             report.forgotten = sorted(doomed)
+            request_id = os.urandom(6).hex()
+            self.audit.append("forget.requested", request=request_id, selector=request.describe(), sessions=len(doomed))
             for session_id in doomed:
                 del data.sessions[session_id]
             for bucket_id in sorted(partial):
@@ -140,7 +147,39 @@ class Shredder:
             self._destroy(data, {b: "forget" for b in whole}, report.reading.now, report, ratchet=not partial)
             self._finish_rekeys(data, report)
             report.files_deleted += self._delete_orphans(data)
+            self.audit.append(
+                "forget.fulfilled",
+                request=request_id,
+                sessions=report.forgotten,
+                buckets=[b.bucket for b in report.buckets],
+                rekeyed=report.rekeyed,
+            )
+            self._log(report)
         return report
+
+    def _log(self, report: ShredReport) -> None:
+        """Audit what happened (after it happened), then sign the log's new head."""
+        reading = report.reading
+        if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
+            self._logged_set_back = reading.set_back
+            self.audit.append("clock.set_back", seconds=round(reading.set_back.total_seconds(), 3), wall=reading.wall.isoformat())
+        for item in report.buckets:
+            self.audit.append(
+                "shred",
+                bucket=item.bucket,
+                kind=item.kind,
+                profile=item.profile,
+                reason=item.reason,
+                sessions=list(item.sessions),
+                expires=item.expires.isoformat(),
+                late_seconds=round(item.late.total_seconds(), 3),
+                clock_synced=reading.synced,
+                set_back_seconds=round(reading.set_back.total_seconds(), 3),
+            )
+        if report.files_deleted and not report.buckets:
+            self.audit.append("cleanup", files=report.files_deleted)
+        if not report.empty:
+            self.audit.checkpoint()
 
     # -- steps ---------------------------------------------------------------------
 

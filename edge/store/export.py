@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.crypto.age import AgeError, Identity, decrypt_stream
 from edge.errors import PolicyError, UsageError
@@ -46,30 +47,41 @@ def check_purpose(config: Config, entry: SessionEntry, purpose: str) -> None:
         return
     profile = next((p for p in config.profiles if p.name == entry.profile), None)
     if entry.child or profile is None or profile.is_child:
-        raise PolicyError(f"session {entry.id} belongs to a child profile ({entry.profile}): never exported for training")
+        raise PolicyError(
+            f"session {entry.id} belongs to a child profile ({entry.profile}): never exported for training", "child"
+        )
     if not profile.allow_training:
         raise PolicyError(
             f"session {entry.id}: profile {entry.profile!r} has not consented to training "
-            "(allow_training = false); refused"
+            "(allow_training = false); refused",
+            "no consent",
         )
 
 
 def export_audio(
-    keystore: Keystore, config: Config, session_id: str, out: Path, purpose: str, now: datetime
+    keystore: Keystore, audit: AuditLog, config: Config, session_id: str, out: Path, purpose: str, now: datetime
 ) -> Exported:
+    """Every export is audited with its purpose; every refusal too."""
     with keystore.transaction() as data:
         entry = find_session(data, session_id)
-        check_purpose(config, entry, purpose)
+        try:
+            check_purpose(config, entry, purpose)
+        except PolicyError as refusal:
+            audit.append("export.refused", session=session_id, purpose=purpose, reason=refusal.reason)
+            raise
         if entry.audio_expires is None or entry.audio_bucket is None:
             raise UsageError(f"session {session_id}: its profile ({entry.profile}) does not keep audio")
         if now >= entry.audio_expires:
             raise PolicyError(f"session {session_id}: its audio expired at {entry.audio_expires.isoformat()}; refused")
-        identity = keystore.identity(data.buckets[entry.audio_bucket])
-    seconds = _write_wav(recording_path(keystore.data_dir, session_id), identity, out, session_id)
+        identities = keystore.identities(data.buckets[entry.audio_bucket])
+        seconds = _write_wav(recording_path(keystore.data_dir, session_id), identities, out, session_id)
+        audit.append("export", session=session_id, purpose=purpose, seconds=round(seconds, 3))
     return Exported(session_id, entry.profile, purpose, out, seconds)
 
 
-def export_identity(keystore: Keystore, session_id: str, out: Path, now: datetime) -> tuple[str, int, datetime]:
+def export_identity(
+    keystore: Keystore, audit: AuditLog, session_id: str, out: Path, now: datetime
+) -> tuple[str, int, datetime]:
     """Write the age identity of the session's audio bucket; returns (bucket, sessions in it, expiry)."""
     with keystore.transaction() as data:
         entry = find_session(data, session_id)
@@ -80,6 +92,7 @@ def export_identity(keystore: Keystore, session_id: str, out: Path, now: datetim
         bucket = data.buckets[entry.audio_bucket]
         identity = keystore.identity(bucket)
         members = sum(1 for s in data.sessions.values() if s.audio_bucket == bucket.id)
+        audit.append("identity.exported", session=session_id, bucket=bucket.id, sessions=members)
     text = (
         f"# edge bucket {bucket.id}: opens every recording in it until {bucket.expires.isoformat()}\n"
         f"# public key: {bucket.recipient}\n{identity.encode()}\n"
@@ -88,11 +101,11 @@ def export_identity(keystore: Keystore, session_id: str, out: Path, now: datetim
     return bucket.id, members, bucket.expires
 
 
-def _write_wav(sealed: Path, identity: Identity, out: Path, session_id: str) -> float:
+def _write_wav(sealed: Path, identities: list[Identity], out: Path, session_id: str) -> float:
     temp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         with sealed.open("rb") as source, os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as sink:
-            for chunk in decrypt_stream(source, [identity]):
+            for chunk in decrypt_stream(source, identities):
                 sink.write(chunk)
             size = sink.tell() - 44
             sink.seek(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from edge.errors import EdgeError
@@ -64,19 +65,35 @@ def create_private_file(path: Path):
 
 
 class DataLock:
-    """An exclusive lock on the data folder: the agent and CLI commands take turns."""
+    """An exclusive lock on the data folder: the agent and CLI commands take turns.
+
+    Re-entrant within a thread and exclusive between threads and processes, so code
+    holding it (a keystore transaction) can call code that takes it (the audit log)."""
+
+    _held: dict[Path, tuple[int, int]] = {}  # path -> (fd, depth), owned by _guards[path]
+    _guards: dict[Path, threading.RLock] = {}
+    _registry = threading.Lock()
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = private_dir(data_dir) / "lock"
-        self._fd: int | None = None
+        self.path = private_dir(data_dir).resolve() / "lock"
+        with DataLock._registry:
+            self._guard = DataLock._guards.setdefault(self.path, threading.RLock())
 
     def __enter__(self) -> DataLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._guard.acquire()
+        fd, depth = DataLock._held.get(self.path, (-1, 0))
+        if depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        DataLock._held[self.path] = (fd, depth + 1)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        fd, depth = DataLock._held[self.path]
+        if depth == 1:
+            del DataLock._held[self.path]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        else:
+            DataLock._held[self.path] = (fd, depth - 1)
+        self._guard.release()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -114,10 +114,16 @@ class KeystoreData:
 class Keystore:
     """The sealed keystore in DATA_DIR/keystore, opened under the data-folder lock."""
 
-    def __init__(self, data_dir: Path, vault: Vault) -> None:
+    def __init__(
+        self, data_dir: Path, vault: Vault, on_root_lost: Callable[[], None] | None = None, readonly: bool = False
+    ) -> None:
         self.data_dir = private_dir(data_dir)
         self.path = data_dir / KEYSTORE_FILE
         self.vault = vault
+        self.on_root_lost = on_root_lost
+        """Called (under the lock) when a lost root is discovered, so the loss is audited."""
+        self.readonly = readonly
+        """Open without ever writing (for `audit verify`): no root is created, promoted or replaced."""
         self._root: bytes | None = None
         self.root_lost = False
         """Set when the vault had no root although a keystore existed (e.g. a power-off with
@@ -209,6 +215,9 @@ class Keystore:
     def _open(self) -> KeystoreData:
         current, staged = self.vault.read("current"), self.vault.read("next")
         if not self.path.exists():
+            if self.readonly:
+                self._root = current
+                return KeystoreData()
             if current is None:
                 current = os.urandom(ROOT_BYTES)
                 self.vault.write("current", current)
@@ -222,13 +231,16 @@ class Keystore:
                 data = KeystoreData.from_json(_unseal(root, sealed))
             except InvalidTag:
                 continue
-            if root is staged:  # a ratchet was interrupted after the keystore was re-sealed
+            if root is staged and not self.readonly:  # a ratchet was interrupted after the re-seal
                 self.vault.write("current", staged)
-            if staged is not None:
+            if staged is not None and not self.readonly:
                 self.vault.erase("next")
             self._root = root
             return data
         if current is None and staged is None:
+            if self.readonly:
+                self.root_lost = True
+                return KeystoreData()
             return self._after_root_loss()
         raise KeystoreError(
             f"{self.path}: the keystore cannot be opened with the vault's root key "
@@ -248,9 +260,13 @@ class Keystore:
         self.vault.write("current", self._root)
         data = KeystoreData()
         self._save(data)
+        if self.on_root_lost is not None:
+            self.on_root_lost()
         return data
 
     def _save(self, data: KeystoreData) -> None:
+        if self.readonly:
+            raise KeystoreError("the keystore was opened read-only")
         atomic_write(self.path, _seal(self._require_root(), data.to_json()))
 
     def _ratchet(self, data: KeystoreData) -> None:

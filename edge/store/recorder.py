@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge.audio import PIPELINE_RATE
+from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.store.buckets import bucket_id, expiry_for
 from edge.store.files import atomic_write, create_private_file
@@ -46,6 +47,10 @@ def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
     return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
 
 
+def _iso(instant: datetime | None) -> str | None:
+    return instant.isoformat() if instant is not None else None
+
+
 class Recorder:
     """Makes a SealedSession for each session whose profile keeps something."""
 
@@ -53,10 +58,12 @@ class Recorder:
         self,
         keystore: Keystore,
         clock: Callable[[], datetime],
+        audit: AuditLog,
         on_new_bucket: Callable[[Bucket], None] | None = None,
     ) -> None:
         self.keystore = keystore
         self.clock = clock
+        self.audit = audit
         self.on_new_bucket = on_new_bucket
         """Called for each new bucket (the scheduler adds its expiry job)."""
 
@@ -81,7 +88,18 @@ class Recorder:
             )
             if audio or transcript:
                 data.sessions[session_id] = entry
-            return SealedSession(self.keystore, entry, Recipient.parse(audio.recipient) if audio else None)
+            self.audit.append(
+                "session.created",
+                session=session_id,
+                profile=profile.name,
+                rule=tag.rule,
+                child=profile.is_child,
+                audio_expires=_iso(entry.audio_expires),
+                transcript_expires=_iso(entry.transcript_expires),
+                audio_bucket=entry.audio_bucket,
+                transcript_bucket=entry.transcript_bucket,
+            )
+            return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
 
     def _bucket(self, data: KeystoreData, profile: str, kind: str, now: datetime, keep: timedelta) -> Bucket | None:
         """The bucket for data kept `keep` from `now` (created if new); None if not kept."""
@@ -100,8 +118,9 @@ class Recorder:
 class SealedSession:
     """One session's sealed outputs. Audio is encrypted before any byte reaches disk."""
 
-    def __init__(self, keystore: Keystore, entry: SessionEntry, audio_recipient: Recipient | None) -> None:
+    def __init__(self, keystore: Keystore, audit: AuditLog, entry: SessionEntry, audio_recipient: Recipient | None) -> None:
         self._keystore = keystore
+        self._audit = audit
         self.entry = entry
         self._file = None
         self._writer: StreamWriter | None = None
@@ -133,4 +152,6 @@ class SealedSession:
                 document = {"session": entry.id, **transcript.to_json()}
                 sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), Recipient.parse(bucket.recipient))
                 atomic_write(transcript_path(self._keystore.data_dir, entry.id), sealed)
-            data.sessions[entry.id] = replace(entry, state="complete", seconds=round(self._bytes / (2 * PIPELINE_RATE), 3))
+            seconds = round(self._bytes / (2 * PIPELINE_RATE), 3)
+            data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
+            self._audit.append("session.sealed", session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None)

@@ -1,0 +1,204 @@
+"""The audit log: DATA_DIR/audit.jsonl, one event a line, hash-chained and signed.
+
+Each line is the canonical JSON (sorted keys, no spaces, ASCII) of
+{seq, wall, mono, boot, type, fields, prev, hash}, where `hash` is the SHA-256 of
+the canonical JSON of the same object without `hash`, and `prev` is the previous
+line's hash (64 zeros for the first). Checkpoints are Ed25519 signatures over a
+short text naming the log, its length and its head hash (see docs/FORMATS.md);
+`openssl pkeyutl -verify -rawin` checks them with the exported public key.
+
+The log outlives the data it describes, so it must never become the leak:
+events carry ids, profile names, times and counts, never audio, transcript text
+or key material. `append` refuses fields whose names say otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge.errors import EdgeError
+from edge.retention.clock import boot_id
+from edge.store.files import DataLock, StorageError, atomic_write, private_dir
+
+LOG_FILE = "audit.jsonl"
+KEY_FILE = "audit.key"
+ZERO_HASH = "0" * 64
+CHECKPOINT_EVERY = 100
+"""A checkpoint is added automatically after this many events (and at stop, after purges)."""
+_FORBIDDEN_FIELDS = ("text", "words", "transcript", "audio", "pcm", "key", "identity", "secret", "root")
+
+
+class AuditError(EdgeError):
+    """The audit log cannot be written or read."""
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def checkpoint_text(log_id: str, entries: int, head: str) -> bytes:
+    """What a checkpoint signs: small, line-based, checkable by hand."""
+    return f"edge-audit-checkpoint/v1\nlog {log_id}\nentries {entries}\nhead {head}\n".encode()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    log_id: str
+    entries: int
+    head: str
+    signature: bytes
+
+    @property
+    def text(self) -> bytes:
+        return checkpoint_text(self.log_id, self.entries, self.head)
+
+    @classmethod
+    def parse(cls, text: bytes, signature: bytes = b"") -> Checkpoint:
+        lines = text.decode("ascii", errors="replace").splitlines()
+        try:
+            if lines[0] != "edge-audit-checkpoint/v1" or len(lines) != 4:
+                raise ValueError
+            fields = dict(line.split(" ", 1) for line in lines[1:])
+            return cls(fields["log"], int(fields["entries"]), fields["head"], signature)
+        except (ValueError, KeyError, IndexError):
+            raise AuditError("not an edge audit checkpoint (expected 4 lines: version, log, entries, head)") from None
+
+
+class AuditLog:
+    """Appends events; one writer at a time (the data-folder lock)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = private_dir(data_dir)
+        self.path = data_dir / LOG_FILE
+        self.key_path = data_dir / KEY_FILE
+
+    # -- writing -------------------------------------------------------------------
+
+    def append(self, event_type: str, **fields: Any) -> dict[str, Any]:
+        """Append one event (fsynced); adds a checkpoint every CHECKPOINT_EVERY events."""
+        for name in fields:
+            if name.lower() in _FORBIDDEN_FIELDS:
+                raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
+        with DataLock(self.data_dir):
+            entry = self._write(self._head(), event_type, fields)
+            if entry["seq"] % CHECKPOINT_EVERY == 0:
+                self.checkpoint()
+            return entry
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign the current head and record the signature in the log itself."""
+        with DataLock(self.data_dir):
+            last = self._head()
+            log_id = self.log_id()
+            signature = self._signing_key().sign(checkpoint_text(log_id, last["seq"], last["hash"]))
+            self._write(last, "checkpoint", {"entries": last["seq"], "head": last["hash"], "signature": signature.hex()})
+            return Checkpoint(log_id, last["seq"], last["hash"], signature)
+
+    def public_key_pem(self) -> bytes:
+        with DataLock(self.data_dir):
+            return self._signing_key().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+    # -- reading -------------------------------------------------------------------
+
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """(line number, raw line without the newline), from 1."""
+        try:
+            with self.path.open("rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    yield number, raw.rstrip(b"\n")
+        except FileNotFoundError:
+            return
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        for _, raw in self.lines():
+            yield json.loads(raw)
+
+    def log_id(self) -> str:
+        for entry in self.entries():
+            return entry["fields"]["log"]
+        raise AuditError(f"{self.path}: the audit log is empty")
+
+    # -- internals -----------------------------------------------------------------
+
+    def _head(self) -> dict[str, Any]:
+        """The last entry; a new log starts with "log.created" naming its id and public key."""
+        last = self._last_entry()
+        if last is None:
+            public = self._signing_key().public_key().public_bytes_raw().hex()
+            last = self._write(None, "log.created", {"log": secrets.token_hex(8), "public_key": public, "format": 1})
+        return last
+
+    def _signing_key(self) -> Ed25519PrivateKey:
+        try:
+            raw = self.key_path.read_bytes()
+        except FileNotFoundError:
+            if self.path.exists() and self.path.stat().st_size:
+                raise AuditError(
+                    f"{self.key_path}: the audit signing key is missing although the log exists; "
+                    "new checkpoints cannot be signed (the log may have been tampered with)"
+                ) from None
+            key = Ed25519PrivateKey.generate()
+            atomic_write(self.key_path, key.private_bytes_raw())
+            return key
+        if len(raw) != 32:
+            raise AuditError(f"{self.key_path}: is not an audit signing key (expected 32 bytes)")
+        return Ed25519PrivateKey.from_private_bytes(raw)
+
+    def _last_entry(self) -> dict[str, Any] | None:
+        """The last line, read from the end of the file (appends stay O(1))."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                if size == 0:
+                    return None
+                block = min(size, 64 * 1024)
+                handle.seek(size - block)
+                tail = handle.read(block).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(tail)
+        except ValueError:
+            raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
+
+    def _write(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "seq": 1 if last is None else last["seq"] + 1,
+            "wall": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "mono": round(time.monotonic(), 3),
+            "boot": boot_id(),
+            "type": event_type,
+            "fields": fields,
+            "prev": ZERO_HASH if last is None else last["hash"],
+        }
+        entry["hash"] = entry_hash(entry)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, canonical(entry) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot append to the audit log: {exc.strerror}") from None
+        return entry
+
+
+def public_key_from_hex(text: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))

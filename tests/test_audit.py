@@ -1,0 +1,246 @@
+"""The audit log: tampering of every kind is caught and named, checkpoints verify with
+openssl, the data is cross-checked, the log holds nothing private, the report renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import edge_agent
+from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
+from edge.audit.verify import verify
+from test_retention import faketime
+from test_sealing import pcm_of, plaintext_found
+
+GRACE = timedelta(seconds=62)
+
+
+@pytest.fixture
+def household(write_config, speech):
+    """A data folder with a real history: sessions, a purge two hours later, a forget."""
+    config = write_config(mode="always")
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0)
+    ran = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child", "--json")
+    assert ran.returncode == 0, ran.stderr
+    sessions = [json.loads(line)["session"] for line in ran.stdout.splitlines()]
+    return config, config.parent / "data", sessions, clip
+
+
+def check(data_dir: Path, witness: Checkpoint | None = None):
+    return verify(AuditLog(data_dir), None, _now(), GRACE, witness)
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def first_bad_line(result) -> int | None:
+    return result.problems[0].line if result.problems else None
+
+
+def test_real_log_verifies(household):
+    config, data_dir, sessions, _ = household
+    result = edge_agent("--config", str(config), "audit", "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "audit log intact" in result.stdout and "live: 2 session(s)" in result.stdout
+    types = [e["type"] for e in AuditLog(data_dir).entries()]
+    assert types[:3] == ["log.created", "config.loaded", "agent.started"]
+    assert types.count("session.created") == 2 and types[-2:] == ["agent.stopped", "checkpoint"]
+
+
+def test_every_bit_flip_is_caught_at_its_line(household):
+    _, data_dir, _, _ = household
+    log = data_dir / "audit.jsonl"
+    original = log.read_bytes()
+    for index in range(len(original)):
+        damaged = bytearray(original)
+        damaged[index] ^= 0x01
+        log.write_bytes(bytes(damaged))
+        result = check(data_dir)
+        assert not result.ok, f"flip at byte {index} went unnoticed"
+        assert first_bad_line(result) == original[:index].count(b"\n") + 1, (index, str(result.problems[0]))
+    log.write_bytes(original)
+    assert check(data_dir).ok
+
+
+@pytest.mark.parametrize(
+    "edit,expected_line",
+    [
+        ("delete line 4", 4),
+        ("duplicate line 4", 5),
+        ("swap lines 4 and 5", 4),
+        ("insert a blank line after 3", 4),
+        ("cut the last line in half", -1),
+    ],
+)
+def test_line_edits_are_named(household, edit, expected_line):
+    _, data_dir, _, _ = household
+    log = data_dir / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    if edit == "delete line 4":
+        del lines[3]
+    elif edit == "duplicate line 4":
+        lines.insert(4, lines[3])
+    elif edit == "swap lines 4 and 5":
+        lines[3], lines[4] = lines[4], lines[3]
+    elif edit == "insert a blank line after 3":
+        lines.insert(3, b"\n")
+    else:
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+        expected_line = len(lines)
+    log.write_bytes(b"".join(lines))
+    result = check(data_dir)
+    assert first_bad_line(result) == expected_line, str(result.problems[0]) if result.problems else "passed"
+
+
+def test_tail_truncation_needs_a_witness(household, tmp_path):
+    config, data_dir, _, _ = household
+    witness = tmp_path / "witness.txt"
+    assert edge_agent("--config", str(config), "audit", "checkpoint", "--out", str(witness)).returncode == 0
+    log = data_dir / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-3]))  # a clean cut: the shorter chain is still valid
+    assert edge_agent("--config", str(config), "audit", "verify").returncode == 0
+    result = edge_agent("--config", str(config), "audit", "verify", "--witness", str(witness))
+    assert result.returncode == 1 and "witness" in result.stdout and "truncated" in result.stdout
+
+
+def test_rewritten_chain_is_caught_by_its_checkpoints(household):
+    """Someone edits an event and re-hashes every later line (without the signing key)."""
+    _, data_dir, sessions, _ = household
+    log = data_dir / "audit.jsonl"
+    entries = [json.loads(line) for line in log.read_bytes().splitlines()]
+    created = next(e for e in entries if e["type"] == "session.created")
+    created["fields"]["audio_expires"] = "2099-01-01T00:00:00+00:00"  # pretend it may be kept longer
+    previous = None
+    for entry in entries:
+        if previous is not None:
+            entry["prev"] = previous
+        entry["hash"] = entry_hash(entry)
+        previous = entry["hash"]
+    log.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
+    result = check(data_dir)
+    checkpoint_line = next(i for i, e in enumerate(entries, 1) if e["type"] == "checkpoint")
+    assert first_bad_line(result) == checkpoint_line and "signature" in str(result.problems[0])
+
+
+def test_openssl_verifies_a_checkpoint_and_rejects_a_forged_one(household, tmp_path):
+    config, data_dir, _, _ = household
+    checkpoint, pem = tmp_path / "cp.txt", tmp_path / "key.pem"
+    assert edge_agent("--config", str(config), "audit", "checkpoint", "--out", str(checkpoint)).returncode == 0
+    assert edge_agent("--config", str(config), "audit", "export-key", "--out", str(pem)).returncode == 0
+    assert len((tmp_path / "cp.txt.sig").read_bytes()) == 64
+
+    def openssl(message: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem), "-rawin", "-in", str(message), "-sigfile", str(tmp_path / "cp.txt.sig")],
+            capture_output=True, text=True,
+        )
+
+    good = openssl(checkpoint)
+    assert good.returncode == 0 and "Signature Verified Successfully" in good.stdout
+    forged = tmp_path / "forged.txt"
+    forged.write_bytes(checkpoint.read_bytes().replace(b"entries ", b"entries 1"))
+    assert openssl(forged).returncode != 0
+    shutil.copy(tmp_path / "cp.txt.sig", tmp_path / "forged.txt.sig")
+    result = edge_agent("--config", str(config), "audit", "verify", "--witness", str(forged))
+    assert result.returncode == 1 and "witness" in result.stdout
+
+
+def test_old_data_folder_put_back_after_a_purge_names_the_overdue_session(household, tmp_path):
+    config, data_dir, sessions, _ = household
+    from edge.config import load_config
+    from edge.crypto.vault import open_vault
+
+    settings = load_config(config)
+    vault = open_vault(settings.vault, data_dir)
+    old_root = vault.read("current")
+    image = tmp_path / "image"
+    shutil.copytree(data_dir, image)
+    purged = faketime("+2h", "purge", config=config)
+    assert purged.returncode == 0 and "shredded audio" in purged.stdout
+    assert faketime("+2h", "audit", "verify", config=config).returncode == 0
+    # Put the old folder back, and the old root key into the vault: as if the purge never happened.
+    shutil.rmtree(data_dir)
+    shutil.copytree(image, data_dir)
+    vault.write("current", old_root)
+    result = faketime("+2h", "audit", "verify", config=config)
+    assert result.returncode == 1
+    assert f"session {sessions[0]}" in result.stdout and "audio expired" in result.stdout
+    assert "still opens with a key the device holds" in result.stdout
+
+
+def test_unfulfilled_forget_and_training_export_of_a_child_are_caught(household):
+    _, data_dir, sessions, _ = household
+    log = AuditLog(data_dir)
+    log.append("forget.requested", request="abc123", selector="everything", sessions=2)
+    log.append("export", session=sessions[0], purpose="training", seconds=1.0)
+    result = check(data_dir)
+    messages = [str(p) for p in result.problems]
+    assert any("forget request abc123 was never fulfilled" in m for m in messages)
+    assert any("child's session" in m and "training" in m for m in messages)
+
+
+def test_log_holds_no_audio_no_words_no_keys(household):
+    config, data_dir, sessions, clip = household
+    assert edge_agent("--config", str(config), "forget", "--session", sessions[0], "--yes").returncode == 0
+    log = data_dir / "audit.jsonl"
+    assert plaintext_found(log.parent, pcm_of(clip), ["메시지", "아버지"]) == []
+    text = log.read_text()
+    assert "AGE-SECRET-KEY" not in text and "\\uba54" not in text  # no identities, no escaped Hangul
+    from edge.config import load_config
+    from edge.crypto.vault import open_vault
+    from edge.store.keystore import Keystore
+
+    settings = load_config(config)
+    vault = open_vault(settings.vault, data_dir)
+    store = Keystore(data_dir, vault)
+    secrets = [vault.read("current").hex()] + [i.secret.hex() for b in store.read().buckets.values() for i in store.identities(b)]
+    assert secrets and not any(secret in text for secret in secrets)
+    assert (data_dir / "audit.key").read_bytes().hex() not in text
+    with pytest.raises(Exception, match="could carry private data"):
+        AuditLog(data_dir).append("oops", text="hello")
+
+
+def test_verify_json_and_show(household):
+    config, _, _, _ = household
+    result = edge_agent("--config", str(config), "audit", "verify", "--json")
+    document = json.loads(result.stdout)
+    assert result.returncode == 0 and document["ok"] and document["entries"] > 5
+    shown = edge_agent("--config", str(config), "audit", "show", "--type", "session.created", "--json")
+    assert [json.loads(line)["type"] for line in shown.stdout.splitlines()] == ["session.created"] * 2
+
+
+def test_html_report_is_self_contained_and_renders(household, tmp_path):
+    config, _, sessions, _ = household
+    edge_agent("--config", str(config), "forget", "--session", sessions[1], "--yes")
+    page = tmp_path / "report.html"
+    result = edge_agent("--config", str(config), "audit", "report", "--html", str(page))
+    assert result.returncode == 0, result.stderr
+    html = page.read_text(encoding="utf-8")
+    for outside in ("http://", "https://", "<script", "<link", "<img", "@import", "url("):
+        assert outside not in html
+    assert "child" in html and "verified" in html and "Forget requests" in html
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: run scripts/setup.sh test")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1000", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one
+    keep = os.environ.get("EDGE_KEEP_REPORT_PNG")
+    if keep:
+        shutil.copy(shot, keep)
