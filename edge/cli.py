@@ -18,8 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from edge import __version__
+from edge import __version__, wiring
+from edge.agent import Agent
+from edge.audio.mic import MicSource
+from edge.audio.wavfile import open_wav, read_pipeline_chunks
+from edge.audit.commands import add_parser as add_audit_parser
+from edge.config import BUILTIN_CONFIG, load_config, resolve_config_path
 from edge.errors import EdgeError, UsageError
+from edge.retention.scheduler import RetentionService
+from edge.retention.shredder import ForgetRequest, Shredder
+from edge.store.export import export_audio, export_identity
+from edge.store.recorder import Recorder
 
 DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
 
@@ -139,54 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(handler=_cmd_forget)
 
-    audit = sub.add_parser(
-        "audit",
-        help="check, show and export the tamper-evident audit log",
-        description="The audit log records every session, export, shred and forget, hash-chained and "
-        "signed. It never holds audio, transcript text or keys.",
-    )
-    audit.set_defaults(handler=lambda _args: audit.print_help() or 0)
-    audit_sub = audit.add_subparsers(title="audit commands", metavar="COMMAND", parser_class=_Parser)
-    verify = audit_sub.add_parser(
-        "verify",
-        help="prove the log is intact and that nothing past its retention can still be opened",
-        description="Read-only. Checks the hash chain and every signed checkpoint, then cross-checks the "
-        "data folder: every session past its expiry has a shred logged and opens with no key the device "
-        "holds; every forget request was fulfilled; no child session was exported for training. "
-        "On failure exits 1 and names the first bad line.",
-    )
-    verify.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
-    verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    verify.set_defaults(handler=_cmd_audit_verify)
-    checkpoint = audit_sub.add_parser(
-        "checkpoint",
-        help="sign the log's current head; write the text to FILE and the signature to FILE.sig",
-        description="Writes a checkpoint (log id, entries, head hash) and its raw 64-byte Ed25519 "
-        "signature. Keep it somewhere else (e.g. a phone): `audit verify --witness FILE` then detects a "
-        "log that was cut short or replaced.",
-    )
-    checkpoint.add_argument("--out", required=True, metavar="FILE")
-    checkpoint.set_defaults(handler=_cmd_audit_checkpoint)
-    export_key = audit_sub.add_parser(
-        "export-key",
-        help="write the log's public key (PEM) for checking checkpoints with openssl",
-        description="Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig",
-    )
-    export_key.add_argument("--out", required=True, metavar="FILE.pem")
-    export_key.set_defaults(handler=_cmd_audit_export_key)
-    show = audit_sub.add_parser("show", help="list the log's events", description="List audit events, oldest first.")
-    show.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
-    show.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. shred, session.created)")
-    show.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
-    show.set_defaults(handler=_cmd_audit_show)
-    report = audit_sub.add_parser(
-        "report",
-        help="write a self-contained HTML page for parents",
-        description="One HTML file with no external scripts, fonts or images: what each profile keeps and "
-        "until when, a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level.",
-    )
-    report.add_argument("--html", required=True, metavar="FILE")
-    report.set_defaults(handler=_cmd_audit_report)
+    add_audit_parser(sub, _Parser, _load_config)
 
     demo = sub.add_parser(
         "demo",
@@ -202,11 +164,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    from edge.audio.wavfile import open_wav, read_pipeline_chunks
-
     info = open_wav(Path(args.wav))
     config = _load_config(args)
-    model = _make_model(config)
+    model = wiring.make_model(config)
     grammar = tuple(args.grammar or ())
     if grammar:
         model.check_grammar(grammar, "--grammar")
@@ -223,7 +183,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    return _run_agent(config, args.input, args.mic, args.profile, args.json)
+    return _run_agent(config, args.input, args.profile, args.json)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -237,8 +197,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  grammar: {', '.join(trigger.grammar) if trigger.grammar else '(free dictation)'}")
         print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng), spoken as profile {profile.name!r}")
         print(f"  data:    {scratch} (a temporary folder, removed at the end)")
-        code = _run_agent(config, str(DEMO_WAV), False, profile.name, False)
-        store, _audit = _open_store(config)
+        code = _run_agent(config, str(DEMO_WAV), profile.name, False)
+        store, _audit = wiring.open_store(config)
         _print_status(store)
         sealed = sorted(p.relative_to(scratch) for p in Path(scratch).rglob("*.age"))
         print(f"On disk: {len(sealed)} sealed file(s), each an age file that only its bucket's key opens:")
@@ -246,7 +206,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             head = (Path(scratch) / path).read_bytes()[:21].decode()
             print(f"  {path}  ({head}...)")
         print("Speech heard before the wake phrase was wiped from RAM, never written.")
-        verification = _verification(config)
+        verification = wiring.verification(config)
         print(
             f"Audit log: {verification.entries} entries, {verification.checkpoints} signed checkpoint(s): "
             + ("verified (`edge-agent audit verify`)" if verification.ok else f"FAILED: {verification.problems[0]}")
@@ -258,7 +218,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    store, _audit = _open_store(_load_config(args))
+    store, _audit = wiring.open_store(_load_config(args))
     if args.json:
         data = store.read()
         sessions = [
@@ -282,12 +242,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edge.store.export import export_audio, export_identity
-
     config = _load_config(args)
-    store, audit = _open_store(config)
+    store, audit = wiring.open_store(config)
     if args.identity_out:
-        bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), _trusted_now(config))
+        bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), wiring.trusted_now(config))
         print(
             f"edge-agent: WARNING: {args.identity_out} opens every recording in bucket {bucket} "
             f"({members} session(s)) until {expires.isoformat()}. Keep it private and delete it after checking.",
@@ -296,14 +254,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     if not args.purpose:
         raise UsageError("export --out needs --purpose playback, review or training")
-    exported = export_audio(store, audit, config, args.session, Path(args.out), args.purpose, _trusted_now(config))
+    exported = export_audio(store, audit, config, args.session, Path(args.out), args.purpose, wiring.trusted_now(config))
     print(f"exported session {exported.session} ({exported.profile}, {exported.seconds:.1f} s) for {exported.purpose} to {exported.path}")
     return 0
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    report = _shredder(config).sweep()
+    report = wiring.make_shredder(config).sweep()
     if report.empty:
         print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
     _print_report(report)
@@ -311,17 +269,20 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
-    from edge.retention.shredder import ForgetRequest
-
     config = _load_config(args)
     request = ForgetRequest(
-        session=args.session, profile=args.profile, everything=args.all, before=_parse_instant(args.before, "--before")
+        session=args.session, profile=args.profile, everything=args.all, before=wiring.parse_instant(args.before, "--before")
     )
-    shredder = _shredder(config)
-    if args.session and args.session not in shredder.keystore.read().sessions:
+    shredder = wiring.make_shredder(config)
+    data = shredder.keystore.read()
+    if args.session and args.session not in data.sessions:
         raise UsageError(f"there is no retained session {args.session!r}; `edge-agent status` lists them")
+    known = {p.name for p in config.profiles} | {b.profile for b in data.buckets.values()}
+    if args.profile and args.profile not in known:
+        raise UsageError(f"there is no profile {args.profile!r}; the profiles are: {', '.join(sorted(known))}")
     if not args.yes and not sys.stdin.isatty():
         raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
+    declined = []
 
     def confirm(sessions) -> bool:
         if args.yes:
@@ -331,161 +292,20 @@ def _cmd_forget(args: argparse.Namespace) -> int:
             f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles) or 'no sessions'})? "
             "This cannot be undone. [y/N] "
         )
-        return answer.strip().lower() in ("y", "yes")
+        agreed = answer.strip().lower() in ("y", "yes")
+        declined.extend([] if agreed else [True])
+        return agreed
 
     report = shredder.forget(request, confirm)
-    if report.empty:
-        print(f"nothing to forget for {request.describe()}" if args.yes or not report.forgotten else "nothing was forgotten")
+    if declined:
+        print("nothing was forgotten")
+    elif report.empty:
+        print(f"nothing to forget for {request.describe()}")
     _print_report(report)
     return 0
 
 
-def _verification(config, witness_path: str | None = None):
-    """Verify the log and the data folder (read-only)."""
-    from datetime import timedelta
-
-    from edge.audit.log import AuditLog, Checkpoint
-    from edge.audit.verify import verify
-    from edge.crypto.vault import open_vault
-    from edge.store.keystore import Keystore
-
-    witness = None
-    if witness_path:
-        path = Path(witness_path)
-        try:
-            text = path.read_bytes()
-            signature_path = path.with_name(path.name + ".sig")
-            signature = signature_path.read_bytes() if signature_path.exists() else b""
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read the witness: {exc.strerror}") from None
-        witness = Checkpoint.parse(text, signature)
-    data_dir = config.device.data_dir
-    keystore = Keystore(data_dir, open_vault(config.vault, data_dir), readonly=True)
-    grace = config.retention.sweep + timedelta(seconds=2)
-    return verify(AuditLog(data_dir), keystore, _trusted_now(config), grace, witness)
-
-
-def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    result = _verification(_load_config(args), args.witness)
-    if args.json:
-        print(json.dumps(result.to_json()))
-        return 0 if result.ok else 1
-    if not result.ok:
-        print(f"audit verify FAILED: {result.problems[0]}")
-        for problem in result.problems[1:]:
-            print(f"  also: {problem}")
-        return 1
-    print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
-    if result.witness:
-        print(f"witness: {result.witness}")
-    print(
-        f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, "
-        f"worst lateness {result.worst_late_seconds:.1f} s"
-    )
-    print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
-    print("nothing past its retention can be opened with any key this device holds")
-    return 0
-
-
-def _cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    from edge.audit.log import AuditLog
-
-    config = _load_config(args)
-    checkpoint = AuditLog(config.device.data_dir).checkpoint()
-    out = Path(args.out)
-    try:
-        out.write_bytes(checkpoint.text)
-        out.with_name(out.name + ".sig").write_bytes(checkpoint.signature)
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
-    print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
-    return 0
-
-
-def _cmd_audit_export_key(args: argparse.Namespace) -> int:
-    from edge.audit.log import AuditLog
-
-    config = _load_config(args)
-    out = Path(args.out)
-    try:
-        out.write_bytes(AuditLog(config.device.data_dir).public_key_pem())
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
-    print(f"public key written to {out}")
-    return 0
-
-
-def _cmd_audit_show(args: argparse.Namespace) -> int:
-    from edge.audit.log import AuditLog
-
-    config = _load_config(args)
-    since = _parse_instant(args.since, "--since")
-    for entry in AuditLog(config.device.data_dir).entries():
-        if args.type and entry["type"] != args.type:
-            continue
-        if since and datetime_from(entry["wall"]) < since:
-            continue
-        if args.json:
-            print(json.dumps(entry, sort_keys=True))
-        else:
-            fields = " ".join(f"{k}={v}" for k, v in sorted(entry["fields"].items()) if k not in ("signature", "public_key"))
-            print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
-    return 0
-
-
-def _cmd_audit_report(args: argparse.Namespace) -> int:
-    from edge.audit.log import AuditLog
-    from edge.audit.report import render
-    from edge.crypto.vault import open_vault
-
-    config = _load_config(args)
-    verification = _verification(config)
-    level = open_vault(config.vault, config.device.data_dir).level
-    page = render(list(AuditLog(config.device.data_dir).entries()), config, level, verification, _trusted_now(config))
-    out = Path(args.html)
-    try:
-        out.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
-    print(f"report written to {out}" + ("" if verification.ok else " (the audit log did NOT verify: see the page)"))
-    return 0
-
-
 # -- helpers --------------------------------------------------------------------
-
-
-def datetime_from(text: str):
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
-
-
-def _shredder(config):
-    from edge.retention.clock import TrustedClock
-    from edge.retention.shredder import Shredder
-
-    store, audit = _open_store(config)
-    return Shredder(store, TrustedClock(config.device.data_dir), config, audit)
-
-
-def _parse_instant(text: str | None, option: str):
-    """ISO 8601; without a zone it is the device's local time."""
-    if text is None:
-        return None
-    from datetime import datetime
-
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00") from None
-    return instant.astimezone() if instant.tzinfo is None else instant
-
-
-def _trusted_now(config):
-    """Now, by the clock that cannot be set back (edge.retention.clock)."""
-    from edge.retention.clock import TrustedClock
-
-    return TrustedClock(config.device.data_dir).now()
 
 
 def _print_report(report, stream=sys.stdout) -> None:
@@ -515,18 +335,6 @@ def _iso(instant) -> str | None:
     return instant.isoformat() if instant is not None else None
 
 
-def _open_store(config):
-    """The data folder's keystore and audit log; a lost root key is audited when found."""
-    from edge.audit.log import AuditLog
-    from edge.crypto.vault import open_vault
-    from edge.store.keystore import Keystore
-
-    audit = AuditLog(config.device.data_dir)
-    vault = open_vault(config.vault, config.device.data_dir)
-    store = Keystore(config.device.data_dir, vault, on_root_lost=lambda: audit.append("root.lost", backend=vault.level.backend))
-    return store, audit
-
-
 def _print_status(store) -> None:
     level = store.vault.level
     data = store.read()
@@ -540,50 +348,19 @@ def _print_status(store) -> None:
 
 
 def _load_config(args: argparse.Namespace):
-    from edge.config import BUILTIN_CONFIG, load_config, resolve_config_path
-
     path = resolve_config_path(args.config)
     if path == BUILTIN_CONFIG and args.handler is not _cmd_demo:
         print(f"edge-agent: no config given; using the built-in example ({path})", file=sys.stderr)
     return load_config(path)
 
 
-def _make_model(config):
-    """Find and load the Vosk model named by [device] model (tests swap this edge)."""
-    from edge.stt.model_path import find_model
-    from edge.stt.recognizer import SpeechModel
-
-    return SpeechModel(find_model(config.device.model, config.device.data_dir))
-
-
-def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as_json: bool) -> int:
-    from edge.agent import Agent
-
+def _run_agent(config, input_wav: str | None, profile: str | None, as_json: bool) -> int:
+    """The agent: catch up on retention, then listen (file or microphone) until done or stopped."""
     if profile:
-        config.profile(profile)
-    info = None
-    if input_wav:
-        from edge.audio.wavfile import open_wav
-
-        info = open_wav(Path(input_wav))
-    model = _make_model(config)
-
-    def emit(record) -> None:
-        if as_json:
-            print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
-        else:
-            kept = f"audio until {record.audio_expires}" if record.audio_expires else "audio not kept"
-            kept += f", transcript until {record.transcript_expires}" if record.transcript_expires else ", transcript not kept"
-            print(
-                f"session {record.session}  {record.profile} ({record.rule})  "
-                f"{record.start:6.2f}-{record.end:6.2f}s  [{record.end_reason}]  {record.text or '(nothing recognised)'}"
-                f"\n    {kept}",
-                flush=True,
-            )
-
-    from edge.store.recorder import Recorder
-
-    store, audit = _open_store(config)
+        config.profile(profile)  # fail before any audio is heard
+    info = open_wav(Path(input_wav)) if input_wav else None
+    model = wiring.make_model(config)
+    store, audit = wiring.open_store(config)
     audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
     store.read()  # open the vault and keystore before any audio is heard
     if store.root_lost:
@@ -592,20 +369,22 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
             "retained before was shredded by that loss, and a fresh keystore was started.",
             file=sys.stderr,
         )
-    from edge.retention.clock import TrustedClock
-    from edge.retention.scheduler import RetentionService
-    from edge.retention.shredder import Shredder
-
-    clock = TrustedClock(config.device.data_dir)
+    clock = wiring.make_clock(config)
     retention = RetentionService(
         Shredder(store, clock, config, audit), clock, config.retention.sweep, lambda report: _print_report(report, sys.stderr)
     )
-    retention.catch_up()  # everything already due is shredded before any audio is heard
+    retention.catch_up()  # everything already due is shredded before the microphone opens
     recorder = Recorder(store, clock.now, audit, on_new_bucket=retention.add_bucket)
-    agent = Agent(config, model, emit, given_profile=profile, recorder=recorder, clock=clock.now)
+    agent = Agent(config, model, _session_printer(as_json), given_profile=profile, recorder=recorder, clock=clock.now)
     level = store.vault.level
-    audit.append("agent.started", version=__version__, source="mic" if info is None else "file", vault=level.backend,
-                 level=level.to_json()["level"], survives_reboot=level.survives_reboot)
+    audit.append(
+        "agent.started",
+        version=__version__,
+        source="file" if info else "mic",
+        vault=level.backend,
+        level=level.to_json()["level"],
+        survives_reboot=level.survives_reboot,
+    )
     retention.start()
     try:
         summary, dropped = _listen(agent, config, info)
@@ -623,18 +402,33 @@ def _run_agent(config, input_wav: str | None, mic: bool, profile: str | None, as
     return 0
 
 
+def _session_printer(as_json: bool):
+    """One line per finished session (JSON), or a readable pair of lines."""
+
+    def emit(record) -> None:
+        if as_json:
+            print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
+            return
+        kept = f"audio until {record.audio_expires}" if record.audio_expires else "audio not kept"
+        kept += f", transcript until {record.transcript_expires}" if record.transcript_expires else ", transcript not kept"
+        print(
+            f"session {record.session}  {record.profile} ({record.rule})  "
+            f"{record.start:6.2f}-{record.end:6.2f}s  [{record.end_reason}]  {record.text or '(nothing recognised)'}"
+            f"\n    {kept}",
+            flush=True,
+        )
+
+    return emit
+
+
 def _listen(agent, config, info):
     """Feed the agent from the file or the microphone until the end or a stop signal."""
     stop = threading.Event()
     _install_signal_handlers(stop, agent)
     if info is not None:
-        from edge.audio.wavfile import read_pipeline_chunks
-
         if config.trigger.mode == "push_to_talk":
-            agent.push_to_talk()
+            agent.push_to_talk()  # the start of the file counts as one push
         return agent.run(read_pipeline_chunks(info), stop), 0
-    from edge.audio.mic import MicSource
-
     with MicSource(config.device.sample_rate, config.device.input_device) as source:
         print(f"edge-agent: listening on the microphone ({config.trigger.mode} mode); Ctrl-C to stop", file=sys.stderr, flush=True)
         summary = agent.run(source.chunks(stop), stop)

@@ -459,3 +459,25 @@ def test_kill_9_during_purge_then_purge_is_consistent(tmp_path, write_config):
     assert files == expected  # no orphans, nothing missing
     assert len(files) > 10 and all(openable(fresh, files))  # the live transcripts still open
     assert killed_running > 0, "every purge had finished before its kill: the test proved nothing"
+
+
+@pytest.mark.parametrize("answer,forgotten", [("n", False), ("y", True)])
+def test_forget_asks_in_a_terminal(write_config, speech, answer, forgotten):
+    import pty
+
+    config = write_config(mode="always")
+    ran = edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child", "--json")
+    session = json.loads(ran.stdout)["session"]
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "forget", "--all"],
+        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    os.close(terminal)
+    os.write(controller, f"{answer}\n".encode())
+    out, err = process.communicate(timeout=60)
+    os.close(controller)
+    assert process.returncode == 0, err
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert (session not in [s["session"] for s in status["sessions"]]) == forgotten
+    assert ("forgot 1 session(s)" in out) == forgotten and ("nothing was forgotten" in out) != forgotten

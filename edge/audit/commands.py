@@ -1,0 +1,133 @@
+"""`edge-agent audit ...`: verify, checkpoint, export-key, show, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from edge import wiring
+from edge.audit.log import AuditLog
+from edge.config import Config
+
+
+def add_parser(sub, parser_class: type, load_config: Callable[[argparse.Namespace], Config]) -> None:
+    """Register `audit` and its subcommands; `load_config` reads --config the CLI's way."""
+
+    def handler(function: Callable[[argparse.Namespace, Config], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: function(args, load_config(args))
+
+    audit = sub.add_parser(
+        "audit",
+        help="check, show and export the tamper-evident audit log",
+        description="The audit log records every session, export, shred and forget, hash-chained and "
+        "signed. It never holds audio, transcript text or keys.",
+    )
+    audit.set_defaults(handler=lambda _args: audit.print_help() or 0)
+    commands = audit.add_subparsers(title="audit commands", metavar="COMMAND", parser_class=parser_class)
+    verify = commands.add_parser(
+        "verify",
+        help="prove the log is intact and that nothing past its retention can still be opened",
+        description="Read-only. Checks the hash chain and every signed checkpoint, then cross-checks the "
+        "data folder: every session past its expiry has a shred logged and opens with no key the device "
+        "holds; every forget request was fulfilled; no child session was exported for training. "
+        "On failure exits 1 and names the first bad line.",
+    )
+    verify.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(handler=handler(_verify))
+    checkpoint = commands.add_parser(
+        "checkpoint",
+        help="sign the log's current head; write the text to FILE and the signature to FILE.sig",
+        description="Writes a checkpoint (log id, entries, head hash) and its raw 64-byte Ed25519 "
+        "signature. Keep it somewhere else (e.g. a phone): `audit verify --witness FILE` then detects a "
+        "log that was cut short or replaced.",
+    )
+    checkpoint.add_argument("--out", required=True, metavar="FILE")
+    checkpoint.set_defaults(handler=handler(_checkpoint))
+    export_key = commands.add_parser(
+        "export-key",
+        help="write the log's public key (PEM) for checking checkpoints with openssl",
+        description="Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig",
+    )
+    export_key.add_argument("--out", required=True, metavar="FILE.pem")
+    export_key.set_defaults(handler=handler(_export_key))
+    show = commands.add_parser("show", help="list the log's events", description="List audit events, oldest first.")
+    show.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
+    show.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. shred, session.created)")
+    show.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
+    show.set_defaults(handler=handler(_show))
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML page for parents",
+        description="One HTML file with no external scripts, fonts or images: what each profile keeps and "
+        "until when, a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level.",
+    )
+    report.add_argument("--html", required=True, metavar="FILE")
+    report.set_defaults(handler=handler(_report))
+
+
+def _verify(args: argparse.Namespace, config: Config) -> int:
+    result = wiring.verification(config, args.witness)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0 if result.ok else 1
+    if not result.ok:
+        print(f"audit verify FAILED: {result.problems[0]}")
+        for problem in result.problems[1:]:
+            print(f"  also: {problem}")
+        return 1
+    print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
+    if result.witness:
+        print(f"witness: {result.witness}")
+    print(
+        f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, "
+        f"worst lateness {result.worst_late_seconds:.1f} s"
+    )
+    print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
+    print("nothing past its retention can be opened with any key this device holds")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace, config: Config) -> int:
+    checkpoint = AuditLog(config.device.data_dir).checkpoint()
+    out = Path(args.out)
+    wiring.write_private(out, checkpoint.text)
+    wiring.write_private(out.with_name(out.name + ".sig"), checkpoint.signature)
+    print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
+    return 0
+
+
+def _export_key(args: argparse.Namespace, config: Config) -> int:
+    wiring.write_private(Path(args.out), AuditLog(config.device.data_dir).public_key_pem())
+    print(f"public key written to {args.out}")
+    return 0
+
+
+def _show(args: argparse.Namespace, config: Config) -> int:
+    since = wiring.parse_instant(args.since, "--since")
+    for entry in AuditLog(config.device.data_dir).entries():
+        if args.type and entry["type"] != args.type:
+            continue
+        if since and datetime.fromisoformat(entry["wall"]) < since:
+            continue
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in sorted(entry["fields"].items()) if k not in ("signature", "public_key"))
+            print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
+    return 0
+
+
+def _report(args: argparse.Namespace, config: Config) -> int:
+    from edge.audit.report import render
+    from edge.crypto.vault import open_vault
+
+    result = wiring.verification(config)
+    level = open_vault(config.vault, config.device.data_dir).level
+    page = render(list(AuditLog(config.device.data_dir).entries()), config, level, result, wiring.trusted_now(config))
+    wiring.write_private(Path(args.html), page.encode("utf-8"))
+    print(f"report written to {args.html}" + ("" if result.ok else " (the audit log did NOT verify: see the page)"))
+    return 0

@@ -1,0 +1,92 @@
+"""Factories that assemble edge's parts from a config: one place to swap one edge.
+
+The command line and the agent both build what they need here, so a test (or a
+future control socket) gets exactly the same wiring.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from edge.audit.log import AuditLog, Checkpoint
+from edge.audit.verify import Verification, verify
+from edge.config import Config
+from edge.crypto.vault import open_vault
+from edge.errors import UsageError
+from edge.retention.clock import TrustedClock
+from edge.retention.shredder import Shredder
+from edge.store.keystore import Keystore
+
+
+def make_model(config: Config):
+    """Find and load the Vosk model named by [device] model (seconds and hundreds of MiB)."""
+    from edge.stt.model_path import find_model
+    from edge.stt.recognizer import SpeechModel
+
+    return SpeechModel(find_model(config.device.model, config.device.data_dir))
+
+
+def open_store(config: Config) -> tuple[Keystore, AuditLog]:
+    """The data folder's keystore and audit log; a lost root key is audited when found."""
+    audit = AuditLog(config.device.data_dir)
+    vault = open_vault(config.vault, config.device.data_dir)
+    store = Keystore(config.device.data_dir, vault, on_root_lost=lambda: audit.append("root.lost", backend=vault.level.backend))
+    return store, audit
+
+
+def make_clock(config: Config) -> TrustedClock:
+    return TrustedClock(config.device.data_dir)
+
+
+def trusted_now(config: Config) -> datetime:
+    """Now, by the clock that cannot be set back."""
+    return make_clock(config).now()
+
+
+def make_shredder(config: Config) -> Shredder:
+    store, audit = open_store(config)
+    return Shredder(store, make_clock(config), config, audit)
+
+
+def verification(config: Config, witness_path: str | None = None) -> Verification:
+    """Verify the audit log and cross-check the data folder, read-only."""
+    witness = _read_witness(Path(witness_path)) if witness_path else None
+    data_dir = config.device.data_dir
+    keystore = Keystore(data_dir, open_vault(config.vault, data_dir), readonly=True)
+    grace = config.retention.sweep + timedelta(seconds=2)  # a sweep may not have run yet
+    return verify(AuditLog(data_dir), keystore, trusted_now(config), grace, witness)
+
+
+def _read_witness(path: Path) -> Checkpoint:
+    try:
+        text = path.read_bytes()
+        signature_path = path.with_name(path.name + ".sig")
+        signature = signature_path.read_bytes() if signature_path.exists() else b""
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the witness: {exc.strerror}") from None
+    return Checkpoint.parse(text, signature)
+
+
+def parse_instant(text: str | None, option: str) -> datetime | None:
+    """ISO 8601; without a zone it is the device's local time."""
+    if text is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00"
+        ) from None
+    return instant.astimezone() if instant.tzinfo is None else instant
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file the user asked for (0600); a bad destination is a usage error."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write there: {exc.strerror}") from None
