@@ -6,7 +6,6 @@ future control socket) gets exactly the same wiring.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -80,13 +79,3 @@ def parse_instant(text: str | None, option: str) -> datetime | None:
             f"{option} {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00"
         ) from None
     return instant.astimezone() if instant.tzinfo is None else instant
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file the user asked for (0600); a bad destination is a usage error."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write there: {exc.strerror}") from None

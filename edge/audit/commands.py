@@ -11,6 +11,7 @@ from typing import Callable
 from edge import wiring
 from edge.audit.log import AuditLog
 from edge.config import Config
+from edge.store.files import write_output
 
 
 def add_parser(sub, parser_class: type, load_config: Callable[[argparse.Namespace], Config]) -> None:
@@ -94,14 +95,14 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
 def _checkpoint(args: argparse.Namespace, config: Config) -> int:
     checkpoint = AuditLog(config.device.data_dir).checkpoint()
     out = Path(args.out)
-    wiring.write_private(out, checkpoint.text)
-    wiring.write_private(out.with_name(out.name + ".sig"), checkpoint.signature)
+    write_output(out, checkpoint.text)
+    write_output(out.with_name(out.name + ".sig"), checkpoint.signature)
     print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
     return 0
 
 
 def _export_key(args: argparse.Namespace, config: Config) -> int:
-    wiring.write_private(Path(args.out), AuditLog(config.device.data_dir).public_key_pem())
+    write_output(Path(args.out), AuditLog(config.device.data_dir).public_key_pem())
     print(f"public key written to {args.out}")
     return 0
 
@@ -128,6 +129,6 @@ def _report(args: argparse.Namespace, config: Config) -> int:
     result = wiring.verification(config)
     level = open_vault(config.vault, config.device.data_dir).level
     page = render(list(AuditLog(config.device.data_dir).entries()), config, level, result, wiring.trusted_now(config))
-    wiring.write_private(Path(args.html), page.encode("utf-8"))
+    write_output(Path(args.html), page.encode("utf-8"))
     print(f"report written to {args.html}" + ("" if result.ok else " (the audit log did NOT verify: see the page)"))
     return 0

@@ -17,7 +17,7 @@ from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.crypto.age import AgeError, Identity, decrypt_stream
 from edge.errors import PolicyError, UsageError
-from edge.store.files import fsync_dir
+from edge.store.files import fsync_dir, write_output
 from edge.store.keystore import Keystore, KeystoreData, SessionEntry
 from edge.store.recorder import recording_path, wav_header
 
@@ -97,7 +97,7 @@ def export_identity(
         f"# edge bucket {bucket.id}: opens every recording in it until {bucket.expires.isoformat()}\n"
         f"# public key: {bucket.recipient}\n{identity.encode()}\n"
     )
-    _write_private(out, text.encode())
+    write_output(out, text.encode())
     return bucket.id, members, bucket.expires
 
 
@@ -129,12 +129,3 @@ def _write_wav(sealed: Path, identities: list[Identity], out: Path, session_id: 
         temp.unlink(missing_ok=True)
         raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None
     return size / 32000
-
-
-def _write_private(out: Path, data: bytes) -> None:
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write there: {exc.strerror}") from None

@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, UsageError
 
 
 class StorageError(EdgeError):
@@ -62,6 +62,16 @@ def create_private_file(path: Path):
         return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
     except OSError as exc:
         raise StorageError(f"{path}: cannot create: {exc.strerror}") from None
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file the user asked for (0600); a bad destination is their error, said plainly."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write there: {exc.strerror}") from None
 
 
 class DataLock:
