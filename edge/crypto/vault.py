@@ -75,23 +75,26 @@ class KeyringVault:
     def __init__(self, data_dir: Path, ring: str = "persistent") -> None:
         # One root per data folder, so several installs (or tests) never share a key.
         self._prefix = "edge:" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-        if ring == "session":
-            self._ring = keyring.SESSION_KEYRING
-        else:
-            self._ring = keyring.persistent_keyring()
+        self._persistent = ring != "session"
+        self._ring()  # fail now, with a clear error, if the keyring is unavailable
+
+    def _ring(self) -> int:
+        """The keyring to use. Asking for the persistent keyring also restarts its expiry timer
+        (/proc/sys/kernel/keys/persistent_keyring_expiry), so every use keeps the root alive."""
+        return keyring.persistent_keyring() if self._persistent else keyring.SESSION_KEYRING
 
     def _description(self, slot: str) -> str:
         return f"{self._prefix}:{slot}"
 
     def read(self, slot: str) -> bytes | None:
-        serial = keyring.find(self._description(slot), self._ring)
+        serial = keyring.find(self._description(slot), self._ring())
         return None if serial is None else keyring.read(serial)
 
     def write(self, slot: str, root: bytes) -> None:
-        keyring.add(self._description(slot), root, self._ring)
+        keyring.add(self._description(slot), root, self._ring())
 
     def erase(self, slot: str) -> None:
-        serial = keyring.find(self._description(slot), self._ring)
+        serial = keyring.find(self._description(slot), self._ring())
         if serial is not None:
             keyring.invalidate(serial)
 
