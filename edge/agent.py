@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 from edge.audio import FRAME_BYTES
 from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.config import Config
+from edge.store.keystore import iso_utc
 from edge.store.recorder import Recorder, SealedSession
 from edge.stt.recognizer import Decoder, SpeechModel, Transcript, Word
 from edge.tagging import Tag, tag_session
@@ -54,7 +55,6 @@ class RunSummary:
     seconds: float = 0.0
     """Seconds of audio processed."""
     wake_count: int = 0
-    stopped: bool = False
 
 
 def session_grammar(config: Config) -> tuple[str, ...]:
@@ -120,8 +120,8 @@ class SessionRunner:
             end_reason=reason,
             text=transcript.text,
             words=transcript.words,
-            audio_expires=_iso(kept.audio_expires) if kept else None,
-            transcript_expires=_iso(kept.transcript_expires) if kept else None,
+            audio_expires=iso_utc(kept.audio_expires) if kept else None,
+            transcript_expires=iso_utc(kept.transcript_expires) if kept else None,
         )
         self._agent.on_session(record)
 
@@ -185,15 +185,10 @@ class Agent:
                 break
         if pending and not stop.is_set():  # the last partial frame, padded with silence
             self.segmenter.feed(bytes(pending) + bytes(FRAME_BYTES - len(pending)))
-        self.summary.stopped = stop.is_set()
         self.segmenter.finish("stopped" if stop.is_set() else "end_of_input")
         self.summary.seconds = self.segmenter.offset
         self.summary.wake_count = self.segmenter.wake_count
         return self.summary
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
 
 
 def _without_wake_phrase(transcript: Transcript, wake_tokens: list[str], start: float) -> Transcript:

@@ -28,6 +28,7 @@ from edge.errors import EdgeError, UsageError
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.export import export_audio, export_identity
+from edge.store.keystore import iso_utc
 from edge.store.recorder import Recorder
 
 DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
@@ -227,9 +228,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "profile": s.profile,
                 "rule": s.rule,
                 "child": s.child,
-                "created": _iso(s.created),
-                "audio_expires": _iso(s.audio_expires),
-                "transcript_expires": _iso(s.transcript_expires),
+                "created": iso_utc(s.created),
+                "audio_expires": iso_utc(s.audio_expires),
+                "transcript_expires": iso_utc(s.transcript_expires),
                 "state": s.state,
                 "seconds": s.seconds,
             }
@@ -331,10 +332,6 @@ def _print_report(report, stream=sys.stdout) -> None:
         print(f"at {reading.now.isoformat(timespec='seconds')}{note}", file=stream, flush=True)
 
 
-def _iso(instant) -> str | None:
-    return instant.isoformat() if instant is not None else None
-
-
 def _print_status(store) -> None:
     level = store.vault.level
     data = store.read()
@@ -342,8 +339,8 @@ def _print_status(store) -> None:
     if not data.sessions:
         print("no retained sessions")
     for entry in sorted(data.sessions.values(), key=lambda s: s.created):
-        audio = _iso(entry.audio_expires) or "not kept"
-        text = _iso(entry.transcript_expires) or "not kept"
+        audio = iso_utc(entry.audio_expires) or "not kept"
+        text = iso_utc(entry.transcript_expires) or "not kept"
         print(f"session {entry.id}  {entry.profile} ({entry.rule})  audio until {audio}  transcript until {text}  [{entry.state}]")
 
 

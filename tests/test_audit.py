@@ -244,3 +244,23 @@ def test_html_report_is_self_contained_and_renders(household, tmp_path):
     keep = os.environ.get("EDGE_KEEP_REPORT_PNG")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_checkpoint_every_hundred_events(tmp_path):
+    log = AuditLog(tmp_path)
+    for index in range(120):
+        log.append("test.event", n=index)
+    checkpoints = [e for e in log.entries() if e["type"] == "checkpoint"]
+    assert [c["fields"]["entries"] for c in checkpoints] == [100]
+    assert check(tmp_path).ok
+
+
+def test_show_and_report_on_a_damaged_log_name_the_line(household, tmp_path):
+    config, data_dir, _, _ = household
+    log = data_dir / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[2] = b"this is not an event\n"
+    log.write_bytes(b"".join(lines))
+    for command in (["audit", "show"], ["audit", "report", "--html", str(tmp_path / "r.html")]):
+        result = edge_agent("--config", str(config), *command)
+        assert result.returncode == 1 and "line 3" in result.stderr and "Traceback" not in result.stderr

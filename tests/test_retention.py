@@ -481,3 +481,22 @@ def test_forget_asks_in_a_terminal(write_config, speech, answer, forgotten):
     status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     assert (session not in [s["session"] for s in status["sessions"]]) == forgotten
     assert ("forgot 1 session(s)" in out) == forgotten and ("nothing was forgotten" in out) != forgotten
+
+
+def test_session_open_during_a_rekey_stays_whole(tmp_path, write_config):
+    """A forget re-keys the bucket while another session of it is still being recorded:
+    its header is rewritten under it, its later chunks and its transcript still open."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    recorder = Recorder(store, clock.now, AuditLog(store.data_dir))
+    live_id = os.urandom(8).hex()
+    live = recorder.begin(live_id, Tag(config.profile("child"), "given"))
+    live.write(PCM)
+    doomed = record(store, clock, config, "child")  # same buckets
+    report = shredder.forget(ForgetRequest(session=doomed))
+    assert len(report.rekeyed) == 2
+    live.write(PCM)  # still appending after the header was rewritten
+    live.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
+    data_dir = config.device.data_dir
+    assert openable(store, [recording_path(data_dir, live_id), transcript_path(data_dir, live_id)]) == [True, True]
+    identities = [i for b in store.read().buckets.values() for i in store.identities(b)]
+    assert decrypt(recording_path(data_dir, live_id).read_bytes(), identities)[44:] == PCM + PCM

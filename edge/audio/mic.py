@@ -105,11 +105,6 @@ class MicSource:
             yield pcm
 
 
-def list_input_devices() -> list[dict]:
-    sd = _import_sounddevice()
-    return [d for d in sd.query_devices() if d["max_input_channels"] > 0]
-
-
 def _import_sounddevice():
     try:
         import sounddevice
@@ -120,5 +115,3 @@ def _import_sounddevice():
         ) from None
     return sounddevice
 
-
-__all__ = ["MicSource", "MicStats", "list_input_devices"]

@@ -123,10 +123,21 @@ class AuditLog:
                     yield number, raw.rstrip(b"\n")
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
 
     def entries(self) -> Iterator[dict[str, Any]]:
-        for _, raw in self.lines():
-            yield json.loads(raw)
+        """Parsed events; a line that is not an event is an error naming it (see `audit verify`)."""
+        for number, raw in self.lines():
+            try:
+                entry = json.loads(raw)
+                if not isinstance(entry, dict) or not {"seq", "wall", "type", "fields"} <= entry.keys():
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                raise AuditError(
+                    f"{self.path}: line {number} is not an audit event; `edge-agent audit verify` explains"
+                ) from None
+            yield entry
 
     def log_id(self) -> str:
         for entry in self.entries():
@@ -146,6 +157,8 @@ class AuditLog:
     def _signing_key(self) -> Ed25519PrivateKey:
         try:
             raw = self.key_path.read_bytes()
+        except PermissionError:
+            raise AuditError(f"{self.key_path}: cannot read the audit signing key (permission denied)") from None
         except FileNotFoundError:
             if self.path.exists() and self.path.stat().st_size:
                 raise AuditError(
@@ -172,6 +185,8 @@ class AuditLog:
                 tail = handle.read(block).rstrip(b"\n").rsplit(b"\n", 1)[-1]
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
             return json.loads(tail)
         except ValueError:

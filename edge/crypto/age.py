@@ -135,11 +135,6 @@ class StreamWriter:
             self._wipe(len(self._buffer))
             self.closed = True
 
-    def abandon(self) -> None:
-        """Drop buffered plaintext without sealing it (the file stays incomplete)."""
-        self._wipe(len(self._buffer))
-        self.closed = True
-
     def _emit(self, chunk: bytes, last: bool) -> None:
         self._out.write(self._aead.encrypt(_chunk_nonce(self._counter, last), chunk, None))
         self._counter += 1

@@ -11,7 +11,6 @@ face value: data only expires earlier.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from edge.store.files import atomic_write
+from edge.store.files import StorageError, atomic_write
 
 CLOCK_FILE = "clock"
 SET_BACK_TOLERANCE = timedelta(seconds=2)
@@ -69,17 +68,21 @@ class TrustedClock:
         self._mark = self._load()
 
     def read(self) -> Reading:
+        """The trusted time with what a shred event records about the clock."""
         wall = datetime.fromtimestamp(self._wall(), timezone.utc)
-        trusted = wall
-        if self._mark is not None:
-            floor = self._mark.wall
-            if self._mark.boot == self._boot():
-                floor += timedelta(seconds=max(0.0, self._monotonic() - self._mark.monotonic))
-            trusted = max(wall, floor)
+        trusted = self._trusted(wall)
         return Reading(now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced())
 
     def now(self) -> datetime:
-        return self.read().now
+        return self._trusted(datetime.fromtimestamp(self._wall(), timezone.utc))
+
+    def _trusted(self, wall: datetime) -> datetime:
+        if self._mark is None:
+            return wall
+        floor = self._mark.wall
+        if self._mark.boot == self._boot():
+            floor += timedelta(seconds=max(0.0, self._monotonic() - self._mark.monotonic))
+        return max(wall, floor)
 
     def drift(self) -> float:
         """Wall minus monotonic seconds: constant until someone (or NTP) steps the clock."""
@@ -101,6 +104,8 @@ class TrustedClock:
             return None
         except (ValueError, KeyError, TypeError):
             return None  # a damaged mark only loses protection against a set-back, it never extends retention
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot read the clock's high-water mark: {exc.strerror}") from None
 
 
 class _Timex(ctypes.Structure):
@@ -123,9 +128,8 @@ _TIME_ERROR = 5
 def clock_synced() -> bool:
     """Whether an NTP daemon has synchronised the kernel clock (adjtimex, read-only)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         timex = _Timex()
-        state = libc.adjtimex(ctypes.byref(timex))
+        state = ctypes.CDLL(None).adjtimex(ctypes.byref(timex))  # libc, already loaded: no search
     except (OSError, AttributeError):
         return False
     return state not in (-1, _TIME_ERROR) and not timex.status & _STA_UNSYNC

@@ -106,10 +106,14 @@ class RetentionService:
             if abs(drift - self._drift) <= JUMP:
                 continue
             self._drift, self._offset = drift, self._current_offset()
+            try:
+                buckets = self.shredder.keystore.read().buckets
+            except EdgeError as exc:
+                print(f"edge-agent: cannot re-place retention jobs after a clock change: {exc}", file=sys.stderr, flush=True)
+                buckets = {}
             for job in self._scheduler.get_jobs():
                 if job.id.startswith("bucket:"):
-                    bucket_id = job.id.split(":", 1)[1]
-                    bucket = self.shredder.keystore.read().buckets.get(bucket_id)
+                    bucket = buckets.get(job.id.split(":", 1)[1])
                     if bucket is None:
                         job.remove()
                     else:

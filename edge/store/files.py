@@ -93,7 +93,11 @@ class DataLock:
         self._guard.acquire()
         fd, depth = DataLock._held.get(self.path, (-1, 0))
         if depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                self._guard.release()
+                raise StorageError(f"{self.path}: cannot open the data folder's lock: {exc.strerror}") from None
             fcntl.flock(fd, fcntl.LOCK_EX)
         DataLock._held[self.path] = (fd, depth + 1)
         return self

@@ -125,6 +125,8 @@ class Keystore:
         self.readonly = readonly
         """Open without ever writing (for `audit verify`): no root is created, promoted or replaced."""
         self._root: bytes | None = None
+        self._sealed_json = b""
+        """The plaintext of the keystore as last opened or written (saves only what changed)."""
         self.root_lost = False
         """Set when the vault had no root although a keystore existed (e.g. a power-off with
         the keyring vault): everything retained was shredded by that loss."""
@@ -134,9 +136,9 @@ class Keystore:
         """Lock, open, let the caller change the data, seal it again if it changed."""
         with DataLock(self.data_dir):
             data = self._open()
-            before = data.to_json()
+            self._sealed_json = data.to_json()
             yield data
-            if data.to_json() != before:
+            if data.to_json() != self._sealed_json:  # a ratchet inside may have sealed it already
                 self._save(data)
 
     def read(self) -> KeystoreData:
@@ -267,7 +269,9 @@ class Keystore:
     def _save(self, data: KeystoreData) -> None:
         if self.readonly:
             raise KeystoreError("the keystore was opened read-only")
-        atomic_write(self.path, _seal(self._require_root(), data.to_json()))
+        plaintext = data.to_json()
+        atomic_write(self.path, _seal(self._require_root(), plaintext))
+        self._sealed_json = plaintext
 
     def _ratchet(self, data: KeystoreData) -> None:
         old, new = self._require_root(), os.urandom(ROOT_BYTES)
@@ -286,7 +290,9 @@ class Keystore:
         }
         data.buckets = resealed
         self.vault.write("next", new)
-        atomic_write(self.path, _seal(new, data.to_json()))
+        plaintext = data.to_json()
+        atomic_write(self.path, _seal(new, plaintext))
+        self._sealed_json = plaintext
         self.vault.write("current", new)
         self.vault.erase("next")
         self._root = new
@@ -325,8 +331,13 @@ def _open_identity(root: bytes, bucket_id: str, sealed: str, recipient: str | No
     return identity
 
 
+def iso_utc(instant: datetime | None) -> str | None:
+    """ISO 8601 in UTC, or None: how every instant is written (keystore, audit, JSON output)."""
+    return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
+
+
 def _encode(record: dict) -> dict:
-    return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v) for k, v in record.items()}
+    return {k: (iso_utc(v) if isinstance(v, datetime) else v) for k, v in record.items()}
 
 
 _TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime

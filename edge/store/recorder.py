@@ -22,7 +22,7 @@ from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.store.buckets import bucket_id, expiry_for
 from edge.store.files import atomic_write, create_private_file
-from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry
+from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
 from edge.stt.recognizer import Transcript
 from edge.tagging import Tag
 
@@ -45,10 +45,6 @@ def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
     riff = UNKNOWN_SIZE if data_bytes == UNKNOWN_SIZE else 36 + data_bytes
     fmt = struct.pack("<HHIIHH", 1, 1, PIPELINE_RATE, PIPELINE_RATE * 2, 2, 16)
     return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return instant.isoformat() if instant is not None else None
 
 
 class Recorder:
@@ -94,8 +90,8 @@ class Recorder:
                 profile=profile.name,
                 rule=tag.rule,
                 child=profile.is_child,
-                audio_expires=_iso(entry.audio_expires),
-                transcript_expires=_iso(entry.transcript_expires),
+                audio_expires=iso_utc(entry.audio_expires),
+                transcript_expires=iso_utc(entry.transcript_expires),
                 audio_bucket=entry.audio_bucket,
                 transcript_bucket=entry.transcript_bucket,
             )
