@@ -7,29 +7,24 @@ code; no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import signal
 import sys
 import tempfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from edge import __version__, wiring
-from edge.agent import Agent
-from edge.audio.mic import MicSource
+from edge import __version__, control, wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.audit.commands import add_parser as add_audit_parser
+from edge.stt.commands import add_parser as add_model_parser
 from edge.config import BUILTIN_CONFIG, load_config, resolve_config_path
 from edge.errors import EdgeError, UsageError
-from edge.retention.scheduler import RetentionService
-from edge.retention.shredder import ForgetRequest, Shredder
+from edge.retention.shredder import ForgetRequest
+from edge.service import print_report, run_agent
 from edge.store.export import export_audio, export_identity
 from edge.store.keystore import iso_utc
-from edge.store.recorder import Recorder
 
 DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
 
@@ -149,7 +144,39 @@ def _build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(handler=_cmd_forget)
 
+    profile = sub.add_parser(
+        "profile",
+        help="set who is speaking now, in the running agent",
+        description="Tell the running agent which household profile the next sessions belong to "
+        "(overrides [household] active_profile until the agent stops). --clear goes back to the config.",
+    )
+    who = profile.add_mutually_exclusive_group(required=True)
+    who.add_argument("name", nargs="?", metavar="NAME", help="a profile from the config")
+    who.add_argument("--clear", action="store_true", help="back to [household] active_profile")
+    profile.set_defaults(handler=_cmd_profile)
+
+    push = sub.add_parser(
+        "push",
+        help="push-to-talk: open a session in the running agent",
+        description='Open a session now in the running agent (needs [trigger] mode = "push_to_talk"). '
+        "It ends after trailing silence.",
+    )
+    push.set_defaults(handler=_cmd_push)
+
     add_audit_parser(sub, _Parser, _load_config)
+    add_model_parser(sub, _Parser)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the installation and explain what holds",
+        description="Check the config, the model, the microphone, the vault and its guarantee level, "
+        "the clock, swap, permissions, free space and the service's hardening. Each problem comes with "
+        "a fix. Exit status 1 when something fails (warnings alone exit 0; --strict makes them fail).",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.add_argument("--strict", action="store_true", help="warnings fail too")
+    doctor.add_argument("--no-mic", action="store_true", help="list input devices but do not open one")
+    doctor.set_defaults(handler=_cmd_doctor)
 
     demo = sub.add_parser(
         "demo",
@@ -184,13 +211,14 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    return _run_agent(config, args.input, args.profile, args.json)
+    return run_agent(config, args.input, args.profile, args.json)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     config = _load_config(args)
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch:
-        config = replace(config, device=replace(config.device, data_dir=Path(scratch)))
+        scratch_dir = Path(scratch)
+        config = replace(config, device=replace(config.device, data_dir=scratch_dir, control_socket=scratch_dir / "control.sock"))
         trigger = config.trigger
         profile = next((p for p in config.profiles if p.is_child and p.keep_audio), config.profiles[0])
         print(f"edge demo: config {config.path}")
@@ -198,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  grammar: {', '.join(trigger.grammar) if trigger.grammar else '(free dictation)'}")
         print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng), spoken as profile {profile.name!r}")
         print(f"  data:    {scratch} (a temporary folder, removed at the end)")
-        code = _run_agent(config, str(DEMO_WAV), profile.name, False)
+        code = run_agent(config, str(DEMO_WAV), profile.name, False)
         store, _audit = wiring.open_store(config)
         _print_status(store)
         sealed = sorted(p.relative_to(scratch) for p in Path(scratch).rglob("*.age"))
@@ -218,8 +246,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return code
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    if args.name:
+        config.profile(args.name)  # a clear error before asking the agent
+    answer = control.call(config.device.control_socket, "profile", name=None if args.clear else args.name)
+    print(f"active profile: {answer['active_profile'] or '(none: the strictest profile)'}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    control.call(config.device.control_socket, "push")
+    print("listening: speak now")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from edge.doctor import run_checks
+
+    findings = run_checks(resolve_config_path(args.config), open_mic=not args.no_mic)
+    if args.json:
+        print(json.dumps([f.to_json() for f in findings], ensure_ascii=False))
+    else:
+        for finding in findings:
+            print(f"{finding.status.upper():5} {finding.check:12} {finding.detail}")
+            if finding.fix and finding.status != "ok":
+                print(f"{'':18} fix: {finding.fix}")
+    failing = {"fail", "warn"} if args.strict else {"fail"}
+    return 1 if any(f.status in failing for f in findings) else 0
+
+
+def _agent_state(config) -> dict | None:
+    """The running agent's own view, or None when no agent answers."""
+    try:
+        return control.call(config.device.control_socket, "status")
+    except control.AgentNotRunning:
+        return None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    store, _audit = wiring.open_store(_load_config(args))
+    config = _load_config(args)
+    store, _audit = wiring.open_store(config)
+    agent = _agent_state(config)
+    if agent is not None:
+        agent.pop("ok", None)
     if args.json:
         data = store.read()
         sessions = [
@@ -236,8 +307,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
             }
             for s in sorted(data.sessions.values(), key=lambda s: s.created)
         ]
-        print(json.dumps({"vault": store.vault.level.to_json(), "buckets": len(data.buckets), "sessions": sessions}))
+        print(json.dumps({"vault": store.vault.level.to_json(), "agent": agent, "buckets": len(data.buckets), "sessions": sessions}))
     else:
+        if agent is None:
+            print("agent: not running")
+        else:
+            active = agent["active_profile"] or "(none: the strictest profile)"
+            print(f"agent: running (pid {agent['pid']}, {agent['mode']} mode, active profile {active}, {agent['sessions']} session(s) so far)")
         _print_status(store)
     return 0
 
@@ -265,22 +341,21 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     report = wiring.make_shredder(config).sweep()
     if report.empty:
         print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
-    _print_report(report)
+    print_report(report)
     return 0
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    request = ForgetRequest(
-        session=args.session, profile=args.profile, everything=args.all, before=wiring.parse_instant(args.before, "--before")
-    )
     shredder = wiring.make_shredder(config)
-    data = shredder.keystore.read()
-    if args.session and args.session not in data.sessions:
-        raise UsageError(f"there is no retained session {args.session!r}; `edge-agent status` lists them")
-    known = {p.name for p in config.profiles} | {b.profile for b in data.buckets.values()}
-    if args.profile and args.profile not in known:
-        raise UsageError(f"there is no profile {args.profile!r}; the profiles are: {', '.join(sorted(known))}")
+    request = ForgetRequest.checked(
+        config,
+        shredder.keystore.read(),
+        session=args.session,
+        profile=args.profile,
+        everything=args.all,
+        before=wiring.parse_instant(args.before, "--before"),
+    )
     if not args.yes and not sys.stdin.isatty():
         raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
     declined = []
@@ -302,34 +377,11 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         print("nothing was forgotten")
     elif report.empty:
         print(f"nothing to forget for {request.describe()}")
-    _print_report(report)
+    print_report(report)
     return 0
 
 
 # -- helpers --------------------------------------------------------------------
-
-
-def _print_report(report, stream=sys.stdout) -> None:
-    """What a sweep or forget did, one line per bucket. No key material, no transcript text."""
-    for item in report.buckets:
-        seconds = item.late.total_seconds()
-        timing = "on time" if 0 <= seconds < 1 else (f"late by {seconds:.0f}s" if seconds > 0 else "ahead of expiry")
-        print(
-            f"shredded {item.kind} bucket {item.bucket}: {len(item.sessions)} session(s), {item.reason}, {timing}",
-            file=stream,
-        )
-    for bucket in report.rekeyed:
-        print(f"re-keyed bucket {bucket}: its remaining sessions now open only with a new key", file=stream)
-    if report.forgotten:
-        print(f"forgot {len(report.forgotten)} session(s)", file=stream)
-    if report.files_deleted:
-        print(f"deleted {report.files_deleted} ciphertext file(s)", file=stream)
-    reading = report.reading
-    if not report.empty:
-        note = "" if reading.synced else " (clock not NTP-synced)"
-        if reading.set_back.total_seconds() > 2:
-            note += f" (wall clock is {reading.set_back.total_seconds():.0f}s behind the trusted clock: set back?)"
-        print(f"at {reading.now.isoformat(timespec='seconds')}{note}", file=stream, flush=True)
 
 
 def _print_status(store) -> None:
@@ -349,93 +401,3 @@ def _load_config(args: argparse.Namespace):
     if path == BUILTIN_CONFIG and args.handler is not _cmd_demo:
         print(f"edge-agent: no config given; using the built-in example ({path})", file=sys.stderr)
     return load_config(path)
-
-
-def _run_agent(config, input_wav: str | None, profile: str | None, as_json: bool) -> int:
-    """The agent: catch up on retention, then listen (file or microphone) until done or stopped."""
-    if profile:
-        config.profile(profile)  # fail before any audio is heard
-    info = open_wav(Path(input_wav)) if input_wav else None
-    model = wiring.make_model(config)
-    store, audit = wiring.open_store(config)
-    audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
-    store.read()  # open the vault and keystore before any audio is heard
-    if store.root_lost:
-        print(
-            "edge-agent: the vault's root key was gone (power-off with the keyring vault): everything "
-            "retained before was shredded by that loss, and a fresh keystore was started.",
-            file=sys.stderr,
-        )
-    clock = wiring.make_clock(config)
-    retention = RetentionService(
-        Shredder(store, clock, config, audit), clock, config.retention.sweep, lambda report: _print_report(report, sys.stderr)
-    )
-    retention.catch_up()  # everything already due is shredded before the microphone opens
-    recorder = Recorder(store, clock.now, audit, on_new_bucket=retention.add_bucket)
-    agent = Agent(config, model, _session_printer(as_json), given_profile=profile, recorder=recorder, clock=clock.now)
-    level = store.vault.level
-    audit.append(
-        "agent.started",
-        version=__version__,
-        source="file" if info else "mic",
-        vault=level.backend,
-        level=level.to_json()["level"],
-        survives_reboot=level.survives_reboot,
-    )
-    retention.start()
-    try:
-        summary, dropped = _listen(agent, config, info)
-    finally:
-        retention.stop()
-        audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3))
-        audit.checkpoint()
-    sys.stdout.flush()
-    print(
-        f"edge-agent: {summary.sessions} session(s) from {summary.seconds:.1f} s of audio"
-        + (f"; wake phrase heard {summary.wake_count} time(s)" if config.trigger.mode == "wake" else "")
-        + (f"; WARNING: {dropped} audio block(s) lost because decoding fell behind" if dropped else ""),
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _session_printer(as_json: bool):
-    """One line per finished session (JSON), or a readable pair of lines."""
-
-    def emit(record) -> None:
-        if as_json:
-            print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
-            return
-        kept = f"audio until {record.audio_expires}" if record.audio_expires else "audio not kept"
-        kept += f", transcript until {record.transcript_expires}" if record.transcript_expires else ", transcript not kept"
-        print(
-            f"session {record.session}  {record.profile} ({record.rule})  "
-            f"{record.start:6.2f}-{record.end:6.2f}s  [{record.end_reason}]  {record.text or '(nothing recognised)'}"
-            f"\n    {kept}",
-            flush=True,
-        )
-
-    return emit
-
-
-def _listen(agent, config, info):
-    """Feed the agent from the file or the microphone until the end or a stop signal."""
-    stop = threading.Event()
-    _install_signal_handlers(stop, agent)
-    if info is not None:
-        if config.trigger.mode == "push_to_talk":
-            agent.push_to_talk()  # the start of the file counts as one push
-        return agent.run(read_pipeline_chunks(info), stop), 0
-    with MicSource(config.device.sample_rate, config.device.input_device) as source:
-        print(f"edge-agent: listening on the microphone ({config.trigger.mode} mode); Ctrl-C to stop", file=sys.stderr, flush=True)
-        summary = agent.run(source.chunks(stop), stop)
-    return summary, source.stats.dropped_blocks + source.stats.input_overflows
-
-
-def _install_signal_handlers(stop: threading.Event, agent) -> None:
-    def request_stop(signum, _frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGUSR1, lambda _s, _f: agent.push_to_talk())

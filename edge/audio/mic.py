@@ -45,7 +45,7 @@ class MicSource:
         self._stream = None
 
     def __enter__(self) -> MicSource:
-        sd = _import_sounddevice()
+        sd = import_sounddevice()
         try:
             self._stream = sd.RawInputStream(
                 samplerate=self.sample_rate,
@@ -105,7 +105,7 @@ class MicSource:
             yield pcm
 
 
-def _import_sounddevice():
+def import_sounddevice():
     try:
         import sounddevice
     except OSError as exc:  # raised when the PortAudio library is missing

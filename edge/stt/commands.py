@@ -1,0 +1,88 @@
+"""`edge-agent model list | fetch`: the only commands that touch the network."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge.errors import UsageError
+from edge.stt.catalog import KNOWN_MODELS, known_model
+from edge.stt.fetch import default_models_dir, fetch_model
+
+
+def add_parser(sub, parser_class: type) -> None:
+    model = sub.add_parser(
+        "model",
+        help="list or download Vosk models (the only commands that use the network)",
+        description="Known models are pinned to the SHA-256 of their archive: a download that does not "
+        "match installs nothing. The agent itself never downloads.",
+    )
+    model.set_defaults(handler=lambda _args: model.print_help() or 0)
+    commands = model.add_subparsers(title="model commands", metavar="COMMAND", parser_class=parser_class)
+    listing = commands.add_parser("list", help="the known models, their size and pinned digest")
+    listing.set_defaults(handler=_list)
+    fetch = commands.add_parser(
+        "fetch",
+        help="download, verify and install a model",
+        description="Download a known model (by NAME) or any archive (--url with its --sha256), check the "
+        "digest, unpack it safely and move it into place atomically. Default destination: /usr/share/vosk "
+        "for root, ~/.cache/vosk otherwise (both searched by model = \"auto\").",
+    )
+    fetch.add_argument("name", nargs="?", metavar="NAME", help="a model from `edge-agent model list`")
+    fetch.add_argument("--url", help="download this archive (zip or tar) instead of a known model")
+    fetch.add_argument("--sha256", metavar="HEX", help="the archive's SHA-256 (required with --url)")
+    fetch.add_argument("--dest", metavar="DIR", help="install under this folder")
+    fetch.set_defaults(handler=_fetch)
+
+
+def _list(_args: argparse.Namespace) -> int:
+    for model in KNOWN_MODELS:
+        print(f"{model.name:30} {model.language:14} {model.size / 1e6:6.1f} MB  sha256 {model.sha256}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    if args.url:
+        if args.name or not args.sha256:
+            raise UsageError("model fetch --url URL needs --sha256 HEX and no NAME")
+        url, sha256, name = args.url, args.sha256, None
+    else:
+        if not args.name or args.sha256:
+            raise UsageError("model fetch needs a NAME from `edge-agent model list`, or --url URL --sha256 HEX")
+        known = known_model(args.name)
+        if known is None:
+            raise UsageError(f"unknown model {args.name!r}; `edge-agent model list` shows the known ones, or use --url with --sha256")
+        url, sha256, name = known.url, known.sha256, known.name
+    dest = Path(args.dest) if args.dest else default_models_dir()
+    print(f"fetching {url}", file=sys.stderr)
+    fetched = fetch_model(url, sha256, dest, name, _ProgressBar())
+    if fetched.already:
+        print(f"{fetched.path} is installed already; nothing was downloaded")
+    else:
+        print(f"installed {fetched.path} (SHA-256 verified)")
+    print(f'to use it, set [device] model = "{fetched.path}" in the household config')
+    return 0
+
+
+class _ProgressBar:
+    """A bar on a terminal; otherwise a line every 10%, so logs stay readable."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._shown = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            percent = min(100, done * 100 // total)
+            if self._tty:
+                bar = "#" * (percent // 4)
+                print(f"\r[{bar:25}] {percent:3}% {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+                if done >= total:
+                    print(file=sys.stderr)
+            elif percent // 10 > self._shown:
+                self._shown = percent // 10
+                print(f"{percent}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB)", file=sys.stderr, flush=True)
+        elif done // (10 << 20) > self._shown:  # no length given: a line every 10 MB
+            self._shown = done // (10 << 20)
+            print(f"{done / 1e6:.1f} MB", file=sys.stderr, flush=True)
