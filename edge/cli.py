@@ -217,8 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     config = _load_config(args)
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch:
-        scratch_dir = Path(scratch)
-        config = replace(config, device=replace(config.device, data_dir=scratch_dir, control_socket=scratch_dir / "control.sock"))
+        config = replace(config, device=replace(config.device, data_dir=Path(scratch)))
         trigger = config.trigger
         profile = next((p for p in config.profiles if p.is_child and p.keep_audio), config.profiles[0])
         print(f"edge demo: config {config.path}")

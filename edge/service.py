@@ -2,8 +2,8 @@
 
 Order matters and is the promise: the process is hardened, the vault and keystore
 open, and everything already due is shredded before the microphone opens; the
-control socket lets the household change the active profile, push to talk, and
-forget or purge while it runs.
+control socket (microphone runs only) lets the household change the active profile,
+push to talk, and forget or purge while it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from edge.control import ControlError, ControlServer
 from edge.hardening import make_non_dumpable
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, ShredReport, Shredder
+from edge.store.files import DataLock
 from edge.store.recorder import Recorder
 
 
@@ -53,8 +54,11 @@ def run_agent(config: Config, input_wav: str | None, profile: str | None, as_jso
     retention.catch_up()  # everything already due is shredded before the microphone opens
     recorder = Recorder(store, clock.now, audit, on_new_bucket=retention.add_bucket)
     agent = Agent(config, model, _session_printer(as_json), given_profile=profile, recorder=recorder, clock=clock.now)
-    control = ControlServer(config.device.control_socket, control_handlers(config, agent, shredder, audit))
-    control.start()
+    control = None
+    if info is None:  # the long-running microphone agent; file runs are batch jobs and may overlap
+        control = ControlServer(config.device.control_socket, control_handlers(config, agent, shredder, audit))
+        with DataLock(config.device.data_dir):  # two agents starting at once: one gets the socket
+            control.start()
     level = store.vault.level
     audit.append(
         "agent.started",
@@ -68,7 +72,8 @@ def run_agent(config: Config, input_wav: str | None, profile: str | None, as_jso
     try:
         summary, dropped = _listen(agent, config, info)
     finally:
-        control.stop()
+        if control is not None:
+            control.stop()
         retention.stop()
         audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3))
         audit.checkpoint()

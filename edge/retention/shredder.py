@@ -169,7 +169,8 @@ class Shredder:
             if request.everything:
                 whole = set(data.buckets)
             else:
-                whole = {b for b in data.buckets if data.members(b) and all(m.id in doomed for m in data.members(b))}
+                index = data.members_by_bucket()
+                whole = {b for b, members in index.items() if all(m.id in doomed for m in members)}
                 if request.profile is not None:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
@@ -235,9 +236,10 @@ class Shredder:
     ) -> None:
         if not reasons:
             return
+        index = data.members_by_bucket()
         for bucket_id, reason in sorted(reasons.items()):
             bucket = data.buckets[bucket_id]
-            members = tuple(s.id for s in data.members(bucket_id))
+            members = tuple(s.id for s in index.get(bucket_id, ()))
             report.buckets.append(ShreddedBucket(bucket_id, bucket.profile, bucket.kind, bucket.expires, members, reason, now - bucket.expires))
             for session_id in members:
                 entry = data.sessions[session_id]
@@ -275,7 +277,7 @@ class Shredder:
     def _files_of(self, data: KeystoreData, bucket_id: str) -> list[Path]:
         root = self.keystore.data_dir
         files = []
-        for entry in data.members(bucket_id):
+        for entry in data.members_by_bucket().get(bucket_id, ()):
             if entry.audio_bucket == bucket_id:
                 files.append(recording_path(root, entry.id))
             if entry.transcript_bucket == bucket_id:
@@ -285,14 +287,19 @@ class Shredder:
     def _delete_orphans(self, data: KeystoreData) -> int:
         """Delete ciphertext that no live session refers to (what a shred leaves, or a crash)."""
         root = self.keystore.data_dir
-        live = {recording_path(root, s.id) for s in data.sessions.values() if s.audio_bucket}
-        live |= {transcript_path(root, s.id) for s in data.sessions.values() if s.transcript_bucket}
+        live = {recording_path(root, s.id).name for s in data.sessions.values() if s.audio_bucket}
+        live |= {transcript_path(root, s.id).name for s in data.sessions.values() if s.transcript_bucket}
         deleted = 0
         for folder in (root / RECORDINGS, root / TRANSCRIPTS):
-            if not folder.is_dir():
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
                 continue
-            for path in folder.iterdir():
-                if path not in live:
-                    path.unlink(missing_ok=True)
+            for entry in entries:
+                if entry.name not in live:
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
                     deleted += 1
         return deleted

@@ -106,9 +106,13 @@ class KeystoreData:
         last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
         return cls({s.id: s for s in sessions}, {b.id: b for b in buckets}, last_seen)
 
-    def members(self, bucket_id: str) -> list[SessionEntry]:
-        """Sessions with data in this bucket."""
-        return [s for s in self.sessions.values() if bucket_id in (s.audio_bucket, s.transcript_bucket)]
+    def members_by_bucket(self) -> dict[str, list[SessionEntry]]:
+        """For each bucket with data, the sessions whose data is in it (one pass over the sessions)."""
+        index: dict[str, list[SessionEntry]] = {}
+        for session in self.sessions.values():
+            for bucket_id in {session.audio_bucket, session.transcript_bucket} - {None}:
+                index.setdefault(bucket_id, []).append(session)  # type: ignore[arg-type]
+        return index
 
 
 class Keystore:

@@ -1,0 +1,421 @@
+"""edge benchmarks: what privacy costs over bare Vosk, and how shredding and verification scale.
+
+Run with scripts/bench.sh (sets up, then runs this). Every comparison is a ratio
+measured in the same run on the same machine; absolute times are printed for
+context only. Prints one table, and the same as JSON with --json FILE.
+
+    scripts/bench.sh [--quick] [--json FILE] [--pairs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge.audio import FRAME_BYTES, PIPELINE_RATE  # noqa: E402
+from edge.audit.log import AuditLog, canonical, checkpoint_text, entry_hash  # noqa: E402
+from edge.config import load_config  # noqa: E402
+from edge.crypto.age import Identity, StreamWriter  # noqa: E402
+from edge.crypto.vault import FileVault  # noqa: E402
+from edge.retention.clock import TrustedClock  # noqa: E402
+from edge.retention.scheduler import RetentionService  # noqa: E402
+from edge.retention.shredder import Shredder  # noqa: E402
+from edge.store.buckets import bucket_id, expiry_for  # noqa: E402
+from edge.store.keystore import Keystore, SessionEntry  # noqa: E402
+from edge.store.recorder import recording_path, transcript_path  # noqa: E402
+from edge.stt.model_path import find_model  # noqa: E402
+
+PHRASES = ["라디오", "메시지", "아버지", "위치", "보안"]
+
+
+@dataclass
+class Row:
+    measure: str
+    value: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+# -- inputs -----------------------------------------------------------------------
+
+
+def make_speech(folder: Path, seconds: float) -> Path:
+    """About `seconds` of Korean speech (espeak-ng), short pauses, 16 kHz mono WAV."""
+    parts = []
+    for index, phrase in enumerate(PHRASES):
+        path = folder / f"p{index}.wav"
+        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(path), phrase], check=True)
+        parts.append(path)
+    gap = folder / "gap.wav"
+    subprocess.run(["sox", "-n", "-r", "22050", "-c", "1", str(gap), "trim", "0", "0.3"], check=True)
+    sequence, length = [], 0.0
+    while length < seconds:
+        for path in parts:
+            sequence += [str(path), str(gap)]
+            length += float(subprocess.run(["soxi", "-D", str(path)], capture_output=True, text=True).stdout) + 0.3
+    joined = folder / "speech.wav"
+    subprocess.run(["sox", "-D", *sequence, "-r", str(PIPELINE_RATE), "-c", "1", "-b", "16", str(joined)], check=True)
+    return joined
+
+
+def write_config(folder: Path, data_dir: Path, mode: str = "always", grammar: str = "[]") -> Path:
+    path = folder / "household.toml"
+    path.write_text(
+        f"""
+[device]
+data_dir = "{data_dir}"
+[vault]
+backend = "file"
+path = "{folder / 'root.key'}"
+[trigger]
+mode = "{mode}"
+wake_phrase = "라디오"
+grammar = {grammar}
+max_session = "15s"
+[profiles.parent]
+kind = "adult"
+keep_audio = "24h"
+keep_transcript = "30d"
+[profiles.child]
+kind = "child"
+keep_audio = "1h"
+keep_transcript = "7d"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def child_cpu(command: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """(CPU seconds user+sys, wall seconds, peak RSS KiB) of one command and its children."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed:\n{stderr[-2000:]}")
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+
+
+# -- 1. overhead against vosk-transcriber --------------------------------------------
+
+
+def overhead(work: Path, speech: Path, pairs: int) -> list[Row]:
+    model = find_model("auto")
+    venv_bin = Path(sys.executable).parent
+    edge_cpu, peer_cpu, edge_wall, ratios = [], [], [], []
+    for pair in range(pairs):
+        data = work / f"overhead-{pair}"
+        config = write_config(work, data)
+        edge_cmd = [str(venv_bin / "edge-agent"), "--config", str(config), "run", "--input", str(speech), "--profile", "parent"]
+        peer_cmd = [str(venv_bin / "vosk-transcriber"), "--model", str(model), "-i", str(speech), "-o", str(work / "peer.txt")]
+        first, second = (edge_cmd, peer_cmd) if pair % 2 == 0 else (peer_cmd, edge_cmd)  # alternate A/B
+        a = child_cpu(first)
+        b = child_cpu(second)
+        (edge_run, peer_run) = (a, b) if first is edge_cmd else (b, a)
+        edge_cpu.append(edge_run[0])
+        peer_cpu.append(peer_run[0])
+        edge_wall.append(edge_run[1])
+        ratios.append(edge_run[0] / peer_run[0])
+        shutil.rmtree(data, ignore_errors=True)
+    ratio = statistics.median(ratios)
+    return [
+        Row("CPU time: edge-agent run / vosk-transcriber (median of pairs)", round(ratio, 3), "x", "<= 1.05", ratio <= 1.05,
+            f"{pairs} A/B pairs; edge {statistics.median(edge_cpu):.1f} s, vosk-transcriber {statistics.median(peer_cpu):.1f} s CPU "
+            f"for {audio_seconds(speech):.0f} s of speech; sealing, keystore and audit on"),
+        Row("edge-agent run: speed", round(audio_seconds(speech) / statistics.median(edge_wall), 1), "x real time"),
+    ]
+
+
+def audio_seconds(path: Path) -> float:
+    return (path.stat().st_size - 44) / (2 * PIPELINE_RATE)
+
+
+# -- 2. shred scale, 4. boot catch-up --------------------------------------------------
+
+
+def populate(data_dir: Path, sessions: int, vault: FileVault, span: timedelta, end: datetime) -> int:
+    """`sessions` overdue sessions, created evenly over `span` before `end`, alternating profiles,
+    each with an (empty) sealed-recording and transcript file. Returns the bucket count."""
+    keystore = Keystore(data_dir, vault)
+    keep = {"parent": (timedelta(hours=24), timedelta(days=30)), "child": (timedelta(hours=1), timedelta(days=7))}
+    for folder in ("recordings", "transcripts"):
+        (data_dir / folder).mkdir(mode=0o700, exist_ok=True)
+    with keystore.transaction() as data:
+        step = span / sessions
+        for index in range(sessions):
+            profile = "child" if index % 2 else "parent"
+            created = end - span - timedelta(days=30) + step * index
+            ids = {}
+            for kind, retention in zip(("audio", "transcript"), keep[profile]):
+                expires = expiry_for(created, retention)
+                ids[kind] = bucket_id(profile, kind, expires)
+                if ids[kind] not in data.buckets:
+                    keystore.new_bucket(data, ids[kind], profile, kind, expires)
+            session = f"{index:016x}"
+            data.sessions[session] = SessionEntry(
+                id=session, profile=profile, rule="given", child=profile == "child", created=created,
+                audio_expires=data.buckets[ids["audio"]].expires, transcript_expires=data.buckets[ids["transcript"]].expires,
+                audio_bucket=ids["audio"], transcript_bucket=ids["transcript"], state="complete", seconds=3.0,
+            )
+            recording_path(data_dir, session).touch(mode=0o600)
+            transcript_path(data_dir, session).touch(mode=0o600)
+        return len(data.buckets)
+
+
+def shred_scale(work: Path, sizes: list[int]) -> list[Row]:
+    rows = []
+    config = load_config(write_config(work, work / "unused"))
+    for sessions in sizes:
+        for span_hours in (48,):
+            data_dir = work / f"shred-{sessions}"
+            vault = FileVault(work / f"shred-{sessions}.key")
+            buckets = populate(data_dir, sessions, vault, timedelta(hours=span_hours), datetime.now(timezone.utc))
+            shredder = Shredder(Keystore(data_dir, vault), TrustedClock(data_dir), config, AuditLog(data_dir))
+            start = time.perf_counter()
+            report = shredder.sweep()
+            seconds = time.perf_counter() - start
+            assert sum(len(b.sessions) for b in report.buckets) == 2 * sessions, "not everything was shredded"
+            target = "< 1 s" if sessions == 100_000 else ""
+            rows.append(Row(
+                f"purge: {sessions:,} overdue sessions in {buckets:,} buckets", round(seconds, 3), "s", target,
+                seconds < 1 if target else None,
+                f"{seconds / buckets * 1e3:.2f} ms/bucket, {seconds / sessions * 1e6:.1f} us/session; "
+                f"includes deleting {report.files_deleted + 2 * sessions:,} ciphertext files",
+            ))
+            shutil.rmtree(data_dir)
+    return rows
+
+
+def boot_catch_up(work: Path, sessions: int) -> Row:
+    data_dir = work / "boot"
+    vault = FileVault(work / "boot.key")
+    populate(data_dir, sessions, vault, timedelta(hours=48), datetime.now(timezone.utc))
+    config = load_config(write_config(work, data_dir))
+    clock = TrustedClock(data_dir)
+    service = RetentionService(Shredder(Keystore(data_dir, vault), clock, config, AuditLog(data_dir)), clock, config.retention.sweep, lambda report: None)
+    start = time.perf_counter()
+    service.catch_up()
+    seconds = time.perf_counter() - start
+    left = Keystore(data_dir, vault).read().sessions
+    assert not left, f"{len(left)} sessions survived the catch-up"
+    shutil.rmtree(data_dir)
+    return Row(f"boot catch-up: {sessions:,} overdue sessions shredded before the mic opens", round(seconds, 3), "s", "< 1 s", seconds < 1)
+
+
+# -- 3. verify scale ---------------------------------------------------------------------
+
+
+def write_log(data_dir: Path, entries: int) -> None:
+    """A valid audit log of `entries` events (sessions created and sealed, checkpoints every 100)."""
+    log = AuditLog(data_dir)
+    log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64)  # creates the log and its key
+    key = log._signing_key()
+    log_id = log.log_id()
+    last = list(log.entries())[-1]
+    lines = []
+    with log.path.open("ab") as out:
+        for seq in range(last["seq"] + 1, entries + 1):
+            if seq % 100 == 0:
+                kind = "checkpoint"
+                fields = {"entries": seq - 1, "head": last["hash"], "signature": key.sign(checkpoint_text(log_id, seq - 1, last["hash"])).hex()}
+            elif seq % 2:
+                kind, fields = "session.created", {
+                    "session": f"{seq:016x}", "profile": "child", "rule": "active", "child": True,
+                    "audio_expires": "2026-11-28T21:00:00+00:00", "transcript_expires": "2026-12-05T20:00:00+00:00",
+                    "audio_bucket": "child.audio.20261128T210000Z", "transcript_bucket": "child.transcript.20261205T200000Z",
+                }
+            else:
+                kind, fields = "session.sealed", {"session": f"{seq - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}
+            entry = {"seq": seq, "wall": "2026-11-28T20:00:00.000+00:00", "mono": 1000.0 + seq, "boot": last["boot"],
+                     "type": kind, "fields": fields, "prev": last["hash"]}
+            entry["hash"] = entry_hash(entry)
+            lines.append(canonical(entry))
+            last = entry
+            if len(lines) == 10_000:
+                out.write(b"\n".join(lines) + b"\n")
+                lines.clear()
+        if lines:
+            out.write(b"\n".join(lines) + b"\n")
+
+
+def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
+    from edge.audit.verify import verify
+
+    rows = []
+    for entries in sizes:
+        data_dir = work / f"verify-{entries}"
+        write_log(data_dir, entries)
+        start = time.perf_counter()
+        result = verify(AuditLog(data_dir), None, datetime.now(timezone.utc), timedelta(seconds=62))
+        seconds = time.perf_counter() - start
+        assert result.ok and result.entries == entries, result.problems[:1]
+        target = "< 10 s" if entries == 1_000_000 else ""
+        rows.append(Row(f"audit verify: {entries:,} entries", round(seconds, 3), "s", target, seconds < 10 if target else None,
+                        f"{seconds / entries * 1e6:.1f} us/entry, {result.checkpoints:,} signatures checked"))
+        shutil.rmtree(data_dir)
+    return rows
+
+
+# -- 5. memory, 6. sealing, 7. latency ---------------------------------------------------
+
+
+def memory(work: Path, speech: Path) -> list[Row]:
+    venv_python = sys.executable
+    model = find_model("auto")
+    _, _, model_kib = child_cpu([venv_python, "-c", f"import vosk; vosk.SetLogLevel(-1); vosk.Model({str(model)!r})"])
+    data = work / "memory"
+    config = write_config(work, data)
+    _, _, agent_kib = child_cpu([venv_python, "-m", "edge", "--config", str(config), "run", "--input", str(speech), "--profile", "child"])
+    _, _, bare_kib = child_cpu([venv_python, "-c", "pass"])
+    without = (agent_kib - model_kib + bare_kib) / 1024
+    shutil.rmtree(data, ignore_errors=True)
+    return [
+        Row("peak RSS: the agent without the model", round(without, 1), "MB", "<= 60 MB", without <= 60,
+            f"agent {agent_kib / 1024:.0f} MB - model alone {model_kib / 1024:.0f} MB + bare python {bare_kib / 1024:.0f} MB"),
+        Row("peak RSS: the Vosk model alone (in python)", round(model_kib / 1024, 1), "MB"),
+    ]
+
+
+def sealing(work: Path) -> list[Row]:
+    recipient = Identity.generate().recipient
+    pcm = os.urandom(FRAME_BYTES) * 2000  # 60 s of "audio" in 30 ms frames
+    total, start = 0, time.perf_counter()
+    with (work / "seal.age").open("wb") as out:
+        while time.perf_counter() - start < 2:
+            writer = StreamWriter(out, recipient)
+            for index in range(0, len(pcm), FRAME_BYTES):
+                writer.write(pcm[index : index + FRAME_BYTES])
+            writer.close()
+            total += len(pcm)
+            out.seek(0)
+    seconds = time.perf_counter() - start
+    mb_s = total / seconds / 1e6
+    return [Row("sealing throughput (30 ms frames, like the recorder)", round(mb_s, 1), "MB/s", "", None,
+                f"{mb_s * 1e6 / (2 * PIPELINE_RATE):,.0f} x real time (audio is 0.032 MB/s)")]
+
+
+def latency(work: Path, speech: Path) -> list[Row]:
+    """In-process: from the frame that completes the trailing silence to the sealed file
+    closed and to the transcript event. End of speech -> event adds [trigger] silence_end."""
+    from edge.agent import Agent
+    from edge.stt.recognizer import SpeechModel
+    from edge.store.recorder import Recorder
+
+    data = work / "latency"
+    config = load_config(write_config(work, data))
+    vault = FileVault(work / "latency.key")
+    keystore, audit = Keystore(data, vault), AuditLog(data)
+    clock = TrustedClock(data)
+    recorder = Recorder(keystore, clock.now, audit)
+    events: list[float] = []
+    closes: list[float] = []
+    agent = Agent(config, SpeechModel(find_model("auto")), lambda record: events.append(time.perf_counter()),
+                  given_profile="child", recorder=recorder, clock=clock.now)
+    runner = agent.segmenter._sink
+    original_end = runner.end
+    ends: list[float] = []
+
+    def timed_end(offset: float, reason: str) -> None:
+        ends.append(time.perf_counter())
+        original_end(offset, reason)
+
+    runner.end = timed_end
+    original_begin = recorder.begin
+
+    def timed_begin(session_id, tag):
+        sealed = original_begin(session_id, tag)
+        finish = sealed.finish
+
+        def timed_finish(transcript):
+            finish(transcript)
+            closes.append(time.perf_counter())
+
+        sealed.finish = timed_finish
+        return sealed
+
+    recorder.begin = timed_begin
+    pcm = speech.read_bytes()[44:]
+    agent.run(iter([pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]))
+    to_close = [c - e for e, c in zip(ends, closes)]
+    to_event = [v - e for e, v in zip(ends, events)]
+    silence = config.trigger.silence_end.total_seconds() * 1000
+    shutil.rmtree(data, ignore_errors=True)
+    return [
+        Row("latency: session end -> sealed files closed (median)", round(statistics.median(to_close) * 1000, 1), "ms", "", None,
+            f"{len(to_close)} sessions; end of speech -> here adds silence_end = {silence:.0f} ms"),
+        Row("latency: session end -> transcript event (median)", round(statistics.median(to_event) * 1000, 1), "ms", "", None,
+            f"p90 {sorted(to_event)[int(len(to_event) * 0.9)] * 1000:.1f} ms"),
+    ]
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith(("model name", "Model"))), platform.machine())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer pairs (about a minute)")
+    parser.add_argument("--pairs", type=int, help="A/B pairs for the overhead ratio (default 5; 2 with --quick)")
+    parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    args = parser.parse_args()
+    os.umask(0o077)
+    pairs = args.pairs or (2 if args.quick else 5)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as scratch:
+        work = Path(scratch)
+        speech = make_speech(work, 20 if args.quick else 60)
+        steps = [
+            ("overhead vs vosk-transcriber", lambda: overhead(work, speech, pairs)),
+            ("shred scale", lambda: shred_scale(work, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])),
+            ("boot catch-up", lambda: [boot_catch_up(work, 10_000)]),
+            ("verify scale", lambda: verify_scale(work, [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])),
+            ("memory", lambda: memory(work, speech)),
+            ("sealing", lambda: sealing(work)),
+            ("latency", lambda: latency(work, speech)),
+        ]
+        for name, step in steps:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            rows.extend(step())
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1, ensure_ascii=False) + "\n")
+    return 0 if all(r.met is not False for r in rows) else 1
+
+
+def print_table(rows: list[Row]) -> None:
+    info = machine()
+    print(f"edge benchmarks: {info['cpu']}, {info['cores']} cores, Python {info['python']}, {info['date']}")
+    width = max(len(r.measure) for r in rows)
+    for row in rows:
+        verdict = "" if row.met is None else ("met" if row.met else "MISSED")
+        print(f"{row.measure:{width}}  {row.value:>10} {row.unit:11} {row.target:9} {verdict:6} {row.note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
