@@ -91,23 +91,42 @@ class AuditLog:
 
     def append(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Append one event (fsynced); adds a checkpoint every CHECKPOINT_EVERY events."""
-        for name in fields:
-            if name.lower() in _FORBIDDEN_FIELDS:
-                raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
+        return self.append_many([(event_type, fields)])[0]
+
+    def append_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Append events in order with one write and one fsync (a purge of many buckets)."""
+        for event_type, fields in events:
+            for name in fields:
+                if name.lower() in _FORBIDDEN_FIELDS:
+                    raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
+        if not events:
+            return []
         with DataLock(self.data_dir):
-            entry = self._write(self._head(), event_type, fields)
-            if entry["seq"] % CHECKPOINT_EVERY == 0:
-                self.checkpoint()
-            return entry
+            last = self._head()
+            written, lines = [], []
+            for event_type, fields in events:
+                last = self._entry(last, event_type, fields)
+                written.append(last)
+                lines.append(canonical(last))
+                if last["seq"] % CHECKPOINT_EVERY == 0:
+                    last, _ = self._signed(last)
+                    lines.append(canonical(last))
+            self._persist(lines)
+            return written
 
     def checkpoint(self) -> Checkpoint:
         """Sign the current head and record the signature in the log itself."""
         with DataLock(self.data_dir):
-            last = self._head()
-            log_id = self.log_id()
-            signature = self._signing_key().sign(checkpoint_text(log_id, last["seq"], last["hash"]))
-            self._write(last, "checkpoint", {"entries": last["seq"], "head": last["hash"], "signature": signature.hex()})
-            return Checkpoint(log_id, last["seq"], last["hash"], signature)
+            entry, checkpoint = self._signed(self._head())
+            self._persist([canonical(entry)])
+            return checkpoint
+
+    def _signed(self, last: dict[str, Any]) -> tuple[dict[str, Any], Checkpoint]:
+        """The checkpoint entry that signs `last`, and the checkpoint itself."""
+        log_id = self.log_id()
+        signature = self._signing_key().sign(checkpoint_text(log_id, last["seq"], last["hash"]))
+        entry = self._entry(last, "checkpoint", {"entries": last["seq"], "head": last["hash"], "signature": signature.hex()})
+        return entry, Checkpoint(log_id, last["seq"], last["hash"], signature)
 
     def public_key_pem(self) -> bytes:
         with DataLock(self.data_dir):
@@ -151,7 +170,8 @@ class AuditLog:
         last = self._last_entry()
         if last is None:
             public = self._signing_key().public_key().public_bytes_raw().hex()
-            last = self._write(None, "log.created", {"log": secrets.token_hex(8), "public_key": public, "format": 1})
+            last = self._entry(None, "log.created", {"log": secrets.token_hex(8), "public_key": public, "format": 1})
+            self._persist([canonical(last)])
         return last
 
     def _signing_key(self) -> Ed25519PrivateKey:
@@ -192,7 +212,7 @@ class AuditLog:
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
 
-    def _write(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "seq": 1 if last is None else last["seq"] + 1,
             "wall": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -203,16 +223,21 @@ class AuditLog:
             "prev": ZERO_HASH if last is None else last["hash"],
         }
         entry["hash"] = entry_hash(entry)
+        return entry
+
+    def _persist(self, lines: list[bytes]) -> None:
+        """Append whole lines with one write and one fsync."""
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, canonical(entry) + b"\n")
+                data = memoryview(b"".join(line + b"\n" for line in lines))
+                while data:
+                    data = data[os.write(fd, data):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot append to the audit log: {exc.strerror}") from None
-        return entry
 
 
 def public_key_from_hex(text: str) -> Ed25519PublicKey:

@@ -211,19 +211,23 @@ class Shredder:
         if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
             self._logged_set_back = reading.set_back
             self.audit.append("clock.set_back", seconds=round(reading.set_back.total_seconds(), 3), wall=reading.wall.isoformat())
-        for item in report.buckets:
-            self.audit.append(
+        self.audit.append_many([
+            (
                 "shred",
-                bucket=item.bucket,
-                kind=item.kind,
-                profile=item.profile,
-                reason=item.reason,
-                sessions=list(item.sessions),
-                expires=item.expires.isoformat(),
-                late_seconds=round(item.late.total_seconds(), 3),
-                clock_synced=reading.synced,
-                set_back_seconds=round(reading.set_back.total_seconds(), 3),
+                {
+                    "bucket": item.bucket,
+                    "kind": item.kind,
+                    "profile": item.profile,
+                    "reason": item.reason,
+                    "sessions": list(item.sessions),
+                    "expires": item.expires.isoformat(),
+                    "late_seconds": round(item.late.total_seconds(), 3),
+                    "clock_synced": reading.synced,
+                    "set_back_seconds": round(reading.set_back.total_seconds(), 3),
+                },
             )
+            for item in report.buckets
+        ])
         if report.files_deleted and not report.buckets:
             self.audit.append("cleanup", files=report.files_deleted)
         if not report.empty:
@@ -242,14 +246,23 @@ class Shredder:
             members = tuple(s.id for s in index.get(bucket_id, ()))
             report.buckets.append(ShreddedBucket(bucket_id, bucket.profile, bucket.kind, bucket.expires, members, reason, now - bucket.expires))
             for session_id in members:
-                entry = data.sessions[session_id]
-                if entry.audio_bucket == bucket_id:
-                    entry = replace(entry, audio_bucket=None, audio_expires=None)
-                if entry.transcript_bucket == bucket_id:
-                    entry = replace(entry, transcript_bucket=None, transcript_expires=None)
-                data.sessions[session_id] = entry
+                entry = data.sessions.get(session_id)
+                if entry is None:
+                    continue  # gone already with its other bucket
+                audio = None if entry.audio_bucket in reasons else entry.audio_bucket
+                transcript = None if entry.transcript_bucket in reasons else entry.transcript_bucket
+                if audio is None and transcript is None:
+                    del data.sessions[session_id]  # nothing of it is left
+                elif (audio, transcript) != (entry.audio_bucket, entry.transcript_bucket):
+                    data.sessions[session_id] = replace(
+                        entry,
+                        audio_bucket=audio,
+                        audio_expires=entry.audio_expires if audio else None,
+                        transcript_bucket=transcript,
+                        transcript_expires=entry.transcript_expires if transcript else None,
+                    )
         for session_id in [s.id for s in data.sessions.values() if s.audio_bucket is None and s.transcript_bucket is None]:
-            del data.sessions[session_id]  # nothing of it is left
+            del data.sessions[session_id]  # e.g. a session that kept nothing at all
         if ratchet:
             self.keystore.destroy_buckets(data, sorted(reasons))
         else:

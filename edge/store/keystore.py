@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -85,14 +85,15 @@ class KeystoreData:
     """Per profile: when its latest session began (for inactive child profiles)."""
 
     def to_json(self) -> bytes:
+        instants: dict[datetime, str] = {}  # a bucket's expiry is shared by all its sessions
         document = {
             "format": "edge-keystore",
             "version": FORMAT_VERSION,
-            "buckets": [_encode(asdict(b)) for b in self.buckets.values()],
-            "sessions": [_encode(asdict(s)) for s in self.sessions.values()],
+            "buckets": [_encode(b, instants) for b in self.buckets.values()],
+            "sessions": [_encode(s, instants) for s in self.sessions.values()],
             "last_seen": {name: instant.isoformat() for name, instant in sorted(self.last_seen.items())},
         }
-        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> KeystoreData:
@@ -101,8 +102,9 @@ class KeystoreData:
             raise KeystoreError(
                 f"the keystore is version {document.get('version')!r}; this edge reads version {FORMAT_VERSION}"
             )
-        buckets = [Bucket(**_decode(b)) for b in document["buckets"]]
-        sessions = [SessionEntry(**_decode(s)) for s in document["sessions"]]
+        instants: dict[str, datetime] = {}
+        buckets = [Bucket(**_decode(b, instants)) for b in document["buckets"]]
+        sessions = [SessionEntry(**_decode(s, instants)) for s in document["sessions"]]
         last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
         return cls({s.id: s for s in sessions}, {b.id: b for b in buckets}, last_seen)
 
@@ -139,11 +141,11 @@ class Keystore:
     def transaction(self) -> Iterator[KeystoreData]:
         """Lock, open, let the caller change the data, seal it again if it changed."""
         with DataLock(self.data_dir):
-            data = self._open()
-            self._sealed_json = data.to_json()
+            data = self._open()  # sets _sealed_json to what was on disk
             yield data
-            if data.to_json() != self._sealed_json:  # a ratchet inside may have sealed it already
-                self._save(data)
+            plaintext = data.to_json()
+            if plaintext != self._sealed_json:  # a ratchet inside may have sealed it already
+                self._save(data, plaintext)
 
     def read(self) -> KeystoreData:
         with DataLock(self.data_dir):
@@ -220,6 +222,7 @@ class Keystore:
 
     def _open(self) -> KeystoreData:
         current, staged = self.vault.read("current"), self.vault.read("next")
+        self._sealed_json = b""
         if not self.path.exists():
             if self.readonly:
                 self._root = current
@@ -234,9 +237,11 @@ class Keystore:
             if root is None:
                 continue
             try:
-                data = KeystoreData.from_json(_unseal(root, sealed))
+                plaintext = _unseal(root, sealed)
             except InvalidTag:
                 continue
+            data = KeystoreData.from_json(plaintext)
+            self._sealed_json = plaintext
             if root is staged and not self.readonly:  # a ratchet was interrupted after the re-seal
                 self.vault.write("current", staged)
             if staged is not None and not self.readonly:
@@ -270,10 +275,10 @@ class Keystore:
             self.on_root_lost()
         return data
 
-    def _save(self, data: KeystoreData) -> None:
+    def _save(self, data: KeystoreData, plaintext: bytes | None = None) -> None:
         if self.readonly:
             raise KeystoreError("the keystore was opened read-only")
-        plaintext = data.to_json()
+        plaintext = plaintext if plaintext is not None else data.to_json()
         atomic_write(self.path, _seal(self._require_root(), plaintext))
         self._sealed_json = plaintext
 
@@ -340,13 +345,31 @@ def iso_utc(instant: datetime | None) -> str | None:
     return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
 
 
-def _encode(record: dict) -> dict:
-    return {k: (iso_utc(v) if isinstance(v, datetime) else v) for k, v in record.items()}
+def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dict:
+    """A record as JSON-ready fields (instants as ISO 8601 UTC, memoised in `instants`)."""
+    names = _FIELD_NAMES.get(type(record)) or _FIELD_NAMES.setdefault(type(record), tuple(f.name for f in fields(record)))
+    encoded = {}
+    for name in names:
+        value = getattr(record, name)
+        if isinstance(value, datetime):
+            text = instants.get(value)
+            value = text if text is not None else instants.setdefault(value, iso_utc(value))  # type: ignore[arg-type]
+        encoded[name] = value
+    return encoded
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 _TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime
 
 
-def _decode(record: dict) -> dict:
-    return {k: (datetime.fromisoformat(v) if k in _TIME_FIELDS and v is not None else v) for k, v in record.items()}
+def _decode(record: dict, instants: dict[str, datetime]) -> dict:
+    """Instants back to datetime (memoised in `instants`), in place: the record is fresh JSON."""
+    for key in _TIME_FIELDS:
+        value = record.get(key)
+        if value is not None:
+            instant = instants.get(value)
+            record[key] = instant if instant is not None else instants.setdefault(value, datetime.fromisoformat(value))
+    return record
 
