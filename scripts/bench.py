@@ -245,8 +245,8 @@ def write_log(data_dir: Path, entries: int) -> None:
             elif seq % 2:
                 kind, fields = "session.created", {
                     "session": f"{seq:016x}", "profile": "child", "rule": "active", "child": True,
-                    "audio_expires": "2026-11-28T21:00:00+00:00", "transcript_expires": "2026-12-05T20:00:00+00:00",
-                    "audio_bucket": "child.audio.20261128T210000Z", "transcript_bucket": "child.transcript.20261205T200000Z",
+                    "audio_expires": "2099-11-28T21:00:00+00:00", "transcript_expires": "2099-12-05T20:00:00+00:00",
+                    "audio_bucket": "child.audio.20991128T210000Z", "transcript_bucket": "child.transcript.20991205T200000Z",
                 }
             else:
                 kind, fields = "session.sealed", {"session": f"{seq - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}

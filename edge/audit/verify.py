@@ -9,6 +9,7 @@ its expiry still held, or still openable with a key the device holds?
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from edge.audit.log import AuditLog, Checkpoint, canonical, checkpoint_text, entry_hash, public_key_from_hex, ZERO_HASH
+from edge.audit.log import ZERO_HASH, AuditLog, Checkpoint, canonical, checkpoint_text, public_key_from_hex
 from edge.crypto.age import AgeError, read_header, unwrap_file_key
 from edge.errors import EdgeError
 from edge.store.keystore import Keystore, KeystoreData
@@ -62,10 +63,17 @@ class Verification:
 
 @dataclass
 class _Chain:
-    entries: list[dict]
-    hashes: list[str]
+    hashes: bytearray = field(default_factory=bytearray)
+    """Every entry's hash, 32 bytes each (for checkpoints and witnesses)."""
     public_key: str | None = None
     log_id: str | None = None
+    previous: str = ZERO_HASH
+
+    def hash_of(self, seq: int) -> str:
+        return self.hashes[32 * (seq - 1) : 32 * seq].hex()
+
+    def __len__(self) -> int:
+        return len(self.hashes) // 32
 
 
 def verify(
@@ -76,66 +84,132 @@ def verify(
     witness: Checkpoint | None = None,
 ) -> Verification:
     result = Verification()
-    chain = _check_chain(log, result)
+    scan = _DataScan(result, on_time)
+    chain = _check_chain(log, result, scan)
     if result.problems:
         return result
     if witness is not None:
         _check_witness(chain, witness, result)
         if result.problems:
             return result
-    _check_data(chain, keystore, now, on_time, result)
+    _check_data(scan, keystore, now, on_time, result)
     return result
 
 
-def _check_chain(log: AuditLog, result: Verification) -> _Chain:
-    chain = _Chain([], [])
-    previous = ZERO_HASH
+_BATCH = 4096
+"""Lines parsed and re-encoded per JSON call: the fast path for an intact log."""
+_HASH_MEMBER = b',"hash":"'
+
+
+def _check_chain(log: AuditLog, result: Verification, scan: _DataScan) -> _Chain:
+    """Check every line in order; stop at the first bad one and name it."""
+    chain = _Chain()
+    batch: list[tuple[int, bytes]] = []
     for number, raw in log.lines():
-        try:
-            entry = json.loads(raw)
-            valid = isinstance(entry, dict) and set(entry) == _KEYS and isinstance(entry["fields"], dict)
-        except (ValueError, UnicodeDecodeError):
-            valid = False
-        if not valid:
-            result.problems.append(Problem("not a valid audit entry (damaged, or cut off mid-line)", number))
-            return chain
-        if canonical(entry) != raw:
-            result.problems.append(Problem("not in canonical form: the line was edited", number))
-            return chain
-        if entry_hash(entry) != entry["hash"]:
-            result.problems.append(Problem("its hash does not match its content: the line was edited", number))
-            return chain
-        if entry["seq"] != number:
-            result.problems.append(
-                Problem(f"sequence number {entry['seq']} where {number} belongs: lines were deleted, duplicated or reordered", number)
-            )
-            return chain
-        if entry["prev"] != previous:
-            result.problems.append(Problem(f"does not follow line {number - 1}: the chain is broken", number))
-            return chain
-        if number == 1:
-            if entry["type"] != "log.created":
-                result.problems.append(Problem("the log does not begin with its log.created entry", number))
+        batch.append((number, raw))
+        if len(batch) == _BATCH:
+            if not _check_batch(batch, chain, result, scan):
                 return chain
-            chain.log_id, chain.public_key = entry["fields"].get("log"), entry["fields"].get("public_key")
-        if entry["type"] == "checkpoint" and not _checkpoint_ok(chain, entry):
-            result.problems.append(Problem("checkpoint signature does not verify: forged or damaged", number))
-            return chain
-        result.checkpoints += entry["type"] == "checkpoint"
-        chain.entries.append(entry)
-        chain.hashes.append(entry["hash"])
-        previous = entry["hash"]
-    result.entries = len(chain.entries)
-    if not chain.entries:
+            batch = []
+    if batch:
+        _check_batch(batch, chain, result, scan)
+    result.entries = len(chain)
+    if not result.problems and not len(chain):
         result.problems.append(Problem(f"{log.path}: the audit log is missing or empty"))
     return chain
+
+
+def _check_batch(batch: list[tuple[int, bytes]], chain: _Chain, result: Verification, scan: _DataScan) -> bool:
+    """One JSON parse and one canonical re-encode for the whole batch; line by line only
+    when that fails, to name the first bad line."""
+    joined = b"[" + b",".join(raw for _, raw in batch) + b"]"
+    try:
+        entries = json.loads(joined)
+        whole = isinstance(entries, list) and len(entries) == len(batch) and canonical_list(entries) == joined
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        whole = False
+    for index, (number, raw) in enumerate(batch):
+        entry = entries[index] if whole else _parse_line(number, raw, result)
+        if entry is None or not _check_entry(number, raw, entry, chain, result):
+            return False
+        scan.feed(number, entry)
+    return True
+
+
+def canonical_list(entries: list) -> bytes:
+    return json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _parse_line(number: int, raw: bytes, result: Verification) -> dict | None:
+    try:
+        entry = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        entry = None
+    if not _well_formed(entry):
+        result.problems.append(Problem("not a valid audit entry (damaged, or cut off mid-line)", number))
+        return None
+    if canonical(entry) != raw:
+        result.problems.append(Problem("not in canonical form: the line was edited", number))
+        return None
+    return entry
+
+
+def _well_formed(entry: object) -> bool:
+    return isinstance(entry, dict) and entry.keys() == _KEYS and isinstance(entry["fields"], dict)
+
+
+def _content_hash(raw: bytes) -> bytes:
+    """entry_hash() of a canonical line (as bytes), without re-encoding it: the line minus its
+    hash member. (In canonical JSON `"hash"` follows `"fields"`, and `,"hash":"` cannot occur
+    inside a string, where quotes are escaped.)"""
+    at = raw.rfind(_HASH_MEMBER)
+    end = at + len(_HASH_MEMBER) + 64
+    if at < 0 or raw[end : end + 1] != b'"':
+        return b""
+    digest = hashlib.sha256(raw[:at])
+    digest.update(raw[end + 1 :])
+    return digest.digest()
+
+
+def _check_entry(number: int, raw: bytes, entry: dict, chain: _Chain, result: Verification) -> bool:
+    if not _well_formed(entry):
+        result.problems.append(Problem("not a valid audit entry (damaged, or cut off mid-line)", number))
+        return False
+    try:
+        digest = bytes.fromhex(entry["hash"])
+    except (TypeError, ValueError):
+        digest = b"?"
+    if _content_hash(raw) != digest:
+        result.problems.append(Problem("its hash does not match its content: the line was edited", number))
+        return False
+    if entry["seq"] != number:
+        result.problems.append(
+            Problem(f"sequence number {entry['seq']} where {number} belongs: lines were deleted, duplicated or reordered", number)
+        )
+        return False
+    if entry["prev"] != chain.previous:
+        result.problems.append(Problem(f"does not follow line {number - 1}: the chain is broken", number))
+        return False
+    if number == 1:
+        if entry["type"] != "log.created":
+            result.problems.append(Problem("the log does not begin with its log.created entry", number))
+            return False
+        chain.log_id, chain.public_key = entry["fields"].get("log"), entry["fields"].get("public_key")
+    if entry["type"] == "checkpoint":
+        if not _checkpoint_ok(chain, entry):
+            result.problems.append(Problem("checkpoint signature does not verify: forged or damaged", number))
+            return False
+        result.checkpoints += 1
+    chain.hashes += digest
+    chain.previous = entry["hash"]
+    return True
 
 
 def _checkpoint_ok(chain: _Chain, entry: dict) -> bool:
     fields = entry["fields"]
     try:
         covered = int(fields["entries"])
-        if not 1 <= covered <= len(chain.hashes) or chain.hashes[covered - 1] != fields["head"]:
+        if not 1 <= covered <= len(chain) or chain.hash_of(covered) != fields["head"]:
             return False
         text = checkpoint_text(chain.log_id or "", covered, fields["head"])
         public_key_from_hex(chain.public_key or "").verify(bytes.fromhex(fields["signature"]), text)
@@ -147,11 +221,11 @@ def _checkpoint_ok(chain: _Chain, entry: dict) -> bool:
 def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> None:
     if witness.log_id != chain.log_id:
         result.problems.append(Problem(f"witness: it is for log {witness.log_id}, but this log is {chain.log_id} (replaced?)"))
-    elif witness.entries > len(chain.hashes):
+    elif witness.entries > len(chain):
         result.problems.append(
-            Problem(f"witness: it saw {witness.entries} entries but the log has only {len(chain.hashes)}: the log was truncated")
+            Problem(f"witness: it saw {witness.entries} entries but the log has only {len(chain)}: the log was truncated")
         )
-    elif chain.hashes[witness.entries - 1] != witness.head:
+    elif witness.entries < 1 or chain.hash_of(witness.entries) != witness.head:
         result.problems.append(Problem("witness: this entry differs from what the witness saw", witness.entries))
     elif witness.signature:
         try:
@@ -162,38 +236,52 @@ def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> 
         result.witness = f"consistent with the witness ({witness.entries} entries)"
 
 
-def _check_data(chain: _Chain, keystore: Keystore | None, now: datetime, on_time: timedelta, result: Verification) -> None:
-    created: dict[str, tuple[int, dict]] = {}
-    gone: set[tuple[str, str]] = set()  # (session, kind) whose data was destroyed
-    open_requests: dict[str, int] = {}
-    for line, entry in enumerate(chain.entries, start=1):
-        kind, fields = entry["type"], entry["fields"]
+class _DataScan:
+    """What the log says about the data, gathered entry by entry (nothing else is kept)."""
+
+    def __init__(self, result: Verification, on_time: timedelta) -> None:
+        self.result = result
+        self.on_time_seconds = on_time.total_seconds()
+        self.created: dict[str, tuple[int, str | None, str | None]] = {}
+        """session -> (line, audio_expires, transcript_expires)"""
+        self.children: set[str] = set()
+        self.gone: set[tuple[str, str]] = set()
+        """(session, kind) whose data was destroyed"""
+        self.open_requests: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        """Found while scanning; reported by _check_data, after the chain proved intact."""
+
+    def feed(self, line: int, entry: dict) -> None:
+        kind, fields, result = entry["type"], entry["fields"], self.result
         if kind == "session.created":
-            created[fields["session"]] = (line, fields)
+            self.created[fields["session"]] = (line, fields.get("audio_expires"), fields.get("transcript_expires"))
+            if fields.get("child"):
+                self.children.add(fields["session"])
         elif kind == "shred":
-            gone |= {(s, fields["kind"]) for s in fields["sessions"]}
+            self.gone.update((s, fields["kind"]) for s in fields["sessions"])
             result.shredded += 1
             late = float(fields.get("late_seconds", 0))
             result.worst_late_seconds = max(result.worst_late_seconds, late)
-            result.shredded_on_time += late <= on_time.total_seconds()
+            result.shredded_on_time += late <= self.on_time_seconds
         elif kind == "forget.requested":
-            open_requests[fields["request"]] = line
+            self.open_requests[fields["request"]] = line
         elif kind == "forget.fulfilled":
-            open_requests.pop(fields["request"], None)
-            gone |= {(s, k) for s in fields["sessions"] for k in ("audio", "transcript")}
+            self.open_requests.pop(fields["request"], None)
+            self.gone.update((s, k) for s in fields["sessions"] for k in ("audio", "transcript"))
         elif kind == "root.lost":
-            gone |= {(s, k) for s in created for k in ("audio", "transcript")}
-        elif kind == "export" and fields.get("purpose") == "training":
-            origin = created.get(fields.get("session", ""))
-            if origin is not None and origin[1].get("child"):
-                result.problems.append(Problem(f"a child's session {fields['session']} was exported for training", line, fields["session"]))
-    for request, line in sorted(open_requests.items(), key=lambda item: item[1]):
-        result.problems.append(Problem(f"forget request {request} was never fulfilled; run the forget again", line))
+            self.gone.update((s, k) for s in self.created for k in ("audio", "transcript"))
+        elif kind == "export" and fields.get("purpose") == "training" and fields.get("session") in self.children:
+            self.problems.append(Problem(f"a child's session {fields['session']} was exported for training", line, fields["session"]))
 
+
+def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_time: timedelta, result: Verification) -> None:
+    result.problems.extend(scan.problems)
+    for request, line in sorted(scan.open_requests.items(), key=lambda item: item[1]):
+        result.problems.append(Problem(f"forget request {request} was never fulfilled; run the forget again", line))
+    created, gone = scan.created, scan.gone
     data = _open_keystore(keystore, result)
-    for session, (line, fields) in sorted(created.items(), key=lambda item: item[1][0]):
-        for kind in ("audio", "transcript"):
-            expires = fields.get(f"{kind}_expires")
+    for session, (line, audio_expires, transcript_expires) in sorted(created.items(), key=lambda item: item[1][0]):
+        for kind, expires in (("audio", audio_expires), ("transcript", transcript_expires)):
             if expires is None or datetime.fromisoformat(expires) + on_time > now or (session, kind) in gone:
                 continue
             result.problems.append(
