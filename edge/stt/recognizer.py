@@ -1,4 +1,11 @@
-"""Vosk, loaded once; one recognizer per session; words with times.
+"""Vosk, loaded once; one decoder per session; words with times.
+
+A Vosk recognizer over a lookahead graph (HCLr + Gr, as in the small models) builds
+a cache of the composed graph as it decodes; a fresh recognizer per session pays
+that warm-up again and cost ~40% more CPU than one long-lived recognizer. So each
+grammar's recognizer is kept and reused: after a session's FinalResult() Vosk drops
+the decoder and the feature pipeline (no audio, features or i-vector state carry
+over); only the graph cache stays. Word times are made relative to the session.
 
 Pitfalls handled here: the grammar is passed as JSON with ensure_ascii=False
 (escaped Hangul is "missing in vocabulary" and yields nothing); the unknown-word
@@ -91,6 +98,8 @@ class SpeechModel:
         self._vosk = vosk
         self.vocabulary = Vocabulary(model_dir)
         self.unknown_word = self.vocabulary.unknown_token()
+        self._idle: dict[tuple[str, ...], list[_Recognizer]] = {}
+        """Finished recognizers by grammar, warm for the next session."""
 
     def check_grammar(self, phrases: Sequence[str], where: str) -> None:
         """Refuse grammar words the model cannot output (Vosk would drop them with a log line)."""
@@ -103,21 +112,37 @@ class SpeechModel:
             )
 
     def decoder(self, grammar: Sequence[str] = ()) -> Decoder:
-        """A fresh recognizer. With a grammar, Vosk only outputs those phrases (or the unknown token)."""
-        if grammar:
-            phrases = list(dict.fromkeys(grammar)) + [self.unknown_word]
-            recognizer = self._vosk.KaldiRecognizer(self._model, PIPELINE_RATE, json.dumps(phrases, ensure_ascii=False))
+        """A decoder for one session. With a grammar, Vosk only outputs those phrases (or the
+        unknown token). Its recognizer is an idle one for the same grammar, or a new one."""
+        key = tuple(dict.fromkeys(grammar))
+        idle = self._idle.setdefault(key, [])
+        return Decoder(idle.pop() if idle else self._recognizer(key), self.unknown_word, idle)
+
+    def _recognizer(self, phrases: tuple[str, ...]) -> _Recognizer:
+        if phrases:
+            spec = json.dumps(list(phrases) + [self.unknown_word], ensure_ascii=False)
+            recognizer = self._vosk.KaldiRecognizer(self._model, PIPELINE_RATE, spec)
         else:
             recognizer = self._vosk.KaldiRecognizer(self._model, PIPELINE_RATE)
         recognizer.SetWords(True)
-        return Decoder(recognizer, self.unknown_word)
+        return _Recognizer(recognizer)
+
+
+@dataclass
+class _Recognizer:
+    vosk: object
+    fed: float = 0.0
+    """Seconds of audio this recognizer has decoded in all; Vosk's word times count from its first use."""
 
 
 class Decoder:
     """Feeds pipeline PCM to one Vosk recognizer and collects every result."""
 
-    def __init__(self, recognizer, unknown_word: str) -> None:
-        self._recognizer = recognizer
+    def __init__(self, recognizer: _Recognizer, unknown_word: str, idle: list[_Recognizer]) -> None:
+        self._holder = recognizer
+        self._recognizer = recognizer.vosk
+        self._origin = recognizer.fed
+        self._idle = idle
         self._unknown = unknown_word
         self._words: list[Word] = []
         self._finished = False
@@ -125,15 +150,19 @@ class Decoder:
         """Seconds of audio decoded."""
 
     def feed(self, pcm: bytes) -> None:
-        self.seconds += len(pcm) / (2 * PIPELINE_RATE)
+        seconds = len(pcm) / (2 * PIPELINE_RATE)
+        self.seconds += seconds
+        self._holder.fed += seconds
         if self._recognizer.AcceptWaveform(pcm):
             self._collect(self._recognizer.Result())
 
     def finish(self) -> tuple[Word, ...]:
-        """Flush the recognizer (once) and return every word heard, unknown tokens removed."""
+        """Flush the recognizer (once), hand it back for reuse, and return every word heard,
+        unknown tokens removed."""
         if not self._finished:
             self._finished = True
             self._collect(self._recognizer.FinalResult())
+            self._idle.append(self._holder)
         return tuple(self._words)
 
     def transcript(self) -> Transcript:
@@ -143,6 +172,5 @@ class Decoder:
     def _collect(self, result_json: str) -> None:
         for item in json.loads(result_json).get("result", []):
             if item["word"] != self._unknown:
-                self._words.append(
-                    Word(item["word"], round(item["start"], 3), round(item["end"], 3), round(item["conf"], 3))
-                )
+                start, end = (max(0.0, round(t - self._origin, 3)) for t in (item["start"], item["end"]))
+                self._words.append(Word(item["word"], start, end, round(item["conf"], 3)))
