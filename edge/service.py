@@ -29,6 +29,7 @@ from edge.hardening import make_non_dumpable
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, ShredReport, Shredder
 from edge.store.files import DataLock
+from edge.store.keystore import KeystoreError
 from edge.store.recorder import Recorder
 
 
@@ -41,7 +42,11 @@ def run_agent(config: Config, input_wav: str | None, profile: str | None, as_jso
     model = wiring.make_model(config)
     store, audit = wiring.open_store(config)
     audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
-    store.read()  # open the vault and keystore before any audio is heard
+    try:
+        store.read()  # open the vault and keystore before any audio is heard
+    except KeystoreError as exc:  # fail closed: record nothing we could not account for
+        audit.append("keystore.unreadable", reason=str(exc)[:300])
+        raise
     if store.root_lost:
         print(
             "edge-agent: the vault's root key was gone (power-off with the keyring vault): everything "

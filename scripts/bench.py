@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -103,17 +102,17 @@ keep_transcript = "7d"
     return path
 
 
-def child_cpu(command: list[str], env: dict | None = None) -> tuple[float, float, int]:
-    """(CPU seconds user+sys, wall seconds, peak RSS KiB) of one command and its children."""
+def child_cpu(command: list[str]) -> tuple[float, float]:
+    """(CPU seconds user+sys, wall seconds) of one command, with the children it waited for."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
         raise SystemExit(f"bench: {' '.join(command)} failed:\n{stderr[-2000:]}")
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+    return usage.ru_utime + usage.ru_stime, wall
 
 
 # -- 1. overhead against vosk-transcriber --------------------------------------------
@@ -283,20 +282,40 @@ def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
 # -- 5. memory, 6. sealing, 7. latency ---------------------------------------------------
 
 
+_PEAK = (
+    "import atexit, os, runpy, sys\n"
+    "def report():\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    open(os.environ['BENCH_PEAK'], 'w').write(status.split('VmHWM:')[1].split()[0])\n"
+    "atexit.register(report)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__') if sys.argv[0] != '-c' else exec(sys.argv[1])\n"
+)
+
+
+def peak_rss(work: Path, *args: str) -> float:
+    """Peak RSS in MB of `python -m MODULE ARGS` or `python -c CODE`, read by the process itself
+    (VmHWM: ru_maxrss of a child would include the parent's pages from before exec)."""
+    out = work / "peak"
+    env = {**os.environ, "BENCH_PEAK": str(out)}
+    result = subprocess.run([sys.executable, "-c", _PEAK, *args], env=env, capture_output=True, text=True, timeout=600)
+    if not out.exists():
+        raise SystemExit(f"bench: {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return int(out.read_text()) / 1024
+
+
 def memory(work: Path, speech: Path) -> list[Row]:
-    venv_python = sys.executable
     model = find_model("auto")
-    _, _, model_kib = child_cpu([venv_python, "-c", f"import vosk; vosk.SetLogLevel(-1); vosk.Model({str(model)!r})"])
-    data = work / "memory"
-    config = write_config(work, data)
-    _, _, agent_kib = child_cpu([venv_python, "-m", "edge", "--config", str(config), "run", "--input", str(speech), "--profile", "child"])
-    _, _, bare_kib = child_cpu([venv_python, "-c", "pass"])
-    without = (agent_kib - model_kib + bare_kib) / 1024
-    shutil.rmtree(data, ignore_errors=True)
+    bare = peak_rss(work, "-c", "pass")
+    model_alone = peak_rss(work, "-c", f"import vosk; vosk.SetLogLevel(-1); vosk.Model({str(model)!r})")
+    config = write_config(work, work / "memory")
+    agent = peak_rss(work, "edge", "--config", str(config), "run", "--input", str(speech), "--profile", "child")
+    without = agent - model_alone + bare
+    shutil.rmtree(work / "memory", ignore_errors=True)
     return [
         Row("peak RSS: the agent without the model", round(without, 1), "MB", "<= 60 MB", without <= 60,
-            f"agent {agent_kib / 1024:.0f} MB - model alone {model_kib / 1024:.0f} MB + bare python {bare_kib / 1024:.0f} MB"),
-        Row("peak RSS: the Vosk model alone (in python)", round(model_kib / 1024, 1), "MB"),
+            f"agent {agent:.0f} MB - model loaded alone {model_alone:.0f} MB + bare python {bare:.0f} MB"),
+        Row("peak RSS: the Vosk model alone (in python)", round(model_alone, 1), "MB"),
     ]
 
 

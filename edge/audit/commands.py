@@ -81,6 +81,8 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
             print(f"  also: {problem}")
         return 1
     print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
+    if result.recovered:
+        print(f"recovered: {result.recovered} write(s) cut off by a crash or power cut (see `audit show --type log.recovered`)")
     if result.witness:
         print(f"witness: {result.witness}")
     print(

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge.errors import EdgeError
+from edge.faults import armed, crash_point
 from edge.retention.clock import boot_id
 from edge.store.files import DataLock, StorageError, atomic_write, private_dir
 
@@ -193,24 +194,37 @@ class AuditLog:
         return Ed25519PrivateKey.from_private_bytes(raw)
 
     def _last_entry(self) -> dict[str, Any] | None:
-        """The last line, read from the end of the file (appends stay O(1))."""
+        """The last line, read from the end of the file (appends stay O(1)). A line cut off
+        by a power cut during a write (no final newline) is recovered: see _recover."""
         try:
-            with self.path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
+            with self.path.open("r+b") as handle:
+                size = handle.seek(0, os.SEEK_END)
                 if size == 0:
                     return None
-                block = min(size, 64 * 1024)
-                handle.seek(size - block)
-                tail = handle.read(block).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+                start, last_line, complete = _last_line(handle, size)
+                if not complete:
+                    return self._recover(handle, start, last_line)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
-            return json.loads(tail)
+            return json.loads(last_line)
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
+
+    def _recover(self, handle, start: int, torn: bytes) -> dict[str, Any] | None:
+        """Cut a torn final line off (it was never complete, so nothing signed it) and log
+        that it happened, with its length and digest: recovered and reported, never silent."""
+        handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
+        last = self._last_entry() if start else None
+        if last is None:
+            return None
+        entry = self._entry(last, "log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})
+        self._persist([canonical(entry)])
+        return entry
 
     def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -231,6 +245,9 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 data = memoryview(b"".join(line + b"\n" for line in lines))
+                if armed("audit.torn"):  # a power cut in the middle of the write
+                    os.write(fd, data[: len(data) // 2])
+                    crash_point("audit.torn")
                 while data:
                     data = data[os.write(fd, data):]
                 os.fsync(fd)
@@ -238,6 +255,27 @@ class AuditLog:
                 os.close(fd)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot append to the audit log: {exc.strerror}") from None
+
+
+def _last_line(handle, size: int) -> tuple[int, bytes, bool]:
+    """(offset where the last line starts, the line without its newline, whether it had one),
+    reading backwards in blocks (a shred event naming many sessions can be long)."""
+    handle.seek(size - 1)
+    complete = handle.read(1) == b"\n"
+    end = size - 1 if complete else size
+    position, chunks = end, []
+    while position > 0:
+        step = min(position, 64 * 1024)
+        position -= step
+        handle.seek(position)
+        block = handle.read(step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            chunks.append(block[newline + 1 :])
+            position += newline + 1
+            break
+        chunks.append(block)
+    return position, b"".join(reversed(chunks))[: end - position], complete
 
 
 def public_key_from_hex(text: str) -> Ed25519PublicKey:

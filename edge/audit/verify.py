@@ -47,6 +47,8 @@ class Verification:
     worst_late_seconds: float = 0.0
     live_sessions: int = 0
     next_expiry: str | None = None
+    recovered: int = 0
+    """Torn final lines (power cut mid-write) cut off and logged as log.recovered."""
     witness: str | None = None
     """What the witness check found, when a witness was given."""
 
@@ -268,6 +270,8 @@ class _DataScan:
         elif kind == "forget.fulfilled":
             self.open_requests.pop(fields["request"], None)
             self.gone.update((s, k) for s in fields["sessions"] for k in ("audio", "transcript"))
+        elif kind == "log.recovered":
+            result.recovered += 1
         elif kind == "root.lost":
             self.gone.update((s, k) for s in self.created for k in ("audio", "transcript"))
         elif kind == "export" and fields.get("purpose") == "training" and fields.get("session") in self.children:

@@ -25,6 +25,7 @@ from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.crypto.age import AgeError, Recipient, rekey_in_place
 from edge.errors import UsageError
+from edge.faults import crash_point
 from edge.retention.clock import Reading, TrustedClock
 from edge.store.keystore import Keystore, KeystoreData, SessionEntry
 from edge.store.recorder import RECORDINGS, TRANSCRIPTS, recording_path, transcript_path
@@ -265,6 +266,7 @@ class Shredder:
             del data.sessions[session_id]  # e.g. a session that kept nothing at all
         if ratchet:
             self.keystore.destroy_buckets(data, sorted(reasons))
+            crash_point("shred.keys")
         else:
             for bucket_id in reasons:
                 data.buckets.pop(bucket_id)  # the re-key that follows ratchets once for both
@@ -315,4 +317,5 @@ class Shredder:
                     except FileNotFoundError:
                         continue
                     deleted += 1
+                    crash_point("shred.files")
         return deleted

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from edge.errors import EdgeError, UsageError
+from edge.faults import crash_point
 
 
 class StorageError(EdgeError):
@@ -47,7 +48,9 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point("replace.temp")
         os.replace(temp, path)
+        crash_point("replace.renamed")
         fsync_dir(path.parent)
     except OSError as exc:
         temp.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from edge.crypto.age import Identity
 from edge.crypto.vault import ROOT_BYTES, Vault, VaultError
 from edge.errors import EdgeError
+from edge.faults import crash_point
 from edge.store.files import DataLock, atomic_write, private_dir
 
 MAGIC = b"edge-keystore/v1\n"
@@ -255,7 +256,9 @@ class Keystore:
             return self._after_root_loss()
         raise KeystoreError(
             f"{self.path}: the keystore cannot be opened with the vault's root key "
-            f"({self.vault.level.backend}). It is damaged or belongs to another vault; nothing was changed."
+            f"({self.vault.level.backend}). It is damaged (e.g. cut short by a power cut) or belongs to "
+            "another vault; nothing was changed, and edge will not record until it opens. What it protected "
+            f"can never be opened again: to start afresh, move it aside (mv {self.path} {self.path}.damaged)."
         )
 
     def _after_root_loss(self) -> KeystoreData:
@@ -299,6 +302,7 @@ class Keystore:
         }
         data.buckets = resealed
         self.vault.write("next", new)
+        crash_point("ratchet.staged")
         plaintext = data.to_json()
         atomic_write(self.path, _seal(new, plaintext))
         self._sealed_json = plaintext

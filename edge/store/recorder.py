@@ -20,6 +20,7 @@ from typing import Callable
 from edge.audio import PIPELINE_RATE
 from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
+from edge.faults import crash_point
 from edge.store.buckets import bucket_id, expiry_for
 from edge.store.files import atomic_write, create_private_file
 from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
@@ -129,12 +130,14 @@ class SealedSession:
     def write(self, pcm: bytes) -> None:
         if self._writer is not None:
             self._writer.write(pcm)
+            crash_point("audio.chunk")
             self._bytes += len(pcm)
 
     def finish(self, transcript: Transcript) -> None:
         """Seal the last audio chunk and the transcript; mark the session complete."""
         if self._writer is not None and self._file is not None:
             self._writer.close()
+            crash_point("session.finish")
             os.fsync(self._file.fileno())
             self._file.close()
         if self.entry.audio_bucket is None and self.entry.transcript_bucket is None:
