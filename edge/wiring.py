@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.audit.log import AuditLog, Checkpoint
-from edge.audit.verify import Verification, verify
 from edge.config import Config
 from edge.crypto.vault import open_vault
 from edge.errors import UsageError
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import Shredder
 from edge.store.keystore import Keystore
+
+if TYPE_CHECKING:
+    from edge.audit.verify import Verification
 
 
 def make_model(config: Config):
@@ -51,6 +54,7 @@ def make_shredder(config: Config) -> Shredder:
 
 def verification(config: Config, witness_path: str | None = None) -> Verification:
     """Verify the audit log and cross-check the data folder, read-only."""
+    from edge.audit.verify import verify  # only the commands that verify pay for it
     witness = _read_witness(Path(witness_path)) if witness_path else None
     data_dir = config.device.data_dir
     keystore = Keystore(data_dir, open_vault(config.vault, data_dir), readonly=True)

@@ -307,15 +307,23 @@ def peak_rss(work: Path, *args: str) -> float:
 def memory(work: Path, speech: Path) -> list[Row]:
     model = find_model("auto")
     bare = peak_rss(work, "-c", "pass")
-    model_alone = peak_rss(work, "-c", f"import vosk; vosk.SetLogLevel(-1); vosk.Model({str(model)!r})")
+    loaded = peak_rss(work, "-c", f"import vosk; vosk.SetLogLevel(-1); vosk.Model({str(model)!r})")
+    decoding = (  # what Vosk itself needs to transcribe this speech: the model and one recognizer
+        "import vosk\nvosk.SetLogLevel(-1)\n"
+        f"r = vosk.KaldiRecognizer(vosk.Model({str(model)!r}), 16000)\nr.SetWords(True)\n"
+        f"pcm = open({str(speech)!r}, 'rb').read()[44:]\n"
+        "for i in range(0, len(pcm), 960):\n    r.AcceptWaveform(pcm[i:i + 960])\nr.FinalResult()\n"
+    )
+    model_alone = peak_rss(work, "-c", decoding)
     config = write_config(work, work / "memory")
     agent = peak_rss(work, "edge", "--config", str(config), "run", "--input", str(speech), "--profile", "child")
     without = agent - model_alone + bare
     shutil.rmtree(work / "memory", ignore_errors=True)
     return [
         Row("peak RSS: the agent without the model", round(without, 1), "MB", "<= 60 MB", without <= 60,
-            f"agent {agent:.0f} MB - model loaded alone {model_alone:.0f} MB + bare python {bare:.0f} MB"),
-        Row("peak RSS: the Vosk model alone (in python)", round(model_alone, 1), "MB"),
+            f"agent {agent:.0f} MB - Vosk decoding the same speech alone {model_alone:.0f} MB + bare python {bare:.0f} MB"),
+        Row("peak RSS: the Vosk model alone (loaded / decoding, in python)", round(model_alone, 1), "MB", "", None,
+            f"loaded only: {loaded:.0f} MB"),
     ]
 
 

@@ -207,11 +207,21 @@ class Shredder:
         return report
 
     def _log(self, report: ShredReport) -> None:
-        """Audit what happened (after it happened), then sign the log's new head."""
+        """Audit the rest of what happened (shreds are logged before they happen), then sign
+        the log's new head."""
         reading = report.reading
         if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
             self._logged_set_back = reading.set_back
             self.audit.append("clock.set_back", seconds=round(reading.set_back.total_seconds(), 3), wall=reading.wall.isoformat())
+        if report.files_deleted and not report.buckets:
+            self.audit.append("cleanup", files=report.files_deleted)
+        if not report.empty:
+            self.audit.checkpoint()
+
+    def _log_shreds(self, items: list[ShreddedBucket], reading: Reading) -> None:
+        """Write-ahead: a crash after this and before the keys are gone leaves a log that claims
+        a shred the next sweep finishes (and `audit verify` flags until then); the other order
+        could leave a shred that happened but was never logged."""
         self.audit.append_many([
             (
                 "shred",
@@ -227,12 +237,8 @@ class Shredder:
                     "set_back_seconds": round(reading.set_back.total_seconds(), 3),
                 },
             )
-            for item in report.buckets
+            for item in items
         ])
-        if report.files_deleted and not report.buckets:
-            self.audit.append("cleanup", files=report.files_deleted)
-        if not report.empty:
-            self.audit.checkpoint()
 
     # -- steps ---------------------------------------------------------------------
 
@@ -242,11 +248,14 @@ class Shredder:
         if not reasons:
             return
         index = data.members_by_bucket()
-        for bucket_id, reason in sorted(reasons.items()):
-            bucket = data.buckets[bucket_id]
-            members = tuple(s.id for s in index.get(bucket_id, ()))
-            report.buckets.append(ShreddedBucket(bucket_id, bucket.profile, bucket.kind, bucket.expires, members, reason, now - bucket.expires))
-            for session_id in members:
+        items = [
+            ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(s.id for s in index.get(b.id, ())), reason, now - b.expires)
+            for b, reason in ((data.buckets[i], r) for i, r in sorted(reasons.items()))
+        ]
+        self._log_shreds(items, report.reading)
+        report.buckets.extend(items)
+        for item in items:
+            for session_id in item.sessions:
                 entry = data.sessions.get(session_id)
                 if entry is None:
                     continue  # gone already with its other bucket

@@ -22,7 +22,7 @@ from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.faults import crash_point
 from edge.store.buckets import bucket_id, expiry_for
-from edge.store.files import atomic_write, create_private_file
+from edge.store.files import DataLock, atomic_write, create_private_file
 from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
 from edge.stt.recognizer import Transcript
 from edge.tagging import Tag
@@ -68,23 +68,26 @@ class Recorder:
         """Register the session and open its sealed recording, under the data-folder lock, so
         a forget or a re-key running in another process always sees the file's header."""
         profile, now = tag.profile, self.clock()
-        with self.keystore.transaction() as data:
-            data.last_seen[profile.name] = now
-            audio = self._bucket(data, profile.name, "audio", now, profile.keep_audio)
-            transcript = self._bucket(data, profile.name, "transcript", now, profile.keep_transcript)
-            entry = SessionEntry(
-                id=session_id,
-                profile=profile.name,
-                rule=tag.rule,
-                child=profile.is_child,
-                created=now,
-                audio_expires=audio.expires if audio else None,
-                transcript_expires=transcript.expires if transcript else None,
-                audio_bucket=audio.id if audio else None,
-                transcript_bucket=transcript.id if transcript else None,
-            )
-            if audio or transcript:
-                data.sessions[session_id] = entry
+        with DataLock(self.keystore.data_dir):
+            with self.keystore.transaction() as data:
+                data.last_seen[profile.name] = now
+                audio = self._bucket(data, profile.name, "audio", now, profile.keep_audio)
+                transcript = self._bucket(data, profile.name, "transcript", now, profile.keep_transcript)
+                entry = SessionEntry(
+                    id=session_id,
+                    profile=profile.name,
+                    rule=tag.rule,
+                    child=profile.is_child,
+                    created=now,
+                    audio_expires=audio.expires if audio else None,
+                    transcript_expires=transcript.expires if transcript else None,
+                    audio_bucket=audio.id if audio else None,
+                    transcript_bucket=transcript.id if transcript else None,
+                )
+                if audio or transcript:
+                    data.sessions[session_id] = entry
+            # Logged after the keystore holds it: a crash in between leaves a session the log
+            # learns of when it is shredded, never a logged session that could not be shredded.
             self.audit.append(
                 "session.created",
                 session=session_id,

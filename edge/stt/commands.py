@@ -8,7 +8,6 @@ from pathlib import Path
 
 from edge.errors import UsageError
 from edge.stt.catalog import KNOWN_MODELS, known_model
-from edge.stt.fetch import default_models_dir, fetch_model
 
 
 def add_parser(sub, parser_class: type) -> None:
@@ -43,6 +42,8 @@ def _list(_args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from edge.stt.fetch import default_models_dir, fetch_model  # urllib: only when fetching
+
     if args.url:
         if args.name or not args.sha256:
             raise UsageError("model fetch --url URL needs --sha256 HEX and no NAME")

@@ -1,0 +1,166 @@
+"""The kill -9 campaign, shared by tests/test_faults.py (a quick run in CI) and
+scripts/fault-campaign.py (the long run).
+
+One data folder lives through every trial, like a device. A trial runs the real agent
+on speech with a crash point armed at random (edge/faults.py: SIGKILL at the Nth time
+the process reaches it), then restarts as a device would (`purge`), waits until what
+that trial recorded is due, purges again, and checks the promises:
+- no plaintext audio (any 1 KiB window of the spoken PCM) and no transcript word in any file;
+- nothing past its retention opens with a key the device holds, and nothing overdue is held;
+- the audit chain verifies, and what the log says agrees with the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge.audio.wavfile import open_wav, read_pipeline_chunks  # noqa: E402
+from edge.faults import POINTS  # noqa: E402
+
+WORDS = ["메시지", "아버지"]
+HITS = {
+    "audio.chunk": 150,  # one per 30 ms frame written
+    "session.finish": 2,
+    "replace.temp": 8,
+    "replace.renamed": 8,
+    "ratchet.staged": 2,
+    "shred.keys": 2,
+    "shred.files": 6,
+    "audit.torn": 10,
+}
+"""For each crash point, the armed hit is drawn from 1..this (a trial may not reach it)."""
+KEEP = 2.0
+"""Seconds the campaign's profile keeps transcripts (audio: half of that)."""
+
+CONFIG = """
+[device]
+data_dir = "{data}"
+[vault]
+backend = "keyring"
+keyring = "session"
+[trigger]
+mode = "always"
+grammar = ["라디오", "보안", "위치", "메시지", "아버지"]
+[profiles.child]
+kind = "child"
+keep_audio = "1s"
+keep_transcript = "2s"
+"""
+
+
+@dataclass
+class Tally:
+    trials: int = 0
+    faults: int = 0
+    """Trials in which the armed crash point was reached and the agent was killed."""
+    by_point: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        points = ", ".join(f"{name} {count}" for name, count in sorted(self.by_point.items()))
+        return f"{self.trials} trials, {self.faults} faults injected ({points}), {len(self.failures)} failures"
+
+
+def make_clip(folder: Path) -> Path:
+    """Two phrases with a second of silence between: two sessions per run."""
+    parts = []
+    for index, word in enumerate(WORDS):
+        raw, out = folder / f"w{index}.raw.wav", folder / f"w{index}.wav"
+        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), word], check=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", "0.5", "1.0"], check=True)
+        parts.append(str(out))
+    clip = folder / "clip.wav"
+    subprocess.run(["sox", *parts, str(clip)], check=True)
+    return clip
+
+
+class Campaign:
+    def __init__(self, folder: Path, clip: Path, seed: int) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.config = folder / "household.toml"
+        self.config.write_text(CONFIG.format(data=self.data), encoding="utf-8")
+        self.clip = clip
+        self.pcm = b"".join(read_pipeline_chunks(open_wav(clip)))
+        self.random = random.Random(seed)
+        self.tally = Tally()
+
+    def edge(self, *args: str, crash: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "EDGE_CONFIG": str(self.config)}
+        env.pop("EDGE_CRASH_AT", None)
+        if crash:
+            env["EDGE_CRASH_AT"] = crash
+        return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+
+    def trial(self) -> None:
+        point = self.random.choice(POINTS)
+        hit = self.random.randint(1, HITS[point])
+        label = f"trial {self.tally.trials + 1} ({point}:{hit})"
+        self.tally.trials += 1
+        run = self.edge("run", "--input", str(self.clip), "--profile", "child", crash=f"{point}:{hit}")
+        if run.returncode == -9:
+            self.tally.faults += 1
+            self.tally.by_point[point] = self.tally.by_point.get(point, 0) + 1
+        elif run.returncode != 0 or "Traceback" in run.stderr:
+            self.tally.failures.append(f"{label}: the agent failed without a crash: {run.stderr[-800:]}")
+        self.recover(label)
+
+    def recover(self, label: str) -> None:
+        """Restart like a device (purge), let everything recorded fall due, purge, check."""
+        first = self.edge("purge")
+        if first.returncode != 0:
+            self.tally.failures.append(f"{label}: purge after the crash failed: {first.stderr[-800:]}")
+            return
+        time.sleep(KEEP + 1.2)
+        second = self.edge("purge")
+        if second.returncode != 0:
+            self.tally.failures.append(f"{label}: second purge failed: {second.stderr[-800:]}")
+            return
+        self.tally.failures.extend(f"{label}: {problem}" for problem in self.check())
+
+    def check(self) -> list[str]:
+        problems = []
+        leaked = plaintext_files(self.data, self.pcm, WORDS)
+        if leaked:
+            problems.append(f"plaintext at rest in {leaked}")
+        status = self.edge("status", "--json")
+        if status.returncode != 0:
+            return problems + [f"status failed: {status.stderr[-500:]}"]
+        now = datetime.now(timezone.utc)
+        for session in json.loads(status.stdout)["sessions"]:
+            for kind in ("audio_expires", "transcript_expires"):
+                if session[kind] and datetime.fromisoformat(session[kind]) < now:
+                    problems.append(f"session {session['session']} is held past its {kind} {session[kind]}")
+        verify = self.edge("audit", "verify", "--json")
+        result = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [{"message": verify.stderr}]}
+        if not result["ok"]:
+            problems += [f"audit verify: {p['message']}" for p in result["problems"]]
+        return problems
+
+
+def speech_windows(pcm: bytes, size: int = 1024, stride: int = 512) -> list[bytes]:
+    """1 KiB windows every 512 bytes (any stored run of 1.5 KiB contains one), skipping near-silence."""
+    return [pcm[i : i + size] for i in range(0, len(pcm) - size, stride) if len(set(pcm[i : i + size])) >= 64]
+
+
+def plaintext_files(folder: Path, pcm: bytes, words: list[str]) -> list[str]:
+    """Every file under `folder` holding a window of `pcm` or one of `words` (UTF-8)."""
+    windows = speech_windows(pcm)
+    assert len(windows) > 20, "the scan needs speech to look for"
+    hits = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        blob = path.read_bytes()
+        if any(w in blob for w in windows) or any(word.encode() in blob for word in words):
+            hits.append(str(path))
+    return hits
