@@ -25,6 +25,7 @@ from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.audit.log import AuditLog
 from edge.config import Config
 from edge.control import ControlError, ControlServer
+from edge.errors import EdgeError
 from edge.hardening import make_non_dumpable
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, ShredReport, Shredder
@@ -80,8 +81,11 @@ def run_agent(config: Config, input_wav: str | None, profile: str | None, as_jso
         if control is not None:
             control.stop()
         retention.stop()
-        audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3))
-        audit.checkpoint()
+        try:
+            audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3))
+            audit.checkpoint()
+        except EdgeError as exc:  # e.g. a full disk: say so, but let the first error be the one reported
+            print(f"edge-agent: could not log the stop: {exc}", file=sys.stderr)
     sys.stdout.flush()
     print(
         f"edge-agent: {summary.sessions} session(s) from {summary.seconds:.1f} s of audio"

@@ -35,6 +35,7 @@ def open_store(config: Config) -> tuple[Keystore, AuditLog]:
     audit = AuditLog(config.device.data_dir)
     vault = open_vault(config.vault, config.device.data_dir)
     store = Keystore(config.device.data_dir, vault, on_root_lost=lambda: audit.append("root.lost", backend=vault.level.backend))
+    audit.recover()
     return store, audit
 
 

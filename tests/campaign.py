@@ -40,6 +40,8 @@ HITS = {
     "audit.torn": 10,
 }
 """For each crash point, the armed hit is drawn from 1..this (a trial may not reach it)."""
+SHRED_POINTS = ("replace.temp", "replace.renamed", "ratchet.staged", "shred.keys", "shred.files", "audit.torn")
+"""The crash points a purge of due data reaches."""
 KEEP = 2.0
 """Seconds the campaign's profile keeps transcripts (audio: half of that)."""
 
@@ -103,17 +105,27 @@ class Campaign:
             env["EDGE_CRASH_AT"] = crash
         return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
-    def trial(self) -> None:
-        point = self.random.choice(POINTS)
-        hit = self.random.randint(1, HITS[point])
-        label = f"trial {self.tally.trials + 1} ({point}:{hit})"
+    def trial(self, point: str | None = None, hit: int | None = None, phase: str | None = None) -> None:
+        """One crash: while recording (the agent on speech) or while shredding (a purge of due data)."""
+        phase = phase or self.random.choice(("record", "shred"))
+        point = point or self.random.choice(POINTS if phase == "record" else SHRED_POINTS)
+        hit = hit or self.random.randint(1, HITS[point])
+        label = f"trial {self.tally.trials + 1} ({phase}, {point}:{hit})"
         self.tally.trials += 1
-        run = self.edge("run", "--input", str(self.clip), "--profile", "child", crash=f"{point}:{hit}")
-        if run.returncode == -9:
+        record = ("run", "--input", str(self.clip), "--profile", "child")
+        if phase == "shred":
+            clean = self.edge(*record)
+            if clean.returncode != 0:
+                self.tally.failures.append(f"{label}: the agent failed: {clean.stderr[-800:]}")
+            time.sleep(KEEP + 1.2)
+            crashed = self.edge("purge", crash=f"{point}:{hit}")
+        else:
+            crashed = self.edge(*record, crash=f"{point}:{hit}")
+        if crashed.returncode == -9:
             self.tally.faults += 1
             self.tally.by_point[point] = self.tally.by_point.get(point, 0) + 1
-        elif run.returncode != 0 or "Traceback" in run.stderr:
-            self.tally.failures.append(f"{label}: the agent failed without a crash: {run.stderr[-800:]}")
+        elif crashed.returncode != 0 or "Traceback" in crashed.stderr:
+            self.tally.failures.append(f"{label}: failed without a crash: {crashed.stderr[-800:]}")
         self.recover(label)
 
     def recover(self, label: str) -> None:

@@ -218,3 +218,12 @@ def virtual_mic(tmp_path_factory):
         else:
             os.environ[key] = value
     subprocess.run([str(script), "down"], capture_output=True, env=env, timeout=60)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault campaign's counts (trials, faults injected, failures), when it ran."""
+    import sys
+
+    faults = sys.modules.get("test_faults")
+    for name, tally in getattr(faults, "TALLIES", []):
+        terminalreporter.write_line(f"{name}: {tally.summary()}")

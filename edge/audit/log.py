@@ -115,6 +115,21 @@ class AuditLog:
             self._persist(lines)
             return written
 
+    def recover(self) -> None:
+        """Cut off (and log) a final line torn by a crash mid-write, if there is one. Every
+        command that opens the data folder does this, so the log is whole before it is used."""
+        with DataLock(self.data_dir):
+            self._last_entry()
+
+    def ends_torn(self) -> bool:
+        """Whether the log ends in a line cut off mid-write (read-only)."""
+        try:
+            with self.path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                return size > 0 and handle.seek(size - 1) >= 0 and handle.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
     def checkpoint(self) -> Checkpoint:
         """Sign the current head and record the signature in the log itself."""
         with DataLock(self.data_dir):
@@ -215,7 +230,18 @@ class AuditLog:
 
     def _recover(self, handle, start: int, torn: bytes) -> dict[str, Any] | None:
         """Cut a torn final line off (it was never complete, so nothing signed it) and log
-        that it happened, with its length and digest: recovered and reported, never silent."""
+        that it happened, with its length and digest: recovered and reported, never silent.
+        A whole entry that only lacks its newline is kept and given one."""
+        try:
+            whole = json.loads(torn)
+        except ValueError:
+            whole = None
+        if isinstance(whole, dict) and canonical(whole) == torn and whole.get("hash") == entry_hash(whole):
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            return whole
         handle.truncate(start)
         handle.flush()
         os.fsync(handle.fileno())

@@ -49,6 +49,9 @@ class Verification:
     next_expiry: str | None = None
     recovered: int = 0
     """Torn final lines (power cut mid-write) cut off and logged as log.recovered."""
+    torn_tail: bool = False
+    """The log ends in a line cut off mid-write, not yet recovered: a failure until the next
+    command that opens the data folder cuts it off and logs log.recovered."""
     witness: str | None = None
     """What the witness check found, when a witness was given."""
 
@@ -87,7 +90,13 @@ def verify(
 ) -> Verification:
     result = Verification()
     scan = _DataScan(result, on_time)
+    result.torn_tail = log.ends_torn()
     chain = _check_chain(log, result, scan)
+    if result.torn_tail and result.problems and result.problems[0].line == len(chain) + 1:
+        result.problems[0].message += (
+            "; it is the last line and has no newline: cut off by a crash or power cut? The next "
+            "edge-agent command that opens the data folder (e.g. status) cuts it off and logs log.recovered"
+        )
     if result.problems:
         return result
     if witness is not None:

@@ -93,7 +93,10 @@ class TrustedClock:
         reading = self.read()
         self._mark = Mark(reading.now, self._monotonic(), self._boot())
         document = {"version": 1, "wall": reading.now.isoformat(), "monotonic": self._mark.monotonic, "boot": self._mark.boot}
-        atomic_write(self.path, json.dumps(document).encode())
+        try:
+            atomic_write(self.path, json.dumps(document).encode())
+        except StorageError:
+            pass  # e.g. a full disk: the mark in memory still holds; shredding must not wait on it
         return reading
 
     def _load(self) -> Mark | None:

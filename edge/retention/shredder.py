@@ -16,6 +16,7 @@ ratchet, so a copy of a forgotten file recovered from flash opens with nothing.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -135,6 +136,11 @@ class ForgetRequest:
         return f"everything before {self.before.isoformat() if self.before else '?'}"
 
 
+ROOM_NEEDED = 1 << 20
+"""Free bytes (besides two keystore copies) below which a shred deletes the doomed ciphertext
+before it writes anything."""
+
+
 class Shredder:
     """Runs sweeps and forget requests against the keystore."""
 
@@ -156,6 +162,7 @@ class Shredder:
                 seen = data.last_seen.get(profile.name)
                 if profile.is_child and seen is not None and now - seen >= profile.inactive_after:
                     reasons.update({b.id: "inactive" for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons})
+            report.files_deleted += self._make_room(data, lambda s, bucket_id: bucket_id in reasons)
             self._destroy(data, reasons, now, report)
             self._finish_rekeys(data, report)
             report.files_deleted += self._delete_orphans(data)
@@ -186,6 +193,7 @@ class Shredder:
             if not confirm(sorted((data.sessions[i] for i in doomed), key=lambda s: s.created)):
                 return report
             report.forgotten = sorted(doomed)
+            report.files_deleted += self._make_room(data, lambda s, bucket_id: s.id in doomed)
             request_id = os.urandom(6).hex()
             self.audit.append("forget.requested", request=request_id, selector=request.describe(), sessions=len(doomed))
             for session_id in doomed:
@@ -279,6 +287,21 @@ class Shredder:
         else:
             for bucket_id in reasons:
                 data.buckets.pop(bucket_id)  # the re-key that follows ratchets once for both
+
+    def _make_room(self, data: KeystoreData, doomed: Callable[[SessionEntry, str], bool]) -> int:
+        """On a (nearly) full disk, delete the doomed ciphertext first: re-sealing the keystore
+        and logging need space, and that data is going anyway (this only errs toward deletion)."""
+        root = self.keystore.data_dir
+        needed = ROOM_NEEDED + 2 * self.keystore.path.stat().st_size if self.keystore.path.exists() else ROOM_NEEDED
+        if shutil.disk_usage(root).free >= needed:
+            return 0
+        deleted = 0
+        for session in data.sessions.values():
+            for bucket_id, path in ((session.audio_bucket, recording_path(root, session.id)), (session.transcript_bucket, transcript_path(root, session.id))):
+                if bucket_id is not None and doomed(session, bucket_id) and path.exists():
+                    path.unlink()
+                    deleted += 1
+        return deleted
 
     def _finish_rekeys(self, data: KeystoreData, report: ShredReport) -> None:
         rekeying = [b for b in data.buckets.values() if b.retiring_identity is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -54,7 +55,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         fsync_dir(path.parent)
     except OSError as exc:
         temp.unlink(missing_ok=True)
-        raise StorageError(f"{path}: cannot write: {exc.strerror}") from None
+        raise StorageError(f"{path}: cannot write: {why(exc)}") from None
+
+
+def why(exc: OSError) -> str:
+    """An OS error as a person would say it; a full disk is named as such."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "the disk is full (free some space, or move [device] data_dir to a larger disk)"
+    return exc.strerror or str(exc)
 
 
 def create_private_file(path: Path):
@@ -64,7 +72,7 @@ def create_private_file(path: Path):
     try:
         return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
     except OSError as exc:
-        raise StorageError(f"{path}: cannot create: {exc.strerror}") from None
+        raise StorageError(f"{path}: cannot create: {why(exc)}") from None
 
 
 def write_output(path: Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.faults import crash_point
 from edge.store.buckets import bucket_id, expiry_for
-from edge.store.files import DataLock, atomic_write, create_private_file
+from edge.store.files import DataLock, StorageError, atomic_write, create_private_file, why
 from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
 from edge.stt.recognizer import Transcript
 from edge.tagging import Tag
@@ -132,17 +132,29 @@ class SealedSession:
 
     def write(self, pcm: bytes) -> None:
         if self._writer is not None:
-            self._writer.write(pcm)
+            try:
+                self._writer.write(pcm)
+            except OSError as exc:
+                raise self._stopped(exc) from None
             crash_point("audio.chunk")
             self._bytes += len(pcm)
+
+    def _stopped(self, exc: OSError) -> StorageError:
+        """What was sealed so far stays (and expires on time); nothing more is written."""
+        path = recording_path(self._keystore.data_dir, self.entry.id)
+        self._writer = None
+        return StorageError(f"{path}: recording stopped: {why(exc)}")
 
     def finish(self, transcript: Transcript) -> None:
         """Seal the last audio chunk and the transcript; mark the session complete."""
         if self._writer is not None and self._file is not None:
-            self._writer.close()
-            crash_point("session.finish")
-            os.fsync(self._file.fileno())
-            self._file.close()
+            try:
+                self._writer.close()
+                crash_point("session.finish")
+                os.fsync(self._file.fileno())
+                self._file.close()
+            except OSError as exc:
+                raise self._stopped(exc) from None
         if self.entry.audio_bucket is None and self.entry.transcript_bucket is None:
             return
         with self._keystore.transaction() as data:

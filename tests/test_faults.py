@@ -1,0 +1,311 @@
+"""The fault campaign, quick version (the long one: scripts/fault-campaign.py).
+
+kill -9 at armed crash points, power cuts in a keystore write, a full disk, corrupt
+files, and fuzzed input: nothing lost, nothing kept too long, only the project's own
+errors. The counts are printed at the end of the test run (conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaign import SHRED_POINTS, Campaign, Tally, make_clip
+from conftest import edge_agent
+from edge.audit.log import AuditLog
+from edge.audit.verify import verify
+from edge.config import parse_config
+from edge.control import ControlError, parse_request
+from edge.crypto.age import AgeError, Identity, decrypt, encrypt
+from edge.errors import EdgeError
+from edge.faults import POINTS
+
+TALLIES: list[tuple[str, Tally]] = []
+"""What every campaign in this run did; printed by conftest's terminal summary."""
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("campaign-speech"))
+
+
+# -- kill -9 at every crash point -------------------------------------------------------
+
+
+def test_kill_9_at_every_crash_point(tmp_path, clip):
+    """Each crash point at least once, while recording and while shredding; after each,
+    restart and purge: no plaintext, nothing overdue, the log verifies."""
+    campaign = Campaign(tmp_path, clip, seed=8)
+    for point in POINTS:
+        campaign.trial(point, 1 if point != "audio.chunk" else 40, phase="record")
+    for point in SHRED_POINTS:
+        campaign.trial(point, 1, phase="shred")
+    TALLIES.append(("kill -9 campaign (quick)", campaign.tally))
+    assert campaign.tally.failures == [], "\n".join(campaign.tally.failures)
+    # Every point was reached at least once: a campaign that injects nothing proves nothing.
+    assert set(campaign.tally.by_point) == set(POINTS), campaign.tally.summary()
+
+
+# -- power cut in a keystore write --------------------------------------------------------
+
+
+@pytest.fixture
+def recorded(write_config, speech):
+    """A data folder with two retained child sessions."""
+    config = write_config(mode="always")
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0)
+    run = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child")
+    assert run.returncode == 0, run.stderr
+    return config, config.parent / "data", clip
+
+
+def _status(config: Path) -> subprocess.CompletedProcess:
+    return edge_agent("--config", str(config), "status", "--json")
+
+
+@pytest.mark.parametrize("cut", [0, 17, 40, 500, -1])
+def test_a_cut_short_keystore_fails_closed_and_loses_nothing(recorded, cut):
+    config, data, clip = recorded
+    keystore = data / "keystore"
+    whole = keystore.read_bytes()
+    keystore.write_bytes(whole[:cut] if cut >= 0 else whole[:-1])
+    status = _status(config)
+    assert status.returncode == 1 and "cannot be opened" in status.stderr and "Traceback" not in status.stderr
+    run = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child")
+    assert run.returncode == 1 and "will not record" in run.stderr
+    assert '"type":"keystore.unreadable"' in (data / "audit.jsonl").read_text()
+    assert len(list((data / "recordings").iterdir())) == 2  # nothing was recorded, nothing deleted
+    keystore.write_bytes(whole)  # the old keystore back: everything opens as before
+    assert len(json.loads(_status(config).stdout)["sessions"]) == 2
+
+
+def test_a_mix_of_old_and_new_keystore_never_opens(recorded, speech):
+    config, data, clip = recorded
+    old = (data / "keystore").read_bytes()
+    assert edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child").returncode == 0
+    new = (data / "keystore").read_bytes()
+    assert len(json.loads(_status(config).stdout)["sessions"]) == 4
+    half = min(len(old), len(new)) // 2
+    for mixed in (new[:half] + old[half:], old[:half] + new[half:]):
+        (data / "keystore").write_bytes(mixed)
+        status = _status(config)
+        assert status.returncode == 1 and "cannot be opened" in status.stderr
+    (data / "keystore").write_bytes(new)
+    assert len(json.loads(_status(config).stdout)["sessions"]) == 4
+
+
+# -- full disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs for the data folder (root only; CI runs as root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs (the test needs root): {made.stderr}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _on_disk(config: Path, disk: Path, keep: str) -> Path:
+    text = config.read_text().replace(f'data_dir = "{config.parent / "data"}"', f'data_dir = "{disk / "data"}"')
+    config.write_text(text.replace('keep_audio = "1h"', f'keep_audio = "{keep}"').replace('keep_transcript = "7d"', f'keep_transcript = "{keep}"'))
+    return config
+
+
+def test_full_disk_stops_recording_cleanly_and_forget_still_works(small_disk, write_config, speech):
+    config = _on_disk(write_config(mode="always", max_session="10m"), small_disk, "1h")
+    long_speech = speech.join(*[speech.say(w, pad=0.05) for w in ["라디오", "메시지", "아버지", "위치", "보안"] * 30])
+    full = edge_agent("--config", str(config), "run", "--input", str(long_speech), "--profile", "child")
+    assert full.returncode == 1
+    assert "recording stopped: the disk is full" in full.stderr and "Traceback" not in full.stderr
+    [cut] = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+    assert cut["state"] == "recording"  # what was sealed before the disk filled up is kept, and known
+    forget = edge_agent("--config", str(config), "forget", "--all", "--yes")
+    assert forget.returncode == 0, forget.stderr
+    assert json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"] == []
+    assert list((small_disk / "data" / "recordings").iterdir()) == []
+
+
+def test_a_due_shred_works_on_a_full_disk(small_disk, write_config, speech):
+    config = _on_disk(write_config(mode="always"), small_disk, "3s")
+    ran = edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child")
+    assert ran.returncode == 0, ran.stderr
+    filler = small_disk / "filler"
+    with filler.open("wb") as out:  # someone else fills the disk to the last byte
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    time.sleep(3.5)
+    purge = edge_agent("--config", str(config), "purge")
+    assert purge.returncode == 0, purge.stderr
+    assert json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"] == []
+    assert filler.exists()  # not ours: untouched
+
+
+# -- corrupt files -----------------------------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(200))
+
+
+@pytest.mark.parametrize(
+    "damage, command, message",
+    [
+        (lambda d, c: _garbage(d / "keystore"), ("status",), "cannot be opened"),
+        (lambda d, c: _garbage(d / "keystore"), ("purge",), "cannot be opened"),
+        (lambda d, c: _garbage(d / "audit.key"), ("audit", "checkpoint", "--out", "/dev/null"), "audit signing key"),
+        (lambda d, c: (d / "audit.jsonl").write_bytes((d / "audit.jsonl").read_bytes().replace(b'"seq":3', b'"seq":9', 1)), ("audit", "verify"), "line 3"),
+        (lambda d, c: (d / "audit.jsonl").write_bytes(b"\x00\xff" * 50 + b"\n"), ("audit", "show"), "line 1"),
+        (lambda d, c: _garbage(c), ("status",), "not UTF-8"),
+        (lambda d, c: c.write_text("[device\n"), ("status",), "not valid TOML"),
+    ],
+)
+def test_corrupt_files_give_one_clear_error(recorded, damage, command, message):
+    config, data, _ = recorded
+    damage(data, config)
+    result = edge_agent("--config", str(config), *command)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_corrupt_recording_is_reported_and_the_others_survive(recorded):
+    config, data, _ = recorded
+    sessions = json.loads(_status(config).stdout)["sessions"]
+    first = data / "recordings" / f"{sessions[0]['session']}.wav.age"
+    raw = bytearray(first.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    first.write_bytes(bytes(raw))
+    out = config.parent / "out.wav"
+    bad = edge_agent("--config", str(config), "export", "--session", sessions[0]["session"], "--out", str(out), "--purpose", "playback")
+    assert bad.returncode == 1 and "damaged" in bad.stderr and not out.exists()
+    good = edge_agent("--config", str(config), "export", "--session", sessions[1]["session"], "--out", str(out), "--purpose", "playback")
+    assert good.returncode == 0, good.stderr
+
+
+def test_a_corrupt_file_vault_is_refused(write_config, speech, tmp_path):
+    key = tmp_path / "root.key"
+    config = write_config(mode="always", vault=f'backend = "file"\npath = "{key}"')
+    ran = edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child")
+    assert ran.returncode == 0, ran.stderr
+    key.write_bytes(key.read_bytes()[:20])
+    result = edge_agent("--config", str(config), "status")
+    assert result.returncode == 1 and "is not a root key file" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- fuzzing: only the project's own errors come out ---------------------------------------------
+
+_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+_SECTION_KEYS = {
+    "device": ["data_dir", "model", "sample_rate", "input_device", "control_socket"],
+    "vault": ["backend", "keyring", "path"],
+    "trigger": ["mode", "wake_phrase", "grammar", "silence_end", "max_session", "wake_timeout", "wake_confidence", "vad_aggressiveness"],
+    "household": ["active_profile", "max_child_audio", "max_child_transcript"],
+    "retention": ["sweep"],
+}
+
+
+@st.composite
+def _configs(draw):
+    document = {}
+    for section, keys in _SECTION_KEYS.items():
+        if draw(st.booleans()):
+            document[section] = {k: draw(_toml_values) for k in draw(st.lists(st.sampled_from(keys), max_size=4, unique=True))}
+    profiles = draw(st.dictionaries(st.text(max_size=8), st.dictionaries(
+        st.sampled_from(["kind", "keep_audio", "keep_transcript", "allow_training", "inactive_after", "extra"]), _toml_values, max_size=5),
+        max_size=3))
+    if profiles or draw(st.booleans()):
+        document["profiles"] = profiles
+    if draw(st.booleans()):
+        document[draw(st.text(max_size=6))] = draw(_toml_values)
+    return document
+
+
+@_FUZZ
+@given(_configs())
+def test_fuzz_config_parser(document):
+    try:
+        parse_config(document, Path("/fuzz/household.toml"))
+    except EdgeError:
+        pass
+
+
+@_FUZZ
+@given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+def test_fuzz_control_messages(raw):
+    try:
+        parse_request(raw)
+    except ControlError:
+        pass
+
+
+_IDENTITY = Identity.generate()
+_SEALED = encrypt(b"fuzz me " * 300, _IDENTITY.recipient)
+
+
+@_FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(_SEALED) - 1), st.integers(0, 255)), min_size=1, max_size=4), st.integers(0, len(_SEALED)))
+def test_fuzz_age_reader(flips, cut):
+    data = bytearray(_SEALED)
+    for position, value in flips:
+        data[position] = value
+    try:
+        decrypt(bytes(data[:cut]), [_IDENTITY])
+    except AgeError:
+        return
+    assert bytes(data[:cut]) == _SEALED  # only the untouched, whole file opens
+
+
+@pytest.fixture(scope="module")
+def real_log(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz-log")
+    log = AuditLog(folder)
+    for index in range(30):
+        log.append("session.created", session=f"{index:016x}", profile="child", rule="given", child=True,
+                   audio_expires=None, transcript_expires=None, audio_bucket=None, transcript_bucket=None)
+    return folder, log.path.read_bytes()
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_audit_log_reader(real_log, data):
+    folder, original = real_log
+    blob = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 3))):
+        choice = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        position = data.draw(st.integers(0, max(0, len(blob) - 1)))
+        if choice == "flip" and blob:
+            blob[position] ^= data.draw(st.integers(1, 255))
+        elif choice == "cut":
+            del blob[position : position + data.draw(st.integers(1, 400))]
+        else:
+            blob[position:position] = data.draw(st.binary(min_size=1, max_size=40))
+    log = AuditLog(folder)
+    log.path.write_bytes(bytes(blob))
+    try:
+        result = verify(log, None, datetime.now(timezone.utc), timedelta(seconds=1))
+    finally:
+        log.path.write_bytes(original)
+    changed = bytes(blob) != original
+    clean_cut = original.startswith(bytes(blob)) and blob.endswith(b"\n")  # undetectable without a witness
+    if changed and not clean_cut:
+        assert not result.ok
