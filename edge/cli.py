@@ -18,13 +18,13 @@ from typing import Sequence
 from edge import __version__, control, wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.audit.commands import add_parser as add_audit_parser
-from edge.stt.commands import add_parser as add_model_parser
 from edge.config import BUILTIN_CONFIG, load_config, resolve_config_path
 from edge.errors import EdgeError, UsageError
 from edge.retention.shredder import ForgetRequest
 from edge.service import print_report, run_agent
 from edge.store.export import export_audio, export_identity
 from edge.store.keystore import iso_utc
+from edge.stt.commands import add_parser as add_model_parser
 
 DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
 
@@ -281,6 +281,9 @@ def _agent_state(config) -> dict | None:
     try:
         return control.call(config.device.control_socket, "status")
     except control.AgentNotRunning:
+        return None
+    except control.ControlError as exc:  # e.g. not in group edge: the rest of status still helps
+        print(f"edge-agent: cannot ask the running agent: {exc}", file=sys.stderr)
         return None
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,9 @@ class ControlServer:
             return {"ok": True, **handler(request.args)}
         except EdgeError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug must not silence the socket for good: say so, keep serving
+            print(f"edge-agent: control request failed: {exc!r}", file=sys.stderr)
+            return {"ok": False, "error": "the agent could not do that (an internal error; see its log)"}
 
 
 def call(path: Path, op: str, **args: Any) -> dict[str, Any]:

@@ -89,7 +89,10 @@ def _model(config: Config) -> Finding:
 def _microphone(config: Config, open_mic: bool) -> Finding:
     from edge.audio.mic import MicSource, import_sounddevice
 
-    fix = "list devices with `python -m sounddevice` or `arecord -l`; set [device] input_device and sample_rate"
+    fix = (
+        "list devices with `python -m sounddevice` or `arecord -l`; set [device] input_device and sample_rate "
+        "(a running agent holds the microphone: then use --no-mic)"
+    )
     try:
         sd = import_sounddevice()
         inputs = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
@@ -160,8 +163,10 @@ def _swap() -> Finding:
     )
 
 
-def _too_open(path: Path, allowed: int) -> str | None:
-    """A message when `path` grants more than `allowed` or belongs to another user."""
+def _too_open(path: Path, allowed: int, owner: int | None = None) -> str | None:
+    """A message when `path` grants more than `allowed` or belongs to someone other than `owner`
+    (default: this user)."""
+    owner = os.geteuid() if owner is None else owner
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -169,8 +174,8 @@ def _too_open(path: Path, allowed: int) -> str | None:
     extra = stat.S_IMODE(info.st_mode) & ~allowed
     if extra:
         return f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be {allowed:04o} or stricter"
-    if info.st_uid != os.geteuid():
-        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+    if info.st_uid != owner:
+        return f"{path} belongs to uid {info.st_uid}, not to uid {owner}"
     return None
 
 
@@ -178,14 +183,16 @@ def _permissions(config: Config) -> Finding:
     data_dir = config.device.data_dir
     if not data_dir.exists():
         return Finding("permissions", "ok", f"{data_dir} does not exist yet; the agent creates it 0700")
-    problems = [p for p in [_too_open(data_dir, 0o700)] if p]
+    # The agent's user owns the folder (root may check it for them); everything inside is theirs.
+    owner = data_dir.stat().st_uid if os.geteuid() == 0 else os.geteuid()
+    problems = [p for p in [_too_open(data_dir, 0o700, owner)] if p]
     for root, dirs, files in os.walk(data_dir):
         for name in dirs:
-            problems += [p for p in [_too_open(Path(root) / name, 0o700)] if p]
+            problems += [p for p in [_too_open(Path(root) / name, 0o700, owner)] if p]
         for name in files:
             path = Path(root) / name
             allowed = 0o777 if path.is_socket() else 0o600
-            problems += [p for p in [_too_open(path, allowed)] if p]
+            problems += [p for p in [_too_open(path, allowed, owner)] if p]
         if len(problems) > 5:
             break
     if problems:
@@ -193,7 +200,7 @@ def _permissions(config: Config) -> Finding:
             "permissions", "fail", "; ".join(problems[:5]),
             f"chown -R <agent user> {data_dir} && chmod -R go-rwx {data_dir}",
         )
-    return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {os.geteuid()}")
+    return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {owner}")
 
 
 def _free_space(config: Config) -> Finding:

@@ -30,14 +30,14 @@ from edge.faults import POINTS  # noqa: E402
 
 WORDS = ["메시지", "아버지"]
 HITS = {
-    "audio.chunk": 150,  # one per 30 ms frame written
+    "audio.chunk": 70,  # one per 30 ms frame written: two phrases are about 80
     "session.finish": 2,
-    "replace.temp": 8,
-    "replace.renamed": 8,
-    "ratchet.staged": 2,
-    "shred.keys": 2,
-    "shred.files": 6,
-    "audit.torn": 10,
+    "replace.temp": 5,
+    "replace.renamed": 5,
+    "ratchet.staged": 1,
+    "shred.keys": 1,
+    "shred.files": 3,
+    "audit.torn": 6,
 }
 """For each crash point, the armed hit is drawn from 1..this (a trial may not reach it)."""
 SHRED_POINTS = ("replace.temp", "replace.renamed", "ratchet.staged", "shred.keys", "shred.files", "audit.torn")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from campaign import plaintext_files as plaintext_found
 from conftest import PHRASES, ROOT, edge_agent
 from edge.agent import Agent
 from edge.audit.log import AuditLog
@@ -45,24 +46,6 @@ def run_sealed(config, model, path: Path, profile: str) -> tuple[list, Keystore]
 
 def pcm_of(path: Path) -> bytes:
     return b"".join(read_pipeline_chunks(open_wav(path)))
-
-
-def speech_windows(pcm: bytes, size: int = 1024, stride: int = 512) -> list[bytes]:
-    """1 KiB windows every 512 bytes: any stored run of 1.5 KiB or more contains one.
-    Near-silent windows are skipped (they would match any run of zeros)."""
-    return [pcm[i : i + size] for i in range(0, len(pcm) - size, stride) if len(set(pcm[i : i + size])) >= 64]
-
-
-def plaintext_found(folder: Path, pcm: bytes, words: list[str]) -> list[str]:
-    """Every file under `folder` holding a window of `pcm` or one of `words` (UTF-8)."""
-    windows = speech_windows(pcm)
-    assert len(windows) > 20, "the scan needs speech to look for"
-    hits = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        blob = path.read_bytes()
-        if any(w in blob for w in windows) or any(word.encode() in blob for word in words):
-            hits.append(str(path))
-    return hits
 
 
 @pytest.fixture

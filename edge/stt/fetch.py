@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from edge.errors import ModelError
 from edge.stt.model_path import is_model_dir
@@ -133,43 +133,37 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
     into.mkdir(mode=0o755)
     total = 0
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as bundle:
-                for info in bundle.infolist():
-                    path = _safe_member(info.filename, url)
-                    mode = (info.external_attr >> 16) & 0o170000
-                    if mode not in (0, 0o100000, 0o040000):
-                        raise ModelError(f"{url}: {info.filename!r} is a link or device, not a file; nothing was installed")
-                    total += info.file_size
-                    if total > MAX_UNPACKED_BYTES:
-                        raise ModelError(f"{url}: unpacks to more than {MAX_UNPACKED_BYTES} bytes; nothing was installed")
-                    if info.is_dir():
-                        _make_dir(into / path)
-                        continue
-                    _make_dir((into / path).parent)
-                    with bundle.open(info) as source, _public_file(into / path) as target:
-                        shutil.copyfileobj(source, target, CHUNK)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as bundle:
-                for member in bundle:
-                    path = _safe_member(member.name, url)
-                    if not (member.isfile() or member.isdir()):
-                        raise ModelError(f"{url}: {member.name!r} is a link or device, not a file; nothing was installed")
-                    total += member.size
-                    if total > MAX_UNPACKED_BYTES:
-                        raise ModelError(f"{url}: unpacks to more than {MAX_UNPACKED_BYTES} bytes; nothing was installed")
-                    if member.isdir():
-                        _make_dir(into / path)
-                        continue
-                    _make_dir((into / path).parent)
-                    source = bundle.extractfile(member)
-                    assert source is not None
-                    with source, _public_file(into / path) as target:
-                        shutil.copyfileobj(source, target, CHUNK)
-        else:
-            raise ModelError(f"{url}: is not a zip or tar archive; nothing was installed")
+        for name, is_dir, plain, size, opener in _members(archive, url):
+            path = _safe_member(name, url)
+            if not plain:
+                raise ModelError(f"{url}: {name!r} is a link or device, not a file; nothing was installed")
+            total += size
+            if total > MAX_UNPACKED_BYTES:
+                raise ModelError(f"{url}: unpacks to more than {MAX_UNPACKED_BYTES} bytes; nothing was installed")
+            if is_dir:
+                _make_dir(into / path)
+                continue
+            _make_dir((into / path).parent)
+            with opener() as source, _public_file(into / path) as target:
+                shutil.copyfileobj(source, target, CHUNK)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise ModelError(f"{url}: the archive is damaged ({exc}); nothing was installed") from None
+
+
+def _members(archive: Path, url: str) -> Iterator[tuple[str, bool, bool, int, Callable[[], BinaryIO]]]:
+    """(name, is a folder, is a plain file or folder, size, open it) for each member."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for info in bundle.infolist():
+                kind = (info.external_attr >> 16) & 0o170000
+                yield info.filename, info.is_dir(), kind in (0, 0o100000, 0o040000), info.file_size, lambda i=info: bundle.open(i)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as bundle:
+            for member in bundle:
+                plain = member.isfile() or member.isdir()
+                yield member.name, member.isdir(), plain, member.size, lambda m=member: bundle.extractfile(m)
+    else:
+        raise ModelError(f"{url}: is not a zip or tar archive; nothing was installed")
 
 
 def _make_dir(path: Path) -> None:
