@@ -141,3 +141,16 @@ def test_uninstall_forgets_everything_audited_then_removes_the_service(tmp_path_
     assert list((data / "recordings").iterdir()) == []
     assert '"type":"forget.fulfilled"' in (data / "audit.jsonl").read_text()
     assert "skip (--root): systemctl disable --now edge-agent.service" in result.stderr
+
+
+def test_the_agent_process_makes_itself_non_dumpable():
+    code = (
+        "import resource\n"
+        "from edge.hardening import is_dumpable, make_non_dumpable\n"
+        "assert is_dumpable()\n"
+        "make_non_dumpable()\n"
+        "print(is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False (0, 0)"

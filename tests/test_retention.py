@@ -361,6 +361,9 @@ def test_time_travel_whole_process(write_config, speech):
     back = faketime("-1y", "purge", config=config)  # the clock set back a year
     assert back.returncode == 0, back.stderr
     assert "nothing is due" in back.stdout
+    audit = AuditLog(config.parent / "data")
+    [set_back] = [e for e in audit.entries() if e["type"] == "clock.set_back"]  # the anomaly is audited
+    assert set_back["fields"]["seconds"] > 364 * 86400
 
     later = faketime("+2h", "purge", config=config)  # two hours later: the child's audio (1h) is due
     assert later.returncode == 0, later.stderr

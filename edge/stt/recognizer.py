@@ -2,7 +2,7 @@
 
 A Vosk recognizer over a lookahead graph (HCLr + Gr, as in the small models) builds
 a cache of the composed graph as it decodes; a fresh recognizer per session pays
-that warm-up again and cost ~40% more CPU than one long-lived recognizer. So each
+that warm-up again and cost 30-50% more CPU than one long-lived recognizer. So each
 grammar's recognizer is kept and reused: after a session's FinalResult() Vosk drops
 the decoder and the feature pipeline (no audio, features or i-vector state carry
 over); only the graph cache stays. Word times are made relative to the session.
