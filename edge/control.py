@@ -218,9 +218,12 @@ def _answers(path: Path) -> bool:
 
 
 def _share_with_group(path: Path) -> None:
-    """0660 and group `edge` when that group exists (the install script creates it)."""
+    """0660 and group `edge` when that group exists (the install script creates it). The
+    service runs with group edge, so the socket has it already; no chown (the unit forbids it)."""
     try:
-        os.chown(path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+        if path.stat().st_gid != gid:
+            os.chown(path, -1, gid)
         os.chmod(path, 0o660)
     except (KeyError, PermissionError):
         os.chmod(path, 0o600)  # no such group, or not ours to give: owner only
