@@ -4,6 +4,7 @@ sealed, opened by `age` with the exported identity, and exported only for allowe
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -223,3 +224,18 @@ def test_kill_9_mid_session_leaves_no_plaintext(virtual_mic, speech, write_confi
     assert recording_path(data_dir, session).stat().st_size > 0
     result = edge_agent("--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback")
     assert result.returncode == 1 and "damaged or incomplete" in result.stderr
+
+
+def test_a_partial_left_by_a_killed_export_is_removed_by_the_next(load, model, two_phrases, tmp_path):
+    config = load(mode="always")
+    records, store = run_sealed(config, model, two_phrases, "parent")
+    out = tmp_path / "x.wav"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".x.wav.{dead.pid}.partial"  # what a kill -9 mid-export leaves
+    leftover.write_bytes(b"RIFF plaintext")
+    alive = tmp_path / f".x.wav.{os.getpid()}.partial"  # another export still running: not touched
+    alive.write_bytes(b"busy")
+    result = edge_agent("--config", str(config.path), "export", "--session", records[0].session, "--out", str(out), "--purpose", "playback")
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and not leftover.exists() and alive.exists()

@@ -8,6 +8,7 @@ chunk verified, so a damaged recording never yields a partial WAV.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,7 +102,26 @@ def export_identity(
     return bucket.id, members, bucket.expires
 
 
+def _remove_stale_partials(out: Path) -> None:
+    """Plaintext left by an export that was killed mid-write (same name, a process now gone)."""
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        pid = leftover.name[len(out.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_wav(sealed: Path, identities: list[Identity], out: Path, session_id: str) -> float:
+    _remove_stale_partials(out)
     temp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         with sealed.open("rb") as source, os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as sink:
