@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import edge_agent
-from edge.control import MAX_MESSAGE, AgentNotRunning, ControlError, ControlServer, call, parse_request
+from edge.control import AgentNotRunning, ControlError, ControlServer, call, parse_request
 from test_mic import MicAgent, play
 
 
