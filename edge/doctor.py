@@ -185,22 +185,29 @@ def _permissions(config: Config) -> Finding:
         return Finding("permissions", "ok", f"{data_dir} does not exist yet; the agent creates it 0700")
     # The agent's user owns the folder (root may check it for them); everything inside is theirs.
     owner = data_dir.stat().st_uid if os.geteuid() == 0 else os.geteuid()
-    problems = [p for p in [_too_open(data_dir, 0o700, owner)] if p]
-    for root, dirs, files in os.walk(data_dir):
-        for name in dirs:
-            problems += [p for p in [_too_open(Path(root) / name, 0o700, owner)] if p]
-        for name in files:
-            path = Path(root) / name
-            allowed = 0o777 if path.is_socket() else 0o600
-            problems += [p for p in [_too_open(path, allowed, owner)] if p]
-        if len(problems) > 5:
-            break
+    problems: list[str] = []
+    for path, allowed in _private_paths(data_dir):
+        problem = _too_open(path, allowed, owner)
+        if problem:
+            problems.append(problem)
+            if len(problems) > 5:
+                break
     if problems:
         return Finding(
             "permissions", "fail", "; ".join(problems[:5]),
             f"chown -R <agent user> {data_dir} && chmod -R go-rwx {data_dir}",
         )
     return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {owner}")
+
+
+def _private_paths(data_dir: Path):
+    """The data folder and everything in it, with the most each may allow (sockets: group access)."""
+    yield data_dir, 0o700
+    for root, dirs, files in os.walk(data_dir):
+        yield from ((Path(root) / name, 0o700) for name in dirs)
+        for name in files:
+            path = Path(root) / name
+            yield path, 0o777 if path.is_socket() else 0o600
 
 
 def _free_space(config: Config) -> Finding:

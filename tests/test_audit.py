@@ -3,11 +3,12 @@ openssl, the data is cross-checked, the log holds nothing private, the report re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,44 @@ def test_show_and_report_on_a_damaged_log_name_the_line(household, tmp_path):
     for command in (["audit", "show"], ["audit", "report", "--html", str(tmp_path / "r.html")]):
         result = edge_agent("--config", str(config), *command)
         assert result.returncode == 1 and "line 3" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_torn_last_line_is_cut_off_and_logged(tmp_path):
+    log = AuditLog(tmp_path)
+    for index in range(3):
+        log.append("session.sealed", session=f"{index:016x}", seconds=1.0)
+    whole = log.path.read_bytes()
+    torn = whole[:-30]  # a power cut in the middle of the last line
+    log.path.write_bytes(torn)
+    log.append("agent.started", version="x")
+    types = [e["type"] for e in log.entries()]
+    assert types[-3:] == ["session.sealed", "log.recovered", "agent.started"] and len(types) == 5
+    recovered = [e for e in log.entries() if e["type"] == "log.recovered"][0]["fields"]
+    cut = torn[torn.rfind(b"\n") + 1 :]
+    assert recovered == {"torn_bytes": len(cut), "torn_sha256": hashlib.sha256(cut).hexdigest()}
+    assert verify(log, None, datetime.now(timezone.utc), timedelta(seconds=1)).ok
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
+    log = AuditLog(tmp_path)
+    for index in range(3):
+        log.append("session.sealed", session=f"{index:016x}", seconds=1.0)
+    log.path.write_bytes(log.path.read_bytes()[:-1])  # only the newline was lost
+    log.append("agent.started", version="x")
+    assert [e["type"] for e in log.entries()][-2:] == ["session.sealed", "agent.started"]
+    assert not any(e["type"] == "log.recovered" for e in log.entries())
+
+
+def test_appends_follow_a_last_line_longer_than_the_read_block(tmp_path):
+    log = AuditLog(tmp_path)
+    log.append("shred", bucket="child.audio.x", kind="audio", sessions=[f"{i:016x}" for i in range(10_000)])  # ~200 KB
+    log.append("agent.stopped", sessions=0, seconds=0.0)
+    assert [e["type"] for e in log.entries()][-2:] == ["shred", "agent.stopped"]
+    assert verify(log, None, datetime.now(timezone.utc), timedelta(seconds=1)).ok
+
+
+def test_a_chained_event_missing_its_fields_is_a_problem_not_a_crash(tmp_path):
+    log = AuditLog(tmp_path)  # the chain's hashes are unkeyed: anyone can append a well-chained line
+    log.append("shred", bucket="child.audio.x", sessions=["a"])  # no "kind"
+    result = verify(log, None, datetime.now(timezone.utc), timedelta(seconds=1))
+    assert not result.ok and "'shred' event without the fields it must have" in str(result.problems[0])

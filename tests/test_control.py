@@ -175,3 +175,17 @@ def test_push_outside_push_to_talk_mode_is_refused(write_config):
     handlers = control_handlers(load_config(write_config(mode="always")), agent=None, shredder=None, audit=None)  # type: ignore[arg-type]
     with pytest.raises(ControlError, match='mode = "push_to_talk"'):
         handlers["push"]({})
+
+
+def test_a_failing_handler_is_answered_and_the_server_keeps_serving(tmp_path):
+    def broken(_args):
+        raise RuntimeError("a bug")
+
+    server = ControlServer(tmp_path / "c.sock", {"purge": broken, "status": lambda args: {"alive": True}})
+    server.start()
+    try:
+        with pytest.raises(ControlError, match="internal error"):
+            call(server.path, "purge")
+        assert call(server.path, "status")["alive"] is True
+    finally:
+        server.stop()

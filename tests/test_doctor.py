@@ -105,3 +105,25 @@ def test_service_hardening_is_rated(write_config, tmp_path):
     weak.write_text("[Service]\nExecStart=/opt/edge/venv/bin/edge-agent run --mic\n")
     bad = {f.check: f for f in run_checks(config, unit_path=weak, open_mic=False)}["service"]
     assert bad.status == "fail" and "above 2.5" in bad.detail
+
+
+def test_root_checks_the_data_folder_against_its_owner(write_config, tmp_path):
+    """Run as root (as `sudo edge-agent doctor`), files must belong to the folder's owner."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (CI runs as root)")
+    config = write_config()
+    data = tmp_path / "data"
+    (data / "recordings").mkdir(parents=True, mode=0o700)
+    data.chmod(0o700)
+    stray = data / "recordings" / "a.wav.age"
+    stray.write_bytes(b"x")
+    stray.chmod(0o600)
+    for path in (data, data / "recordings", stray):
+        os.chown(path, 65534, 65534)  # the service user's, not root's
+    code, found = _doctor(config, None, "--no-mic")
+    assert found["permissions"]["status"] == "ok" and "uid 65534" in found["permissions"]["detail"]
+    os.chown(stray, 0, 0)  # one file left behind by root
+    code, found = _doctor(config, None, "--no-mic")
+    assert found["permissions"]["status"] == "fail" and f"{stray} belongs to uid 0, not to uid 65534" in found["permissions"]["detail"]

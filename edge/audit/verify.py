@@ -263,6 +263,12 @@ class _DataScan:
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
     def feed(self, line: int, entry: dict) -> None:
+        try:
+            self._feed(line, entry)
+        except (KeyError, TypeError, ValueError, AttributeError):  # hashes are unkeyed: anyone can chain a line
+            self.problems.append(Problem(f"a {entry['type']!r} event without the fields it must have", line))
+
+    def _feed(self, line: int, entry: dict) -> None:
         kind, fields, result = entry["type"], entry["fields"], self.result
         if kind == "session.created":
             self.created[fields["session"]] = (line, fields.get("audio_expires"), fields.get("transcript_expires"))
