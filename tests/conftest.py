@@ -193,6 +193,26 @@ def edge_agent(*args: str, env: dict | None = None, timeout: float = 120, **kwar
     )
 
 
+def libfaketime_env(**variables: str) -> dict[str, str]:
+    """Variables that run a process under Debian's libfaketime (preloaded directly).
+
+    Not the `faketime` wrapper: its library (0.9.10) makes /dev/shm/faketime_{shm,sem}_PID
+    in every process and never removes them, and the wrapper refuses to start when a later
+    run gets the same PID (once in CI, after thousands of processes); the library carries
+    on. Callers remove the pair with `remove_faketime_leftovers(pid)`.
+    `DONT_FAKE_MONOTONIC=1`: a real clock change never moves the monotonic clock.
+    """
+    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if not libraries:
+        pytest.fail("libfaketime is missing: run scripts/setup.sh test")
+    return {"LD_PRELOAD": str(libraries[0]), "DONT_FAKE_MONOTONIC": "1", **variables}
+
+
+def remove_faketime_leftovers(pid: int) -> None:
+    for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+        Path("/dev/shm", leftover).unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def virtual_mic(tmp_path_factory):
     """A PulseAudio null sink whose monitor is the default source (scripts/virtual-mic.sh).

@@ -309,3 +309,71 @@ def test_fuzz_audit_log_reader(real_log, data):
     clean_cut = original.startswith(bytes(blob)) and blob.endswith(b"\n")  # undetectable without a witness
     if changed and not clean_cut:
         assert not result.ok
+
+
+# -- the clock stepped under a running agent ---------------------------------------------
+
+
+def _sessions(config: Path, env: dict) -> list[dict]:
+    status = edge_agent("--config", str(config), "status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    return json.loads(status.stdout)["sessions"]
+
+
+def _wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.25)
+    pytest.fail(f"not within {seconds:.0f}s: {what}")
+
+
+@pytest.mark.mic
+def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tmp_path):
+    """The wall clock of a recording agent is set back a year, then forward to 2038.
+
+    Set back: the child's 20 s audio is still shredded on time (by the monotonic clock),
+    and the step is audited. Forward: data only dies earlier, so the 7-day transcript
+    goes at once. No crash, nothing comes back, the log verifies."""
+    from test_mic import MicAgent, play
+    from conftest import libfaketime_env, remove_faketime_leftovers
+
+    config = write_config(mode="always")
+    text = config.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "20s"')
+    config.write_text(text + '\n[retention]\nsweep = "1h"\n', encoding="utf-8")  # only bucket jobs and the watch
+    clock = tmp_path / "wall-offset"
+
+    def step_wall_clock(offset: str) -> None:  # atomically: libfaketime rereads it at every call
+        (tmp_path / "offset.new").write_text(offset + "\n")
+        os.replace(tmp_path / "offset.new", clock)
+
+    step_wall_clock("+0")
+    env = {**virtual_mic, **libfaketime_env(FAKETIME_TIMESTAMP_FILE=str(clock), FAKETIME_NO_CACHE="1")}
+    agent = MicAgent(env, config, "--profile", "child")
+    try:
+        play(virtual_mic, speech.say("메시지"))
+        [session] = _wait_for(lambda: _sessions(config, virtual_mic), 15, "the spoken session is kept")
+        audio_due = datetime.fromisoformat(session["audio_expires"])
+        assert timedelta(seconds=5) < audio_due - datetime.now(timezone.utc) <= timedelta(seconds=20)
+
+        step_wall_clock("-1y")  # the wall clock is set back a year
+        _wait_for(lambda: [s for s in _sessions(config, virtual_mic) if s["audio_expires"] is None], 25, "audio shredded")
+        late = datetime.now(timezone.utc) - audio_due
+        assert late < timedelta(seconds=4), f"audio shredded {late} after its expiry"
+        set_back = [e for e in AuditLog(config.parent / "data").entries() if e["type"] == "clock.set_back"]
+        assert set_back and set_back[0]["fields"]["seconds"] > 364 * 86400
+
+        step_wall_clock("+12y")  # and forward, past 2038: the transcript (7 days) is due at once
+        stepped = time.monotonic()
+        _wait_for(lambda: not _sessions(config, virtual_mic), 10, "transcript shredded after the forward step")
+        assert time.monotonic() - stepped < 5
+    finally:
+        sessions, stderr, code = agent.stop()
+        remove_faketime_leftovers(agent.process.pid)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert [s["text"] for s in sessions] == ["메시지"]
+    assert _sessions(config, virtual_mic) == []  # back at the real time: nothing resurrected
+    verified = edge_agent("--config", str(config), "audit", "verify", env=virtual_mic)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

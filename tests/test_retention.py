@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, edge_agent
+from conftest import ROOT, edge_agent, libfaketime_env, remove_faketime_leftovers
 from edge.audit.log import AuditLog
 from edge.config import load_config
 from edge.crypto.age import AgeError, decrypt
@@ -342,23 +342,8 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
 
 
 def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProcess:
-    """Run edge-agent with its wall clock moved by `offset` (libfaketime, e.g. "+2h").
-
-    libfaketime is preloaded directly rather than through the `faketime` wrapper. Its
-    library (0.9.10) makes /dev/shm/faketime_{shm,sem}_PID in each process and never
-    removes them; the wrapper refuses to start when a later run gets the same PID (once
-    in CI, after thousands of processes), the library carries on. We remove the pair.
-    """
-    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
-    if not libraries:
-        pytest.fail("libfaketime is missing: run scripts/setup.sh test")
-    env = {
-        **os.environ,
-        "LD_PRELOAD": str(libraries[0]),
-        "FAKETIME": offset,
-        "DONT_FAKE_MONOTONIC": "1",  # a real clock change never moves the monotonic clock
-        "EDGE_CONFIG": str(config),
-    }
+    """Run edge-agent with its wall clock moved by `offset` (e.g. "+2h", "-1y")."""
+    env = {**os.environ, **libfaketime_env(FAKETIME=offset), "EDGE_CONFIG": str(config)}
     with subprocess.Popen(
         [sys.executable, "-m", "edge", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
@@ -368,8 +353,7 @@ def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProce
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-    for leftover in (f"faketime_shm_{process.pid}", f"sem.faketime_sem_{process.pid}"):
-        Path("/dev/shm", leftover).unlink(missing_ok=True)
+    remove_faketime_leftovers(process.pid)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

@@ -51,6 +51,9 @@ class Reading:
     """How far the wall clock is behind the trusted time (0 when it is not)."""
     synced: bool
     """Whether the kernel says the clock is synchronised (NTP)."""
+    drift: float
+    """Wall minus monotonic seconds, from this reading's wall time: constant until
+    someone (or NTP) steps the clock."""
 
 
 class TrustedClock:
@@ -69,9 +72,12 @@ class TrustedClock:
 
     def read(self) -> Reading:
         """The trusted time with what a shred event records about the clock."""
-        wall = datetime.fromtimestamp(self._wall(), timezone.utc)
+        seconds, monotonic = self._wall(), self._monotonic()
+        wall = datetime.fromtimestamp(seconds, timezone.utc)
         trusted = self._trusted(wall)
-        return Reading(now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced())
+        return Reading(
+            now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced(), drift=seconds - monotonic
+        )
 
     def now(self) -> datetime:
         return self._trusted(datetime.fromtimestamp(self._wall(), timezone.utc))
@@ -83,10 +89,6 @@ class TrustedClock:
         if self._mark.boot == self._boot():
             floor += timedelta(seconds=max(0.0, self._monotonic() - self._mark.monotonic))
         return max(wall, floor)
-
-    def drift(self) -> float:
-        """Wall minus monotonic seconds: constant until someone (or NTP) steps the clock."""
-        return self._wall() - self._monotonic()
 
     def persist(self) -> Reading:
         """Move the high-water mark up to now (call at start, at each sweep and shred)."""

@@ -1,26 +1,29 @@
 """Retention on schedule while the agent runs (APScheduler 3.x).
 
-Derived from the keystore at start: one `date` job per bucket at its expiry,
-plus a periodic sweep. `misfire_grace_time=None` and `coalesce=True` so a job
-missed while the device was off runs once at start instead of being dropped
-(a grace time of 1 s silently drops it).
+Derived from the keystore at start: one `date` job per bucket at its expiry.
+`misfire_grace_time=None` and `coalesce=True` so a job missed while the device was
+off runs once at start instead of being dropped (a grace time of 1 s silently drops it).
 
 APScheduler waits on the wall clock, which can be set back. Jobs are therefore
 placed at the wall-clock instant that corresponds to the *trusted* expiry, and a
 watch thread (monotonic) re-places them and sweeps at once whenever the wall
-clock jumps, so a clock set back never makes the device wait longer.
+clock jumps, so a clock set back never makes the device wait longer. The periodic
+sweep is paced by that thread too, on the monotonic clock: an interval job would
+not only follow the wall clock, APScheduler also lists every run an interval job
+missed before it coalesces them, so a clock stepped forward by years (a Pi without
+a real-time clock syncing NTP) kept its scheduler busy for seconds to hours.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from edge.errors import EdgeError
 from edge.retention.clock import TrustedClock
@@ -28,7 +31,8 @@ from edge.retention.shredder import ShredReport, Shredder
 from edge.store.keystore import Bucket
 
 WATCH_SECONDS = 1.0
-"""How often the watch thread compares the wall clock with the trusted clock."""
+"""How often the watch thread compares the wall clock with the trusted clock (and the
+granularity of the periodic sweep)."""
 JUMP = 2.0
 """Seconds the wall clock may step (against the monotonic clock) before jobs are re-placed."""
 
@@ -63,8 +67,7 @@ class RetentionService:
         return report
 
     def start(self) -> None:
-        self._offset, self._drift = self._current_offset(), self.clock.drift()
-        self._scheduler.add_job(self.sweep, IntervalTrigger(seconds=self.sweep_every.total_seconds()), id="sweep")
+        self._measure_clock()
         for bucket in self.shredder.keystore.read().buckets.values():
             self.add_bucket(bucket)
         self._scheduler.start()
@@ -92,32 +95,42 @@ class RetentionService:
         if not report.empty:
             self.on_report(report)
 
-    def _current_offset(self) -> timedelta:
+    def _measure_clock(self) -> None:
+        """Note how far the trusted clock is ahead of the wall clock, and the drift it held at.
+
+        Both from one reading: taken apart, a clock stepped twice in quick succession
+        (set back, then corrected by NTP) could pair the new drift with the old offset and
+        leave every job a year late with no further jump to notice.
+        """
         reading = self.clock.read()
-        return reading.now - reading.wall
+        self._offset, self._drift = reading.now - reading.wall, reading.drift
 
     def _wall_time(self, trusted: datetime) -> datetime:
         """The wall-clock instant at which the trusted clock will read `trusted`."""
         return trusted - self._offset
 
     def _watch(self) -> None:
+        next_sweep = time.monotonic() + self.sweep_every.total_seconds()
         while not self._stop.wait(WATCH_SECONDS):  # Event.wait runs on the monotonic clock
-            drift = self.clock.drift()
-            if abs(drift - self._drift) <= JUMP:
-                continue
-            self._drift, self._offset = drift, self._current_offset()
-            try:
-                buckets = self.shredder.keystore.read().buckets
-            except EdgeError as exc:
-                print(f"edge-agent: cannot re-place retention jobs after a clock change: {exc}", file=sys.stderr, flush=True)
-                buckets = {}
-            for job in self._scheduler.get_jobs():
-                if job.id.startswith("bucket:"):
-                    bucket = buckets.get(job.id.split(":", 1)[1])
-                    if bucket is None:
-                        job.remove()
-                    else:
-                        job.reschedule(DateTrigger(run_date=self._wall_time(bucket.expires)))
-            self._scheduler.get_job("sweep").reschedule(IntervalTrigger(seconds=self.sweep_every.total_seconds()))
-            self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
-            self._scheduler.wakeup()
+            jumped = abs(self.clock.read().drift - self._drift) > JUMP
+            if jumped:
+                self._replace_jobs()
+            if jumped or time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.sweep_every.total_seconds()
+                self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
+
+    def _replace_jobs(self) -> None:
+        """After a clock step: every bucket job at the wall instant of its trusted expiry."""
+        self._measure_clock()
+        try:
+            buckets = self.shredder.keystore.read().buckets
+        except EdgeError as exc:
+            print(f"edge-agent: cannot re-place retention jobs after a clock change: {exc}", file=sys.stderr, flush=True)
+            buckets = {}
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("bucket:"):
+                bucket = buckets.get(job.id.split(":", 1)[1])
+                if bucket is None:
+                    job.remove()
+                else:
+                    job.reschedule(DateTrigger(run_date=self._wall_time(bucket.expires)))
