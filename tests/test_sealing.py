@@ -239,3 +239,33 @@ def test_a_partial_left_by_a_killed_export_is_removed_by_the_next(load, model, t
     result = edge_agent("--config", str(config.path), "export", "--session", records[0].session, "--out", str(out), "--purpose", "playback")
     assert result.returncode == 0, result.stderr
     assert out.exists() and not leftover.exists() and alive.exists()
+
+
+def test_keystore_document_round_trips_every_field_shape():
+    """from_json fills records in directly when their keys are exactly the fields; any other
+    shape goes through the dataclass (defaults applied, unknown fields refused)."""
+    from edge.store.keystore import Bucket, KeystoreData, KeystoreError, SessionEntry
+
+    when = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+    data = KeystoreData(
+        sessions={
+            "a": SessionEntry("a", "child", "given", True, when, when + timedelta(hours=1), None, "b1", None, "complete", 2.5),
+            "b": SessionEntry("b", "parent", "active", False, when, None, when + timedelta(days=30), None, "b2"),
+        },
+        buckets={
+            "b1": Bucket("b1", "child", "audio", when + timedelta(hours=1), "age1x", "00ff", retiring_identity="11ee"),
+            "b2": Bucket("b2", "parent", "transcript", when + timedelta(days=30), "age1y", "22dd"),
+        },
+        last_seen={"child": when},
+    )
+    again = KeystoreData.from_json(data.to_json())
+    assert again == data
+    assert again.sessions["a"].created is again.sessions["b"].created  # instants are shared, parsed once
+    assert KeystoreData.from_json(again.to_json()).to_json() == data.to_json()
+
+    document = json.loads(data.to_json())
+    del document["sessions"][1]["state"], document["sessions"][1]["seconds"]  # older shape: defaults
+    assert KeystoreData.from_json(json.dumps(document).encode()).sessions["b"] == data.sessions["b"]
+    document["sessions"][0]["colour"] = "red"
+    with pytest.raises(KeystoreError, match="malformed.*colour"):
+        KeystoreData.from_json(json.dumps(document).encode())

@@ -11,6 +11,7 @@ face value: data only expires earlier.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ SET_BACK_TOLERANCE = timedelta(seconds=2)
 """A wall clock this far behind the trusted time counts as set back (an anomaly)."""
 
 
+@functools.cache
 def boot_id() -> str:
+    """This boot's id (the kernel's, fixed until reboot; read once per process)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
