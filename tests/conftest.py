@@ -199,7 +199,8 @@ def libfaketime_env(**variables: str) -> dict[str, str]:
     Not the `faketime` wrapper: its library (0.9.10) makes /dev/shm/faketime_{shm,sem}_PID
     in every process and never removes them, and the wrapper refuses to start when a later
     run gets the same PID (once in CI, after thousands of processes); the library carries
-    on. Callers remove the pair with `remove_faketime_leftovers(pid)`.
+    on. Callers remove the pair with `remove_faketime_leftovers(pid)`. The thread-safe (MT)
+    build, because the agent reads the clock from several threads at once.
     `DONT_FAKE_MONOTONIC=1`: a real clock change never moves the monotonic clock.
     """
     libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaign import SHRED_POINTS, Campaign, Tally, make_clip
-from conftest import edge_agent
+from conftest import edge_agent, libfaketime_env, remove_faketime_leftovers
 from edge.audit.log import AuditLog
 from edge.audit.verify import verify
 from edge.config import parse_config
@@ -27,6 +27,7 @@ from edge.control import ControlError, parse_request
 from edge.crypto.age import AgeError, Identity, decrypt, encrypt
 from edge.errors import EdgeError
 from edge.faults import POINTS
+from test_mic import MicAgent, play
 
 TALLIES: list[tuple[str, Tally]] = []
 """What every campaign in this run did; printed by conftest's terminal summary."""
@@ -337,9 +338,6 @@ def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tm
     Set back: the child's 20 s audio is still shredded on time (by the monotonic clock),
     and the step is audited. Forward: data only dies earlier, so the 7-day transcript
     goes at once. No crash, nothing comes back, the log verifies."""
-    from test_mic import MicAgent, play
-    from conftest import libfaketime_env, remove_faketime_leftovers
-
     config = write_config(mode="always")
     text = config.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "20s"')
     config.write_text(text + '\n[retention]\nsweep = "1h"\n', encoding="utf-8")  # only bucket jobs and the watch
