@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -336,6 +337,39 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
         assert wait_for(lambda: not recording_path(data_dir, session).exists(), 12)
     finally:
         service.stop()
+
+
+def test_the_watch_survives_a_failing_clock_and_keeps_sweeping(tmp_path, write_config, capsys):
+    """The periodic sweep is paced by the watch thread: an error in it (here the clock
+    raising for a few ticks) is said once and retried, never the end of retention."""
+    config = load_config(write_config(mode="always"))
+    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "2s"')
+    config.path.write_text(text, encoding="utf-8")
+    config = load_config(config.path)
+    failing = threading.Event()
+
+    def wall() -> float:
+        if failing.is_set() and threading.current_thread().name == "edge-clock-watch":
+            raise OSError("clock unreadable")
+        return time.time()
+
+    clock = TrustedClock(config.device.data_dir, wall=wall)
+    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    reports: list = []
+    service = RetentionService(Shredder(store, clock, config, AuditLog(store.data_dir)), clock, timedelta(seconds=1), reports.append)
+    service.start()
+    try:
+        failing.set()
+        time.sleep(3.5)  # three ticks fail
+        failing.clear()
+        recorder = Recorder(store, clock.now, AuditLog(store.data_dir), on_new_bucket=lambda bucket: None)  # no date job
+        session = os.urandom(8).hex()
+        recorder.begin(session, Tag(config.profile("child"), "given")).finish(Transcript("", ()))
+        assert wait_for(lambda: not recording_path(config.device.data_dir, session).exists(), 8), "the periodic sweep stopped"
+    finally:
+        service.stop()
+    said = capsys.readouterr().err
+    assert said.count("the retention watch failed (retrying every second): clock unreadable") == 1, said
 
 
 # -- whole processes: faketime, a running agent, kill -9 --------------------------------

@@ -110,14 +110,21 @@ class RetentionService:
         return trusted - self._offset
 
     def _watch(self) -> None:
-        next_sweep = time.monotonic() + self.sweep_every.total_seconds()
+        next_sweep, said = time.monotonic() + self.sweep_every.total_seconds(), ""
         while not self._stop.wait(WATCH_SECONDS):  # Event.wait runs on the monotonic clock
-            jumped = abs(self.clock.read().drift - self._drift) > JUMP
-            if jumped:
-                self._replace_jobs()
-            if jumped or time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.sweep_every.total_seconds()
-                self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
+            try:
+                jumped = abs(self.clock.read().drift - self._drift) > JUMP
+                if jumped:
+                    self._replace_jobs()
+                if jumped or time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_every.total_seconds()
+                    self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
+                said = ""
+            except Exception as exc:  # an I/O error or a bug must not end retention: retry next tick
+                message = f"edge-agent: the retention watch failed (retrying every second): {exc}"
+                if message != said:  # once per distinct failure, not once a second
+                    print(message, file=sys.stderr, flush=True)
+                    said = message
 
     def _replace_jobs(self) -> None:
         """After a clock step: every bucket job at the wall instant of its trusted expiry."""
