@@ -269,3 +269,34 @@ def test_keystore_document_round_trips_every_field_shape():
     document["sessions"][0]["colour"] = "red"
     with pytest.raises(KeystoreError, match="malformed.*colour"):
         KeystoreData.from_json(json.dumps(document).encode())
+
+
+def test_keystore_sessions_are_decoded_only_when_touched():
+    """A purge of 100,000 sessions reads their buckets without decoding them, and writes the
+    untouched ones back exactly as they were read."""
+    from edge.store.keystore import KeystoreData, KeystoreError, SessionEntry
+
+    when = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+    sessions = {
+        f"{i:016x}": SessionEntry(f"{i:016x}", "child", "given", True, when, when, when, "audio.1", "text.1" if i % 2 else None)
+        for i in range(4)
+    }
+    raw = KeystoreData(sessions=sessions).to_json()
+    data = KeystoreData.from_json(raw)
+    table = data.sessions
+    assert sorted(data.members_by_bucket().items()) == [
+        ("audio.1", list(sessions)), ("text.1", ["0000000000000001", "0000000000000003"])
+    ]
+    assert table.buckets_of("0000000000000001") == ("audio.1", "text.1")
+    assert all(type(item) is dict for item in table._items.values())  # nothing decoded so far
+    assert data.to_json() == raw
+    assert table["0000000000000002"] == sessions["0000000000000002"]
+    del table["0000000000000000"]
+    assert len(table) == 3 and "0000000000000000" not in table
+    assert json.loads(data.to_json())["sessions"] == json.loads(raw)["sessions"][1:]
+
+    document = json.loads(raw)
+    document["sessions"][3]["created"] = "not a time"  # authentic but malformed: found when touched
+    damaged = KeystoreData.from_json(json.dumps(document).encode())
+    with pytest.raises(KeystoreError, match="session 0000000000000003 is malformed"):
+        damaged.sessions["0000000000000003"]

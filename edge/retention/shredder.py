@@ -29,7 +29,7 @@ from edge.errors import UsageError
 from edge.faults import crash_point
 from edge.retention.clock import Reading, TrustedClock
 from edge.store.keystore import Keystore, KeystoreData, SessionEntry
-from edge.store.recorder import RECORDINGS, TRANSCRIPTS, recording_path, transcript_path
+from edge.store.recorder import RECORDING_SUFFIX, RECORDINGS, TRANSCRIPT_SUFFIX, TRANSCRIPTS, recording_path, transcript_path
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class Shredder:
                 whole = set(data.buckets)
             else:
                 index = data.members_by_bucket()
-                whole = {b for b, members in index.items() if all(m.id in doomed for m in members)}
+                whole = {b for b, members in index.items() if all(m in doomed for m in members)}
                 if request.profile is not None:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
@@ -257,30 +257,25 @@ class Shredder:
             return
         index = data.members_by_bucket()
         items = [
-            ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(s.id for s in index.get(b.id, ())), reason, now - b.expires)
+            ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(index.get(b.id, ())), reason, now - b.expires)
             for b, reason in ((data.buckets[i], r) for i, r in sorted(reasons.items()))
         ]
         self._log_shreds(items, report.reading)
         report.buckets.extend(items)
-        for item in items:
-            for session_id in item.sessions:
-                entry = data.sessions.get(session_id)
-                if entry is None:
-                    continue  # gone already with its other bucket
-                audio = None if entry.audio_bucket in reasons else entry.audio_bucket
-                transcript = None if entry.transcript_bucket in reasons else entry.transcript_bucket
-                if audio is None and transcript is None:
-                    del data.sessions[session_id]  # nothing of it is left
-                elif (audio, transcript) != (entry.audio_bucket, entry.transcript_bucket):
-                    data.sessions[session_id] = replace(
-                        entry,
-                        audio_bucket=audio,
-                        audio_expires=entry.audio_expires if audio else None,
-                        transcript_bucket=transcript,
-                        transcript_expires=entry.transcript_expires if transcript else None,
-                    )
-        for session_id in [s.id for s in data.sessions.values() if s.audio_bucket is None and s.transcript_bucket is None]:
-            del data.sessions[session_id]  # e.g. a session that kept nothing at all
+        for session_id, audio, transcript in data.sessions.bucket_pairs():  # one pass, nothing decoded
+            kept_audio = None if audio in reasons else audio
+            kept_transcript = None if transcript in reasons else transcript
+            if kept_audio is None and kept_transcript is None:
+                del data.sessions[session_id]  # nothing of it is left (or it never kept anything)
+            elif (kept_audio, kept_transcript) != (audio, transcript):
+                entry = data.sessions[session_id]
+                data.sessions[session_id] = replace(
+                    entry,
+                    audio_bucket=kept_audio,
+                    audio_expires=entry.audio_expires if kept_audio else None,
+                    transcript_bucket=kept_transcript,
+                    transcript_expires=entry.transcript_expires if kept_transcript else None,
+                )
         if ratchet:
             self.keystore.destroy_buckets(data, sorted(reasons))
             crash_point("shred.keys")
@@ -324,18 +319,23 @@ class Shredder:
     def _files_of(self, data: KeystoreData, bucket_id: str) -> list[Path]:
         root = self.keystore.data_dir
         files = []
-        for entry in data.members_by_bucket().get(bucket_id, ()):
-            if entry.audio_bucket == bucket_id:
-                files.append(recording_path(root, entry.id))
-            if entry.transcript_bucket == bucket_id:
-                files.append(transcript_path(root, entry.id))
+        for session_id in data.members_by_bucket().get(bucket_id, ()):
+            audio, transcript = data.sessions.buckets_of(session_id)
+            if audio == bucket_id:
+                files.append(recording_path(root, session_id))
+            if transcript == bucket_id:
+                files.append(transcript_path(root, session_id))
         return files
 
     def _delete_orphans(self, data: KeystoreData) -> int:
         """Delete ciphertext that no live session refers to (what a shred leaves, or a crash)."""
         root = self.keystore.data_dir
-        live = {recording_path(root, s.id).name for s in data.sessions.values() if s.audio_bucket}
-        live |= {transcript_path(root, s.id).name for s in data.sessions.values() if s.transcript_bucket}
+        live = set()  # file names (the two folders' suffixes differ)
+        for session_id, audio, transcript in data.sessions.bucket_pairs():
+            if audio:
+                live.add(session_id + RECORDING_SUFFIX)
+            if transcript:
+                live.add(session_id + TRANSCRIPT_SUFFIX)
         deleted = 0
         for folder in (root / RECORDINGS, root / TRANSCRIPTS):
             try:

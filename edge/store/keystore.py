@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -78,12 +79,86 @@ class SessionEntry:
     """Length of the recorded audio."""
 
 
+class SessionTable(MutableMapping[str, SessionEntry]):
+    """The keystore's sessions by id, each decoded on first access.
+
+    A purge or a recorder transaction touches a few of possibly 100,000 sessions: the
+    others stay the JSON objects they were read as and are written back unchanged, and
+    their buckets can be read without decoding them (`buckets_of`, `bucket_pairs`)."""
+
+    def __init__(self, entries: Mapping[str, SessionEntry] | None = None) -> None:
+        self._items: dict[str, SessionEntry | dict] = dict(entries or {})
+        """A SessionEntry, or the JSON object it will be decoded from (one dict keeps the order)."""
+        self._instants: dict[str, datetime] = {}
+
+    @classmethod
+    def from_documents(cls, documents: list, instants: dict[str, datetime]) -> SessionTable:
+        table = cls()
+        table._instants = instants
+        for document in documents:
+            if not (type(document) is dict and document.keys() == _SESSION_FIELDS and type(document["id"]) is str):
+                document = _records(SessionEntry, [document], instants)[0]  # the odd shape: decode now, or fail
+            table._items[document["id"] if type(document) is dict else document.id] = document
+        return table
+
+    def __getitem__(self, session_id: str) -> SessionEntry:
+        item = self._items[session_id]
+        if type(item) is dict:
+            try:
+                item = self._items[session_id] = _records(SessionEntry, [dict(item)], self._instants)[0]
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise KeystoreError(f"the keystore opens but session {session_id} is malformed ({exc})") from None
+        return item  # type: ignore[return-value]
+
+    def __setitem__(self, session_id: str, entry: SessionEntry) -> None:
+        self._items[session_id] = entry
+
+    def __delitem__(self, session_id: str) -> None:
+        del self._items[session_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._items
+
+    def __repr__(self) -> str:
+        return f"SessionTable({len(self)} sessions)"
+
+    def buckets_of(self, session_id: str) -> tuple[str | None, str | None]:
+        """(audio bucket, transcript bucket) of a session, without decoding it."""
+        item = self._items[session_id]
+        if type(item) is dict:
+            return item["audio_bucket"], item["transcript_bucket"]
+        return item.audio_bucket, item.transcript_bucket  # type: ignore[union-attr]
+
+    def bucket_pairs(self) -> list[tuple[str, str | None, str | None]]:
+        """(id, audio bucket, transcript bucket) of every session, without decoding any."""
+        return [
+            (session_id, item["audio_bucket"], item["transcript_bucket"])
+            if type(item) is dict
+            else (session_id, item.audio_bucket, item.transcript_bucket)  # type: ignore[union-attr]
+            for session_id, item in self._items.items()
+        ]
+
+    def documents(self, instants: dict[datetime, str]) -> list[dict]:
+        """JSON-ready objects: the undecoded ones as they were read."""
+        return [item if type(item) is dict else _encode(item, instants) for item in self._items.values()]  # type: ignore[arg-type]
+
+
 @dataclass
 class KeystoreData:
-    sessions: dict[str, SessionEntry] = field(default_factory=dict)
+    sessions: SessionTable = field(default_factory=SessionTable)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     last_seen: dict[str, datetime] = field(default_factory=dict)
     """Per profile: when its latest session began (for inactive child profiles)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sessions, SessionTable):
+            self.sessions = SessionTable(self.sessions)
 
     def to_json(self) -> bytes:
         instants: dict[datetime, str] = {}  # a bucket's expiry is shared by all its sessions
@@ -91,7 +166,7 @@ class KeystoreData:
             "format": "edge-keystore",
             "version": FORMAT_VERSION,
             "buckets": [_encode(b, instants) for b in self.buckets.values()],
-            "sessions": [_encode(s, instants) for s in self.sessions.values()],
+            "sessions": self.sessions.documents(instants),
             "last_seen": {name: instant.isoformat() for name, instant in sorted(self.last_seen.items())},
         }
         return json.dumps(document, separators=(",", ":")).encode()
@@ -106,21 +181,20 @@ class KeystoreData:
         instants: dict[str, datetime] = {}
         try:
             buckets = _records(Bucket, document["buckets"], instants)
-            sessions = _records(SessionEntry, document["sessions"], instants)
+            sessions = SessionTable.from_documents(document["sessions"], instants)
             last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # sealed by us, so only a bug gets here
             raise KeystoreError(f"the keystore opens but its contents are malformed ({type(exc).__name__}: {exc})") from None
-        return cls({s.id: s for s in sessions}, {b.id: b for b in buckets}, last_seen)
+        return cls(sessions, {b.id: b for b in buckets}, last_seen)
 
-    def members_by_bucket(self) -> dict[str, list[SessionEntry]]:
-        """For each bucket with data, the sessions whose data is in it (one pass over the sessions)."""
-        index: dict[str, list[SessionEntry]] = {}
-        for session in self.sessions.values():
-            audio, transcript = session.audio_bucket, session.transcript_bucket
+    def members_by_bucket(self) -> dict[str, list[str]]:
+        """For each bucket with data, the ids of the sessions whose data is in it (one pass)."""
+        index: dict[str, list[str]] = {}
+        for session_id, audio, transcript in self.sessions.bucket_pairs():
             if audio is not None:
-                index.setdefault(audio, []).append(session)
-            if transcript is not None and transcript != audio:
-                index.setdefault(transcript, []).append(session)
+                index.setdefault(audio, []).append(session_id)
+            if transcript is not None:
+                index.setdefault(transcript, []).append(session_id)
         return index
 
 
@@ -369,6 +443,7 @@ def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dic
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SESSION_FIELDS = frozenset(f.name for f in fields(SessionEntry))
 Record = TypeVar("Record", Bucket, SessionEntry)
 
 

@@ -33,12 +33,16 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 """RIFF and data sizes in a sealed recording: the length is unknown while streaming."""
 
 
+RECORDING_SUFFIX = ".wav.age"
+TRANSCRIPT_SUFFIX = ".json.age"
+
+
 def recording_path(data_dir: Path, session_id: str) -> Path:
-    return data_dir / RECORDINGS / f"{session_id}.wav.age"
+    return data_dir / RECORDINGS / (session_id + RECORDING_SUFFIX)
 
 
 def transcript_path(data_dir: Path, session_id: str) -> Path:
-    return data_dir / TRANSCRIPTS / f"{session_id}.json.age"
+    return data_dir / TRANSCRIPTS / (session_id + TRANSCRIPT_SUFFIX)
 
 
 def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
