@@ -19,7 +19,6 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Callable
 
 from edge.audit.log import AuditLog
@@ -302,12 +301,14 @@ class Shredder:
         rekeying = [b for b in data.buckets.values() if b.retiring_identity is not None]
         if not rekeying:
             return
+        members = data.members_by_bucket()
         for bucket in rekeying:
             identities = self.keystore.identities(bucket)
             recipient = Recipient.parse(bucket.recipient)
-            for path in self._files_of(data, bucket.id):
+            path_of = recording_path if bucket.kind == "audio" else transcript_path
+            for session_id in members.get(bucket.id, ()):
                 try:
-                    with path.open("r+b") as handle:
+                    with path_of(self.keystore.data_dir, session_id).open("r+b") as handle:
                         rekey_in_place(handle, identities, recipient)
                 except FileNotFoundError:
                     continue
@@ -315,17 +316,6 @@ class Shredder:
                     continue  # a damaged file: it opens with nothing either way
             report.rekeyed.append(bucket.id)
         self.keystore.finish_rekey(data, [b.id for b in rekeying])
-
-    def _files_of(self, data: KeystoreData, bucket_id: str) -> list[Path]:
-        root = self.keystore.data_dir
-        files = []
-        for session_id in data.members_by_bucket().get(bucket_id, ()):
-            audio, transcript = data.sessions.buckets_of(session_id)
-            if audio == bucket_id:
-                files.append(recording_path(root, session_id))
-            if transcript == bucket_id:
-                files.append(transcript_path(root, session_id))
-        return files
 
     def _delete_orphans(self, data: KeystoreData) -> int:
         """Delete ciphertext that no live session refers to (what a shred leaves, or a crash)."""

@@ -95,17 +95,20 @@ class SessionTable(MutableMapping[str, SessionEntry]):
     def from_documents(cls, documents: list, instants: dict[str, datetime]) -> SessionTable:
         table = cls()
         table._instants = instants
+        expected = _field_names(SessionEntry)
         for document in documents:
-            if not (type(document) is dict and document.keys() == _SESSION_FIELDS and type(document["id"]) is str):
-                document = _records(SessionEntry, [document], instants)[0]  # the odd shape: decode now, or fail
-            table._items[document["id"] if type(document) is dict else document.id] = document
+            if type(document) is dict and document.keys() == expected and type(document["id"]) is str:
+                table._items[document["id"]] = document
+            else:  # an odd shape: decode it now (defaults applied), or fail
+                entry = _record(SessionEntry, document, instants)
+                table._items[entry.id] = entry
         return table
 
     def __getitem__(self, session_id: str) -> SessionEntry:
         item = self._items[session_id]
         if type(item) is dict:
             try:
-                item = self._items[session_id] = _records(SessionEntry, [dict(item)], self._instants)[0]
+                item = self._items[session_id] = _record(SessionEntry, dict(item), self._instants)
             except (TypeError, ValueError, AttributeError) as exc:
                 raise KeystoreError(f"the keystore opens but session {session_id} is malformed ({exc})") from None
         return item  # type: ignore[return-value]
@@ -180,7 +183,7 @@ class KeystoreData:
             )
         instants: dict[str, datetime] = {}
         try:
-            buckets = _records(Bucket, document["buckets"], instants)
+            buckets = [_record(Bucket, b, instants) for b in document["buckets"]]
             sessions = SessionTable.from_documents(document["sessions"], instants)
             last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # sealed by us, so only a bug gets here
@@ -431,9 +434,8 @@ def iso_utc(instant: datetime | None) -> str | None:
 
 def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dict:
     """A record as JSON-ready fields (instants as ISO 8601 UTC, memoised in `instants`)."""
-    names = _FIELD_NAMES.get(type(record)) or _FIELD_NAMES.setdefault(type(record), tuple(f.name for f in fields(record)))
     encoded = {}
-    for name in names:
+    for name in _field_names(type(record)):
         value = getattr(record, name)
         if isinstance(value, datetime):
             text = instants.get(value)
@@ -442,35 +444,30 @@ def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dic
     return encoded
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-_SESSION_FIELDS = frozenset(f.name for f in fields(SessionEntry))
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
 Record = TypeVar("Record", Bucket, SessionEntry)
-
-
 _TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime
 
 
-def _records(kind: type[Record], documents: list[dict], instants: dict[str, datetime]) -> list[Record]:
-    """Records from fresh JSON objects, instants back to datetime (memoised in `instants`).
+def _field_names(kind: type) -> frozenset[str]:
+    names = _FIELD_NAMES.get(kind)
+    return names if names is not None else _FIELD_NAMES.setdefault(kind, frozenset(f.name for f in fields(kind)))
 
-    A purge opens every record (100,000 sessions at the benchmark's scale), and a frozen
-    dataclass's __init__ costs more than the JSON parse itself. An object whose keys are
-    exactly the dataclass's fields is therefore filled in directly; any other shape goes
-    through __init__, which applies defaults and names what is wrong."""
-    names = _FIELD_NAMES.get(kind) or _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(kind)))
-    expected, times = set(names), [name for name in _TIME_FIELDS if name in names]
-    known, parse, new = instants.get, datetime.fromisoformat, object.__new__
-    records = []
-    for document in documents:
-        for name in times:
-            value = document.get(name)
-            if value is not None:
-                instant = known(value)
-                document[name] = instant if instant is not None else instants.setdefault(value, parse(value))
-        if document.keys() == expected:
-            record = new(kind)
-            record.__dict__.update(document)
-        else:
-            record = kind(**document)
-        records.append(record)
-    return records
+
+def _record(kind: type[Record], document: dict, instants: dict[str, datetime]) -> Record:
+    """A record from a fresh JSON object, instants back to datetime (memoised in `instants`).
+
+    A purge may open 100,000 records, and a frozen dataclass's __init__ costs more than the
+    JSON parse itself. An object whose keys are exactly the dataclass's fields is therefore
+    filled in directly; any other shape goes through __init__, which applies defaults and
+    names what is wrong."""
+    for name in _TIME_FIELDS:
+        value = document.get(name)
+        if value is not None:
+            instant = instants.get(value)
+            document[name] = instant if instant is not None else instants.setdefault(value, datetime.fromisoformat(value))
+    if document.keys() != _field_names(kind):
+        return kind(**document)
+    record = object.__new__(kind)
+    record.__dict__.update(document)
+    return record
