@@ -133,11 +133,16 @@ _STA_UNSYNC = 0x0040
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # already loaded: no search; once per process (the watch asks every second)
+
+
 def clock_synced() -> bool:
     """Whether an NTP daemon has synchronised the kernel clock (adjtimex, read-only)."""
     try:
         timex = _Timex()
-        state = ctypes.CDLL(None).adjtimex(ctypes.byref(timex))  # libc, already loaded: no search
+        state = _libc().adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
         return False
     return state not in (-1, _TIME_ERROR) and not timex.status & _STA_UNSYNC
