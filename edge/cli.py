@@ -19,11 +19,12 @@ from edge import __version__, control, wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.audit.commands import add_parser as add_audit_parser
 from edge.config import BUILTIN_CONFIG, load_config, resolve_config_path
+from edge.crypto.vault import MemoryVault
 from edge.errors import EdgeError, UsageError
 from edge.retention.shredder import ForgetRequest
-from edge.service import print_report, run_agent
+from edge.service import print_report, refuse_text_into_journal, run_agent, session_printer
 from edge.store.export import export_audio, export_identity
-from edge.store.keystore import iso_utc
+from edge.store.keystore import Access, iso_utc
 from edge.stt.commands import add_parser as add_model_parser
 
 DEMO_WAV = Path(__file__).parent / "data" / "demo.wav"
@@ -34,12 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
+        return code
     except EdgeError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-agent status | head -1`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,8 +98,15 @@ def _build_parser() -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", metavar="WAV", help="read this WAV file, then exit")
     source.add_argument("--mic", action="store_true", help="listen to the microphone until stopped")
-    run.add_argument("--profile", metavar="NAME", help="tag every session with this profile")
-    run.add_argument("--json", action="store_true", help="one JSON line per finished session")
+    run.add_argument(
+        "--profile", metavar="NAME", help="tag sessions with this profile (until `edge-agent profile` says otherwise)"
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON line per finished session, with what was said (refused when stdout is the systemd "
+        "journal); without it, no transcript text is printed",
+    )
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser(
@@ -192,6 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
+    refuse_text_into_journal("transcribe")
     info = open_wav(Path(args.wav))
     config = _load_config(args)
     model = wiring.make_model(config)
@@ -215,32 +229,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The pipeline on the bundled speech, isolated from any household: its own temporary
+    data folder and control socket, and a root key that lives only in this process."""
+    refuse_text_into_journal("demo")
     config = _load_config(args)
+    vault = MemoryVault()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch:
-        config = replace(config, device=replace(config.device, data_dir=Path(scratch)))
+        data_dir = Path(scratch) / "data"
+        device = replace(config.device, data_dir=data_dir, control_socket=Path(scratch) / "control.sock")
+        config = replace(config, device=device, vault=replace(config.vault, backend="ram", path=None))
         trigger = config.trigger
         profile = next((p for p in config.profiles if p.is_child and p.keep_audio), config.profiles[0])
         print(f"edge demo: config {config.path}")
         print(f"  trigger: {trigger.mode}" + (f', wake phrase "{trigger.wake_phrase}"' if trigger.mode == "wake" else ""))
         print(f"  grammar: {', '.join(trigger.grammar) if trigger.grammar else '(free dictation)'}")
         print(f"  input:   {DEMO_WAV.name} (sample speech made with espeak-ng), spoken as profile {profile.name!r}")
-        print(f"  data:    {scratch} (a temporary folder, removed at the end)")
-        code = run_agent(config, str(DEMO_WAV), profile.name, False)
-        store, _audit = wiring.open_store(config)
+        print(f"  data:    {data_dir} (a temporary folder, removed at the end; the root key lives in this process only)")
+        code = run_agent(config, str(DEMO_WAV), profile.name, False, vault, session_printer(False, show_text=True))
+        store, _audit = wiring.open_store(config, Access.READ, vault)
         _print_status(store)
-        sealed = sorted(p.relative_to(scratch) for p in Path(scratch).rglob("*.age"))
+        sealed = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.age"))
         print(f"On disk: {len(sealed)} sealed file(s), each an age file that only its bucket's key opens:")
         for path in sealed:
-            head = (Path(scratch) / path).read_bytes()[:21].decode()
+            head = (data_dir / path).read_bytes()[:21].decode()
             print(f"  {path}  ({head}...)")
         print("Speech heard before the wake phrase was wiped from RAM, never written.")
-        verification = wiring.verification(config)
+        verification = wiring.verification(config, vault=vault)
         print(
             f"Audit log: {verification.entries} entries, {verification.checkpoints} signed checkpoint(s): "
             + ("verified (`edge-agent audit verify`)" if verification.ok else f"FAILED: {verification.problems[0]}")
         )
         for slot in ("current", "next"):
-            store.vault.erase(slot)
+            vault.erase(slot)
         print("Demo over: its root key was destroyed, so none of those files can be opened again.")
         return code
 
@@ -289,7 +309,7 @@ def _agent_state(config) -> dict | None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    store, _audit = wiring.open_store(config)
+    store, _audit = wiring.open_store(config, Access.READ)
     agent = _agent_state(config)
     if agent is not None:
         agent.pop("ok", None)
@@ -309,7 +329,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             }
             for s in sorted(data.sessions.values(), key=lambda s: s.created)
         ]
-        print(json.dumps({"vault": store.vault.level.to_json(), "agent": agent, "buckets": len(data.buckets), "sessions": sessions}))
+        print(json.dumps({
+            "vault": store.vault.level.to_json(), "root_lost": store.root_lost, "agent": agent,
+            "buckets": len(data.buckets), "sessions": sessions,
+        }))
     else:
         if agent is None:
             print("agent: not running")
@@ -358,26 +381,21 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         everything=args.all,
         before=wiring.parse_instant(args.before, "--before"),
     )
-    if not args.yes and not sys.stdin.isatty():
-        raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
-    declined = []
-
-    def confirm(sessions) -> bool:
-        if args.yes:
-            return True
-        profiles = sorted({s.profile for s in sessions})
-        answer = input(
-            f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles) or 'no sessions'})? "
-            "This cannot be undone. [y/N] "
-        )
-        agreed = answer.strip().lower() in ("y", "yes")
-        declined.extend([] if agreed else [True])
-        return agreed
-
-    report = shredder.forget(request, confirm)
-    if declined:
-        print("nothing was forgotten")
-    elif report.empty:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
+        sessions = shredder.matching(request)  # ask first, without the lock: recording and shredding go on
+        if sessions:
+            profiles = sorted({s.profile for s in sessions})
+            answer = input(
+                f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles)})? "
+                "This cannot be undone. [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing was forgotten")
+                return 0
+    report = shredder.forget(request)
+    if not report.forgotten and not report.buckets:
         print(f"nothing to forget for {request.describe()}")
     print_report(report)
     return 0
@@ -390,6 +408,8 @@ def _print_status(store) -> None:
     level = store.vault.level
     data = store.read()
     print(f"vault: {level.backend}: {level.summary}")
+    if store.root_lost:
+        print(f"root key lost: {store.root_lost}; nothing retained before can be opened (the agent records this at its next start)")
     if not data.sessions:
         print("no retained sessions")
     for entry in sorted(data.sessions.values(), key=lambda s: s.created):

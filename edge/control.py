@@ -5,7 +5,8 @@ single line `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The socket i
 file (mode 0660, group `edge` when that group exists), so who may connect is decided
 by the filesystem; anyone who can connect may change the active profile and forget
 data, which is what the household's admins (root and group `edge`) should be able to.
-Requests are handled one at a time on one thread; a message is at most 4 KiB.
+Each client is served on a thread of its own (at most MAX_CLIENTS at once) and has
+CLIENT_TIMEOUT seconds, in all, to send its request; a message is at most 4 KiB.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +29,9 @@ from edge.errors import EdgeError
 MAX_MESSAGE = 4096
 """Bytes in one request or response line; longer requests are refused."""
 CLIENT_TIMEOUT = 5.0
-"""Seconds a connected client may take to send its request."""
+"""Seconds a connected client may take to send its whole request (a deadline, not per read)."""
+MAX_CLIENTS = 8
+"""Clients served at once; more are refused at once (bounded threads, bounded memory)."""
 SOCKET_GROUP = "edge"
 
 OPERATIONS: dict[str, dict[str, tuple[type, ...]]] = {
@@ -74,7 +78,7 @@ def parse_request(raw: bytes) -> Request:
     if not isinstance(message, dict):
         raise ControlError('request must be a JSON object such as {"op": "status"}')
     op = message.pop("op", None)
-    if op not in OPERATIONS:
+    if not isinstance(op, str) or op not in OPERATIONS:
         raise ControlError(f"unknown op {op!r}; the ops are: {', '.join(OPERATIONS)}")
     fields = OPERATIONS[op]
     for key, value in message.items():
@@ -99,6 +103,7 @@ class ControlServer:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> None:
         """Bind (replacing a stale socket, refusing a live one) and serve in the background."""
@@ -140,13 +145,28 @@ class ControlServer:
                 continue
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                with connection:  # too many at once: say so rather than queue without bound
+                    try:
+                        connection.settimeout(1.0)
+                        connection.sendall(_encode({"ok": False, "error": "the agent is busy; try again"}))
+                    except OSError:
+                        pass
+                continue
+            threading.Thread(target=self._client, args=(connection,), name="edge-control-client", daemon=True).start()
+
+    def _client(self, connection: socket.socket) -> None:
+        try:
             with connection:
-                connection.settimeout(CLIENT_TIMEOUT)
                 try:
-                    response = self._respond(_read_line(connection))
+                    raw = _read_line(connection, time.monotonic() + CLIENT_TIMEOUT)
+                    response = self._respond(raw)
+                    connection.settimeout(CLIENT_TIMEOUT)
                     connection.sendall(_encode(response))
                 except OSError:
-                    continue  # the client went away or was too slow; serve the next one
+                    pass  # the client went away or was too slow
+        finally:
+            self._slots.release()
 
     def _respond(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -190,10 +210,16 @@ def call(path: Path, op: str, **args: Any) -> dict[str, Any]:
     return answer
 
 
-def _read_line(connection: socket.socket) -> bytes:
-    """Up to MAX_MESSAGE + 1 bytes, ending at the first newline or when the peer stops sending."""
+def _read_line(connection: socket.socket, deadline: float | None = None) -> bytes:
+    """Up to MAX_MESSAGE + 1 bytes, ending at the first newline or when the peer stops sending.
+    With a deadline (time.monotonic()), the whole line must arrive by then (TimeoutError)."""
     data = bytearray()
     while b"\n" not in data and len(data) <= MAX_MESSAGE:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request took too long")
+            connection.settimeout(left)
         chunk = connection.recv(MAX_MESSAGE + 1 - len(data))
         if not chunk:
             break

@@ -19,6 +19,8 @@ from typing import Callable
 
 from edge.config import BUILTIN_CONFIG, SYSTEM_CONFIG, Config, load_config
 from edge.errors import EdgeError
+from edge.store.files import exists_in
+from edge.store.layout import KEYSTORE, MODELS
 
 UNIT_PATH = Path("/etc/systemd/system/edge-agent.service")
 MAX_EXPOSURE = 2.5
@@ -118,11 +120,26 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
 
 
 def _vault(config: Config) -> Finding:
-    from edge.crypto.vault import open_vault
+    from edge.crypto.vault import KeyringMarker, open_vault
 
+    data_dir = config.device.data_dir
     try:
-        vault = open_vault(config.vault, config.device.data_dir)
-        vault.read("current")
+        vault = open_vault(config.vault, data_dir)
+        marker = KeyringMarker.load(data_dir) if config.vault.backend == "keyring" else None
+        if marker is not None and marker.uid != os.geteuid():
+            level = vault.level
+            return Finding(
+                "vault", "ok",
+                f"{level.backend}: the root key is in the kernel keyring of uid {marker.uid}, which this user "
+                f"cannot see (expected when checking with sudo; run doctor as that user to check the key): {level.summary}",
+            )
+        found = vault.read("current") or vault.read("next")
+        if found is None and exists_in(data_dir, KEYSTORE):
+            reason = vault.why_missing()  # VaultError when it may only be invisible from here
+            return Finding(
+                "vault", "fail", f"{reason}: nothing retained before can be opened",
+                "start the agent (systemctl start edge-agent): it records the loss and starts afresh",
+            )
     except EdgeError as exc:
         return Finding("vault", "fail", str(exc), "see [vault] in the config and the README's guarantee levels")
     level = vault.level
@@ -201,13 +218,16 @@ def _permissions(config: Config) -> Finding:
 
 
 def _private_paths(data_dir: Path):
-    """The data folder and everything in it, with the most each may allow (sockets: group access)."""
+    """The data folder and everything in it, with the most each may allow (sockets: group access;
+    models under DATA_DIR/models are public, like any Vosk model: readable, not writable, by others)."""
     yield data_dir, 0o700
+    models = data_dir / MODELS
     for root, dirs, files in os.walk(data_dir):
-        yield from ((Path(root) / name, 0o700) for name in dirs)
+        public = Path(root) == models or models in Path(root).parents
+        yield from ((Path(root) / name, 0o755 if public or Path(root, name) == models else 0o700) for name in dirs)
         for name in files:
             path = Path(root) / name
-            yield path, 0o777 if path.is_socket() else 0o600
+            yield path, 0o777 if path.is_socket() else 0o644 if public else 0o600
 
 
 def _free_space(config: Config) -> Finding:

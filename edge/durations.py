@@ -5,7 +5,13 @@ from datetime import timedelta
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _PATTERN = re.compile(r"^\s*(\d{1,9})\s*(ms|s|m|h|d)\s*$")
-ALLOWED = 'a whole number and a unit, such as "0s", "800ms", "90m", "24h" or "7d" (units: ms, s, m, h, d)'
+LONGEST = timedelta(days=3650)
+"""No duration in a household config may be longer (ten years): retention is for bounding
+what is kept, and instants beyond it would overflow the calendar long before "forever"."""
+ALLOWED = (
+    'a whole number and a unit, such as "0s", "800ms", "90m", "24h" or "7d" (units: ms, s, m, h, d), '
+    "at most 3650d (ten years)"
+)
 
 
 def parse_duration(text: object) -> timedelta:
@@ -16,7 +22,10 @@ def parse_duration(text: object) -> timedelta:
     if not match:
         raise ValueError(ALLOWED)
     number, unit = match.groups()
-    return timedelta(seconds=int(number) * _UNITS[unit])
+    value = timedelta(seconds=int(number) * _UNITS[unit])
+    if value > LONGEST:
+        raise ValueError(ALLOWED)
+    return value
 
 
 def format_duration(value: timedelta) -> str:

@@ -36,7 +36,7 @@ from edge.retention.scheduler import RetentionService  # noqa: E402
 from edge.retention.shredder import Shredder  # noqa: E402
 from edge.store.buckets import bucket_id, expiry_for  # noqa: E402
 from edge.store.keystore import Keystore, SessionEntry  # noqa: E402
-from edge.store.recorder import recording_path, transcript_path  # noqa: E402
+from edge.store.layout import recording_path, transcript_path  # noqa: E402
 from edge.stt.model_path import find_model  # noqa: E402
 
 PHRASES = ["라디오", "메시지", "아버지", "위치", "보안"]

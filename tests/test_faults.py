@@ -169,7 +169,7 @@ def _garbage(path: Path) -> None:
     [
         (lambda d, c: _garbage(d / "keystore"), ("status",), "cannot be opened"),
         (lambda d, c: _garbage(d / "keystore"), ("purge",), "cannot be opened"),
-        (lambda d, c: _garbage(d / "audit.key"), ("audit", "checkpoint", "--out", "/dev/null"), "audit signing key"),
+        (lambda d, c: _garbage(d / "audit.key"), ("audit", "checkpoint", "--out", "{folder}/checkpoint.txt"), "audit signing key"),
         (lambda d, c: (d / "audit.jsonl").write_bytes((d / "audit.jsonl").read_bytes().replace(b'"seq":3', b'"seq":9', 1)), ("audit", "verify"), "line 3"),
         (lambda d, c: (d / "audit.jsonl").write_bytes(b"\x00\xff" * 50 + b"\n"), ("audit", "show"), "line 1"),
         (lambda d, c: _garbage(c), ("status",), "not UTF-8"),
@@ -179,7 +179,7 @@ def _garbage(path: Path) -> None:
 def test_corrupt_files_give_one_clear_error(recorded, damage, command, message):
     config, data, _ = recorded
     damage(data, config)
-    result = edge_agent("--config", str(config), *command)
+    result = edge_agent("--config", str(config), *(part.format(folder=config.parent) for part in command))
     assert result.returncode != 0
     assert message in result.stdout + result.stderr and "Traceback" not in result.stderr
 

@@ -20,11 +20,13 @@ pytestmark = pytest.mark.mic
 
 
 class MicAgent:
-    """`edge-agent run --mic --json` in the background, ready once it says it is listening."""
+    """`edge-agent run --mic --json` in the background, ready once it says it is listening.
+    With `as_json=False` it is the service's own command line, and `stop` returns its raw stdout."""
 
-    def __init__(self, env: dict, config, *args: str) -> None:
+    def __init__(self, env: dict, config, *args: str, as_json: bool = True) -> None:
+        self.as_json = as_json
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", "--json", *args],
+            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", *(["--json"] if as_json else []), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -43,9 +45,11 @@ class MicAgent:
                 self.stderr += self.process.stderr.readline()
         time.sleep(0.3)  # the stream is open; let a few blocks flow
 
-    def stop(self, sig: int = signal.SIGINT) -> tuple[list[dict], str, int]:
+    def stop(self, sig: int = signal.SIGINT) -> tuple:
         self.process.send_signal(sig)
         out, err = self.process.communicate(timeout=60)
+        if not self.as_json:
+            return out, self.stderr + err, self.process.returncode
         return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
 
 

@@ -26,7 +26,8 @@ from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
 from edge.store.keystore import Keystore, KeystoreError
-from edge.store.recorder import Recorder, recording_path, transcript_path
+from edge.store.layout import recording_path, transcript_path
+from edge.store.recorder import Recorder
 from edge.stt.recognizer import Transcript, Word
 from edge.tagging import Tag
 
@@ -151,13 +152,16 @@ def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
     assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
 
 
-def test_inactive_child_profile_is_shredded(tmp_path, write_config):
+@pytest.mark.parametrize("profile,keep_transcript", [("child", "7d"), ("parent", "30d")])
+def test_inactive_profile_is_shredded(tmp_path, write_config, profile, keep_transcript):
+    """Child or adult: a profile unused for its inactive_after loses everything it kept."""
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
-    text = config.path.read_text(encoding="utf-8").replace('keep_transcript = "7d"', 'keep_transcript = "7d"\ninactive_after = "2d"')
+    line = f'keep_transcript = "{keep_transcript}"'
+    text = config.path.read_text(encoding="utf-8").replace(line, f'{line}\ninactive_after = "2d"')
     config.path.write_text(text, encoding="utf-8")
     config = load_config(config.path)
     shredder = Shredder(store, clock, config, AuditLog(config.device.data_dir))
-    record(store, clock, config, "child")
+    record(store, clock, config, profile)
     wall.advance(2 * 86400)
     report = shredder.sweep()
     assert {(b.kind, b.reason) for b in report.buckets} == {("audio", "expired"), ("transcript", "inactive")}
@@ -218,11 +222,12 @@ def test_remnant_after_forget(tmp_path, write_config, which):
         assert all(b.retiring_identity is None for b in store.read().buckets.values())
 
 
-def test_forget_confirmation_can_refuse(tmp_path, write_config):
+def test_matching_shows_what_a_forget_would_remove_and_changes_nothing(tmp_path, write_config):
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
     session = record(store, clock, config, "child")
-    report = shredder.forget(ForgetRequest(everything=True), confirm=lambda sessions: False)
-    assert report.empty and session in store.read().sessions
+    before = store.path.read_bytes()
+    assert [s.id for s in shredder.matching(ForgetRequest(everything=True))] == [session]
+    assert store.path.read_bytes() == before and session in store.read().sessions
 
 
 # -- crashes between the steps --------------------------------------------------------
@@ -320,7 +325,7 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
     data_dir = config.device.data_dir
     ahead = datetime.now(timezone.utc) + timedelta(hours=1)
     data_dir.mkdir(parents=True, exist_ok=True)
-    from edge.retention.clock import boot_id
+    from edge.boot import boot_id
 
     (data_dir / "clock").write_text(json.dumps({"version": 1, "wall": ahead.isoformat(), "monotonic": time.monotonic(), "boot": boot_id()}))
     clock = TrustedClock(data_dir)

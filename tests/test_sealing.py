@@ -26,7 +26,8 @@ from edge.crypto.vault import open_vault
 from edge.errors import PolicyError, UsageError
 from edge.store.export import export_audio
 from edge.store.keystore import Keystore
-from edge.store.recorder import Recorder, recording_path, transcript_path
+from edge.store.layout import recording_path, transcript_path
+from edge.store.recorder import Recorder
 
 GUEST = '\n[profiles.guest]\nkind = "adult"\nkeep_audio = "0s"\nkeep_transcript = "0s"\n'
 CONSENTING = '\n[profiles.donor]\nkind = "adult"\nkeep_audio = "24h"\nkeep_transcript = "1d"\nallow_training = true\n'
@@ -78,8 +79,10 @@ def test_the_scan_can_fail(load, model, two_phrases, tmp_path):
     """Positive control: the exported plaintext WAV is found by the same scan."""
     config = load(mode="always")
     records, store = run_sealed(config, model, two_phrases, "child")
-    out = config.device.data_dir / "leak.wav"
-    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, out, "playback", datetime.now(timezone.utc))
+    exported = tmp_path / "exported.wav"
+    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, exported, "playback", datetime.now(timezone.utc))
+    out = config.device.data_dir / "leak.wav"  # edge refuses to export into its data folder: put it there by hand
+    out.write_bytes(exported.read_bytes())
     assert plaintext_found(config.device.data_dir, pcm_of(two_phrases), []) == [str(out)]
 
 

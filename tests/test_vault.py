@@ -1,5 +1,6 @@
 """Vaults (kernel keyring, file) and the keystore sealed under their root key."""
 
+import json
 import shutil
 import stat
 from datetime import datetime, timedelta, timezone
@@ -8,7 +9,7 @@ import pytest
 
 from edge.crypto import keyring
 from edge.crypto.vault import FileVault, KeyringVault, VaultError
-from edge.store.keystore import Keystore, KeystoreError
+from edge.store.keystore import Access, Keystore, KeystoreError
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -121,8 +122,9 @@ def test_interrupted_ratchet_recovers(tmp_path, crash_after):
     vault.write("next", new)
     if crash_after != "next staged":
         from edge.store import keystore as module
+        from edge.store.files import atomic_write
 
-        module.atomic_write(store.path, module._seal(new, data.to_json()))  # buckets not resealed: fine for opening
+        atomic_write(store.path, module._seal(new, data.to_json()))  # buckets not resealed: fine for opening
     if crash_after == "current replaced":
         vault.write("current", new)
     reopened = Keystore(store.data_dir, vault)
@@ -132,12 +134,28 @@ def test_interrupted_ratchet_recovers(tmp_path, crash_after):
     vault.erase("current")
 
 
-def test_root_lost_with_keyring_starts_afresh(tmp_path):
+def _reboot(data_dir):
+    """What a power-off does: the kernel keyring is empty and the boot id is new."""
+    marker = json.loads((data_dir / "vault").read_text())
+    KeyringVault(data_dir, "session").erase("current")
+    (data_dir / "vault").write_text(json.dumps({**marker, "boot": "another-boot"}))
+
+
+def test_root_lost_at_power_off_starts_afresh_only_at_the_agents_start(tmp_path):
     store, _ = _store_with_bucket(tmp_path)
-    store.vault.erase("current")  # what a power-off does to the kernel keyring
-    reopened = Keystore(store.data_dir, store.vault)
-    assert reopened.read().buckets == {} and reopened.root_lost
-    store.vault.erase("current")
+    _reboot(store.data_dir)
+    before = store.path.read_bytes()
+    vault = KeyringVault(store.data_dir, "session")
+    reader = Keystore(store.data_dir, vault, access=Access.READ)
+    assert reader.read().buckets == {} and "restarted" in reader.root_lost
+    with pytest.raises(VaultError, match="restarted.*agent records the loss"):
+        Keystore(store.data_dir, vault).read()  # purge, forget, export: say so, change nothing
+    assert store.path.read_bytes() == before
+    lost = []
+    agent = Keystore(store.data_dir, vault, on_root_lost=lost.append, access=Access.AGENT)
+    assert agent.read().buckets == {} and agent.root_lost and len(lost) == 1
+    assert store.path.read_bytes() != before
+    vault.erase("current")
 
 
 def test_root_lost_with_file_vault_is_an_error_not_a_wipe(tmp_path):

@@ -29,14 +29,17 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge.errors import EdgeError
 from edge.faults import armed, crash_point
-from edge.retention.clock import boot_id
-from edge.store.files import DataLock, StorageError, atomic_write, private_dir
+from edge.boot import boot_id
+from edge.store.files import StorageError, open_in, read_in, why, write_atomic_in
+from edge.store.lock import DataLock
+from edge.store.layout import AUDIT_KEY, AUDIT_LOG
 
-LOG_FILE = "audit.jsonl"
-KEY_FILE = "audit.key"
 ZERO_HASH = "0" * 64
 CHECKPOINT_EVERY = 100
-"""A checkpoint is added automatically after this many events (and at stop, after purges)."""
+"""A checkpoint follows every entry whose seq is a multiple of this (and the shreds, forgets
+and stops that must be signed at once: see NEEDS_CHECKPOINT)."""
+NEEDS_CHECKPOINT = frozenset({"shred", "forget.fulfilled", "agent.stopped"})
+"""Events that MUST be covered by a checkpoint: none may stand after the last one."""
 _FORBIDDEN_FIELDS = ("text", "words", "transcript", "audio", "pcm", "key", "identity", "secret", "root")
 
 
@@ -84,36 +87,50 @@ class AuditLog:
     """Appends events; one writer at a time (the data-folder lock)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = private_dir(data_dir)
-        self.path = data_dir / LOG_FILE
-        self.key_path = data_dir / KEY_FILE
+        self.data_dir = data_dir
+        self.path = data_dir / AUDIT_LOG
+        self.key_path = data_dir / AUDIT_KEY
 
     # -- writing -------------------------------------------------------------------
 
-    def append(self, event_type: str, **fields: Any) -> dict[str, Any]:
-        """Append one event (fsynced); adds a checkpoint every CHECKPOINT_EVERY events."""
-        return self.append_many([(event_type, fields)])[0]
+    def append(self, event_type: str, *, checkpoint: bool = False, **fields: Any) -> dict[str, Any]:
+        """Append one event (fsynced); `checkpoint` signs it in the same write."""
+        return self.append_many([(event_type, fields)], checkpoint=checkpoint)[0]
 
-    def append_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Append events in order with one write and one fsync (a purge of many buckets)."""
+    def append_many(self, events: list[tuple[str, dict[str, Any]]], checkpoint: bool = False) -> list[dict[str, Any]]:
+        """Append events in order with one write and one fsync (a purge of many buckets).
+        A checkpoint follows every entry whose seq is a multiple of CHECKPOINT_EVERY, and with
+        `checkpoint` the batch ends with one: in the same write, so no crash can separate a
+        shred from its signature."""
         for event_type, fields in events:
             for name in fields:
                 if name.lower() in _FORBIDDEN_FIELDS:
                     raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
-        if not events:
+        if not events and not checkpoint:
             return []
         with DataLock(self.data_dir):
             last = self._head()
-            written, lines = [], []
-            for event_type, fields in events:
-                last = self._entry(last, event_type, fields)
-                written.append(last)
-                lines.append(canonical(last))
-                if last["seq"] % CHECKPOINT_EVERY == 0:
-                    last, _ = self._signed(last)
-                    lines.append(canonical(last))
+            written: list[dict[str, Any]] = []
+            lines = self._chained(last, events, checkpoint, written)
             self._persist(lines)
             return written
+
+    def _chained(
+        self, last: dict[str, Any], events: list[tuple[str, dict[str, Any]]], checkpoint: bool, written: list[dict[str, Any]]
+    ) -> list[bytes]:
+        """The lines for `events` after `last`, with the checkpoints the format requires."""
+        lines = []
+        for event_type, fields in events:
+            last = self._entry(last, event_type, fields)
+            written.append(last)
+            lines.append(canonical(last))
+            if last["seq"] % CHECKPOINT_EVERY == 0:
+                last, _ = self._signed(last)
+                lines.append(canonical(last))
+        if (checkpoint or any(event_type in NEEDS_CHECKPOINT for event_type, _ in events)) and last["type"] != "checkpoint":
+            last, _ = self._signed(last)
+            lines.append(canonical(last))
+        return lines
 
     def recover(self) -> None:
         """Cut off (and log) a final line torn by a crash mid-write, if there is one. Every
@@ -124,7 +141,7 @@ class AuditLog:
     def ends_torn(self) -> bool:
         """Whether the log ends in a line cut off mid-write (read-only)."""
         try:
-            with self.path.open("rb") as handle:
+            with os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDONLY), "rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
                 return size > 0 and handle.seek(size - 1) >= 0 and handle.read(1) != b"\n"
         except FileNotFoundError:
@@ -153,13 +170,14 @@ class AuditLog:
     def lines(self) -> Iterator[tuple[int, bytes]]:
         """(line number, raw line without the newline), from 1."""
         try:
-            with self.path.open("rb", buffering=1 << 20) as handle:
-                for number, raw in enumerate(handle, start=1):
-                    yield number, raw[:-1] if raw.endswith(b"\n") else raw
+            handle = os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDONLY), "rb", buffering=1 << 20)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
+        with handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, raw[:-1] if raw.endswith(b"\n") else raw
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Parsed events; a line that is not an event is an error naming it (see `audit verify`)."""
@@ -167,6 +185,8 @@ class AuditLog:
             try:
                 entry = json.loads(raw)
                 if not isinstance(entry, dict) or not {"seq", "wall", "type", "fields"} <= entry.keys():
+                    raise ValueError
+                if type(entry["seq"]) is not int or not isinstance(entry["type"], str) or not isinstance(entry["fields"], dict):
                     raise ValueError
             except (ValueError, UnicodeDecodeError):
                 raise AuditError(
@@ -176,7 +196,10 @@ class AuditLog:
 
     def log_id(self) -> str:
         for entry in self.entries():
-            return entry["fields"]["log"]
+            log = entry["fields"].get("log") if isinstance(entry["fields"], dict) else None
+            if entry["type"] != "log.created" or not isinstance(log, str):
+                raise AuditError(f"{self.path}: line 1 is not the log.created entry; `edge-agent audit verify` explains")
+            return log
         raise AuditError(f"{self.path}: the audit log is empty")
 
     # -- internals -----------------------------------------------------------------
@@ -192,17 +215,17 @@ class AuditLog:
 
     def _signing_key(self) -> Ed25519PrivateKey:
         try:
-            raw = self.key_path.read_bytes()
-        except PermissionError:
-            raise AuditError(f"{self.key_path}: cannot read the audit signing key (permission denied)") from None
-        except FileNotFoundError:
+            raw = read_in(self.data_dir, AUDIT_KEY)
+        except StorageError as exc:
+            raise AuditError(f"cannot read the audit signing key: {exc}") from None
+        if raw is None:
             if self.path.exists() and self.path.stat().st_size:
                 raise AuditError(
                     f"{self.key_path}: the audit signing key is missing although the log exists; "
                     "new checkpoints cannot be signed (the log may have been tampered with)"
                 ) from None
             key = Ed25519PrivateKey.generate()
-            atomic_write(self.key_path, key.private_bytes_raw())
+            write_atomic_in(self.data_dir, AUDIT_KEY, key.private_bytes_raw())
             return key
         if len(raw) != 32:
             raise AuditError(f"{self.key_path}: is not an audit signing key (expected 32 bytes)")
@@ -212,7 +235,7 @@ class AuditLog:
         """The last line, read from the end of the file (appends stay O(1)). A line cut off
         by a power cut during a write (no final newline) is recovered: see _recover."""
         try:
-            with self.path.open("r+b") as handle:
+            with os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDWR), "r+b") as handle:
                 size = handle.seek(0, os.SEEK_END)
                 if size == 0:
                     return None
@@ -224,7 +247,10 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
-            return json.loads(last_line)
+            last = json.loads(last_line)
+            if not isinstance(last, dict) or type(last.get("seq")) is not int or not isinstance(last.get("hash"), str):
+                raise ValueError
+            return last
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
 
@@ -248,9 +274,10 @@ class AuditLog:
         last = self._last_entry() if start else None
         if last is None:
             return None
-        entry = self._entry(last, "log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})
-        self._persist([canonical(entry)])
-        return entry
+        written: list[dict[str, Any]] = []  # signed at once: what the torn write lost may have been a checkpoint
+        lines = self._chained(last, [("log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})], True, written)
+        self._persist(lines)
+        return json.loads(lines[-1])
 
     def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -268,7 +295,7 @@ class AuditLog:
     def _persist(self, lines: list[bytes]) -> None:
         """Append whole lines with one write and one fsync."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_in(self.data_dir, AUDIT_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 data = memoryview(b"".join(line + b"\n" for line in lines))
                 if armed("audit.torn"):  # a power cut in the middle of the write
@@ -280,7 +307,7 @@ class AuditLog:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise StorageError(f"{self.path}: cannot append to the audit log: {exc.strerror}") from None
+            raise StorageError(f"{self.path}: cannot append to the audit log: {why(exc)}") from None
 
 
 def _last_line(handle, size: int) -> tuple[int, bytes, bool]:

@@ -59,29 +59,54 @@ def render(entries: list[dict], config: Config, level: GuaranteeLevel, verificat
 
 
 def _collect(entries: list[dict]) -> tuple[list[_Session], list[dict], list[dict]]:
+    """What the page shows, from the log. A malformed event (anyone can chain a line) is
+    left out: the page's header says the log did not verify, and `audit verify` names it."""
     sessions: dict[str, _Session] = {}
-    shreds, forgets = [], []
+    shreds: list[dict] = []
+    forgets: list[dict] = []
     for entry in entries:
-        fields, when = entry["fields"], datetime.fromisoformat(entry["wall"])
-        if entry["type"] == "session.created":
-            expires = {k: _time(fields.get(f"{k}_expires")) for k in ("audio", "transcript")}
-            sessions[fields["session"]] = _Session(fields["session"], fields["profile"], when, expires, {"audio": None, "transcript": None})
-        elif entry["type"] == "shred":
-            shreds.append({**fields, "at": when})
-            for session in fields["sessions"]:
-                if session in sessions:
-                    sessions[session].ended[fields["kind"]] = when
-        elif entry["type"] in ("forget.requested", "forget.fulfilled"):
-            forgets.append({**fields, "type": entry["type"], "at": when})
-            for session in fields.get("sessions", []) if entry["type"] == "forget.fulfilled" else []:
-                if session in sessions:
-                    for kind in ("audio", "transcript"):
-                        sessions[session].ended[kind] = sessions[session].ended[kind] or when
+        try:
+            _take(entry, sessions, shreds, forgets)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
     return list(sessions.values()), shreds, forgets
 
 
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+def _take(entry: dict, sessions: dict[str, _Session], shreds: list[dict], forgets: list[dict]) -> None:
+    fields, when = entry["fields"], _aware(datetime.fromisoformat(entry["wall"]))
+    if entry["type"] == "session.created":
+        expires = {k: _time(fields.get(f"{k}_expires")) for k in ("audio", "transcript")}
+        sessions[str(fields["session"])] = _Session(str(fields["session"]), str(fields["profile"]), when, expires, {"audio": None, "transcript": None})
+    elif entry["type"] == "shred":
+        if not isinstance(fields["sessions"], list) or fields["kind"] not in ("audio", "transcript"):
+            raise ValueError
+        shreds.append({**fields, "at": when, "late_seconds": float(fields.get("late_seconds", 0))})
+        for session in fields["sessions"]:
+            if session in sessions:
+                sessions[session].ended[fields["kind"]] = when
+    elif entry["type"] in ("forget.requested", "forget.fulfilled"):
+        fulfilled = fields.get("sessions", []) if entry["type"] == "forget.fulfilled" else []
+        if not isinstance(fulfilled, list):
+            raise ValueError
+        forgets.append({**fields, "type": entry["type"], "at": when, "request": str(fields["request"])})
+        for session in fulfilled:
+            if session in sessions:
+                for kind in ("audio", "transcript"):
+                    sessions[session].ended[kind] = sessions[session].ended[kind] or when
+
+
+def _aware(instant: datetime) -> datetime:
+    if instant.tzinfo is None:
+        raise ValueError("an instant without a zone")
+    return instant
+
+
+def _time(text: object) -> datetime | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError("not a date")
+    return _aware(datetime.fromisoformat(text))
 
 
 def _policy_table(config: Config, sessions: list[_Session], now: datetime) -> str:
@@ -146,11 +171,11 @@ def _bar(start: float, end: float, y: int, color: str, label: str) -> str:
 def _shred_table(shreds: list[dict]) -> str:
     if not shreds:
         return "<p>Nothing has been shredded yet.</p>"
-    worst = max(float(s.get("late_seconds", 0)) for s in shreds)
+    worst = max(s["late_seconds"] for s in shreds)
     rows = "".join(
-        f"<tr><td>{html.escape(s['at'].isoformat(timespec='seconds'))}</td><td>{html.escape(s['profile'])}</td>"
-        f"<td>{html.escape(s['kind'])}</td><td>{len(s['sessions'])}</td><td>{html.escape(s['reason'])}</td>"
-        f"<td>{_lateness(float(s.get('late_seconds', 0)))}</td><td>{'yes' if s.get('clock_synced') else 'no'}</td></tr>"
+        f"<tr><td>{html.escape(s['at'].isoformat(timespec='seconds'))}</td><td>{html.escape(str(s.get('profile')))}</td>"
+        f"<td>{html.escape(s['kind'])}</td><td>{len(s['sessions'])}</td><td>{html.escape(str(s.get('reason')))}</td>"
+        f"<td>{_lateness(s['late_seconds'])}</td><td>{'yes' if s.get('clock_synced') else 'no'}</td></tr>"
         for s in shreds[-200:]
     )
     return (
@@ -169,7 +194,7 @@ def _forget_table(forgets: list[dict]) -> str:
         return "<p>No forget requests.</p>"
     rows = "".join(
         f"<tr><td>{html.escape(f['at'].isoformat(timespec='seconds'))}</td><td>{html.escape(f['request'])}</td>"
-        f"<td>{'requested: ' + html.escape(f.get('selector', '')) if f['type'] == 'forget.requested' else 'fulfilled: ' + str(len(f.get('sessions', []))) + ' session(s)'}</td></tr>"
+        f"<td>{'requested: ' + html.escape(str(f.get('selector', ''))) if f['type'] == 'forget.requested' else 'fulfilled: ' + str(len(f.get('sessions', []))) + ' session(s)'}</td></tr>"
         for f in forgets
     )
     return "<table><tr><th>when</th><th>request</th><th>what</th></tr>" + rows + "</table>"

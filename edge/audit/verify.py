@@ -17,11 +17,21 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from edge.audit.log import ZERO_HASH, AuditLog, Checkpoint, canonical, checkpoint_text, public_key_from_hex
+from edge.audit.log import (
+    CHECKPOINT_EVERY,
+    NEEDS_CHECKPOINT,
+    ZERO_HASH,
+    AuditLog,
+    Checkpoint,
+    canonical,
+    checkpoint_text,
+    public_key_from_hex,
+)
 from edge.crypto.age import AgeError, read_header, unwrap_file_key
 from edge.errors import EdgeError
+from edge.store import layout
+from edge.store.files import StorageError, reader_in
 from edge.store.keystore import Keystore, KeystoreData
-from edge.store.recorder import recording_path, transcript_path
 
 _KEYS = {"seq", "wall", "mono", "boot", "type", "fields", "prev", "hash"}
 
@@ -73,6 +83,11 @@ class _Chain:
     public_key: str | None = None
     log_id: str | None = None
     previous: str = ZERO_HASH
+    last_checkpoint: int = 0
+    """Line of the last checkpoint (0: none yet)."""
+    must_sign: int | None = None
+    """The first line after the last checkpoint that a checkpoint must cover (a shred, a
+    forget fulfilled, a stop), if any."""
 
     def hash_of(self, seq: int) -> str:
         return self.hashes[32 * (seq - 1) : 32 * seq].hex()
@@ -95,8 +110,10 @@ def verify(
     if result.torn_tail and result.problems and result.problems[0].line == len(chain) + 1:
         result.problems[0].message += (
             "; it is the last line and has no newline: cut off by a crash or power cut? The next "
-            "edge-agent command that opens the data folder (e.g. status) cuts it off and logs log.recovered"
+            "edge-agent command that writes (e.g. purge, or the agent's start) cuts it off and logs log.recovered"
         )
+    if not result.problems:
+        _check_unsigned_tail(chain, result)
     if result.problems:
         return result
     if witness is not None:
@@ -166,7 +183,13 @@ def _parse_line(number: int, raw: bytes, result: Verification) -> dict | None:
 
 
 def _well_formed(entry: object) -> bool:
-    return isinstance(entry, dict) and entry.keys() == _KEYS and isinstance(entry["fields"], dict)
+    return (
+        isinstance(entry, dict)
+        and entry.keys() == _KEYS
+        and isinstance(entry["fields"], dict)
+        and type(entry["seq"]) is int
+        and all(isinstance(entry[k], str) for k in ("type", "prev", "hash", "wall"))
+    )
 
 
 def _content_hash(raw: bytes) -> bytes:
@@ -207,20 +230,24 @@ def _check_entry(number: int, raw: bytes, entry: dict, chain: _Chain, result: Ve
             return False
         chain.log_id, chain.public_key = entry["fields"].get("log"), entry["fields"].get("public_key")
     if entry["type"] == "checkpoint":
-        if not _checkpoint_ok(chain, entry):
+        if not _checkpoint_ok(chain, entry, number):
             result.problems.append(Problem("checkpoint signature does not verify: forged or damaged", number))
             return False
         result.checkpoints += 1
+        chain.last_checkpoint, chain.must_sign = number, None
+    elif entry["type"] in NEEDS_CHECKPOINT and chain.must_sign is None:
+        chain.must_sign = number
     chain.hashes += digest
     chain.previous = entry["hash"]
     return True
 
 
-def _checkpoint_ok(chain: _Chain, entry: dict) -> bool:
+def _checkpoint_ok(chain: _Chain, entry: dict, number: int) -> bool:
+    """A checkpoint signs the line just before it, with the log's own key."""
     fields = entry["fields"]
     try:
-        covered = int(fields["entries"])
-        if not 1 <= covered <= len(chain) or chain.hash_of(covered) != fields["head"]:
+        covered = fields["entries"]
+        if type(covered) is not int or covered != number - 1 or chain.hash_of(covered) != fields["head"]:
             return False
         text = checkpoint_text(chain.log_id or "", covered, fields["head"])
         public_key_from_hex(chain.public_key or "").verify(bytes.fromhex(fields["signature"]), text)
@@ -229,7 +256,34 @@ def _checkpoint_ok(chain: _Chain, entry: dict) -> bool:
         return False
 
 
+def _check_unsigned_tail(chain: _Chain, result: Verification) -> None:
+    """The writer signs every CHECKPOINT_EVERY entries and right after every shred, forget and
+    stop, in the same write. So an unsigned tail that is that long, or holds such an event,
+    means checkpoints were removed: lines in the middle were deleted or edited and the log
+    re-chained, or the signing was skipped."""
+    if chain.must_sign is not None:
+        result.problems.append(Problem(
+            "this event must be covered by a signed checkpoint, but no checkpoint follows it: "
+            "checkpoints were removed (lines deleted or edited, and the log re-chained)",
+            chain.must_sign,
+        ))
+    elif len(chain) - chain.last_checkpoint >= CHECKPOINT_EVERY:
+        line = chain.last_checkpoint + CHECKPOINT_EVERY
+        result.problems.append(Problem(
+            f"{CHECKPOINT_EVERY} entries in a row without a signed checkpoint (the last is at line "
+            f"{chain.last_checkpoint or 'none'}): checkpoints were removed (lines deleted or edited, and the log re-chained)",
+            line,
+        ))
+
+
 def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> None:
+    if witness.signature:  # first: an edited witness must not pass for a shorter log
+        try:
+            public_key_from_hex(chain.public_key or "").verify(witness.signature, witness.text)
+        except (InvalidSignature, ValueError):
+            result.problems.append(Problem("witness: its signature does not match its text and this log's key "
+                                           "(the witness was edited, or belongs to another log)"))
+            return
     if witness.log_id != chain.log_id:
         result.problems.append(Problem(f"witness: it is for log {witness.log_id}, but this log is {chain.log_id} (replaced?)"))
     elif witness.entries > len(chain):
@@ -238,22 +292,20 @@ def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> 
         )
     elif witness.entries < 1 or chain.hash_of(witness.entries) != witness.head:
         result.problems.append(Problem("witness: this entry differs from what the witness saw", witness.entries))
-    elif witness.signature:
-        try:
-            public_key_from_hex(chain.public_key or "").verify(witness.signature, witness.text)
-        except (InvalidSignature, ValueError):
-            result.problems.append(Problem("witness: its signature does not match this log's key"))
     if not result.problems:
         result.witness = f"consistent with the witness ({witness.entries} entries)"
 
 
 class _DataScan:
-    """What the log says about the data, gathered entry by entry (nothing else is kept)."""
+    """What the log says about the data, gathered entry by entry (nothing else is kept).
+
+    Hashes are unkeyed, so anyone can chain a line: every field is checked for its type
+    here, and a malformed one is a problem named by its line, never a crash."""
 
     def __init__(self, result: Verification, on_time: timedelta) -> None:
         self.result = result
         self.on_time_seconds = on_time.total_seconds()
-        self.created: dict[str, tuple[int, str | None, str | None]] = {}
+        self.created: dict[str, tuple[int, datetime | None, datetime | None]] = {}
         """session -> (line, audio_expires, transcript_expires)"""
         self.children: set[str] = set()
         self.gone: set[tuple[str, str]] = set()
@@ -265,32 +317,64 @@ class _DataScan:
     def feed(self, line: int, entry: dict) -> None:
         try:
             self._feed(line, entry)
-        except (KeyError, TypeError, ValueError, AttributeError):  # hashes are unkeyed: anyone can chain a line
-            self.problems.append(Problem(f"a {entry['type']!r} event without the fields it must have", line))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hashes are unkeyed: anyone can chain a line
+            self.problems.append(Problem(f"a {entry['type']!r} event with missing or malformed fields ({exc})", line))
 
     def _feed(self, line: int, entry: dict) -> None:
         kind, fields, result = entry["type"], entry["fields"], self.result
         if kind == "session.created":
-            self.created[fields["session"]] = (line, fields.get("audio_expires"), fields.get("transcript_expires"))
+            session = _text(fields, "session")
+            self.created[session] = (line, _instant(fields, "audio_expires"), _instant(fields, "transcript_expires"))
             if fields.get("child"):
-                self.children.add(fields["session"])
+                self.children.add(session)
         elif kind == "shred":
-            self.gone.update((s, fields["kind"]) for s in fields["sessions"])
+            sessions = _texts(fields, "sessions")
+            self.gone.update((s, _text(fields, "kind")) for s in sessions)
+            late = fields.get("late_seconds", 0)
+            if type(late) not in (int, float):
+                raise ValueError("late_seconds is not a number")
             result.shredded += 1
-            late = float(fields.get("late_seconds", 0))
-            result.worst_late_seconds = max(result.worst_late_seconds, late)
+            result.worst_late_seconds = max(result.worst_late_seconds, float(late))
             result.shredded_on_time += late <= self.on_time_seconds
         elif kind == "forget.requested":
-            self.open_requests[fields["request"]] = line
+            self.open_requests.setdefault(_text(fields, "request"), line)
         elif kind == "forget.fulfilled":
-            self.open_requests.pop(fields["request"], None)
-            self.gone.update((s, k) for s in fields["sessions"] for k in ("audio", "transcript"))
+            sessions = _texts(fields, "sessions")
+            self.open_requests.pop(_text(fields, "request"), None)
+            self.gone.update((s, k) for s in sessions for k in ("audio", "transcript"))
         elif kind == "log.recovered":
             result.recovered += 1
         elif kind == "root.lost":
             self.gone.update((s, k) for s in self.created for k in ("audio", "transcript"))
         elif kind == "export" and fields.get("purpose") == "training" and fields.get("session") in self.children:
             self.problems.append(Problem(f"a child's session {fields['session']} was exported for training", line, fields["session"]))
+
+
+def _text(fields: dict, name: str) -> str:
+    value = fields[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not a string")
+    return value
+
+
+def _texts(fields: dict, name: str) -> list[str]:
+    value = fields[name]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} is not a list of strings")
+    return value
+
+
+def _instant(fields: dict, name: str) -> datetime | None:
+    """An ISO 8601 instant with a zone, or None (not kept)."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not a date")
+    instant = datetime.fromisoformat(value)
+    if instant.tzinfo is None:
+        raise ValueError(f"{name} has no time zone")
+    return instant
 
 
 def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_time: timedelta, result: Verification) -> None:
@@ -301,29 +385,31 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
     data = _open_keystore(keystore, result)
     for session, (line, audio_expires, transcript_expires) in sorted(created.items(), key=lambda item: item[1][0]):
         for kind, expires in (("audio", audio_expires), ("transcript", transcript_expires)):
-            if expires is None or datetime.fromisoformat(expires) + on_time > now or (session, kind) in gone:
+            if expires is None or expires + on_time > now or (session, kind) in gone:
                 continue
             result.problems.append(
-                Problem(f"session {session}: its {kind} expired at {expires} but no shred or forget of it is logged", line, session)
+                Problem(f"session {session}: its {kind} expired at {expires.isoformat()} but no shred or forget of it is logged", line, session)
             )
     if data is None or keystore is None:
         return
     if keystore.root_lost:
-        result.problems.append(Problem("the vault's root key is gone, so nothing retained can be opened; "
-                                       "run any edge-agent command that writes (e.g. purge) to record the loss"))
+        result.problems.append(Problem(f"the vault's root key is gone ({keystore.root_lost}), so nothing retained can be "
+                                       "opened; the agent records the loss at its next start"))
     identities = [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
     for entry in sorted(data.sessions.values(), key=lambda s: s.created):
         if entry.id not in created:
             result.problems.append(Problem(f"session {entry.id}: held by the device but never logged", None, entry.id))
-        for kind, expires, path in (
-            ("audio", entry.audio_expires, recording_path(keystore.data_dir, entry.id)),
-            ("transcript", entry.transcript_expires, transcript_path(keystore.data_dir, entry.id)),
+        for kind, expires, name in (
+            ("audio", entry.audio_expires, layout.recording(entry.id)),
+            ("transcript", entry.transcript_expires, layout.transcript(entry.id)),
         ):
-            if expires is not None and expires <= now and _opens(path, identities):
+            if expires is not None and expires <= now and _opens(keystore.data_dir, name, identities):
                 line = created.get(entry.id, (None,))[0]
                 result.problems.append(
                     Problem(f"session {entry.id}: its {kind} expired at {expires.isoformat()} but still opens with a key the device holds", line, entry.id)
                 )
+    for pending in data.forgets.values():
+        result.problems.append(Problem(f"forget request {pending.request} is not finished yet; the next purge or forget finishes it"))
     live = [e for e in data.sessions.values() if e.audio_bucket or e.transcript_bucket]
     result.live_sessions = len(live)
     upcoming = [t for e in live for t in (e.audio_expires, e.transcript_expires) if t is not None and t > now]
@@ -340,11 +426,13 @@ def _open_keystore(keystore: Keystore | None, result: Verification) -> KeystoreD
         return None
 
 
-def _opens(path: Path, identities: list) -> bool:
+def _opens(data_dir: Path, name: str, identities: list) -> bool:
     """Whether any of `identities` unwraps the file's key (the header is enough to tell)."""
     try:
-        with path.open("rb") as handle:
+        with reader_in(data_dir, name) as handle:
             unwrap_file_key(read_header(handle), identities)
         return True
     except (AgeError, FileNotFoundError):
         return False
+    except StorageError:
+        return False  # a link or a folder in its place: it opens nothing

@@ -204,6 +204,8 @@ def read_header(source: BinaryIO) -> Header:
         line = lines.next()
     if not stanzas or not line.startswith(b"--- ") or len(line) != 47:
         raise AgeError()
+    if len(stanzas) > 1 and any(stanza.args[0] == b"scrypt" for stanza in stanzas):
+        raise AgeError()  # the spec: an scrypt stanza must be the header's only stanza
     mac = _unb64(line[4:])
     return Header(tuple(stanzas), mac, lines.consumed[: -len(line) - 1] + b"---")
 
@@ -221,7 +223,10 @@ def unwrap_file_key(header: Header, identities: Iterable[Identity]) -> bytes:
             share = _unb64(stanza.args[1])
             if len(share) != 32:
                 raise AgeError()
-            shared = private.exchange(X25519PublicKey.from_public_bytes(share))
+            try:  # cryptography refuses a low-order share (all-zero secret) with ValueError
+                shared = private.exchange(X25519PublicKey.from_public_bytes(share))
+            except ValueError:
+                raise AgeError() from None
             if shared == bytes(32):
                 raise AgeError()
             try:

@@ -6,6 +6,7 @@ vault states its guarantee level honestly (README, `status`, `doctor`):
 | backend | root lives in            | survives reboot | crypto-erase real against a flash image |
 |---------|--------------------------|-----------------|------------------------------------------|
 | keyring | the kernel keyring (RAM) | no              | yes                                      |
+| ram     | this process's memory    | no              | yes (the demo)                           |
 | file    | a 0600 file              | yes             | no: logical deletion only                |
 
 A vault has two slots, "current" and "next", so that replacing the root (the
@@ -16,15 +17,19 @@ the keystore is re-sealed under it, then it becomes "current".
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+import pwd
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 from edge.config import VaultSettings
 from edge.crypto import keyring
 from edge.errors import EdgeError
-from edge.store.files import atomic_write, fsync_dir
+from edge.boot import boot_id
+from edge.store.files import StorageError, atomic_write, destroy_temps, folder_fd, open_in, read_in, unlink_in, write_atomic_in
+from edge.store.layout import VAULT_MARKER
 
 ROOT_BYTES = 32
 SLOTS = ("current", "next")
@@ -59,6 +64,59 @@ class Vault(Protocol):
     def read(self, slot: str) -> bytes | None: ...
     def write(self, slot: str, root: bytes) -> None: ...
     def erase(self, slot: str) -> None: ...
+    def scrub(self) -> None:
+        """Destroy stale copies of the root a crashed write left (under the data-folder lock)."""
+    def why_missing(self) -> str:
+        """Why a root that a keystore needs is gone; VaultError if it may only be invisible here."""
+
+
+@dataclass(frozen=True)
+class KeyringMarker:
+    """DATA_DIR/vault: which kernel key holds this folder's root, and what a missing key means.
+
+    Written whenever a root is put into the keyring by a user or in a boot the marker does
+    not name yet (a new folder, or a fresh root after a restart), so a later process can
+    tell "gone" (the device restarted: RAM keys do not survive it) from "not visible here"
+    (another user, another session keyring). The key's name is recorded, not derived from
+    the folder's path, so a data folder that is moved keeps its key."""
+
+    key: str
+    """Description prefix of the kernel keys ("edge:<16 hex>"; slots append ":current", ":next")."""
+    ring: str
+    """"persistent" or "session": where the key was put."""
+    uid: int
+    """The user whose keyring holds it."""
+    boot: str
+    """The kernel boot id when it was put there."""
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": "edge-vault", "version": 1, "backend": "keyring", **asdict(self)}).encode()
+
+    @classmethod
+    def load(cls, data_dir: Path) -> KeyringMarker | None:
+        raw = read_in(data_dir, VAULT_MARKER)
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw)
+            if document.get("format") != "edge-vault" or document.get("version") != 1:
+                raise ValueError
+            marker = cls(str(document["key"]), str(document["ring"]), int(document["uid"]), str(document["boot"]))
+            if marker.ring not in ("persistent", "session") or not marker.key.startswith("edge:"):
+                raise ValueError
+            return marker
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise VaultError(
+                f"{data_dir / VAULT_MARKER}: is not an edge vault marker (version 1); it says which kernel key "
+                "holds the root. Nothing was changed."
+            ) from None
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 class KeyringVault:
@@ -73,30 +131,97 @@ class KeyringVault:
     )
 
     def __init__(self, data_dir: Path, ring: str = "persistent") -> None:
-        # One root per data folder, so several installs (or tests) never share a key.
-        self._prefix = "edge:" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-        self._persistent = ring != "session"
+        self.data_dir = data_dir
+        self._new_ring = ring
+        """Where a folder's first root goes; an existing root stays in the ring its marker names."""
+        self._marker = KeyringMarker.load(data_dir)
         self._ring()  # fail now, with a clear error, if the keyring is unavailable
+
+    def _key(self) -> str:
+        if self._marker is not None:
+            return self._marker.key
+        # One root per data folder, so several installs (or tests) never share a key.
+        return "edge:" + hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
 
     def _ring(self) -> int:
         """The keyring to use. Asking for the persistent keyring also restarts its expiry timer
         (/proc/sys/kernel/keys/persistent_keyring_expiry), so every use keeps the root alive."""
-        return keyring.persistent_keyring() if self._persistent else keyring.SESSION_KEYRING
-
-    def _description(self, slot: str) -> str:
-        return f"{self._prefix}:{slot}"
+        ring = self._marker.ring if self._marker is not None else self._new_ring
+        return keyring.persistent_keyring() if ring == "persistent" else keyring.SESSION_KEYRING
 
     def read(self, slot: str) -> bytes | None:
-        serial = keyring.find(self._description(slot), self._ring())
+        serial = keyring.find(f"{self._key()}:{slot}", self._ring())
         return None if serial is None else keyring.read(serial)
 
     def write(self, slot: str, root: bytes) -> None:
-        keyring.add(self._description(slot), root, self._ring())
+        ring = self._marker.ring if self._marker is not None else self._new_ring
+        wanted = KeyringMarker(self._key(), ring, os.geteuid(), boot_id())
+        if wanted != self._marker:  # first, so a crash never leaves a key the marker misdescribes
+            write_atomic_in(self.data_dir, VAULT_MARKER, wanted.to_json())
+            self._marker = wanted
+        keyring.add(f"{self._key()}:{slot}", root, self._ring())
 
     def erase(self, slot: str) -> None:
-        serial = keyring.find(self._description(slot), self._ring())
+        serial = keyring.find(f"{self._key()}:{slot}", self._ring())
         if serial is not None:
             keyring.invalidate(serial)
+
+    def scrub(self) -> None:
+        """Nothing to scrub: no copy of a kernel key is ever on disk."""
+
+    def why_missing(self) -> str:
+        """Why the root is *gone*, when neither slot holds it although a keystore exists; raises
+        VaultError when it may only be invisible to this process (another user or session)."""
+        marker = self._marker
+        if marker is None:
+            return "the root key is not in the kernel keyring (a power cut or restart clears it)"
+        if marker.uid != os.geteuid():
+            raise VaultError(
+                f"{self.data_dir}: its root key is in the kernel keyring of {_user(marker.uid)}, which this "
+                f"process ({_user(os.geteuid())}) cannot see. Run the command as that user "
+                "(e.g. `sudo -u USER edge-agent ...`). Nothing was changed."
+            )
+        if marker.boot != boot_id():
+            return "the device restarted since the root key was made, and the kernel keyring does not survive a restart"
+        if marker.ring == "persistent":
+            return (
+                "the root key is gone from the persistent keyring (unused for longer than "
+                "/proc/sys/kernel/keys/persistent_keyring_expiry, or destroyed)"
+            )
+        raise VaultError(
+            f"{self.data_dir}: its root key is in a session keyring this process does not share. Run the "
+            'command inside the keyring session that started the agent, or use keyring = "persistent". '
+            "Nothing was changed."
+        )
+
+
+class MemoryVault:
+    """Root in this process's memory only (the demo): nothing on disk, nothing in the kernel."""
+
+    level = GuaranteeLevel(
+        "ram",
+        survives_reboot=False,
+        crypto_erase=True,
+        summary="root key in this process's memory only: nothing retained can be opened once it ends",
+    )
+
+    def __init__(self) -> None:
+        self._slots: dict[str, bytes] = {}
+
+    def read(self, slot: str) -> bytes | None:
+        return self._slots.get(slot)
+
+    def write(self, slot: str, root: bytes) -> None:
+        self._slots[slot] = root
+
+    def erase(self, slot: str) -> None:
+        self._slots.pop(slot, None)
+
+    def scrub(self) -> None:
+        """Nothing is ever on disk."""
+
+    def why_missing(self) -> str:
+        return "the root key lived in the memory of a process that has ended"
 
 
 class FileVault:
@@ -117,14 +242,13 @@ class FileVault:
         return self.path if slot == "current" else self.path.with_name(self.path.name + "." + slot)
 
     def read(self, slot: str) -> bytes | None:
+        path = self._path(slot)
         try:
-            data = self._path(slot).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise VaultError(f"{self._path(slot)}: cannot read the root key file: {exc.strerror}") from None
-        if len(data) != ROOT_BYTES:
-            raise VaultError(f"{self._path(slot)}: is not a root key file (expected {ROOT_BYTES} bytes)")
+            data = read_in(path.parent, path.name)
+        except StorageError as exc:
+            raise VaultError(f"cannot read the root key file: {exc}") from None
+        if data is not None and len(data) != ROOT_BYTES:
+            raise VaultError(f"{path}: is not a root key file (expected {ROOT_BYTES} bytes)")
         return data
 
     def write(self, slot: str, root: bytes) -> None:
@@ -133,14 +257,32 @@ class FileVault:
     def erase(self, slot: str) -> None:
         path = self._path(slot)
         try:
-            with path.open("r+b") as handle:  # overwrite first: helps on disks, not on flash
-                handle.write(bytes(ROOT_BYTES))
-                handle.flush()
-                os.fsync(handle.fileno())
-            path.unlink()
-            fsync_dir(path.parent)
+            fd = open_in(path.parent, path.name, os.O_WRONLY)
         except FileNotFoundError:
-            pass
+            return
+        except OSError as exc:
+            raise VaultError(f"{path}: cannot destroy the root key file: {exc.strerror}") from None
+        try:  # overwrite first: helps on disks, not on flash
+            os.write(fd, bytes(ROOT_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        unlink_in(path.parent, path.name)
+        with folder_fd(path.parent) as folder:
+            os.fsync(folder)
+
+    def scrub(self) -> None:
+        """Destroy temporary copies of the key that a crash in the middle of a write left
+        behind (".root.key.PID.tmp"): each would open old keystore copies forever."""
+        for slot in SLOTS:
+            destroy_temps(self.path.parent, self._path(slot).name)
+
+    def why_missing(self) -> str:
+        raise VaultError(
+            f"{self.path}: the vault's root key file is missing although a keystore exists, so the data "
+            "it describes can never be opened. If the key was deleted on purpose, remove the data folder's "
+            "keystore, recordings/ and transcripts/ to start afresh. Nothing was changed."
+        )
 
 
 def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:

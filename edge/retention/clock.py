@@ -19,20 +19,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from edge.store.files import StorageError, atomic_write
+from edge.boot import boot_id
+from edge.store.files import StorageError, read_in, write_atomic_in
+from edge.store.layout import CLOCK
 
-CLOCK_FILE = "clock"
+CLOCK_VERSION = 1
 SET_BACK_TOLERANCE = timedelta(seconds=2)
 """A wall clock this far behind the trusted time counts as set back (an anomaly)."""
-
-
-@functools.cache
-def boot_id() -> str:
-    """This boot's id (the kernel's, fixed until reboot; read once per process)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,8 @@ class TrustedClock:
         monotonic: Callable[[], float] = time.monotonic,
         boot: Callable[[], str] = boot_id,
     ) -> None:
-        self.path = data_dir / CLOCK_FILE
+        self.data_dir = data_dir
+        self.path = data_dir / CLOCK
         self._wall, self._monotonic, self._boot = wall, monotonic, boot
         self._mark = self._load()
 
@@ -97,23 +91,32 @@ class TrustedClock:
         """Move the high-water mark up to now (call at start, at each sweep and shred)."""
         reading = self.read()
         self._mark = Mark(reading.now, self._monotonic(), self._boot())
-        document = {"version": 1, "wall": reading.now.isoformat(), "monotonic": self._mark.monotonic, "boot": self._mark.boot}
+        document = {"version": CLOCK_VERSION, "wall": reading.now.isoformat(), "monotonic": self._mark.monotonic, "boot": self._mark.boot}
         try:
-            atomic_write(self.path, json.dumps(document).encode())
+            write_atomic_in(self.data_dir, CLOCK, json.dumps(document).encode())
         except StorageError:
             pass  # e.g. a full disk: the mark in memory still holds; shredding must not wait on it
         return reading
 
     def _load(self) -> Mark | None:
-        try:
-            document = json.loads(self.path.read_bytes())
-            return Mark(datetime.fromisoformat(document["wall"]), float(document["monotonic"]), str(document["boot"]))
-        except FileNotFoundError:
+        raw = read_in(self.data_dir, CLOCK)  # StorageError names the file when it cannot be read
+        if raw is None:
             return None
-        except (ValueError, KeyError, TypeError):
+        try:
+            document = json.loads(raw)
+            version = document.get("version")
+        except (ValueError, AttributeError):
             return None  # a damaged mark only loses protection against a set-back, it never extends retention
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot read the clock's high-water mark: {exc.strerror}") from None
+        if version != CLOCK_VERSION:
+            raise StorageError(
+                f"{self.path}: the clock's high-water mark is version {version!r}; this edge reads version "
+                f"{CLOCK_VERSION} (written by a newer edge? update edge, or remove the file to lose only the "
+                "protection against a clock set back)"
+            )
+        try:
+            return Mark(datetime.fromisoformat(document["wall"]), float(document["monotonic"]), str(document["boot"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 class _Timex(ctypes.Structure):

@@ -11,24 +11,33 @@ files left behind are orphans that step 2 of any later run deletes.
 Forgetting some sessions of a bucket (but not all) re-keys the bucket: its files
 get headers for a fresh identity, then the old identity is destroyed with a
 ratchet, so a copy of a forgotten file recovered from flash opens with nothing.
+
+A forget is write-ahead, like a shred: its sessions leave the keystore in the same
+save that records the request (which buckets die, which are re-keyed), and only then
+are keys destroyed. A crash anywhere after that save is finished by the next sweep
+or forget; the request is fulfilled (and logged so) exactly when nothing it named
+can be opened any more.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
 from edge.audit.log import AuditLog
-from edge.config import Config
+from edge.config import Config, Profile
 from edge.crypto.age import AgeError, Recipient, rekey_in_place
 from edge.errors import UsageError
 from edge.faults import crash_point
 from edge.retention.clock import Reading, TrustedClock
-from edge.store.keystore import Keystore, KeystoreData, SessionEntry
-from edge.store.recorder import RECORDING_SUFFIX, RECORDINGS, TRANSCRIPT_SUFFIX, TRANSCRIPTS, recording_path, transcript_path
+from edge.store import layout
+from edge.store.files import files_in, open_in, size_in, unlink_in
+from edge.store.keystore import Keystore, KeystoreData, PendingForget, SessionEntry
+from edge.tagging import strictest_policy
 
 
 @dataclass(frozen=True)
@@ -150,16 +159,22 @@ class Shredder:
         self.audit = audit
         self._logged_set_back = timedelta(0)
 
+    def policies(self) -> list[Profile]:
+        """Every profile sessions may carry: the config's, and the synthetic strictest one."""
+        strictest = strictest_policy(self.config)
+        return list(self.config.profiles) + ([strictest] if strictest not in self.config.profiles else [])
+
     def sweep(self) -> ShredReport:
-        """Shred every bucket that is due (or whose child profile went inactive), finish any
-        interrupted re-key, delete orphaned ciphertext."""
+        """Shred every bucket that is due (or whose profile went inactive), finish any
+        interrupted forget or re-key, delete orphaned ciphertext."""
         with self.keystore.transaction() as data:
             report = ShredReport(self.clock.persist())
+            self._resume_forgets(data, report)
             now = report.reading.now
             reasons = {b.id: "expired" for b in data.buckets.values() if b.expires <= now}
-            for profile in self.config.profiles:
+            for profile in self.policies():
                 seen = data.last_seen.get(profile.name)
-                if profile.is_child and seen is not None and now - seen >= profile.inactive_after:
+                if seen is not None and now - seen >= profile.inactive_after:
                     reasons.update({b.id: "inactive" for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons})
             report.files_deleted += self._make_room(data, lambda s, bucket_id: bucket_id in reasons)
             self._destroy(data, reasons, now, report)
@@ -168,67 +183,95 @@ class Shredder:
             self._log(report)
         return report
 
-    def forget(self, request: ForgetRequest, confirm: Callable[[list[SessionEntry]], bool] = lambda _: True) -> ShredReport:
-        """Forget the matching sessions now. `confirm` sees them first and may refuse."""
+    def matching(self, request: ForgetRequest) -> list[SessionEntry]:
+        """The sessions a forget would remove now, oldest first (to ask before forgetting:
+        read without holding the lock while a person decides)."""
+        data = self.keystore.read()
+        return sorted((s for s in data.sessions.values() if request.matches(s)), key=lambda s: s.created)
+
+    def forget(self, request: ForgetRequest) -> ShredReport:
+        """Forget the matching sessions now (ask first: this does not)."""
         with self.keystore.transaction() as data:
             report = ShredReport(self.clock.persist())
+            self._resume_forgets(data, report)
             doomed = {s.id for s in data.sessions.values() if request.matches(s)}
+            index = data.members_by_bucket()
             if request.everything:
                 whole = set(data.buckets)
             else:
-                index = data.members_by_bucket()
                 whole = {b for b, members in index.items() if all(m in doomed for m in members)}
                 if request.profile is not None:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
                 bucket_id
-                for s in data.sessions.values()
-                if s.id in doomed
-                for bucket_id in (s.audio_bucket, s.transcript_bucket)
+                for session_id in doomed
+                for bucket_id in data.sessions.buckets_of(session_id)
                 if bucket_id is not None and bucket_id not in whole
             }
-            if not doomed and not whole:
-                return report
-            if not confirm(sorted((data.sessions[i] for i in doomed), key=lambda s: s.created)):
-                return report
-            report.forgotten = sorted(doomed)
-            report.files_deleted += self._make_room(data, lambda s, bucket_id: s.id in doomed)
-            request_id = os.urandom(6).hex()
-            self.audit.append("forget.requested", request=request_id, selector=request.describe(), sessions=len(doomed))
-            for session_id in doomed:
-                del data.sessions[session_id]
-            for bucket_id in sorted(partial):
-                self.keystore.start_rekey(data, bucket_id)
-            self.keystore.save(data)  # the new identities are durable before any file changes
-            self._destroy(data, {b: "forget" for b in whole}, report.reading.now, report, ratchet=not partial)
-            self._finish_rekeys(data, report)
-            report.files_deleted += self._delete_orphans(data)
-            self.audit.append(
-                "forget.fulfilled",
-                request=request_id,
-                sessions=report.forgotten,
-                buckets=[b.bucket for b in report.buckets],
-                rekeyed=report.rekeyed,
-            )
+            if doomed or whole:
+                pending = PendingForget(
+                    request=os.urandom(6).hex(),
+                    selector=request.describe(),
+                    sessions=tuple(sorted(doomed)),
+                    buckets={b: tuple(index.get(b, ())) for b in sorted(whole)},
+                    rekeyed=tuple(sorted(partial)),
+                )
+                report.files_deleted += self._make_room(data, lambda s, bucket_id: s.id in doomed)
+                for session_id in doomed:
+                    del data.sessions[session_id]
+                for bucket_id in pending.rekeyed:
+                    self.keystore.start_rekey(data, bucket_id)
+                data.forgets[pending.request] = pending
+                self.keystore.save(data)  # write-ahead: the request and the new identities are durable first
+                self._fulfil(data, pending, report, resumed=False)
+                report.files_deleted += self._delete_orphans(data)
             self._log(report)
         return report
+
+    def _resume_forgets(self, data: KeystoreData, report: ShredReport) -> None:
+        """Finish forget requests a crash interrupted (their sessions are already gone)."""
+        for pending in list(data.forgets.values()):
+            self._fulfil(data, pending, report, resumed=True)
+
+    def _fulfil(self, data: KeystoreData, pending: PendingForget, report: ShredReport, resumed: bool) -> None:
+        """Destroy what a forget named, re-key what it shares, ratchet once, log it fulfilled,
+        then drop the request from the keystore (a crash before that only repeats the log lines)."""
+        self.audit.append(
+            "forget.requested", request=pending.request, selector=pending.selector, sessions=len(pending.sessions),
+            **({"resumed": True} if resumed else {}),
+        )
+        report.forgotten.extend(pending.sessions)
+        alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
+        rekeying = any(b.retiring_identity is not None for b in data.buckets.values())
+        self._destroy(data, {b: "forget" for b in alive}, report.reading.now, report, alive, ratchet=not rekeying)
+        self._finish_rekeys(data, report)
+        self.audit.append(
+            "forget.fulfilled",
+            request=pending.request,
+            sessions=list(pending.sessions),
+            buckets=sorted(pending.buckets),
+            rekeyed=list(pending.rekeyed),
+            checkpoint=True,
+        )
+        del data.forgets[pending.request]
 
     def _log(self, report: ShredReport) -> None:
         """Audit the rest of what happened (shreds are logged before they happen), then sign
         the log's new head."""
         reading = report.reading
+        events: list[tuple[str, dict]] = []
         if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
             self._logged_set_back = reading.set_back
-            self.audit.append("clock.set_back", seconds=round(reading.set_back.total_seconds(), 3), wall=reading.wall.isoformat())
+            events.append(("clock.set_back", {"seconds": round(reading.set_back.total_seconds(), 3), "wall": reading.wall.isoformat()}))
         if report.files_deleted and not report.buckets:
-            self.audit.append("cleanup", files=report.files_deleted)
-        if not report.empty:
-            self.audit.checkpoint()
+            events.append(("cleanup", {"files": report.files_deleted}))
+        if events or not report.empty:
+            self.audit.append_many(events, checkpoint=True)
 
     def _log_shreds(self, items: list[ShreddedBucket], reading: Reading) -> None:
-        """Write-ahead: a crash after this and before the keys are gone leaves a log that claims
-        a shred the next sweep finishes (and `audit verify` flags until then); the other order
-        could leave a shred that happened but was never logged."""
+        """Write-ahead, and signed in the same write: a crash after this and before the keys
+        are gone leaves a log that claims a shred the next sweep finishes (and `audit verify`
+        flags until then); the other order could leave a shred that happened but was never logged."""
         self.audit.append_many([
             (
                 "shred",
@@ -245,18 +288,26 @@ class Shredder:
                 },
             )
             for item in items
-        ])
+        ], checkpoint=True)
 
     # -- steps ---------------------------------------------------------------------
 
     def _destroy(
-        self, data: KeystoreData, reasons: dict[str, str], now: datetime, report: ShredReport, ratchet: bool = True
+        self,
+        data: KeystoreData,
+        reasons: dict[str, str],
+        now: datetime,
+        report: ShredReport,
+        members: Mapping[str, Sequence[str]] | None = None,
+        ratchet: bool = True,
     ) -> None:
+        """Log (write-ahead), then drop these buckets from every session and destroy their keys.
+        `members`: who was in each bucket, when the sessions are already gone (a forget)."""
         if not reasons:
             return
-        index = data.members_by_bucket()
+        members = members if members is not None else data.members_by_bucket()
         items = [
-            ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(index.get(b.id, ())), reason, now - b.expires)
+            ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(members.get(b.id, ())), reason, now - b.expires)
             for b, reason in ((data.buckets[i], r) for i, r in sorted(reasons.items()))
         ]
         self._log_shreds(items, report.reading)
@@ -286,14 +337,12 @@ class Shredder:
         """On a (nearly) full disk, delete the doomed ciphertext first: re-sealing the keystore
         and logging need space, and that data is going anyway (this only errs toward deletion)."""
         root = self.keystore.data_dir
-        needed = ROOM_NEEDED + 2 * self.keystore.path.stat().st_size if self.keystore.path.exists() else ROOM_NEEDED
-        if shutil.disk_usage(root).free >= needed:
+        if shutil.disk_usage(root).free >= ROOM_NEEDED + 2 * size_in(root, layout.KEYSTORE):
             return 0
         deleted = 0
         for session in data.sessions.values():
-            for bucket_id, path in ((session.audio_bucket, recording_path(root, session.id)), (session.transcript_bucket, transcript_path(root, session.id))):
-                if bucket_id is not None and doomed(session, bucket_id) and path.exists():
-                    path.unlink()
+            for bucket_id, name in ((session.audio_bucket, layout.recording(session.id)), (session.transcript_bucket, layout.transcript(session.id))):
+                if bucket_id is not None and doomed(session, bucket_id) and unlink_in(root, name):
                     deleted += 1
         return deleted
 
@@ -305,10 +354,10 @@ class Shredder:
         for bucket in rekeying:
             identities = self.keystore.identities(bucket)
             recipient = Recipient.parse(bucket.recipient)
-            path_of = recording_path if bucket.kind == "audio" else transcript_path
+            name_of = layout.recording if bucket.kind == "audio" else layout.transcript
             for session_id in members.get(bucket.id, ()):
                 try:
-                    with path_of(self.keystore.data_dir, session_id).open("r+b") as handle:
+                    with os.fdopen(open_in(self.keystore.data_dir, name_of(session_id), os.O_RDWR), "r+b") as handle:
                         rekey_in_place(handle, identities, recipient)
                 except FileNotFoundError:
                     continue
@@ -318,26 +367,33 @@ class Shredder:
         self.keystore.finish_rekey(data, [b.id for b in rekeying])
 
     def _delete_orphans(self, data: KeystoreData) -> int:
-        """Delete ciphertext that no live session refers to (what a shred leaves, or a crash)."""
+        """Delete ciphertext that no live session refers to (what a shred leaves, or a crash).
+        Only files edge names (ID.wav.age, ID.json.age, their temporary copies) are touched:
+        a folder or anything else someone put there is left alone."""
         root = self.keystore.data_dir
-        live = set()  # file names (the two folders' suffixes differ)
+        live: dict[str, set[str]] = {layout.RECORDINGS: set(), layout.TRANSCRIPTS: set()}
         for session_id, audio, transcript in data.sessions.bucket_pairs():
             if audio:
-                live.add(session_id + RECORDING_SUFFIX)
+                live[layout.RECORDINGS].add(session_id)
             if transcript:
-                live.add(session_id + TRANSCRIPT_SUFFIX)
+                live[layout.TRANSCRIPTS].add(session_id)
         deleted = 0
-        for folder in (root / RECORDINGS, root / TRANSCRIPTS):
-            try:
-                entries = list(os.scandir(folder))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                if entry.name not in live:
-                    try:
-                        os.unlink(entry.path)
-                    except FileNotFoundError:
+        for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX)):
+            for name in files_in(root, folder):
+                session_id = layout.session_of(name, suffix)
+                if session_id is not None:
+                    if session_id in live[folder]:
                         continue
+                elif _temp_session(name, suffix) is None:
+                    continue  # not a name edge makes
+                if unlink_in(root, f"{folder}/{name}"):
                     deleted += 1
                     crash_point("shred.files")
         return deleted
+
+
+def _temp_session(name: str, suffix: str) -> str | None:
+    """The session of an atomic write's leftover (".ID.json.age.PID.tmp"), or None."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        return layout.session_of(name[1:].rsplit(".", 2)[0], suffix)
+    return None

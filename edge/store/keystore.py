@@ -12,13 +12,14 @@ left on flash cannot be opened once the old root is gone from the vault.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -30,11 +31,24 @@ from edge.crypto.age import Identity
 from edge.crypto.vault import ROOT_BYTES, Vault, VaultError
 from edge.errors import EdgeError
 from edge.faults import crash_point
-from edge.store.files import DataLock, atomic_write, private_dir
+from edge.store.files import destroy_temps, private_dir, read_in, write_atomic_in
+from edge.store.layout import KEYSTORE
+from edge.store.lock import DataLock
 
 MAGIC = b"edge-keystore/v1\n"
 FORMAT_VERSION = 1
-KEYSTORE_FILE = "keystore"
+
+
+class Access(enum.Enum):
+    """What a process may do to the data folder; only the agent's own start may decide that a
+    missing root key is gone for good (and start afresh)."""
+
+    READ = "read"
+    """status, verify, report, doctor: never write anything, not even a lock file."""
+    WRITE = "write"
+    """purge, forget, export: change the keystore, but a missing root is an error."""
+    AGENT = "agent"
+    """The agent starting: a root that is gone (power cut) is recorded and a fresh keystore begun."""
 
 
 class KeystoreError(EdgeError):
@@ -77,6 +91,40 @@ class SessionEntry:
     """"recording" until the session ended cleanly, then "complete"."""
     seconds: float = 0.0
     """Length of the recorded audio."""
+
+
+@dataclass(frozen=True)
+class PendingForget:
+    """A forget request whose sessions have left the keystore but whose keys may not all be
+    destroyed yet (write-ahead): whatever a crash interrupts, the next sweep or forget finishes."""
+
+    request: str
+    selector: str
+    sessions: tuple[str, ...]
+    """The sessions forgotten."""
+    buckets: dict[str, tuple[str, ...]]
+    """Buckets to destroy whole, each with the sessions whose data was in it."""
+    rekeyed: tuple[str, ...]
+    """Buckets re-keyed because some (not all) of their sessions were forgotten."""
+
+    def to_json(self) -> dict:
+        return {
+            "request": self.request,
+            "selector": self.selector,
+            "sessions": list(self.sessions),
+            "buckets": {bucket: list(members) for bucket, members in sorted(self.buckets.items())},
+            "rekeyed": list(self.rekeyed),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict) -> PendingForget:
+        return cls(
+            str(document["request"]),
+            str(document["selector"]),
+            tuple(map(str, document["sessions"])),
+            {str(bucket): tuple(map(str, members)) for bucket, members in document["buckets"].items()},
+            tuple(map(str, document["rekeyed"])),
+        )
 
 
 class SessionTable(MutableMapping[str, SessionEntry]):
@@ -157,7 +205,9 @@ class KeystoreData:
     sessions: SessionTable = field(default_factory=SessionTable)
     buckets: dict[str, Bucket] = field(default_factory=dict)
     last_seen: dict[str, datetime] = field(default_factory=dict)
-    """Per profile: when its latest session began (for inactive child profiles)."""
+    """Per profile: when its latest session began (for inactive profiles)."""
+    forgets: dict[str, PendingForget] = field(default_factory=dict)
+    """Forget requests not yet fulfilled (only between a crash and the next command)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.sessions, SessionTable):
@@ -172,6 +222,8 @@ class KeystoreData:
             "sessions": self.sessions.documents(instants),
             "last_seen": {name: instant.isoformat() for name, instant in sorted(self.last_seen.items())},
         }
+        if self.forgets:
+            document["forgets"] = [pending.to_json() for pending in self.forgets.values()]
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
@@ -186,9 +238,10 @@ class KeystoreData:
             buckets = [_record(Bucket, b, instants) for b in document["buckets"]]
             sessions = SessionTable.from_documents(document["sessions"], instants)
             last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
+            forgets = [PendingForget.from_json(f) for f in document.get("forgets", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # sealed by us, so only a bug gets here
             raise KeystoreError(f"the keystore opens but its contents are malformed ({type(exc).__name__}: {exc})") from None
-        return cls(sessions, {b.id: b for b in buckets}, last_seen)
+        return cls(sessions, {b.id: b for b in buckets}, last_seen, {f.request: f for f in forgets})
 
     def members_by_bucket(self) -> dict[str, list[str]]:
         """For each bucket with data, the ids of the sessions whose data is in it (one pass)."""
@@ -205,26 +258,33 @@ class Keystore:
     """The sealed keystore in DATA_DIR/keystore, opened under the data-folder lock."""
 
     def __init__(
-        self, data_dir: Path, vault: Vault, on_root_lost: Callable[[], None] | None = None, readonly: bool = False
+        self,
+        data_dir: Path,
+        vault: Vault,
+        on_root_lost: Callable[[str], None] | None = None,
+        access: Access = Access.WRITE,
     ) -> None:
-        self.data_dir = private_dir(data_dir)
-        self.path = data_dir / KEYSTORE_FILE
+        self.data_dir = data_dir if access is Access.READ else private_dir(data_dir)
+        self.path = data_dir / KEYSTORE
         self.vault = vault
         self.on_root_lost = on_root_lost
-        """Called (under the lock) when a lost root is discovered, so the loss is audited."""
-        self.readonly = readonly
-        """Open without ever writing (for `audit verify`): no root is created, promoted or replaced."""
+        """Called (under the lock, with the reason) when the agent finds its root gone, so the loss is audited."""
+        self.access = access
         self._root: bytes | None = None
         self._sealed_json = b""
         """The plaintext of the keystore as last opened or written (saves only what changed)."""
-        self.root_lost = False
-        """Set when the vault had no root although a keystore existed (e.g. a power-off with
-        the keyring vault): everything retained was shredded by that loss."""
+        self.root_lost: str | None = None
+        """Why the root is gone, when the vault had none although a keystore existed (e.g. a
+        power-off with the keyring vault): everything retained was shredded by that loss."""
+
+    @property
+    def readonly(self) -> bool:
+        return self.access is Access.READ
 
     @contextmanager
     def transaction(self) -> Iterator[KeystoreData]:
         """Lock, open, let the caller change the data, seal it again if it changed."""
-        with DataLock(self.data_dir):
+        with DataLock(self.data_dir, create=not self.readonly):
             data = self._open()  # sets _sealed_json to what was on disk
             yield data
             plaintext = data.to_json()
@@ -232,7 +292,7 @@ class Keystore:
                 self._save(data, plaintext)
 
     def read(self) -> KeystoreData:
-        with DataLock(self.data_dir):
+        with DataLock(self.data_dir, create=not self.readonly):
             return self._open()
 
     def save(self, data: KeystoreData) -> None:
@@ -305,18 +365,18 @@ class Keystore:
         return self._root
 
     def _open(self) -> KeystoreData:
+        if not self.readonly:  # stale copies of a root or keystore a crashed write left behind
+            self.vault.scrub()
+            destroy_temps(self.data_dir, KEYSTORE)
         current, staged = self.vault.read("current"), self.vault.read("next")
         self._sealed_json = b""
-        if not self.path.exists():
-            if self.readonly:
-                self._root = current
-                return KeystoreData()
-            if current is None:
+        sealed = read_in(self.data_dir, KEYSTORE)
+        if sealed is None:
+            if not self.readonly and current is None:
                 current = os.urandom(ROOT_BYTES)
                 self.vault.write("current", current)
             self._root = current
             return KeystoreData()
-        sealed = self.path.read_bytes()
         for root in (current, staged):
             if root is None:
                 continue
@@ -333,10 +393,7 @@ class Keystore:
             self._root = root
             return data
         if current is None and staged is None:
-            if self.readonly:
-                self.root_lost = True
-                return KeystoreData()
-            return self._after_root_loss()
+            return self._after_root_loss(self.vault.why_missing())  # VaultError if maybe only invisible
         raise KeystoreError(
             f"{self.path}: the keystore cannot be opened with the vault's root key "
             f"({self.vault.level.backend}). It is damaged (e.g. cut short by a power cut) or belongs to "
@@ -344,28 +401,30 @@ class Keystore:
             f"can never be opened again: to start afresh, move it aside (mv {self.path} {self.path}.damaged)."
         )
 
-    def _after_root_loss(self) -> KeystoreData:
-        """No root anywhere but a keystore exists: the data can never be opened again."""
-        if self.vault.level.survives_reboot:
+    def _after_root_loss(self, reason: str) -> KeystoreData:
+        """No root anywhere but a keystore exists: the data can never be opened again. Only the
+        agent's start records that and begins afresh; anything else says so and changes nothing."""
+        self.root_lost = reason
+        if self.readonly:
+            return KeystoreData()
+        if self.access is not Access.AGENT:
             raise VaultError(
-                f"{self.path}: the keystore exists but the vault's root key file is missing, so the "
-                "data it describes can never be opened. If the key was deleted on purpose, remove "
-                f"{self.data_dir}/keystore, recordings/ and transcripts/ to start afresh."
+                f"{self.path}: {reason}, so nothing retained can be opened again. The agent records the "
+                "loss and starts afresh when it next starts (systemctl start edge-agent); nothing was changed."
             )
-        self.root_lost = True
         self._root = os.urandom(ROOT_BYTES)
         self.vault.write("current", self._root)
         data = KeystoreData()
         self._save(data)
         if self.on_root_lost is not None:
-            self.on_root_lost()
+            self.on_root_lost(reason)
         return data
 
     def _save(self, data: KeystoreData, plaintext: bytes | None = None) -> None:
         if self.readonly:
             raise KeystoreError("the keystore was opened read-only")
         plaintext = plaintext if plaintext is not None else data.to_json()
-        atomic_write(self.path, _seal(self._require_root(), plaintext))
+        write_atomic_in(self.data_dir, KEYSTORE, _seal(self._require_root(), plaintext))
         self._sealed_json = plaintext
 
     def _ratchet(self, data: KeystoreData) -> None:
@@ -387,7 +446,7 @@ class Keystore:
         self.vault.write("next", new)
         crash_point("ratchet.staged")
         plaintext = data.to_json()
-        atomic_write(self.path, _seal(new, plaintext))
+        write_atomic_in(self.data_dir, KEYSTORE, _seal(new, plaintext))
         self._sealed_json = plaintext
         self.vault.write("current", new)
         self.vault.erase("next")
@@ -433,9 +492,11 @@ def iso_utc(instant: datetime | None) -> str | None:
 
 
 def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dict:
-    """A record as JSON-ready fields (instants as ISO 8601 UTC, memoised in `instants`)."""
+    """A record as JSON-ready fields in declaration order (instants as ISO 8601 UTC, memoised
+    in `instants`). The order is fixed so the same data always seals to the same plaintext and
+    an unchanged keystore is never rewritten (a set's order changes with each process's hash seed)."""
     encoded = {}
-    for name in _field_names(type(record)):
+    for name in _field_order(type(record)):
         value = getattr(record, name)
         if isinstance(value, datetime):
             text = instants.get(value)
@@ -445,8 +506,14 @@ def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dic
 
 
 _FIELD_NAMES: dict[type, frozenset[str]] = {}
+_FIELD_ORDER: dict[type, tuple[str, ...]] = {}
 Record = TypeVar("Record", Bucket, SessionEntry)
 _TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime
+
+
+def _field_order(kind: type) -> tuple[str, ...]:
+    order = _FIELD_ORDER.get(kind)
+    return order if order is not None else _FIELD_ORDER.setdefault(kind, tuple(f.name for f in fields(kind)))
 
 
 def _field_names(kind: type) -> frozenset[str]:

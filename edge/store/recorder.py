@@ -14,35 +14,23 @@ import os
 import struct
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Callable
 
 from edge.audio import PIPELINE_RATE
 from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.faults import crash_point
+from edge.store import layout
 from edge.store.buckets import bucket_id, expiry_for
-from edge.store.files import DataLock, StorageError, atomic_write, create_private_file, why
+from edge.store.files import StorageError, create_in, unlink_in, why, write_atomic_in
 from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
+from edge.store.layout import recording_path
+from edge.store.lock import DataLock
 from edge.stt.recognizer import Transcript
 from edge.tagging import Tag
 
-RECORDINGS = "recordings"
-TRANSCRIPTS = "transcripts"
 UNKNOWN_SIZE = 0xFFFFFFFF
 """RIFF and data sizes in a sealed recording: the length is unknown while streaming."""
-
-
-RECORDING_SUFFIX = ".wav.age"
-TRANSCRIPT_SUFFIX = ".json.age"
-
-
-def recording_path(data_dir: Path, session_id: str) -> Path:
-    return data_dir / RECORDINGS / (session_id + RECORDING_SUFFIX)
-
-
-def transcript_path(data_dir: Path, session_id: str) -> Path:
-    return data_dir / TRANSCRIPTS / (session_id + TRANSCRIPT_SUFFIX)
 
 
 def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
@@ -130,9 +118,14 @@ class SealedSession:
         self._writer: StreamWriter | None = None
         self._bytes = 0
         if audio_recipient is not None:
-            self._file = create_private_file(recording_path(keystore.data_dir, entry.id))
-            self._writer = StreamWriter(self._file, audio_recipient)
-            self._writer.write(wav_header())
+            self._file = create_in(keystore.data_dir, layout.recording(entry.id))
+            try:
+                self._writer = StreamWriter(self._file, audio_recipient)
+                self._writer.write(wav_header())
+            except OSError as exc:  # e.g. a full disk while writing the header: keep nothing half-made
+                error = self._stopped(exc)
+                unlink_in(keystore.data_dir, layout.recording(entry.id))
+                raise error from None
 
     def write(self, pcm: bytes) -> None:
         if self._writer is not None:
@@ -147,7 +140,16 @@ class SealedSession:
         """What was sealed so far stays (and expires on time); nothing more is written."""
         path = recording_path(self._keystore.data_dir, self.entry.id)
         self._writer = None
+        self._close()
         return StorageError(f"{path}: recording stopped: {why(exc)}")
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a full disk again: the descriptor is released all the same
+            self._file = None
 
     def finish(self, transcript: Transcript) -> None:
         """Seal the last audio chunk and the transcript; mark the session complete."""
@@ -156,9 +158,9 @@ class SealedSession:
                 self._writer.close()
                 crash_point("session.finish")
                 os.fsync(self._file.fileno())
-                self._file.close()
             except OSError as exc:
                 raise self._stopped(exc) from None
+        self._close()
         if self.entry.audio_bucket is None and self.entry.transcript_bucket is None:
             return
         with self._keystore.transaction() as data:
@@ -169,7 +171,7 @@ class SealedSession:
             if bucket is not None:  # sealed to the bucket's key as it is *now* (it may have been re-keyed)
                 document = {"session": entry.id, **transcript.to_json()}
                 sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), Recipient.parse(bucket.recipient))
-                atomic_write(transcript_path(self._keystore.data_dir, entry.id), sealed)
+                write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed)
             seconds = round(self._bytes / (2 * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
             self._audit.append("session.sealed", session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import os
 import shutil
 import tarfile
@@ -61,7 +62,7 @@ def fetch_model(url: str, sha256: str, dest: Path, name: str | None = None, prog
             return Fetched(target, already=True)
         raise ModelError(f"{target} exists but is not a Vosk model; move it away and fetch again")
     try:
-        dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _public_dirs(dest)
         work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest))
     except OSError as exc:
         raise ModelError(f"{dest}: cannot create the model folder: {exc.strerror}") from None
@@ -113,6 +114,9 @@ def _download(url: str, path: Path, progress: Progress | None) -> str:
                     progress(done, total)
     except urllib.error.HTTPError as exc:
         raise ModelError(f"{url}: the server answered {exc.code} {exc.reason}; nothing was installed") from None
+    except http.client.HTTPException as exc:  # a bad status line, a cut chunked body, too many headers
+        detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        raise ModelError(f"{url}: the server's answer is not valid HTTP ({detail[:200]}); nothing was installed") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise ModelError(f"{url}: the download failed ({reason}); nothing was installed") from None
@@ -121,9 +125,15 @@ def _download(url: str, path: Path, progress: Progress | None) -> str:
     return digest.hexdigest()
 
 
-def _safe_member(name: str, url: str) -> PurePosixPath:
+def _safe_member(name: str, url: str) -> PurePosixPath | None:
+    """The member's path inside the archive ("./" prefixes dropped); None for the archive's
+    own top (".", as `tar -C dir .` writes it)."""
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or name.startswith("\\") or ":" in path.parts[0]:
+    if path.is_absolute() or ".." in path.parts or name.startswith("\\"):
+        raise ModelError(f"{url}: the archive holds an unsafe path {name!r}; nothing was installed")
+    if not path.parts:
+        return None
+    if ":" in path.parts[0]:
         raise ModelError(f"{url}: the archive holds an unsafe path {name!r}; nothing was installed")
     return path
 
@@ -131,23 +141,35 @@ def _safe_member(name: str, url: str) -> PurePosixPath:
 def _unpack(archive: Path, into: Path, url: str) -> None:
     """Unpack a zip or tar archive member by member, refusing anything but plain files and folders."""
     into.mkdir(mode=0o755)
-    total = 0
+    total, seen = 0, set()
     try:
         for name, is_dir, plain, size, opener in _members(archive, url):
             path = _safe_member(name, url)
+            if path is None:
+                continue
             if not plain:
                 raise ModelError(f"{url}: {name!r} is a link or device, not a file; nothing was installed")
+            if path in seen:
+                raise ModelError(f"{url}: {name!r} appears twice in the archive; nothing was installed")
+            seen.add(path)
             total += size
             if total > MAX_UNPACKED_BYTES:
                 raise ModelError(f"{url}: unpacks to more than {MAX_UNPACKED_BYTES} bytes; nothing was installed")
-            if is_dir:
-                _make_dir(into / path)
-                continue
-            _make_dir((into / path).parent)
-            with opener() as source, _public_file(into / path) as target:
-                shutil.copyfileobj(source, target, CHUNK)
+            try:
+                if is_dir:
+                    _make_dir(into / path)
+                    continue
+                _make_dir((into / path).parent)
+                with opener() as source, _public_file(into / path) as target:
+                    shutil.copyfileobj(source, target, CHUNK)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                raise ModelError(f"{url}: {name!r} clashes with another member (a file where a folder belongs?); nothing was installed") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise ModelError(f"{url}: the archive is damaged ({exc}); nothing was installed") from None
+    except (RuntimeError, NotImplementedError) as exc:  # zipfile: an encrypted member, or deflate64
+        raise ModelError(f"{url}: the archive cannot be unpacked ({exc}); nothing was installed") from None
+    except OSError as exc:
+        raise ModelError(f"{url}: cannot unpack it: {exc.strerror or exc}; nothing was installed") from None
 
 
 def _members(archive: Path, url: str) -> Iterator[tuple[str, bool, bool, int, Callable[[], BinaryIO]]]:
@@ -168,7 +190,22 @@ def _members(archive: Path, url: str) -> Iterator[tuple[str, bool, bool, int, Ca
 
 def _make_dir(path: Path) -> None:
     path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not path.is_dir() or path.is_symlink():
+        raise NotADirectoryError(str(path))
     os.chmod(path, 0o755)  # a model is not private: the service user must read it
+
+
+def _public_dirs(dest: Path) -> None:
+    """Create `dest` and its missing parents 0755 (edge runs with umask 077, and the service
+    user must be able to reach the model); existing folders are left as they are."""
+    missing = []
+    folder = dest
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o755)
+        os.chmod(path, 0o755)
 
 
 def _public_file(path: Path):

@@ -1,0 +1,61 @@
+"""The data folder's layout: every name edge keeps there, in one place.
+
+Paths inside the data folder are written relative to it ("recordings/ID.wav.age") so
+the file layer can open them one component at a time without following links.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+LOCK = "lock"
+KEYSTORE = "keystore"
+VAULT_MARKER = "vault"
+CLOCK = "clock"
+AUDIT_LOG = "audit.jsonl"
+AUDIT_KEY = "audit.key"
+CONTROL_SOCKET = "control.sock"
+MODELS = "models"
+RECORDINGS = "recordings"
+TRANSCRIPTS = "transcripts"
+RECORDING_SUFFIX = ".wav.age"
+TRANSCRIPT_SUFFIX = ".json.age"
+
+OWN_NAMES = frozenset(
+    {LOCK, KEYSTORE, VAULT_MARKER, CLOCK, AUDIT_LOG, AUDIT_KEY, CONTROL_SOCKET, MODELS, RECORDINGS, TRANSCRIPTS, "lost+found"}
+)
+"""What edge itself may find at the top of its data folder (besides temporary files)."""
+_OWN_PATTERN = re.compile(r"^(\.[^/]+\.\d+(\.[0-9a-f]+)?\.(tmp|partial)|keystore\..+)$")
+"""Temporary files of an interrupted write, and keystores set aside (`keystore.damaged`)."""
+SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def recording(session_id: str) -> str:
+    return f"{RECORDINGS}/{session_id}{RECORDING_SUFFIX}"
+
+
+def transcript(session_id: str) -> str:
+    return f"{TRANSCRIPTS}/{session_id}{TRANSCRIPT_SUFFIX}"
+
+
+def recording_path(data_dir: Path, session_id: str) -> Path:
+    """For messages and tests; edge itself opens `recording(id)` under the data folder."""
+    return data_dir / recording(session_id)
+
+
+def transcript_path(data_dir: Path, session_id: str) -> Path:
+    return data_dir / transcript(session_id)
+
+
+def is_own_name(name: str, also: frozenset[str] = frozenset()) -> bool:
+    """Whether `name` at the top of a data folder is one edge makes (`also`: e.g. the file
+    vault's key when it lives inside the data folder)."""
+    return name in OWN_NAMES or name in also or bool(_OWN_PATTERN.match(name))
+
+
+def session_of(name: str, suffix: str) -> str | None:
+    """The session id of a ciphertext file name, or None when edge did not name it."""
+    if name.endswith(suffix) and SESSION_ID.match(name[: -len(suffix)]):
+        return name[: -len(suffix)]
+    return None
