@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Any
 
-from edge.audio import FRAME_BYTES
 from edge.audio.segmenter import Segmenter, SegmenterSettings
-from edge.config import Config
-from edge.store.keystore import iso_utc
+from edge.config import Config, TriggerSettings
+from edge.instants import iso_utc
+from edge.pcm import FRAME_BYTES
+from edge.policy import Tag
 from edge.store.recorder import Recorder, SealedSession
-from edge.stt.recognizer import Decoder, SpeechModel, Transcript, Word
-from edge.tagging import Tag, tag_session
+from edge.stt.recognizer import Decoder, SpeechModel
+from edge.tagging import tag_session
+from edge.transcript import Transcript, Word
+from edge.values import EndReason, TagRule, TriggerMode
 
 
 @dataclass(frozen=True)
@@ -26,16 +30,15 @@ class SessionRecord:
     session: str
     """Random id (16 hex digits)."""
     profile: str
-    rule: str
-    """How the profile was chosen: "given", "active" or "strictest"."""
+    rule: TagRule
+    """How the profile was chosen."""
     started: str
     """Wall-clock time the session began, ISO 8601 UTC."""
     start: float
     """Seconds from the start of the input stream."""
     end: float
     """Seconds from the start of the input stream."""
-    end_reason: str
-    """"silence", "max_length", "no_speech", "end_of_input" or "stopped"."""
+    end_reason: EndReason
     text: str
     words: tuple[Word, ...] = field(default=())
     audio_expires: str | None = None
@@ -43,7 +46,7 @@ class SessionRecord:
     transcript_expires: str | None = None
     """When the sealed transcript will be shredded (ISO 8601 UTC); None = not kept."""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["start"], data["end"] = round(self.start, 3), round(self.end, 3)
         return data
@@ -57,11 +60,24 @@ class RunSummary:
     wake_count: int = 0
 
 
+def segmenter_settings(trigger: TriggerSettings) -> SegmenterSettings:
+    """The segmenter's settings (seconds) from the config's trigger table."""
+    return SegmenterSettings(
+        mode=trigger.mode,
+        silence_end=trigger.silence_end.total_seconds(),
+        max_session=trigger.max_session.total_seconds(),
+        wake_timeout=trigger.wake_timeout.total_seconds(),
+        wake_phrase=trigger.wake_phrase,
+        wake_confidence=trigger.wake_confidence,
+        vad_aggressiveness=trigger.vad_aggressiveness,
+    )
+
+
 def session_grammar(config: Config) -> tuple[str, ...]:
     """Phrases a session recognizer may output. In wake mode the wake phrase is added,
     so a session that starts at the wake phrase is not forced onto other words."""
     grammar = config.trigger.grammar
-    if grammar and config.trigger.mode == "wake" and config.trigger.wake_phrase not in grammar:
+    if grammar and config.trigger.mode == TriggerMode.WAKE and config.trigger.wake_phrase not in grammar:
         grammar = grammar + (config.trigger.wake_phrase,)
     return grammar
 
@@ -102,7 +118,7 @@ class SessionRunner:
             if self._open.sealed is not None:
                 self._open.sealed.write(pcm)
 
-    def end(self, offset: float, reason: str) -> None:
+    def end(self, offset: float, reason: EndReason) -> None:
         session, self._open = self._open, None
         if session is None:
             return
@@ -152,10 +168,10 @@ class Agent:
         self.grammar = session_grammar(config)
         if self.grammar:
             model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")
-        self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == "wake" else []
+        self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == TriggerMode.WAKE else []
         spot_grammar = self.grammar  # free dictation when no grammar: any word may precede the wake phrase
         self.segmenter = Segmenter(
-            SegmenterSettings.from_trigger(config.trigger),
+            segmenter_settings(config.trigger),
             SessionRunner(self),
             make_spotter=lambda: model.decoder(spot_grammar),
         )
@@ -185,7 +201,7 @@ class Agent:
                 break
         if pending and not stop.is_set():  # the last partial frame, padded with silence
             self.segmenter.feed(bytes(pending) + bytes(FRAME_BYTES - len(pending)))
-        self.segmenter.finish("stopped" if stop.is_set() else "end_of_input")
+        self.segmenter.finish(EndReason.STOPPED if stop.is_set() else EndReason.END_OF_INPUT)
         self.summary.seconds = self.segmenter.offset
         self.summary.wake_count = self.segmenter.wake_count
         return self.summary
@@ -196,7 +212,5 @@ def _without_wake_phrase(transcript: Transcript, wake_tokens: list[str], start: 
     words = list(transcript.words)
     if wake_tokens and [w.word for w in words[: len(wake_tokens)]] == wake_tokens:
         words = words[len(wake_tokens) :]
-    shifted = tuple(
-        Word(w.word, round(w.start + start, 3), round(w.end + start, 3), w.conf) for w in words
-    )
+    shifted = tuple(Word(w.word, round(w.start + start, 3), round(w.end + start, 3), w.conf) for w in words)
     return Transcript(text=" ".join(w.word for w in shifted), words=shifted)

@@ -11,20 +11,22 @@ import re
 import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
 from edge.durations import format_duration, parse_duration
 from edge.errors import ConfigError
+from edge.values import KeyringKind, ProfileKind, TriggerMode, VaultBackend
+
+Choice = TypeVar("Choice", bound=StrEnum)
 
 SYSTEM_CONFIG = Path("/etc/edge/household.toml")
 BUILTIN_CONFIG = (Path(__file__).parent / "data" / "household.example.toml").resolve()
 
-TRIGGER_MODES = ("wake", "push_to_talk", "always")
-VAULT_BACKENDS = ("keyring", "file", "tpm")
-KEYRINGS = ("persistent", "session")
-PROFILE_KINDS = ("adult", "child")
+VAULT_BACKENDS = (VaultBackend.KEYRING, VaultBackend.FILE, VaultBackend.TPM)
+"""What [vault] backend may say (the demo's in-memory vault is never configured)."""
 SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 MAX_SOCKET_PATH = 107
 """Longest Unix socket path Linux accepts (sun_path is 108 bytes with the final NUL)."""
@@ -47,19 +49,19 @@ class DeviceSettings:
 
 @dataclass(frozen=True)
 class VaultSettings:
-    backend: str
-    """Where the root key lives: "keyring" (kernel, lost at power-off), "file", "tpm"."""
+    backend: VaultBackend
+    """Where the root key lives: keyring (kernel, lost at power-off), file, tpm."""
     path: Path | None
     """Root key file for the "file" backend; None otherwise."""
-    keyring: str
+    keyring: KeyringKind
     """For "keyring": "persistent" (the user's persistent keyring: outlives the agent, not a
     reboot) or "session" (the caller's session keyring, e.g. inside `keyctl session`)."""
 
 
 @dataclass(frozen=True)
 class TriggerSettings:
-    mode: str
-    """"wake" (a session starts at the wake phrase), "push_to_talk", or "always"."""
+    mode: TriggerMode
+    """Which utterances become sessions (see edge.values.TriggerMode)."""
     wake_phrase: str
     """Phrase that opens a session in "wake" mode."""
     grammar: tuple[str, ...]
@@ -79,8 +81,7 @@ class TriggerSettings:
 @dataclass(frozen=True)
 class Profile:
     name: str
-    kind: str
-    """"adult" or "child"."""
+    kind: ProfileKind
     keep_audio: timedelta
     """How long sealed audio may be kept; 0 = never stored."""
     keep_transcript: timedelta
@@ -92,7 +93,7 @@ class Profile:
 
     @property
     def is_child(self) -> bool:
-        return self.kind == "child"
+        return self.kind == ProfileKind.CHILD
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,7 @@ class Config:
         for profile in self.profiles:
             if profile.name == name:
                 return profile
-        raise ConfigError(
-            f"{self.path}: there is no profile named {name!r}; "
-            f"the profiles are: {', '.join(p.name for p in self.profiles)}"
-        )
+        raise ConfigError(f"{self.path}: there is no profile named {name!r}; the profiles are: {', '.join(p.name for p in self.profiles)}")
 
 
 def resolve_config_path(explicit: str | None) -> Path:
@@ -148,8 +146,7 @@ def load_config(path: Path) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: config file not found. Copy configs/household.example.toml there "
-            "and edit it, or pass --config FILE."
+            f"{path}: config file not found. Copy configs/household.example.toml there and edit it, or pass --config FILE."
         ) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder; --config needs a TOML file") from None
@@ -175,15 +172,10 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     profiles_table = root.table("profiles")
     root.finish()
 
-    profiles = tuple(
-        _parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys())
-    )
+    profiles = tuple(_parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys()))
     profiles_table.finish()
     if not profiles:
-        raise ConfigError(
-            f"{path}: [profiles] is empty: add at least one profile, e.g. [profiles.parent] "
-            'with kind = "adult"'
-        )
+        raise ConfigError(f'{path}: [profiles] is empty: add at least one profile, e.g. [profiles.parent] with kind = "adult"')
     names = [p.name for p in profiles]
     active = household_table.get("active_profile", str, None)
     if active is not None and active not in names:
@@ -253,21 +245,21 @@ def _parse_device(table: _Table, path: Path) -> DeviceSettings:
 
 
 def _parse_vault(table: _Table, path: Path) -> VaultSettings:
-    backend = table.choice("backend", VAULT_BACKENDS, "keyring")
+    backend = table.choice("backend", VAULT_BACKENDS, VaultBackend.KEYRING)
     key_path = table.get("path", str, "")
-    if backend == "file" and not key_path:
+    if backend == VaultBackend.FILE and not key_path:
         table.fail("path", key_path, 'the path of the root key file (required when backend = "file")')
-    if backend != "file" and key_path:
+    if backend != VaultBackend.FILE and key_path:
         table.fail("path", key_path, 'no value: path is only used when backend = "file"')
-    ring = table.choice("keyring", KEYRINGS, "persistent")
+    ring = table.choice("keyring", tuple(KeyringKind), KeyringKind.PERSISTENT)
     table.finish()
     return VaultSettings(backend=backend, path=_relative_to(path, key_path) if key_path else None, keyring=ring)
 
 
 def _parse_trigger(table: _Table) -> TriggerSettings:
-    mode = table.choice("mode", TRIGGER_MODES, "wake")
+    mode = table.choice("mode", tuple(TriggerMode), TriggerMode.WAKE)
     wake_phrase = table.get("wake_phrase", str, "").strip()
-    if mode == "wake" and not wake_phrase:
+    if mode == TriggerMode.WAKE and not wake_phrase:
         table.fail("wake_phrase", wake_phrase, 'a phrase (required when mode = "wake")')
     grammar = table.get("grammar", list, [])
     for index, phrase in enumerate(grammar):
@@ -309,9 +301,9 @@ def _parse_profile(name: str, table: _Table) -> Profile:
             f"{table.file}: [profiles.{name}]: the profile name must be 1-32 characters: "
             "a lowercase letter first, then lowercase letters, digits, '-' or '_'"
         )
-    kind = table.choice("kind", PROFILE_KINDS, REQUIRED)
+    kind = table.choice("kind", tuple(ProfileKind), REQUIRED)
     allow_training = table.get("allow_training", bool, False)
-    if kind == "child" and allow_training:
+    if kind == ProfileKind.CHILD and allow_training:
         table.fail("allow_training", True, "false for a child profile (children's audio is never used for training)")
     profile = Profile(
         name=name,
@@ -353,9 +345,11 @@ class _Table:
     def key_path(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix else key
 
-    def fail(self, key: str, value: object, allowed: str) -> None:
+    def fail(self, key: str, value: object, allowed: str) -> NoReturn:
         shown = value if not isinstance(value, timedelta) else "that duration"
-        raise ConfigError(f"{self.file}: {self.key_path(key)} = {shown!r} is not allowed; use {allowed}")
+        raise ConfigError(
+            f"{self.file}: {self.key_path(key)} = {shown!r} is not allowed; use {allowed}", path=self.file, setting=self.key_path(key)
+        )
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         self._seen.add(key)
@@ -370,7 +364,8 @@ class _Table:
             self.fail(key, value, " or ".join(_TYPE_NAMES[k] for k in kinds))
         return value
 
-    def choice(self, key: str, allowed: tuple[str, ...], default: object) -> str:
+    def choice(self, key: str, allowed: tuple[Choice, ...], default: object) -> Choice:
+        """One of `allowed` (StrEnum members), as that member."""
         self._seen.add(key)
         value = self._data.get(key, _MISSING)
         options = " or ".join(f'"{a}"' for a in allowed)
@@ -378,9 +373,9 @@ class _Table:
             if default is REQUIRED:
                 raise ConfigError(f"{self.file}: {self.key_path(key)} is missing; set it to {options}")
             return default  # type: ignore[return-value]
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             self.fail(key, value, options)
-        return value
+        return type(allowed[0])(value)
 
     def duration(self, key: str, default: str) -> timedelta:
         value = self.get(key, str, default)
@@ -388,7 +383,6 @@ class _Table:
             return parse_duration(value)
         except ValueError:
             self.fail(key, value, DURATION_ALLOWED)
-            raise  # unreachable: fail() raises
 
     def table(self, key: str) -> _Table:
         value = self.get(key, dict, {})
@@ -400,6 +394,5 @@ class _Table:
             where = f"[{self.prefix}]" if self.prefix else "the top level"
             known = sorted(self._seen)
             raise ConfigError(
-                f"{self.file}: unknown key {self.key_path(unknown[0])!r} in {where}; "
-                f"the keys allowed there are: {', '.join(known)}"
+                f"{self.file}: unknown key {self.key_path(unknown[0])!r} in {where}; the keys allowed there are: {', '.join(known)}"
             )

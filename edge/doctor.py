@@ -13,14 +13,16 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from edge.config import BUILTIN_CONFIG, SYSTEM_CONFIG, Config, load_config
+from edge.disk.files import exists_in
+from edge.disk.layout import KEYSTORE, MODELS
 from edge.errors import EdgeError
-from edge.store.files import exists_in
-from edge.store.layout import KEYSTORE, MODELS
+from edge.values import VaultBackend
 
 UNIT_PATH = Path("/etc/systemd/system/edge-agent.service")
 MAX_EXPOSURE = 2.5
@@ -37,7 +39,7 @@ class Finding:
     detail: str
     fix: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -66,13 +68,17 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
 def _config_file(config: Config) -> Finding:
     if config.path == BUILTIN_CONFIG:
         return Finding(
-            "config", "warn", f"no household config: using the built-in example ({config.path})",
+            "config",
+            "warn",
+            f"no household config: using the built-in example ({config.path})",
             f"scripts/install.sh, or copy it to {SYSTEM_CONFIG} and set each profile's retention",
         )
     mode = config.path.stat().st_mode
     if mode & stat.S_IROTH:
         return Finding(
-            "config", "warn", f"{config.path} is readable by every user (mode {mode & 0o777:04o})",
+            "config",
+            "warn",
+            f"{config.path} is readable by every user (mode {mode & 0o777:04o})",
             f"chmod 640 {config.path} (root:edge): profile names and retention are the household's business",
         )
     return Finding("config", "ok", f"{config.path}")
@@ -84,7 +90,9 @@ def _model(config: Config) -> Finding:
     try:
         path = find_model(config.device.model, config.device.data_dir)
     except EdgeError as exc:
-        return Finding("model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)")
+        return Finding(
+            "model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)"
+        )
     return Finding("model", "ok", f"{path}")
 
 
@@ -125,11 +133,12 @@ def _vault(config: Config) -> Finding:
     data_dir = config.device.data_dir
     try:
         vault = open_vault(config.vault, data_dir)
-        marker = KeyringMarker.load(data_dir) if config.vault.backend == "keyring" else None
+        marker = KeyringMarker.load(data_dir) if config.vault.backend == VaultBackend.KEYRING else None
         if marker is not None and marker.uid != os.geteuid():
             level = vault.level
             return Finding(
-                "vault", "ok",
+                "vault",
+                "ok",
                 f"{level.backend}: the root key is in the kernel keyring of uid {marker.uid}, which this user "
                 f"cannot see (expected when checking with sudo; run doctor as that user to check the key): {level.summary}",
             )
@@ -137,13 +146,15 @@ def _vault(config: Config) -> Finding:
         if found is None and exists_in(data_dir, KEYSTORE):
             reason = vault.why_missing()  # VaultError when it may only be invisible from here
             return Finding(
-                "vault", "fail", f"{reason}: nothing retained before can be opened",
+                "vault",
+                "fail",
+                f"{reason}: nothing retained before can be opened",
                 "start the agent (systemctl start edge-agent): it records the loss and starts afresh",
             )
     except EdgeError as exc:
         return Finding("vault", "fail", str(exc), "see [vault] in the config and the README's guarantee levels")
     level = vault.level
-    if config.vault.backend == "file":
+    if config.vault.backend == VaultBackend.FILE:
         assert config.vault.path is not None
         problem = _too_open(config.vault.path, 0o600)
         if problem:
@@ -158,7 +169,8 @@ def _clock() -> Finding:
     if clock_synced():
         return Finding("clock", "ok", "synchronised (NTP)")
     return Finding(
-        "clock", "warn",
+        "clock",
+        "warn",
         "the clock is not NTP-synchronised: a clock set back never delays a shred, but one set forward shreds early",
         "enable time sync: systemctl enable --now systemd-timesyncd",
     )
@@ -174,7 +186,8 @@ def _swap() -> Finding:
     if not on_disk:
         return Finding("swap", "ok", "no swap on disk" + (f" (zram only: {', '.join(devices)})" if devices else ""))
     return Finding(
-        "swap", "warn",
+        "swap",
+        "warn",
         f"swap on disk is on ({', '.join(on_disk)}): audio and keys held in RAM could be written to it",
         "swapoff -a and disable it (Raspberry Pi OS: systemctl disable --now dphys-swapfile), or use zram",
     )
@@ -211,13 +224,15 @@ def _permissions(config: Config) -> Finding:
                 break
     if problems:
         return Finding(
-            "permissions", "fail", "; ".join(problems[:5]),
+            "permissions",
+            "fail",
+            "; ".join(problems[:5]),
             f"chown -R <agent user> {data_dir} && chmod -R go-rwx {data_dir}",
         )
     return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {owner}")
 
 
-def _private_paths(data_dir: Path):
+def _private_paths(data_dir: Path) -> Iterator[tuple[Path, int]]:
     """The data folder and everything in it, with the most each may allow (sockets: group access;
     models under DATA_DIR/models are public, like any Vosk model: readable, not writable, by others)."""
     yield data_dir, 0o700
@@ -251,7 +266,9 @@ def _unit(unit_path: Path) -> Finding:
         return Finding("service", "warn", f"{unit_path}: systemd-analyze could not rate it", "install systemd 252 or newer")
     if exposure > MAX_EXPOSURE:
         return Finding(
-            "service", "fail", f"{unit_path}: exposure {exposure} is above {MAX_EXPOSURE}",
+            "service",
+            "fail",
+            f"{unit_path}: exposure {exposure} is above {MAX_EXPOSURE}",
             "restore the unit from configs/edge-agent.service (scripts/install.sh)",
         )
     return Finding("service", "ok", f"{unit_path}: exposure {exposure} (systemd-analyze security)")
@@ -262,7 +279,9 @@ def unit_exposure(unit_path: Path) -> float | None:
     try:
         result = subprocess.run(
             ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit_path)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -8,10 +8,7 @@ _PATTERN = re.compile(r"^\s*(\d{1,9})\s*(ms|s|m|h|d)\s*$")
 LONGEST = timedelta(days=3650)
 """No duration in a household config may be longer (ten years): retention is for bounding
 what is kept, and instants beyond it would overflow the calendar long before "forever"."""
-ALLOWED = (
-    'a whole number and a unit, such as "0s", "800ms", "90m", "24h" or "7d" (units: ms, s, m, h, d), '
-    "at most 3650d (ten years)"
-)
+ALLOWED = 'a whole number and a unit, such as "0s", "800ms", "90m", "24h" or "7d" (units: ms, s, m, h, d), at most 3650d (ten years)'
 
 
 def parse_duration(text: object) -> timedelta:

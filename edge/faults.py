@@ -12,14 +12,14 @@ import os
 import signal
 
 POINTS = (
-    "audio.chunk",        # a chunk of sealed audio was just written
-    "session.finish",     # audio sealed, transcript not yet
-    "replace.temp",       # a replacement (keystore, root key file) is in its temp file
-    "replace.renamed",    # renamed over the old file, folder not yet fsynced
-    "ratchet.staged",     # new root staged in the vault, keystore not yet re-sealed
-    "shred.keys",         # bucket keys destroyed, ciphertext not yet deleted
-    "shred.files",        # some ciphertext of a shredded bucket deleted
-    "audit.torn",         # half an audit line written (a torn write)
+    "audio.chunk",  # a chunk of sealed audio was just written
+    "session.finish",  # audio sealed, transcript not yet
+    "replace.temp",  # a replacement (keystore, root key file) is in its temp file
+    "replace.renamed",  # renamed over the old file, folder not yet fsynced
+    "ratchet.staged",  # new root staged in the vault, keystore not yet re-sealed
+    "shred.keys",  # bucket keys destroyed, ciphertext not yet deleted
+    "shred.files",  # some ciphertext of a shredded bucket deleted
+    "audit.torn",  # half an audit line written (a torn write)
 )
 
 _armed: dict[str, int] = {}

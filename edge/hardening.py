@@ -25,4 +25,4 @@ def make_non_dumpable() -> None:
 
 
 def is_dumpable() -> bool:
-    return _libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
+    return bool(_libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)

@@ -1,32 +1,42 @@
-"""Factories that assemble edge's parts from a config: one place to swap one edge.
+"""The composition root: the one place where edge's parts are built from a config.
 
-The command line and the agent both build what they need here, so a test (or a
-future control socket) gets exactly the same wiring.
+The service, the command line, the tests and the benchmarks all assemble what they
+need here, so each part is made the same way everywhere. Every `make_*` builds one
+part, and everything it depends on can be passed in, so a test (or the demo, with
+its in-memory vault) swaps exactly one edge: the clock, the vault, the model.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.agent import Agent, SessionRecord
 from edge.audit.log import AuditLog, Checkpoint
+from edge.boot import boot_id
 from edge.config import Config
 from edge.crypto.vault import Vault, open_vault
+from edge.disk.files import entries_in
+from edge.disk.layout import is_own_name
 from edge.errors import ConfigError, UsageError
 from edge.retention.clock import TrustedClock
-from edge.retention.shredder import Shredder
-from edge.store.files import entries_in
+from edge.retention.scheduler import RetentionService
+from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import Access, Keystore
-from edge.store.layout import is_own_name
+from edge.store.recorder import Recorder
 
 if TYPE_CHECKING:
     from edge.audit.verify import Verification
+    from edge.stt.recognizer import SpeechModel
 
 
-def make_model(config: Config):
+def make_model(config: Config) -> SpeechModel:
     """Find and load the Vosk model named by [device] model (seconds and hundreds of MiB)."""
-    from edge.stt.model_path import find_model
+    from edge.stt.model_path import find_model  # only the commands that listen pay for Vosk
     from edge.stt.recognizer import SpeechModel
 
     return SpeechModel(find_model(config.device.model, config.device.data_dir))
@@ -37,7 +47,7 @@ def check_data_dir(config: Config) -> None:
     account for in its own folders, so it must never share one (such as a home folder)."""
     data_dir = config.device.data_dir
     vault_path = config.vault.path
-    also = frozenset()
+    also: frozenset[str] = frozenset()
     if vault_path is not None and vault_path.parent.resolve() == data_dir.resolve():
         also = frozenset({vault_path.name, vault_path.name + ".next"})
     foreign = sorted(name for name in entries_in(data_dir) if not is_own_name(name, also))
@@ -46,7 +56,9 @@ def check_data_dir(config: Config) -> None:
         raise ConfigError(
             f"{config.path}: [device] data_dir = {str(data_dir)!r} holds files edge did not make ({shown}). "
             "edge needs a folder of its own (it deletes what it cannot account for there): choose a new or "
-            "empty folder."
+            "empty folder.",
+            path=data_dir,
+            setting="device.data_dir",
         )
 
 
@@ -57,19 +69,24 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     audit = AuditLog(config.device.data_dir)
     vault = vault if vault is not None else open_vault(config.vault, config.device.data_dir)
     level = vault.level
-    store = Keystore(
-        config.device.data_dir,
-        vault,
-        on_root_lost=lambda reason: audit.append("root.lost", backend=level.backend, reason=reason),
-        access=access,
-    )
+
+    def root_lost(reason: str) -> None:
+        audit.append("root.lost", backend=level.backend, reason=reason)
+
+    store = Keystore(config.device.data_dir, vault, on_root_lost=root_lost, access=access)
     if access is not Access.READ:
         audit.recover()
     return store, audit
 
 
-def make_clock(config: Config) -> TrustedClock:
-    return TrustedClock(config.device.data_dir)
+def make_clock(
+    config: Config,
+    wall: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    boot: Callable[[], str] = boot_id,
+) -> TrustedClock:
+    """The clock that cannot be set back; tests pass their own wall and monotonic clocks."""
+    return TrustedClock(config.device.data_dir, wall=wall, monotonic=monotonic, boot=boot)
 
 
 def trusted_now(config: Config) -> datetime:
@@ -77,14 +94,81 @@ def trusted_now(config: Config) -> datetime:
     return make_clock(config).now()
 
 
-def make_shredder(config: Config, vault: Vault | None = None) -> Shredder:
-    store, audit = open_store(config, Access.WRITE, vault)
-    return Shredder(store, make_clock(config), config, audit)
+def make_shredder(
+    config: Config,
+    vault: Vault | None = None,
+    store: tuple[Keystore, AuditLog] | None = None,
+    clock: TrustedClock | None = None,
+) -> Shredder:
+    keystore, audit = store if store is not None else open_store(config, Access.WRITE, vault)
+    return Shredder(keystore, clock or make_clock(config), config, audit)
+
+
+def make_retention(shredder: Shredder, config: Config, on_report: Callable[[ShredReport], None]) -> RetentionService:
+    """Shredding on schedule: a job per bucket, a periodic sweep, a clock watch."""
+    return RetentionService(shredder, shredder.clock, config.retention.sweep, on_report)
+
+
+def make_recorder(keystore: Keystore, audit: AuditLog, clock: TrustedClock, retention: RetentionService | None = None) -> Recorder:
+    """Seals what profiles keep; each new bucket gets its expiry job when `retention` runs."""
+    return Recorder(keystore, clock.now, audit, on_new_bucket=retention.add_bucket if retention else None)
+
+
+def make_agent(
+    config: Config,
+    model: SpeechModel,
+    on_session: Callable[[SessionRecord], None],
+    recorder: Recorder | None = None,
+    profile: str | None = None,
+    clock: TrustedClock | None = None,
+) -> Agent:
+    """The pipeline: segmenter, tagger, recognizer and (with a recorder) sealing."""
+    if clock is None:
+        return Agent(config, model, on_session, given_profile=profile, recorder=recorder)
+    return Agent(config, model, on_session, given_profile=profile, recorder=recorder, clock=clock.now)
+
+
+@dataclass
+class Runtime:
+    """Everything a running agent is made of, built by `build_runtime`."""
+
+    config: Config
+    model: SpeechModel
+    keystore: Keystore
+    audit: AuditLog
+    clock: TrustedClock
+    shredder: Shredder
+    retention: RetentionService
+    recorder: Recorder
+    agent: Agent
+
+
+def build_runtime(
+    config: Config,
+    on_session: Callable[[SessionRecord], None],
+    on_report: Callable[[ShredReport], None],
+    profile: str | None = None,
+    vault: Vault | None = None,
+    model: SpeechModel | None = None,
+) -> Runtime:
+    """The agent and all it needs, nothing started yet: the service decides the order
+    (keystore opened and everything due shredded before the microphone opens)."""
+    if profile:
+        config.profile(profile)  # fail before loading anything
+    model = model if model is not None else make_model(config)
+    keystore, audit = open_store(config, Access.AGENT, vault)
+    clock = make_clock(config)
+    shredder = make_shredder(config, store=(keystore, audit), clock=clock)
+    retention = make_retention(shredder, config, on_report)
+    recorder = make_recorder(keystore, audit, clock, retention)
+    agent = make_agent(config, model, on_session, recorder, profile, clock)
+    return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent)
 
 
 def verification(config: Config, witness_path: str | None = None, vault: Vault | None = None) -> Verification:
     """Verify the audit log and cross-check the data folder, read-only."""
     from edge.audit.verify import verify  # only the commands that verify pay for it
+
     witness = _read_witness(Path(witness_path)) if witness_path else None
     keystore, audit = open_store(config, Access.READ, vault)
     grace = config.retention.sweep + timedelta(seconds=2)  # a sweep may not have run yet
@@ -97,18 +181,5 @@ def _read_witness(path: Path) -> Checkpoint:
         signature_path = path.with_name(path.name + ".sig")
         signature = signature_path.read_bytes() if signature_path.exists() else b""
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read the witness: {exc.strerror}") from None
+        raise UsageError(f"{path}: cannot read the witness: {exc.strerror}", path=path) from None
     return Checkpoint.parse(text, signature)
-
-
-def parse_instant(text: str | None, option: str) -> datetime | None:
-    """ISO 8601; without a zone it is the device's local time."""
-    if text is None:
-        return None
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"{option} {text!r} is not an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T18:00:00+01:00"
-        ) from None
-    return instant.astimezone() if instant.tzinfo is None else instant

@@ -23,21 +23,22 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge import wiring
+from edge.audit.log import AuditLog
+from edge.config import Config, load_config
+from edge.crypto.age import Identity, StreamWriter
+from edge.crypto.vault import FileVault
+from edge.disk.layout import recording_path, transcript_path
+from edge.pcm import FRAME_BYTES, PIPELINE_RATE
+from edge.store.buckets import bucket_id, expiry_for
+from edge.store.records import SessionEntry
+from edge.stt.model_path import find_model
+from edge.values import DataKind, TagRule
 
-from edge.audio import FRAME_BYTES, PIPELINE_RATE  # noqa: E402
-from edge.audit.log import AuditLog, canonical, checkpoint_text, entry_hash  # noqa: E402
-from edge.config import load_config  # noqa: E402
-from edge.crypto.age import Identity, StreamWriter  # noqa: E402
-from edge.crypto.vault import FileVault  # noqa: E402
-from edge.retention.clock import TrustedClock  # noqa: E402
-from edge.retention.scheduler import RetentionService  # noqa: E402
-from edge.retention.shredder import Shredder  # noqa: E402
-from edge.store.buckets import bucket_id, expiry_for  # noqa: E402
-from edge.store.keystore import Keystore, SessionEntry  # noqa: E402
-from edge.store.layout import recording_path, transcript_path  # noqa: E402
-from edge.stt.model_path import find_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the config template the tests use
+
+from support import file_vault, household_toml  # noqa: E402
 
 PHRASES = ["라디오", "메시지", "아버지", "위치", "보안"]
 
@@ -74,32 +75,16 @@ def make_speech(folder: Path, seconds: float) -> Path:
     return joined
 
 
-def write_config(folder: Path, data_dir: Path, mode: str = "always", grammar: str = "[]") -> Path:
+def write_config(folder: Path, data_dir: Path, mode: str = "always", grammar: list[str] | None = None) -> Path:
+    """The tests' household template: parent 24h/30d, child 1h/7d, a file vault in `folder`."""
     path = folder / "household.toml"
-    path.write_text(
-        f"""
-[device]
-data_dir = "{data_dir}"
-[vault]
-backend = "file"
-path = "{folder / 'root.key'}"
-[trigger]
-mode = "{mode}"
-wake_phrase = "라디오"
-grammar = {grammar}
-max_session = "15s"
-[profiles.parent]
-kind = "adult"
-keep_audio = "24h"
-keep_transcript = "30d"
-[profiles.child]
-kind = "child"
-keep_audio = "1h"
-keep_transcript = "7d"
-""",
-        encoding="utf-8",
-    )
+    text = household_toml(data_dir, vault=file_vault(folder / "root.key"), mode=mode, grammar=grammar or [])
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def config_for(work: Path, data_dir: Path) -> Config:
+    return load_config(write_config(work, data_dir))
 
 
 def child_cpu(command: list[str]) -> tuple[float, float]:
@@ -138,9 +123,15 @@ def overhead(work: Path, speech: Path, pairs: int) -> list[Row]:
         shutil.rmtree(data, ignore_errors=True)
     ratio = statistics.median(ratios)
     return [
-        Row("CPU time: edge-agent run / vosk-transcriber (median of pairs)", round(ratio, 3), "x", "<= 1.05", ratio <= 1.05,
+        Row(
+            "CPU time: edge-agent run / vosk-transcriber (median of pairs)",
+            round(ratio, 3),
+            "x",
+            "<= 1.05",
+            ratio <= 1.05,
             f"{pairs} A/B pairs; edge {statistics.median(edge_cpu):.1f} s, vosk-transcriber {statistics.median(peer_cpu):.1f} s CPU "
-            f"for {audio_seconds(speech):.0f} s of speech; sealing, keystore and audit on"),
+            f"for {audio_seconds(speech):.0f} s of speech; sealing, keystore and audit on",
+        ),
         Row("edge-agent run: speed", round(audio_seconds(speech) / statistics.median(edge_wall), 1), "x real time"),
     ]
 
@@ -152,10 +143,11 @@ def audio_seconds(path: Path) -> float:
 # -- 2. shred scale, 4. boot catch-up --------------------------------------------------
 
 
-def populate(data_dir: Path, sessions: int, vault: FileVault, span: timedelta, end: datetime, files: bool = True) -> int:
+def populate(config: Config, sessions: int, vault: FileVault, span: timedelta, end: datetime, files: bool = True) -> int:
     """`sessions` overdue sessions, created evenly over `span` before `end`, alternating profiles,
     each with an (empty) sealed-recording and transcript file unless not `files`. Returns the bucket count."""
-    keystore = Keystore(data_dir, vault)
+    data_dir = config.device.data_dir
+    keystore, _audit = wiring.open_store(config, vault=vault)
     keep = {"parent": (timedelta(hours=24), timedelta(days=30)), "child": (timedelta(hours=1), timedelta(days=7))}
     for folder in ("recordings", "transcripts"):
         (data_dir / folder).mkdir(mode=0o700, exist_ok=True)
@@ -165,16 +157,24 @@ def populate(data_dir: Path, sessions: int, vault: FileVault, span: timedelta, e
             profile = "child" if index % 2 else "parent"
             created = end - span - timedelta(days=30) + step * index
             ids = {}
-            for kind, retention in zip(("audio", "transcript"), keep[profile]):
+            for kind, retention in zip((DataKind.AUDIO, DataKind.TRANSCRIPT), keep[profile], strict=True):
                 expires = expiry_for(created, retention)
                 ids[kind] = bucket_id(profile, kind, expires)
                 if ids[kind] not in data.buckets:
                     keystore.new_bucket(data, ids[kind], profile, kind, expires)
             session = f"{index:016x}"
             data.sessions[session] = SessionEntry(
-                id=session, profile=profile, rule="given", child=profile == "child", created=created,
-                audio_expires=data.buckets[ids["audio"]].expires, transcript_expires=data.buckets[ids["transcript"]].expires,
-                audio_bucket=ids["audio"], transcript_bucket=ids["transcript"], state="complete", seconds=3.0,
+                id=session,
+                profile=profile,
+                rule=TagRule.GIVEN,
+                child=profile == "child",
+                created=created,
+                audio_expires=data.buckets[ids["audio"]].expires,
+                transcript_expires=data.buckets[ids["transcript"]].expires,
+                audio_bucket=ids["audio"],
+                transcript_bucket=ids["transcript"],
+                state="complete",
+                seconds=3.0,
             )
             if files:
                 recording_path(data_dir, session).touch(mode=0o600)
@@ -186,13 +186,13 @@ def shred_scale(work: Path, sizes: list[int]) -> list[Row]:
     """Each size twice: the crypto-shred alone (keys destroyed, keystore re-sealed under a new
     root, audited; no files), and the whole purge including deleting the ciphertext files."""
     rows = []
-    config = load_config(write_config(work, work / "unused"))
     for sessions in sizes:
         for files in (False, True):
             data_dir = work / f"shred-{sessions}-{files}"
+            config = config_for(work, data_dir)
             vault = FileVault(work / f"shred-{sessions}-{files}.key")
-            buckets = populate(data_dir, sessions, vault, timedelta(hours=48), datetime.now(timezone.utc), files)
-            shredder = Shredder(Keystore(data_dir, vault), TrustedClock(data_dir), config, AuditLog(data_dir))
+            buckets = populate(config, sessions, vault, timedelta(hours=48), datetime.now(timezone.utc), files)
+            shredder = wiring.make_shredder(config, vault)
             start = time.perf_counter()
             report = shredder.sweep()
             seconds = time.perf_counter() - start
@@ -200,26 +200,30 @@ def shred_scale(work: Path, sizes: list[int]) -> list[Row]:
             assert report.files_deleted == (2 * sessions if files else 0)
             what = f"+ deleting {report.files_deleted:,} files" if files else "keys destroyed (crypto-shred)"
             target = "< 1 s" if sessions == 100_000 and not files else ""
-            rows.append(Row(
-                f"purge {sessions:,} sessions / {buckets:,} buckets: {what}", round(seconds, 3), "s", target,
-                seconds < 1 if target else None,
-                f"{seconds / buckets * 1e3:.2f} ms/bucket, {seconds / sessions * 1e6:.1f} us/session",
-            ))
+            rows.append(
+                Row(
+                    f"purge {sessions:,} sessions / {buckets:,} buckets: {what}",
+                    round(seconds, 3),
+                    "s",
+                    target,
+                    seconds < 1 if target else None,
+                    f"{seconds / buckets * 1e3:.2f} ms/bucket, {seconds / sessions * 1e6:.1f} us/session",
+                )
+            )
             shutil.rmtree(data_dir)
     return rows
 
 
 def boot_catch_up(work: Path, sessions: int) -> Row:
     data_dir = work / "boot"
+    config = config_for(work, data_dir)
     vault = FileVault(work / "boot.key")
-    populate(data_dir, sessions, vault, timedelta(hours=48), datetime.now(timezone.utc))
-    config = load_config(write_config(work, data_dir))
-    clock = TrustedClock(data_dir)
-    service = RetentionService(Shredder(Keystore(data_dir, vault), clock, config, AuditLog(data_dir)), clock, config.retention.sweep, lambda report: None)
+    populate(config, sessions, vault, timedelta(hours=48), datetime.now(timezone.utc))
+    service = wiring.make_retention(wiring.make_shredder(config, vault), config, lambda report: None)
     start = time.perf_counter()
     service.catch_up()
     seconds = time.perf_counter() - start
-    left = Keystore(data_dir, vault).read().sessions
+    left = wiring.open_store(config, vault=vault)[0].read().sessions
     assert not left, f"{len(left)} sessions survived the catch-up"
     shutil.rmtree(data_dir)
     return Row(f"boot catch-up: {sessions:,} overdue sessions shredded before the mic opens", round(seconds, 3), "s", "< 1 s", seconds < 1)
@@ -229,36 +233,28 @@ def boot_catch_up(work: Path, sessions: int) -> Row:
 
 
 def write_log(data_dir: Path, entries: int) -> None:
-    """A valid audit log of `entries` events (sessions created and sealed, checkpoints every 100)."""
+    """A valid audit log of about `entries` lines (sessions created and sealed, and the
+    checkpoint the log itself adds every 100), written through AuditLog in batches."""
     log = AuditLog(data_dir)
-    log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64)  # creates the log and its key
-    key = log._signing_key()
-    log_id = log.log_id()
-    last = list(log.entries())[-1]
-    lines = []
-    with log.path.open("ab") as out:
-        for seq in range(last["seq"] + 1, entries + 1):
-            if seq % 100 == 0:
-                kind = "checkpoint"
-                fields = {"entries": seq - 1, "head": last["hash"], "signature": key.sign(checkpoint_text(log_id, seq - 1, last["hash"])).hex()}
-            elif seq % 2:
-                kind, fields = "session.created", {
-                    "session": f"{seq:016x}", "profile": "child", "rule": "active", "child": True,
-                    "audio_expires": "2099-11-28T21:00:00+00:00", "transcript_expires": "2099-12-05T20:00:00+00:00",
-                    "audio_bucket": "child.audio.20991128T210000Z", "transcript_bucket": "child.transcript.20991205T200000Z",
-                }
-            else:
-                kind, fields = "session.sealed", {"session": f"{seq - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}
-            entry = {"seq": seq, "wall": "2026-11-28T20:00:00.000+00:00", "mono": 1000.0 + seq, "boot": last["boot"],
-                     "type": kind, "fields": fields, "prev": last["hash"]}
-            entry["hash"] = entry_hash(entry)
-            lines.append(canonical(entry))
-            last = entry
-            if len(lines) == 10_000:
-                out.write(b"\n".join(lines) + b"\n")
-                lines.clear()
-        if lines:
-            out.write(b"\n".join(lines) + b"\n")
+    seq = log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64)["seq"]  # creates the log and its key
+    while seq < entries:
+        batch = [_session_event(number) for number in range(seq + 1, min(entries, seq + 10_000) + 1)]
+        seq = log.append_many(batch)[-1]["seq"]
+
+
+def _session_event(number: int) -> tuple[str, dict[str, object]]:
+    if number % 2:
+        return "session.created", {
+            "session": f"{number:016x}",
+            "profile": "child",
+            "rule": "active",
+            "child": True,
+            "audio_expires": "2099-11-28T21:00:00+00:00",
+            "transcript_expires": "2099-12-05T20:00:00+00:00",
+            "audio_bucket": "child.audio.20991128T210000Z",
+            "transcript_bucket": "child.transcript.20991205T200000Z",
+        }
+    return "session.sealed", {"session": f"{number - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}
 
 
 def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
@@ -271,10 +267,18 @@ def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
         start = time.perf_counter()
         result = verify(AuditLog(data_dir), None, datetime.now(timezone.utc), timedelta(seconds=62))
         seconds = time.perf_counter() - start
-        assert result.ok and result.entries == entries, result.problems[:1]
+        assert result.ok and result.entries >= entries, (result.entries, result.problems[:1])
         target = "< 10 s" if entries == 1_000_000 else ""
-        rows.append(Row(f"audit verify: {entries:,} entries", round(seconds, 3), "s", target, seconds < 10 if target else None,
-                        f"{seconds / entries * 1e6:.1f} us/entry, {result.checkpoints:,} signatures checked"))
+        rows.append(
+            Row(
+                f"audit verify: {entries:,} entries",
+                round(seconds, 3),
+                "s",
+                target,
+                seconds < 10 if target else None,
+                f"{seconds / result.entries * 1e6:.1f} us/entry, {result.checkpoints:,} signatures checked",
+            )
+        )
         shutil.rmtree(data_dir)
     return rows
 
@@ -320,10 +324,22 @@ def memory(work: Path, speech: Path) -> list[Row]:
     without = agent - model_alone + bare
     shutil.rmtree(work / "memory", ignore_errors=True)
     return [
-        Row("peak RSS: the agent without the model", round(without, 1), "MB", "<= 60 MB", without <= 60,
-            f"agent {agent:.0f} MB - Vosk decoding the same speech alone {model_alone:.0f} MB + bare python {bare:.0f} MB"),
-        Row("peak RSS: the Vosk model alone (loaded / decoding, in python)", round(model_alone, 1), "MB", "", None,
-            f"loaded only: {loaded:.0f} MB"),
+        Row(
+            "peak RSS: the agent without the model",
+            round(without, 1),
+            "MB",
+            "<= 60 MB",
+            without <= 60,
+            f"agent {agent:.0f} MB - Vosk decoding the same speech alone {model_alone:.0f} MB + bare python {bare:.0f} MB",
+        ),
+        Row(
+            "peak RSS: the Vosk model alone (loaded / decoding, in python)",
+            round(model_alone, 1),
+            "MB",
+            "",
+            None,
+            f"loaded only: {loaded:.0f} MB",
+        ),
     ]
 
 
@@ -341,27 +357,31 @@ def sealing(work: Path) -> list[Row]:
             out.seek(0)
     seconds = time.perf_counter() - start
     mb_s = total / seconds / 1e6
-    return [Row("sealing throughput (30 ms frames, like the recorder)", round(mb_s, 1), "MB/s", "", None,
-                f"{mb_s * 1e6 / (2 * PIPELINE_RATE):,.0f} x real time (audio is 0.032 MB/s)")]
+    return [
+        Row(
+            "sealing throughput (30 ms frames, like the recorder)",
+            round(mb_s, 1),
+            "MB/s",
+            "",
+            None,
+            f"{mb_s * 1e6 / (2 * PIPELINE_RATE):,.0f} x real time (audio is 0.032 MB/s)",
+        )
+    ]
 
 
 def latency(work: Path, speech: Path) -> list[Row]:
     """In-process: from the frame that completes the trailing silence to the sealed file
     closed and to the transcript event. End of speech -> event adds [trigger] silence_end."""
-    from edge.agent import Agent
-    from edge.stt.recognizer import SpeechModel
-    from edge.store.recorder import Recorder
-
     data = work / "latency"
-    config = load_config(write_config(work, data))
-    vault = FileVault(work / "latency.key")
-    keystore, audit = Keystore(data, vault), AuditLog(data)
-    clock = TrustedClock(data)
-    recorder = Recorder(keystore, clock.now, audit)
+    config = config_for(work, data)
+    keystore, audit = wiring.open_store(config, vault=FileVault(work / "latency.key"))
+    clock = wiring.make_clock(config)
+    recorder = wiring.make_recorder(keystore, audit, clock)
     events: list[float] = []
     closes: list[float] = []
-    agent = Agent(config, SpeechModel(find_model("auto")), lambda record: events.append(time.perf_counter()),
-                  given_profile="child", recorder=recorder, clock=clock.now)
+    agent = wiring.make_agent(
+        config, wiring.make_model(config), lambda record: events.append(time.perf_counter()), recorder, "child", clock
+    )
     runner = agent.segmenter._sink
     original_end = runner.end
     ends: list[float] = []
@@ -387,15 +407,27 @@ def latency(work: Path, speech: Path) -> list[Row]:
     recorder.begin = timed_begin
     pcm = speech.read_bytes()[44:]
     agent.run(iter([pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]))
-    to_close = [c - e for e, c in zip(ends, closes)]
-    to_event = [v - e for e, v in zip(ends, events)]
+    to_close = [c - e for e, c in zip(ends, closes, strict=True)]
+    to_event = [v - e for e, v in zip(ends, events, strict=True)]
     silence = config.trigger.silence_end.total_seconds() * 1000
     shutil.rmtree(data, ignore_errors=True)
     return [
-        Row("latency: session end -> sealed files closed (median)", round(statistics.median(to_close) * 1000, 1), "ms", "", None,
-            f"{len(to_close)} sessions; end of speech -> here adds silence_end = {silence:.0f} ms"),
-        Row("latency: session end -> transcript event (median)", round(statistics.median(to_event) * 1000, 1), "ms", "", None,
-            f"p90 {sorted(to_event)[int(len(to_event) * 0.9)] * 1000:.1f} ms"),
+        Row(
+            "latency: session end -> sealed files closed (median)",
+            round(statistics.median(to_close) * 1000, 1),
+            "ms",
+            "",
+            None,
+            f"{len(to_close)} sessions; end of speech -> here adds silence_end = {silence:.0f} ms",
+        ),
+        Row(
+            "latency: session end -> transcript event (median)",
+            round(statistics.median(to_event) * 1000, 1),
+            "ms",
+            "",
+            None,
+            f"p90 {sorted(to_event)[int(len(to_event) * 0.9)] * 1000:.1f} ms",
+        ),
     ]
 
 
@@ -403,10 +435,21 @@ def latency(work: Path, speech: Path) -> list[Row]:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith(("model name", "Model"))), platform.machine())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith(("model name", "Model"))
+        ),
+        platform.machine(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def main() -> int:
@@ -435,7 +478,9 @@ def main() -> int:
             rows.extend(step())
     print_table(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1, ensure_ascii=False) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1, ensure_ascii=False) + "\n"
+        )
     return 0 if all(r.met is not False for r in rows) else 1
 
 

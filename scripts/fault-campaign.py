@@ -18,8 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from campaign import Campaign, make_clip  # noqa: E402
 from edge.crypto import keyring  # noqa: E402
+
+from campaign import Campaign, make_clip  # noqa: E402
 
 
 def main() -> int:

@@ -22,13 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge.faults import POINTS
 
-from edge.audio.wavfile import open_wav, read_pipeline_chunks  # noqa: E402
-from edge.faults import POINTS  # noqa: E402
+from support import ROOT, WORDS, Retention, household_toml, pcm_of, plaintext_files
 
-WORDS = ["메시지", "아버지"]
 HITS = {
     "audio.chunk": 70,  # one per 30 ms frame written: two phrases are about 80
     "session.finish": 2,
@@ -45,20 +42,8 @@ SHRED_POINTS = ("replace.temp", "replace.renamed", "ratchet.staged", "shred.keys
 KEEP = 2.0
 """Seconds the campaign's profile keeps transcripts (audio: half of that)."""
 
-CONFIG = """
-[device]
-data_dir = "{data}"
-[vault]
-backend = "keyring"
-keyring = "session"
-[trigger]
-mode = "always"
-grammar = ["라디오", "보안", "위치", "메시지", "아버지"]
-[profiles.child]
-kind = "child"
-keep_audio = "1s"
-keep_transcript = "2s"
-"""
+PROFILES = {"child": Retention("child", "1s", "2s")}
+"""The campaign's household: one child profile that keeps audio 1 s and transcripts 2 s."""
 
 
 @dataclass
@@ -92,9 +77,9 @@ class Campaign:
         self.folder = folder
         self.data = folder / "data"
         self.config = folder / "household.toml"
-        self.config.write_text(CONFIG.format(data=self.data), encoding="utf-8")
+        self.config.write_text(household_toml(self.data, profiles=PROFILES), encoding="utf-8")
         self.clip = clip
-        self.pcm = b"".join(read_pipeline_chunks(open_wav(clip)))
+        self.pcm = pcm_of(clip)
         self.random = random.Random(seed)
         self.tally = Tally()
 
@@ -159,20 +144,3 @@ class Campaign:
         if not result["ok"]:
             problems += [f"audit verify: {p['message']}" for p in result["problems"]]
         return problems
-
-
-def speech_windows(pcm: bytes, size: int = 1024, stride: int = 512) -> list[bytes]:
-    """1 KiB windows every 512 bytes (any stored run of 1.5 KiB contains one), skipping near-silence."""
-    return [pcm[i : i + size] for i in range(0, len(pcm) - size, stride) if len(set(pcm[i : i + size])) >= 64]
-
-
-def plaintext_files(folder: Path, pcm: bytes, words: list[str]) -> list[str]:
-    """Every file under `folder` holding a window of `pcm` or one of `words` (UTF-8)."""
-    windows = speech_windows(pcm)
-    assert len(windows) > 20, "the scan needs speech to look for"
-    hits = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        blob = path.read_bytes()
-        if any(w in blob for w in windows) or any(word.encode() in blob for word in words):
-            hits.append(str(path))
-    return hits

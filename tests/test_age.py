@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edge.crypto import bech32
-from edge.crypto.age import CHUNK, TAG, AgeError, Identity, Recipient, StreamWriter, decrypt, decrypt_stream, encrypt, read_header
+from edge.crypto.age import CHUNK, TAG, Identity, Recipient, StreamWriter, decrypt, decrypt_stream, encrypt, read_header
+from edge.errors import AgeError
 
 VECTORS = Path(__file__).parent / "vectors" / "age"
 SPEC = json.loads((VECTORS / "vectors.json").read_text())

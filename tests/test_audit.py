@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import edge_agent
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import verify
-from test_retention import faketime
-from test_sealing import pcm_of, plaintext_found
+
+from support import edge_agent, faketime, pcm_of
+from support import plaintext_files as plaintext_found
 
 GRACE = timedelta(seconds=62)
 
@@ -142,8 +142,21 @@ def test_openssl_verifies_a_checkpoint_and_rejects_a_forged_one(household, tmp_p
 
     def openssl(message: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pem), "-rawin", "-in", str(message), "-sigfile", str(tmp_path / "cp.txt.sig")],
-            capture_output=True, text=True,
+            [
+                "openssl",
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                str(pem),
+                "-rawin",
+                "-in",
+                str(message),
+                "-sigfile",
+                str(tmp_path / "cp.txt.sig"),
+            ],
+            capture_output=True,
+            text=True,
         )
 
     good = openssl(checkpoint)
@@ -235,10 +248,24 @@ def test_html_report_is_self_contained_and_renders(household, tmp_path):
         pytest.fail("chromium is missing: run scripts/setup.sh test")
     shot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1000", page.as_uri()],
-        capture_output=True, timeout=120, check=True,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1000,1000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one

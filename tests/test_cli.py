@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, edge_agent
+from support import ROOT, edge_agent
 
 COMMANDS = [[], ["transcribe"], ["run"], ["demo"]]
 
@@ -80,9 +80,9 @@ def test_usage_errors_exit_2(args, expected):
 def test_model_missing_is_explained(tmp_path, speech):
     config = tmp_path / "household.toml"
     config.write_text(
-        (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8").replace(
-            'model = "auto"', f'model = "{tmp_path / "no-model"}"'
-        ),
+        (ROOT / "configs" / "household.example.toml")
+        .read_text(encoding="utf-8")
+        .replace('model = "auto"', f'model = "{tmp_path / "no-model"}"'),
         encoding="utf-8",
     )
     result = edge_agent("--config", str(config), "transcribe", str(speech.say("보안")))

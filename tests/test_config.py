@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, edge_agent
 from edge.config import BUILTIN_CONFIG, load_config
 from edge.errors import ConfigError
+
+from support import ROOT, edge_agent
 
 BASE = """\
 [device]
@@ -47,9 +48,27 @@ def test_example_config_is_valid_and_documents_every_key():
     assert config.profile("child").is_child and not config.profile("child").allow_training
     assert config.trigger.mode == "wake" and config.trigger.wake_phrase == "라디오"
     text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
-    for key in ("data_dir", "model", "sample_rate", "input_device", "backend", "path", "mode", "wake_phrase",
-                "grammar", "silence_end", "max_session", "wake_timeout", "vad_aggressiveness", "active_profile",
-                "kind", "keep_audio", "keep_transcript", "allow_training", "inactive_after"):
+    for key in (
+        "data_dir",
+        "model",
+        "sample_rate",
+        "input_device",
+        "backend",
+        "path",
+        "mode",
+        "wake_phrase",
+        "grammar",
+        "silence_end",
+        "max_session",
+        "wake_timeout",
+        "vad_aggressiveness",
+        "active_profile",
+        "kind",
+        "keep_audio",
+        "keep_transcript",
+        "allow_training",
+        "inactive_after",
+    ):
         assert f"{key} =" in text, key
 
 
@@ -71,57 +90,79 @@ def test_base_config_values(tmp_path):
 # (name, how to change BASE, strings the error must contain: the key path and what is allowed)
 BAD_CONFIGS = [
     ("unknown top-level table", BASE + "\n[telemetry]\nurl = 'x'\n", ["unknown key 'telemetry'", "device"]),
-    ("typo in a profile key", BASE.replace('keep_audio = "1h"', 'keep_adio = "1h"'),
-     ["profiles.kid.keep_adio", "keep_audio"]),
-    ("unknown device key", BASE.replace('sample_rate = 16000', 'sample_rate = 16000\nmic = 1'), ["device.mic"]),
-    ("bad duration", BASE.replace('keep_audio = "1h"', 'keep_audio = "1 hour"'),
-     ["profiles.kid.keep_audio", "'1 hour'", '"24h"']),
-    ("duration as a number", BASE.replace('keep_audio = "1h"', "keep_audio = 3600"),
-     ["profiles.kid.keep_audio", "a string"]),
-    ("child allowed training", BASE.replace('kind = "child"', 'kind = "child"\nallow_training = true'),
-     ["profiles.kid.allow_training", "child"]),
-    ("training not a bool", BASE.replace('kind = "adult"', 'kind = "adult"\nallow_training = "yes"'),
-     ["profiles.parent.allow_training", "true or false"]),
+    ("typo in a profile key", BASE.replace('keep_audio = "1h"', 'keep_adio = "1h"'), ["profiles.kid.keep_adio", "keep_audio"]),
+    ("unknown device key", BASE.replace("sample_rate = 16000", "sample_rate = 16000\nmic = 1"), ["device.mic"]),
+    ("bad duration", BASE.replace('keep_audio = "1h"', 'keep_audio = "1 hour"'), ["profiles.kid.keep_audio", "'1 hour'", '"24h"']),
+    ("duration as a number", BASE.replace('keep_audio = "1h"', "keep_audio = 3600"), ["profiles.kid.keep_audio", "a string"]),
+    (
+        "child allowed training",
+        BASE.replace('kind = "child"', 'kind = "child"\nallow_training = true'),
+        ["profiles.kid.allow_training", "child"],
+    ),
+    (
+        "training not a bool",
+        BASE.replace('kind = "adult"', 'kind = "adult"\nallow_training = "yes"'),
+        ["profiles.parent.allow_training", "true or false"],
+    ),
     ("missing kind", BASE.replace('kind = "child"\n', ""), ["profiles.kid.kind", "missing", '"adult" or "child"']),
     ("bad kind", BASE.replace('kind = "child"', 'kind = "teen"'), ["profiles.kid.kind", "'teen'", '"child"']),
     ("bad profile name", BASE.replace("[profiles.kid]", "[profiles.Kid]"), ["profiles.Kid", "lowercase"]),
     ("no profiles", BASE.split("[profiles.parent]")[0], ["[profiles] is empty"]),
-    ("profile not a table", BASE.split("[profiles.parent]")[0] + "[profiles]\nkid = 3\n",
-     ["profiles.kid", "a table"]),
-    ("bad mode", BASE.replace('mode = "wake"', 'mode = "vox"'),
-     ["trigger.mode", "'vox'", '"wake" or "push_to_talk" or "always"']),
+    ("profile not a table", BASE.split("[profiles.parent]")[0] + "[profiles]\nkid = 3\n", ["profiles.kid", "a table"]),
+    ("bad mode", BASE.replace('mode = "wake"', 'mode = "vox"'), ["trigger.mode", "'vox'", '"wake" or "push_to_talk" or "always"']),
     ("wake without phrase", BASE.replace('wake_phrase = "라디오"', 'wake_phrase = ""'), ["trigger.wake_phrase", "required"]),
     ("grammar not a list", BASE.replace('grammar = ["메시지", "위치"]', 'grammar = "메시지"'), ["trigger.grammar", "a list"]),
     ("grammar with empty phrase", BASE.replace('["메시지", "위치"]', '["메시지", ""]'), ["trigger.grammar[1]", "non-empty"]),
     ("grammar with a number", BASE.replace('["메시지", "위치"]', '["메시지", 3]'), ["trigger.grammar[1]"]),
     ("grammar repeats", BASE.replace('["메시지", "위치"]', '["메시지", "메시지"]'), ["trigger.grammar", "distinct"]),
-    ("silence_end too short", BASE.replace('mode = "wake"', 'mode = "wake"\nsilence_end = "10ms"'),
-     ["trigger.silence_end", "200ms to 10s"]),
-    ("max_session too long", BASE.replace('mode = "wake"', 'mode = "wake"\nmax_session = "2h"'),
-     ["trigger.max_session", "1s to 10m"]),
-    ("vad out of range", BASE.replace('mode = "wake"', 'mode = "wake"\nvad_aggressiveness = 5'),
-     ["trigger.vad_aggressiveness", "0, 1, 2 or 3"]),
-    ("sample rate text", BASE.replace("sample_rate = 16000", 'sample_rate = "16k"'),
-     ["device.sample_rate", "a whole number"]),
-    ("sample rate unsupported", BASE.replace("sample_rate = 16000", "sample_rate = 12345"),
-     ["device.sample_rate", "16000", "48000"]),
+    (
+        "silence_end too short",
+        BASE.replace('mode = "wake"', 'mode = "wake"\nsilence_end = "10ms"'),
+        ["trigger.silence_end", "200ms to 10s"],
+    ),
+    ("max_session too long", BASE.replace('mode = "wake"', 'mode = "wake"\nmax_session = "2h"'), ["trigger.max_session", "1s to 10m"]),
+    (
+        "vad out of range",
+        BASE.replace('mode = "wake"', 'mode = "wake"\nvad_aggressiveness = 5'),
+        ["trigger.vad_aggressiveness", "0, 1, 2 or 3"],
+    ),
+    ("sample rate text", BASE.replace("sample_rate = 16000", 'sample_rate = "16k"'), ["device.sample_rate", "a whole number"]),
+    ("sample rate unsupported", BASE.replace("sample_rate = 16000", "sample_rate = 12345"), ["device.sample_rate", "16000", "48000"]),
     ("sample rate is a bool", BASE.replace("sample_rate = 16000", "sample_rate = true"), ["device.sample_rate"]),
     ("file vault without path", BASE.replace('backend = "keyring"', 'backend = "file"'), ["vault.path", "required"]),
-    ("path without file vault", BASE.replace('backend = "keyring"', 'backend = "keyring"\npath = "k"'),
-     ["vault.path", 'only used when backend = "file"']),
+    (
+        "path without file vault",
+        BASE.replace('backend = "keyring"', 'backend = "keyring"\npath = "k"'),
+        ["vault.path", 'only used when backend = "file"'],
+    ),
     ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file" or "tpm"']),
-    ("unknown active profile", BASE.replace("[household]", '[household]\nactive_profile = "grandma"'),
-     ["household.active_profile", "'grandma'", "parent, kid"]),
-    ("inactive_after zero", BASE.replace('keep_audio = "24h"', 'keep_audio = "24h"\ninactive_after = "0s"'),
-     ["profiles.parent.inactive_after"]),
+    (
+        "unknown active profile",
+        BASE.replace("[household]", '[household]\nactive_profile = "grandma"'),
+        ["household.active_profile", "'grandma'", "parent, kid"],
+    ),
+    (
+        "inactive_after zero",
+        BASE.replace('keep_audio = "24h"', 'keep_audio = "24h"\ninactive_after = "0s"'),
+        ["profiles.parent.inactive_after"],
+    ),
     ("section is a value", "household = 3\n" + BASE.replace("[household]\n", ""), ["household = 3", "a table"]),
     ("not TOML", "this is not = = toml\n", ["is not valid TOML", "line 1"]),
-    ("wake confidence above 1", BASE.replace('mode = "wake"', 'mode = "wake"\nwake_confidence = 1.5'),
-     ["trigger.wake_confidence", "from 0 to 1"]),
-    ("child above the audio cap", BASE.replace('keep_audio = "1h"', 'keep_audio = "48h"'),
-     ["profiles.kid.keep_audio = '2d'", "household.max_child_audio = '1d'"]),
-    ("child above a lowered cap", BASE.replace("[household]", '[household]\nmax_child_transcript = "1d"'),
-     ["profiles.kid.keep_transcript = '7d'", "household.max_child_transcript = '1d'"]),
+    (
+        "wake confidence above 1",
+        BASE.replace('mode = "wake"', 'mode = "wake"\nwake_confidence = 1.5'),
+        ["trigger.wake_confidence", "from 0 to 1"],
+    ),
+    (
+        "child above the audio cap",
+        BASE.replace('keep_audio = "1h"', 'keep_audio = "48h"'),
+        ["profiles.kid.keep_audio = '2d'", "household.max_child_audio = '1d'"],
+    ),
+    (
+        "child above a lowered cap",
+        BASE.replace("[household]", '[household]\nmax_child_transcript = "1d"'),
+        ["profiles.kid.keep_transcript = '7d'", "household.max_child_transcript = '1d'"],
+    ),
     ("sweep too slow", BASE + '\n[retention]\nsweep = "2h"\n', ["retention.sweep", "1s to 1h"]),
     ("unknown retention key", BASE + '\n[retention]\nsweap = "1m"\n', ["retention.sweap", "sweep"]),
 ]

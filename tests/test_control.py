@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import edge_agent
-from edge.control import AgentNotRunning, ControlError, ControlServer, call, parse_request
-from test_mic import MicAgent, play
+from edge.control.protocol import ControlServer, call, parse_request
+from edge.errors import AgentNotRunning, ControlError
+
+from support import MicAgent, edge_agent, play
 
 
 @pytest.mark.parametrize(
@@ -170,9 +171,9 @@ def test_cli_drives_a_running_agent(virtual_mic, speech, write_config):
 
 def test_push_outside_push_to_talk_mode_is_refused(write_config):
     from edge.config import load_config
-    from edge.service import control_handlers
+    from edge.control.operations import agent_operations
 
-    handlers = control_handlers(load_config(write_config(mode="always")), agent=None, shredder=None, audit=None)  # type: ignore[arg-type]
+    handlers = agent_operations(load_config(write_config(mode="always")), agent=None, shredder=None, audit=None)  # type: ignore[arg-type]
     with pytest.raises(ControlError, match='mode = "push_to_talk"'):
         handlers["push"]({})
 

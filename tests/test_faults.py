@@ -18,16 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from campaign import SHRED_POINTS, Campaign, Tally, make_clip
-from conftest import edge_agent, libfaketime_env, remove_faketime_leftovers
 from edge.audit.log import AuditLog
 from edge.audit.verify import verify
 from edge.config import parse_config
-from edge.control import ControlError, parse_request
-from edge.crypto.age import AgeError, Identity, decrypt, encrypt
-from edge.errors import EdgeError
+from edge.control.protocol import parse_request
+from edge.crypto.age import Identity, decrypt, encrypt
+from edge.errors import AgeError, ControlError, EdgeError
 from edge.faults import POINTS
-from test_mic import MicAgent, play
+
+from campaign import SHRED_POINTS, Campaign, Tally, make_clip
+from support import MicAgent, Retention, edge_agent, libfaketime_env, play, remove_faketime_leftovers
 
 TALLIES: list[tuple[str, Tally]] = []
 """What every campaign in this run did; printed by conftest's terminal summary."""
@@ -106,26 +106,8 @@ def test_a_mix_of_old_and_new_keystore_never_opens(recorded, speech):
 # -- full disk ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 3 MiB tmpfs for the data folder (root only; CI runs as root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs (the test needs root): {made.stderr}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def _on_disk(config: Path, disk: Path, keep: str) -> Path:
-    text = config.read_text().replace(f'data_dir = "{config.parent / "data"}"', f'data_dir = "{disk / "data"}"')
-    config.write_text(text.replace('keep_audio = "1h"', f'keep_audio = "{keep}"').replace('keep_transcript = "7d"', f'keep_transcript = "{keep}"'))
-    return config
-
-
 def test_full_disk_stops_recording_cleanly_and_forget_still_works(small_disk, write_config, speech):
-    config = _on_disk(write_config(mode="always", max_session="10m"), small_disk, "1h")
+    config = write_config(mode="always", max_session="10m", data_dir=small_disk / "data", child=Retention("child", "1h", "1h"))
     long_speech = speech.join(*[speech.say(w, pad=0.05) for w in ["라디오", "메시지", "아버지", "위치", "보안"] * 30])
     full = edge_agent("--config", str(config), "run", "--input", str(long_speech), "--profile", "child")
     assert full.returncode == 1
@@ -139,7 +121,7 @@ def test_full_disk_stops_recording_cleanly_and_forget_still_works(small_disk, wr
 
 
 def test_a_due_shred_works_on_a_full_disk(small_disk, write_config, speech):
-    config = _on_disk(write_config(mode="always"), small_disk, "3s")
+    config = write_config(mode="always", data_dir=small_disk / "data", child=Retention("child", "3s", "3s"))
     ran = edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child")
     assert ran.returncode == 0, ran.stderr
     filler = small_disk / "filler"
@@ -170,7 +152,11 @@ def _garbage(path: Path) -> None:
         (lambda d, c: _garbage(d / "keystore"), ("status",), "cannot be opened"),
         (lambda d, c: _garbage(d / "keystore"), ("purge",), "cannot be opened"),
         (lambda d, c: _garbage(d / "audit.key"), ("audit", "checkpoint", "--out", "{folder}/checkpoint.txt"), "audit signing key"),
-        (lambda d, c: (d / "audit.jsonl").write_bytes((d / "audit.jsonl").read_bytes().replace(b'"seq":3', b'"seq":9', 1)), ("audit", "verify"), "line 3"),
+        (
+            lambda d, c: (d / "audit.jsonl").write_bytes((d / "audit.jsonl").read_bytes().replace(b'"seq":3', b'"seq":9', 1)),
+            ("audit", "verify"),
+            "line 3",
+        ),
         (lambda d, c: (d / "audit.jsonl").write_bytes(b"\x00\xff" * 50 + b"\n"), ("audit", "show"), "line 1"),
         (lambda d, c: _garbage(c), ("status",), "not UTF-8"),
         (lambda d, c: c.write_text("[device\n"), ("status",), "not valid TOML"),
@@ -231,9 +217,17 @@ def _configs(draw):
     for section, keys in _SECTION_KEYS.items():
         if draw(st.booleans()):
             document[section] = {k: draw(_toml_values) for k in draw(st.lists(st.sampled_from(keys), max_size=4, unique=True))}
-    profiles = draw(st.dictionaries(st.text(max_size=8), st.dictionaries(
-        st.sampled_from(["kind", "keep_audio", "keep_transcript", "allow_training", "inactive_after", "extra"]), _toml_values, max_size=5),
-        max_size=3))
+    profiles = draw(
+        st.dictionaries(
+            st.text(max_size=8),
+            st.dictionaries(
+                st.sampled_from(["kind", "keep_audio", "keep_transcript", "allow_training", "inactive_after", "extra"]),
+                _toml_values,
+                max_size=5,
+            ),
+            max_size=3,
+        )
+    )
     if profiles or draw(st.booleans()):
         document["profiles"] = profiles
     if draw(st.booleans()):
@@ -281,8 +275,17 @@ def real_log(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-log")
     log = AuditLog(folder)
     for index in range(30):
-        log.append("session.created", session=f"{index:016x}", profile="child", rule="given", child=True,
-                   audio_expires=None, transcript_expires=None, audio_bucket=None, transcript_bucket=None)
+        log.append(
+            "session.created",
+            session=f"{index:016x}",
+            profile="child",
+            rule="given",
+            child=True,
+            audio_expires=None,
+            transcript_expires=None,
+            audio_bucket=None,
+            transcript_bucket=None,
+        )
     return folder, log.path.read_bytes()
 
 
@@ -340,9 +343,10 @@ def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tm
     Set back: the child's 20 s audio is still shredded on time (by the monotonic clock),
     and the step is audited. Forward: data only dies earlier, so the 7-day transcript
     goes at once. No crash, nothing comes back, the log verifies."""
-    config = write_config(mode="always")
-    text = config.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "20s"')
-    config.write_text(text + '\n[retention]\nsweep = "1h"\n', encoding="utf-8")  # only bucket jobs and the watch
+    config = write_config(mode="always", child=Retention("child", "20s", "7d"))
+    config.write_text(
+        config.read_text(encoding="utf-8") + '\n[retention]\nsweep = "1h"\n', encoding="utf-8"
+    )  # only bucket jobs and the watch
     clock = tmp_path / "wall-offset"
 
     def step_wall_clock(offset: str) -> None:  # atomically: libfaketime rereads it at every call

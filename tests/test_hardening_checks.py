@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, edge_agent
-from test_faults import small_disk  # noqa: F401  (a fixture)
-from test_hardening_leaks import WORDS, record, status
-from test_mic import MicAgent, play
+from edge import wiring
+
+from support import ROOT, WORDS, MicAgent, Retention, edge_agent, play, record, status
 
 
 @pytest.fixture
@@ -34,19 +33,11 @@ def clip(speech):
     return speech.join(speech.say(WORDS[0]), 1.0, speech.say(WORDS[1]), 1.0)
 
 
-def _set(config: Path, old: str, new: str) -> None:
-    text = config.read_text(encoding="utf-8")
-    assert old in text, old
-    config.write_text(text.replace(old, new, 1), encoding="utf-8")
-
-
 # -- 9. the strictest policy is strict in every kind -------------------------------------------
 
 
 def test_an_unknown_speaker_is_kept_no_longer_than_any_profile_keeps_either_kind(write_config, clip):
-    config = write_config(mode="always")
-    _set(config, 'keep_audio = "24h"\nkeep_transcript = "30d"', 'keep_audio = "0s"\nkeep_transcript = "365d"')  # parent
-    _set(config, 'keep_transcript = "7d"', 'keep_transcript = "1d"')  # child: audio 1h
+    config = write_config(mode="always", parent=Retention("adult", "0s", "365d"), child=Retention("child", "1h", "1d"))
     record(config, clip, profile=None)
     now = datetime.now(timezone.utc)
     for session in json.loads(status(config).stdout)["sessions"]:
@@ -56,7 +47,8 @@ def test_an_unknown_speaker_is_kept_no_longer_than_any_profile_keeps_either_kind
 
 
 def test_the_strictest_policy_never_exceeds_the_child_caps(load):
-    from edge.tagging import strictest_policy, tag_session
+    from edge.policy import strictest_policy
+    from edge.tagging import tag_session
 
     config = load(household='max_child_audio = "2h"\nmax_child_transcript = "7d"')
     adults_only = replace(config, profiles=(config.profile("parent"),))  # 24h / 30d
@@ -96,7 +88,11 @@ def test_an_open_forget_prompt_does_not_block_the_device(write_config, clip):
     controller, terminal = pty.openpty()
     prompt = subprocess.Popen(
         [sys.executable, "-m", "edge", "--config", str(config), "forget", "--all"],
-        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     os.close(terminal)
     try:
@@ -115,8 +111,7 @@ def test_an_open_forget_prompt_does_not_block_the_device(write_config, clip):
 
 
 def test_an_absurd_retention_is_a_config_error(write_config, clip):
-    config = write_config(mode="always")
-    _set(config, 'keep_audio = "24h"', 'keep_audio = "9999999d"')  # the parent: no child cap applies
+    config = write_config(mode="always", parent=Retention("adult", "9999999d", "30d"))  # the parent: no child cap applies
     result = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "parent")
     assert result.returncode == 1 and "profiles.parent.keep_audio" in result.stderr and "3650d" in result.stderr
     assert "Traceback" not in result.stderr
@@ -143,7 +138,9 @@ def test_a_line_deleted_from_the_middle_and_rechained_is_caught(write_config, cl
     (the hashes are unkeyed), the checkpoints that no longer verify dropped."""
     config = write_config(mode="always")
     session = record(config, clip)[0]
-    exported = edge_agent("--config", str(config), "export", "--session", session, "--out", str(tmp_path / "x.wav"), "--purpose", "playback")
+    exported = edge_agent(
+        "--config", str(config), "export", "--session", session, "--out", str(tmp_path / "x.wav"), "--purpose", "playback"
+    )
     assert exported.returncode == 0, exported.stderr
     record(config, clip)
     log = config.parent / "data" / "audit.jsonl"
@@ -158,20 +155,24 @@ def test_shreds_of_a_forget_name_their_sessions(write_config, clip):
     config = write_config(mode="always")
     sessions = record(config, clip)
     assert edge_agent("--config", str(config), "forget", "--all", "--yes").returncode == 0
-    shreds = [json.loads(line)["fields"] for line in (config.parent / "data" / "audit.jsonl").read_text().splitlines()
-              if json.loads(line)["type"] == "shred"]
+    shreds = [
+        json.loads(line)["fields"]
+        for line in (config.parent / "data" / "audit.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "shred"
+    ]
     assert len(shreds) == 2 and all(sorted(s["sessions"]) == sorted(sessions) for s in shreds)
 
 
 def test_a_refused_export_of_expired_audio_is_audited(write_config, clip, tmp_path):
-    config = write_config(mode="always")
-    _set(config, 'keep_audio = "1h"', 'keep_audio = "2s"')
+    config = write_config(mode="always", child=Retention("child", "2s", "7d"))
     session = record(config, clip)[0]
     time.sleep(2.5)  # expired; no sweep has run yet
     refused = edge_agent("--config", str(config), "export", "--session", session, "--out", str(tmp_path / "x.wav"), "--purpose", "playback")
     assert refused.returncode == 1 and "expired" in refused.stderr and not (tmp_path / "x.wav").exists()
     events = [json.loads(line) for line in (config.parent / "data" / "audit.jsonl").read_text().splitlines()]
-    assert [e["fields"] for e in events if e["type"] == "export.refused"] == [{"session": session, "purpose": "playback", "reason": "expired"}]
+    assert [e["fields"] for e in events if e["type"] == "export.refused"] == [
+        {"session": session, "purpose": "playback", "reason": "expired"}
+    ]
 
 
 def test_an_edited_witness_is_caught_by_its_signature(write_config, clip, tmp_path):
@@ -197,8 +198,15 @@ def test_a_chain_valid_line_with_a_bad_date_is_a_problem_not_a_crash(write_confi
     record(config, clip)
     data = config.parent / "data"
     AuditLog(data).append(  # the hashes are unkeyed: anyone can chain a well-formed line
-        "session.created", session="feedfeedfeedfeed", profile="child", rule="given", child=True,
-        audio_expires=audio_expires, transcript_expires=None, audio_bucket=None, transcript_bucket=None,
+        "session.created",
+        session="feedfeedfeedfeed",
+        profile="child",
+        rule="given",
+        child=True,
+        audio_expires=audio_expires,
+        transcript_expires=None,
+        audio_bucket=None,
+        transcript_bucket=None,
     )
     line = len((data / "audit.jsonl").read_text().splitlines())
     verified = edge_agent("--config", str(config), "audit", "verify")
@@ -222,7 +230,8 @@ def _b64(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("share", [bytes(32), (1).to_bytes(32, "little")])
 def test_a_low_order_share_is_the_one_opaque_error(share):
-    from edge.crypto.age import AgeError, Identity, decrypt
+    from edge.crypto.age import Identity, decrypt
+    from edge.errors import AgeError
 
     header = b"age-encryption.org/v1\n-> X25519 " + _b64(share) + b"\n" + _b64(bytes(32)) + b"\n--- " + _b64(bytes(32)) + b"\n"
     with pytest.raises(AgeError) as caught:
@@ -231,14 +240,14 @@ def test_a_low_order_share_is_the_one_opaque_error(share):
 
 
 def test_an_scrypt_stanza_beside_another_is_a_header_failure():
-    from edge.crypto.age import AgeError, Identity, decrypt, encrypt, read_header, unwrap_file_key
-    from edge.crypto.age import _hkdf
+    from edge.crypto.age import Identity, _hkdf, decrypt, encrypt, read_header, unwrap_file_key
+    from edge.errors import AgeError
 
     identity = Identity.generate()
     sealed = encrypt(b"hello", identity.recipient)
     source = io.BytesIO(sealed)
     header = read_header(source)
-    payload = sealed[source.tell():]
+    payload = sealed[source.tell() :]
     file_key = unwrap_file_key(header, [identity])
     x25519 = header.signed.split(b"\n")[1:-1]  # the stanza lines, between the version line and "---"
     scrypt = [b"-> scrypt " + _b64(b"saltsaltsaltsalt") + b" 10", _b64(bytes(32))]
@@ -253,7 +262,7 @@ def test_an_scrypt_stanza_beside_another_is_a_header_failure():
 
 
 def test_a_slow_client_holds_nobody_up_and_is_cut_off(tmp_path):
-    from edge.control import CLIENT_TIMEOUT, ControlServer, call
+    from edge.control.protocol import CLIENT_TIMEOUT, ControlServer, call
 
     server = ControlServer(tmp_path / "c.sock", {"status": lambda args: {"alive": True}})
     server.start()
@@ -287,7 +296,8 @@ def test_a_slow_client_holds_nobody_up_and_is_cut_off(tmp_path):
 
 
 def test_an_op_that_is_not_a_string_is_refused_by_name():
-    from edge.control import ControlError, parse_request
+    from edge.control.protocol import parse_request
+    from edge.errors import ControlError
 
     for raw in (b'{"op": ["status"]}', b'{"op": {"a": 1}}', b'{"op": 7}'):
         with pytest.raises(ControlError, match="unknown op"):
@@ -427,8 +437,7 @@ def test_fetched_models_are_readable_by_the_service_user(site, tmp_path):
 
 
 def test_a_folder_inside_recordings_does_not_stop_purges(write_config, clip):
-    config = write_config(mode="always")
-    _set(config, 'keep_audio = "1h"', 'keep_audio = "2s"')
+    config = write_config(mode="always", child=Retention("child", "2s", "7d"))
     record(config, clip)
     (config.parent / "data" / "recordings" / "lost+found").mkdir()
     time.sleep(2.5)
@@ -465,7 +474,9 @@ def test_a_reader_that_stops_early_is_no_error(write_config, clip, command):
     record(config, clip)
     process = subprocess.Popen(
         [sys.executable, "-m", "edge", "--config", str(config), *command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     process.stdout.close()  # like `| head -1` exiting before edge writes
     stderr = process.communicate(timeout=60)[1].decode()
@@ -492,22 +503,17 @@ def _open_fds_to(path: Path) -> int:
     return count
 
 
-def test_a_recording_stopped_by_a_full_disk_is_closed(small_disk, write_config):  # noqa: F811
-    from edge.audit.log import AuditLog
+def test_a_recording_stopped_by_a_full_disk_is_closed(small_disk, write_config):
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
-    from edge.store.files import StorageError
-    from edge.store.keystore import Keystore
-    from edge.store.layout import recording_path
-    from edge.store.recorder import Recorder
-    from edge.tagging import Tag
+    from edge.disk.layout import recording_path
+    from edge.errors import StorageError
+    from edge.policy import Tag
 
-    path = write_config(mode="always")
-    _set(path, f'data_dir = "{path.parent / "data"}"', f'data_dir = "{small_disk / "data"}"')
+    path = write_config(mode="always", data_dir=small_disk / "data")
     config = load_config(path)
     data = config.device.data_dir
-    store = Keystore(data, open_vault(config.vault, data))
-    sealed = Recorder(store, lambda: datetime.now(timezone.utc), AuditLog(data)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
+    store, audit = wiring.open_store(config)
+    sealed = wiring.make_recorder(store, audit, wiring.make_clock(config)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
     with pytest.raises(StorageError, match="the disk is full"):
         while True:
             sealed.write(os.urandom(65536))
@@ -517,18 +523,15 @@ def test_a_recording_stopped_by_a_full_disk_is_closed(small_disk, write_config):
 def test_a_full_disk_at_the_header_is_a_clear_error(write_config, monkeypatch):
     """The disk fills exactly at the recording's header: /dev/full (every write ENOSPC) stands
     in for the file, the one boundary faked here."""
-    from edge.audit.log import AuditLog
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
+    from edge.errors import StorageError
+    from edge.policy import Tag
     from edge.store import recorder
-    from edge.store.files import StorageError
-    from edge.store.keystore import Keystore
-    from edge.tagging import Tag
 
     config = load_config(write_config(mode="always"))
     data = config.device.data_dir
-    store = Keystore(data, open_vault(config.vault, data))
+    store, audit = wiring.open_store(config)
     monkeypatch.setattr(recorder, "create_in", lambda root, relative: open("/dev/full", "wb", buffering=0))
     with pytest.raises(StorageError, match="the disk is full"):
-        recorder.Recorder(store, lambda: datetime.now(timezone.utc), AuditLog(data)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
+        wiring.make_recorder(store, audit, wiring.make_clock(config)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
     assert not (data / "recordings" / "0123456789abcdef.wav.age").exists()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from edge.doctor import MAX_EXPOSURE, unit_exposure
+
+from support import ROOT
 
 UNIT = ROOT / "configs" / "edge-agent.service"
 EXAMPLE = ROOT / "configs" / "household.example.toml"
@@ -20,7 +21,9 @@ EXAMPLE = ROOT / "configs" / "household.example.toml"
 def _install(stage: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(ROOT / "scripts" / "install.sh"), "--root", str(stage), "--no-model", *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -92,9 +95,18 @@ def test_the_unit_verifies_cleanly(staged, tmp_path):
 def test_the_unit_is_hardened():
     text = UNIT.read_text()
     for line in (
-        "PrivateNetwork=yes", "IPAddressDeny=any", "RestrictAddressFamilies=AF_UNIX", "LimitCORE=0",
-        "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes", "DevicePolicy=closed",
-        "DeviceAllow=char-alsa rw", "Restart=on-failure", "UMask=0077", "StateDirectoryMode=0700",
+        "PrivateNetwork=yes",
+        "IPAddressDeny=any",
+        "RestrictAddressFamilies=AF_UNIX",
+        "LimitCORE=0",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-alsa rw",
+        "Restart=on-failure",
+        "UMask=0077",
+        "StateDirectoryMode=0700",
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     exposure = unit_exposure(UNIT)
@@ -104,7 +116,7 @@ def test_the_unit_is_hardened():
 def test_a_weakened_unit_scores_worse(tmp_path):
     weak = tmp_path / "edge-agent.service"
     keep = ("[", "Description", "ExecStart", "User", "Group", "Type")
-    weak.write_text("\n".join(l for l in UNIT.read_text().splitlines() if l.startswith(keep)) + "\n")
+    weak.write_text("\n".join(line for line in UNIT.read_text().splitlines() if line.startswith(keep)) + "\n")
     exposure = unit_exposure(weak)
     assert exposure is not None and exposure > 5
 
@@ -125,7 +137,10 @@ def test_uninstall_forgets_everything_audited_then_removes_the_service(tmp_path_
     clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"))
     run = subprocess.run(
         [sys.executable, "-m", "edge", "--config", str(local), "run", "--input", str(clip), "--profile", "child"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
     assert len(list((data / "recordings").iterdir())) == 2

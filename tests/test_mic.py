@@ -3,9 +3,7 @@ while `paplay` speaks into it, driving a running `edge-agent run --mic`."""
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -14,47 +12,9 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support import MicAgent, play
 
 pytestmark = pytest.mark.mic
-
-
-class MicAgent:
-    """`edge-agent run --mic --json` in the background, ready once it says it is listening.
-    With `as_json=False` it is the service's own command line, and `stop` returns its raw stdout."""
-
-    def __init__(self, env: dict, config, *args: str, as_json: bool = True) -> None:
-        self.as_json = as_json
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", *(["--json"] if as_json else []), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.stderr = ""
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stderr, selectors.EVENT_READ)
-        deadline = time.monotonic() + 60
-        while "listening" not in self.stderr:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.process.kill()
-                pytest.fail(f"the agent did not start listening:\n{self.stderr}{self.process.stderr.read()}")
-            if selector.select(timeout=0.5):
-                self.stderr += self.process.stderr.readline()
-        time.sleep(0.3)  # the stream is open; let a few blocks flow
-
-    def stop(self, sig: int = signal.SIGINT) -> tuple:
-        self.process.send_signal(sig)
-        out, err = self.process.communicate(timeout=60)
-        if not self.as_json:
-            return out, self.stderr + err, self.process.returncode
-        return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
-
-
-def play(env: dict, path) -> None:
-    subprocess.run(["paplay", str(path)], env=env, check=True, timeout=60)
 
 
 def test_mic_two_phrases_are_two_sessions(virtual_mic, speech, write_config):
@@ -142,9 +102,7 @@ def test_missing_input_device_is_explained(virtual_mic, write_config):
     text = config.read_text(encoding="utf-8").replace('model = "auto"', 'model = "auto"\ninput_device = "no-such-mic"')
     config.write_text(text, encoding="utf-8")
     env = {**virtual_mic, "EDGE_CONFIG": str(config)}
-    result = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--mic"], capture_output=True, text=True, env=env, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-m", "edge", "run", "--mic"], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1 and "no-such-mic" in result.stderr and "python -m sounddevice" in result.stderr
     assert "Traceback" not in result.stderr
     assert os.environ.get("PULSE_SERVER")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import edge_agent
 from edge.errors import ModelError
 from edge.stt.catalog import KNOWN_MODELS
 from edge.stt.fetch import fetch_model
 from edge.stt.model_path import installed_model_packages
+
+from support import edge_agent
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -161,7 +162,7 @@ def test_archive_with_a_symlink_is_refused(server, tmp_path):
         for name, data in _fake_model().items():
             bundle.writestr(name, data)
         link = zipfile.ZipInfo("vosk-model-tiny/graph")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         bundle.writestr(link, "/etc")
     with pytest.raises(ModelError, match="link or device"):
         fetch_model(f"{base}/link.zip", hashlib.sha256(archive.read_bytes()).hexdigest(), tmp_path / "models")

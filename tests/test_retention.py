@@ -11,74 +11,53 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, edge_agent, libfaketime_env, remove_faketime_leftovers
+from edge import wiring
 from edge.audit.log import AuditLog
 from edge.config import load_config
-from edge.crypto.age import AgeError, decrypt
-from edge.crypto.vault import open_vault
+from edge.crypto.age import decrypt
+from edge.disk.layout import recording_path, transcript_path
+from edge.errors import KeystoreError
+from edge.policy import Tag
 from edge.retention.clock import TrustedClock
-from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
-from edge.store.keystore import Keystore, KeystoreError
-from edge.store.layout import recording_path, transcript_path
-from edge.store.recorder import Recorder
-from edge.stt.recognizer import Transcript, Word
-from edge.tagging import Tag
+from edge.store.keystore import Keystore
+from edge.transcript import Transcript, Word
 
-START = datetime(2026, 11, 28, 12, 0, 7, tzinfo=timezone.utc)
-PCM = bytes(range(256)) * 300  # 76,800 bytes: more than one 64 KiB chunk
-
-
-class FakeWall:
-    """The wall clock and the monotonic clock, moved by hand (the `*_at_time` idea)."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.wall = start.timestamp()
-        self.mono = 1000.0
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-    def set_wall(self, instant: datetime) -> None:  # a clock change: monotonic does not move
-        self.wall = instant.timestamp()
+from support import (
+    CHILD,
+    PARENT,
+    PCM,
+    ROOT,
+    START,
+    FakeWall,
+    MicAgent,
+    Retention,
+    edge_agent,
+    faketime,
+    openable,
+    record_in_process,
+    retention_parts,
+    wait_for,
+)
 
 
 def setup(tmp_path: Path, write_config, **config):
+    """A config, a wall clock moved by hand, and the retention parts the composition root makes."""
     config = load_config(write_config(mode="always", **config))
     wall = FakeWall()
-    clock = TrustedClock(config.device.data_dir, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1")
-    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
-    return config, wall, clock, store, Shredder(store, clock, config, AuditLog(config.device.data_dir))
+    clock, store, shredder = retention_parts(config, wall)
+    return config, wall, clock, store, shredder
 
 
-def record(store: Keystore, clock: TrustedClock, config, profile: str) -> str:
-    """One real sealed session: audio sealed in chunks, transcript sealed at the end."""
-    session_id = os.urandom(8).hex()
-    sealed = Recorder(store, clock.now, AuditLog(store.data_dir)).begin(session_id, Tag(config.profile(profile), "given"))
-    sealed.write(PCM)
-    sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
-    return session_id
-
-
-def openable(store: Keystore, files: list[Path]) -> list[bool]:
-    """Try every key the device holds now on each file."""
-    data = store.read()
-    identities = [i for b in data.buckets.values() for i in store.identities(b)]
-    results = []
-    for path in files:
-        try:
-            decrypt(path.read_bytes(), identities)
-            results.append(True)
-        except (AgeError, FileNotFoundError):
-            results.append(False)
-    return results
+def record(store, clock, config, profile: str) -> str:
+    return record_in_process(store, clock, config, profile)
 
 
 # -- policy -------------------------------------------------------------------------
@@ -152,15 +131,11 @@ def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
     assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
 
 
-@pytest.mark.parametrize("profile,keep_transcript", [("child", "7d"), ("parent", "30d")])
-def test_inactive_profile_is_shredded(tmp_path, write_config, profile, keep_transcript):
+@pytest.mark.parametrize("profile", ["child", "parent"])
+def test_inactive_profile_is_shredded(tmp_path, write_config, profile):
     """Child or adult: a profile unused for its inactive_after loses everything it kept."""
-    config, wall, clock, store, shredder = setup(tmp_path, write_config)
-    line = f'keep_transcript = "{keep_transcript}"'
-    text = config.path.read_text(encoding="utf-8").replace(line, f'{line}\ninactive_after = "2d"')
-    config.path.write_text(text, encoding="utf-8")
-    config = load_config(config.path)
-    shredder = Shredder(store, clock, config, AuditLog(config.device.data_dir))
+    retention = {"child": replace(CHILD, inactive_after="2d"), "parent": replace(PARENT, inactive_after="2d")}
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, **{profile: retention[profile]})
     record(store, clock, config, profile)
     wall.advance(2 * 86400)
     report = shredder.sweep()
@@ -277,31 +252,21 @@ def test_crash_in_the_middle_of_a_rekey_is_finished_by_next_sweep(tmp_path, writ
 # -- the real scheduler ---------------------------------------------------------------
 
 
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
-def _service(config, store, clock, reports):
-    return RetentionService(Shredder(store, clock, config, AuditLog(store.data_dir)), clock, timedelta(minutes=10), reports.append)
+def _scheduled(config, clock, reports):
+    """The keystore, audit log and running retention service the composition root makes."""
+    store = wiring.open_store(config)
+    service = wiring.make_retention(wiring.make_shredder(config, store=store, clock=clock), config, reports.append)
+    return store, service
 
 
 def test_bucket_job_fires_at_expiry(tmp_path, write_config):
-    config = load_config(write_config(mode="always"))
-    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "3s"')
-    config.path.write_text(text, encoding="utf-8")
-    config = load_config(config.path)
-    clock = TrustedClock(config.device.data_dir)
-    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    config = load_config(write_config(mode="always", child=Retention("child", "3s", "7d"), sweep="10m"))
+    clock = wiring.make_clock(config)
     reports: list = []
-    service = _service(config, store, clock, reports)  # the sweep is 10 min away: only the bucket job can do it
+    (store, audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the bucket job can do it
     service.start()
     try:
-        recorder = Recorder(store, clock.now, AuditLog(store.data_dir), on_new_bucket=service.add_bucket)
+        recorder = wiring.make_recorder(store, audit, clock, service)
         session = os.urandom(8).hex()
         sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
         sealed.write(PCM)
@@ -318,25 +283,21 @@ def test_bucket_job_fires_at_expiry(tmp_path, write_config):
 def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
     """The trusted clock is an hour ahead of the wall clock (the clock was set back after
     the last mark). A bucket due in 3 trusted seconds must go in about 3 real seconds."""
-    config = load_config(write_config(mode="always"))
-    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "3s"')
-    config.path.write_text(text, encoding="utf-8")
-    config = load_config(config.path)
+    config = load_config(write_config(mode="always", child=Retention("child", "3s", "7d"), sweep="10m"))
     data_dir = config.device.data_dir
     ahead = datetime.now(timezone.utc) + timedelta(hours=1)
     data_dir.mkdir(parents=True, exist_ok=True)
     from edge.boot import boot_id
 
     (data_dir / "clock").write_text(json.dumps({"version": 1, "wall": ahead.isoformat(), "monotonic": time.monotonic(), "boot": boot_id()}))
-    clock = TrustedClock(data_dir)
+    clock = wiring.make_clock(config)
     assert clock.read().set_back > timedelta(minutes=59)
-    store = Keystore(data_dir, open_vault(config.vault, data_dir))
     reports: list = []
-    service = _service(config, store, clock, reports)
+    (store, audit), service = _scheduled(config, clock, reports)
     service.start()
     try:
         session = os.urandom(8).hex()
-        recorder = Recorder(store, clock.now, AuditLog(data_dir), on_new_bucket=service.add_bucket)
+        recorder = wiring.make_recorder(store, audit, clock, service)
         sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
         sealed.finish(Transcript("", ()))
         assert wait_for(lambda: not recording_path(data_dir, session).exists(), 12)
@@ -344,13 +305,10 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
         service.stop()
 
 
-def test_the_watch_survives_a_failing_clock_and_keeps_sweeping(tmp_path, write_config, capsys):
+def test_the_watch_survives_a_failing_clock_and_keeps_sweeping(tmp_path, write_config, caplog):
     """The periodic sweep is paced by the watch thread: an error in it (here the clock
     raising for a few ticks) is said once and retried, never the end of retention."""
-    config = load_config(write_config(mode="always"))
-    text = config.path.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "2s"')
-    config.path.write_text(text, encoding="utf-8")
-    config = load_config(config.path)
+    config = load_config(write_config(mode="always", child=Retention("child", "2s", "7d"), sweep="1s"))
     failing = threading.Event()
 
     def wall() -> float:
@@ -358,42 +316,25 @@ def test_the_watch_survives_a_failing_clock_and_keeps_sweeping(tmp_path, write_c
             raise OSError("clock unreadable")
         return time.time()
 
-    clock = TrustedClock(config.device.data_dir, wall=wall)
-    store = Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
+    clock = wiring.make_clock(config, wall=wall)
     reports: list = []
-    service = RetentionService(Shredder(store, clock, config, AuditLog(store.data_dir)), clock, timedelta(seconds=1), reports.append)
+    (store, audit), service = _scheduled(config, clock, reports)
     service.start()
     try:
         failing.set()
         time.sleep(3.5)  # three ticks fail
         failing.clear()
-        recorder = Recorder(store, clock.now, AuditLog(store.data_dir), on_new_bucket=lambda bucket: None)  # no date job
+        recorder = wiring.make_recorder(store, audit, clock)  # no date job: only the periodic sweep
         session = os.urandom(8).hex()
         recorder.begin(session, Tag(config.profile("child"), "given")).finish(Transcript("", ()))
         assert wait_for(lambda: not recording_path(config.device.data_dir, session).exists(), 8), "the periodic sweep stopped"
     finally:
         service.stop()
-    said = capsys.readouterr().err
+    said = caplog.text  # the library logs; the command line prints the log on stderr
     assert said.count("the retention watch failed (retrying every second): clock unreadable") == 1, said
 
 
 # -- whole processes: faketime, a running agent, kill -9 --------------------------------
-
-
-def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProcess:
-    """Run edge-agent with its wall clock moved by `offset` (e.g. "+2h", "-1y")."""
-    env = {**os.environ, **libfaketime_env(FAKETIME=offset), "EDGE_CONFIG": str(config)}
-    with subprocess.Popen(
-        [sys.executable, "-m", "edge", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    remove_faketime_leftovers(process.pid)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_time_travel_whole_process(write_config, speech):
@@ -417,7 +358,9 @@ def test_time_travel_whole_process(write_config, speech):
     # Back to the real time: nothing comes back, and the export refuses.
     status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     assert [(s["session"], s["audio_expires"]) for s in status["sessions"]] == [(session, None)]
-    refused = edge_agent("--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback")
+    refused = edge_agent(
+        "--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback"
+    )
     assert refused.returncode != 0 and "does not keep audio" in refused.stderr
 
     future = faketime("@2038-01-20 00:00:00", "purge", config=config)  # forward to 2038
@@ -449,10 +392,7 @@ def test_forget_cli(write_config, speech):
 
 @pytest.mark.mic
 def test_running_agent_shreds_on_schedule_and_catches_up_at_start(virtual_mic, write_config, speech):
-    from test_mic import MicAgent
-
-    config = write_config(mode="always")
-    config.write_text(config.read_text(encoding="utf-8").replace('keep_audio = "1h"', 'keep_audio = "4s"'), encoding="utf-8")
+    config = write_config(mode="always", child=Retention("child", "4s", "7d"))
     agent = MicAgent(virtual_mic, config, "--profile", "child")
     subprocess.run(["paplay", str(speech.say("메시지"))], env=virtual_mic, check=True)
     data_dir = config.parent / "data"
@@ -486,7 +426,9 @@ def test_kill_9_during_purge_then_purge_is_consistent(tmp_path, write_config):
     for hours in range(0, 25, 2):
         process = subprocess.Popen(
             ["faketime", "-f", f"+{hours}h", sys.executable, "-m", "edge", "--config", str(config.path), "purge"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
             env={**os.environ, "DONT_FAKE_MONOTONIC": "1"},
         )
         time.sleep(rng.uniform(0.05, 0.4))
@@ -519,7 +461,11 @@ def test_forget_asks_in_a_terminal(write_config, speech, answer, forgotten):
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "edge", "--config", str(config), "forget", "--all"],
-        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     os.close(terminal)
     os.write(controller, f"{answer}\n".encode())
@@ -535,7 +481,7 @@ def test_session_open_during_a_rekey_stays_whole(tmp_path, write_config):
     """A forget re-keys the bucket while another session of it is still being recorded:
     its header is rewritten under it, its later chunks and its transcript still open."""
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
-    recorder = Recorder(store, clock.now, AuditLog(store.data_dir))
+    recorder = wiring.make_recorder(store, shredder.audit, clock)
     live_id = os.urandom(8).hex()
     live = recorder.begin(live_id, Tag(config.profile("child"), "given"))
     live.write(PCM)

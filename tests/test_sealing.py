@@ -15,39 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from campaign import plaintext_files as plaintext_found
-from conftest import PHRASES, ROOT, edge_agent
-from edge.agent import Agent
+from edge import wiring
+from edge.audio.wavfile import open_wav
 from edge.audit.log import AuditLog
-from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.config import load_config
-from edge.crypto.age import AgeError
-from edge.crypto.vault import open_vault
-from edge.errors import PolicyError, UsageError
+from edge.disk.layout import recording_path, transcript_path
+from edge.errors import AgeError, PolicyError, UsageError
 from edge.store.export import export_audio
 from edge.store.keystore import Keystore
-from edge.store.layout import recording_path, transcript_path
-from edge.store.recorder import Recorder
+
+from support import PHRASES, ROOT, MicAgent, edge_agent, pcm_of, run_sealed
+from support import plaintext_files as plaintext_found
 
 GUEST = '\n[profiles.guest]\nkind = "adult"\nkeep_audio = "0s"\nkeep_transcript = "0s"\n'
 CONSENTING = '\n[profiles.donor]\nkind = "adult"\nkeep_audio = "24h"\nkeep_transcript = "1d"\nallow_training = true\n'
 
 
 def keystore_for(config) -> Keystore:
-    return Keystore(config.device.data_dir, open_vault(config.vault, config.device.data_dir))
-
-
-def run_sealed(config, model, path: Path, profile: str) -> tuple[list, Keystore]:
-    store = keystore_for(config)
-    records: list = []
-    recorder = Recorder(store, lambda: datetime.now(timezone.utc), AuditLog(config.device.data_dir))
-    agent = Agent(config, model, records.append, given_profile=profile, recorder=recorder)
-    agent.run(read_pipeline_chunks(open_wav(path)))
-    return records, store
-
-
-def pcm_of(path: Path) -> bytes:
-    return b"".join(read_pipeline_chunks(open_wav(path)))
+    return wiring.open_store(config)[0]
 
 
 @pytest.fixture
@@ -129,7 +114,9 @@ def test_training_allowed_only_with_consent(write_config, model, two_phrases, tm
     path.write_text(path.read_text(encoding="utf-8") + CONSENTING, encoding="utf-8")
     config = load_config(path)
     records, store = run_sealed(config, model, two_phrases, "donor")
-    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "ok.wav", "training", datetime.now(timezone.utc))
+    export_audio(
+        store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "ok.wav", "training", datetime.now(timezone.utc)
+    )
     assert open_wav(tmp_path / "ok.wav").frames > 0
 
 
@@ -140,7 +127,9 @@ def test_unknown_expired_and_damaged_sessions_are_clear_errors(load, model, two_
     with pytest.raises(UsageError, match="no retained session 'nope'"):
         export_audio(store, AuditLog(config.device.data_dir), config, "nope", tmp_path / "x.wav", "playback", now)
     with pytest.raises(PolicyError, match="expired"):
-        export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now + timedelta(hours=2))
+        export_audio(
+            store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now + timedelta(hours=2)
+        )
     sealed = recording_path(config.device.data_dir, records[0].session)
     blob = bytearray(sealed.read_bytes())
     blob[-100] ^= 1
@@ -191,7 +180,10 @@ def test_concurrent_writers_lose_nothing(write_config, speech, two_phrases):
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "edge", "--config", str(config), "run", "--input", str(two_phrases), "--profile", "child", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         for _ in range(3)
     ]
@@ -207,8 +199,6 @@ def test_concurrent_writers_lose_nothing(write_config, speech, two_phrases):
 @pytest.mark.mic
 @pytest.mark.parametrize("kill_after", [1.0, 2.2, 3.4])
 def test_kill_9_mid_session_leaves_no_plaintext(virtual_mic, speech, write_config, kill_after):
-    from test_mic import MicAgent
-
     words = [speech.say(p, pad=0.05) for p in PHRASES] * 2
     clip = speech.join(*words)
     config = write_config(mode="always", max_session="1m")
@@ -225,7 +215,9 @@ def test_kill_9_mid_session_leaves_no_plaintext(virtual_mic, speech, write_confi
     assert states == ["recording"]  # the session that was cut is known, and will expire on time
     session = status["sessions"][0]["session"]
     assert recording_path(data_dir, session).stat().st_size > 0
-    result = edge_agent("--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback")
+    result = edge_agent(
+        "--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback"
+    )
     assert result.returncode == 1 and "damaged or incomplete" in result.stderr
 
 
@@ -247,7 +239,8 @@ def test_a_partial_left_by_a_killed_export_is_removed_by_the_next(load, model, t
 def test_keystore_document_round_trips_every_field_shape():
     """from_json fills records in directly when their keys are exactly the fields; any other
     shape goes through the dataclass (defaults applied, unknown fields refused)."""
-    from edge.store.keystore import Bucket, KeystoreData, KeystoreError, SessionEntry
+    from edge.errors import KeystoreError
+    from edge.store.records import Bucket, KeystoreData, SessionEntry
 
     when = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
     data = KeystoreData(
@@ -277,7 +270,8 @@ def test_keystore_document_round_trips_every_field_shape():
 def test_keystore_sessions_are_decoded_only_when_touched():
     """A purge of 100,000 sessions reads their buckets without decoding them, and writes the
     untouched ones back exactly as they were read."""
-    from edge.store.keystore import KeystoreData, KeystoreError, SessionEntry
+    from edge.errors import KeystoreError
+    from edge.store.records import KeystoreData, SessionEntry
 
     when = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
     sessions = {
@@ -287,9 +281,7 @@ def test_keystore_sessions_are_decoded_only_when_touched():
     raw = KeystoreData(sessions=sessions).to_json()
     data = KeystoreData.from_json(raw)
     table = data.sessions
-    assert sorted(data.members_by_bucket().items()) == [
-        ("audio.1", list(sessions)), ("text.1", ["0000000000000001", "0000000000000003"])
-    ]
+    assert sorted(data.members_by_bucket().items()) == [("audio.1", list(sessions)), ("text.1", ["0000000000000001", "0000000000000003"])]
     assert table.buckets_of("0000000000000001") == ("audio.1", "text.1")
     assert all(type(item) is dict for item in table._items.values())  # nothing decoded so far
     assert data.to_json() == raw

@@ -2,15 +2,15 @@
 
 import pytest
 
-from edge.agent import Agent
-from edge.audio import FRAME_BYTES
+from edge import wiring
 from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
+from edge.pcm import FRAME_BYTES
 
 
 def run_file(config, model, path, push=False, profile=None):
     records = []
-    agent = Agent(config, model, records.append, given_profile=profile)
+    agent = wiring.make_agent(config, model, records.append, profile=profile)
     if push:
         agent.push_to_talk()
     summary = agent.run(read_pipeline_chunks(open_wav(path)))
@@ -135,8 +135,8 @@ def test_held_utterance_is_wiped_from_ram(speech, model):
     pcm = pcm[: len(pcm) - len(pcm) % FRAME_BYTES]
     for index in range(0, len(pcm), FRAME_BYTES):
         segmenter.feed(pcm[index : index + FRAME_BYTES])
-        if segmenter._held:
-            held_buffers.append(segmenter._held)
+        if segmenter._trigger._held:  # the wake trigger holds the utterance
+            held_buffers.append(segmenter._trigger._held)
     assert held_buffers, "the utterance was held while it was spoken"
     assert all(len(buffer) == 0 for buffer in held_buffers)
     assert sink.calls == []
@@ -146,7 +146,7 @@ class _Heard:
     """A spotter that reports fixed words: the segmenter's wake decision is what is tested."""
 
     def __init__(self, conf):
-        from edge.stt.recognizer import Word
+        from edge.transcript import Word
 
         self.words = [Word("라디오", 0.3, 0.8, conf)]
 

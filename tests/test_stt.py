@@ -2,11 +2,12 @@
 
 import pytest
 
-from conftest import PHRASES
 from edge.errors import ModelError
 from edge.stt import model_path
 from edge.stt.model_path import find_model, is_model_dir
 from edge.stt.recognizer import SpeechModel
+
+from support import PHRASES
 
 
 def decode(model, path, grammar=PHRASES):

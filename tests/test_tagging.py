@@ -5,27 +5,29 @@ import pytest
 
 from edge.config import Profile
 from edge.errors import ConfigError
-from edge.tagging import ACTIVE, GIVEN, STRICTEST, strictest, tag_session
+from edge.policy import strictest
+from edge.tagging import tag_session
+from edge.values import TagRule
 
 
 def test_given_profile_wins(load):
     tag = tag_session(load(household='active_profile = "parent"'), given="child")
-    assert (tag.profile.name, tag.rule) == ("child", GIVEN)
+    assert (tag.profile.name, tag.rule) == ("child", TagRule.GIVEN)
 
 
 def test_household_active_profile(load):
     tag = tag_session(load(household='active_profile = "parent"'))
-    assert (tag.profile.name, tag.rule) == ("parent", ACTIVE)
+    assert (tag.profile.name, tag.rule) == ("parent", TagRule.ACTIVE)
 
 
 def test_runtime_active_profile_overrides_config(load):
     tag = tag_session(load(household='active_profile = "parent"'), active="child")
-    assert (tag.profile.name, tag.rule) == ("child", ACTIVE)
+    assert (tag.profile.name, tag.rule) == ("child", TagRule.ACTIVE)
 
 
 def test_unknown_speaker_gets_strictest_profile(load):
     tag = tag_session(load())
-    assert (tag.profile.name, tag.rule) == ("child", STRICTEST)
+    assert (tag.profile.name, tag.rule) == ("child", TagRule.STRICTEST)
 
 
 def test_unknown_given_profile_is_an_error(load):

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from edge.crypto import keyring
-from edge.crypto.vault import FileVault, KeyringVault, VaultError
-from edge.store.keystore import Access, Keystore, KeystoreError
+from edge.crypto.vault import FileVault, KeyringVault
+from edge.errors import KeystoreError, VaultError
+from edge.store.keystore import Access, Keystore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -121,8 +122,8 @@ def test_interrupted_ratchet_recovers(tmp_path, crash_after):
     # Replay the ratchet's steps by hand (as under the lock) and stop after one of them.
     vault.write("next", new)
     if crash_after != "next staged":
+        from edge.disk.files import atomic_write
         from edge.store import keystore as module
-        from edge.store.files import atomic_write
 
         atomic_write(store.path, module._seal(new, data.to_json()))  # buckets not resealed: fine for opening
     if crash_after == "current replaced":

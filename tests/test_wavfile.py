@@ -7,9 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import PHRASES, edge_agent
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.errors import AudioError
+
+from support import PHRASES, edge_agent
 
 FORMATS = [
     # (id, suffix, sox arguments)
@@ -72,8 +73,7 @@ BAD_FILES = [
     ("header only, no samples", _riff(b""), "contains no audio"),
     ("truncated data", _riff(b"\x01\x00" * 1000, declared=64000), "truncated"),
     ("no data chunk", _riff(b"\x01\x00" * 10)[: 12 + 8 + 16], "no audio data chunk"),
-    ("garbage fmt", b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 16 + b"data\x00\x00\x00\x00",
-     "not a readable WAV file"),
+    ("garbage fmt", b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 16 + b"data\x00\x00\x00\x00", "not a readable WAV file"),
 ]
 
 

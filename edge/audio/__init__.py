@@ -1,13 +1,1 @@
-"""Audio in: WAV files and the microphone, both delivered as pipeline PCM.
-
-Pipeline PCM is 16 kHz, mono, signed 16-bit little-endian: what Vosk models expect.
-"""
-
-PIPELINE_RATE = 16000
-"""Samples per second of pipeline audio."""
-SAMPLE_BYTES = 2
-"""Bytes per pipeline sample (int16)."""
-FRAME_SAMPLES = 480
-"""Samples in one analysis frame (30 ms): the unit the segmenter works in."""
-FRAME_BYTES = FRAME_SAMPLES * SAMPLE_BYTES
-FRAME_SECONDS = FRAME_SAMPLES / PIPELINE_RATE
+"""Audio in: WAV files and the microphone, both delivered as pipeline PCM (edge.pcm)."""

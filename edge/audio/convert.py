@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from edge.audio import PIPELINE_RATE
+from edge.pcm import PIPELINE_RATE
 
 
 class PipelineConverter:
@@ -15,9 +15,7 @@ class PipelineConverter:
     """
 
     def __init__(self, rate: int) -> None:
-        self._resampler = (
-            None if rate == PIPELINE_RATE else soxr.ResampleStream(rate, PIPELINE_RATE, 1, dtype="float32", quality="HQ")
-        )
+        self._resampler = None if rate == PIPELINE_RATE else soxr.ResampleStream(rate, PIPELINE_RATE, 1, dtype="float32", quality="HQ")
 
     def convert(self, block: np.ndarray, last: bool = False) -> bytes:
         mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block.astype(np.float32, copy=False)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
-
-from edge.audio import PIPELINE_RATE
 from edge.audio.convert import PipelineConverter, pcm16_to_float
 from edge.errors import AudioError
+from edge.pcm import PIPELINE_RATE
 
 BLOCK_SECONDS = 0.03
 """Audio per callback block (30 ms)."""
@@ -42,7 +42,8 @@ class MicSource:
         self.stats = MicStats()
         self._block_frames = max(1, int(sample_rate * BLOCK_SECONDS))
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max(1, int(queue_seconds / BLOCK_SECONDS)))
-        self._stream = None
+        self._stream: Any = None
+        """The sounddevice.RawInputStream while open."""
 
     def __enter__(self) -> MicSource:
         sd = import_sounddevice()
@@ -71,7 +72,7 @@ class MicSource:
             self._stream.close()
             self._stream = None
 
-    def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio thread: copy only
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:  # PortAudio thread: copy only
         self.stats.blocks += 1
         if status.input_overflow:
             self.stats.input_overflows += 1
@@ -105,13 +106,11 @@ class MicSource:
             yield pcm
 
 
-def import_sounddevice():
+def import_sounddevice() -> Any:
     try:
         import sounddevice
     except OSError as exc:  # raised when the PortAudio library is missing
         raise AudioError(
-            f"the microphone needs PortAudio, which is not installed ({exc}); "
-            "install it with `sudo apt-get install libportaudio2`"
+            f"the microphone needs PortAudio, which is not installed ({exc}); install it with `sudo apt-get install libportaudio2`"
         ) from None
     return sounddevice
-

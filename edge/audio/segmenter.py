@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import webrtcvad
 
-from edge.audio import FRAME_BYTES, FRAME_SECONDS, PIPELINE_RATE, SAMPLE_BYTES
-from edge.config import TriggerSettings
+from edge.pcm import FRAME_BYTES, FRAME_SECONDS, PIPELINE_RATE, SAMPLE_BYTES
+from edge.values import EndReason, TriggerMode
 
 
 @dataclass(frozen=True)
 class SegmenterSettings:
-    mode: str
-    """"always", "wake" or "push_to_talk"."""
+    mode: TriggerMode
     silence_end: float
     """Seconds of trailing non-speech that end an utterance."""
     max_session: float
@@ -52,29 +52,20 @@ class SegmenterSettings:
     start_frames: int = 3
     """Consecutive speech frames (30 ms each) needed to open an utterance."""
 
-    @classmethod
-    def from_trigger(cls, trigger: TriggerSettings) -> SegmenterSettings:
-        return cls(
-            mode=trigger.mode,
-            silence_end=trigger.silence_end.total_seconds(),
-            max_session=trigger.max_session.total_seconds(),
-            wake_timeout=trigger.wake_timeout.total_seconds(),
-            wake_phrase=trigger.wake_phrase,
-            wake_confidence=trigger.wake_confidence,
-            vad_aggressiveness=trigger.vad_aggressiveness,
-        )
-
 
 class SessionSink(Protocol):
     def begin(self, offset: float) -> None: ...
     def audio(self, pcm: bytes) -> None: ...
-    def end(self, offset: float, reason: str) -> None: ...
+    def end(self, offset: float, reason: EndReason) -> None: ...
 
 
 class SpottedWord(Protocol):
-    word: str
-    start: float
-    conf: float
+    @property
+    def word(self) -> str: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def conf(self) -> float: ...
 
 
 class Spotter(Protocol):
@@ -101,7 +92,7 @@ class UtteranceDetector:
         self._silence_run = 0
         self._length = 0
         self.active = False
-        self.end_reason = ""
+        self.end_reason = EndReason.SILENCE
 
     def push(self, frame: bytes) -> tuple[str, list[bytes]]:
         """Classify one frame; returns (verdict, frames that belong to the utterance now)."""
@@ -119,7 +110,7 @@ class UtteranceDetector:
         self._length += 1
         self._silence_run = 0 if speech else self._silence_run + 1
         if self._silence_run >= self._end_frames or self._length >= self._max_frames:
-            self.end_reason = "silence" if self._silence_run >= self._end_frames else "max_length"
+            self.end_reason = EndReason.SILENCE if self._silence_run >= self._end_frames else EndReason.MAX_LENGTH
             self.active, self._speech_run = False, 0
             return END, [frame]
         return CONTINUE, [frame]
@@ -130,7 +121,9 @@ class UtteranceDetector:
 
 
 class Segmenter:
-    """Feed pipeline frames (30 ms each); sessions come out through the sink."""
+    """Feed pipeline frames (30 ms each); sessions come out through the sink. The trigger
+    mode's class is chosen once, here; this class holds what every mode shares: the
+    detector, the stream offset, and opening and closing sessions."""
 
     def __init__(
         self,
@@ -138,24 +131,15 @@ class Segmenter:
         sink: SessionSink,
         make_spotter: Callable[[], Spotter] | None = None,
     ) -> None:
-        if settings.mode == "wake" and (make_spotter is None or not settings.wake_phrase.strip()):
-            raise ValueError("wake mode needs a wake phrase and a spotter")
         self.settings = settings
+        self.detector = UtteranceDetector(settings)
         self._sink = sink
-        self._make_spotter = make_spotter
-        self._detector = UtteranceDetector(settings)
-        self._wake_tokens = settings.wake_phrase.split()
         self._frames = 0
-        self._in_session = False
-        self._session_start = 0.0
-        self._heard_speech = False
-        self._armed_until: float | None = None
-        self._ptt_requested = threading.Event()
-        self._held = bytearray()  # wake mode: the current utterance, RAM only
-        self._held_start = 0.0
-        self._spotter: Spotter | None = None
+        self.in_session = False
+        self.session_start = 0.0
         self.wake_count = 0
         """How many times the wake phrase was heard."""
+        self._trigger = _TRIGGERS[settings.mode](self, make_spotter)
 
     @property
     def offset(self) -> float:
@@ -164,81 +148,123 @@ class Segmenter:
 
     def push(self) -> None:
         """Push-to-talk: open a session at the next frame. Safe to call from any thread."""
-        self._ptt_requested.set()
+        self._trigger.push()
 
     def feed(self, frame: bytes) -> None:
         if len(frame) != FRAME_BYTES:
             raise ValueError(f"frames must be {FRAME_BYTES} bytes")
         start_offset = self.offset
         self._frames += 1
-        if self.settings.mode == "push_to_talk" and self._ptt_requested.is_set() and not self._in_session:
-            self._ptt_requested.clear()
-            self._open(start_offset)
-            self._heard_speech = self._detector.active
-        verdict, frames = self._detector.push(frame)
-        if self.settings.mode == "always":
-            self._feed_always(verdict, frames)
-        elif self.settings.mode == "wake":
-            self._feed_wake(verdict, frames)
-        else:
-            self._feed_push_to_talk(verdict, frame)
+        self._trigger.before(start_offset)
+        verdict, frames = self.detector.push(frame)
+        self._trigger.frame(verdict, frames, frame)
 
-    def finish(self, reason: str = "end_of_input") -> None:
+    def finish(self, reason: EndReason = EndReason.END_OF_INPUT) -> None:
         """End of the stream (or a stop): close what is open; nothing is left half-done."""
-        if self._spotter is not None:
-            self._spot_held(reason)
-        if self._in_session:
-            self._close(reason)
-        self._armed_until = None
+        self._trigger.finish(reason)
+        if self.in_session:
+            self.close(reason)
 
-    # -- modes ---------------------------------------------------------------
+    # -- what triggers do ------------------------------------------------------
 
-    def _feed_always(self, verdict: str, frames: list[bytes]) -> None:
+    def open(self, offset: float) -> None:
+        self.in_session = True
+        self.session_start = offset
+        self._sink.begin(offset)
+
+    def send(self, pcm: bytes) -> None:
+        self._sink.audio(pcm)
+
+    def close(self, reason: EndReason) -> None:
+        self.in_session = False
+        self._sink.end(self.offset, reason)
+
+
+class Trigger(Protocol):
+    """Which utterances become sessions: one class per trigger mode."""
+
+    def before(self, start_offset: float) -> None:
+        """Called before the detector sees a frame that starts at `start_offset`."""
+
+    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+        """The detector's verdict on one frame, and the frames that belong to the utterance now."""
+
+    def finish(self, reason: EndReason) -> None:
+        """The stream ends: settle anything held."""
+
+    def push(self) -> None:
+        """Push-to-talk was pressed (ignored by the modes that do not use it)."""
+
+
+class AlwaysTrigger:
+    """Every utterance is a session."""
+
+    def __init__(self, segmenter: Segmenter, make_spotter: Callable[[], Spotter] | None = None) -> None:
+        self.segmenter = segmenter
+
+    def before(self, start_offset: float) -> None:
+        pass
+
+    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+        segmenter = self.segmenter
         if verdict == START:
-            self._open(self.offset - len(frames) * FRAME_SECONDS)
-        if self._in_session and frames:
-            self._sink.audio(b"".join(frames))
+            segmenter.open(segmenter.offset - len(frames) * FRAME_SECONDS)
+        if segmenter.in_session and frames:
+            segmenter.send(b"".join(frames))
         if verdict == END:
-            self._close(self._detector.end_reason)
+            segmenter.close(segmenter.detector.end_reason)
 
-    def _feed_wake(self, verdict: str, frames: list[bytes]) -> None:
-        if self._armed_until is not None and not self._in_session and verdict == IDLE and self.offset > self._armed_until:
+    def finish(self, reason: EndReason) -> None:
+        pass
+
+    def push(self) -> None:
+        pass
+
+
+class WakeTrigger(AlwaysTrigger):
+    """Each utterance is held in RAM and shown to the wake spotter; a session begins only
+    at the wake phrase (or with the next utterance within wake_timeout)."""
+
+    def __init__(self, segmenter: Segmenter, make_spotter: Callable[[], Spotter] | None = None) -> None:
+        super().__init__(segmenter)
+        if make_spotter is None or not segmenter.settings.wake_phrase.strip():
+            raise ValueError("wake mode needs a wake phrase and a spotter")
+        self._make_spotter = make_spotter
+        self._wake_tokens = segmenter.settings.wake_phrase.split()
+        self._armed_until: float | None = None
+        self._held = bytearray()  # the current utterance, RAM only
+        self._held_start = 0.0
+        self._spotter: Spotter | None = None
+
+    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+        segmenter = self.segmenter
+        if self._armed_until is not None and not segmenter.in_session and verdict == IDLE and segmenter.offset > self._armed_until:
             self._armed_until = None  # the wake phrase was not followed by speech in time
         if verdict == START and self._armed_until is not None:
             self._armed_until = None
-            self._feed_always(verdict, frames)
+            super().frame(verdict, frames, frame)
             return
-        if self._in_session:
-            self._feed_always(verdict, frames)
+        if segmenter.in_session:
+            super().frame(verdict, frames, frame)
             return
         if verdict == START:
             self._spotter = self._make_spotter()
-            self._held_start = self.offset - len(frames) * FRAME_SECONDS
+            self._held_start = segmenter.offset - len(frames) * FRAME_SECONDS
         if self._spotter is not None and frames:
             pcm = b"".join(frames)
             self._held += pcm
             self._spotter.feed(pcm)
         if verdict == END:
-            self._spot_held(self._detector.end_reason)
+            self._spot_held(segmenter.detector.end_reason)
 
-    def _feed_push_to_talk(self, verdict: str, frame: bytes) -> None:
-        if not self._in_session:
-            return
-        self._sink.audio(frame)  # every frame since the push, speech or not
-        if verdict in (START, CONTINUE):
-            self._heard_speech = True
-        length = self.offset - self._session_start
-        if verdict == END and self._heard_speech:
-            self._close(self._detector.end_reason)
-        elif length >= self.settings.max_session:
-            self._close("max_length")
-        elif not self._heard_speech and not self._detector.active and length >= self.settings.wake_timeout:
-            self._close("no_speech")
+    def finish(self, reason: EndReason) -> None:
+        if self._spotter is not None:
+            self._spot_held(reason)
+        self._armed_until = None
 
-    # -- helpers ---------------------------------------------------------------
-
-    def _spot_held(self, end_reason: str) -> None:
+    def _spot_held(self, end_reason: EndReason) -> None:
         """Decide what a held utterance was; wipe it from RAM either way."""
+        segmenter = self.segmenter
         words = list(self._spotter.finish()) if self._spotter else []
         self._spotter = None
         try:
@@ -246,32 +272,64 @@ class Segmenter:
             if found is None:
                 return
             heard = words[found : found + len(self._wake_tokens)]
-            if min(w.conf for w in heard) < self.settings.wake_confidence:
+            if min(w.conf for w in heard) < segmenter.settings.wake_confidence:
                 return  # a near miss (e.g. a similar word): not a wake
-            self.wake_count += 1
+            segmenter.wake_count += 1
             after = found + len(self._wake_tokens)
             if after >= len(words):
-                self._armed_until = self.offset + self.settings.wake_timeout
+                self._armed_until = segmenter.offset + segmenter.settings.wake_timeout
                 return
             # Words follow the wake phrase: the session is this utterance from the phrase on.
             cut_seconds = max(0.0, words[found].start - 0.1)
             cut = min(len(self._held), int(cut_seconds * PIPELINE_RATE) * SAMPLE_BYTES)
-            self._open(self._held_start + cut / (PIPELINE_RATE * SAMPLE_BYTES))
-            self._sink.audio(bytes(self._held[cut:]))
-            self._close(end_reason)
+            segmenter.open(self._held_start + cut / (PIPELINE_RATE * SAMPLE_BYTES))
+            segmenter.send(bytes(self._held[cut:]))
+            segmenter.close(end_reason)
         finally:
             self._held[:] = bytes(len(self._held))  # overwrite before release
             self._held.clear()
 
-    def _open(self, offset: float) -> None:
-        self._in_session = True
-        self._session_start = offset
-        self._heard_speech = False
-        self._sink.begin(offset)
 
-    def _close(self, reason: str) -> None:
-        self._in_session = False
-        self._sink.end(self.offset, reason)
+class PushToTalkTrigger(AlwaysTrigger):
+    """`push()` opens a session at once; it closes on trailing silence after speech, at
+    max_session, or (no speech within wake_timeout) as no_speech."""
+
+    def __init__(self, segmenter: Segmenter, make_spotter: Callable[[], Spotter] | None = None) -> None:
+        super().__init__(segmenter)
+        self._requested = threading.Event()
+        self._heard_speech = False
+
+    def push(self) -> None:
+        self._requested.set()
+
+    def before(self, start_offset: float) -> None:
+        segmenter = self.segmenter
+        if self._requested.is_set() and not segmenter.in_session:
+            self._requested.clear()
+            segmenter.open(start_offset)
+            self._heard_speech = segmenter.detector.active
+
+    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+        segmenter = self.segmenter
+        if not segmenter.in_session:
+            return
+        segmenter.send(frame)  # every frame since the push, speech or not
+        if verdict in (START, CONTINUE):
+            self._heard_speech = True
+        length = segmenter.offset - segmenter.session_start
+        if verdict == END and self._heard_speech:
+            segmenter.close(segmenter.detector.end_reason)
+        elif length >= segmenter.settings.max_session:
+            segmenter.close(EndReason.MAX_LENGTH)
+        elif not self._heard_speech and not segmenter.detector.active and length >= segmenter.settings.wake_timeout:
+            segmenter.close(EndReason.NO_SPEECH)
+
+
+_TRIGGERS: dict[TriggerMode, Callable[[Segmenter, Callable[[], Spotter] | None], Trigger]] = {
+    TriggerMode.ALWAYS: AlwaysTrigger,
+    TriggerMode.WAKE: WakeTrigger,
+    TriggerMode.PUSH_TO_TALK: PushToTalkTrigger,
+}
 
 
 def _find_phrase(words: list[str], phrase: list[str]) -> int | None:

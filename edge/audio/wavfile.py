@@ -7,9 +7,10 @@ promises more audio than the file holds is an error, not a quietly shorter clip.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO
 
 import soundfile
 
@@ -75,7 +76,7 @@ def read_pipeline_chunks(info: WavInfo, block_seconds: float = 0.5) -> Iterator[
         yield tail
 
 
-def _check_riff(path: Path, handle, header: bytes) -> None:
+def _check_riff(path: Path, handle: BinaryIO, header: bytes) -> None:
     """Walk the RIFF chunks up to `data` and compare its declared size with the file's."""
     if len(header) < 12 or header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
         raise AudioError(f"{path}: is not a WAV file (no RIFF/WAVE header)")
@@ -90,8 +91,7 @@ def _check_riff(path: Path, handle, header: bytes) -> None:
             available = file_size - offset - 8
             if size not in _UNKNOWN_SIZES and size > available:
                 raise AudioError(
-                    f"{path}: the WAV file is truncated: its header promises {size} bytes of audio "
-                    f"but only {available} are there"
+                    f"{path}: the WAV file is truncated: its header promises {size} bytes of audio but only {available} are there"
                 )
             return
         offset += 8 + size + (size & 1)

@@ -19,20 +19,21 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.errors import EdgeError
-from edge.faults import armed, crash_point
 from edge.boot import boot_id
-from edge.store.files import StorageError, open_in, read_in, why, write_atomic_in
-from edge.store.lock import DataLock
-from edge.store.layout import AUDIT_KEY, AUDIT_LOG
+from edge.disk.files import open_in, read_in, why, write_atomic_in
+from edge.disk.layout import AUDIT_KEY, AUDIT_LOG
+from edge.disk.lock import DataLock
+from edge.errors import AuditError, StorageError
+from edge.faults import armed, crash_point
 
 ZERO_HASH = "0" * 64
 CHECKPOINT_EVERY = 100
@@ -41,10 +42,6 @@ and stops that must be signed at once: see NEEDS_CHECKPOINT)."""
 NEEDS_CHECKPOINT = frozenset({"shred", "forget.fulfilled", "agent.stopped"})
 """Events that MUST be covered by a checkpoint: none may stand after the last one."""
 _FORBIDDEN_FIELDS = ("text", "words", "transcript", "audio", "pcm", "key", "identity", "secret", "root")
-
-
-class AuditError(EdgeError):
-    """The audit log cannot be written or read."""
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -189,9 +186,7 @@ class AuditLog:
                 if type(entry["seq"]) is not int or not isinstance(entry["type"], str) or not isinstance(entry["fields"], dict):
                     raise ValueError
             except (ValueError, UnicodeDecodeError):
-                raise AuditError(
-                    f"{self.path}: line {number} is not an audit event; `edge-agent audit verify` explains"
-                ) from None
+                raise AuditError(f"{self.path}: line {number} is not an audit event; `edge-agent audit verify` explains") from None
             yield entry
 
     def log_id(self) -> str:
@@ -254,7 +249,7 @@ class AuditLog:
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
 
-    def _recover(self, handle, start: int, torn: bytes) -> dict[str, Any] | None:
+    def _recover(self, handle: BinaryIO, start: int, torn: bytes) -> dict[str, Any] | None:
         """Cut a torn final line off (it was never complete, so nothing signed it) and log
         that it happened, with its length and digest: recovered and reported, never silent.
         A whole entry that only lacks its newline is kept and given one."""
@@ -275,9 +270,12 @@ class AuditLog:
         if last is None:
             return None
         written: list[dict[str, Any]] = []  # signed at once: what the torn write lost may have been a checkpoint
-        lines = self._chained(last, [("log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})], True, written)
+        lines = self._chained(
+            last, [("log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})], True, written
+        )
         self._persist(lines)
-        return json.loads(lines[-1])
+        recovered: dict[str, Any] = json.loads(lines[-1])
+        return recovered
 
     def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -302,7 +300,7 @@ class AuditLog:
                     os.write(fd, data[: len(data) // 2])
                     crash_point("audit.torn")
                 while data:
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -310,7 +308,7 @@ class AuditLog:
             raise StorageError(f"{self.path}: cannot append to the audit log: {why(exc)}") from None
 
 
-def _last_line(handle, size: int) -> tuple[int, bytes, bool]:
+def _last_line(handle: BinaryIO, size: int) -> tuple[int, bytes, bool]:
     """(offset where the last line starts, the line without its newline, whether it had one),
     reading backwards in blocks (a shred event naming many sessions can be long)."""
     handle.seek(size - 1)

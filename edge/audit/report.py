@@ -10,11 +10,13 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from edge.audit.verify import Verification
 from edge.config import Config
 from edge.crypto.vault import GuaranteeLevel
 from edge.durations import format_duration
+from edge.values import DataKind
 
 MAX_ROWS = 60
 """Sessions drawn on the timeline (the most recent)."""
@@ -25,12 +27,12 @@ class _Session:
     id: str
     profile: str
     created: datetime
-    expires: dict[str, datetime | None]
-    ended: dict[str, datetime | None]
+    expires: dict[DataKind, datetime | None]
+    ended: dict[DataKind, datetime | None]
     """When each kind was shredded or forgotten (None: still kept)."""
 
 
-def render(entries: list[dict], config: Config, level: GuaranteeLevel, verification: Verification, now: datetime) -> str:
+def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel, verification: Verification, now: datetime) -> str:
     sessions, shreds, forgets = _collect(entries)
     status = "verified" if verification.ok else "FAILED"
     first_problem = html.escape(str(verification.problems[0])) if verification.problems else ""
@@ -58,12 +60,12 @@ def render(entries: list[dict], config: Config, level: GuaranteeLevel, verificat
     return "\n".join(parts)
 
 
-def _collect(entries: list[dict]) -> tuple[list[_Session], list[dict], list[dict]]:
+def _collect(entries: list[dict[str, Any]]) -> tuple[list[_Session], list[dict[str, Any]], list[dict[str, Any]]]:
     """What the page shows, from the log. A malformed event (anyone can chain a line) is
     left out: the page's header says the log did not verify, and `audit verify` names it."""
     sessions: dict[str, _Session] = {}
-    shreds: list[dict] = []
-    forgets: list[dict] = []
+    shreds: list[dict[str, Any]] = []
+    forgets: list[dict[str, Any]] = []
     for entry in entries:
         try:
             _take(entry, sessions, shreds, forgets)
@@ -72,13 +74,13 @@ def _collect(entries: list[dict]) -> tuple[list[_Session], list[dict], list[dict
     return list(sessions.values()), shreds, forgets
 
 
-def _take(entry: dict, sessions: dict[str, _Session], shreds: list[dict], forgets: list[dict]) -> None:
+def _take(entry: dict[str, Any], sessions: dict[str, _Session], shreds: list[dict[str, Any]], forgets: list[dict[str, Any]]) -> None:
     fields, when = entry["fields"], _aware(datetime.fromisoformat(entry["wall"]))
     if entry["type"] == "session.created":
-        expires = {k: _time(fields.get(f"{k}_expires")) for k in ("audio", "transcript")}
-        sessions[str(fields["session"])] = _Session(str(fields["session"]), str(fields["profile"]), when, expires, {"audio": None, "transcript": None})
+        expires = {k: _time(fields.get(f"{k}_expires")) for k in DataKind}
+        sessions[str(fields["session"])] = _Session(str(fields["session"]), str(fields["profile"]), when, expires, dict.fromkeys(DataKind))
     elif entry["type"] == "shred":
-        if not isinstance(fields["sessions"], list) or fields["kind"] not in ("audio", "transcript"):
+        if not isinstance(fields["sessions"], list) or fields["kind"] not in tuple(DataKind):
             raise ValueError
         shreds.append({**fields, "at": when, "late_seconds": float(fields.get("late_seconds", 0))})
         for session in fields["sessions"]:
@@ -91,7 +93,7 @@ def _take(entry: dict, sessions: dict[str, _Session], shreds: list[dict], forget
         forgets.append({**fields, "type": entry["type"], "at": when, "request": str(fields["request"])})
         for session in fulfilled:
             if session in sessions:
-                for kind in ("audio", "transcript"):
+                for kind in DataKind:
                     sessions[session].ended[kind] = sessions[session].ended[kind] or when
 
 
@@ -109,11 +111,16 @@ def _time(text: object) -> datetime | None:
     return _aware(datetime.fromisoformat(text))
 
 
+def _kept_after(session: _Session, kind: DataKind, now: datetime) -> bool:
+    expires = session.expires[kind]
+    return expires is not None and session.ended[kind] is None and expires > now
+
+
 def _policy_table(config: Config, sessions: list[_Session], now: datetime) -> str:
     rows = []
     for profile in config.profiles:
-        live = [s for s in sessions if s.profile == profile.name and any(s.expires[k] and not s.ended[k] and s.expires[k] > now for k in s.expires)]
-        upcoming = [s.expires[k] for s in live for k in s.expires if s.expires[k] and not s.ended[k]]
+        live = [s for s in sessions if s.profile == profile.name and any(_kept_after(s, k, now) for k in DataKind)]
+        upcoming = [t for s in live for k in DataKind if (t := s.expires[k]) is not None and not s.ended[k]]
         rows.append(
             f"<tr><td>{html.escape(profile.name)}</td><td>{profile.kind}</td>"
             f"<td>{_keep(profile.keep_audio)}</td><td>{_keep(profile.keep_transcript)}</td>"
@@ -144,7 +151,7 @@ def _timeline(sessions: list[_Session], now: datetime) -> str:
     bars = []
     for index, session in enumerate(sessions):
         y = 20 + index * row
-        for offset, kind, color, planned in ((0, "audio", "#3b7dd8", "#c9dcf5"), (6, "transcript", "#3aa65b", "#cbead3")):
+        for offset, kind, color, planned in ((0, DataKind.AUDIO, "#3b7dd8", "#c9dcf5"), (6, DataKind.TRANSCRIPT, "#3aa65b", "#cbead3")):
             expires, ended = session.expires[kind], session.ended[kind]
             if expires is None:
                 continue
@@ -159,7 +166,7 @@ def _timeline(sessions: list[_Session], now: datetime) -> str:
         f'<text x="{x(now) + 4:.1f}" y="12" font-size="11" fill="#d33">now</text>'
         f'<text x="{left}" y="{height - 2}" font-size="11">{html.escape(start.isoformat(timespec="minutes"))}</text>'
         f'<text x="{width - left}" y="{height - 2}" font-size="11" text-anchor="end">'
-        f'{html.escape(max(ends).isoformat(timespec="minutes"))}</text>'
+        f"{html.escape(max(ends).isoformat(timespec='minutes'))}</text>"
     )
     return f'<svg width="{width}" height="{height}" role="img" aria-label="timeline">{axis}{"".join(bars)}</svg>'
 
@@ -168,7 +175,7 @@ def _bar(start: float, end: float, y: int, color: str, label: str) -> str:
     return f'<rect x="{start:.1f}" y="{y}" width="{max(end - start, 1.5):.1f}" height="5" fill="{color}"><title>{label}</title></rect>'
 
 
-def _shred_table(shreds: list[dict]) -> str:
+def _shred_table(shreds: list[dict[str, Any]]) -> str:
     if not shreds:
         return "<p>Nothing has been shredded yet.</p>"
     worst = max(s["late_seconds"] for s in shreds)
@@ -189,7 +196,7 @@ def _lateness(seconds: float) -> str:
     return "ahead of expiry" if seconds < 0 else f"{seconds:.1f} s"
 
 
-def _forget_table(forgets: list[dict]) -> str:
+def _forget_table(forgets: list[dict[str, Any]]) -> str:
     if not forgets:
         return "<p>No forget requests.</p>"
     rows = "".join(

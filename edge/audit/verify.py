@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
@@ -27,11 +28,13 @@ from edge.audit.log import (
     checkpoint_text,
     public_key_from_hex,
 )
-from edge.crypto.age import AgeError, read_header, unwrap_file_key
-from edge.errors import EdgeError
-from edge.store import layout
-from edge.store.files import StorageError, reader_in
-from edge.store.keystore import Keystore, KeystoreData
+from edge.crypto.age import read_header, unwrap_file_key
+from edge.disk import layout
+from edge.disk.files import reader_in
+from edge.errors import AgeError, EdgeError, StorageError
+from edge.store.keystore import Keystore
+from edge.store.records import KeystoreData
+from edge.values import DataKind, Purpose
 
 _KEYS = {"seq", "wall", "mono", "boot", "type", "fields", "prev", "hash"}
 
@@ -69,7 +72,7 @@ class Verification:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
         data["problems"] = [{"line": p.line, "session": p.session, "message": str(p)} for p in self.problems]
@@ -164,11 +167,11 @@ def _check_batch(batch: list[tuple[int, bytes]], chain: _Chain, result: Verifica
     return True
 
 
-def canonical_list(entries: list) -> bytes:
+def canonical_list(entries: list[Any]) -> bytes:
     return json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _parse_line(number: int, raw: bytes, result: Verification) -> dict | None:
+def _parse_line(number: int, raw: bytes, result: Verification) -> dict[str, Any] | None:
     try:
         entry = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -179,7 +182,8 @@ def _parse_line(number: int, raw: bytes, result: Verification) -> dict | None:
     if canonical(entry) != raw:
         result.problems.append(Problem("not in canonical form: the line was edited", number))
         return None
-    return entry
+    checked: dict[str, Any] = entry
+    return checked
 
 
 def _well_formed(entry: object) -> bool:
@@ -205,7 +209,7 @@ def _content_hash(raw: bytes) -> bytes:
     return digest.digest()
 
 
-def _check_entry(number: int, raw: bytes, entry: dict, chain: _Chain, result: Verification) -> bool:
+def _check_entry(number: int, raw: bytes, entry: dict[str, Any], chain: _Chain, result: Verification) -> bool:
     if not _well_formed(entry):
         result.problems.append(Problem("not a valid audit entry (damaged, or cut off mid-line)", number))
         return False
@@ -242,7 +246,7 @@ def _check_entry(number: int, raw: bytes, entry: dict, chain: _Chain, result: Ve
     return True
 
 
-def _checkpoint_ok(chain: _Chain, entry: dict, number: int) -> bool:
+def _checkpoint_ok(chain: _Chain, entry: dict[str, Any], number: int) -> bool:
     """A checkpoint signs the line just before it, with the log's own key."""
     fields = entry["fields"]
     try:
@@ -262,18 +266,22 @@ def _check_unsigned_tail(chain: _Chain, result: Verification) -> None:
     means checkpoints were removed: lines in the middle were deleted or edited and the log
     re-chained, or the signing was skipped."""
     if chain.must_sign is not None:
-        result.problems.append(Problem(
-            "this event must be covered by a signed checkpoint, but no checkpoint follows it: "
-            "checkpoints were removed (lines deleted or edited, and the log re-chained)",
-            chain.must_sign,
-        ))
+        result.problems.append(
+            Problem(
+                "this event must be covered by a signed checkpoint, but no checkpoint follows it: "
+                "checkpoints were removed (lines deleted or edited, and the log re-chained)",
+                chain.must_sign,
+            )
+        )
     elif len(chain) - chain.last_checkpoint >= CHECKPOINT_EVERY:
         line = chain.last_checkpoint + CHECKPOINT_EVERY
-        result.problems.append(Problem(
-            f"{CHECKPOINT_EVERY} entries in a row without a signed checkpoint (the last is at line "
-            f"{chain.last_checkpoint or 'none'}): checkpoints were removed (lines deleted or edited, and the log re-chained)",
-            line,
-        ))
+        result.problems.append(
+            Problem(
+                f"{CHECKPOINT_EVERY} entries in a row without a signed checkpoint (the last is at line "
+                f"{chain.last_checkpoint or 'none'}): checkpoints were removed (lines deleted or edited, and the log re-chained)",
+                line,
+            )
+        )
 
 
 def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> None:
@@ -281,8 +289,11 @@ def _check_witness(chain: _Chain, witness: Checkpoint, result: Verification) -> 
         try:
             public_key_from_hex(chain.public_key or "").verify(witness.signature, witness.text)
         except (InvalidSignature, ValueError):
-            result.problems.append(Problem("witness: its signature does not match its text and this log's key "
-                                           "(the witness was edited, or belongs to another log)"))
+            result.problems.append(
+                Problem(
+                    "witness: its signature does not match its text and this log's key (the witness was edited, or belongs to another log)"
+                )
+            )
             return
     if witness.log_id != chain.log_id:
         result.problems.append(Problem(f"witness: it is for log {witness.log_id}, but this log is {chain.log_id} (replaced?)"))
@@ -314,13 +325,13 @@ class _DataScan:
         self.problems: list[Problem] = []
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
-    def feed(self, line: int, entry: dict) -> None:
+    def feed(self, line: int, entry: dict[str, Any]) -> None:
         try:
             self._feed(line, entry)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hashes are unkeyed: anyone can chain a line
             self.problems.append(Problem(f"a {entry['type']!r} event with missing or malformed fields ({exc})", line))
 
-    def _feed(self, line: int, entry: dict) -> None:
+    def _feed(self, line: int, entry: dict[str, Any]) -> None:
         kind, fields, result = entry["type"], entry["fields"], self.result
         if kind == "session.created":
             session = _text(fields, "session")
@@ -341,30 +352,30 @@ class _DataScan:
         elif kind == "forget.fulfilled":
             sessions = _texts(fields, "sessions")
             self.open_requests.pop(_text(fields, "request"), None)
-            self.gone.update((s, k) for s in sessions for k in ("audio", "transcript"))
+            self.gone.update((s, k) for s in sessions for k in DataKind)
         elif kind == "log.recovered":
             result.recovered += 1
         elif kind == "root.lost":
-            self.gone.update((s, k) for s in self.created for k in ("audio", "transcript"))
-        elif kind == "export" and fields.get("purpose") == "training" and fields.get("session") in self.children:
+            self.gone.update((s, k) for s in self.created for k in DataKind)
+        elif kind == "export" and fields.get("purpose") == Purpose.TRAINING and fields.get("session") in self.children:
             self.problems.append(Problem(f"a child's session {fields['session']} was exported for training", line, fields["session"]))
 
 
-def _text(fields: dict, name: str) -> str:
+def _text(fields: dict[str, Any], name: str) -> str:
     value = fields[name]
     if not isinstance(value, str):
         raise ValueError(f"{name} is not a string")
     return value
 
 
-def _texts(fields: dict, name: str) -> list[str]:
+def _texts(fields: dict[str, Any], name: str) -> list[str]:
     value = fields[name]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{name} is not a list of strings")
     return value
 
 
-def _instant(fields: dict, name: str) -> datetime | None:
+def _instant(fields: dict[str, Any], name: str) -> datetime | None:
     """An ISO 8601 instant with a zone, or None (not kept)."""
     value = fields.get(name)
     if value is None:
@@ -384,29 +395,39 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
     created, gone = scan.created, scan.gone
     data = _open_keystore(keystore, result)
     for session, (line, audio_expires, transcript_expires) in sorted(created.items(), key=lambda item: item[1][0]):
-        for kind, expires in (("audio", audio_expires), ("transcript", transcript_expires)):
+        for kind, expires in ((DataKind.AUDIO, audio_expires), (DataKind.TRANSCRIPT, transcript_expires)):
             if expires is None or expires + on_time > now or (session, kind) in gone:
                 continue
             result.problems.append(
-                Problem(f"session {session}: its {kind} expired at {expires.isoformat()} but no shred or forget of it is logged", line, session)
+                Problem(
+                    f"session {session}: its {kind} expired at {expires.isoformat()} but no shred or forget of it is logged", line, session
+                )
             )
     if data is None or keystore is None:
         return
     if keystore.root_lost:
-        result.problems.append(Problem(f"the vault's root key is gone ({keystore.root_lost}), so nothing retained can be "
-                                       "opened; the agent records the loss at its next start"))
+        result.problems.append(
+            Problem(
+                f"the vault's root key is gone ({keystore.root_lost}), so nothing retained can be "
+                "opened; the agent records the loss at its next start"
+            )
+        )
     identities = [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
     for entry in sorted(data.sessions.values(), key=lambda s: s.created):
         if entry.id not in created:
             result.problems.append(Problem(f"session {entry.id}: held by the device but never logged", None, entry.id))
         for kind, expires, name in (
-            ("audio", entry.audio_expires, layout.recording(entry.id)),
-            ("transcript", entry.transcript_expires, layout.transcript(entry.id)),
+            (DataKind.AUDIO, entry.audio_expires, layout.recording(entry.id)),
+            (DataKind.TRANSCRIPT, entry.transcript_expires, layout.transcript(entry.id)),
         ):
             if expires is not None and expires <= now and _opens(keystore.data_dir, name, identities):
-                line = created.get(entry.id, (None,))[0]
+                logged = created.get(entry.id)
                 result.problems.append(
-                    Problem(f"session {entry.id}: its {kind} expired at {expires.isoformat()} but still opens with a key the device holds", line, entry.id)
+                    Problem(
+                        f"session {entry.id}: its {kind} expired at {expires.isoformat()} but still opens with a key the device holds",
+                        logged[0] if logged else None,
+                        entry.id,
+                    )
                 )
     for pending in data.forgets.values():
         result.problems.append(Problem(f"forget request {pending.request} is not finished yet; the next purge or forget finishes it"))
@@ -426,7 +447,7 @@ def _open_keystore(keystore: Keystore | None, result: Verification) -> KeystoreD
         return None
 
 
-def _opens(data_dir: Path, name: str, identities: list) -> bool:
+def _opens(data_dir: Path, name: str, identities: list[Any]) -> bool:
     """Whether any of `identities` unwraps the file's key (the header is enough to tell)."""
     try:
         with reader_in(data_dir, name) as handle:

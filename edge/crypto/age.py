@@ -15,9 +15,10 @@ import base64
 import hmac
 import io
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.crypto import bech32
-from edge.errors import EdgeError
+from edge.errors import AgeError
 
 VERSION_LINE = b"age-encryption.org/v1"
 CHUNK = 64 * 1024
@@ -36,13 +37,6 @@ _X25519_INFO = b"age-encryption.org/v1/X25519"
 _MAX_HEADER = 16 * 1024
 """Longest header we read; ours is ~200 bytes. Bounds memory on hostile input."""
 _ZERO_NONCE = bytes(12)
-
-
-class AgeError(EdgeError):
-    """A sealed file could not be opened. Deliberately says nothing about why."""
-
-    def __init__(self, message: str = "the sealed file is damaged, incomplete, or not sealed for this key") -> None:
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -230,9 +224,7 @@ def unwrap_file_key(header: Header, identities: Iterable[Identity]) -> bytes:
             if shared == bytes(32):
                 raise AgeError()
             try:
-                file_key = ChaCha20Poly1305(_hkdf(shared, share + public, _X25519_INFO)).decrypt(
-                    _ZERO_NONCE, stanza.body, None
-                )
+                file_key = ChaCha20Poly1305(_hkdf(shared, share + public, _X25519_INFO)).decrypt(_ZERO_NONCE, stanza.body, None)
             except InvalidTag:
                 continue
             expected = hmac.new(_hkdf(file_key, b"", b"header"), header.signed, sha256).digest()

@@ -13,7 +13,7 @@ import errno
 import os
 import platform
 
-from edge.errors import EdgeError
+from edge.errors import KeyringError
 
 SESSION_KEYRING = -3
 """KEY_SPEC_SESSION_KEYRING: the caller's session keyring (inherited by children)."""
@@ -35,11 +35,7 @@ _SYSCALLS = {  # (add_key, keyctl) numbers per architecture
 }
 
 
-class KeyringError(EdgeError):
-    """The kernel keyring refused an operation."""
-
-
-def _libc():
+def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.syscall.restype = ctypes.c_long
     return libc
@@ -62,9 +58,9 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def _keyctl(operation: int, *args: int | bytes | None) -> int:
+def _keyctl(operation: int, *args: int | bytes | ctypes.Array[ctypes.c_char] | None) -> int:
     converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return _LIBC.syscall(ctypes.c_long(_numbers()[1]), ctypes.c_long(operation), *converted)
+    return int(_LIBC.syscall(ctypes.c_long(_numbers()[1]), ctypes.c_long(operation), *converted))
 
 
 def join_new_session_keyring() -> int:

@@ -22,33 +22,30 @@ import os
 import pwd
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from edge.boot import boot_id
 from edge.config import VaultSettings
 from edge.crypto import keyring
-from edge.errors import EdgeError
-from edge.boot import boot_id
-from edge.store.files import StorageError, atomic_write, destroy_temps, folder_fd, open_in, read_in, unlink_in, write_atomic_in
-from edge.store.layout import VAULT_MARKER
+from edge.disk.files import atomic_write, destroy_temps, folder_fd, open_in, read_in, unlink_in, write_atomic_in
+from edge.disk.layout import VAULT_MARKER
+from edge.errors import KeyringError, StorageError, VaultError
+from edge.values import KeyringKind, VaultBackend
 
 ROOT_BYTES = 32
 SLOTS = ("current", "next")
 
 
-class VaultError(EdgeError):
-    """The root key could not be stored or read."""
-
-
 @dataclass(frozen=True)
 class GuaranteeLevel:
-    backend: str
+    backend: VaultBackend
     survives_reboot: bool
     """Whether retained data can still be opened after a power cut."""
     crypto_erase: bool
     """Whether destroying a key is real against a copy of the flash storage."""
     summary: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
             "level": "crypto-erase" if self.crypto_erase else "logical-deletion",
@@ -66,6 +63,7 @@ class Vault(Protocol):
     def erase(self, slot: str) -> None: ...
     def scrub(self) -> None:
         """Destroy stale copies of the root a crashed write left (under the data-folder lock)."""
+
     def why_missing(self) -> str:
         """Why a root that a keystore needs is gone; VaultError if it may only be invisible here."""
 
@@ -82,15 +80,15 @@ class KeyringMarker:
 
     key: str
     """Description prefix of the kernel keys ("edge:<16 hex>"; slots append ":current", ":next")."""
-    ring: str
-    """"persistent" or "session": where the key was put."""
+    ring: KeyringKind
+    """Where the key was put."""
     uid: int
     """The user whose keyring holds it."""
     boot: str
     """The kernel boot id when it was put there."""
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": "edge-vault", "version": 1, "backend": "keyring", **asdict(self)}).encode()
+        return json.dumps({"format": "edge-vault", "version": 1, "backend": VaultBackend.KEYRING, **asdict(self)}).encode()
 
     @classmethod
     def load(cls, data_dir: Path) -> KeyringMarker | None:
@@ -101,8 +99,8 @@ class KeyringMarker:
             document = json.loads(raw)
             if document.get("format") != "edge-vault" or document.get("version") != 1:
                 raise ValueError
-            marker = cls(str(document["key"]), str(document["ring"]), int(document["uid"]), str(document["boot"]))
-            if marker.ring not in ("persistent", "session") or not marker.key.startswith("edge:"):
+            marker = cls(str(document["key"]), KeyringKind(document["ring"]), int(document["uid"]), str(document["boot"]))
+            if not marker.key.startswith("edge:"):
                 raise ValueError
             return marker
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -123,14 +121,14 @@ class KeyringVault:
     """Root in the kernel keyring: never on disk, gone at power-off."""
 
     level = GuaranteeLevel(
-        "keyring",
+        VaultBackend.KEYRING,
         survives_reboot=False,
         crypto_erase=True,
         summary="root key in the kernel keyring (RAM): everything retained is shredded at power-off; "
         "destroying a key is real even against a copy of the flash storage",
     )
 
-    def __init__(self, data_dir: Path, ring: str = "persistent") -> None:
+    def __init__(self, data_dir: Path, ring: KeyringKind = KeyringKind.PERSISTENT) -> None:
         self.data_dir = data_dir
         self._new_ring = ring
         """Where a folder's first root goes; an existing root stays in the ring its marker names."""
@@ -147,7 +145,7 @@ class KeyringVault:
         """The keyring to use. Asking for the persistent keyring also restarts its expiry timer
         (/proc/sys/kernel/keys/persistent_keyring_expiry), so every use keeps the root alive."""
         ring = self._marker.ring if self._marker is not None else self._new_ring
-        return keyring.persistent_keyring() if ring == "persistent" else keyring.SESSION_KEYRING
+        return keyring.persistent_keyring() if ring == KeyringKind.PERSISTENT else keyring.SESSION_KEYRING
 
     def read(self, slot: str) -> bytes | None:
         serial = keyring.find(f"{self._key()}:{slot}", self._ring())
@@ -183,7 +181,7 @@ class KeyringVault:
             )
         if marker.boot != boot_id():
             return "the device restarted since the root key was made, and the kernel keyring does not survive a restart"
-        if marker.ring == "persistent":
+        if marker.ring == KeyringKind.PERSISTENT:
             return (
                 "the root key is gone from the persistent keyring (unused for longer than "
                 "/proc/sys/kernel/keys/persistent_keyring_expiry, or destroyed)"
@@ -199,7 +197,7 @@ class MemoryVault:
     """Root in this process's memory only (the demo): nothing on disk, nothing in the kernel."""
 
     level = GuaranteeLevel(
-        "ram",
+        VaultBackend.RAM,
         survives_reboot=False,
         crypto_erase=True,
         summary="root key in this process's memory only: nothing retained can be opened once it ends",
@@ -228,7 +226,7 @@ class FileVault:
     """Root in a 0600 file. Survives reboots; deletion is logical only on flash."""
 
     level = GuaranteeLevel(
-        "file",
+        VaultBackend.FILE,
         survives_reboot=True,
         crypto_erase=False,
         summary="root key in a 0600 file: retained data survives reboots, but flash storage keeps old "
@@ -286,18 +284,18 @@ class FileVault:
 
 
 def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
-    if settings.backend == "keyring":
+    """The vault [vault] names (the demo makes its MemoryVault itself)."""
+    if settings.backend == VaultBackend.KEYRING:
         try:
             return KeyringVault(data_dir, settings.keyring)
-        except keyring.KeyringError as exc:
+        except KeyringError as exc:
             raise VaultError(
                 f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
                 '(some containers block it); use backend = "file" with a path.'
             ) from None
-    if settings.backend == "file":
-        assert settings.path is not None
+    if settings.backend == VaultBackend.FILE and settings.path is not None:
         return FileVault(settings.path)
     raise VaultError(
-        '[vault] backend = "tpm" is not available in this version of edge; use "keyring" (crypto-erase, '
+        f'[vault] backend = "{settings.backend}" is not available in this version of edge; use "keyring" (crypto-erase, '
         'lost at power-off) or "file" (survives reboots, logical deletion only)'
     )

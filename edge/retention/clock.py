@@ -14,14 +14,15 @@ import ctypes
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 from edge.boot import boot_id
-from edge.store.files import StorageError, read_in, write_atomic_in
-from edge.store.layout import CLOCK
+from edge.disk.files import read_in, write_atomic_in
+from edge.disk.layout import CLOCK
+from edge.errors import StorageError
 
 CLOCK_VERSION = 1
 SET_BACK_TOLERANCE = timedelta(seconds=2)
@@ -72,9 +73,7 @@ class TrustedClock:
         seconds, monotonic = self._wall(), self._monotonic()
         wall = datetime.fromtimestamp(seconds, timezone.utc)
         trusted = self._trusted(wall)
-        return Reading(
-            now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced(), drift=seconds - monotonic
-        )
+        return Reading(now=trusted, wall=wall, set_back=max(timedelta(0), trusted - wall), synced=clock_synced(), drift=seconds - monotonic)
 
     def now(self) -> datetime:
         return self._trusted(datetime.fromtimestamp(self._wall(), timezone.utc))

@@ -16,19 +16,21 @@ a real-time clock syncing NTP) kept its scheduler busy for seconds to hours.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from edge.errors import EdgeError
 from edge.retention.clock import TrustedClock
-from edge.retention.shredder import ShredReport, Shredder
-from edge.store.keystore import Bucket
+from edge.retention.shredder import Shredder, ShredReport
+from edge.store.records import Bucket
+
+log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 1.0
 """How often the watch thread compares the wall clock with the trusted clock (and the
@@ -90,7 +92,7 @@ class RetentionService:
         try:
             report = self.shredder.sweep()
         except EdgeError as exc:  # keep the agent running; say what went wrong
-            print(f"edge-agent: retention sweep failed: {exc}", file=sys.stderr, flush=True)
+            log.error("retention sweep failed: %s", exc)
             return
         if not report.empty:
             self.on_report(report)
@@ -121,9 +123,9 @@ class RetentionService:
                     self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
                 said = ""
             except Exception as exc:  # an I/O error or a bug must not end retention: retry next tick
-                message = f"edge-agent: the retention watch failed (retrying every second): {exc}"
+                message = f"the retention watch failed (retrying every second): {exc}"
                 if message != said:  # once per distinct failure, not once a second
-                    print(message, file=sys.stderr, flush=True)
+                    log.warning("%s", message)
                     said = message
 
     def _replace_jobs(self) -> None:
@@ -132,7 +134,7 @@ class RetentionService:
         try:
             buckets = self.shredder.keystore.read().buckets
         except EdgeError as exc:
-            print(f"edge-agent: cannot re-place retention jobs after a clock change: {exc}", file=sys.stderr, flush=True)
+            log.error("cannot re-place retention jobs after a clock change: %s", exc)
             buckets = {}
         for job in self._scheduler.get_jobs():
             if job.id.startswith("bucket:"):

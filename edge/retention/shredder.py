@@ -23,33 +23,34 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any
 
-from edge.audit.log import AuditLog
-from edge.config import Config, Profile
-from edge.crypto.age import AgeError, Recipient, rekey_in_place
-from edge.errors import UsageError
+from edge.config import Config
+from edge.crypto.age import Recipient, rekey_in_place
+from edge.disk import layout
+from edge.disk.files import files_in, open_in, size_in, unlink_in
+from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
+from edge.policy import policies
 from edge.retention.clock import Reading, TrustedClock
-from edge.store import layout
-from edge.store.files import files_in, open_in, size_in, unlink_in
-from edge.store.keystore import Keystore, KeystoreData, PendingForget, SessionEntry
-from edge.tagging import strictest_policy
+from edge.sink import AuditSink
+from edge.store.keystore import Keystore
+from edge.store.records import KeystoreData, PendingForget, SessionEntry
+from edge.values import DataKind, ShredReason
 
 
 @dataclass(frozen=True)
 class ShreddedBucket:
     bucket: str
     profile: str
-    kind: str
+    kind: DataKind
     expires: datetime
     sessions: tuple[str, ...]
     """Sessions whose data of this kind died with the bucket."""
-    reason: str
-    """"expired", "inactive" (child profile unused for inactive_after) or "forget"."""
+    reason: ShredReason
     late: timedelta
     """How long after its expiry the bucket was shredded (negative: early, e.g. forget)."""
 
@@ -88,11 +89,17 @@ class ShredReport:
             out.append(f"at {self.reading.now.isoformat(timespec='seconds')}{note}")
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "at": self.reading.now.isoformat(timespec="seconds"),
             "buckets": [
-                {"bucket": b.bucket, "kind": b.kind, "sessions": len(b.sessions), "reason": b.reason, "late_seconds": round(b.late.total_seconds(), 3)}
+                {
+                    "bucket": b.bucket,
+                    "kind": b.kind,
+                    "sessions": len(b.sessions),
+                    "reason": b.reason,
+                    "late_seconds": round(b.late.total_seconds(), 3),
+                }
                 for b in self.buckets
             ],
             "forgotten": len(self.forgotten),
@@ -121,8 +128,13 @@ class ForgetRequest:
 
     @classmethod
     def checked(
-        cls, config: Config, data: KeystoreData, session: str | None = None, profile: str | None = None,
-        everything: bool = False, before: datetime | None = None,
+        cls,
+        config: Config,
+        data: KeystoreData,
+        session: str | None = None,
+        profile: str | None = None,
+        everything: bool = False,
+        before: datetime | None = None,
     ) -> ForgetRequest:
         """A request with exactly one selector, naming a session or profile that exists."""
         if sum((session is not None, profile is not None, everything, before is not None)) != 1:
@@ -152,17 +164,12 @@ before it writes anything."""
 class Shredder:
     """Runs sweeps and forget requests against the keystore."""
 
-    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config, audit: AuditLog) -> None:
+    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config, audit: AuditSink) -> None:
         self.keystore = keystore
         self.clock = clock
         self.config = config
         self.audit = audit
         self._logged_set_back = timedelta(0)
-
-    def policies(self) -> list[Profile]:
-        """Every profile sessions may carry: the config's, and the synthetic strictest one."""
-        strictest = strictest_policy(self.config)
-        return list(self.config.profiles) + ([strictest] if strictest not in self.config.profiles else [])
 
     def sweep(self) -> ShredReport:
         """Shred every bucket that is due (or whose profile went inactive), finish any
@@ -171,11 +178,13 @@ class Shredder:
             report = ShredReport(self.clock.persist())
             self._resume_forgets(data, report)
             now = report.reading.now
-            reasons = {b.id: "expired" for b in data.buckets.values() if b.expires <= now}
-            for profile in self.policies():
+            reasons = {b.id: ShredReason.EXPIRED for b in data.buckets.values() if b.expires <= now}
+            for profile in policies(self.config):
                 seen = data.last_seen.get(profile.name)
                 if seen is not None and now - seen >= profile.inactive_after:
-                    reasons.update({b.id: "inactive" for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons})
+                    reasons.update(
+                        {b.id: ShredReason.INACTIVE for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons}
+                    )
             report.files_deleted += self._make_room(data, lambda s, bucket_id: bucket_id in reasons)
             self._destroy(data, reasons, now, report)
             self._finish_rekeys(data, report)
@@ -237,13 +246,16 @@ class Shredder:
         """Destroy what a forget named, re-key what it shares, ratchet once, log it fulfilled,
         then drop the request from the keystore (a crash before that only repeats the log lines)."""
         self.audit.append(
-            "forget.requested", request=pending.request, selector=pending.selector, sessions=len(pending.sessions),
+            "forget.requested",
+            request=pending.request,
+            selector=pending.selector,
+            sessions=len(pending.sessions),
             **({"resumed": True} if resumed else {}),
         )
         report.forgotten.extend(pending.sessions)
         alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
         rekeying = any(b.retiring_identity is not None for b in data.buckets.values())
-        self._destroy(data, {b: "forget" for b in alive}, report.reading.now, report, alive, ratchet=not rekeying)
+        self._destroy(data, {b: ShredReason.FORGET for b in alive}, report.reading.now, report, alive, ratchet=not rekeying)
         self._finish_rekeys(data, report)
         self.audit.append(
             "forget.fulfilled",
@@ -259,7 +271,7 @@ class Shredder:
         """Audit the rest of what happened (shreds are logged before they happen), then sign
         the log's new head."""
         reading = report.reading
-        events: list[tuple[str, dict]] = []
+        events: list[tuple[str, dict[str, Any]]] = []
         if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
             self._logged_set_back = reading.set_back
             events.append(("clock.set_back", {"seconds": round(reading.set_back.total_seconds(), 3), "wall": reading.wall.isoformat()}))
@@ -272,30 +284,33 @@ class Shredder:
         """Write-ahead, and signed in the same write: a crash after this and before the keys
         are gone leaves a log that claims a shred the next sweep finishes (and `audit verify`
         flags until then); the other order could leave a shred that happened but was never logged."""
-        self.audit.append_many([
-            (
-                "shred",
-                {
-                    "bucket": item.bucket,
-                    "kind": item.kind,
-                    "profile": item.profile,
-                    "reason": item.reason,
-                    "sessions": list(item.sessions),
-                    "expires": item.expires.isoformat(),
-                    "late_seconds": round(item.late.total_seconds(), 3),
-                    "clock_synced": reading.synced,
-                    "set_back_seconds": round(reading.set_back.total_seconds(), 3),
-                },
-            )
-            for item in items
-        ], checkpoint=True)
+        self.audit.append_many(
+            [
+                (
+                    "shred",
+                    {
+                        "bucket": item.bucket,
+                        "kind": item.kind,
+                        "profile": item.profile,
+                        "reason": item.reason,
+                        "sessions": list(item.sessions),
+                        "expires": item.expires.isoformat(),
+                        "late_seconds": round(item.late.total_seconds(), 3),
+                        "clock_synced": reading.synced,
+                        "set_back_seconds": round(reading.set_back.total_seconds(), 3),
+                    },
+                )
+                for item in items
+            ],
+            checkpoint=True,
+        )
 
     # -- steps ---------------------------------------------------------------------
 
     def _destroy(
         self,
         data: KeystoreData,
-        reasons: dict[str, str],
+        reasons: dict[str, ShredReason],
         now: datetime,
         report: ShredReport,
         members: Mapping[str, Sequence[str]] | None = None,
@@ -341,7 +356,10 @@ class Shredder:
             return 0
         deleted = 0
         for session in data.sessions.values():
-            for bucket_id, name in ((session.audio_bucket, layout.recording(session.id)), (session.transcript_bucket, layout.transcript(session.id))):
+            for bucket_id, name in (
+                (session.audio_bucket, layout.recording(session.id)),
+                (session.transcript_bucket, layout.transcript(session.id)),
+            ):
                 if bucket_id is not None and doomed(session, bucket_id) and unlink_in(root, name):
                     deleted += 1
         return deleted
@@ -354,7 +372,7 @@ class Shredder:
         for bucket in rekeying:
             identities = self.keystore.identities(bucket)
             recipient = Recipient.parse(bucket.recipient)
-            name_of = layout.recording if bucket.kind == "audio" else layout.transcript
+            name_of = layout.recording if bucket.kind == DataKind.AUDIO else layout.transcript
             for session_id in members.get(bucket.id, ()):
                 try:
                     with os.fdopen(open_in(self.keystore.data_dir, name_of(session_id), os.O_RDWR), "r+b") as handle:
@@ -380,9 +398,9 @@ class Shredder:
         deleted = 0
         for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX)):
             for name in files_in(root, folder):
-                session_id = layout.session_of(name, suffix)
-                if session_id is not None:
-                    if session_id in live[folder]:
+                owner = layout.session_of(name, suffix)
+                if owner is not None:
+                    if owner in live[folder]:
                         continue
                 elif _temp_session(name, suffix) is None:
                     continue  # not a name edge makes

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from edge.values import DataKind
+
 WINDOWS = tuple(timedelta(seconds=s) for s in (1, 10, 60, 300, 900, 3600))
 """Candidate window sizes; the largest at most 1/12 of the retention is used."""
-KINDS = ("audio", "transcript")
 
 
 def window_for(keep: timedelta) -> timedelta:
@@ -28,5 +29,5 @@ def expiry_for(created: datetime, keep: timedelta) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % step, timezone.utc)
 
 
-def bucket_id(profile: str, kind: str, expires: datetime) -> str:
+def bucket_id(profile: str, kind: DataKind, expires: datetime) -> str:
     return f"{profile}.{kind}.{expires.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"

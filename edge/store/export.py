@@ -12,24 +12,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge.audit.log import AuditLog
 from edge.config import Config
-from edge.crypto.age import AgeError, Identity, decrypt_stream
-from edge.errors import PolicyError, UsageError
-from edge.store import layout
-from edge.store.files import reader_in
-from edge.store.keystore import Keystore, KeystoreData, SessionEntry
-from edge.store.outputs import check_output, output_file, write_secret
-from edge.store.recorder import wav_header
-
-PURPOSES = ("playback", "review", "training")
+from edge.crypto.age import Identity, decrypt_stream
+from edge.disk import layout
+from edge.disk.files import reader_in
+from edge.disk.outputs import check_output, output_file, write_secret
+from edge.errors import AgeError, PolicyError, UsageError
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.sink import AuditSink
+from edge.store.keystore import Keystore
+from edge.store.records import KeystoreData, SessionEntry
+from edge.values import Purpose
 
 
 @dataclass(frozen=True)
 class Exported:
     session: str
     profile: str
-    purpose: str
+    purpose: Purpose
     path: Path
     seconds: float
 
@@ -37,29 +37,29 @@ class Exported:
 def find_session(data: KeystoreData, session_id: str) -> SessionEntry:
     entry = data.sessions.get(session_id)
     if entry is None:
-        raise UsageError(f"there is no retained session {session_id!r}; `edge-agent status` lists them")
+        raise UsageError(f"there is no retained session {session_id!r}; `edge-agent status` lists them", session=session_id)
     return entry
 
 
-def check_purpose(config: Config, entry: SessionEntry, purpose: str) -> None:
-    if purpose not in PURPOSES:
-        raise UsageError(f"--purpose {purpose!r} is not allowed; use one of: {', '.join(PURPOSES)}")
-    if purpose != "training":
+def check_purpose(config: Config, entry: SessionEntry, purpose: Purpose) -> None:
+    if purpose != Purpose.TRAINING:
         return
     profile = next((p for p in config.profiles if p.name == entry.profile), None)
     if profile is None and not entry.child:
-        raise PolicyError(f"session {entry.id}: its profile ({entry.profile}) is not in the config; refused", "no consent")
+        raise PolicyError(
+            f"session {entry.id}: its profile ({entry.profile}) is not in the config; refused", "no consent", session=entry.id
+        )
     if entry.child or profile is None or profile.is_child:
         raise PolicyError(
-            f"session {entry.id} belongs to a child profile or an unidentified speaker ({entry.profile}): "
-            "never exported for training",
+            f"session {entry.id} belongs to a child profile or an unidentified speaker ({entry.profile}): never exported for training",
             "child",
+            session=entry.id,
         )
     if not profile.allow_training:
         raise PolicyError(
-            f"session {entry.id}: profile {entry.profile!r} has not consented to training "
-            "(allow_training = false); refused",
+            f"session {entry.id}: profile {entry.profile!r} has not consented to training (allow_training = false); refused",
             "no consent",
+            session=entry.id,
         )
 
 
@@ -67,13 +67,15 @@ def check_available(entry: SessionEntry, now: datetime) -> None:
     """Refuse audio that is not kept, shredded, or past its expiry (even if the shredder has
     not reached it yet: fail closed)."""
     if entry.audio_expires is None or entry.audio_bucket is None:
-        raise PolicyError(f"session {entry.id}: its profile ({entry.profile}) does not keep audio", "not kept")
+        raise PolicyError(f"session {entry.id}: its profile ({entry.profile}) does not keep audio", "not kept", session=entry.id)
     if now >= entry.audio_expires:
-        raise PolicyError(f"session {entry.id}: its audio expired at {entry.audio_expires.isoformat()}; refused", "expired")
+        raise PolicyError(
+            f"session {entry.id}: its audio expired at {entry.audio_expires.isoformat()}; refused", "expired", session=entry.id
+        )
 
 
 def export_audio(
-    keystore: Keystore, audit: AuditLog, config: Config, session_id: str, out: Path, purpose: str, now: datetime
+    keystore: Keystore, audit: AuditSink, config: Config, session_id: str, out: Path, purpose: Purpose, now: datetime
 ) -> Exported:
     """Every export is audited with its purpose; every refusal too."""
     check_output(out, keystore.data_dir)
@@ -91,9 +93,7 @@ def export_audio(
     return Exported(session_id, entry.profile, purpose, out, seconds)
 
 
-def export_identity(
-    keystore: Keystore, audit: AuditLog, session_id: str, out: Path, now: datetime
-) -> tuple[str, int, datetime]:
+def export_identity(keystore: Keystore, audit: AuditSink, session_id: str, out: Path, now: datetime) -> tuple[str, int, datetime]:
     """Write the age identity of the session's audio bucket; returns (bucket, sessions in it, expiry)."""
     check_output(out, keystore.data_dir)
     if out.exists():
@@ -132,7 +132,7 @@ def _write_wav(data_dir: Path, session_id: str, identities: list[Identity], out:
                 f"session {session_id}: the recording is damaged or incomplete (for example the agent stopped "
                 "mid-session); nothing was exported"
             ) from None
-        size = sink.tell() - 44
+        size = sink.tell() - layout.WAV_HEADER_BYTES
         sink.seek(0)
-        sink.write(wav_header(size))
-    return size / 32000
+        sink.write(layout.wav_header(size))
+    return size / (PIPELINE_RATE * SAMPLE_BYTES)

@@ -1,10 +1,8 @@
 """The keystore: the one source of truth for what exists and when it dies.
 
-It lists every session (profile, tagging rule, creation, absolute expiry
-instants, buckets) and every bucket (its public key, and its private identity
-sealed under the root key). The whole document is sealed under the root and
-replaced atomically. Everything else (schedules, status, reports) is derived
-from it.
+The document (edge.store.records) is sealed as a whole under the root key and
+replaced atomically; transactions open it under the data-folder lock. Everything
+else (schedules, status, reports) is derived from it.
 
 Ratchet: destroying a bucket replaces the root, so a stale copy of the keystore
 left on flash cannot be opened once the old root is gone from the vault.
@@ -13,14 +11,12 @@ left on flash cannot be opened once the old root is gone from the vault.
 from __future__ import annotations
 
 import enum
-import json
 import os
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -28,15 +24,16 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.crypto.age import Identity
-from edge.crypto.vault import ROOT_BYTES, Vault, VaultError
-from edge.errors import EdgeError
+from edge.crypto.vault import ROOT_BYTES, Vault
+from edge.disk.files import destroy_temps, private_dir, read_in, write_atomic_in
+from edge.disk.layout import KEYSTORE
+from edge.disk.lock import DataLock
+from edge.errors import KeystoreError, VaultError
 from edge.faults import crash_point
-from edge.store.files import destroy_temps, private_dir, read_in, write_atomic_in
-from edge.store.layout import KEYSTORE
-from edge.store.lock import DataLock
+from edge.store.records import Bucket, KeystoreData
+from edge.values import DataKind
 
 MAGIC = b"edge-keystore/v1\n"
-FORMAT_VERSION = 1
 
 
 class Access(enum.Enum):
@@ -49,209 +46,6 @@ class Access(enum.Enum):
     """purge, forget, export: change the keystore, but a missing root is an error."""
     AGENT = "agent"
     """The agent starting: a root that is gone (power cut) is recorded and a fresh keystore begun."""
-
-
-class KeystoreError(EdgeError):
-    """The keystore cannot be opened with the vault's root key; nothing was changed."""
-
-
-@dataclass(frozen=True)
-class Bucket:
-    id: str
-    profile: str
-    kind: str
-    """"audio" or "transcript"."""
-    expires: datetime
-    """When this bucket's key must be destroyed (UTC)."""
-    recipient: str
-    """The bucket's age public key (age1...): all a recorder needs to seal."""
-    sealed_identity: str
-    """The bucket's age identity, sealed under the root (hex: nonce || ciphertext)."""
-    retiring_identity: str | None = None
-    """While the bucket is re-keyed (forgetting one of its sessions): the previous identity,
-    sealed like `sealed_identity`. Destroyed, with a ratchet, once every file is re-keyed."""
-
-
-@dataclass(frozen=True)
-class SessionEntry:
-    id: str
-    profile: str
-    rule: str
-    """How the profile was chosen: "given", "active" or "strictest"."""
-    child: bool
-    """Whether the profile was a child profile when the session was made."""
-    created: datetime
-    audio_expires: datetime | None
-    """None: audio not kept."""
-    transcript_expires: datetime | None
-    """None: transcript not kept."""
-    audio_bucket: str | None
-    transcript_bucket: str | None
-    state: str = "recording"
-    """"recording" until the session ended cleanly, then "complete"."""
-    seconds: float = 0.0
-    """Length of the recorded audio."""
-
-
-@dataclass(frozen=True)
-class PendingForget:
-    """A forget request whose sessions have left the keystore but whose keys may not all be
-    destroyed yet (write-ahead): whatever a crash interrupts, the next sweep or forget finishes."""
-
-    request: str
-    selector: str
-    sessions: tuple[str, ...]
-    """The sessions forgotten."""
-    buckets: dict[str, tuple[str, ...]]
-    """Buckets to destroy whole, each with the sessions whose data was in it."""
-    rekeyed: tuple[str, ...]
-    """Buckets re-keyed because some (not all) of their sessions were forgotten."""
-
-    def to_json(self) -> dict:
-        return {
-            "request": self.request,
-            "selector": self.selector,
-            "sessions": list(self.sessions),
-            "buckets": {bucket: list(members) for bucket, members in sorted(self.buckets.items())},
-            "rekeyed": list(self.rekeyed),
-        }
-
-    @classmethod
-    def from_json(cls, document: dict) -> PendingForget:
-        return cls(
-            str(document["request"]),
-            str(document["selector"]),
-            tuple(map(str, document["sessions"])),
-            {str(bucket): tuple(map(str, members)) for bucket, members in document["buckets"].items()},
-            tuple(map(str, document["rekeyed"])),
-        )
-
-
-class SessionTable(MutableMapping[str, SessionEntry]):
-    """The keystore's sessions by id, each decoded on first access.
-
-    A purge or a recorder transaction touches a few of possibly 100,000 sessions: the
-    others stay the JSON objects they were read as and are written back unchanged, and
-    their buckets can be read without decoding them (`buckets_of`, `bucket_pairs`)."""
-
-    def __init__(self, entries: Mapping[str, SessionEntry] | None = None) -> None:
-        self._items: dict[str, SessionEntry | dict] = dict(entries or {})
-        """A SessionEntry, or the JSON object it will be decoded from (one dict keeps the order)."""
-        self._instants: dict[str, datetime] = {}
-
-    @classmethod
-    def from_documents(cls, documents: list, instants: dict[str, datetime]) -> SessionTable:
-        table = cls()
-        table._instants = instants
-        expected = _field_names(SessionEntry)
-        for document in documents:
-            if type(document) is dict and document.keys() == expected and type(document["id"]) is str:
-                table._items[document["id"]] = document
-            else:  # an odd shape: decode it now (defaults applied), or fail
-                entry = _record(SessionEntry, document, instants)
-                table._items[entry.id] = entry
-        return table
-
-    def __getitem__(self, session_id: str) -> SessionEntry:
-        item = self._items[session_id]
-        if type(item) is dict:
-            try:
-                item = self._items[session_id] = _record(SessionEntry, dict(item), self._instants)
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise KeystoreError(f"the keystore opens but session {session_id} is malformed ({exc})") from None
-        return item  # type: ignore[return-value]
-
-    def __setitem__(self, session_id: str, entry: SessionEntry) -> None:
-        self._items[session_id] = entry
-
-    def __delitem__(self, session_id: str) -> None:
-        del self._items[session_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, session_id: object) -> bool:
-        return session_id in self._items
-
-    def __repr__(self) -> str:
-        return f"SessionTable({len(self)} sessions)"
-
-    def buckets_of(self, session_id: str) -> tuple[str | None, str | None]:
-        """(audio bucket, transcript bucket) of a session, without decoding it."""
-        item = self._items[session_id]
-        if type(item) is dict:
-            return item["audio_bucket"], item["transcript_bucket"]
-        return item.audio_bucket, item.transcript_bucket  # type: ignore[union-attr]
-
-    def bucket_pairs(self) -> list[tuple[str, str | None, str | None]]:
-        """(id, audio bucket, transcript bucket) of every session, without decoding any."""
-        return [
-            (session_id, item["audio_bucket"], item["transcript_bucket"])
-            if type(item) is dict
-            else (session_id, item.audio_bucket, item.transcript_bucket)  # type: ignore[union-attr]
-            for session_id, item in self._items.items()
-        ]
-
-    def documents(self, instants: dict[datetime, str]) -> list[dict]:
-        """JSON-ready objects: the undecoded ones as they were read."""
-        return [item if type(item) is dict else _encode(item, instants) for item in self._items.values()]  # type: ignore[arg-type]
-
-
-@dataclass
-class KeystoreData:
-    sessions: SessionTable = field(default_factory=SessionTable)
-    buckets: dict[str, Bucket] = field(default_factory=dict)
-    last_seen: dict[str, datetime] = field(default_factory=dict)
-    """Per profile: when its latest session began (for inactive profiles)."""
-    forgets: dict[str, PendingForget] = field(default_factory=dict)
-    """Forget requests not yet fulfilled (only between a crash and the next command)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.sessions, SessionTable):
-            self.sessions = SessionTable(self.sessions)
-
-    def to_json(self) -> bytes:
-        instants: dict[datetime, str] = {}  # a bucket's expiry is shared by all its sessions
-        document = {
-            "format": "edge-keystore",
-            "version": FORMAT_VERSION,
-            "buckets": [_encode(b, instants) for b in self.buckets.values()],
-            "sessions": self.sessions.documents(instants),
-            "last_seen": {name: instant.isoformat() for name, instant in sorted(self.last_seen.items())},
-        }
-        if self.forgets:
-            document["forgets"] = [pending.to_json() for pending in self.forgets.values()]
-        return json.dumps(document, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> KeystoreData:
-        document = json.loads(raw)
-        if document.get("format") != "edge-keystore" or document.get("version") != FORMAT_VERSION:
-            raise KeystoreError(
-                f"the keystore is version {document.get('version')!r}; this edge reads version {FORMAT_VERSION}"
-            )
-        instants: dict[str, datetime] = {}
-        try:
-            buckets = [_record(Bucket, b, instants) for b in document["buckets"]]
-            sessions = SessionTable.from_documents(document["sessions"], instants)
-            last_seen = {name: datetime.fromisoformat(t) for name, t in document.get("last_seen", {}).items()}
-            forgets = [PendingForget.from_json(f) for f in document.get("forgets", [])]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # sealed by us, so only a bug gets here
-            raise KeystoreError(f"the keystore opens but its contents are malformed ({type(exc).__name__}: {exc})") from None
-        return cls(sessions, {b.id: b for b in buckets}, last_seen, {f.request: f for f in forgets})
-
-    def members_by_bucket(self) -> dict[str, list[str]]:
-        """For each bucket with data, the ids of the sessions whose data is in it (one pass)."""
-        index: dict[str, list[str]] = {}
-        for session_id, audio, transcript in self.sessions.bucket_pairs():
-            if audio is not None:
-                index.setdefault(audio, []).append(session_id)
-            if transcript is not None:
-                index.setdefault(transcript, []).append(session_id)
-        return index
 
 
 class Keystore:
@@ -301,7 +95,7 @@ class Keystore:
 
     # -- buckets -------------------------------------------------------------------
 
-    def new_bucket(self, data: KeystoreData, bucket_id: str, profile: str, kind: str, expires: datetime) -> Bucket:
+    def new_bucket(self, data: KeystoreData, bucket_id: str, profile: str, kind: DataKind, expires: datetime) -> Bucket:
         """Create a bucket with a fresh identity (inside a transaction)."""
         identity = Identity.generate()
         bucket = Bucket(
@@ -429,16 +223,15 @@ class Keystore:
 
     def _ratchet(self, data: KeystoreData) -> None:
         old, new = self._require_root(), os.urandom(ROOT_BYTES)
-        def reseal(bucket_id: str, sealed: str | None) -> str | None:
-            if sealed is None:
-                return None
+
+        def reseal(bucket_id: str, sealed: str) -> str:
             return _seal_identity(new, bucket_id, _open_identity(old, bucket_id, sealed, None))
 
         resealed = {
             bucket_id: replace(
                 bucket,
                 sealed_identity=reseal(bucket_id, bucket.sealed_identity),
-                retiring_identity=reseal(bucket_id, bucket.retiring_identity),
+                retiring_identity=reseal(bucket_id, bucket.retiring_identity) if bucket.retiring_identity else None,
             )
             for bucket_id, bucket in data.buckets.items()
         }
@@ -484,57 +277,3 @@ def _open_identity(root: bytes, bucket_id: str, sealed: str, recipient: str | No
     if recipient is not None and identity.recipient.encode() != recipient:
         raise KeystoreError(f"bucket {bucket_id}: its key does not match its public key (keystore damaged)")
     return identity
-
-
-def iso_utc(instant: datetime | None) -> str | None:
-    """ISO 8601 in UTC, or None: how every instant is written (keystore, audit, JSON output)."""
-    return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
-
-
-def _encode(record: Bucket | SessionEntry, instants: dict[datetime, str]) -> dict:
-    """A record as JSON-ready fields in declaration order (instants as ISO 8601 UTC, memoised
-    in `instants`). The order is fixed so the same data always seals to the same plaintext and
-    an unchanged keystore is never rewritten (a set's order changes with each process's hash seed)."""
-    encoded = {}
-    for name in _field_order(type(record)):
-        value = getattr(record, name)
-        if isinstance(value, datetime):
-            text = instants.get(value)
-            value = text if text is not None else instants.setdefault(value, iso_utc(value))  # type: ignore[arg-type]
-        encoded[name] = value
-    return encoded
-
-
-_FIELD_NAMES: dict[type, frozenset[str]] = {}
-_FIELD_ORDER: dict[type, tuple[str, ...]] = {}
-Record = TypeVar("Record", Bucket, SessionEntry)
-_TIME_FIELDS = ("created", "expires", "audio_expires", "transcript_expires")  # parsed back to datetime
-
-
-def _field_order(kind: type) -> tuple[str, ...]:
-    order = _FIELD_ORDER.get(kind)
-    return order if order is not None else _FIELD_ORDER.setdefault(kind, tuple(f.name for f in fields(kind)))
-
-
-def _field_names(kind: type) -> frozenset[str]:
-    names = _FIELD_NAMES.get(kind)
-    return names if names is not None else _FIELD_NAMES.setdefault(kind, frozenset(f.name for f in fields(kind)))
-
-
-def _record(kind: type[Record], document: dict, instants: dict[str, datetime]) -> Record:
-    """A record from a fresh JSON object, instants back to datetime (memoised in `instants`).
-
-    A purge may open 100,000 records, and a frozen dataclass's __init__ costs more than the
-    JSON parse itself. An object whose keys are exactly the dataclass's fields is therefore
-    filled in directly; any other shape goes through __init__, which applies defaults and
-    names what is wrong."""
-    for name in _TIME_FIELDS:
-        value = document.get(name)
-        if value is not None:
-            instant = instants.get(value)
-            document[name] = instant if instant is not None else instants.setdefault(value, datetime.fromisoformat(value))
-    if document.keys() != _field_names(kind):
-        return kind(**document)
-    record = object.__new__(kind)
-    record.__dict__.update(document)
-    return record

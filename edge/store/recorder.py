@@ -11,33 +11,26 @@ from __future__ import annotations
 
 import json
 import os
-import struct
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Callable
 
-from edge.audio import PIPELINE_RATE
-from edge.audit.log import AuditLog
 from edge.crypto.age import Recipient, StreamWriter, encrypt
+from edge.disk import layout
+from edge.disk.files import create_in, unlink_in, why, write_atomic_in
+from edge.disk.layout import recording_path
+from edge.disk.lock import DataLock
+from edge.errors import StorageError
 from edge.faults import crash_point
-from edge.store import layout
+from edge.instants import iso_utc
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.policy import Tag
+from edge.sink import AuditSink
 from edge.store.buckets import bucket_id, expiry_for
-from edge.store.files import StorageError, create_in, unlink_in, why, write_atomic_in
-from edge.store.keystore import Bucket, Keystore, KeystoreData, SessionEntry, iso_utc
-from edge.store.layout import recording_path
-from edge.store.lock import DataLock
-from edge.stt.recognizer import Transcript
-from edge.tagging import Tag
-
-UNKNOWN_SIZE = 0xFFFFFFFF
-"""RIFF and data sizes in a sealed recording: the length is unknown while streaming."""
-
-
-def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
-    """A 44-byte header for 16 kHz mono int16 PCM; UNKNOWN_SIZE marks a streaming WAV."""
-    riff = UNKNOWN_SIZE if data_bytes == UNKNOWN_SIZE else 36 + data_bytes
-    fmt = struct.pack("<HHIIHH", 1, 1, PIPELINE_RATE, PIPELINE_RATE * 2, 2, 16)
-    return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
+from edge.store.keystore import Keystore
+from edge.store.records import Bucket, KeystoreData, SessionEntry
+from edge.transcript import Transcript
+from edge.values import DataKind
 
 
 class Recorder:
@@ -47,7 +40,7 @@ class Recorder:
         self,
         keystore: Keystore,
         clock: Callable[[], datetime],
-        audit: AuditLog,
+        audit: AuditSink,
         on_new_bucket: Callable[[Bucket], None] | None = None,
     ) -> None:
         self.keystore = keystore
@@ -63,8 +56,8 @@ class Recorder:
         with DataLock(self.keystore.data_dir):
             with self.keystore.transaction() as data:
                 data.last_seen[profile.name] = now
-                audio = self._bucket(data, profile.name, "audio", now, profile.keep_audio)
-                transcript = self._bucket(data, profile.name, "transcript", now, profile.keep_transcript)
+                audio = self._bucket(data, profile.name, DataKind.AUDIO, now, profile.keep_audio)
+                transcript = self._bucket(data, profile.name, DataKind.TRANSCRIPT, now, profile.keep_transcript)
                 entry = SessionEntry(
                     id=session_id,
                     profile=profile.name,
@@ -93,7 +86,7 @@ class Recorder:
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
 
-    def _bucket(self, data: KeystoreData, profile: str, kind: str, now: datetime, keep: timedelta) -> Bucket | None:
+    def _bucket(self, data: KeystoreData, profile: str, kind: DataKind, now: datetime, keep: timedelta) -> Bucket | None:
         """The bucket for data kept `keep` from `now` (created if new); None if not kept."""
         if keep <= timedelta(0):
             return None
@@ -110,7 +103,7 @@ class Recorder:
 class SealedSession:
     """One session's sealed outputs. Audio is encrypted before any byte reaches disk."""
 
-    def __init__(self, keystore: Keystore, audit: AuditLog, entry: SessionEntry, audio_recipient: Recipient | None) -> None:
+    def __init__(self, keystore: Keystore, audit: AuditSink, entry: SessionEntry, audio_recipient: Recipient | None) -> None:
         self._keystore = keystore
         self._audit = audit
         self.entry = entry
@@ -121,7 +114,7 @@ class SealedSession:
             self._file = create_in(keystore.data_dir, layout.recording(entry.id))
             try:
                 self._writer = StreamWriter(self._file, audio_recipient)
-                self._writer.write(wav_header())
+                self._writer.write(layout.wav_header())
             except OSError as exc:  # e.g. a full disk while writing the header: keep nothing half-made
                 error = self._stopped(exc)
                 unlink_in(keystore.data_dir, layout.recording(entry.id))
@@ -172,6 +165,12 @@ class SealedSession:
                 document = {"session": entry.id, **transcript.to_json()}
                 sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), Recipient.parse(bucket.recipient))
                 write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed)
-            seconds = round(self._bytes / (2 * PIPELINE_RATE), 3)
+            seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
-            self._audit.append("session.sealed", session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None)
+            self._audit.append(
+                "session.sealed",
+                session=entry.id,
+                seconds=seconds,
+                audio_sealed=self._writer is not None,
+                transcript_sealed=bucket is not None,
+            )

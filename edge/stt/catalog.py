@@ -29,7 +29,9 @@ class KnownModel:
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("vosk-model-small-en-us-0.15", "English (US)", 41_205_931, "30f26242c4eb449f948e42cb302dd7a686cb29a3423a8367f99ff41780942498"),
+    KnownModel(
+        "vosk-model-small-en-us-0.15", "English (US)", 41_205_931, "30f26242c4eb449f948e42cb302dd7a686cb29a3423a8367f99ff41780942498"
+    ),
     KnownModel("vosk-model-small-cn-0.22", "Chinese", 43_898_754, "3af8b0e7e0f835ae9d414ce5df580237a3cfb08d586c9fbbb0f7ff29ad5b14ba"),
     KnownModel("vosk-model-small-de-0.15", "German", 46_499_967, "b7e53c90b1f0a38456f4cd62b366ecd58803cd97cd42b06438e2c131713d5e43"),
     KnownModel("vosk-model-small-es-0.42", "Spanish", 39_817_833, "09b239888f633ef2f0b4e09736e3d9936acfd810bc65d53fad45261762c6511f"),

@@ -21,9 +21,11 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import IO, BinaryIO
 
 from edge.errors import ModelError
 from edge.stt.model_path import is_model_dir
@@ -163,7 +165,9 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
                 with opener() as source, _public_file(into / path) as target:
                     shutil.copyfileobj(source, target, CHUNK)
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
-                raise ModelError(f"{url}: {name!r} clashes with another member (a file where a folder belongs?); nothing was installed") from None
+                raise ModelError(
+                    f"{url}: {name!r} clashes with another member (a file where a folder belongs?); nothing was installed"
+                ) from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise ModelError(f"{url}: the archive is damaged ({exc}); nothing was installed") from None
     except (RuntimeError, NotImplementedError) as exc:  # zipfile: an encrypted member, or deflate64
@@ -172,20 +176,30 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
         raise ModelError(f"{url}: cannot unpack it: {exc.strerror or exc}; nothing was installed") from None
 
 
-def _members(archive: Path, url: str) -> Iterator[tuple[str, bool, bool, int, Callable[[], BinaryIO]]]:
+Opener = Callable[[], IO[bytes]]
+
+
+def _members(archive: Path, url: str) -> Iterator[tuple[str, bool, bool, int, Opener]]:
     """(name, is a folder, is a plain file or folder, size, open it) for each member."""
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as bundle:
-            for info in bundle.infolist():
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
                 kind = (info.external_attr >> 16) & 0o170000
-                yield info.filename, info.is_dir(), kind in (0, 0o100000, 0o040000), info.file_size, lambda i=info: bundle.open(i)
+                yield info.filename, info.is_dir(), kind in (0, 0o100000, 0o040000), info.file_size, partial(zipped.open, info)
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as bundle:
-            for member in bundle:
+        with tarfile.open(archive) as tarred:
+            for member in tarred:
                 plain = member.isfile() or member.isdir()
-                yield member.name, member.isdir(), plain, member.size, lambda m=member: bundle.extractfile(m)
+                yield member.name, member.isdir(), plain, member.size, partial(_extract, tarred, member)
     else:
         raise ModelError(f"{url}: is not a zip or tar archive; nothing was installed")
+
+
+def _extract(bundle: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    handle = bundle.extractfile(member)
+    if handle is None:  # only links and devices have no data, and those are refused before
+        raise tarfile.TarError(f"{member.name} has no data")
+    return handle
 
 
 def _make_dir(path: Path) -> None:
@@ -208,7 +222,7 @@ def _public_dirs(dest: Path) -> None:
         os.chmod(path, 0o755)
 
 
-def _public_file(path: Path):
+def _public_file(path: Path) -> BinaryIO:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.fchmod(fd, 0o644)
     return os.fdopen(fd, "wb")
@@ -219,6 +233,4 @@ def _model_root(unpacked: Path, url: str) -> Path:
     children = [c for c in unpacked.iterdir()]
     if len(children) == 1 and children[0].is_dir() and is_model_dir(children[0]):
         return children[0]
-    raise ModelError(
-        f"{url}: the archive does not hold one Vosk model folder (with am/final.mdl inside); nothing was installed"
-    )
+    raise ModelError(f"{url}: the archive does not hold one Vosk model folder (with am/final.mdl inside); nothing was installed")

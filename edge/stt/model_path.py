@@ -44,7 +44,7 @@ def find_model(setting: str, data_dir: Path | None = None) -> Path:
 
 def installed_model_packages() -> list[Path]:
     """Model folders shipped inside installed `vosk_model_*` packages, by package name."""
-    found = []
+    found: list[Path] = []
     for module in sorted(pkgutil.iter_modules(), key=lambda m: m.name):
         if not module.name.startswith("vosk_model_"):
             continue
@@ -64,7 +64,7 @@ def _folders(data_dir: Path | None) -> list[Path]:
 
 
 def _folder_models(data_dir: Path | None) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for folder in _folders(data_dir):
         try:
             children = sorted(folder.iterdir())

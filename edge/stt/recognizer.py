@@ -18,34 +18,16 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from edge.audio import PIPELINE_RATE
 from edge.errors import ModelError
+from edge.pcm import PIPELINE_RATE
+from edge.transcript import Transcript, Word
 
 _UNKNOWN_TOKENS = ("[unk]", "<UNK>", "<unk>")
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float
-    """Seconds from the start of the decoded audio."""
-    end: float
-    """Seconds from the start of the decoded audio."""
-    conf: float
-    """Vosk's confidence, 0..1."""
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    words: tuple[Word, ...]
-
-    def to_json(self) -> dict:
-        return {"text": self.text, "words": [asdict(w) for w in self.words]}
 
 
 class Vocabulary:
@@ -130,7 +112,8 @@ class SpeechModel:
 
 @dataclass
 class _Recognizer:
-    vosk: object
+    vosk: Any
+    """A vosk.KaldiRecognizer."""
     fed: float = 0.0
     """Seconds of audio this recognizer has decoded in all; Vosk's word times count from its first use."""
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from edge.disk.files import folder_fd, why
 from edge.errors import UsageError
-from edge.store.files import folder_fd, why
 
 
 def check_output(path: Path, not_inside: Path | None = None) -> Path:
@@ -45,10 +45,7 @@ def check_output(path: Path, not_inside: Path | None = None) -> Path:
     if not_inside is not None:
         inside = not_inside.resolve()
         if parent.resolve() == inside or inside in parent.resolve().parents:
-            raise UsageError(
-                f"{path} is inside the data folder ({not_inside}); edge keeps only ciphertext there. "
-                "Write it somewhere else."
-            )
+            raise UsageError(f"{path} is inside the data folder ({not_inside}); edge keeps only ciphertext there. Write it somewhere else.")
     return path
 
 

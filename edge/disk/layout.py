@@ -1,4 +1,5 @@
-"""The data folder's layout: every name edge keeps there, in one place.
+"""The data folder's layout: every name edge keeps there, and the plaintext WAV header
+sealed inside each recording, in one place.
 
 Paths inside the data folder are written relative to it ("recordings/ID.wav.age") so
 the file layer can open them one component at a time without following links.
@@ -7,7 +8,10 @@ the file layer can open them one component at a time without following links.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
+
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 
 LOCK = "lock"
 KEYSTORE = "keystore"
@@ -59,3 +63,15 @@ def session_of(name: str, suffix: str) -> str | None:
     if name.endswith(suffix) and SESSION_ID.match(name[: -len(suffix)]):
         return name[: -len(suffix)]
     return None
+
+
+WAV_HEADER_BYTES = 44
+UNKNOWN_SIZE = 0xFFFFFFFF
+"""RIFF and data sizes in a sealed recording: the length is unknown while streaming."""
+
+
+def wav_header(data_bytes: int = UNKNOWN_SIZE) -> bytes:
+    """The plaintext's 44-byte header: 16 kHz mono int16 PCM; UNKNOWN_SIZE marks a streaming WAV."""
+    riff = UNKNOWN_SIZE if data_bytes == UNKNOWN_SIZE else 36 + data_bytes
+    fmt = struct.pack("<HHIIHH", 1, 1, PIPELINE_RATE, PIPELINE_RATE * SAMPLE_BYTES, SAMPLE_BYTES, 16)
+    return b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)

@@ -1,4 +1,5 @@
-"""The control socket: how the command line (or a household app) talks to a running agent.
+"""The control socket's protocol and server: how the command line (or a household app)
+talks to a running agent (what the agent answers: edge.control.operations).
 
 One request per connection: a single line of JSON, `{"op": ..., ...}`, answered by a
 single line `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. The socket is a
@@ -14,17 +15,20 @@ from __future__ import annotations
 import errno
 import grp
 import json
+import logging
 import os
 import socket
 import stat
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from edge.errors import EdgeError
+from edge.errors import AgentNotRunning, ControlError, EdgeError
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4096
 """Bytes in one request or response line; longer requests are refused."""
@@ -48,14 +52,6 @@ OPERATIONS: dict[str, dict[str, tuple[type, ...]]] = {
     },
 }
 """Every operation and the fields it accepts, with their JSON types."""
-
-
-class ControlError(EdgeError):
-    """A control request was malformed or refused, or no agent answered."""
-
-
-class AgentNotRunning(ControlError):
-    """Nothing listens on the control socket."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +174,7 @@ class ControlServer:
         except EdgeError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug must not silence the socket for good: say so, keep serving
-            print(f"edge-agent: control request failed: {exc!r}", file=sys.stderr)
+            log.error("control request failed: %r", exc)
             return {"ok": False, "error": "the agent could not do that (an internal error; see its log)"}
 
 

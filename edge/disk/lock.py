@@ -7,7 +7,8 @@ import os
 import threading
 from pathlib import Path
 
-from edge.store.files import StorageError, open_in, private_dir
+from edge.disk.files import open_in, private_dir
+from edge.errors import StorageError
 
 
 class DataLock:

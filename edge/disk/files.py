@@ -20,14 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from edge.errors import EdgeError
+from edge.errors import StorageError
 from edge.faults import crash_point
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-class StorageError(EdgeError):
-    """A file or folder edge keeps could not be written, read or locked."""
 
 
 def why(exc: OSError) -> str:
@@ -48,11 +44,12 @@ def _refused(path: Path, exc: OSError, link: bool = False) -> StorageError:
     if exc.errno == errno.ELOOP or link:
         return StorageError(
             f"{path} is a symbolic link; edge never follows links inside its data folder "
-            "(one could point anywhere, such as /etc). Remove the link."
+            "(one could point anywhere, such as /etc). Remove the link.",
+            path=path,
         )
     if exc.errno == errno.ENOTDIR:
-        return StorageError(f"{path}: something that is not a folder stands where edge keeps a folder; move it away")
-    return StorageError(f"{path}: {why(exc)}")
+        return StorageError(f"{path}: something that is not a folder stands where edge keeps a folder; move it away", path=path)
+    return StorageError(f"{path}: {why(exc)}", path=path)
 
 
 def private_dir(path: Path) -> Path:
@@ -62,7 +59,7 @@ def private_dir(path: Path) -> Path:
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o700)
     except OSError as exc:
-        raise StorageError(f"{path}: cannot create a private folder there: {exc.strerror}") from None
+        raise StorageError(f"{path}: cannot create a private folder there: {exc.strerror}", path=path) from None
     return path
 
 
@@ -133,7 +130,7 @@ def open_in(root: Path, relative: str, flags: int, mode: int = 0o600) -> int:
             raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StorageError(f"{root / relative}: not a regular file (a folder, FIFO or device?); move it away")
+                raise StorageError(f"{root / relative}: not a regular file (a folder, FIFO or device?); move it away", path=root / relative)
             os.set_blocking(fd, True)
             if creating:
                 _adopt(fd, folder)
@@ -150,7 +147,7 @@ def read_in(root: Path, relative: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StorageError(f"{root / relative}: cannot read: {why(exc)}") from None
+        raise StorageError(f"{root / relative}: cannot read: {why(exc)}", path=root / relative) from None
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
 
@@ -166,7 +163,7 @@ def create_in(root: Path, relative: str) -> BinaryIO:
     try:
         fd = open_in(root, relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except OSError as exc:
-        raise StorageError(f"{root / relative}: cannot create: {why(exc)}") from None
+        raise StorageError(f"{root / relative}: cannot create: {why(exc)}", path=root / relative) from None
     return os.fdopen(fd, "wb", buffering=0)
 
 
@@ -201,7 +198,7 @@ def write_atomic_in(root: Path, relative: str, data: bytes) -> None:
     except StorageError:
         raise
     except OSError as exc:
-        raise StorageError(f"{root / relative}: cannot write: {why(exc)}") from None
+        raise StorageError(f"{root / relative}: cannot write: {why(exc)}", path=root / relative) from None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -220,7 +217,7 @@ def unlink_in(root: Path, relative: str) -> bool:
     except StorageError:
         raise
     except OSError as exc:
-        raise StorageError(f"{root / relative}: cannot delete: {why(exc)}") from None
+        raise StorageError(f"{root / relative}: cannot delete: {why(exc)}", path=root / relative) from None
     return True
 
 
@@ -241,7 +238,7 @@ def entries_in(root: Path) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StorageError(f"{root}: cannot list: {why(exc)}") from None
+        raise StorageError(f"{root}: cannot list: {why(exc)}", path=root) from None
 
 
 def exists_in(root: Path, relative: str) -> bool:

@@ -6,33 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.cli.base import Command, log
 from edge.errors import UsageError
 from edge.stt.catalog import KNOWN_MODELS, known_model
-
-
-def add_parser(sub, parser_class: type) -> None:
-    model = sub.add_parser(
-        "model",
-        help="list or download Vosk models (the only commands that use the network)",
-        description="Known models are pinned to the SHA-256 of their archive: a download that does not "
-        "match installs nothing. The agent itself never downloads.",
-    )
-    model.set_defaults(handler=lambda _args: model.print_help() or 0)
-    commands = model.add_subparsers(title="model commands", metavar="COMMAND", parser_class=parser_class)
-    listing = commands.add_parser("list", help="the known models, their size and pinned digest")
-    listing.set_defaults(handler=_list)
-    fetch = commands.add_parser(
-        "fetch",
-        help="download, verify and install a model",
-        description="Download a known model (by NAME) or any archive (--url with its --sha256), check the "
-        "digest, unpack it safely and move it into place atomically. Default destination: /usr/share/vosk "
-        "for root, ~/.cache/vosk otherwise (both searched by model = \"auto\").",
-    )
-    fetch.add_argument("name", nargs="?", metavar="NAME", help="a model from `edge-agent model list`")
-    fetch.add_argument("--url", help="download this archive (zip or tar) instead of a known model")
-    fetch.add_argument("--sha256", metavar="HEX", help="the archive's SHA-256 (required with --url)")
-    fetch.add_argument("--dest", metavar="DIR", help="install under this folder")
-    fetch.set_defaults(handler=_fetch)
 
 
 def _list(_args: argparse.Namespace) -> int:
@@ -56,7 +32,7 @@ def _fetch(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown model {args.name!r}; `edge-agent model list` shows the known ones, or use --url with --sha256")
         url, sha256, name = known.url, known.sha256, known.name
     dest = Path(args.dest) if args.dest else default_models_dir()
-    print(f"fetching {url}", file=sys.stderr)
+    log.info("fetching %s", url)
     fetched = fetch_model(url, sha256, dest, name, _ProgressBar())
     if fetched.already:
         print(f"{fetched.path} is installed already; nothing was downloaded")
@@ -87,3 +63,32 @@ class _ProgressBar:
         elif done // (10 << 20) > self._shown:  # no length given: a line every 10 MB
             self._shown = done // (10 << 20)
             print(f"{done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+
+
+def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="a model from `edge-agent model list`")
+    parser.add_argument("--url", help="download this archive (zip or tar) instead of a known model")
+    parser.add_argument("--sha256", metavar="HEX", help="the archive's SHA-256 (required with --url)")
+    parser.add_argument("--dest", metavar="DIR", help="install under this folder")
+
+
+COMMANDS = (
+    Command(
+        "model",
+        "list or download Vosk models (the only commands that use the network)",
+        "Known models are pinned to the SHA-256 of their archive: a download that does not match installs nothing. "
+        "The agent itself never downloads.",
+        subcommands=(
+            Command("list", "the known models, their size and pinned digest", "The models `model fetch NAME` knows.", _list),
+            Command(
+                "fetch",
+                "download, verify and install a model",
+                "Download a known model (by NAME) or any archive (--url with its --sha256), check the digest, unpack it "
+                "safely and move it into place atomically. Default destination: /usr/share/vosk for root, "
+                '~/.cache/vosk otherwise (both searched by model = "auto").',
+                _fetch,
+                _fetch_arguments,
+            ),
+        ),
+    ),
+)

@@ -1,0 +1,154 @@
+"""`edge-agent audit ...`: verify, checkpoint, export-key, show, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+
+from edge import wiring
+from edge.audit.log import AuditLog
+from edge.cli.base import Command, config_of, log
+from edge.disk.outputs import check_output, write_output
+from edge.instants import parse_instant
+
+
+def _verify(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    result = wiring.verification(config, args.witness)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0 if result.ok else 1
+    if not result.ok:
+        print(f"audit verify FAILED: {result.problems[0]}")
+        for problem in result.problems[1:]:
+            print(f"  also: {problem}")
+        return 1
+    print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
+    if result.recovered:
+        print(f"recovered: {result.recovered} write(s) cut off by a crash or power cut (see `audit show --type log.recovered`)")
+    if result.witness:
+        print(f"witness: {result.witness}")
+    print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")
+    print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
+    print("nothing past its retention can be opened with any key this device holds")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    data_dir = config.device.data_dir
+    out = Path(args.out)
+    signature_out = out.with_name(out.name + ".sig")
+    check_output(out, data_dir)
+    check_output(signature_out, data_dir)
+    checkpoint = AuditLog(data_dir).checkpoint()
+    write_output(out, checkpoint.text, data_dir)
+    write_output(signature_out, checkpoint.signature, data_dir)
+    print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
+    return 0
+
+
+def _export_key(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    check_output(Path(args.out), config.device.data_dir)
+    write_output(Path(args.out), AuditLog(config.device.data_dir).public_key_pem(), config.device.data_dir)
+    print(f"public key written to {args.out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    since = parse_instant(args.since, "--since")
+    undated = 0
+    for entry in AuditLog(config.device.data_dir).entries():
+        if args.type and entry["type"] != args.type:
+            continue
+        if since:
+            try:
+                if datetime.fromisoformat(entry["wall"]) < since:
+                    continue
+            except (ValueError, TypeError):  # a chain-valid line anyone could have written
+                undated += 1
+                continue
+        if args.json:
+            print(json.dumps(entry, sort_keys=True))
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in sorted(entry["fields"].items()) if k not in ("signature", "public_key"))
+            print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
+    if undated:
+        log.warning("%d event(s) left out: their time is not a date (run `edge-agent audit verify`)", undated)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    from edge.audit.report import render
+    from edge.crypto.vault import open_vault
+
+    check_output(Path(args.html), config.device.data_dir)
+    result = wiring.verification(config)
+    level = open_vault(config.vault, config.device.data_dir).level
+    page = render(list(AuditLog(config.device.data_dir).entries()), config, level, result, wiring.trusted_now(config))
+    write_output(Path(args.html), page.encode("utf-8"), config.device.data_dir)
+    print(f"report written to {args.html}" + ("" if result.ok else " (the audit log did NOT verify: see the page)"))
+    return 0
+
+
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
+    parser.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. shred, session.created)")
+    parser.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+COMMANDS = (
+    Command(
+        "audit",
+        "check, show and export the tamper-evident audit log",
+        "The audit log records every session, export, shred and forget, hash-chained and signed. "
+        "It never holds audio, transcript text or keys.",
+        subcommands=(
+            Command(
+                "verify",
+                "prove the log is intact and that nothing past its retention can still be opened",
+                "Read-only. Checks the hash chain, every signed checkpoint and where checkpoints stand, then "
+                "cross-checks the data folder: every session past its expiry has a shred logged and opens with no "
+                "key the device holds; every forget request was fulfilled; no child session was exported for "
+                "training. On failure exits 1 and names the first bad line.",
+                _verify,
+                _verify_arguments,
+            ),
+            Command(
+                "checkpoint",
+                "sign the log's current head; write the text to FILE and the signature to FILE.sig",
+                "Writes a checkpoint (log id, entries, head hash) and its raw 64-byte Ed25519 signature. Keep it "
+                "somewhere else (e.g. a phone): `audit verify --witness FILE` then detects a log that was cut short "
+                "or replaced.",
+                _checkpoint,
+                lambda parser: parser.add_argument("--out", required=True, metavar="FILE"),
+            ),
+            Command(
+                "export-key",
+                "write the log's public key (PEM) for checking checkpoints with openssl",
+                "Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig",
+                _export_key,
+                lambda parser: parser.add_argument("--out", required=True, metavar="FILE.pem"),
+            ),
+            Command("show", "list the log's events", "List audit events, oldest first.", _show, _show_arguments),
+            Command(
+                "report",
+                "write a self-contained HTML page for parents",
+                "One HTML file with no external scripts, fonts or images: what each profile keeps and until when, "
+                "a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level.",
+                _report,
+                lambda parser: parser.add_argument("--html", required=True, metavar="FILE"),
+            ),
+        ),
+    ),
+)

@@ -1,0 +1,120 @@
+"""`status` and `export`: what is kept, and the household's only way back to it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge import wiring
+from edge.cli.base import Command, config_of, log, print_status
+from edge.config import Config
+from edge.control.protocol import call
+from edge.errors import AgentNotRunning, ControlError, UsageError
+from edge.instants import iso_utc
+from edge.store.export import export_audio, export_identity
+from edge.store.keystore import Access
+from edge.values import Purpose
+
+
+def _agent_state(config: Config) -> dict[str, Any] | None:
+    """The running agent's own view, or None when no agent answers."""
+    try:
+        return call(config.device.control_socket, "status")
+    except AgentNotRunning:
+        return None
+    except ControlError as exc:  # e.g. not in group edge: the rest of status still helps
+        log.warning("cannot ask the running agent: %s", exc)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    store, _audit = wiring.open_store(config, Access.READ)
+    agent = _agent_state(config)
+    if agent is not None:
+        agent.pop("ok", None)
+    if not args.json:
+        if agent is None:
+            print("agent: not running")
+        else:
+            active = agent["active_profile"] or "(none: the strictest profile)"
+            print(
+                f"agent: running (pid {agent['pid']}, {agent['mode']} mode, active profile {active}, {agent['sessions']} session(s) so far)"
+            )
+        print_status(store)
+        return 0
+    data = store.read()
+    sessions = [
+        {
+            "session": s.id,
+            "profile": s.profile,
+            "rule": s.rule,
+            "child": s.child,
+            "created": iso_utc(s.created),
+            "audio_expires": iso_utc(s.audio_expires),
+            "transcript_expires": iso_utc(s.transcript_expires),
+            "state": s.state,
+            "seconds": s.seconds,
+        }
+        for s in sorted(data.sessions.values(), key=lambda s: s.created)
+    ]
+    document = {
+        "vault": store.vault.level.to_json(),
+        "root_lost": store.root_lost,
+        "agent": agent,
+        "buckets": len(data.buckets),
+        "sessions": sessions,
+    }
+    print(json.dumps(document))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    store, audit = wiring.open_store(config)
+    if args.identity_out:
+        bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), wiring.trusted_now(config))
+        log.warning(
+            "WARNING: %s opens every recording in bucket %s (%d session(s)) until %s. Keep it private and delete it after checking.",
+            args.identity_out,
+            bucket,
+            members,
+            expires.isoformat(),
+        )
+        return 0
+    if not args.purpose:
+        raise UsageError("export --out needs --purpose playback, review or training")
+    exported = export_audio(store, audit, config, args.session, Path(args.out), Purpose(args.purpose), wiring.trusted_now(config))
+    print(f"exported session {exported.session} ({exported.profile}, {exported.seconds:.1f} s) for {exported.purpose} to {exported.path}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--session", required=True, metavar="ID", help="session id (see `edge-agent status`)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="FILE.wav", help="write the decrypted recording here (a new name or a regular file)")
+    target.add_argument("--identity-out", metavar="FILE", help="write the bucket's age identity into this new file (0600)")
+    parser.add_argument("--purpose", choices=[str(p) for p in Purpose], help="why (required with --out)")
+
+
+COMMANDS = (
+    Command(
+        "status",
+        "the vault's guarantee level and the retained sessions",
+        "Show where the root key lives and what that guarantees, and every retained session with when its audio "
+        "and transcript will be shredded. Read-only: it writes nothing.",
+        _status,
+        lambda parser: parser.add_argument("--json", action="store_true", help='print {"vault": {...}, "sessions": [...]}'),
+    ),
+    Command(
+        "export",
+        "get a retained recording back, for a stated purpose",
+        "Decrypt one retained recording to a WAV file for a stated purpose. Training is refused for child profiles "
+        "and profiles without allow_training = true. With --identity-out, write the age identity that opens the "
+        "session's bucket instead (for checking with `age -d`).",
+        _export,
+        _export_arguments,
+    ),
+)

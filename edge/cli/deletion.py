@@ -1,0 +1,80 @@
+"""`purge` and `forget`: shredding now."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge import wiring
+from edge.cli.base import Command, config_of, print_report
+from edge.errors import UsageError
+from edge.instants import parse_instant
+from edge.retention.shredder import ForgetRequest
+
+
+def _purge(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    report = wiring.make_shredder(config).sweep()
+    if report.empty:
+        print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
+    print_report(report)
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    shredder = wiring.make_shredder(config)
+    request = ForgetRequest.checked(
+        config,
+        shredder.keystore.read(),
+        session=args.session,
+        profile=args.profile,
+        everything=args.all,
+        before=parse_instant(args.before, "--before"),
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
+        sessions = shredder.matching(request)  # ask first, without the lock: recording and shredding go on
+        if sessions:
+            profiles = sorted({s.profile for s in sessions})
+            answer = input(
+                f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles)})? This cannot be undone. [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing was forgotten")
+                return 0
+    report = shredder.forget(request)
+    if not report.forgotten and not report.buckets:
+        print(f"nothing to forget for {request.describe()}")
+    print_report(report)
+    return 0
+
+
+def _forget_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="ID", help="one session")
+    which.add_argument("--profile", metavar="NAME", help="every session of a profile")
+    which.add_argument("--all", action="store_true", help="every session")
+    which.add_argument("--before", metavar="ISO8601", help="every session created before this instant (no zone given = local time)")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+COMMANDS = (
+    Command(
+        "purge",
+        "shred everything that is due now, and say what was shredded",
+        "Run what the agent's sweep runs: shred every retention bucket whose expiry has passed (by the clock that "
+        "cannot be set back) and every profile unused for its inactive_after, finish interrupted work, delete "
+        "orphaned ciphertext.",
+        _purge,
+    ),
+    Command(
+        "forget",
+        "forget sessions now: one, a profile, everything, or everything before a date",
+        "Forget retained sessions immediately. Afterwards no key on the device opens them, nor any copy of their "
+        "files recovered from the storage. Asks for confirmation unless --yes.",
+        _forget,
+        _forget_arguments,
+    ),
+)

