@@ -200,6 +200,24 @@ def record(config: Path, clip: Path, profile: str | None = "child", env: dict[st
     return [json.loads(line)["session"] for line in ran.stdout.splitlines()]
 
 
+def forget_in_a_terminal(config: Path, *selector: str) -> tuple[subprocess.Popen[str], int]:
+    """`edge-agent forget SELECTOR` with a terminal on stdin, so it asks: (the process, the
+    terminal's controller, where the test types the answer)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "forget", *selector],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    os.close(terminal)
+    return process, controller
+
+
 def status(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return edge_agent("--config", str(config), "status", "--json", env=env)
 

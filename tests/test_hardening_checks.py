@@ -25,7 +25,7 @@ import pytest
 
 from edge import wiring
 
-from support import ROOT, WORDS, MicAgent, Retention, edge_agent, play, record, status
+from support import ROOT, WORDS, MicAgent, Retention, edge_agent, forget_in_a_terminal, play, record, status
 
 
 @pytest.fixture
@@ -81,20 +81,9 @@ def test_the_active_profile_overrides_the_given_one(virtual_mic, write_config, s
 
 
 def test_an_open_forget_prompt_does_not_block_the_device(write_config, clip):
-    import pty
-
     config = write_config(mode="always")
     record(config, clip)
-    controller, terminal = pty.openpty()
-    prompt = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), "forget", "--all"],
-        stdin=terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    os.close(terminal)
+    prompt, controller = forget_in_a_terminal(config, "--all")
     try:
         time.sleep(3)  # the question is on the screen; nobody answers yet
         started = time.monotonic()

@@ -41,6 +41,7 @@ from support import (
     Retention,
     edge_agent,
     faketime,
+    forget_in_a_terminal,
     openable,
     record_in_process,
     retention_parts,
@@ -453,21 +454,10 @@ def test_kill_9_during_purge_then_purge_is_consistent(tmp_path, write_config):
 
 @pytest.mark.parametrize("answer,forgotten", [("n", False), ("y", True)])
 def test_forget_asks_in_a_terminal(write_config, speech, answer, forgotten):
-    import pty
-
     config = write_config(mode="always")
     ran = edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child", "--json")
     session = json.loads(ran.stdout)["session"]
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), "forget", "--all"],
-        stdin=terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    os.close(terminal)
+    process, controller = forget_in_a_terminal(config, "--all")
     os.write(controller, f"{answer}\n".encode())
     out, err = process.communicate(timeout=60)
     os.close(controller)
