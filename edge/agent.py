@@ -108,13 +108,14 @@ class SessionRunner:
             tag=tag,
             start=offset,
             started=self._agent.clock().astimezone(timezone.utc).isoformat(timespec="seconds"),
-            decoder=self._agent.model.decoder(self._agent.grammar),
+            decoder=self._agent.model.decoder(self._agent.grammar, padding=self._agent.segmenter.settings.padding),
             sealed=recorder.begin(session_id, tag) if recorder is not None else None,
         )
 
-    def audio(self, pcm: bytes) -> None:
+    def audio(self, pcm: bytes, silent: bool) -> None:
+        """Every sample is sealed; the decoder leaves out what is silent and far from speech."""
         if self._open is not None:
-            self._open.decoder.feed(pcm)
+            self._open.decoder.feed(pcm, silent)
             if self._open.sealed is not None:
                 self._open.sealed.write(pcm)
 

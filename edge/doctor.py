@@ -20,7 +20,7 @@ from typing import Any
 
 from edge.config import BUILTIN_CONFIG, SYSTEM_CONFIG, Config, load_config
 from edge.disk.files import exists_in
-from edge.disk.layout import KEYSTORE, MODELS
+from edge.disk.layout import KEYSTORE, KEYSTORE_DB, MODELS
 from edge.errors import EdgeError
 from edge.values import VaultBackend
 
@@ -143,7 +143,7 @@ def _vault(config: Config) -> Finding:
                 f"cannot see (expected when checking with sudo; run doctor as that user to check the key): {level.summary}",
             )
         found = vault.read("current") or vault.read("next")
-        if found is None and exists_in(data_dir, KEYSTORE):
+        if found is None and (exists_in(data_dir, KEYSTORE_DB) or exists_in(data_dir, KEYSTORE)):
             reason = vault.why_missing()  # VaultError when it may only be invisible from here
             return Finding(
                 "vault",

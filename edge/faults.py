@@ -20,6 +20,7 @@ POINTS = (
     "shred.keys",  # bucket keys destroyed, ciphertext not yet deleted
     "shred.files",  # some ciphertext of a shredded bucket deleted
     "audit.torn",  # half an audit line written (a torn write)
+    "migrate.filled",  # a v1 keystore converted into a temporary v2 file, not yet published
 )
 
 _armed: dict[str, int] = {}

@@ -19,20 +19,20 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from edge import __version__, wiring
 from edge.agent import Agent, RunSummary, SessionRecord
-from edge.audio.mic import MicSource
 from edge.audio.wavfile import WavInfo, open_wav, read_pipeline_chunks
 from edge.config import Config
-from edge.control.operations import agent_operations
-from edge.control.protocol import ControlServer
-from edge.crypto.vault import Vault
-from edge.disk.lock import DataLock
 from edge.errors import EdgeError, KeystoreError
 from edge.hardening import make_non_dumpable
-from edge.retention.shredder import ShredReport
 from edge.values import TriggerMode
+
+if TYPE_CHECKING:
+    from edge.control.protocol import ControlServer
+    from edge.crypto.vault import Vault
+    from edge.retention.shredder import ShredReport
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def run_agent(
             keystore.root_lost,
         )
     runtime.retention.catch_up()  # everything already due is shredded before the microphone opens
-    control = None
-    if info is None:  # the long-running microphone agent; file runs are batch jobs and may overlap
-        control = ControlServer(config.device.control_socket, agent_operations(config, agent, runtime.shredder, audit))
-        with DataLock(config.device.data_dir):  # two agents starting at once: one gets the socket
-            control.start()
+    control = _start_control(runtime) if info is None else None  # file runs are batch jobs and may overlap
     level = keystore.vault.level
     audit.append(
         "agent.started",
@@ -105,6 +101,19 @@ def run_agent(
     return 0
 
 
+def _start_control(runtime: wiring.Runtime) -> ControlServer:
+    """The long-running microphone agent's control socket (only it pays for the imports)."""
+    from edge.control.operations import agent_operations
+    from edge.control.protocol import ControlServer
+    from edge.disk.lock import DataLock
+
+    config = runtime.config
+    control = ControlServer(config.device.control_socket, agent_operations(config, runtime.agent, runtime.shredder, runtime.audit))
+    with DataLock(config.device.data_dir):  # two agents starting at once: one gets the socket
+        control.start()
+    return control
+
+
 def _listen(agent: Agent, config: Config, info: WavInfo | None) -> tuple[RunSummary, int]:
     """Feed the agent from the file or the microphone until the end or a stop signal."""
     stop = threading.Event()
@@ -113,6 +122,8 @@ def _listen(agent: Agent, config: Config, info: WavInfo | None) -> tuple[RunSumm
         if config.trigger.mode == TriggerMode.PUSH_TO_TALK:
             agent.push_to_talk()  # the start of the file counts as one push
         return agent.run(read_pipeline_chunks(info), stop), 0
+    from edge.audio.mic import MicSource  # numpy, the resampler and PortAudio: the microphone's alone
+
     with MicSource(config.device.sample_rate, config.device.input_device) as source:
         log.info("listening on the microphone (%s mode); Ctrl-C to stop", config.trigger.mode)
         summary = agent.run(source.chunks(stop), stop)

@@ -73,7 +73,10 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     def root_lost(reason: str) -> None:
         audit.append("root.lost", backend=level.backend, reason=reason)
 
-    store = Keystore(config.device.data_dir, vault, on_root_lost=root_lost, access=access)
+    def migrated(sessions: int, buckets: int) -> None:
+        audit.append("keystore.migrated", version=2, sessions=sessions, buckets=buckets)
+
+    store = Keystore(config.device.data_dir, vault, on_root_lost=root_lost, access=access, on_migrated=migrated)
     if access is not Access.READ:
         audit.recover()
     return store, audit

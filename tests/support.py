@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,65 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
+
+
+def populate(
+    store: Any, sessions: int, span: timedelta, end: datetime, files_in: Path | None = None, before_end: timedelta = timedelta(days=30)
+) -> int:
+    """`sessions` complete sessions written straight into the keystore in one transaction,
+    created evenly over `span` ending `before_end` before `end` (30 days: all overdue at `end`),
+    alternating child and parent, each with an empty recording and transcript file in
+    `files_in` when given. Returns the number of buckets. (The benchmarks' scale.)"""
+    from edge.disk.layout import recording_path, transcript_path
+    from edge.store.buckets import bucket_id, expiry_for
+    from edge.store.records import SessionEntry
+    from edge.values import DataKind, TagRule
+
+    keep = {"parent": (timedelta(hours=24), timedelta(days=30)), "child": (timedelta(hours=1), timedelta(days=7))}
+    if files_in is not None:
+        for folder in ("recordings", "transcripts"):
+            (files_in / folder).mkdir(mode=0o700, exist_ok=True)
+    with store.transaction() as data:
+        step = span / sessions
+        for index in range(sessions):
+            profile = "child" if index % 2 else "parent"
+            created = end - span - before_end + step * index
+            ids = {}
+            for kind, retention in zip((DataKind.AUDIO, DataKind.TRANSCRIPT), keep[profile], strict=True):
+                expires = expiry_for(created, retention)
+                ids[kind] = bucket_id(profile, kind, expires)
+                if ids[kind] not in data.buckets:
+                    store.new_bucket(data, ids[kind], profile, kind, expires)
+            session = f"{index:016x}"
+            data.sessions[session] = SessionEntry(
+                id=session,
+                profile=profile,
+                rule=TagRule.GIVEN,
+                child=profile == "child",
+                created=created,
+                audio_expires=data.buckets[ids[DataKind.AUDIO]].expires,
+                transcript_expires=data.buckets[ids[DataKind.TRANSCRIPT]].expires,
+                audio_bucket=ids[DataKind.AUDIO],
+                transcript_bucket=ids[DataKind.TRANSCRIPT],
+                state="complete",
+                seconds=3.0,
+            )
+            if files_in is not None:
+                recording_path(files_in, session).touch(mode=0o600)
+                transcript_path(files_in, session).touch(mode=0o600)
+        return len(data.buckets)
+
+
+def keystore_rows(data_dir: Path) -> list[tuple[Any, ...]]:
+    """Every row of the keystore as stored (sealed): what "unchanged" means for a database,
+    whose file bytes a checkpoint may move between the WAL and the main file."""
+    import sqlite3
+    from contextlib import closing
+
+    at_rest = not (data_dir / "keystore.db-wal").exists()
+    uri = f"file:{data_dir / 'keystore.db'}?mode=ro{'&immutable=1' if at_rest else ''}"
+    with closing(sqlite3.connect(uri, uri=True)) as db:
+        return [row for table in ("meta", "buckets", "sessions") for row in db.execute(f"SELECT '{table}', * FROM {table} ORDER BY 2")]
 
 
 def openable(store: Any, files: list[Path]) -> list[bool]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from edge.audit import parallel
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
-from edge.audit.verify import verify
+from edge.audit.verify import Parallel, verify
 
 from support import edge_agent, faketime, pcm_of
 from support import plaintext_files as plaintext_found
@@ -333,3 +336,228 @@ def test_a_chained_event_missing_its_fields_is_a_problem_not_a_crash(tmp_path):
     log.append("shred", bucket="child.audio.x", sessions=["a"])  # no "kind"
     result = verify(log, None, datetime.now(timezone.utc), timedelta(seconds=1))
     assert not result.ok and "'shred' event with missing or malformed fields ('kind')" in str(result.problems[0])
+
+
+# -- the parallel path: chunks checked by worker processes, the same answer as one process --------
+
+TINY_CHUNKS = Parallel(workers=2, from_bytes=0, chunk_bytes=6000)
+"""The parallel path on a small log: about a dozen lines a chunk."""
+ONE_PROCESS = Parallel(workers=1)
+
+
+def long_log(data_dir: Path, entries: int) -> Path:
+    """A valid log of about `entries` lines (sessions created and sealed, the checkpoint every
+    100 lines) with the events the data check follows, written in batches as the bench does."""
+    log = AuditLog(data_dir)
+    log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64)
+    seq = 2
+    while seq < entries:
+        batch: list[tuple[str, dict[str, object]]] = []
+        for number in range(seq + 1, min(entries, seq + 250) + 1):
+            session = f"{number - number % 2:016x}"
+            if number % 2:
+                batch.append(("session.sealed", {"session": session, "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}))
+            else:
+                expires = "2000-01-01T00:00:00+00:00" if number % 700 == 0 else "2099-11-28T21:00:00+00:00"
+                fields = {"session": session, "profile": "child", "child": number % 3 == 0, "audio_expires": expires}
+                batch.append(("session.created", {**fields, "transcript_expires": None}))
+        seq = log.append_many(batch)[-1]["seq"]
+        log.append("forget.requested", request=f"r{seq}", selector="everything", sessions=1)
+        log.append("shred", bucket="child.audio.x", kind="audio", sessions=[f"{seq - seq % 2:016x}"], late_seconds=1.5)
+        log.append("export", session=f"{seq // 6 * 6:016x}", purpose="training", seconds=1.0)  # a child's
+        seq = log.append("forget.fulfilled", request=f"r{seq}", sessions=[], buckets=0, rekeyed=0)["seq"] + 1
+    return data_dir / "audit.jsonl"
+
+
+@pytest.fixture(scope="module")
+def valid_log(tmp_path_factory) -> bytes:
+    """The bytes of a valid log of about 1,500 lines (a hundred and fifty chunks of TINY_CHUNKS)."""
+    return long_log(tmp_path_factory.mktemp("long"), 1_500).read_bytes()
+
+
+@pytest.fixture
+def chunks(monkeypatch) -> list[parallel.Task]:
+    """The chunks the parallel path planned (empty: it was not taken)."""
+    seen: list[parallel.Task] = []
+    plan = parallel.plan
+
+    def spy(*args):
+        for task in plan(*args):
+            seen.append(task)
+            yield task
+
+    monkeypatch.setattr(parallel, "plan", spy)
+    return seen
+
+
+def both_ways(data_dir: Path, chunks: list[parallel.Task]):
+    """The verification in one process and in chunks; they must agree in every field."""
+    alone = verify(AuditLog(data_dir), None, _now(), GRACE, parallel=ONE_PROCESS)
+    assert chunks == []
+    split = verify(AuditLog(data_dir), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    assert len(chunks) > 4, "the parallel path was not taken"
+    assert split.to_json() == alone.to_json()
+    return split
+
+
+def written(tmp_path: Path, lines: list[bytes], end: bytes = b"\n") -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "audit.jsonl").write_bytes(b"\n".join(lines) + end)
+    return data_dir
+
+
+def edited(raw: bytes, change, rehash: bool = False) -> bytes:
+    entry = json.loads(raw)
+    change(entry)
+    if rehash:
+        entry["hash"] = entry_hash(entry)
+    return canonical(entry)
+
+
+def rechained(lines: list[bytes], start: int) -> list[bytes]:
+    """Lines from index `start` on re-hashed onto the line before (what anyone can do: the
+    hashes are unkeyed; only the checkpoints' signatures then fail)."""
+    out = lines[:start]
+    for raw in lines[start:]:
+        previous = json.loads(out[-1])["hash"]
+        out.append(edited(raw, lambda e, p=previous: e.update(prev=p), rehash=True))
+    return out
+
+
+def first_lines(chunks: list[parallel.Task]) -> list[int]:
+    return [task.line for task in chunks]
+
+
+def test_chunks_verify_a_valid_log_as_one_process_does(tmp_path, valid_log, chunks):
+    data_dir = written(tmp_path, valid_log.splitlines())
+    result = both_ways(data_dir, chunks)
+    assert result.entries == valid_log.count(b"\n") and result.checkpoints >= 15
+    messages = [str(p) for p in result.problems]  # the data check saw every chunk's events, in order
+    assert any("was exported for training" in m for m in messages) and any("no shred or forget" in m for m in messages)
+    lines = valid_log.splitlines()
+    assert any(json.loads(lines[task.line - 1])["type"] == "checkpoint" for task in chunks[1:]), (
+        "no chunk starts on a checkpoint (which signs the line before it, in the previous chunk)"
+    )
+
+
+def test_a_tampered_line_in_a_late_chunk_is_named_as_one_process_names_it(tmp_path, valid_log, chunks):
+    lines = valid_log.splitlines()
+    verify(AuditLog(written(tmp_path, lines)), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    late = first_lines(chunks)[-3] + 5
+    chunks.clear()
+    lines[late - 1] = edited(lines[late - 1], lambda e: e["fields"].update(seconds=99.0))
+    result = both_ways(written(tmp_path, lines), chunks)
+    assert first_bad_line(result) == late and "hash does not match" in str(result.problems[0])
+
+
+def test_of_problems_in_two_chunks_the_earlier_is_reported(tmp_path, valid_log, chunks):
+    lines = valid_log.splitlines()
+    verify(AuditLog(written(tmp_path, lines)), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    starts = first_lines(chunks)
+    chunks.clear()
+    earlier, later = starts[20] - 1, starts[60]  # the last line of one chunk, the first of a later one
+    lines[later - 1] = b"not an event"
+    lines[earlier - 1] = edited(lines[earlier - 1], lambda e: e.update(seq=e["seq"] + 1), rehash=True)
+    result = both_ways(written(tmp_path, lines), chunks)
+    assert first_bad_line(result) == earlier and "sequence number" in str(result.problems[0])
+
+
+@pytest.mark.parametrize("edit", ["relinked", "deleted", "duplicated"])
+def test_a_chain_break_exactly_at_a_chunk_boundary_is_caught(tmp_path, valid_log, chunks, edit):
+    lines = valid_log.splitlines()
+    verify(AuditLog(written(tmp_path, lines)), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    boundary = first_lines(chunks)[40]
+    chunks.clear()
+    if edit == "relinked":  # the first line of a chunk points elsewhere, and everything after follows it
+        lines[boundary - 1] = edited(lines[boundary - 1], lambda e: e.update(prev="ab" * 32), rehash=True)
+        lines = rechained(lines, boundary)
+        expected = f"line {boundary}: does not follow line {boundary - 1}"
+    elif edit == "deleted":  # the first line of a chunk gone, the rest re-chained onto the line before
+        lines = rechained(lines[: boundary - 1] + lines[boundary:], boundary - 1)
+        expected = f"line {boundary}: sequence number {boundary + 1} where {boundary} belongs"
+    else:
+        lines.insert(boundary - 1, lines[boundary - 2])
+        expected = f"line {boundary}: sequence number {boundary - 1} where {boundary} belongs"
+    result = both_ways(written(tmp_path, lines), chunks)
+    assert str(result.problems[0]).startswith(expected), str(result.problems[0])
+
+
+def test_an_entry_split_over_two_lines_is_named_at_the_first(tmp_path, valid_log, chunks):
+    """One entry cut in two at a comma, and two entries put on one later line: the lines joined by
+    commas still parse as a list of as many well-formed canonical entries, but line k is not one."""
+    lines = valid_log.splitlines()
+    k = next(n for n in range(700, 800) if json.loads(lines[n - 1])["type"] == "session.sealed")
+    cut = lines[k - 1].index(b",", lines[k - 1].index(b'"fields":{'))
+    lines[k - 1 : k + 1] = [lines[k - 1][:cut], lines[k - 1][cut + 1 :]]
+    lines[k + 2 : k + 4] = [lines[k + 2] + b"," + lines[k + 3]]
+    result = both_ways(written(tmp_path, lines), chunks)
+    assert str(result.problems[0]) == f"line {k}: not a valid audit entry (damaged, or cut off mid-line)"
+
+
+def test_a_torn_last_line_in_the_last_chunk_is_named_as_one_process_names_it(tmp_path, valid_log, chunks):
+    data_dir = written(tmp_path, [valid_log[: len(valid_log) - 40]], end=b"")
+    result = both_ways(data_dir, chunks)
+    assert first_bad_line(result) == valid_log.count(b"\n") and "cut off by a crash" in str(result.problems[0])
+
+
+def test_chunks_agree_with_one_process_on_random_damage(tmp_path, valid_log, chunks):
+    """Bit flips, cut lines, joined lines, deletions and edits re-chained, anywhere: the same
+    verdict, the same first line, the same counts, either way."""
+    rng = random.Random(20261202)
+    for trial in range(24):
+        lines = valid_log.splitlines()
+        at = rng.randrange(1, len(lines) - 1)
+        kind = trial % 6
+        if kind == 0:
+            damaged = bytearray(valid_log)
+            damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+            lines = bytes(damaged).split(b"\n")[:-1]
+        elif kind == 1:
+            lines[at : at + 1] = [lines[at][:100], lines[at][100:]]
+        elif kind == 2:
+            lines[at : at + 2] = [lines[at] + b"," + lines[at + 1]]
+        elif kind == 3:
+            lines = rechained(lines[:at] + lines[at + 1 :], at)
+        elif kind == 4:
+            lines[at] = edited(lines[at], lambda e: e["fields"].update(sessions=[1], audio_expires="soon"), rehash=True)
+            lines = rechained(lines, at + 1)
+        else:
+            lines = rechained(lines[: len(lines) - rng.randrange(1, 90)] + [lines[-1]], len(lines) - 91)
+        chunks.clear()
+        both_ways(written(tmp_path, lines), chunks)
+
+
+def test_a_log_that_changes_while_it_is_verified_is_not_passed(tmp_path, valid_log, chunks, monkeypatch):
+    """The planner reads the line before each chunk, the worker of the chunk before verifies it:
+    if they differ (the file was rewritten meanwhile), the chunks do not link."""
+    seed_of = parallel.seed_of
+    calls = iter(range(1_000))
+    monkeypatch.setattr(parallel, "seed_of", lambda raw: seed_of(raw.replace(b'"seq":', b'"seq": ')) if next(calls) == 30 else seed_of(raw))
+    result = verify(AuditLog(written(tmp_path, valid_log.splitlines())), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    assert str(result.problems[0]) == f"line {first_lines(chunks)[31]}: the log changed while it was being verified: verify it again"
+
+
+def test_a_large_log_takes_the_parallel_path_by_default_and_a_small_one_does_not(tmp_path, chunks):
+    small = tmp_path / "small"
+    long_log(small, 300)
+    assert verify(AuditLog(small), None, _now(), GRACE).entries > 300 and chunks == []
+    large = tmp_path / "large"
+    size = long_log(large, 65_000).stat().st_size
+    assert size >= Parallel().from_bytes
+    result = verify(AuditLog(large), None, _now(), GRACE)
+    assert len(chunks) >= 4 and result.entries >= 65_000 and result.checkpoints >= 650
+    assert all("expired" in str(p) or "training" in str(p) for p in result.problems)
+
+
+def test_with_another_thread_running_verify_stays_in_one_process(tmp_path, valid_log, chunks):
+    """A forked worker has only the forking thread: another thread's locks would never be released."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        result = verify(AuditLog(written(tmp_path, valid_log.splitlines())), None, _now(), GRACE, parallel=TINY_CHUNKS)
+    finally:
+        stop.set()
+        other.join()
+    assert chunks == [] and result.entries == valid_log.count(b"\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -24,10 +25,20 @@ from edge.config import parse_config
 from edge.control.protocol import parse_request
 from edge.crypto.age import Identity, decrypt, encrypt
 from edge.errors import AgeError, ControlError, EdgeError
-from edge.faults import POINTS
+from edge.store.keystore import Access, Keystore
 
-from campaign import SHRED_POINTS, Campaign, Tally, make_clip
-from support import MicAgent, Retention, edge_agent, libfaketime_env, play, remove_faketime_leftovers
+from campaign import RECORDING_POINTS, SHRED_POINTS, Campaign, Tally, make_clip
+from support import (
+    FakeWall,
+    MicAgent,
+    Retention,
+    edge_agent,
+    libfaketime_env,
+    play,
+    record_in_process,
+    remove_faketime_leftovers,
+    retention_parts,
+)
 
 TALLIES: list[tuple[str, Tally]] = []
 """What every campaign in this run did; printed by conftest's terminal summary."""
@@ -45,14 +56,14 @@ def test_kill_9_at_every_crash_point(tmp_path, clip):
     """Each crash point at least once, while recording and while shredding; after each,
     restart and purge: no plaintext, nothing overdue, the log verifies."""
     campaign = Campaign(tmp_path, clip, seed=8)
-    for point in POINTS:
+    for point in RECORDING_POINTS:
         campaign.trial(point, 1 if point != "audio.chunk" else 40, phase="record")
     for point in SHRED_POINTS:
         campaign.trial(point, 1, phase="shred")
     TALLIES.append(("kill -9 campaign (quick)", campaign.tally))
     assert campaign.tally.failures == [], "\n".join(campaign.tally.failures)
     # Every point was reached at least once: a campaign that injects nothing proves nothing.
-    assert set(campaign.tally.by_point) == set(POINTS), campaign.tally.summary()
+    assert set(campaign.tally.by_point) == set(RECORDING_POINTS), campaign.tally.summary()
 
 
 # -- power cut in a keystore write --------------------------------------------------------
@@ -72,12 +83,13 @@ def _status(config: Path) -> subprocess.CompletedProcess:
     return edge_agent("--config", str(config), "status", "--json")
 
 
-@pytest.mark.parametrize("cut", [0, 17, 40, 500, -1])
+@pytest.mark.parametrize("cut", [0, 17, 40, 500, "half", -4096])
 def test_a_cut_short_keystore_fails_closed_and_loses_nothing(recorded, cut):
     config, data, clip = recorded
-    keystore = data / "keystore"
+    keystore = data / "keystore.db"
+    assert not (data / "keystore.db-wal").exists()  # at rest: one file
     whole = keystore.read_bytes()
-    keystore.write_bytes(whole[:cut] if cut >= 0 else whole[:-1])
+    keystore.write_bytes(whole[: len(whole) // 2] if cut == "half" else whole[:cut])  # -4096: the last page lost
     status = _status(config)
     assert status.returncode == 1 and "cannot be opened" in status.stderr and "Traceback" not in status.stderr
     run = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child")
@@ -88,19 +100,34 @@ def test_a_cut_short_keystore_fails_closed_and_loses_nothing(recorded, cut):
     assert len(json.loads(_status(config).stdout)["sessions"]) == 2
 
 
-def test_a_mix_of_old_and_new_keystore_never_opens(recorded, speech):
-    config, data, clip = recorded
-    old = (data / "keystore").read_bytes()
-    assert edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", "child").returncode == 0
-    new = (data / "keystore").read_bytes()
-    assert len(json.loads(_status(config).stdout)["sessions"]) == 4
-    half = min(len(old), len(new)) // 2
-    for mixed in (new[:half] + old[half:], old[:half] + new[half:]):
-        (data / "keystore").write_bytes(mixed)
-        status = _status(config)
-        assert status.returncode == 1 and "cannot be opened" in status.stderr
-    (data / "keystore").write_bytes(new)
-    assert len(json.loads(_status(config).stdout)["sessions"]) == 4
+def test_a_commit_cut_short_in_the_wal_is_whole_or_absent(recorded, tmp_path):
+    """A power cut while SQLite appends a commit to the WAL, at every frame boundary and
+    inside frames: the keystore then opens as before the commit or after it, never a mix."""
+    from edge.config import load_config
+    from edge.crypto.vault import open_vault
+
+    config_path, data, _ = recorded
+    config = load_config(config_path)
+    wall = FakeWall()
+    clock, store, _ = retention_parts(config, wall)
+    before = set(store.read().sessions)
+    store.checkpoint()
+    base = (data / "keystore.db").read_bytes()
+    session = record_in_process(store, clock, config, "child")  # a begin and a finish: two commits
+    wal = (data / "keystore.db-wal").read_bytes()
+    frame = 24 + 4096
+    cuts = sorted({32 + k * frame + d for k in range((len(wal) - 32) // frame + 1) for d in (0, 24, 2000)} | {len(wal)})
+    seen = set()
+    for cut in cuts:
+        copy = tmp_path / f"cut-{cut}"
+        shutil.copytree(data, copy, ignore=shutil.ignore_patterns("keystore.db*"))
+        (copy / "keystore.db").write_bytes(base)
+        (copy / "keystore.db-wal").write_bytes(wal[:cut])
+        reader = Keystore(copy, open_vault(config.vault, copy), access=Access.READ).read()
+        sessions = {entry.id: entry.state for entry in reader.sessions.entries()}
+        assert set(sessions) in (before, before | {session}), cut
+        seen.add(sessions.get(session, "absent"))
+    assert seen == {"absent", "recording", "complete"}  # each commit was cut before and after
 
 
 # -- full disk ------------------------------------------------------------------------------
@@ -149,8 +176,8 @@ def _garbage(path: Path) -> None:
 @pytest.mark.parametrize(
     "damage, command, message",
     [
-        (lambda d, c: _garbage(d / "keystore"), ("status",), "cannot be opened"),
-        (lambda d, c: _garbage(d / "keystore"), ("purge",), "cannot be opened"),
+        (lambda d, c: _garbage(d / "keystore.db"), ("status",), "cannot be opened"),
+        (lambda d, c: _garbage(d / "keystore.db"), ("purge",), "cannot be opened"),
         (lambda d, c: _garbage(d / "audit.key"), ("audit", "checkpoint", "--out", "{folder}/checkpoint.txt"), "audit signing key"),
         (
             lambda d, c: (d / "audit.jsonl").write_bytes((d / "audit.jsonl").read_bytes().replace(b'"seq":3', b'"seq":9', 1)),

@@ -7,6 +7,8 @@ from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.pcm import FRAME_BYTES
 
+from support import PHRASES
+
 
 def run_file(config, model, path, push=False, profile=None):
     records = []
@@ -97,6 +99,65 @@ def test_push_to_talk_with_no_speech_times_out(speech, model, load):
     assert records[0].end == pytest.approx(1.0, abs=0.05)
 
 
+def _decoders_of(model, monkeypatch):
+    """Every decoder the agent makes from now on, kept for inspection."""
+    made = []
+    make = model.decoder
+
+    def spy(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(model, "decoder", spy)
+    return made
+
+
+def _seconds(path):
+    return (path.stat().st_size - 44) / 32000
+
+
+VOICES = [(175, 50), (130, 30), (220, 70)]  # (words per minute, pitch)
+
+
+@pytest.mark.parametrize("speed,pitch", VOICES, ids=[f"s{s}p{p}" for s, p in VOICES])
+def test_silence_inside_a_session_is_not_decoded_and_no_word_is_clipped(speech, model, load, monkeypatch, speed, pitch):
+    """Words that start and stop right at long silences (no padding in the clips): the silences'
+    middles are never decoded, yet every word is heard, at its own time in the stream, exactly
+    as when every sample is decoded."""
+    clips = [speech.say(p, speed=speed, pitch=pitch, pad=0.0) for p in PHRASES]
+    path = speech.join(1.0, *[part for clip in clips for part in (clip, 1.5)])
+    decoders = _decoders_of(model, monkeypatch)
+    records, _ = run_file(load(mode="always", silence_end="3s", max_session="60s"), model, path)
+    (record,) = records
+    assert record.text == " ".join(PHRASES)
+    (decoder,) = decoders
+    padding = 0.21  # on each side of speech: what an utterance keeps before its onset
+    assert decoder.skipped > len(PHRASES) * (1.5 - 2 * padding) - 0.5  # each silence less its padding, give or take the VAD
+    onset = 1.0
+    for word, clip in zip(record.words, clips, strict=True):
+        assert onset - 0.1 <= word.start < word.end <= onset + _seconds(clip) + 0.1  # stream offsets, skipped silence counted
+        onset += _seconds(clip) + 1.5
+    everything = model.decoder(PHRASES)  # the same audio, every sample decoded
+    for chunk in read_pipeline_chunks(open_wav(path)):
+        everything.feed(chunk)
+    assert everything.skipped == 0
+    for heard, whole in zip(record.words, everything.finish(), strict=True):
+        assert heard.word == whole.word and heard.conf == pytest.approx(whole.conf, abs=0.05)
+        assert heard.start == pytest.approx(whole.start, abs=0.07)  # an onset clipped by one 30 ms frame moves it ~0.1 s
+        assert heard.end == pytest.approx(whole.end, abs=0.15)  # how far a word's end runs into the silence varies more
+
+
+def test_push_to_talk_silence_before_speech_is_not_decoded(speech, model, load, monkeypatch):
+    clip = speech.say("메시지", pad=0.0)
+    path = speech.join(3.0, clip, 1.0)
+    decoders = _decoders_of(model, monkeypatch)
+    records, _ = run_file(load(mode="push_to_talk"), model, path, push=True)
+    assert [(r.text, r.start, r.end_reason) for r in records] == [("메시지", 0.0, "silence")]
+    (word,) = records[0].words
+    assert 2.9 <= word.start < word.end <= 3.1 + _seconds(clip)  # the 3 s before it still count
+    assert decoders[0].skipped > 2.5
+
+
 def test_session_open_at_end_of_input_is_closed(speech, model, load):
     path = speech.say("메시지", pad=0.0)
     records, _ = run_file(load(mode="always"), model, path)
@@ -118,7 +179,7 @@ class _Recorder:
     def begin(self, offset):
         self.calls.append(("begin", round(offset, 2)))
 
-    def audio(self, pcm):
+    def audio(self, pcm, silent):
         self.calls.append(("audio", len(pcm)))
 
     def end(self, offset, reason):

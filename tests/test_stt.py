@@ -1,11 +1,13 @@
 """Vosk with the real Korean model on espeak-ng speech: exact in grammar mode."""
 
+import json
+
 import pytest
 
 from edge.errors import ModelError
 from edge.stt import model_path
 from edge.stt.model_path import find_model, is_model_dir
-from edge.stt.recognizer import SpeechModel
+from edge.stt.recognizer import Decoder, SpeechModel, _Recognizer
 
 from support import PHRASES
 
@@ -68,6 +70,38 @@ def test_unknown_token_is_read_from_the_model(model):
 def test_grammar_word_outside_vocabulary_is_refused(model):
     with pytest.raises(ModelError, match="does not know the word.*'hello'"):
         model.check_grammar(["메시지", "hello world"], "--grammar")
+
+
+class _Tape:
+    """A stand-in for a Vosk recognizer: keeps what it is fed, hears one word where told."""
+
+    def __init__(self, word_at):
+        self.fed = bytearray()
+        self.word_at = word_at
+
+    def AcceptWaveform(self, pcm):
+        self.fed += pcm
+        return False
+
+    def FinalResult(self):
+        return json.dumps({"result": [{"word": "메시지", "start": self.word_at, "end": self.word_at + 0.09, "conf": 1.0}]})
+
+
+def test_decoder_hears_speech_with_padding_and_skips_the_rest_of_a_silence():
+    """Frames of 30 ms: 3 speech, 10 silent, 3 speech, 4 silent; padding 2 frames. The recognizer
+    gets all speech, the 2 silent frames after speech and the 2 before the next speech; the
+    6 in between and the 2 after the last padding are never decoded. A word the recognizer
+    hears at the second speech (its time 7 frames) is at 13 frames in the session."""
+    frames = [bytes([index]) * 960 for index in range(20)]
+    silent = [False] * 3 + [True] * 10 + [False] * 3 + [True] * 4
+    tape = _Tape(word_at=7 * 0.03)
+    decoder = Decoder(_Recognizer(tape), "<UNK>", idle=[], padding=0.06)
+    for frame, quiet in zip(frames, silent, strict=True):
+        decoder.feed(frame, silent=quiet)
+    (word,) = decoder.finish()
+    assert bytes(tape.fed) == b"".join(frames[index] for index in [0, 1, 2, 3, 4, 11, 12, 13, 14, 15, 16, 17])
+    assert decoder.skipped == pytest.approx(8 * 0.03)
+    assert word.start == pytest.approx(13 * 0.03)
 
 
 def test_free_dictation_hears_something(model, speech):

@@ -1,6 +1,7 @@
 """Vaults (kernel keyring, file) and the keystore sealed under their root key."""
 
 import json
+import os
 import shutil
 import stat
 from datetime import datetime, timedelta, timezone
@@ -11,6 +12,8 @@ from edge.crypto import keyring
 from edge.crypto.vault import FileVault, KeyringVault
 from edge.errors import KeystoreError, VaultError
 from edge.store.keystore import Access, Keystore
+
+from support import keystore_rows
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -87,9 +90,10 @@ def _store_with_bucket(tmp_path, vault=None):
 
 def test_keystore_is_sealed_and_private(tmp_path):
     store, bucket = _store_with_bucket(tmp_path)
+    store.close()  # everything in the one file
     raw = store.path.read_bytes()
-    assert raw.startswith(b"edge-keystore/v1\n")
-    assert b"kid.audio" not in raw and bucket.recipient.encode() not in raw
+    assert raw.startswith(b"SQLite format 3\0") and sorted(os.listdir(store.data_dir)) == ["keystore.db", "lock", "reserve", "vault"]
+    assert b"kid" not in raw and bucket.recipient.encode() not in raw and bucket.secret not in raw
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.data_dir.stat().st_mode) == 0o700
     reopened = Keystore(store.data_dir, store.vault)
@@ -99,12 +103,14 @@ def test_keystore_is_sealed_and_private(tmp_path):
 
 def test_ratchet_makes_an_old_keystore_copy_useless(tmp_path):
     store, bucket = _store_with_bucket(tmp_path)
+    store.close()
     stale = tmp_path / "stale-keystore"
     shutil.copy(store.path, stale)
     with store.transaction() as data:
         store.destroy_buckets(data, ["kid.audio.x"])
     survivor = store.read().buckets["kid.audio.y"]
     assert store.identity(survivor).recipient.encode() == survivor.recipient  # live data still opens
+    store.close()
     shutil.copy(stale, store.path)  # put the forensic copy back beside the current vault
     with pytest.raises(KeystoreError, match="cannot be opened"):
         Keystore(store.data_dir, store.vault).read()
@@ -112,24 +118,42 @@ def test_ratchet_makes_an_old_keystore_copy_useless(tmp_path):
     store.vault.erase("current")
 
 
+class Stop(Exception):
+    """The process stops here (as a power cut would)."""
+
+
 @pytest.mark.parametrize("crash_after", ["next staged", "keystore resealed", "current replaced"])
-def test_interrupted_ratchet_recovers(tmp_path, crash_after):
+def test_interrupted_ratchet_recovers(tmp_path, crash_after, monkeypatch):
     store, _ = _store_with_bucket(tmp_path)
     vault = store.vault
     old = vault.read("current")
-    new = b"\x09" * 32
-    data = store.read()
-    # Replay the ratchet's steps by hand (as under the lock) and stop after one of them.
-    vault.write("next", new)
-    if crash_after != "next staged":
-        from edge.disk.files import atomic_write
-        from edge.store import keystore as module
+    real_write, real_erase = vault.write, vault.erase
 
-        atomic_write(store.path, module._seal(new, data.to_json()))  # buckets not resealed: fine for opening
-    if crash_after == "current replaced":
-        vault.write("current", new)
+    def write(slot, root):
+        if slot == "current" and crash_after == "keystore resealed":
+            raise Stop()
+        real_write(slot, root)
+
+    def erase(slot):
+        if slot == "next" and crash_after == "current replaced":
+            raise Stop()
+        real_erase(slot)
+
+    def crash_point(name):
+        if name == "ratchet.staged" and crash_after == "next staged":
+            raise Stop()
+
+    monkeypatch.setattr(vault, "write", write)
+    monkeypatch.setattr(vault, "erase", erase)
+    monkeypatch.setattr("edge.store.keystore.crash_point", crash_point)
+    with pytest.raises(Stop), store.transaction() as data:
+        store.destroy_buckets(data, ["kid.audio.x"])
+    new = vault.read("next")
+    assert new is not None and new != old
+    monkeypatch.undo()
     reopened = Keystore(store.data_dir, vault)
-    assert set(reopened.read().buckets) == {"kid.audio.x", "kid.audio.y"}
+    expected = {"kid.audio.x", "kid.audio.y"} if crash_after == "next staged" else {"kid.audio.y"}
+    assert set(reopened.read().buckets) == expected  # the commit happened or did not: never half
     assert vault.read("next") is None
     assert vault.read("current") == (old if crash_after == "next staged" else new)
     vault.erase("current")
@@ -145,37 +169,37 @@ def _reboot(data_dir):
 def test_root_lost_at_power_off_starts_afresh_only_at_the_agents_start(tmp_path):
     store, _ = _store_with_bucket(tmp_path)
     _reboot(store.data_dir)
-    before = store.path.read_bytes()
+    before = keystore_rows(store.data_dir)
     vault = KeyringVault(store.data_dir, "session")
     reader = Keystore(store.data_dir, vault, access=Access.READ)
     assert reader.read().buckets == {} and "restarted" in reader.root_lost
     with pytest.raises(VaultError, match="restarted.*agent records the loss"):
         Keystore(store.data_dir, vault).read()  # purge, forget, export: say so, change nothing
-    assert store.path.read_bytes() == before
+    assert keystore_rows(store.data_dir) == before
     lost = []
     agent = Keystore(store.data_dir, vault, on_root_lost=lost.append, access=Access.AGENT)
     assert agent.read().buckets == {} and agent.root_lost and len(lost) == 1
-    assert store.path.read_bytes() != before
+    assert keystore_rows(store.data_dir) != before
     vault.erase("current")
 
 
 def test_root_lost_with_file_vault_is_an_error_not_a_wipe(tmp_path):
     vault = FileVault(tmp_path / "root.key")
     store, _ = _store_with_bucket(tmp_path, vault)
-    before = store.path.read_bytes()
+    before = keystore_rows(store.data_dir)
     (tmp_path / "root.key").unlink()
     with pytest.raises(VaultError, match="root key file is missing"):
         Keystore(store.data_dir, vault).read()
-    assert store.path.read_bytes() == before
+    assert keystore_rows(store.data_dir) == before
 
 
 def test_wrong_root_is_an_error_not_a_wipe(tmp_path):
     store, _ = _store_with_bucket(tmp_path)
-    before = store.path.read_bytes()
+    before = keystore_rows(store.data_dir)
     store.vault.write("current", b"\x05" * 32)
     with pytest.raises(KeystoreError, match="nothing was changed"):
         Keystore(store.data_dir, store.vault).read()
-    assert store.path.read_bytes() == before
+    assert keystore_rows(store.data_dir) == before
     store.vault.erase("current")
 
 

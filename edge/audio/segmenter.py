@@ -16,7 +16,8 @@ Trigger modes decide which utterances become sessions:
   after speech, at `max_session`, or (no speech within `wake_timeout`) as "no_speech".
 
 The sink receives begin / audio / end calls in stream order. Offsets are seconds
-since the start of the stream.
+since the start of the stream. Audio the VAD heard no speech in is marked silent, so
+the recognizer can leave long silences out; the sink still gets every sample.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ class SegmenterSettings:
     start_frames: int = 3
     """Consecutive speech frames (30 ms each) needed to open an utterance."""
 
+    @property
+    def padding(self) -> float:
+        """Seconds of non-speech the recognizer hears on each side of speech: as much as an
+        utterance keeps before its onset (the pre-roll less the frames that confirm speech)."""
+        return max(FRAME_SECONDS, self.pre_roll - self.start_frames * FRAME_SECONDS)
+
 
 class SessionSink(Protocol):
     def begin(self, offset: float) -> None: ...
-    def audio(self, pcm: bytes) -> None: ...
+    def audio(self, pcm: bytes, silent: bool) -> None:
+        """The session's next audio; `silent` when the VAD heard no speech in it."""
+
     def end(self, offset: float, reason: EndReason) -> None: ...
 
 
@@ -92,11 +101,13 @@ class UtteranceDetector:
         self._silence_run = 0
         self._length = 0
         self.active = False
+        self.speech = False
+        """The VAD's verdict on the latest frame."""
         self.end_reason = EndReason.SILENCE
 
     def push(self, frame: bytes) -> tuple[str, list[bytes]]:
         """Classify one frame; returns (verdict, frames that belong to the utterance now)."""
-        speech = self._vad.is_speech(frame, PIPELINE_RATE)
+        speech = self.speech = self._vad.is_speech(frame, PIPELINE_RATE)
         if not self.active:
             self._pre_roll.append(frame)
             self._speech_run = self._speech_run + 1 if speech else 0
@@ -172,8 +183,8 @@ class Segmenter:
         self.session_start = offset
         self._sink.begin(offset)
 
-    def send(self, pcm: bytes) -> None:
-        self._sink.audio(pcm)
+    def send(self, pcm: bytes, silent: bool = False) -> None:
+        self._sink.audio(pcm, silent)
 
     def close(self, reason: EndReason) -> None:
         self.in_session = False
@@ -209,8 +220,8 @@ class AlwaysTrigger:
         segmenter = self.segmenter
         if verdict == START:
             segmenter.open(segmenter.offset - len(frames) * FRAME_SECONDS)
-        if segmenter.in_session and frames:
-            segmenter.send(b"".join(frames))
+        if segmenter.in_session and frames:  # an onset with its pre-roll, or one frame
+            segmenter.send(b"".join(frames), silent=verdict != START and not segmenter.detector.speech)
         if verdict == END:
             segmenter.close(segmenter.detector.end_reason)
 
@@ -313,7 +324,7 @@ class PushToTalkTrigger(AlwaysTrigger):
         segmenter = self.segmenter
         if not segmenter.in_session:
             return
-        segmenter.send(frame)  # every frame since the push, speech or not
+        segmenter.send(frame, silent=not segmenter.detector.speech)  # every frame since the push, speech or not
         if verdict in (START, CONTINUE):
             self._heard_speech = True
         length = segmenter.offset - segmenter.session_start

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.Error as exc:  # a keystore page read lazily, after the keystore opened
+        print(
+            f"edge-agent: the keystore failed while it was read ({exc}); nothing more was changed. "
+            "Run `edge-agent doctor`; if it says the keystore is damaged, it cannot be opened again.",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `edge-agent status | head -1`: the reader had enough

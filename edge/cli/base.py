@@ -129,7 +129,7 @@ def print_status(store: Keystore) -> None:
         print(f"root key lost: {store.root_lost}; nothing retained before can be opened (the agent records this at its next start)")
     if not data.sessions:
         print("no retained sessions")
-    for entry in sorted(data.sessions.values(), key=lambda s: s.created):
+    for entry in sorted(data.sessions.entries(), key=lambda s: s.created):
         audio = iso_utc(entry.audio_expires) or "not kept"
         text = iso_utc(entry.transcript_expires) or "not kept"
         print(f"session {entry.id}  {entry.profile} ({entry.rule})  audio until {audio}  transcript until {text}  [{entry.state}]")

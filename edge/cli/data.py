@@ -10,16 +10,16 @@ from typing import Any
 from edge import wiring
 from edge.cli.base import Command, config_of, log, print_status
 from edge.config import Config
-from edge.control.protocol import call
 from edge.errors import AgentNotRunning, ControlError, UsageError
 from edge.instants import iso_utc
-from edge.store.export import export_audio, export_identity
 from edge.store.keystore import Access
 from edge.values import Purpose
 
 
 def _agent_state(config: Config) -> dict[str, Any] | None:
     """The running agent's own view, or None when no agent answers."""
+    from edge.control.protocol import call  # only the commands that talk to the agent import the protocol
+
     try:
         return call(config.device.control_socket, "status")
     except AgentNotRunning:
@@ -58,7 +58,7 @@ def _status(args: argparse.Namespace) -> int:
             "state": s.state,
             "seconds": s.seconds,
         }
-        for s in sorted(data.sessions.values(), key=lambda s: s.created)
+        for s in sorted(data.sessions.entries(), key=lambda s: s.created)
     ]
     document = {
         "vault": store.vault.level.to_json(),
@@ -72,6 +72,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from edge.store.export import export_audio, export_identity  # only an export reads audio back
+
     config = config_of(args)
     store, audit = wiring.open_store(config)
     if args.identity_out:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from edge.cli.base import Command, config_of
-from edge.control.protocol import call
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from edge.control.protocol import call  # only the commands that talk to the agent import the protocol
+
     config = config_of(args)
     if args.name:
         config.profile(args.name)  # a clear error before asking the agent
@@ -24,6 +25,8 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from edge.control.protocol import call
+
     config = config_of(args)
     call(config.device.control_socket, "push")
     print("listening: speak now")

@@ -8,16 +8,18 @@ from pathlib import Path
 
 from edge.cli.base import Command, log
 from edge.errors import UsageError
-from edge.stt.catalog import KNOWN_MODELS, known_model
 
 
 def _list(_args: argparse.Namespace) -> int:
+    from edge.stt.catalog import KNOWN_MODELS  # only the model commands read the catalog
+
     for model in KNOWN_MODELS:
         print(f"{model.name:30} {model.language:14} {model.size / 1e6:6.1f} MB  sha256 {model.sha256}")
     return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from edge.stt.catalog import known_model
     from edge.stt.fetch import default_models_dir, fetch_model  # urllib: only when fetching
 
     if args.url:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -201,6 +201,22 @@ def write_atomic_in(root: Path, relative: str, data: bytes) -> None:
         raise StorageError(f"{root / relative}: cannot write: {why(exc)}", path=root / relative) from None
 
 
+def publish_in(root: Path, temp: str, name: str) -> None:
+    """Make a finished temporary file (written by someone else, e.g. SQLite) durable and
+    rename it over `name` in the same folder, then make the rename durable."""
+    try:
+        with folder_fd(root) as folder:
+            fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
+    except OSError as exc:
+        raise StorageError(f"{root / name}: cannot write: {why(exc)}", path=root / name) from None
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """`write_atomic_in` for a file anywhere (e.g. the file vault's key)."""
     write_atomic_in(path.parent, path.name, data)
@@ -219,6 +235,28 @@ def unlink_in(root: Path, relative: str) -> bool:
     except OSError as exc:
         raise StorageError(f"{root / relative}: cannot delete: {why(exc)}", path=root / relative) from None
     return True
+
+
+def unlink_each_in(root: Path, folder: str, names: Iterable[str], each: Callable[[], None] = lambda: None) -> int:
+    """Delete these files of root/folder through one descriptor of the folder (a shred may
+    delete 200,000); calls `each` after every deletion. Returns how many were there."""
+    deleted = 0
+    try:
+        with folder_fd(root, [folder]) as fd:
+            for name in names:
+                if "/" in name or name in (".", ".."):
+                    raise StorageError(f"{root / folder / name}: not a file name edge makes")
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                deleted += 1
+                each()
+    except FileNotFoundError:
+        return deleted
+    except OSError as exc:
+        raise StorageError(f"{root / folder}: cannot delete: {why(exc)}", path=root / folder) from None
+    return deleted
 
 
 def files_in(root: Path, folder: str = "") -> list[str]:

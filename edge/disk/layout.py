@@ -15,7 +15,12 @@ from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 
 LOCK = "lock"
 KEYSTORE = "keystore"
+"""Keystore v1 (one sealed document): only read, to migrate it."""
+KEYSTORE_DB = "keystore.db"
+KEYSTORE_DB_FILES = (KEYSTORE_DB, f"{KEYSTORE_DB}-wal", f"{KEYSTORE_DB}-shm")
+"""Keystore v2 (SQLite, WAL) and the files SQLite keeps beside it."""
 VAULT_MARKER = "vault"
+RESERVE = "reserve"
 CLOCK = "clock"
 AUDIT_LOG = "audit.jsonl"
 AUDIT_KEY = "audit.key"
@@ -27,7 +32,21 @@ RECORDING_SUFFIX = ".wav.age"
 TRANSCRIPT_SUFFIX = ".json.age"
 
 OWN_NAMES = frozenset(
-    {LOCK, KEYSTORE, VAULT_MARKER, CLOCK, AUDIT_LOG, AUDIT_KEY, CONTROL_SOCKET, MODELS, RECORDINGS, TRANSCRIPTS, "lost+found"}
+    {
+        LOCK,
+        KEYSTORE,
+        *KEYSTORE_DB_FILES,
+        RESERVE,
+        VAULT_MARKER,
+        CLOCK,
+        AUDIT_LOG,
+        AUDIT_KEY,
+        CONTROL_SOCKET,
+        MODELS,
+        RECORDINGS,
+        TRANSCRIPTS,
+        "lost+found",
+    }
 )
 """What edge itself may find at the top of its data folder (besides temporary files)."""
 _OWN_PATTERN = re.compile(r"^(\.[^/]+\.\d+(\.[0-9a-f]+)?\.(tmp|partial)|keystore\..+)$")

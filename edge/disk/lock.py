@@ -21,7 +21,7 @@ class DataLock:
 
     _held: dict[Path, tuple[int, int]] = {}  # path -> (fd, depth), owned by _guards[path]
     _guards: dict[Path, threading.RLock] = {}
-    _registry = threading.Lock()
+    _registry = threading.RLock()  # re-entrant: a finalizer run by the collector inside may take it
 
     def __init__(self, data_dir: Path, create: bool = True) -> None:
         if create:

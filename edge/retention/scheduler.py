@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -131,6 +131,7 @@ class RetentionService:
     def _replace_jobs(self) -> None:
         """After a clock step: every bucket job at the wall instant of its trusted expiry."""
         self._measure_clock()
+        buckets: Mapping[str, Bucket]
         try:
             buckets = self.shredder.keystore.read().buckets
         except EdgeError as exc:

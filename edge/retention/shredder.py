@@ -24,21 +24,22 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from edge.config import Config
 from edge.crypto.age import Recipient, rekey_in_place
-from edge.disk import layout
-from edge.disk.files import files_in, open_in, size_in, unlink_in
+from edge.disk import layout, reserve
+from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_in
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
 from edge.policy import policies
 from edge.retention.clock import Reading, TrustedClock
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
-from edge.store.records import KeystoreData, PendingForget, SessionEntry
+from edge.store.records import PendingForget, SessionEntry
+from edge.store.tables import KeystoreData
 from edge.values import DataKind, ShredReason
 
 
@@ -174,36 +175,57 @@ class Shredder:
     def sweep(self) -> ShredReport:
         """Shred every bucket that is due (or whose profile went inactive), finish any
         interrupted forget or re-key, delete orphaned ciphertext."""
+
+        def due_now(data: KeystoreData) -> Callable[[SessionEntry, str], bool]:
+            due = self._due(data, self.clock.read().now)
+            return lambda session, bucket_id: bucket_id in due
+
+        freed = self._make_room(due_now)
         with self.keystore.transaction() as data:
             report = ShredReport(self.clock.persist())
+            report.files_deleted += freed
             self._resume_forgets(data, report)
             now = report.reading.now
-            reasons = {b.id: ShredReason.EXPIRED for b in data.buckets.values() if b.expires <= now}
-            for profile in policies(self.config):
-                seen = data.last_seen.get(profile.name)
-                if seen is not None and now - seen >= profile.inactive_after:
-                    reasons.update(
-                        {b.id: ShredReason.INACTIVE for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons}
-                    )
-            report.files_deleted += self._make_room(data, lambda s, bucket_id: bucket_id in reasons)
+            reasons = self._due(data, now)
             self._destroy(data, reasons, now, report)
-            self._finish_rekeys(data, report)
+            rekeyed = self._rekey_files(data, report)
+            if rekeyed:
+                self.keystore.finish_rekey(data, rekeyed)
             report.files_deleted += self._delete_orphans(data)
             self._log(report)
         return report
+
+    def _due(self, data: KeystoreData, now: datetime) -> dict[str, ShredReason]:
+        """The buckets to shred now: expired, or of a profile not heard for too long."""
+        reasons = {b.id: ShredReason.EXPIRED for b in data.buckets.values() if b.expires <= now}
+        for profile in policies(self.config):
+            seen = data.last_seen.get(profile.name)
+            if seen is not None and now - seen >= profile.inactive_after:
+                reasons.update(
+                    {b.id: ShredReason.INACTIVE for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons}
+                )
+        return reasons
 
     def matching(self, request: ForgetRequest) -> list[SessionEntry]:
         """The sessions a forget would remove now, oldest first (to ask before forgetting:
         read without holding the lock while a person decides)."""
         data = self.keystore.read()
-        return sorted((s for s in data.sessions.values() if request.matches(s)), key=lambda s: s.created)
+        return sorted((s for s in data.sessions.entries() if request.matches(s)), key=lambda s: s.created)
 
     def forget(self, request: ForgetRequest) -> ShredReport:
         """Forget the matching sessions now (ask first: this does not)."""
+        freed = self._make_room(lambda data: lambda s, bucket_id: request.matches(s))
         with self.keystore.transaction() as data:
             report = ShredReport(self.clock.persist())
+            report.files_deleted += freed
             self._resume_forgets(data, report)
-            doomed = {s.id for s in data.sessions.values() if request.matches(s)}
+            doomed: dict[str, SessionEntry] = {}
+            latest: dict[str, datetime] = {}  # per profile, its latest session that stays
+            for entry in data.sessions.entries():
+                if request.matches(entry):
+                    doomed[entry.id] = entry
+                elif entry.created > latest.get(entry.profile, entry.created - timedelta(1)):
+                    latest[entry.profile] = entry.created
             index = data.members_by_bucket()
             if request.everything:
                 whole = set(data.buckets)
@@ -212,10 +234,7 @@ class Shredder:
                 if request.profile is not None:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
-                bucket_id
-                for session_id in doomed
-                for bucket_id in data.sessions.buckets_of(session_id)
-                if bucket_id is not None and bucket_id not in whole
+                bucket_id for entry in doomed.values() for bucket_id in entry.buckets() if bucket_id is not None and bucket_id not in whole
             }
             if doomed or whole:
                 pending = PendingForget(
@@ -225,9 +244,9 @@ class Shredder:
                     buckets={b: tuple(index.get(b, ())) for b in sorted(whole)},
                     rekeyed=tuple(sorted(partial)),
                 )
-                report.files_deleted += self._make_room(data, lambda s, bucket_id: s.id in doomed)
                 for session_id in doomed:
                     del data.sessions[session_id]
+                _forget_when_last_seen(data, {entry.profile for entry in doomed.values()}, latest)
                 for bucket_id in pending.rekeyed:
                     self.keystore.start_rekey(data, bucket_id)
                 data.forgets[pending.request] = pending
@@ -254,10 +273,13 @@ class Shredder:
         )
         report.forgotten.extend(pending.sessions)
         alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
-        rekeying = any(b.retiring_identity is not None for b in data.buckets.values())
-        self._destroy(data, {b: ShredReason.FORGET for b in alive}, report.reading.now, report, alive, ratchet=not rekeying)
-        self._finish_rekeys(data, report)
-        self.audit.append(
+        for bucket_id, members in data.members_of(list(alive)).items():
+            if set(members) - set(pending.sessions):  # joined after the request (a crash delayed it): re-key instead
+                del alive[bucket_id]
+                self.keystore.start_rekey(data, bucket_id)
+        self._destroy(data, {b: ShredReason.FORGET for b in alive}, report.reading.now, report, alive, ratchet=False)
+        rekeyed = self._rekey_files(data, report)
+        self.audit.append(  # write-ahead, like a shred: the commit below makes it true
             "forget.fulfilled",
             request=pending.request,
             sessions=list(pending.sessions),
@@ -265,7 +287,10 @@ class Shredder:
             rekeyed=list(pending.rekeyed),
             checkpoint=True,
         )
+        # The request names sessions and buckets (profiles, expiries): it leaves the keystore
+        # in the same commit as the ratchet, so no copy of it opens with the new root.
         del data.forgets[pending.request]
+        self.keystore.finish_rekey(data, rekeyed)
 
     def _log(self, report: ShredReport) -> None:
         """Audit the rest of what happened (shreds are logged before they happen), then sign
@@ -320,42 +345,35 @@ class Shredder:
         `members`: who was in each bucket, when the sessions are already gone (a forget)."""
         if not reasons:
             return
-        members = members if members is not None else data.members_by_bucket()
+        members = members if members is not None else data.members_of(reasons)
         items = [
             ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(members.get(b.id, ())), reason, now - b.expires)
             for b, reason in ((data.buckets[i], r) for i, r in sorted(reasons.items()))
         ]
         self._log_shreds(items, report.reading)
         report.buckets.extend(items)
-        for session_id, audio, transcript in data.sessions.bucket_pairs():  # one pass, nothing decoded
-            kept_audio = None if audio in reasons else audio
-            kept_transcript = None if transcript in reasons else transcript
-            if kept_audio is None and kept_transcript is None:
-                del data.sessions[session_id]  # nothing of it is left (or it never kept anything)
-            elif (kept_audio, kept_transcript) != (audio, transcript):
-                entry = data.sessions[session_id]
-                data.sessions[session_id] = replace(
-                    entry,
-                    audio_bucket=kept_audio,
-                    audio_expires=entry.audio_expires if kept_audio else None,
-                    transcript_bucket=kept_transcript,
-                    transcript_expires=entry.transcript_expires if kept_transcript else None,
-                )
+        heard = {b.profile for b in data.buckets.values() if b.id not in reasons}
+        for profile in [p for p in data.last_seen if p not in heard]:  # nothing of it is left: gone in the ratchet's commit
+            del data.last_seen[profile]
         if ratchet:
             self.keystore.destroy_buckets(data, sorted(reasons))
             crash_point("shred.keys")
         else:
-            for bucket_id in reasons:
-                data.buckets.pop(bucket_id)  # the re-key that follows ratchets once for both
+            data.drop_buckets(sorted(reasons))  # the ratchet that follows is for both
 
-    def _make_room(self, data: KeystoreData, doomed: Callable[[SessionEntry, str], bool]) -> int:
-        """On a (nearly) full disk, delete the doomed ciphertext first: re-sealing the keystore
-        and logging need space, and that data is going anyway (this only errs toward deletion)."""
+    def _make_room(self, doomed_in: Callable[[KeystoreData], Callable[[SessionEntry, str], bool]]) -> int:
+        """On a (nearly) full disk, delete the doomed ciphertext before anything is written:
+        opening the keystore for writing (its WAL), re-sealing and logging need space, and that
+        data is going anyway (this only errs toward deletion). It reads a copy of the keystore
+        in memory, which needs no room on disk."""
         root = self.keystore.data_dir
-        if shutil.disk_usage(root).free >= ROOM_NEEDED + 2 * size_in(root, layout.KEYSTORE):
+        if shutil.disk_usage(root).free >= ROOM_NEEDED + 2 * sum(size_in(root, name) for name in layout.KEYSTORE_DB_FILES):
             return 0
+        data = self.keystore.peek()
+        doomed = doomed_in(data)
+        reserve.release(root)  # the keystore's commit needs room too
         deleted = 0
-        for session in data.sessions.values():
+        for session in data.sessions.entries():
             for bucket_id, name in (
                 (session.audio_bucket, layout.recording(session.id)),
                 (session.transcript_bucket, layout.transcript(session.id)),
@@ -364,11 +382,13 @@ class Shredder:
                     deleted += 1
         return deleted
 
-    def _finish_rekeys(self, data: KeystoreData, report: ShredReport) -> None:
+    def _rekey_files(self, data: KeystoreData, report: ShredReport) -> list[str]:
+        """Re-encrypt the files of buckets being re-keyed to their new identity; returns those
+        buckets (the caller drops their retiring identities with a ratchet)."""
         rekeying = [b for b in data.buckets.values() if b.retiring_identity is not None]
         if not rekeying:
-            return
-        members = data.members_by_bucket()
+            return []
+        members = data.members_of(b.id for b in rekeying)
         for bucket in rekeying:
             identities = self.keystore.identities(bucket)
             recipient = Recipient.parse(bucket.recipient)
@@ -382,32 +402,28 @@ class Shredder:
                 except AgeError:
                     continue  # a damaged file: it opens with nothing either way
             report.rekeyed.append(bucket.id)
-        self.keystore.finish_rekey(data, [b.id for b in rekeying])
+        return [b.id for b in rekeying]
 
     def _delete_orphans(self, data: KeystoreData) -> int:
         """Delete ciphertext that no live session refers to (what a shred leaves, or a crash).
         Only files edge names (ID.wav.age, ID.json.age, their temporary copies) are touched:
         a folder or anything else someone put there is left alone."""
         root = self.keystore.data_dir
-        live: dict[str, set[str]] = {layout.RECORDINGS: set(), layout.TRANSCRIPTS: set()}
-        for session_id, audio, transcript in data.sessions.bucket_pairs():
-            if audio:
-                live[layout.RECORDINGS].add(session_id)
-            if transcript:
-                live[layout.TRANSCRIPTS].add(session_id)
+        live = {layout.RECORDINGS: data.sessions.kept("audio"), layout.TRANSCRIPTS: data.sessions.kept("transcript")}
         deleted = 0
         for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX)):
-            for name in files_in(root, folder):
-                owner = layout.session_of(name, suffix)
-                if owner is not None:
-                    if owner in live[folder]:
-                        continue
-                elif _temp_session(name, suffix) is None:
-                    continue  # not a name edge makes
-                if unlink_in(root, f"{folder}/{name}"):
-                    deleted += 1
-                    crash_point("shred.files")
+            orphans = [name for name in files_in(root, folder) if _orphan(name, suffix, live[folder])]
+            deleted += unlink_each_in(root, folder, orphans, lambda: crash_point("shred.files"))
         return deleted
+
+
+def _orphan(name: str, suffix: str, live: set[str]) -> bool:
+    """Whether a file is edge's (a session's ciphertext or its temporary copy) and no live
+    session refers to it."""
+    owner = layout.session_of(name, suffix)
+    if owner is not None:
+        return owner not in live
+    return _temp_session(name, suffix) is not None
 
 
 def _temp_session(name: str, suffix: str) -> str | None:
@@ -415,3 +431,13 @@ def _temp_session(name: str, suffix: str) -> str | None:
     if name.startswith(".") and name.endswith(".tmp"):
         return layout.session_of(name[1:].rsplit(".", 2)[0], suffix)
     return None
+
+
+def _forget_when_last_seen(data: KeystoreData, profiles: set[str], latest: dict[str, datetime]) -> None:
+    """A forgotten session's start must not outlive it as a profile's "last heard": it falls
+    back to the latest session that stays (or goes, if none does)."""
+    for profile in profiles:
+        if profile in latest and profile in data.last_seen:
+            data.last_seen[profile] = min(data.last_seen[profile], latest[profile])
+        else:
+            data.last_seen.pop(profile, None)

@@ -21,7 +21,8 @@ from edge.errors import AgeError, PolicyError, UsageError
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
-from edge.store.records import KeystoreData, SessionEntry
+from edge.store.records import SessionEntry
+from edge.store.tables import KeystoreData
 from edge.values import Purpose
 
 
@@ -107,7 +108,7 @@ def export_identity(keystore: Keystore, audit: AuditSink, session_id: str, out: 
             raise
         bucket = data.buckets[entry.audio_bucket]  # type: ignore[index]
         identity = keystore.identity(bucket)
-        members = len(data.members_by_bucket().get(bucket.id, ()))
+        members = len(data.members_of([bucket.id]).get(bucket.id, ()))
         audit.append("identity.exported", session=session_id, bucket=bucket.id, sessions=members)
         text = (
             f"# edge bucket {bucket.id}: opens every recording in it until {bucket.expires.isoformat()}\n"

@@ -28,7 +28,8 @@ from edge.policy import Tag
 from edge.sink import AuditSink
 from edge.store.buckets import bucket_id, expiry_for
 from edge.store.keystore import Keystore
-from edge.store.records import Bucket, KeystoreData, SessionEntry
+from edge.store.records import Bucket, SessionEntry
+from edge.store.tables import KeystoreData
 from edge.transcript import Transcript
 from edge.values import DataKind
 

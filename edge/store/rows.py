@@ -1,0 +1,162 @@
+"""How keystore v2 seals each database row (docs/FORMATS.md §3).
+
+Every row that says anything about a recording is ciphertext:
+- a bucket row (its profile, kind, expiry, public key and private identity) is sealed
+  under a key derived from the root, so the ratchet that replaces the root after a shred
+  makes every older copy of every bucket row unreadable; re-sealing costs O(live buckets);
+- a session row (profile, times, buckets) is sealed under a key derived from the identity
+  of one of its own buckets, the one that dies last (the "sealer"), so destroying that
+  identity makes the row unreadable wherever a copy of it lies (WAL, free pages, backups);
+- the state row (when each profile was last heard, pending forgets) is sealed under the root.
+
+One opaque error (InvalidTag) for every row that does not open, as in pyca's fernet.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import fields
+from datetime import datetime
+from hashlib import sha256
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edge.instants import iso_utc
+from edge.store.records import Bucket, PendingForget, SessionEntry
+from edge.values import DataKind, TagRule
+
+NONCE = 12
+LOOKUP_BYTES = 16
+
+
+def derive(secret: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=purpose).derive(secret)
+
+
+def seal(key: ChaCha20Poly1305, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(NONCE)
+    return nonce + key.encrypt(nonce, plaintext, context)
+
+
+def unseal(key: ChaCha20Poly1305, sealed: bytes, context: bytes) -> bytes:
+    """The plaintext, or InvalidTag for anything that is not a row sealed here with this key."""
+    if len(sealed) < NONCE + 16:
+        raise InvalidTag()
+    return key.decrypt(sealed[:NONCE], sealed[NONCE:], context)
+
+
+class RootKeys:
+    """The keys one root yields: bucket rows, the state row, and bucket lookup tags."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self._buckets = ChaCha20Poly1305(derive(root, b"edge/v2 bucket row"))
+        self._state = ChaCha20Poly1305(derive(root, b"edge/v2 state row"))
+        self._lookup = derive(root, b"edge/v2 bucket lookup")
+
+    def lookup(self, bucket_id: str) -> bytes:
+        """The bucket's index key: finds a bucket by id without storing the id (it names a
+        profile and an expiry) in the clear."""
+        return hmac.new(self._lookup, bucket_id.encode(), sha256).digest()[:LOOKUP_BYTES]
+
+    def seal_bucket(self, handle: int, bucket: Bucket) -> bytes:
+        return seal(self._buckets, _json(bucket_document(bucket)), b"edge/v2 bucket %d" % handle)
+
+    def open_bucket(self, handle: int, sealed: bytes) -> Bucket:
+        return bucket_from(json.loads(unseal(self._buckets, sealed, b"edge/v2 bucket %d" % handle)))
+
+    def seal_state(self, plaintext: bytes) -> bytes:
+        return seal(self._state, plaintext, b"edge/v2 state")
+
+    def open_state(self, sealed: bytes) -> bytes:
+        return unseal(self._state, sealed, b"edge/v2 state")
+
+
+def session_key(identity_secret: bytes) -> ChaCha20Poly1305:
+    """The key of the session rows a bucket seals: it lives and dies with the bucket's identity."""
+    return ChaCha20Poly1305(derive(identity_secret, b"edge/v2 session row"))
+
+
+def session_context(session_id: str, sealer: int) -> bytes:
+    return f"edge/v2 session {session_id} {sealer}".encode()
+
+
+# -- JSON of the records ------------------------------------------------------------------
+
+
+def bucket_document(bucket: Bucket) -> dict[str, Any]:
+    return {
+        "id": bucket.id,
+        "profile": bucket.profile,
+        "kind": str(bucket.kind),
+        "expires": iso_utc(bucket.expires),
+        "recipient": bucket.recipient,
+        "secret": bucket.secret.hex(),
+        "retiring": bucket.retiring_identity.hex() if bucket.retiring_identity is not None else None,
+    }
+
+
+def bucket_from(document: dict[str, Any]) -> Bucket:
+    retiring = document["retiring"]
+    return Bucket(
+        id=document["id"],
+        profile=document["profile"],
+        kind=DataKind(document["kind"]),
+        expires=datetime.fromisoformat(document["expires"]),
+        recipient=document["recipient"],
+        secret=bytes.fromhex(document["secret"]),
+        retiring_identity=bytes.fromhex(retiring) if retiring is not None else None,
+    )
+
+
+_SESSION_FIELDS = tuple(f.name for f in fields(SessionEntry) if f.name != "id")
+_TIMES = ("created", "audio_expires", "transcript_expires")
+
+
+def session_document(entry: SessionEntry) -> bytes:
+    document = {name: getattr(entry, name) for name in _SESSION_FIELDS}
+    for name in _TIMES:
+        document[name] = iso_utc(document[name])
+    document["rule"] = str(entry.rule)
+    return _json(document)
+
+
+def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript_live: bool) -> SessionEntry:
+    """A session row's record; a bucket already shredded is no longer the session's (the
+    row's clear columns say which are live, so a shred never has to re-seal a row)."""
+    document = json.loads(plaintext)
+    for name in _TIMES:
+        if document[name] is not None:
+            document[name] = datetime.fromisoformat(document[name])
+    document["rule"] = TagRule(document["rule"])
+    if not audio_live:
+        document["audio_bucket"] = document["audio_expires"] = None
+    if not transcript_live:
+        document["transcript_bucket"] = document["transcript_expires"] = None
+    return SessionEntry(id=session_id, **document)
+
+
+def state_document(last_seen: dict[str, datetime], forgets: dict[str, PendingForget]) -> bytes:
+    return _json(
+        {
+            "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
+            "forgets": [pending.to_json() for _, pending in sorted(forgets.items())],
+        }
+    )
+
+
+def state_from(plaintext: bytes) -> tuple[dict[str, datetime], dict[str, PendingForget]]:
+    document = json.loads(plaintext)
+    last_seen = {str(name): datetime.fromisoformat(instant) for name, instant in document["last_seen"].items()}
+    forgets = [PendingForget.from_json(f) for f in document["forgets"]]
+    return last_seen, {f.request: f for f in forgets}
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,379 @@
+"""Keystore v2's data as the code sees it: sessions and buckets by id, read from the database
+on demand and written back at commit, only what changed.
+
+A session commit therefore costs the rows it touches, not the number of sessions kept.
+Rows are sealed as edge.store.rows says; the clear columns hold only random handles and
+which of a session's buckets are still alive, so a shred deletes and nulls rows in SQL
+without opening any of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, MutableMapping
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from edge.errors import KeystoreError
+from edge.store.records import Bucket, PendingForget, SessionEntry
+from edge.store.rows import RootKeys, seal, session_context, session_document, session_from, session_key, state_document, state_from, unseal
+
+CHUNK = 500
+"""Handles per SQL statement (SQLite allows 32766 parameters; small chunks keep statements cheap)."""
+
+
+class KeystoreData:
+    """One transaction's (or one read's) view of the keystore."""
+
+    def __init__(self, connection: sqlite3.Connection, keys: RootKeys, state: bytes) -> None:
+        self._connection: sqlite3.Connection | None = connection
+        self.keys = keys
+        self._state = state
+        """The state row's plaintext as read (written back only when it changed)."""
+        self._state_dirty = False
+        self.last_seen: dict[str, datetime]
+        """Per profile: when its latest retained session began (for inactive profiles)."""
+        self.forgets: dict[str, PendingForget]
+        """Forget requests not yet fulfilled (only between a crash and the next command)."""
+        self.last_seen, self.forgets = state_from(state)
+        self.buckets = BucketTable(self)
+        self.sessions = SessionTable(self)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise KeystoreError("keystore data used after its transaction ended (a bug in edge)")
+        return self._connection
+
+    def close(self) -> None:
+        self._connection = None
+
+    # -- writing back ---------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every change into the open SQL transaction (the caller commits)."""
+        self.buckets.flush()
+        self.sessions.flush()
+        state = state_document(self.last_seen, self.forgets)
+        if state != self._state or self._state_dirty:
+            self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
+            self._state, self._state_dirty = state, False
+
+    def rekey_root(self, keys: RootKeys) -> None:
+        """Re-seal every bucket row and the state under a new root (the ratchet): O(live buckets)."""
+        self.flush()
+        self.buckets.reseal(keys)
+        self.keys = keys
+        self._state_dirty = True
+        self.flush()
+
+    # -- whole-bucket operations ----------------------------------------------------
+
+    def drop_buckets(self, bucket_ids: Iterable[str]) -> None:
+        """Remove buckets, and with them every session whose row they seal (nothing of it is left);
+        other sessions just lose the reference. No row is opened or re-sealed."""
+        bucket_ids = list(bucket_ids)
+        self.flush()
+        handles = [h for h in (self.buckets.handle_of(b) for b in bucket_ids) if h is not None]
+        for start in range(0, len(handles), CHUNK):
+            chunk = handles[start : start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({marks})", chunk)
+            self.db.execute(f"UPDATE sessions SET audio = NULL WHERE audio IN ({marks})", chunk)
+            self.db.execute(f"UPDATE sessions SET transcript = NULL WHERE transcript IN ({marks})", chunk)
+        self.sessions.forget_cache()
+        for bucket_id in bucket_ids:
+            self.buckets.pop(bucket_id, None)
+        self.buckets.flush()
+
+    def members_of(self, bucket_ids: Iterable[str]) -> dict[str, list[str]]:
+        """For each of these buckets, the sessions whose data is in it."""
+        self.flush()
+        found: dict[str, list[str]] = {}
+        for bucket_id in bucket_ids:
+            handle = self.buckets.handle_of(bucket_id)
+            if handle is None:
+                continue
+            rows = self.db.execute(
+                "SELECT id FROM sessions WHERE audio = ?1 UNION ALL SELECT id FROM sessions WHERE transcript = ?1", (handle,)
+            )
+            found[bucket_id] = [session_id for (session_id,) in rows]
+        return found
+
+    def members_by_bucket(self) -> dict[str, list[str]]:
+        """For each bucket with data, the ids of the sessions whose data is in it (one pass)."""
+        index: dict[str, list[str]] = {}
+        for session_id, audio, transcript in self.sessions.bucket_pairs():
+            if audio is not None:
+                index.setdefault(audio, []).append(session_id)
+            if transcript is not None:
+                index.setdefault(transcript, []).append(session_id)
+        return index
+
+
+class BucketTable(MutableMapping[str, Bucket]):
+    """Buckets by id. One is found by its lookup tag (a keyed hash of the id) without opening
+    any other; iterating opens them all (O(live buckets): the sweep, the ratchet, status)."""
+
+    def __init__(self, owner: KeystoreData) -> None:
+        self._owner = owner
+        self._known: dict[str, Bucket] = {}
+        self._handles: dict[str, int] = {}
+        self._ids: dict[int, str] = {}
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()
+        self._complete = False
+
+    def _remember(self, handle: int, sealed: bytes) -> Bucket:
+        try:
+            bucket = self._owner.keys.open_bucket(handle, sealed)
+        except (InvalidTag, KeyError, TypeError, ValueError):
+            raise KeystoreError(f"bucket row {handle}: it does not open with the root key (keystore damaged)") from None
+        if bucket.id not in self._known and bucket.id not in self._gone:
+            self._known[bucket.id] = bucket
+        self._handles[bucket.id], self._ids[handle] = handle, bucket.id
+        return bucket
+
+    def _load_all(self) -> None:
+        if not self._complete:
+            for handle, sealed in self._owner.db.execute("SELECT handle, sealed FROM buckets"):
+                if handle not in self._ids:
+                    self._remember(handle, sealed)
+            self._complete = True
+
+    def __getitem__(self, bucket_id: str) -> Bucket:
+        if bucket_id in self._gone:
+            raise KeyError(bucket_id)
+        found = self._known.get(bucket_id)
+        if found is not None or self._complete:
+            if found is None:
+                raise KeyError(bucket_id)
+            return found
+        row = self._owner.db.execute(
+            "SELECT handle, sealed FROM buckets WHERE lookup = ?", (self._owner.keys.lookup(bucket_id),)
+        ).fetchone()
+        if row is None:
+            raise KeyError(bucket_id)
+        bucket = self._remember(*row)
+        if bucket.id != bucket_id:
+            raise KeystoreError(f"bucket row {row[0]}: its lookup tag names another bucket (keystore damaged)")
+        return bucket
+
+    def __setitem__(self, bucket_id: str, bucket: Bucket) -> None:
+        self._known[bucket_id] = bucket
+        self._dirty.add(bucket_id)
+        self._gone.discard(bucket_id)
+
+    def __delitem__(self, bucket_id: str) -> None:
+        self[bucket_id]  # KeyError if there is none
+        del self._known[bucket_id]
+        self._dirty.discard(bucket_id)
+        self._gone.add(bucket_id)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_all()
+        return iter(list(self._known))
+
+    def __len__(self) -> int:
+        self._load_all()
+        return len(self._known)
+
+    def __contains__(self, bucket_id: object) -> bool:
+        return isinstance(bucket_id, str) and self.get(bucket_id) is not None
+
+    def by_handle(self, handle: int) -> Bucket | None:
+        bucket_id = self._ids.get(handle)
+        if bucket_id is None:
+            row = self._owner.db.execute("SELECT handle, sealed FROM buckets WHERE handle = ?", (handle,)).fetchone()
+            if row is None:
+                return None
+            bucket_id = self._remember(*row).id
+        return self._known.get(bucket_id)
+
+    def handle_of(self, bucket_id: str) -> int | None:
+        """The bucket's row handle once it is in the database (after a flush), else None."""
+        if bucket_id in self._gone or self.get(bucket_id) is None:
+            return None
+        return self._handles.get(bucket_id)
+
+    def id_of(self, handle: int | None) -> str | None:
+        if handle is None:
+            return None
+        if handle not in self._ids:
+            self._load_all()
+        return self._ids.get(handle)
+
+    def flush(self) -> None:
+        db, keys = self._owner.db, self._owner.keys
+        for bucket_id in sorted(self._gone):
+            handle = self._handles.pop(bucket_id, None)
+            if handle is not None:
+                db.execute("DELETE FROM buckets WHERE handle = ?", (handle,))
+                del self._ids[handle]
+        self._gone.clear()
+        for bucket_id in sorted(self._dirty):
+            bucket = self._known[bucket_id]
+            handle = self._handles.get(bucket_id)
+            if handle is None:  # the row's handle is bound into its seal, so it is made first
+                cursor = db.execute("INSERT INTO buckets (lookup, sealed) VALUES (?, x'')", (keys.lookup(bucket_id),))
+                handle = cursor.lastrowid
+                assert handle is not None
+                self._handles[bucket_id], self._ids[handle] = handle, bucket_id
+            db.execute("UPDATE buckets SET sealed = ? WHERE handle = ?", (keys.seal_bucket(handle, bucket), handle))
+        self._dirty.clear()
+
+    def reseal(self, keys: RootKeys) -> None:
+        self._load_all()
+        self.flush()
+        for bucket_id, bucket in self._known.items():
+            handle = self._handles[bucket_id]
+            self._owner.db.execute(
+                "UPDATE buckets SET lookup = ?, sealed = ? WHERE handle = ?",
+                (keys.lookup(bucket_id), keys.seal_bucket(handle, bucket), handle),
+            )
+
+
+class SessionTable(MutableMapping[str, SessionEntry]):
+    """Sessions by id; each row is opened when first asked for."""
+
+    def __init__(self, owner: KeystoreData) -> None:
+        self._owner = owner
+        self._known: dict[str, SessionEntry] = {}
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()
+        self._keys: dict[bytes, ChaCha20Poly1305] = {}
+        """Row keys by identity secret (a handful of buckets seal thousands of rows)."""
+
+    def forget_cache(self) -> None:
+        """After SQL changed rows directly (a shred): read them again when asked."""
+        self.flush()
+        self._known.clear()
+
+    def _open(self, session_id: str, sealer: int, audio: int | None, transcript: int | None, sealed: bytes) -> SessionEntry:
+        bucket = self._owner.buckets.by_handle(sealer)
+        if bucket is None:
+            raise KeystoreError(f"session {session_id}: the bucket that seals it is missing (keystore damaged)", session=session_id)
+        for secret in (bucket.secret, bucket.retiring_identity):  # the retiring one only mid-re-key
+            if secret is None:
+                continue
+            try:
+                plaintext = unseal(self._key(secret), sealed, session_context(session_id, sealer))
+            except InvalidTag:
+                continue
+            try:
+                return session_from(session_id, plaintext, audio is not None, transcript is not None)
+            except (KeyError, TypeError, ValueError):
+                break
+        raise KeystoreError(f"session {session_id}: its row does not open (keystore damaged)", session=session_id)
+
+    def _key(self, secret: bytes) -> ChaCha20Poly1305:
+        key = self._keys.get(secret)
+        if key is None:
+            key = self._keys[secret] = session_key(secret)
+        return key
+
+    def __getitem__(self, session_id: str) -> SessionEntry:
+        if session_id in self._gone:
+            raise KeyError(session_id)
+        found = self._known.get(session_id)
+        if found is None:
+            row = self._owner.db.execute("SELECT sealer, audio, transcript, sealed FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise KeyError(session_id)
+            found = self._known[session_id] = self._open(session_id, *row)
+        return found
+
+    def __setitem__(self, session_id: str, entry: SessionEntry) -> None:
+        self._known[session_id] = entry
+        self._dirty.add(session_id)
+        self._gone.discard(session_id)
+
+    def __delitem__(self, session_id: str) -> None:
+        self[session_id]  # KeyError if there is none
+        del self._known[session_id]
+        self._dirty.discard(session_id)
+        self._gone.add(session_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        if not isinstance(session_id, str) or session_id in self._gone:
+            return False
+        if session_id in self._known:
+            return True
+        return self._owner.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+
+    def __iter__(self) -> Iterator[str]:
+        self._owner.flush()
+        return iter([session_id for (session_id,) in self._owner.db.execute("SELECT id FROM sessions")])
+
+    def __len__(self) -> int:
+        self._owner.flush()
+        count: int = self._owner.db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        return count
+
+    def entries(self) -> Iterator[SessionEntry]:
+        """Every session, opened one by one (not kept in memory: 100,000 may be retained)."""
+        self._owner.flush()
+        for session_id, *row in self._owner.db.execute("SELECT id, sealer, audio, transcript, sealed FROM sessions"):  # a cursor: streamed
+            yield self._known.get(session_id) or self._open(session_id, *row)
+
+    def bucket_pairs(self) -> list[tuple[str, str | None, str | None]]:
+        """(id, audio bucket, transcript bucket) of every session, without opening any."""
+        self._owner.flush()
+        id_of = self._owner.buckets.id_of
+        rows = self._owner.db.execute("SELECT id, audio, transcript FROM sessions").fetchall()
+        return [(session_id, id_of(audio), id_of(transcript)) for session_id, audio, transcript in rows]
+
+    def kept(self, column: str) -> set[str]:
+        """Ids of the sessions whose audio (column "audio") or transcript is still kept."""
+        if column not in ("audio", "transcript"):
+            raise ValueError(column)
+        self._owner.flush()
+        return {session_id for (session_id,) in self._owner.db.execute(f"SELECT id FROM sessions WHERE {column} IS NOT NULL")}
+
+    def reseal_members(self, bucket_id: str) -> None:
+        """Open every session this bucket seals, so the next flush seals it again under the
+        bucket's identity as it is then (a re-key)."""
+        self._owner.flush()
+        handle = self._owner.buckets.handle_of(bucket_id)
+        if handle is None:
+            return
+        rows = self._owner.db.execute("SELECT id FROM sessions WHERE sealer = ?", (handle,)).fetchall()
+        for (session_id,) in rows:
+            self[session_id] = self[session_id]
+
+    def flush(self) -> None:
+        db, buckets = self._owner.db, self._owner.buckets
+        buckets.flush()  # a new session's buckets need their handles
+        for session_id in sorted(self._gone):
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self._gone.clear()
+        for session_id in sorted(self._dirty):
+            entry = self._known[session_id]
+            audio = buckets.handle_of(entry.audio_bucket) if entry.audio_bucket else None
+            transcript = buckets.handle_of(entry.transcript_bucket) if entry.transcript_bucket else None
+            sealer_id = _sealer(entry, audio, transcript)
+            if sealer_id is None:  # nothing of it is kept
+                db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+                continue
+            sealer = buckets.handle_of(sealer_id)
+            bucket = buckets[sealer_id]
+            assert sealer is not None
+            sealed = seal(self._key(bucket.secret), session_document(entry), session_context(session_id, sealer))
+            db.execute(
+                "INSERT OR REPLACE INTO sessions (id, sealer, audio, transcript, sealed) VALUES (?, ?, ?, ?, ?)",
+                (session_id, sealer, audio, transcript, sealed),
+            )
+        self._dirty.clear()
+
+
+def _sealer(entry: SessionEntry, audio: int | None, transcript: int | None) -> str | None:
+    """The bucket whose identity seals the session's row: the one that dies last (a shred of
+    the other leaves the row readable), the transcript's on a tie."""
+    if audio is None:
+        return entry.transcript_bucket if transcript is not None else None
+    if transcript is None:
+        return entry.audio_bucket
+    assert entry.audio_expires is not None and entry.transcript_expires is not None
+    return entry.audio_bucket if entry.audio_expires > entry.transcript_expires else entry.transcript_bucket
