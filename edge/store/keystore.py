@@ -239,7 +239,9 @@ class Keystore:
             self._check(connection)
             if copy and connection.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":  # in memory: quick
                 raise database.unreadable(self.path, ValueError("its pages do not check out"))
-            return self._with_root(connection, current, staged, write=False)
+            data = self._with_root(connection, current, staged, write=False)
+            data.held_by = self  # the keystore (which closes this connection when it goes) lives as long
+            return data
         except sqlite3.Error as exc:
             raise database.failed(self.path, exc) from None
 

@@ -33,6 +33,8 @@ class KeystoreData:
         self._state = state
         """The state row's plaintext as read (written back only when it changed)."""
         self._state_dirty = False
+        self.held_by: object = None
+        """What must live as long as this data (a snapshot's keystore, which owns its connection)."""
         self.last_seen: dict[str, datetime]
         """Per profile: when its latest retained session began (for inactive profiles)."""
         self.forgets: dict[str, PendingForget]
