@@ -14,11 +14,12 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlparse
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
 from edge.durations import format_duration, parse_duration
 from edge.errors import ConfigError
-from edge.values import KeyringKind, ProfileKind, TriggerMode, VaultBackend
+from edge.values import KeyringKind, ListenerTransport, ProfileKind, TriggerMode, VaultBackend
 
 Choice = TypeVar("Choice", bound=StrEnum)
 
@@ -113,6 +114,21 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class ListenerSettings:
+    """One Wyoming speech-to-text listener ([[wyoming]] in the config, or `serve --uri`)."""
+
+    uri: str
+    """As written: unix:///ABSOLUTE/PATH.sock or stdio://."""
+    transport: ListenerTransport
+    socket: Path | None
+    """The Unix socket's path; None for stdio."""
+    profile: str | None
+    """Who speaks through this listener; None = the active profile, else the strictest."""
+    name: str
+    """The speech-to-text service's name as Home Assistant shows it."""
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     device: DeviceSettings
@@ -121,6 +137,8 @@ class Config:
     household: HouseholdSettings
     retention: RetentionSettings
     profiles: tuple[Profile, ...]
+    listeners: tuple[ListenerSettings, ...] = ()
+    """Wyoming listeners served by `serve` and `run --mic`."""
 
     def profile(self, name: str) -> Profile:
         for profile in self.profiles:
@@ -170,6 +188,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     household_table = root.table("household")
     retention = _parse_retention(root.table("retention"))
     profiles_table = root.table("profiles")
+    listener_tables = root.tables("wyoming")
     root.finish()
 
     profiles = tuple(_parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys()))
@@ -188,6 +207,8 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     household_table.finish()
     for profile in profiles:
         _check_child_caps(profile, household, path)
+    listeners = tuple(_parse_listener(table, names) for table in listener_tables)
+    check_listeners(listeners, device, f"{path}: [[wyoming]]")
     return Config(
         path=path,
         device=device,
@@ -196,7 +217,65 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         household=household,
         retention=retention,
         profiles=profiles,
+        listeners=listeners,
     )
+
+
+TCP_REFUSED = (
+    "edge opens no network socket (its service runs with PrivateNetwork=yes): serve a unix:// socket and let "
+    "systemd-socket-proxyd bridge TCP to it; `sudo scripts/install.sh --wyoming PORT[:PROFILE]` sets that up "
+    "(README: Use with Home Assistant)"
+)
+LISTENER_URIS = 'unix:///ABSOLUTE/PATH.sock or "stdio://"'
+
+
+def listener_socket(uri: str, where: str, setting: str | None = None) -> tuple[ListenerTransport, Path | None]:
+    """The transport and socket path a listener URI names; tcp:// and anything else refused.
+    `where` starts each message (a config key with its file, or an option)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "tcp":
+        raise ConfigError(f"{where} = {uri!r} is not allowed: {TCP_REFUSED}", setting=setting)
+    if parsed.scheme == "stdio" and uri.rstrip("/") == "stdio:":
+        return ListenerTransport.STDIO, None
+    if parsed.scheme == "unix" and not parsed.netloc and parsed.path.startswith("/") and not parsed.query and not parsed.fragment:
+        socket = Path(parsed.path)
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+            raise ConfigError(f"{where} = {uri!r} is not allowed; use a socket path of at most {MAX_SOCKET_PATH} bytes", setting=setting)
+        return ListenerTransport.UNIX, socket
+    raise ConfigError(f"{where} = {uri!r} is not allowed; use {LISTENER_URIS}", setting=setting)
+
+
+def make_listener(uri: str, profile: str | None, name: str | None, where: str, setting: str | None = None) -> ListenerSettings:
+    transport, socket = listener_socket(uri, where, setting)
+    default_name = f"edge ({profile})" if profile else "edge"
+    return ListenerSettings(uri=uri, transport=transport, socket=socket, profile=profile, name=name or default_name)
+
+
+def check_listeners(listeners: tuple[ListenerSettings, ...], device: DeviceSettings, where: str) -> None:
+    """At most one stdio listener, no socket twice, none on the control socket."""
+    if sum(1 for listener in listeners if listener.transport == ListenerTransport.STDIO) > 1:
+        raise ConfigError(f'{where}: "stdio://" is named more than once; a process has one stdin and one stdout')
+    sockets = [listener.socket for listener in listeners if listener.socket is not None]
+    for socket in sockets:
+        if sockets.count(socket) > 1:
+            raise ConfigError(f"{where}: the socket {str(socket)!r} is named more than once; give each listener its own")
+        if socket == device.control_socket:
+            raise ConfigError(
+                f"{where}: the socket {str(socket)!r} is the control socket ([device] control_socket); a Wyoming client "
+                "must never reach the control socket (it can forget data): choose another path"
+            )
+
+
+def _parse_listener(table: _Table, profile_names: list[str]) -> ListenerSettings:
+    uri = table.get("uri", str, REQUIRED)
+    profile = table.get("profile", str, None)
+    if profile is not None and profile not in profile_names:
+        table.fail("profile", profile, f"one of the profiles: {', '.join(profile_names)}")
+    name = table.get("name", str, "").strip()
+    if len(name) > 64:
+        table.fail("name", name, "a name of at most 64 characters")
+    table.finish()
+    return make_listener(uri, profile, name, f"{table.file}: {table.key_path('uri')}", table.key_path("uri"))
 
 
 def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path) -> None:
@@ -387,6 +466,14 @@ class _Table:
     def table(self, key: str) -> _Table:
         value = self.get(key, dict, {})
         return _Table(value, self.file, self.key_path(key))
+
+    def tables(self, key: str) -> list[_Table]:
+        """An array of tables ([[key]] in TOML)."""
+        items = self.get(key, list, [])
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                self.fail(f"{key}[{index}]", item, f"a table ([[{self.key_path(key)}]] in TOML)")
+        return [_Table(item, self.file, f"{self.key_path(key)}[{index}]") for index, item in enumerate(items)]
 
     def finish(self) -> None:
         unknown = sorted(set(self._data) - self._seen)

@@ -89,3 +89,12 @@ class ControlError(EdgeError):
 
 class AgentNotRunning(ControlError):
     """Nothing listens on the control socket."""
+
+
+class WyomingError(EdgeError):
+    """A Wyoming client sent what edge refuses; `code` is what the `error` event carries."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+        """Machine-readable: "bad-frame", "too-large", "bad-audio-format", "protocol", "busy", ..."""

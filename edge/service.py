@@ -1,9 +1,9 @@
 """The long-running agent: catch up on retention, then listen until done or stopped.
 
 Order matters and is the promise: the process is hardened, the vault and keystore
-open, and everything already due is shredded before the microphone opens; the
-control socket (microphone runs only) lets the household change the active profile,
-push to talk, and forget or purge while it runs.
+open, and everything already due is shredded before the microphone or a Wyoming
+listener opens; the control socket (long-running agents only) lets the household
+change the active profile, push to talk, and forget or purge while it runs.
 
 What the agent logs never holds what was said: under systemd its output goes to the
 journal, which keeps it on disk. Sessions go to `on_session`, which the caller chose
@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING
 from edge import __version__, wiring
 from edge.agent import Agent, RunSummary, SessionRecord
 from edge.audio.wavfile import WavInfo, open_wav, read_pipeline_chunks
-from edge.config import Config
+from edge.config import Config, ListenerSettings
 from edge.errors import EdgeError, KeystoreError
 from edge.hardening import make_non_dumpable
-from edge.values import TriggerMode
+from edge.values import ListenerTransport, TriggerMode
 
 if TYPE_CHECKING:
     from edge.control.protocol import ControlServer
     from edge.crypto.vault import Vault
     from edge.retention.shredder import ShredReport
+    from edge.wyoming.server import WyomingServer
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +51,23 @@ def run_agent(
     on_session: Callable[[SessionRecord], None],
     vault: Vault | None = None,
 ) -> int:
-    """The agent on a WAV file (then exit) or the microphone (until SIGINT/SIGTERM).
-    `vault` replaces the config's (the demo's lives in memory)."""
+    """The agent on a WAV file (then exit) or the microphone (until SIGINT/SIGTERM), the
+    microphone with the config's Wyoming listeners. `vault` replaces the config's (the demo's
+    lives in memory)."""
     make_non_dumpable()
     if profile:
         config.profile(profile)  # fail before any audio is heard
     info = open_wav(Path(input_wav)) if input_wav else None
     runtime = wiring.build_runtime(config, on_session, log_report, profile=profile, vault=vault)
-    keystore, audit, agent = runtime.keystore, runtime.audit, runtime.agent
-    audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
-    try:
-        keystore.read()  # open the vault and keystore before any audio is heard
-    except KeystoreError as exc:  # fail closed: record nothing we could not account for
-        audit.append("keystore.unreadable", reason=str(exc)[:300])
-        raise
-    if keystore.root_lost:
-        log.warning(
-            "the vault's root key was gone (%s): everything retained before was shredded by that loss, and a fresh keystore was started.",
-            keystore.root_lost,
-        )
-    runtime.retention.catch_up()  # everything already due is shredded before the microphone opens
+    agent = runtime.agent
+    _catch_up(runtime)
     control = _start_control(runtime) if info is None else None  # file runs are batch jobs and may overlap
-    level = keystore.vault.level
-    audit.append(
-        "agent.started",
-        version=__version__,
-        source="file" if info else "mic",
-        vault=level.backend,
-        level=level.to_json()["level"],
-        survives_reboot=level.survives_reboot,
-    )
-    runtime.retention.start()
+    listeners = _start_listeners(runtime, config.listeners) if info is None and config.listeners else None
+    _started(runtime, "file" if info else "mic")
     try:
         summary, dropped = _listen(agent, config, info)
     finally:
-        if control is not None:
-            control.stop()
-        runtime.retention.stop()
-        try:
-            audit.append("agent.stopped", sessions=agent.summary.sessions, seconds=round(agent.segmenter.offset, 3), checkpoint=True)
-        except EdgeError as exc:  # e.g. a full disk: say so, but let the first error be the one reported
-            log.error("could not log the stop: %s", exc)
+        _stop(runtime, control, listeners)
     log.info(
         "%d session(s) from %.1f s of audio%s%s",
         summary.sessions,
@@ -101,14 +78,103 @@ def run_agent(
     return 0
 
 
-def _start_control(runtime: wiring.Runtime) -> ControlServer:
-    """The long-running microphone agent's control socket (only it pays for the imports)."""
+def serve(config: Config, listeners: tuple[ListenerSettings, ...], vault: Vault | None = None) -> int:
+    """Only the Wyoming listeners (no microphone), until SIGINT/SIGTERM, or until the parent
+    closes stdin when stdio:// is all there is to serve."""
+    make_non_dumpable()
+    runtime = wiring.build_runtime(config, lambda _record: None, log_report, vault=vault)
+    _catch_up(runtime)
+    control = _start_control(runtime, microphone=False)
+    try:
+        server = _start_listeners(runtime, listeners)
+    except BaseException:
+        control.stop()
+        raise
+    _started(runtime, "wyoming")
+    stop = threading.Event()
+    _install_signal_handlers(stop, runtime.agent)
+    stdio_only = all(listener.transport == ListenerTransport.STDIO for listener in listeners)
+    try:
+        while not stop.wait(0.2):
+            if stdio_only and server.stdio_closed.is_set():
+                break
+    finally:
+        _stop(runtime, control, server)
+    log.info("%d Wyoming session(s)", server.served)
+    return 0
+
+
+def _catch_up(runtime: wiring.Runtime) -> None:
+    """Before any audio is heard: the vault and keystore open, and everything due is shredded."""
+    config, keystore, audit = runtime.config, runtime.keystore, runtime.audit
+    audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
+    try:
+        keystore.read()
+    except KeystoreError as exc:  # fail closed: record nothing we could not account for
+        audit.append("keystore.unreadable", reason=str(exc)[:300])
+        raise
+    if keystore.root_lost:
+        log.warning(
+            "the vault's root key was gone (%s): everything retained before was shredded by that loss, and a fresh keystore was started.",
+            keystore.root_lost,
+        )
+    runtime.retention.catch_up()
+
+
+def _started(runtime: wiring.Runtime, source: str) -> None:
+    level = runtime.keystore.vault.level
+    runtime.audit.append(
+        "agent.started",
+        version=__version__,
+        source=source,
+        vault=level.backend,
+        level=level.to_json()["level"],
+        survives_reboot=level.survives_reboot,
+    )
+    runtime.retention.start()
+
+
+def _stop(runtime: wiring.Runtime, control: ControlServer | None, listeners: WyomingServer | None) -> None:
+    """Listeners first (their sessions end as "stopped" and are sealed), then the rest."""
+    try:
+        if listeners is not None:
+            listeners.stop()
+    finally:
+        if control is not None:
+            control.stop()
+        runtime.retention.stop()
+        agent = runtime.agent
+        sessions = agent.summary.sessions + (listeners.served if listeners is not None else 0)
+        try:
+            runtime.audit.append("agent.stopped", sessions=sessions, seconds=round(agent.segmenter.offset, 3), checkpoint=True)
+        except EdgeError as exc:  # e.g. a full disk: say so, but let the first error be the one reported
+            log.error("could not log the stop: %s", exc)
+
+
+def _start_listeners(runtime: wiring.Runtime, listeners: tuple[ListenerSettings, ...]) -> WyomingServer:
+    """The Wyoming listeners, sharing the model, recorder, keystore and audit log."""
+    from edge.wyoming.server import WyomingServer  # asyncio and the protocol: the listeners' alone
+    from edge.wyoming.utterance import Household
+
+    agent = runtime.agent
+    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile)
+    server = WyomingServer(household, listeners)
+    server.start()
+    return server
+
+
+def _start_control(runtime: wiring.Runtime, microphone: bool = True) -> ControlServer:
+    """A long-running agent's control socket (only it pays for the imports); push-to-talk
+    only where there is a microphone."""
     from edge.control.operations import agent_operations
     from edge.control.protocol import ControlServer
     from edge.disk.lock import DataLock
 
     config = runtime.config
-    control = ControlServer(config.device.control_socket, agent_operations(config, runtime.agent, runtime.shredder, runtime.audit))
+    operations = agent_operations(config, runtime.agent, runtime.shredder, runtime.audit)
+    if not microphone:
+        del operations["push"]
+    control = ControlServer(config.device.control_socket, operations)
     with DataLock(config.device.data_dir):  # two agents starting at once: one gets the socket
         control.start()
     return control

@@ -19,3 +19,11 @@ def tag_session(config: Config, given: str | None = None, active: str | None = N
     if config.household.active_profile:
         return Tag(config.profile(config.household.active_profile), TagRule.ACTIVE)
     return Tag(strictest_policy(config), TagRule.STRICTEST)
+
+
+def tag_listener_session(config: Config, listener_profile: str | None, active: str | None = None) -> Tag:
+    """Pick the profile for a Wyoming utterance: the listener's (it stands for a room or a
+    satellite), else who speaks now, else the strictest. Nothing the client sends takes part."""
+    if listener_profile:
+        return Tag(config.profile(listener_profile), TagRule.LISTENER)
+    return tag_session(config, None, active)

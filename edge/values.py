@@ -52,6 +52,15 @@ class TagRule(StrEnum):
     """The household's active profile, or one set at run time."""
     STRICTEST = "strictest"
     """Nobody was named: the strictest policy, fail-closed."""
+    LISTENER = "listener"
+    """The Wyoming listener the utterance came through names who speaks there."""
+
+
+class ListenerTransport(StrEnum):
+    """Where a Wyoming listener accepts clients (never TCP: see edge.config)."""
+
+    UNIX = "unix"
+    STDIO = "stdio"
 
 
 class Purpose(StrEnum):
@@ -70,6 +79,8 @@ class EndReason(StrEnum):
     NO_SPEECH = "no_speech"
     END_OF_INPUT = "end_of_input"
     STOPPED = "stopped"
+    TIMEOUT = "timeout"
+    """A Wyoming client sent nothing for the idle timeout."""
 
 
 class ShredReason(StrEnum):

@@ -1,6 +1,7 @@
 # Sourced by setup.sh and install.sh: the Debian packages edge needs, and a helper
 # that installs only the missing ones.
 APT_RUN=(python3 python3-venv python3-dev gcc libportaudio2 libsndfile1)
+APT_WYOMING=(avahi-daemon)  # install.sh --wyoming: advertises each listener to Home Assistant
 APT_TEST=(systemd espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium)
 
 apt_ensure() {  # apt_ensure WHO PACKAGE...

@@ -5,33 +5,66 @@
 #   sudo scripts/install.sh --uninstall   forget everything (audited), then remove the service
 #   scripts/install.sh --root DIR         stage every file under DIR; touch nothing else
 #   options: --no-model (skip PyPI's Korean model; fetch one with `edge-agent model fetch`)
+#            --wyoming PORT[:PROFILE] (repeatable): Wyoming speech-to-text for Home Assistant
+#            on TCP PORT, as PROFILE if given (README: Use with Home Assistant)
 #
 # What it does: apt dependencies; a system user `edge` (group edge, member of audio);
 # the package in a venv under /opt/edge; /etc/edge/household.toml from the example
 # (0640 root:edge, never overwritten); /var/lib/edge (0700 edge); the systemd unit,
 # enabled and started. With --root, the steps that change the running system (apt,
 # users, owners, systemctl) are printed as "skip (--root): ..." instead.
+#
+# --wyoming PORT: the agent never opens a network socket; it serves the Unix socket
+# /run/edge-wyoming/PORT.sock (a [[wyoming]] table appended to household.toml), and a
+# socket-activated systemd-socket-proxyd (edge-wyoming-PORT.socket/.service) relays TCP
+# PORT to it as the user edge-wyoming, which is not in group edge and so cannot reach the
+# control socket. Avahi (avahi-daemon) advertises _wyoming._tcp on PORT.
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
 ROOT=""
 ACTION=install
 MODEL=1
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+WYOMING=()  # one PORT or PORT:PROFILE per --wyoming, checked by add_wyoming
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+add_wyoming() {  # add_wyoming PORT[:PROFILE]: check one --wyoming value, or exit 2 saying why
+  local spec=$1 port=${1%%:*} profile="" given
+  [ "$port" = "$spec" ] || profile=${spec#*:}
+  if ! [[ $port =~ ^[1-9][0-9]{0,4}$ ]] || [ "$port" -gt 65535 ]; then
+    echo "install: --wyoming '$spec': PORT must be a whole number from 1 to 65535, no leading zero (--wyoming PORT[:PROFILE], e.g. 10300:child)" >&2; exit 2
+  fi
+  if [ "$port" != "$spec" ] && ! [[ $profile =~ ^[a-z][a-z0-9_-]{0,31}$ ]]; then
+    echo "install: --wyoming '$spec': PROFILE must be a profile name: a lowercase letter, then up to 31 lowercase letters, digits, '-' or '_'" >&2; exit 2
+  fi
+  for given in "${WYOMING[@]}"; do
+    if [ "${given%%:*}" = "$port" ]; then
+      echo "install: --wyoming '$spec': port $port is given twice; each listener needs its own port" >&2; exit 2
+    fi
+  done
+  WYOMING+=("$spec")
+}
 while [ $# -gt 0 ]; do
   case $1 in
     --root) [ $# -ge 2 ] || { echo "install: --root needs a folder" >&2; exit 2; }; ROOT=$(realpath -m "$2"); shift 2 ;;
     --uninstall) ACTION=uninstall; shift ;;
     --no-model) MODEL=0; shift ;;
+    --wyoming) [ $# -ge 2 ] || { echo "install: --wyoming needs PORT[:PROFILE], e.g. --wyoming 10300:child" >&2; exit 2; }
+      add_wyoming "$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+if [ "$ACTION" = uninstall ] && [ ${#WYOMING[@]} -gt 0 ]; then
+  echo "install: --wyoming is for installing; --uninstall removes every Wyoming bridge" >&2; exit 2
+fi
 
 OPT=$ROOT/opt/edge
 ETC=$ROOT/etc/edge
 DATA=$ROOT/var/lib/edge
-UNIT=$ROOT/etc/systemd/system/edge-agent.service
+UNITS=$ROOT/etc/systemd/system
+UNIT=$UNITS/edge-agent.service
+AVAHI=$ROOT/etc/avahi/services
+TMPFILES=$ROOT/etc/tmpfiles.d/edge-wyoming.conf
 BIN=$ROOT/usr/local/bin/edge-agent
 
 say() { echo "install: $*" >&2; }
@@ -45,15 +78,22 @@ need_root() {
   fi
 }
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+# write_file MODE FILE: stdin becomes FILE (replaced whole, so a re-run leaves one copy).
+write_file() { cat > "$2.new" && chmod "$1" "$2.new" && mv -f "$2.new" "$2"; }
+# from_template TEMPLATE PORT WHO NAME: configs/TEMPLATE with its @PORT@, @WHO@, @NAME@ filled in.
+from_template() { sed -e "s|@PORT@|$2|g" -e "s|@WHO@|$3|g" -e "s|@NAME@|$4|g" "$SRC/configs/$1"; }
 
 install_edge() {
   need_root
+  check_wyoming_profiles
   source "$SRC/scripts/apt-packages.sh"
+  local apt=("${APT_RUN[@]}")
+  [ ${#WYOMING[@]} -eq 0 ] || apt+=("${APT_WYOMING[@]}")
   if [ -n "$ROOT" ]; then
-    say "skip (--root): apt-get install ${APT_RUN[*]}"
+    say "skip (--root): apt-get install ${apt[*]}"
     say "skip (--root): useradd --system --user-group --home-dir /var/lib/edge --shell /usr/sbin/nologin edge"
   else
-    apt_ensure install "${APT_RUN[@]}"
+    apt_ensure install "${apt[@]}"
     getent passwd edge >/dev/null || useradd --system --user-group --home-dir /var/lib/edge --shell /usr/sbin/nologin edge
   fi
   system usermod -a -G audio edge
@@ -83,16 +123,108 @@ install_edge() {
   chmod 0700 "$DATA"
   system chown edge:edge /var/lib/edge
 
+  [ ${#WYOMING[@]} -eq 0 ] || install_wyoming
+
   install -m 0644 "$SRC/configs/edge-agent.service" "$UNIT"
+  local spec sockets=()
+  for spec in "${WYOMING[@]}"; do sockets+=("edge-wyoming-${spec%%:*}.socket"); done
   if systemd_running; then
     systemctl daemon-reload
     systemctl enable --now edge-agent.service
-    systemctl restart edge-agent.service
+    systemctl restart edge-agent.service  # so it binds every Wyoming socket its config names
+    for spec in "${sockets[@]}"; do systemctl enable --now "$spec"; done
   else
     system systemctl daemon-reload
     system systemctl enable --now edge-agent.service
+    for spec in "${sockets[@]}"; do system systemctl enable --now "$spec"; done
   fi
   say "done. Check it with: edge-agent doctor; the audit log with: edge-agent audit verify"
+}
+
+# Before anything changes: each --wyoming PROFILE must be a profile of the config the agent
+# will read (the agent refuses a [[wyoming]] table that names an unknown profile).
+check_wyoming_profiles() {
+  local config=$ETC/household.toml spec profile
+  [ -e "$config" ] || config=$SRC/configs/household.example.toml
+  for spec in "${WYOMING[@]}"; do
+    [ "${spec%%:*}" != "$spec" ] || continue
+    profile=${spec#*:}
+    if ! grep -Eq "^[[:space:]]*\[[[:space:]]*profiles\.${profile}[[:space:]]*\]" "$config"; then
+      echo "install: --wyoming $spec: $config has no [profiles.$profile]; add that profile first, or name one it has" >&2
+      exit 1
+    fi
+  done
+}
+
+# The Wyoming listeners (--wyoming): the group their sockets get, the folder they live in,
+# a [[wyoming]] table each in the config, and per port a TCP bridge and an Avahi record.
+install_wyoming() {
+  if [ -n "$ROOT" ]; then
+    say "skip (--root): useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edge-wyoming"
+  else
+    getent passwd edge-wyoming >/dev/null \
+      || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edge-wyoming
+    if id -nG edge-wyoming | tr ' ' '\n' | grep -qx edge; then  # the control socket's group: never
+      gpasswd -d edge-wyoming edge >/dev/null
+      say "took edge-wyoming out of group edge: a Wyoming client must never reach the control socket"
+    fi
+  fi
+
+  # A setgid folder: every socket the agent binds there gets group edge-wyoming.
+  install -d -m 0755 "$(dirname "$TMPFILES")"
+  write_file 0644 "$TMPFILES" <<'EOF'
+# Written by scripts/install.sh --wyoming. The agent (user edge) binds its Wyoming sockets
+# here; setgid, so each gets group edge-wyoming: the TCP bridges may connect, and they
+# are not in group edge, which owns the control socket in /run/edge.
+d /run/edge-wyoming 2750 edge edge-wyoming -
+EOF
+  system systemd-tmpfiles --create /etc/tmpfiles.d/edge-wyoming.conf
+
+  local spec port profile who name config=$ETC/household.toml
+  install -d -m 0755 "$UNITS" "$AVAHI"
+  for spec in "${WYOMING[@]}"; do
+    port=${spec%%:*}; profile=""
+    [ "$port" = "$spec" ] || profile=${spec#*:}
+    who=${profile:+ (${profile})}
+
+    if grep -Eq "^[[:space:]]*uri[[:space:]]*=[[:space:]]*\"unix:///run/edge-wyoming/$port\.sock\"" "$config"; then
+      say "kept the [[wyoming]] table for port $port in $config (its profile is set there)"
+    else
+      [ -z "$(tail -c 1 "$config")" ] || echo >> "$config"
+      {
+        echo
+        echo "[[wyoming]]"
+        echo "uri = \"unix:///run/edge-wyoming/$port.sock\""
+        [ -z "$profile" ] || echo "profile = \"$profile\""
+        echo "name = \"edge (port $port${profile:+, $profile})\""
+      } >> "$config"
+      say "added a [[wyoming]] table to $config: unix:///run/edge-wyoming/$port.sock${profile:+, profile $profile}"
+    fi
+
+    from_template edge-wyoming.socket.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.socket"
+    from_template edge-wyoming.service.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.service"
+    if [ -n "$profile" ]; then name="edge speech-to-text ($profile, port $port) on %h"
+    else name="edge speech-to-text (port $port) on %h"; fi
+    from_template edge-wyoming.avahi.in "$port" "$who" "$name" | write_file 0644 "$AVAHI/edge-wyoming-$port.service"
+    say "Wyoming on TCP port $port${who}: edge-wyoming-$port.socket relays to /run/edge-wyoming/$port.sock; Avahi advertises it"
+  done
+}
+
+uninstall_wyoming() {
+  local file units=()
+  shopt -s nullglob
+  for file in "$UNITS"/edge-wyoming-*.socket "$UNITS"/edge-wyoming-*.service; do units+=("$(basename "$file")"); done
+  shopt -u nullglob
+  if [ ${#units[@]} -gt 0 ]; then
+    if systemd_running; then
+      systemctl disable --now "${units[@]}" 2>/dev/null || true
+    else
+      system systemctl disable --now "${units[@]}"
+    fi
+    say "removed the Wyoming bridges: ${units[*]}"
+  fi
+  rm -f "$UNITS"/edge-wyoming-*.socket "$UNITS"/edge-wyoming-*.service "$AVAHI"/edge-wyoming-*.service "$TMPFILES"
+  rm -rf "$ROOT/run/edge-wyoming"
 }
 
 # A copy of the config whose paths point into ROOT (only for --root --uninstall).
@@ -111,6 +243,7 @@ uninstall_edge() {
   else
     system systemctl disable --now edge-agent.service
   fi
+  uninstall_wyoming
   if [ -x "$OPT/venv/bin/edge-agent" ] && [ -e "$ETC/household.toml" ] && [ -d "$DATA" ]; then
     say "forgetting every retained session (the audit log records it and stays in $DATA)"
     if [ -n "$ROOT" ]; then
@@ -126,7 +259,7 @@ uninstall_edge() {
   rm -f "$UNIT" "$BIN"
   rm -rf "$OPT"
   system systemctl daemon-reload
-  say "removed the service and the program. Kept: $ETC (your config) and $DATA (the audit log that"
+  say "removed the service and the program. Kept: $ETC (your config, [[wyoming]] tables too) and $DATA (the audit log that"
   say "records the purge, verified above). Remove them by hand when you no longer need them."
 }
 

@@ -305,10 +305,13 @@ class MicAgent:
     """`edge-agent run --mic --json` in the background, ready once it says it is listening.
     With `as_json=False` it is the service's own command line, and `stop` returns its raw stdout."""
 
+    command: tuple[str, ...] = ("run", "--mic")
+    ready = "listening"
+
     def __init__(self, env: dict[str, str], config: Path, *args: str, as_json: bool = True) -> None:
         self.as_json = as_json
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--mic", *(["--json"] if as_json else []), *args],
+            [sys.executable, "-m", "edge", "--config", str(config), *self.command, *(["--json"] if as_json else []), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -320,10 +323,10 @@ class MicAgent:
         assert self.process.stderr is not None
         selector.register(self.process.stderr, selectors.EVENT_READ)
         deadline = time.monotonic() + 60
-        while "listening" not in self.stderr:
+        while self.ready not in self.stderr:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.process.kill()
-                raise AssertionError(f"the agent did not start listening:\n{self.stderr}{self.process.stderr.read()}")
+                raise AssertionError(f"the agent did not start ({self.ready!r} never came):\n{self.stderr}{self.process.stderr.read()}")
             if selector.select(timeout=0.5):
                 self.stderr += self.process.stderr.readline()
         time.sleep(0.3)  # the stream is open; let a few blocks flow
@@ -334,6 +337,16 @@ class MicAgent:
         if not self.as_json:
             return out, self.stderr + err, self.process.returncode
         return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
+
+
+class ServeAgent(MicAgent):
+    """`edge-agent serve` in the background, ready once every listener accepts clients."""
+
+    command = ("serve",)
+    ready = "edge-agent: wyoming: serving"
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(env or dict(os.environ), config, *args, as_json=False)
 
 
 def play(env: dict[str, str], path: Path) -> None:

@@ -72,6 +72,20 @@ def test_example_config_is_valid_and_documents_every_key():
         assert f"{key} =" in text, key
 
 
+def test_wyoming_listeners(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            BASE + '\n[[wyoming]]\nuri = "unix:///run/edge-wyoming/10300.sock"\nprofile = "kid"\n'
+            '\n[[wyoming]]\nuri = "stdio://"\nname = "edge (Rhasspy)"\n',
+        )
+    )
+    kids, stdio = config.listeners
+    assert (kids.transport, kids.socket, kids.profile, kids.name) == ("unix", Path("/run/edge-wyoming/10300.sock"), "kid", "edge (kid)")
+    assert (stdio.transport, stdio.socket, stdio.profile, stdio.name) == ("stdio", None, None, "edge (Rhasspy)")
+    assert load_config(write(tmp_path, BASE)).listeners == ()
+
+
 def test_builtin_config_is_the_example():
     assert BUILTIN_CONFIG.read_bytes() == (ROOT / "configs" / "household.example.toml").read_bytes()
 
@@ -165,6 +179,28 @@ BAD_CONFIGS = [
     ),
     ("sweep too slow", BASE + '\n[retention]\nsweep = "2h"\n', ["retention.sweep", "1s to 1h"]),
     ("unknown retention key", BASE + '\n[retention]\nsweap = "1m"\n', ["retention.sweap", "sweep"]),
+    (
+        "wyoming over tcp",
+        BASE + '\n[[wyoming]]\nuri = "tcp://0.0.0.0:10300"\n',
+        ["wyoming[0].uri", "systemd-socket-proxyd", "install.sh --wyoming"],
+    ),
+    ("wyoming relative socket", BASE + '\n[[wyoming]]\nuri = "unix://edge.sock"\n', ["wyoming[0].uri", "unix:///ABSOLUTE/PATH.sock"]),
+    ("wyoming without uri", BASE + '\n[[wyoming]]\nname = "edge"\n', ["wyoming[0].uri is missing"]),
+    ("wyoming unknown key", BASE + '\n[[wyoming]]\nuri = "stdio://"\nprofil = "kid"\n', ["wyoming[0].profil", "name, profile, uri"]),
+    ("wyoming unknown profile", BASE + '\n[[wyoming]]\nuri = "stdio://"\nprofile = "nan"\n', ["wyoming[0].profile", "parent, kid"]),
+    ("wyoming not a table", BASE.replace("[device]", 'wyoming = ["stdio://"]\n[device]'), ["wyoming[0]", "[[wyoming]]"]),
+    ("wyoming stdio twice", BASE + '\n[[wyoming]]\nuri = "stdio://"\n[[wyoming]]\nuri = "stdio://"\n', ["stdio://", "more than once"]),
+    (
+        "wyoming socket twice",
+        BASE + '\n[[wyoming]]\nuri = "unix:///run/w.sock"\n[[wyoming]]\nuri = "unix:///run/w.sock"\nprofile = "kid"\n',
+        ["/run/w.sock", "more than once"],
+    ),
+    (
+        "wyoming on the control socket",
+        BASE.replace("sample_rate = 16000", 'sample_rate = 16000\ncontrol_socket = "/run/edge/c.sock"')
+        + '\n[[wyoming]]\nuri = "unix:///run/edge/c.sock"\n',
+        ["control socket", "can forget data"],
+    ),
 ]
 
 

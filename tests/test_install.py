@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+import tomllib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -16,11 +22,13 @@ from support import ROOT
 
 UNIT = ROOT / "configs" / "edge-agent.service"
 EXAMPLE = ROOT / "configs" / "household.example.toml"
+SCRIPT = ROOT / "scripts" / "install.sh"
+PROXYD = "/lib/systemd/systemd-socket-proxyd"
 
 
 def _install(stage: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ROOT / "scripts" / "install.sh"), "--root", str(stage), "--no-model", *args],
+        [str(SCRIPT), "--root", str(stage), "--no-model", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -107,6 +115,7 @@ def test_the_unit_is_hardened():
         "Restart=on-failure",
         "UMask=0077",
         "StateDirectoryMode=0700",
+        "ReadWritePaths=-/run/edge-wyoming",  # where it binds its Wyoming sockets
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     exposure = unit_exposure(UNIT)
@@ -169,3 +178,267 @@ def test_the_agent_process_makes_itself_non_dumpable():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False (0, 0)"
+
+
+def test_usage_prints_the_whole_header():
+    lines = SCRIPT.read_text().splitlines()
+    header = lines[1 : lines.index("set -euo pipefail")]
+    result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [re.sub(r"^# ?", "", line) for line in header]
+    assert "--wyoming PORT[:PROFILE]" in result.stdout
+
+
+# -- --wyoming: Home Assistant reaches the agent's Unix sockets through TCP bridges --------
+
+WYOMING = {10300: "child", 10301: None}
+BRIDGE_HARDENING = (
+    "User=edge-wyoming",
+    "Group=edge-wyoming",
+    "PrivateNetwork=yes",
+    "IPAddressDeny=any",
+    "RestrictAddressFamilies=AF_UNIX",
+    "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "InaccessiblePaths=-/run/edge",
+    "LimitCORE=0",
+    "SystemCallFilter=@system-service",
+)
+
+
+@pytest.fixture(scope="module")
+def wyoming(tmp_path_factory):
+    stage = tmp_path_factory.mktemp("stage-wyoming") / "root"
+    result = _install(stage, "--wyoming", "10300:child", "--wyoming", "10301")
+    assert result.returncode == 0, result.stderr
+    return stage, result.stderr
+
+
+def _bridge(stage: Path, port: int, kind: str) -> Path:
+    return stage / f"etc/systemd/system/edge-wyoming-{port}.{kind}"
+
+
+def _exec_start(service: Path) -> list[str]:
+    (line,) = [line for line in service.read_text().splitlines() if line.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=").split()
+
+
+def test_wyoming_stages_a_bridge_and_an_advertisement_per_port(wyoming):
+    stage, _ = wyoming
+    for port in WYOMING:
+        socket_unit, service = _bridge(stage, port, "socket"), _bridge(stage, port, "service")
+        assert _mode(socket_unit) == _mode(service) == "0o644"
+        text = socket_unit.read_text()
+        assert re.search(rf"^ListenStream={port}$", text, re.M) and re.search(r"^WantedBy=sockets.target$", text, re.M)
+        text = service.read_text()
+        assert _exec_start(service) == [PROXYD, "--exit-idle-time=5min", f"/run/edge-wyoming/{port}.sock"]
+        assert re.search(rf"^Requires=edge-wyoming-{port}.socket$", text, re.M)
+        assert re.search(rf"^After=edge-wyoming-{port}.socket edge-agent.service$", text, re.M)
+        for line in BRIDGE_HARDENING:
+            assert re.search(rf"^{re.escape(line)}$", text, re.M), (port, line)
+        assert "SupplementaryGroups" not in text and "Group=edge\n" not in text  # never the control socket's group
+        exposure = unit_exposure(service)
+        assert exposure is not None and exposure <= MAX_EXPOSURE
+
+        avahi = stage / f"etc/avahi/services/edge-wyoming-{port}.service"
+        assert _mode(avahi) == "0o644"
+        assert '<!DOCTYPE service-group SYSTEM "avahi-service.dtd">' in avahi.read_text()
+        group = ET.parse(avahi).getroot()
+        assert group.tag == "service-group"  # in the order avahi-service.dtd requires
+        assert [child.tag for child in group] == ["name", "service"]
+        assert [child.tag for child in group[1]] == ["type", "port"]
+        name = group.find("name")
+        assert name is not None and name.get("replace-wildcards") == "yes"
+        assert name.text == f"edge speech-to-text ({WYOMING[port] + ', ' if WYOMING[port] else ''}port {port}) on %h"
+        (service_element,) = group.findall("service")
+        assert service_element.findtext("type") == "_wyoming._tcp"
+        assert service_element.findtext("port") == str(port)
+
+    tmpfiles = stage / "etc/tmpfiles.d/edge-wyoming.conf"
+    assert _mode(tmpfiles) == "0o644"
+    rules = [line for line in tmpfiles.read_text().splitlines() if line and not line.startswith("#")]
+    assert rules == ["d /run/edge-wyoming 2750 edge edge-wyoming -"]
+
+
+def test_wyoming_appends_one_table_per_listener_to_the_config(wyoming):
+    stage, _ = wyoming
+    text = (stage / "etc/edge/household.toml").read_text(encoding="utf-8")
+    assert text.startswith(EXAMPLE.read_text(encoding="utf-8"))  # the rest stays as it was
+    assert text.count("\n[[wyoming]]\n") == 2  # tables, not the example's commented one
+    assert tomllib.loads(text)["wyoming"] == [
+        {"uri": "unix:///run/edge-wyoming/10300.sock", "profile": "child", "name": "edge (port 10300, child)"},
+        {"uri": "unix:///run/edge-wyoming/10301.sock", "name": "edge (port 10301)"},
+    ]
+
+
+def test_wyoming_under_root_only_shows_what_would_change_the_system(wyoming, staged):
+    _, log = wyoming
+    for action in (
+        "useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edge-wyoming",
+        "systemd-tmpfiles --create /etc/tmpfiles.d/edge-wyoming.conf",
+        "systemctl enable --now edge-wyoming-10300.socket",
+        "systemctl enable --now edge-wyoming-10301.socket",
+    ):
+        assert f"skip (--root): {action}" in log
+    assert re.search(r"^install: skip \(--root\): apt-get install .* avahi-daemon$", log, re.M)
+    _, plain = staged  # without --wyoming: no Avahi, no bridge, no second user
+    assert "avahi-daemon" not in plain and "edge-wyoming" not in plain
+
+
+def test_wyoming_reinstall_adds_nothing(wyoming):
+    stage, _ = wyoming
+    files = sorted(path for path in (stage / "etc").rglob("*") if path.is_file())
+    before = {path: path.read_bytes() for path in files}
+    again = _install(stage, "--wyoming", "10300:child", "--wyoming", "10301")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("kept the [[wyoming]] table for port") == 2 and "added a [[wyoming]]" not in again.stderr
+    assert sorted(path for path in (stage / "etc").rglob("*") if path.is_file()) == files
+    assert {path: path.read_bytes() for path in files} == before
+
+
+def test_every_bridge_unit_verifies_cleanly(wyoming, tmp_path):
+    stage, _ = wyoming
+    program = stage / "opt/edge/venv/bin/edge-agent"
+    units = tmp_path / "units"
+    units.mkdir()
+    agent = (stage / "etc/systemd/system/edge-agent.service").read_text()
+    (units / "edge-agent.service").write_text(agent.replace("/opt/edge/venv/bin/edge-agent", str(program)))
+    for port in WYOMING:
+        for kind in ("socket", "service"):
+            shutil.copy(_bridge(stage, port, kind), units)
+    paths = sorted(str(path) for path in units.iterdir())
+    assert len(paths) == 5
+    result = subprocess.run(["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+
+    broken = units / "edge-wyoming-10301.service"  # the same check does catch a mistake
+    broken.write_text(broken.read_text().replace("PrivateNetwork=yes", "PrivateNetwrk=yes"))
+    result = subprocess.run(["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60)
+    assert "Unknown key 'PrivateNetwrk'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("0", "PORT must be a whole number from 1 to 65535"),
+        ("70000", "PORT must be a whole number from 1 to 65535"),
+        ("abc", "PORT must be a whole number from 1 to 65535"),
+        ("10300:Bad", "PROFILE must be a profile name"),
+        ("10300:", "PROFILE must be a profile name"),
+    ],
+)
+def test_a_bad_wyoming_value_is_refused(tmp_path, value, says):
+    result = _install(tmp_path / "root", "--wyoming", value)
+    assert result.returncode == 2
+    assert f"install: --wyoming '{value}': {says}" in result.stderr
+    assert not (tmp_path / "root").exists()  # refused before anything was staged
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (("--wyoming",), 2, "install: --wyoming needs PORT[:PROFILE]"),
+        (("--wyoming", "10300", "--wyoming", "10300:child"), 2, "port 10300 is given twice"),
+        (("--wyoming", "10300:nobody"), 1, "has no [profiles.nobody]"),
+        (("--uninstall", "--wyoming", "10300"), 2, "--wyoming is for installing"),
+    ],
+)
+def test_wyoming_refuses_what_the_agent_could_not_serve(tmp_path, args, code, says):
+    result = _install(tmp_path / "root", *args)
+    assert result.returncode == code and says in result.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_uninstall_removes_every_bridge_and_keeps_the_config(wyoming, tmp_path):
+    stage = tmp_path / "root"  # the staged files, without the program (so nothing to forget)
+    shutil.copytree(wyoming[0] / "etc", stage / "etc", symlinks=True)
+    theirs = stage / "etc/avahi/services/ssh.service"  # someone else's advertisement stays
+    theirs.write_text("<service-group/>\n")
+    config = (stage / "etc/edge/household.toml").read_bytes()
+    result = _install(stage, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    (disable,) = [line for line in result.stderr.splitlines() if "systemctl disable --now edge-wyoming" in line]
+    for port in WYOMING:
+        assert f"edge-wyoming-{port}.socket" in disable and f"edge-wyoming-{port}.service" in disable
+    assert sorted(path.name for path in (stage / "etc/systemd/system").iterdir()) == []
+    assert [path.name for path in (stage / "etc/avahi/services").iterdir()] == ["ssh.service"]
+    assert not (stage / "etc/tmpfiles.d/edge-wyoming.conf").exists()
+    assert (stage / "etc/edge/household.toml").read_bytes() == config
+
+
+def _echo_server(path: Path) -> socket.socket:
+    """A Unix-socket echo server in a thread: what the agent's listener is to the bridge."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def echo(connection: socket.socket) -> None:
+        with connection:
+            while data := connection.recv(65536):
+                connection.sendall(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return  # closed: the test is over
+            threading.Thread(target=echo, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _connect(port: int, deadline: float) -> socket.socket:
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_the_bridge_relays_tcp_to_the_unix_socket(wyoming, tmp_path):
+    """What edge-wyoming-PORT.socket and .service do, without systemd: systemd-socket-activate
+    holds a TCP port and hands it to the unit's own ExecStart, aimed at a test socket."""
+    stage, _ = wyoming
+    command = _exec_start(_bridge(stage, 10300, "service"))
+    path = tmp_path / "10300.sock"
+    assert command[-1] == "/run/edge-wyoming/10300.sock" and len(os.fsencode(path)) < 108
+    server = _echo_server(path)
+    port = _free_port()
+    bridge = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *command[:-1], str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        header = b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, "payload_length": 65536}\n'
+        for payload in (bytes(range(256)) * 256, os.urandom(200_000)):  # two connections, one after the other
+            with _connect(port, deadline) as client:
+                client.sendall(header + payload)
+                echoed = bytearray()
+                while len(echoed) < len(header) + len(payload):
+                    data = client.recv(65536)
+                    assert data, "the bridge closed the connection early"
+                    echoed += data
+                assert bytes(echoed) == header + payload
+        assert bridge.poll() is None  # one proxy serves every connection
+    finally:
+        bridge.terminate()
+        _, errors = bridge.communicate(timeout=10)
+        server.close()
+    assert f"Listening on 127.0.0.1:{port}" in errors

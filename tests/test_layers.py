@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"edge.tagging"},
     {"edge.agent"},  # the pipeline
     {"edge.wiring"},  # the composition root
-    {"edge.control"},  # the control socket: protocol and operations
+    {"edge.control", "edge.wyoming"},  # siblings: the control socket; the Wyoming speech-to-text listeners
     {"edge.service", "edge.doctor"},
     {"edge.cli"},
     {"edge.__main__"},

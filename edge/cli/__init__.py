@@ -20,14 +20,14 @@ from edge.cli.base import Command, Parser, add_commands
 from edge.errors import EdgeError
 
 COMMANDS: tuple[Command, ...] = (
-    speech.COMMANDS[:2]
+    speech.COMMANDS[:3]
     + data.COMMANDS
     + deletion.COMMANDS
     + live.COMMANDS
     + audit.COMMANDS
     + model.COMMANDS
     + doctor.COMMANDS
-    + speech.COMMANDS[2:]
+    + speech.COMMANDS[3:]
 )
 """Every command, in the order --help lists them."""
 

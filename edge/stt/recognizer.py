@@ -25,6 +25,7 @@ import bisect
 import functools
 import json
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ class SpeechModel:
         self.unknown_word = self.vocabulary.unknown_token()
         self._idle: dict[tuple[str, ...], list[_Recognizer]] = {}
         """Finished recognizers by grammar, warm for the next session."""
+        self._idle_lock = threading.Lock()
 
     def check_grammar(self, phrases: Sequence[str], where: str) -> None:
         """Refuse grammar words the model cannot output (Vosk would drop them with a log line)."""
@@ -112,9 +114,10 @@ class SpeechModel:
         With `padding` (seconds), audio fed as silent is decoded only that close to speech;
         without it, everything fed is decoded."""
         key = tuple(dict.fromkeys(grammar))
-        idle = self._idle.setdefault(key, [])
-        recognizer = idle.pop() if idle else self._recognizer(key)
-        return Decoder(recognizer, self.unknown_word, idle, padding)
+        with self._idle_lock:  # Wyoming utterances start on several threads at once
+            idle = self._idle.setdefault(key, [])
+            recognizer = idle.pop() if idle else None
+        return Decoder(recognizer or self._recognizer(key), self.unknown_word, idle, padding)
 
     def _recognizer(self, phrases: tuple[str, ...]) -> _Recognizer:
         if phrases:

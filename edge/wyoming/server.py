@@ -1,0 +1,222 @@
+"""The Wyoming listeners of a running agent: an event loop on its own thread.
+
+The loop only reads, checks and answers events; decoding, sealing and the keystore
+run on worker threads, one per utterance, at most one utterance per core (the next
+gets `error` code "busy"). So `describe` is answered at once even while every core
+decodes, which Home Assistant needs (it gives up after 1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from wyoming.info import AsrModel, AsrProgram, Attribution, Info
+
+from edge import __version__
+from edge.config import ListenerSettings
+from edge.disk.sockets import is_other_file, socket_answers
+from edge.errors import ModelError, WyomingError
+from edge.stt.model_path import model_identity
+from edge.values import ListenerTransport
+from edge.wyoming.connection import Connection
+from edge.wyoming.framing import Event, Limits
+from edge.wyoming.utterance import Household
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    idle_timeout: float = 10.0
+    """Seconds a client may send nothing (between events) before it is disconnected."""
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Utterances decoded at once: one per core. One more gets error "busy"."""
+    max_clients: int = 64
+    """Connections open at once per listener; more are closed as they arrive."""
+    limits: Limits = field(default_factory=Limits)
+
+
+class WyomingServer:
+    """Serves every listener until `stop()`; `start()` returns once they all accept clients."""
+
+    def __init__(self, household: Household, listeners: tuple[ListenerSettings, ...], settings: ServerSettings | None = None) -> None:
+        self.household = household
+        self.listeners = listeners
+        self.settings = settings or ServerSettings()
+        self.limits = self.settings.limits
+        model_name, language = model_identity(household.model.path)
+        if language is None:
+            raise ModelError(
+                f"{household.model.path}: cannot tell which language this model speaks, which Home Assistant must be told; "
+                "name its folder the way Vosk names models: vosk-model[-small]-LANG-VERSION (e.g. vosk-model-small-en-us-0.15)"
+            )
+        self.language = language
+        self._info = {listener.name: _info(listener, model_name, language) for listener in listeners}
+        self.workers = concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.slots, thread_name_prefix="edge-wyoming")
+        self._busy = 0
+        self.served = 0
+        """Utterances ended so far (counted on the loop thread)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._clients: set[asyncio.Task[None]] = set()
+        self.stdio_closed = threading.Event()
+        """Set when the stdio listener's client (the parent process) closed stdin."""
+
+    def info_event(self, listener: ListenerSettings) -> Event:
+        return self._info[listener.name]
+
+    def take_slot(self) -> bool:
+        """A core for one more utterance, if one is free (called on the loop thread only)."""
+        if self._busy >= self.settings.slots:
+            return False
+        self._busy += 1
+        return True
+
+    def give_slot(self) -> None:
+        self._busy -= 1
+
+    def start(self) -> None:
+        """Bind every listener (refusing a socket another agent serves) and serve on a thread."""
+        sockets = [self._bind(listener) for listener in self.listeners if listener.socket is not None]
+        self._loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(sockets, started), name="edge-wyoming-loop", daemon=True)
+        self._thread.start()
+        started.result()
+        for listener in self.listeners:
+            log.info(
+                "wyoming: serving %s on %s (%s)",
+                listener.name,
+                listener.uri,
+                f"profile {listener.profile}" if listener.profile else "active profile, else strictest",
+            )
+
+    def stop(self) -> None:
+        """Stop accepting; sessions in progress end as "stopped" and are sealed as they are."""
+        if self._loop is None or self._thread is None:
+            return
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=60)
+        self.workers.shutdown(wait=True)
+        for listener in self.listeners:
+            if listener.socket is not None:
+                listener.socket.unlink(missing_ok=True)
+        self._loop = None
+
+    def _bind(self, listener: ListenerSettings) -> socket.socket:
+        path = listener.socket
+        assert path is not None
+        where = f"Wyoming listener {listener.uri}"
+        if socket_answers(path):
+            raise WyomingError(f"{where}: another program already serves on {path}", "in-use")
+        if is_other_file(path):
+            raise WyomingError(f"{where}: {path} is a file that is not a socket; choose another path", "in-use")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)  # left by a crash: nothing answers on it
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(path))
+            os.chmod(path, 0o660)  # its folder's group (edge-wyoming, set by the install) may connect
+            server.listen(16)
+        except OSError as exc:
+            raise WyomingError(f"{where}: cannot create {path}: {exc.strerror}; choose a folder this user may write", "in-use") from None
+        server.setblocking(False)
+        return server
+
+    def _run(self, sockets: list[socket.socket], started: concurrent.futures.Future[None]) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._listen(sockets))
+        except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _listen(self, sockets: list[socket.socket]) -> None:
+        unix = [listener for listener in self.listeners if listener.socket is not None]
+        for listener, bound in zip(unix, sockets, strict=True):
+            self._servers.append(await asyncio.start_unix_server(self._client_of(listener), sock=bound, limit=self.limits.header_bytes))
+        for listener in self.listeners:
+            if listener.transport == ListenerTransport.STDIO:
+                await self._serve_stdio(listener)
+
+    def _client_of(self, listener: ListenerSettings):  # type: ignore[no-untyped-def]
+        open_here: set[asyncio.Task[None]] = set()
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if len(open_here) >= self.settings.max_clients:
+                writer.close()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            open_here.add(task)
+            self._clients.add(task)
+            try:
+                await Connection(self, listener, reader, writer).run()
+            finally:
+                open_here.discard(task)
+                self._clients.discard(task)
+
+        return client
+
+    async def _serve_stdio(self, listener: ListenerSettings) -> None:
+        """One client for the process's life: the program that started it (Rhasspy 3)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=self.limits.header_bytes)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(sys.stdout.fileno(), "wb"))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+        async def client() -> None:
+            try:
+                await Connection(self, listener, reader, writer).run()
+            finally:
+                self.stdio_closed.set()
+
+        task = loop.create_task(client())
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+
+
+def _info(listener: ListenerSettings, model_name: str, language: str) -> Event:
+    """One speech-to-text program per listener, with the one model loaded (installed: true)."""
+    model = AsrModel(
+        name=model_name,
+        attribution=Attribution(name="Alpha Cephei (Vosk)", url="https://alphacephei.com/vosk/models"),
+        installed=True,
+        description=f"Vosk {model_name}, offline",
+        version=None,
+        languages=[language],
+    )
+    program = AsrProgram(
+        name=listener.name,
+        attribution=Attribution(name="edge", url="file:///opt/edge/README.md"),
+        installed=True,
+        description="On-device speech-to-text that seals, expires and audits every utterance",
+        version=__version__,
+        models=[model],
+        supports_transcript_streaming=False,
+    )
+    return Info(asr=[program]).event()

