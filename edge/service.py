@@ -61,8 +61,8 @@ def run_agent(
     runtime = wiring.build_runtime(config, on_session, log_report, profile=profile, vault=vault)
     agent = runtime.agent
     _catch_up(runtime)
-    control = _start_control(runtime) if info is None else None  # file runs are batch jobs and may overlap
-    listeners = _start_listeners(runtime, config.listeners) if info is None and config.listeners else None
+    # file runs are batch jobs and may overlap: no sockets
+    control, listeners = _start_sockets(runtime, config.listeners, microphone=True) if info is None else (None, None)
     _started(runtime, "file" if info else "mic")
     try:
         summary, dropped = _listen(agent, config, info)
@@ -84,12 +84,8 @@ def serve(config: Config, listeners: tuple[ListenerSettings, ...], vault: Vault 
     make_non_dumpable()
     runtime = wiring.build_runtime(config, lambda _record: None, log_report, vault=vault)
     _catch_up(runtime)
-    control = _start_control(runtime, microphone=False)
-    try:
-        server = _start_listeners(runtime, listeners)
-    except BaseException:
-        control.stop()
-        raise
+    control, server = _start_sockets(runtime, listeners, microphone=False)
+    assert server is not None
     _started(runtime, "wyoming")
     stop = threading.Event()
     _install_signal_handlers(stop, runtime.agent)
@@ -151,6 +147,18 @@ def _stop(runtime: wiring.Runtime, control: ControlServer | None, listeners: Wyo
             log.error("could not log the stop: %s", exc)
 
 
+def _start_sockets(
+    runtime: wiring.Runtime, listeners: tuple[ListenerSettings, ...], microphone: bool
+) -> tuple[ControlServer, WyomingServer | None]:
+    """The control socket, then the Wyoming listeners (if any); nothing left open if one fails."""
+    control = _start_control(runtime, microphone)
+    try:
+        return control, _start_listeners(runtime, listeners) if listeners else None
+    except BaseException:
+        control.stop()
+        raise
+
+
 def _start_listeners(runtime: wiring.Runtime, listeners: tuple[ListenerSettings, ...]) -> WyomingServer:
     """The Wyoming listeners, sharing the model, recorder, keystore and audit log."""
     from edge.wyoming.server import WyomingServer  # asyncio and the protocol: the listeners' alone
@@ -163,7 +171,7 @@ def _start_listeners(runtime: wiring.Runtime, listeners: tuple[ListenerSettings,
     return server
 
 
-def _start_control(runtime: wiring.Runtime, microphone: bool = True) -> ControlServer:
+def _start_control(runtime: wiring.Runtime, microphone: bool) -> ControlServer:
     """A long-running agent's control socket (only it pays for the imports); push-to-talk
     only where there is a microphone."""
     from edge.control.operations import agent_operations

@@ -4,21 +4,27 @@ Run with scripts/bench.sh (sets up, then runs this). Every comparison is a ratio
 measured in the same run on the same machine; absolute times are printed for
 context only. Prints one table, and the same as JSON with --json FILE.
 
-    scripts/bench.sh [--quick] [--json FILE] [--pairs N]
+    scripts/bench.sh [--quick] [--json FILE] [--pairs N] [--utterances K] [--repeat N] [--only WORD]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import functools
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import wave
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -113,8 +119,11 @@ def overhead(work: Path, speech: Path, pairs: int) -> list[Row]:
         edge_cmd = [str(venv_bin / "edge-agent"), "--config", str(config), "run", "--input", str(speech), "--profile", "parent"]
         peer_cmd = [str(venv_bin / "vosk-transcriber"), "--model", str(model), "-i", str(speech), "-o", str(work / "peer.txt")]
         first, second = (edge_cmd, peer_cmd) if pair % 2 == 0 else (peer_cmd, edge_cmd)  # alternate A/B
+        (work / "peer.txt").unlink(missing_ok=True)
         a = child_cpu(first)
         b = child_cpu(second)
+        if not (work / "peer.txt").exists():  # without ffmpeg it says so and exits 0, having decoded nothing
+            raise SystemExit("bench: vosk-transcriber transcribed nothing: install ffmpeg (scripts/bench.sh does)")
         (edge_run, peer_run) = (a, b) if first is edge_cmd else (b, a)
         edge_cpu.append(edge_run[0])
         peer_cpu.append(peer_run[0])
@@ -472,6 +481,298 @@ def latency(work: Path, speech: Path) -> list[Row]:
     ]
 
 
+# -- 8. the Wyoming server against the file path -----------------------------------------------
+
+COMMAND = ["메시지", "아버지", "위치"]
+"""What each Wyoming utterance says: a short command, about 2.5 s of speech."""
+CHUNK_MS = 10
+"""Audio per audio-chunk event, as Home Assistant sends it."""
+BETWEEN = 1.0
+"""Seconds of silence before each utterance in the file the file path reads (each utterance
+also ends in silence_end of silence): enough for the segmenter to end every session."""
+
+
+def joined_utterances(utterance: bytes, count: int) -> bytes:
+    """`count` utterances, each after about BETWEEN s of silence, rounded so that each starts
+    on a segmenter frame: every session (its pre-roll too) then holds the very same samples."""
+    gap = round(BETWEEN * PIPELINE_RATE) * 2
+    gap += -(len(utterance) + gap) % FRAME_BYTES
+    return (bytes(gap) + utterance) * count
+
+
+def make_utterance(folder: Path, trail: float) -> Path:
+    """One command as a satellite streams it: 0.2 s of silence, the phrases 0.3 s apart, and
+    `trail` s of silence (its VAD ends the command on a silence). With trail = silence_end,
+    this is about the audio a session of the file path seals (its 0.21 s pre-roll, the
+    speech, the silence that ends it), so both paths keep the same per utterance. 16 kHz mono."""
+    parts = []
+    for index, phrase in enumerate(COMMAND):
+        path = folder / f"command{index}.wav"
+        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(path), phrase], check=True)
+        parts += [str(path), str(folder / "gap.wav")]
+    subprocess.run(["sox", "-n", "-r", "22050", "-c", "1", str(folder / "gap.wav"), "trim", "0", "0.3"], check=True)
+    utterance = folder / "utterance.wav"
+    rate = ["-r", str(PIPELINE_RATE), "-c", "1", "-b", "16"]
+    subprocess.run(["sox", *parts[:-1], *rate, str(utterance), "pad", "0.2", str(trail)], check=True)
+    return utterance
+
+
+def wav_pcm(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getframerate(), wav.getsampwidth(), wav.getnchannels()) == (PIPELINE_RATE, 2, 1), path
+        return wav.readframes(wav.getnframes())
+
+
+def write_wav(path: Path, pcm: bytes) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(PIPELINE_RATE)
+        wav.writeframes(pcm)
+    return path
+
+
+def listener_config(folder: Path) -> tuple[Path, str]:
+    """The bench's config (mode "always", the same grammar) with a fresh data folder in
+    `folder` and one [[wyoming]] listener there, profile parent as in the file runs (which
+    ignore the listener): every run of this step uses the same config. (config, uri)"""
+    folder.mkdir(parents=True)
+    config = write_config(folder, folder / "data")
+    uri = f"unix://{folder / 'stt.sock'}"
+    with config.open("a", encoding="utf-8") as text:
+        text.write(f'\n[[wyoming]]\nuri = "{uri}"\nprofile = "parent"\nname = "bench"\n')
+    return config, uri
+
+
+def file_per_session(folder: Path, utterance: bytes, count: int) -> tuple[float, list[str]]:
+    """`edge-agent run --input` on count + 1 utterances: its CPU per session in the steady
+    state, read from /proc as the first and the last session are printed (--json flushes one
+    line per session), and what each said. So neither start-up (the model load is most of a
+    short run) nor the first session's warm-up (a new recognizer and its graph cache) counts:
+    a long-running agent pays both once, and divided by K they would make the ratio depend on K.
+    Trailing silence keeps the agent running (on cheap VAD) while the last figure is read."""
+    config, _uri = listener_config(folder)
+    wav = write_wav(folder / "utterances.wav", joined_utterances(utterance, count + 1) + bytes(5 * 2 * PIPELINE_RATE))
+    edge_agent = str(Path(sys.executable).parent / "edge-agent")
+    command = [edge_agent, "--config", str(config), "run", "--input", str(wav), "--profile", "parent", "--json"]
+    texts, marks = [], []
+    with (folder / "run.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+    assert process.stdout is not None
+    for line in process.stdout:
+        marks.append(process_cpu(process.pid))
+        texts.append(json.loads(line)["text"])
+    if process.wait(timeout=600) != 0 or len(texts) != count + 1:
+        raise SystemExit(
+            f"bench: {' '.join(command)} made {len(texts)} sessions of {count + 1}:\n{(folder / 'run.log').read_text()[-2000:]}"
+        )
+    return (marks[-1] - marks[0]) / count, texts
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + sys, every thread) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def serving(config: Path, folder: Path) -> Iterator[int]:
+    """`edge-agent serve` with `config`, yielding its pid once it accepts clients (its log
+    goes to a file: a pipe nobody reads could stall it); stopped with SIGINT, it must exit 0."""
+    log = folder / "serve.log"
+    command = [str(Path(sys.executable).parent / "edge-agent"), "--config", str(config), "serve"]
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while "wyoming: serving" not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: edge-agent serve did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+    if code != 0:
+        raise SystemExit(f"bench: edge-agent serve exited {code}:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+async def send_utterance(uri: str, pcm: bytes, live: bool) -> tuple[str, float]:
+    """One utterance the way Home Assistant sends it (transcribe, audio-start, 10 ms chunks,
+    audio-stop): the transcript, and the seconds from writing audio-stop to reading it.
+    `live`: the chunks at the pace of a microphone, as a satellite streams them (needed for
+    the latency: sent faster, the server is still decoding when audio-stop is written);
+    else as fast as the server reads them (the socket holds the client back)."""
+    from wyoming.asr import Transcribe
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncClient
+
+    step = PIPELINE_RATE * CHUNK_MS // 1000 * 2
+    client = AsyncClient.from_uri(uri)
+    await client.connect()
+    try:
+        await client.write_event(Transcribe(language="ko").event())
+        await client.write_event(AudioStart(rate=PIPELINE_RATE, width=2, channels=1).event())
+        start = time.perf_counter()
+        for number, index in enumerate(range(0, len(pcm), step)):
+            if live:
+                await asyncio.sleep(max(0.0, start + number * CHUNK_MS / 1000 - time.perf_counter()))
+            await client.write_event(AudioChunk(rate=PIPELINE_RATE, width=2, channels=1, audio=pcm[index : index + step]).event())
+        stopped = time.perf_counter()
+        await client.write_event(AudioStop().event())
+        answer = await asyncio.wait_for(client.read_event(), 60)
+        answered = time.perf_counter()
+    finally:
+        await client.disconnect()
+    if answer is None or answer.type != "transcript":
+        raise SystemExit(f"bench: the Wyoming server answered {answer} instead of a transcript")
+    return answer.data["text"], answered - stopped
+
+
+@dataclass
+class Served:
+    """One `edge-agent serve` run of K utterances."""
+
+    cpu: float
+    """The server's CPU seconds per utterance."""
+    latencies: list[float]
+    texts: list[str]
+
+
+def serve_run(folder: Path, pcm: bytes, count: int, live: bool) -> Served:
+    """`count` utterances, one at a time, to a fresh server after one to warm it up. Its CPU
+    is read from /proc before the first and after the last, so neither start-up nor the model
+    load nor the warm-up counts, as in file_per_session."""
+    config, uri = listener_config(folder)
+    with serving(config, folder) as pid:
+        asyncio.run(send_utterance(uri, pcm, live=False))  # the warm-up, as in file_per_session
+        time.sleep(0.3)  # the rest of start-up: the agent.started record, the retention thread
+        before = process_cpu(pid)
+        answers = [asyncio.run(send_utterance(uri, pcm, live)) for _ in range(count)]
+        time.sleep(0.2)  # the server closes the last connection
+        used = process_cpu(pid) - before
+    return Served(used / count, [latency for _text, latency in answers], [text for text, _latency in answers])
+
+
+def vosk_pace(pcm: bytes, pairs: int) -> list[float]:
+    """Vosk alone, in this process, one recognizer reused as edge does: thread CPU of the
+    utterance fed in 125 ms chunks at real-time pace / fed at once, per pair. The machine's
+    own price of live audio (caches and clocks gone cold in the gaps, it seems), which any
+    live source pays: it tells that part of the live ratio from the server's own."""
+    from edge.stt.recognizer import SpeechModel
+
+    model = SpeechModel(find_model("auto"))
+
+    def decode(pace: float) -> float:
+        decoder = model.decoder(())
+        start = time.thread_time()
+        for index in range(0, len(pcm), 4000):
+            time.sleep(pace)
+            decoder.feed(pcm[index : index + 4000])
+        decoder.transcript()
+        return time.thread_time() - start
+
+    decode(0)  # the recognizer and its graph cache
+    return [decode(0.125) / decode(0) for _ in range(pairs)]
+
+
+@dataclass
+class WyomingPair:
+    """One A/B pair: the file path and two servers on the same utterances."""
+
+    file_cpu: float
+    """`run --input`: CPU seconds per session, start-up left out."""
+    file_texts: list[str]
+    fast: Served
+    """Utterances sent as fast as the server reads them: like for like with the file path."""
+    live: Served
+    """Utterances sent at the pace of a microphone, as Home Assistant does."""
+
+    @property
+    def texts(self) -> set[str]:
+        return {*self.file_texts, *self.fast.texts, *self.live.texts}
+
+
+def wyoming_pair(folder: Path, pcm: bytes, count: int, file_first: bool) -> WyomingPair:
+    """The file path and the two servers, the file path first or last (A/B, as overhead() does)."""
+    if file_first:
+        file_cpu, texts = file_per_session(folder / "file", pcm, count)
+        fast = serve_run(folder / "fast", pcm, count, live=False)
+        live = serve_run(folder / "live", pcm, count, live=True)
+    else:
+        live = serve_run(folder / "live", pcm, count, live=True)
+        fast = serve_run(folder / "fast", pcm, count, live=False)
+        file_cpu, texts = file_per_session(folder / "file", pcm, count)
+    shutil.rmtree(folder, ignore_errors=True)
+    return WyomingPair(file_cpu, texts, fast, live)
+
+
+def wyoming(work: Path, utterances: int, pairs: int) -> list[Row]:
+    """Wyoming against `run --input` on the same utterances, CPU per utterance in A/B pairs,
+    and the latency. The target compares like with like: both paths take the audio as fast as
+    they can. Sent live, as Home Assistant does, the server also pays what live audio costs
+    on this machine (vosk_pace), which `run --mic` would pay as well."""
+    silence_end = config_for(work, work / "wyoming-data").trigger.silence_end.total_seconds()
+    pcm = wav_pcm(make_utterance(work, silence_end))
+    runs = [wyoming_pair(work / f"wyoming-{pair}", pcm, utterances, pair % 2 == 0) for pair in range(pairs)]
+    return wyoming_rows(runs, vosk_pace(pcm, min(utterances, 5)), utterances, len(pcm) / (2 * PIPELINE_RATE))
+
+
+def wyoming_rows(runs: list[WyomingPair], vosk: list[float], utterances: int, seconds: float) -> list[Row]:
+    fast = [run.fast.cpu / run.file_cpu for run in runs]
+    live = [run.live.cpu / run.file_cpu for run in runs]
+    latencies = [latency for run in runs for latency in run.live.latencies]
+    texts = set().union(*(run.texts for run in runs))
+    same = "the same text in both paths" if len(texts) == 1 else f"texts differ: {len(texts)} distinct"
+    what = f"{len(runs)} A/B pairs of {utterances} utterances of {seconds:.1f} s"
+    latency_note = f"{len(latencies)} utterances of {seconds:.1f} s, {CHUNK_MS} ms chunks sent live, one at a time"
+
+    def ms(values: list[float]) -> str:
+        return f"{statistics.median(values) * 1e3:.0f} ms"
+
+    def spread(values: list[float]) -> str:
+        return f"spread {min(values):.3f}-{max(values):.3f}"
+
+    return [
+        Row(
+            "CPU per utterance: Wyoming serve / run --input (median of pairs)",
+            round(statistics.median(fast), 3),
+            "x",
+            "<= 1.05",
+            statistics.median(fast) <= 1.05,
+            f"{what}, both as fast as they go; {spread(fast)}; "
+            f"Wyoming {ms([run.fast.cpu for run in runs])}, file {ms([run.file_cpu for run in runs])} CPU each; {same}",
+        ),
+        Row(
+            "CPU per utterance: Wyoming sent live / run --input (median of pairs)",
+            round(statistics.median(live), 3),
+            "x",
+            "",
+            None,
+            f"{what}, {CHUNK_MS} ms chunks at real-time pace; {spread(live)}; Wyoming {ms([run.live.cpu for run in runs])} CPU each",
+        ),
+        Row(
+            "Vosk alone: CPU of audio fed live / at once (median)",
+            round(statistics.median(vosk), 3),
+            "x",
+            "",
+            None,
+            f"{len(vosk)} pairs, the same utterance in 125 ms chunks; {spread(vosk)}: what live audio costs here, whoever decodes it",
+        ),
+        Row(
+            "Wyoming latency: audio-stop -> transcript (median)", round(statistics.median(latencies) * 1e3, 1), "ms", "", None, latency_note
+        ),
+        Row(
+            "Wyoming latency: audio-stop -> transcript (p90)",
+            round(statistics.quantiles(latencies, n=10)[-1] * 1e3, 1),
+            "ms",
+            "",
+            None,
+            latency_note,
+        ),
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -495,28 +796,34 @@ def machine() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer pairs (about a minute)")
-    parser.add_argument("--pairs", type=int, help="A/B pairs for the overhead ratio (default 5; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer pairs (about two minutes)")
+    parser.add_argument("--pairs", type=int, help="A/B pairs for the CPU ratios (default 5; 2 with --quick)")
+    parser.add_argument("--utterances", type=int, help="Wyoming utterances per run (default 10; 4 with --quick)")
+    parser.add_argument("--only", metavar="WORD", help="run only the steps whose name contains WORD (e.g. wyoming)")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run every step N times: median and spread (min-max)")
     args = parser.parse_args()
     os.umask(0o077)
     pairs = args.pairs or (2 if args.quick else 5)
+    utterances = args.utterances or (4 if args.quick else 10)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as scratch:
         work = Path(scratch)
-        speech = make_speech(work, 20 if args.quick else 60)
+        speech = functools.cache(lambda: make_speech(work, 20 if args.quick else 60))  # made once, if a step asks
         steps = [
-            ("overhead vs vosk-transcriber", lambda: overhead(work, speech, pairs)),
+            ("overhead vs vosk-transcriber", lambda: overhead(work, speech(), pairs)),
             ("commit scale", lambda: commit_scale(work, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])),
             ("shred scale", lambda: shred_scale(work, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])),
             ("boot catch-up", lambda: [boot_catch_up(work, 10_000)]),
             ("verify scale", lambda: verify_scale(work, [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])),
-            ("memory", lambda: memory(work, speech)),
+            ("memory", lambda: memory(work, speech())),
             ("sealing", lambda: sealing(work)),
-            ("latency", lambda: latency(work, speech)),
+            ("latency", lambda: latency(work, speech())),
+            ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
         ]
         for name, step in steps:
+            if args.only and args.only not in name:
+                continue
             runs = []
             for run in range(args.repeat):
                 print(f"bench: {name} ({run + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)

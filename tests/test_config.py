@@ -68,6 +68,8 @@ def test_example_config_is_valid_and_documents_every_key():
         "keep_transcript",
         "allow_training",
         "inactive_after",
+        "uri",
+        "name",
     ):
         assert f"{key} =" in text, key
 

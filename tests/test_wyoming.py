@@ -216,16 +216,19 @@ def test_a_stdio_listener_serves_the_process_that_started_it(household, clip, tm
     )
     assert process.stdin is not None and process.stdout is not None
     pcm, rate, width, channels = _wav(clip)
-    write_event(Describe().event(), process.stdin)
-    info = read_event(process.stdout)
-    assert info is not None and Info.from_event(info).asr[0].models[0].languages == ["ko"]
-    write_event(AudioStart(rate=rate, width=width, channels=channels).event(), process.stdin)
-    for index in range(0, len(pcm), 3200):
-        write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + 3200]).event(), process.stdin)
-    write_event(AudioStop().event(), process.stdin)
-    answer = read_event(process.stdout)
-    process.stdin.close()  # the parent is done: the agent stops by itself
-    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    try:
+        write_event(Describe().event(), process.stdin)
+        info = read_event(process.stdout)
+        assert info is not None and Info.from_event(info).asr[0].models[0].languages == ["ko"]
+        write_event(AudioStart(rate=rate, width=width, channels=channels).event(), process.stdin)
+        for index in range(0, len(pcm), 3200):
+            write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + 3200]).event(), process.stdin)
+        write_event(AudioStop().event(), process.stdin)
+        answer = read_event(process.stdout)
+        process.stdin.close()  # the parent is done: the agent stops by itself
+        assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    finally:
+        process.kill()
     assert answer is not None and _text(answer) == SAID
 
 
@@ -462,3 +465,38 @@ def test_serve_says_what_is_missing(household, tmp_path):
     assert nobody.returncode == 1 and "no profile named 'nobody'" in nobody.stderr and "child" in nobody.stderr
     for output in (nothing, alone, nobody):
         assert "Traceback" not in output.stderr
+
+
+def test_a_defect_inside_one_utterance_is_an_error_for_that_client_only(server, clip, monkeypatch):
+    from edge.wyoming.utterance import Utterance
+
+    served, uri, data = server
+
+    def broken(self, raw):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(Utterance, "feed", broken)  # the server's resilience is under test, not the decoder
+    answers = asyncio.run(_raw(uri, b"", [START, CHUNK, CHUNK, CHUNK, CHUNK, CHUNK]))
+    assert [(e.type, e.data["code"]) for e in answers] == [("error", "internal")]
+    monkeypatch.undo()
+    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+    assert [s["end_reason"] for s in _served(data)] == ["stopped", "end_of_input"]
+
+
+def test_a_socket_another_agent_serves_is_refused_and_a_stale_one_replaced(server, household, model, tmp_path):
+    from edge.errors import WyomingError
+
+    served, uri, _data = server
+    second = WyomingServer(served.household, served.listeners)
+    with pytest.raises(WyomingError, match="another program already serves"):
+        second.start()
+    served.stop()  # its sockets are gone; a socket file left by a crash is replaced
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(uri.removeprefix("unix://"))
+    stale.close()
+    again = WyomingServer(served.household, served.listeners)
+    again.start()
+    try:
+        assert asyncio.run(_raw_first(uri, Describe().event())).type == "info"
+    finally:
+        again.stop()

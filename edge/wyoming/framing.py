@@ -3,8 +3,9 @@
 An event is a JSON header line, then `data_length` bytes of JSON, then `payload_length`
 bytes of audio. The package's reader trusts both lengths (a client could make it
 allocate gigabytes) and turns every malformed event into a silent end of stream. Here
-the header is bounded and checked first, and a bad event is an error the client is
-told about; the checked bytes are then parsed by the package itself, so edge frames
+the package reads each event through a check: the header line is bounded, and its type
+and lengths are checked before the package reads a byte of what it announces; a bad
+event is an error the client is told about, never the end of the stream. So edge frames
 events exactly as Home Assistant does. Writing is the package's own.
 """
 
@@ -35,30 +36,43 @@ class Limits:
 async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Event | None:
     """The next event, None at a clean end of stream; WyomingError for anything malformed.
     `reader` must have been made with `limit=limits.header_bytes`."""
+    checked = _CheckedReader(reader, limits)
     try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise WyomingError("the connection ended inside an event header", "bad-frame") from None
-    except asyncio.LimitOverrunError:
-        raise WyomingError(f"an event header is longer than {limits.header_bytes} bytes", "too-large") from None
-    header = _header(line)
-    data_length = _length(header, "data_length", limits.data_bytes)
-    payload_length = _length(header, "payload_length", limits.payload_bytes)
-    try:
-        body = await reader.readexactly(data_length + payload_length)
+        event = await async_read_event(checked)  # type: ignore[arg-type]
+    except (TypeError, AttributeError):  # data the package cannot merge (a list, a string)
+        raise WyomingError("an event's data is not a JSON object", "bad-frame") from None
     except asyncio.IncompleteReadError:
         raise WyomingError("the connection ended inside an event", "bad-frame") from None
-    if data_length and not isinstance(_json(body[:data_length], "data"), dict):
+    if event is None and checked.header is not None:  # the package's word for "malformed"
         raise WyomingError("an event's data is not a JSON object", "bad-frame")
-    checked = asyncio.StreamReader(limit=len(line) + 1)
-    checked.feed_data(line + body)
-    checked.feed_eof()
-    event = await async_read_event(checked)
-    if event is None:  # cannot happen for bytes checked above; never read it as the end
-        raise WyomingError("an event could not be read", "bad-frame")
     return event
+
+
+class _CheckedReader:
+    """What the package reads through: the header line bounded and checked (type, lengths
+    within limits) before the package reads a byte of what it announces."""
+
+    def __init__(self, reader: asyncio.StreamReader, limits: Limits) -> None:
+        self._reader = reader
+        self._limits = limits
+        self.header: dict[str, Any] | None = None
+
+    async def readline(self) -> bytes:
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return b""  # a clean end of stream
+            raise WyomingError("the connection ended inside an event header", "bad-frame") from None
+        except asyncio.LimitOverrunError:
+            raise WyomingError(f"an event header is longer than {self._limits.header_bytes} bytes", "too-large") from None
+        self.header = _header(line)
+        _length(self.header, "data_length", self._limits.data_bytes)
+        _length(self.header, "payload_length", self._limits.payload_bytes)
+        return line
+
+    async def readexactly(self, count: int) -> bytes:
+        return await self._reader.readexactly(count)  # never more than the header announced, checked above
 
 
 def _header(line: bytes) -> dict[str, Any]:
@@ -77,12 +91,11 @@ def _json(raw: bytes, what: str) -> Any:
         raise WyomingError(f"an event {what} is not JSON", "bad-frame") from None
 
 
-def _length(header: dict[str, Any], key: str, cap: int) -> int:
+def _length(header: dict[str, Any], key: str, cap: int) -> None:
     value = header.get(key)
     if value is None:
-        return 0
+        return
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise WyomingError(f"{key} is not a whole number of bytes", "bad-frame")
     if value > cap:
         raise WyomingError(f"{key} = {value} is more than the {cap} bytes edge accepts", "too-large")
-    return value

@@ -10,8 +10,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import webrtcvad
+
+from edge.agent import segmenter_settings
 from edge.config import Config, ListenerSettings
-from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.pcm import FRAME_BYTES, PIPELINE_RATE, SAMPLE_BYTES
 from edge.sink import AuditSink
 from edge.store.recorder import Recorder
 from edge.stt.recognizer import SpeechModel
@@ -35,7 +38,9 @@ class Household:
 
 class Utterance:
     """Registered and sealed from its first byte (a crash leaves a session that expires on
-    time); audio longer than [trigger] max_session is neither sealed nor decoded."""
+    time); audio longer than [trigger] max_session is neither sealed nor decoded. Every
+    sample is sealed; silence far from speech is not decoded (the VAD decides, 30 ms at a
+    time), exactly as in a microphone's session."""
 
     def __init__(self, household: Household, listener: ListenerSettings, wire: WireFormat) -> None:
         config = household.config
@@ -43,7 +48,10 @@ class Utterance:
         self.tag = tag_listener_session(config, listener.profile, household.active_profile())
         self._limit = round(config.trigger.max_session.total_seconds() * PIPELINE_RATE) * SAMPLE_BYTES
         self._converter = WireConverter(wire)
-        self._decoder = household.model.decoder(config.trigger.grammar)
+        self._vad = webrtcvad.Vad(config.trigger.vad_aggressiveness)
+        self._frame = bytearray()
+        """Pipeline audio sealed but not yet judged by the VAD (less than one frame)."""
+        self._decoder = household.model.decoder(config.trigger.grammar, padding=segmenter_settings(config.trigger).padding)
         try:
             self._sealed = household.recorder.begin(self.session, self.tag)
         except BaseException:
@@ -63,9 +71,11 @@ class Utterance:
         self._take(self._converter.convert(raw))
 
     def finish(self) -> Transcript:
-        """Seal the rest and the transcript; the session is complete. Idempotent enough for
-        a disconnect after a failure: the decoder finishes once."""
+        """Seal the rest and the transcript; the session is complete."""
         self._take(self._converter.flush())
+        if self._frame:  # the last part of a frame: decoded whole
+            self._decoder.feed(bytes(self._frame))
+            self._frame.clear()
         transcript = self._decoder.transcript()
         self._sealed.finish(transcript)
         return transcript
@@ -83,5 +93,10 @@ class Utterance:
             pcm, self.cut = pcm[: max(room, 0)], True
         if pcm:
             self._sealed.write(pcm)
-            self._decoder.feed(pcm)
             self._bytes += len(pcm)
+            self._frame += pcm
+            whole = len(self._frame) - len(self._frame) % FRAME_BYTES
+            for index in range(0, whole, FRAME_BYTES):
+                frame = bytes(self._frame[index : index + FRAME_BYTES])
+                self._decoder.feed(frame, silent=not self._vad.is_speech(frame, PIPELINE_RATE))
+            del self._frame[:whole]
