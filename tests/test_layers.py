@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"edge.crypto"},  # age, the kernel keyring, vaults
     {"edge.store"},  # keystore, records, buckets, recorder, export
     {"edge.retention", "edge.audit"},  # siblings: shredding on time; the log that proves it
-    {"edge.audio", "edge.stt"},  # the pipeline's sources and its recognizer
+    {"edge.audio", "edge.stt", "edge.voice"},  # the pipeline's sources, its recognizer, its speaker encoder
     {"edge.tagging"},
     {"edge.agent"},  # the pipeline
     {"edge.wiring"},  # the composition root
