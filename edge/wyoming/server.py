@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
@@ -85,7 +86,17 @@ class WyomingServer:
 
     def start(self) -> None:
         """Bind every listener (refusing a socket another agent serves) and serve on a thread."""
-        sockets = [self._bind(listener) for listener in self.listeners if listener.socket is not None]
+        sockets: list[socket.socket] = []
+        try:
+            for listener in self.listeners:
+                if listener.socket is not None:
+                    sockets.append(self._bind(listener))
+        except WyomingError:  # none left bound: each was ours only once bound
+            unix = [listener.socket for listener in self.listeners if listener.socket is not None]
+            for bound, path in zip(sockets, unix, strict=False):
+                bound.close()
+                path.unlink(missing_ok=True)
+            raise
         self._loop = asyncio.new_event_loop()
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(sockets, started), name="edge-wyoming-loop", daemon=True)
@@ -153,7 +164,7 @@ class WyomingServer:
             if listener.transport == ListenerTransport.STDIO:
                 await self._serve_stdio(listener)
 
-    def _client_of(self, listener: ListenerSettings):  # type: ignore[no-untyped-def]
+    def _client_of(self, listener: ListenerSettings) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         open_here: set[asyncio.Task[None]] = set()
 
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
