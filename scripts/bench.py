@@ -723,7 +723,7 @@ def wyoming_rows(runs: list[WyomingPair], vosk: list[float], utterances: int, se
     live = [run.live.cpu / run.file_cpu for run in runs]
     latencies = [latency for run in runs for latency in run.live.latencies]
     texts = set().union(*(run.texts for run in runs))
-    same = "the same text in both paths" if len(texts) == 1 else f"texts differ: {len(texts)} distinct"
+    same = "the same text in both paths" if len(texts) == 1 else f"texts differ: {sorted(texts)} (synthetic speech)"
     what = f"{len(runs)} A/B pairs of {utterances} utterances of {seconds:.1f} s"
     latency_note = f"{len(latencies)} utterances of {seconds:.1f} s, {CHUNK_MS} ms chunks sent live, one at a time"
 

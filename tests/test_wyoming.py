@@ -280,6 +280,8 @@ BAD_INPUTS = {
     "payload-length-huge": (_header(type="audio-chunk", payload_length=10**12), [], "too-large"),
     "negative-length": (_header(type="audio-chunk", payload_length=-5), [], "bad-frame"),
     "not-json": (b"this is not json\n", [], "bad-frame"),
+    "nested-too-deep": (b"[" * 5000 + b"\n", [], "bad-frame"),
+    "data-nested-too-deep": (_header(type="audio-start", data_length=5000) + b"[" * 5000, [], "bad-frame"),
     "no-type": (_header(data={"rate": 1}), [], "bad-frame"),
     "data-not-an-object": (_header(type="audio-start", data_length=3) + b"[1]", [], "bad-frame"),
     "data-not-json": (_header(type="audio-start", data_length=3) + b"{{{", [], "bad-frame"),
@@ -500,3 +502,35 @@ def test_a_socket_another_agent_serves_is_refused_and_a_stale_one_replaced(serve
         assert asyncio.run(_raw_first(uri, Describe().event())).type == "info"
     finally:
         again.stop()
+
+
+def test_a_stdio_listener_is_refused_beside_the_microphone(household, tmp_path):
+    config, _ = household
+    beside = tmp_path / "stdio.toml"
+    beside.write_text(config.read_text() + '\n[[wyoming]]\nuri = "stdio://"\n', encoding="utf-8")
+    refused = edge_agent("--config", str(beside), "run", "--mic")
+    assert refused.returncode == 2 and "served by `edge-agent serve` only" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_frees_its_core(server, clip):
+    served, uri, data = server
+
+    async def never_read() -> float:
+        reader, writer = await asyncio.open_unix_connection(uri.removeprefix("unix://"))
+        started = time.monotonic()
+        writer.write(_header(type="audio-start", data={"rate": 16000, "width": 2, "channels": 1}))
+        describe = _header(type="describe")
+        try:
+            for _ in range(20_000):  # answers pile up unread until the socket is full
+                writer.write(describe)
+                await asyncio.wait_for(writer.drain(), 10)
+        except (ConnectionError, TimeoutError):
+            pass
+        return time.monotonic() - started
+
+    assert asyncio.run(never_read()) < 15
+    deadline = time.monotonic() + 10
+    while not _served(data) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [s["end_reason"] for s in _served(data)] == ["stopped"]
+    assert _text(asyncio.run(_utterance(uri, clip))) == SAID

@@ -52,6 +52,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         refuse_text_into_journal("run --json")
     config = config_of(args)
+    if args.mic and any(listener.transport == ListenerTransport.STDIO for listener in config.listeners):
+        raise UsageError(
+            f"{config.path}: a stdio:// listener is served by `edge-agent serve` only: beside the microphone, "
+            "stdout carries the agent's own output. Give the listener a unix:// socket, or run `serve`."
+        )
     return run_agent(config, args.input, args.profile, session_printer(args.json))
 
 

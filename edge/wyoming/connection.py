@@ -52,6 +52,8 @@ class Connection:
         self._waiting: float | None = None
         """Since when (loop time) the next event is awaited; None while one is handled."""
         self._stalled = False
+        self._started = 0.0
+        """When (loop time) the utterance began."""
 
     async def run(self) -> None:
         """Serve until the client leaves, misbehaves, stalls or the server stops."""
@@ -134,15 +136,20 @@ class Connection:
             raise WyomingError("every core is decoding another utterance; try again", "busy")
         try:
             self._utterance = await self._work(Utterance, self._server.household, self._listener, wire)
-        except WyomingError:
-            self._server.give_slot()
+        except BaseException:
+            if self._utterance is None:  # not made (or `_work` kept it at a shutdown): the slot is free
+                self._server.give_slot()
             raise
+        self._started = asyncio.get_running_loop().time()
         self._wire = wire
         self._feed_bytes = round(wire.rate * _FEED_SECONDS) * wire.frame_bytes
 
     async def _chunk(self, event: Event) -> None:
         if self._utterance is None or self._wire is None:
             raise WyomingError("audio-chunk arrived before audio-start", "protocol")
+        longest = self._server.household.config.trigger.max_session.total_seconds() + self._server.settings.idle_timeout
+        if asyncio.get_running_loop().time() - self._started > longest:  # a trickle must not hold a core for ever
+            raise WyomingError(f"the utterance went on for longer than {longest:g} s", "timeout")
         data = event.data
         if (data.get("rate"), data.get("width"), data.get("channels")) != (self._wire.rate, self._wire.width, self._wire.channels):
             raise WyomingError("an audio-chunk's rate, width or channels differ from its audio-start", "bad-audio-format")
@@ -217,8 +224,15 @@ class Connection:
     async def _work(self, function: Callable[..., Result], *args: Any) -> Result:
         """Blocking work (Vosk, sealing, the keystore) on a worker thread; a storage failure
         ends the utterance with an error the client sees, never the server."""
+        future = asyncio.get_running_loop().run_in_executor(self._server.workers, function, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._server.workers, function, *args)
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:  # the server stops: the thread finishes what it began, so
+            await asyncio.wait([future])  # nothing uses the utterance from two threads at once
+            made = future.result() if not future.cancelled() and future.exception() is None else None
+            if isinstance(made, Utterance):
+                self._utterance = made  # registered: it ends as "stopped" like the others
+            raise
         except WyomingError:
             raise
         except EdgeError as exc:
@@ -240,4 +254,8 @@ class Connection:
             pass  # it is gone already
 
     async def _send(self, event: Event) -> None:
-        await async_write_event(event, self._writer)
+        """A client that stops reading is cut off after the idle timeout, like one that stops sending."""
+        try:
+            await asyncio.wait_for(async_write_event(event, self._writer), self._server.settings.idle_timeout)
+        except TimeoutError:
+            raise ConnectionResetError("the client stopped reading") from None

@@ -39,7 +39,7 @@ async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Event | No
     checked = _CheckedReader(reader, limits)
     try:
         event = await async_read_event(checked)  # type: ignore[arg-type]
-    except (TypeError, AttributeError):  # data the package cannot merge (a list, a string)
+    except (TypeError, AttributeError, RecursionError):  # data the package cannot merge (a list, a string), or nested too deep
         raise WyomingError("an event's data is not a JSON object", "bad-frame") from None
     except asyncio.IncompleteReadError:
         raise WyomingError("the connection ended inside an event", "bad-frame") from None
@@ -87,7 +87,7 @@ def _header(line: bytes) -> dict[str, Any]:
 def _json(raw: bytes, what: str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         raise WyomingError(f"an event {what} is not JSON", "bad-frame") from None
 
 
