@@ -123,7 +123,11 @@ install_edge() {
   chmod 0700 "$DATA"
   system chown edge:edge /var/lib/edge
 
-  [ ${#WYOMING[@]} -eq 0 ] || install_wyoming
+  # Also when the config already names a listener there (say, after --uninstall, which keeps
+  # the config): without its folder the agent could not bind the socket and would not start.
+  if [ ${#WYOMING[@]} -gt 0 ] || grep -Eq '^[[:space:]]*uri[[:space:]]*=[[:space:]]*"unix:///run/edge-wyoming/' "$ETC/household.toml"; then
+    install_wyoming
+  fi
 
   install -m 0644 "$SRC/configs/edge-agent.service" "$UNIT"
   local spec sockets=()

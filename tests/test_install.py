@@ -289,6 +289,22 @@ def test_wyoming_under_root_only_shows_what_would_change_the_system(wyoming, sta
     assert "avahi-daemon" not in plain and "edge-wyoming" not in plain
 
 
+def test_an_install_without_wyoming_keeps_the_folder_the_configs_listeners_need(tmp_path):
+    """After --uninstall the config keeps its [[wyoming]] tables: a plain install must give
+    the agent back their folder, or it cannot bind them and does not start."""
+    stage = tmp_path / "root"
+    (stage / "etc/edge").mkdir(parents=True)
+    (stage / "etc/edge/household.toml").write_text(
+        EXAMPLE.read_text() + '\n[[wyoming]]\nuri = "unix:///run/edge-wyoming/10300.sock"\nprofile = "child"\n'
+    )
+    result = _install(stage)
+    assert result.returncode == 0, result.stderr
+    assert (stage / "etc/tmpfiles.d/edge-wyoming.conf").read_text().strip().endswith("d /run/edge-wyoming 2750 edge edge-wyoming -")
+    assert not list((stage / "etc/systemd/system").glob("edge-wyoming-*"))  # bridges only for --wyoming ports
+    plain = _install(tmp_path / "plain")
+    assert plain.returncode == 0 and not (tmp_path / "plain/etc/tmpfiles.d").exists()
+
+
 def test_wyoming_reinstall_adds_nothing(wyoming):
     stage, _ = wyoming
     files = sorted(path for path in (stage / "etc").rglob("*") if path.is_file())
