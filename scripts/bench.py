@@ -493,11 +493,13 @@ also ends in silence_end of silence): enough for the segmenter to end every sess
 
 
 def joined_utterances(utterance: bytes, count: int) -> bytes:
-    """`count` utterances, each after about BETWEEN s of silence, rounded so that each starts
-    on a segmenter frame: every session (its pre-roll too) then holds the very same samples."""
+    """`count` utterances, each after about BETWEEN s of silence, so that each starts on a
+    segmenter frame: every session (its pre-roll too) then holds the very same samples, cut
+    into the same 30 ms frames as the server cuts the utterance. (The utterance is sent to the
+    server as it is: a client's audio is rarely whole 30 ms frames.)"""
     gap = round(BETWEEN * PIPELINE_RATE) * 2
-    gap += -(len(utterance) + gap) % FRAME_BYTES
-    return (bytes(gap) + utterance) * count
+    gap += -gap % FRAME_BYTES
+    return (bytes(gap) + utterance + bytes(-len(utterance) % FRAME_BYTES)) * count
 
 
 def make_utterance(folder: Path, trail: float) -> Path:
