@@ -21,6 +21,8 @@ from edge.policy import Tag
 from edge.store.recorder import Recorder, SealedSession
 from edge.stt.recognizer import Decoder, SpeechModel
 from edge.tagging import tag_session
+from edge.tagging.held import HeldSession
+from edge.tagging.voice import VoiceTagger
 from edge.transcript import Transcript, Word
 from edge.values import EndReason, TagRule, TriggerMode
 
@@ -89,7 +91,7 @@ class _OpenSession:
     start: float
     started: str
     decoder: Decoder
-    sealed: SealedSession | None
+    sealed: SealedSession | HeldSession | None
 
 
 class SessionRunner:
@@ -101,15 +103,16 @@ class SessionRunner:
 
     def begin(self, offset: float) -> None:
         session_id = secrets.token_hex(8)
-        tag = tag_session(self._agent.config, self._agent.given_profile, self._agent.active_profile)
-        recorder = self._agent.recorder
+        agent = self._agent
+        tag = tag_session(agent.config, agent.given_profile, agent.active_profile)
+        now = agent.clock()
         self._open = _OpenSession(
             session=session_id,
             tag=tag,
             start=offset,
-            started=self._agent.clock().astimezone(timezone.utc).isoformat(timespec="seconds"),
-            decoder=self._agent.model.decoder(self._agent.grammar, padding=self._agent.segmenter.settings.padding),
-            sealed=recorder.begin(session_id, tag) if recorder is not None else None,
+            started=now.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            decoder=agent.model.decoder(agent.grammar, padding=agent.segmenter.settings.padding),
+            sealed=agent.seal(session_id, tag, now),
         )
 
     def audio(self, pcm: bytes, silent: bool) -> None:
@@ -124,13 +127,14 @@ class SessionRunner:
         if session is None:
             return
         transcript = _without_wake_phrase(session.decoder.transcript(), self._agent.wake_tokens, session.start)
-        kept = session.sealed.entry if session.sealed is not None else None
         if session.sealed is not None:
             session.sealed.finish(transcript)
+        kept = session.sealed.entry if session.sealed is not None else None
+        tag = session.sealed.tag if isinstance(session.sealed, HeldSession) else session.tag  # as the voice decided
         record = SessionRecord(
             session=session.session,
-            profile=session.tag.profile.name,
-            rule=session.tag.rule,
+            profile=tag.profile.name,
+            rule=tag.rule,
             started=session.started,
             start=session.start,
             end=offset,
@@ -154,11 +158,14 @@ class Agent:
         given_profile: str | None = None,
         recorder: Recorder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        tagger: VoiceTagger | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.recorder = recorder
         """Seals what profiles keep; None stores nothing (e.g. `transcribe`)."""
+        self.tagger = tagger
+        """Tags sessions by voice once a voice is enrolled; None = by configuration only."""
         self.clock = clock
         self.on_session = self._count(on_session)
         self.given_profile = given_profile
@@ -184,6 +191,18 @@ class Agent:
             callback(record)
 
         return counted
+
+    def seal(self, session_id: str, tag: Tag, now: datetime) -> SealedSession | HeldSession | None:
+        """Where a new session's audio goes: sealed from its first byte, or, with voices
+        enrolled (and no --profile), held in memory until its voice is judged."""
+        if self.recorder is None:
+            return None
+        voices = self.tagger.enrolled() if self.tagger is not None and tag.rule is not TagRule.GIVEN else {}
+        if self.tagger is not None and voices:
+            trigger = self.config.trigger
+            max_seconds = (trigger.max_session + trigger.wake_timeout).total_seconds() + 1  # a session is never longer
+            return HeldSession(self.recorder, self.tagger, session_id, tag, voices, now, max_seconds)
+        return self.recorder.begin(session_id, tag)
 
     def push_to_talk(self) -> None:
         self.segmenter.push()

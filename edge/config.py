@@ -114,6 +114,22 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class SpeakerSettings:
+    """[speaker]: tagging sessions by voice, once at least one voice is enrolled
+    (`edge-agent voices enroll`). Scores are cosine similarities of voiceprints (-1 to 1)."""
+
+    identify: bool
+    """Whether enrolled voices tag sessions; false = tagging by configuration only."""
+    threshold: float
+    """Score the best-matching voice must reach for its profile to be chosen."""
+    adult_threshold: float
+    """The (higher) score an adult profile's voice must reach: a child tagged as an adult
+    is the error that matters, so that decision needs more evidence."""
+    margin: float
+    """How far the best match must beat the best match of every other profile."""
+
+
+@dataclass(frozen=True)
 class ListenerSettings:
     """One Wyoming speech-to-text listener ([[wyoming]] in the config, or `serve --uri`)."""
 
@@ -139,6 +155,7 @@ class Config:
     profiles: tuple[Profile, ...]
     listeners: tuple[ListenerSettings, ...] = ()
     """Wyoming listeners served by `serve` and `run --mic`."""
+    speaker: SpeakerSettings = SpeakerSettings(identify=True, threshold=0.80, adult_threshold=0.86, margin=0.06)
 
     def profile(self, name: str) -> Profile:
         for profile in self.profiles:
@@ -189,6 +206,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     retention = _parse_retention(root.table("retention"))
     profiles_table = root.table("profiles")
     listener_tables = root.tables("wyoming")
+    speaker = _parse_speaker(root.table("speaker"))
     root.finish()
 
     profiles = tuple(_parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys()))
@@ -218,6 +236,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         retention=retention,
         profiles=profiles,
         listeners=listeners,
+        speaker=speaker,
     )
 
 
@@ -300,6 +319,26 @@ def _parse_retention(table: _Table) -> RetentionSettings:
         table.fail("sweep", sweep, "a duration from 1s to 1h")
     table.finish()
     return RetentionSettings(sweep=sweep)
+
+
+def _parse_speaker(table: _Table) -> SpeakerSettings:
+    default = Config.speaker
+    identify = table.get("identify", bool, default.identify)
+    threshold = table.get("threshold", (float, int), default.threshold)
+    if not 0 < threshold <= 1:
+        table.fail("threshold", threshold, "a number above 0, at most 1 (0.80 by default)")
+    adult = table.get("adult_threshold", (float, int), max(default.adult_threshold, threshold))
+    if not threshold <= adult <= 1:
+        table.fail(
+            "adult_threshold",
+            adult,
+            f"a number from speaker.threshold ({threshold}) to 1: tagging as an adult must never be the easier decision",
+        )
+    margin = table.get("margin", (float, int), default.margin)
+    if not 0 <= margin < 1:
+        table.fail("margin", margin, "a number from 0 to below 1 (0.06 by default)")
+    table.finish()
+    return SpeakerSettings(identify=identify, threshold=float(threshold), adult_threshold=float(adult), margin=float(margin))
 
 
 def _parse_device(table: _Table, path: Path) -> DeviceSettings:

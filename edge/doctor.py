@@ -51,6 +51,7 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
     findings = [_config_file(config)]
     checks: list[Callable[[], Finding | list[Finding]]] = [
         lambda: _model(config),
+        lambda: _speaker(config),
         lambda: _microphone(config, open_mic),
         lambda: _vault(config),
         _clock,
@@ -94,6 +95,21 @@ def _model(config: Config) -> Finding:
             "model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)"
         )
     return Finding("model", "ok", f"{path}")
+
+
+def _speaker(config: Config) -> Finding:
+    """The speaker encoder's weights, digest checked: without them, voices tag nothing."""
+    from edge.voice.weights import INSTALL, find_weights, load_weights
+
+    if not config.speaker.identify:
+        return Finding("speaker", "ok", "tagging by voice is off ([speaker] identify = false)")
+    try:
+        load_weights()
+    except EdgeError as exc:
+        return Finding(
+            "speaker", "warn", f"{exc}; sessions are tagged by configuration only", f".venv/bin/{INSTALL} (scripts/setup.sh does this)"
+        )
+    return Finding("speaker", "ok", f"speaker encoder weights verified ({find_weights()})")
 
 
 def _microphone(config: Config, open_mic: bool) -> Finding:

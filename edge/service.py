@@ -165,7 +165,7 @@ def _start_listeners(runtime: wiring.Runtime, listeners: tuple[ListenerSettings,
     from edge.wyoming.utterance import Household
 
     agent = runtime.agent
-    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile)
+    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile, agent.tagger)
     server = WyomingServer(household, listeners)
     server.start()
     return server

@@ -54,6 +54,8 @@ class TagRule(StrEnum):
     """Nobody was named: the strictest policy, fail-closed."""
     LISTENER = "listener"
     """The Wyoming listener the utterance came through names who speaks there."""
+    VOICE = "voice"
+    """An enrolled voiceprint matched (and nothing stricter said otherwise)."""
 
 
 class ListenerTransport(StrEnum):

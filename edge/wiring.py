@@ -28,6 +28,7 @@ from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import Access, Keystore
 from edge.store.recorder import Recorder
+from edge.tagging.voice import VoiceTagger
 
 if TYPE_CHECKING:
     from edge.audit.verify import Verification
@@ -125,10 +126,17 @@ def make_agent(
     profile: str | None = None,
     clock: TrustedClock | None = None,
 ) -> Agent:
-    """The pipeline: segmenter, tagger, recognizer and (with a recorder) sealing."""
+    """The pipeline: segmenter, tagger, recognizer and (with a recorder) sealing, tagging by
+    voice once a voice is enrolled."""
+    tagger = make_tagger(config, recorder.keystore) if recorder is not None else None
     if clock is None:
-        return Agent(config, model, on_session, given_profile=profile, recorder=recorder)
-    return Agent(config, model, on_session, given_profile=profile, recorder=recorder, clock=clock.now)
+        return Agent(config, model, on_session, given_profile=profile, recorder=recorder, tagger=tagger)
+    return Agent(config, model, on_session, given_profile=profile, recorder=recorder, clock=clock.now, tagger=tagger)
+
+
+def make_tagger(config: Config, keystore: Keystore) -> VoiceTagger:
+    """Tags sessions by the enrolled voices (the speaker encoder loads on first need)."""
+    return VoiceTagger(config, keystore)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def test_rows_round_trip_every_field_shape():
     both = SessionEntry("c", "child", TagRule.GIVEN, True, when, when, when + timedelta(days=7), "b1", "b2")
     assert session_from("c", session_document(both), False, True) == replace(both, audio_bucket=None, audio_expires=None)
     pending = PendingForget("r1", "session c", ("c",), {"b1": ("c",)}, ("b2",))
-    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending})
+    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {})
 
 
 def test_a_commit_opens_only_the_rows_it_touches(tmp_path, write_config, monkeypatch):

@@ -244,7 +244,7 @@ def server(household, model, tmp_path):
     config = load_config(tmp_path / "household.toml")
     runtime = wiring.build_runtime(config, lambda _r: None, lambda _r: None, model=model)
     runtime.keystore.read()
-    household_parts = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile)
+    household_parts = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile, runtime.agent.tagger)
     served = WyomingServer(household_parts, config.listeners, ServerSettings(idle_timeout=1.5, limits=Limits()))
     served.start()
     yield served, f"unix://{tmp_path / 'kids.sock'}", tmp_path / "data"

@@ -126,9 +126,23 @@ TrainingExport = tuple[Literal["training export"], int, str | int | float | bool
 """line, the exported session as logged (any hashable JSON value)"""
 Malformed = tuple[Literal["malformed"], int, str]
 """line, message"""
-ScanOp = Created | Gone | Shredded | Requested | Fulfilled | Recovered | RootLost | TrainingExport | Malformed
+Voice = tuple[Literal["voice"], int, str, bool]
+"""line, profile, whether its voiceprint is held from then on (enrolled) or not (forgotten)"""
+ScanOp = Created | Gone | Shredded | Requested | Fulfilled | Recovered | RootLost | TrainingExport | Voice | Malformed
 Sink = Callable[[ScanOp], None]
-_SCANNED = frozenset({"session.created", "shred", "forget.requested", "forget.fulfilled", "log.recovered", "root.lost", "export"})
+_SCANNED = frozenset(
+    {
+        "session.created",
+        "shred",
+        "forget.requested",
+        "forget.fulfilled",
+        "log.recovered",
+        "root.lost",
+        "export",
+        "voice.enrolled",
+        "voice.forgotten",
+    }
+)
 
 
 def scan(line: int, entry: dict[str, Any], sink: Sink) -> None:
@@ -166,6 +180,8 @@ def _scan(line: int, kind: str, fields: dict[str, Any], sink: Sink) -> None:
         sink(("recovered",))
     elif kind == "root.lost":
         sink(("root lost",))
+    elif kind in ("voice.enrolled", "voice.forgotten"):
+        sink(("voice", line, _text(fields, "profile"), kind == "voice.enrolled"))
     elif kind == "export" and fields.get("purpose") == Purpose.TRAINING:
         exported = fields.get("session")
         hash(exported)  # a list or an object cannot name a session (TypeError: unhashable)

@@ -182,6 +182,8 @@ class _DataScan:
         self.gone: set[tuple[str, str]] = set()
         """(session, kind) whose data was destroyed"""
         self.open_requests: dict[str, int] = {}
+        self.voices: dict[str, tuple[int, bool]] = {}
+        """profile -> (line, held) of the last voice event: enrolled, or forgotten"""
         self.problems: list[Problem] = []
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
@@ -206,6 +208,9 @@ class _DataScan:
                 result.recovered += 1
             case ("root lost",):
                 self.gone.update((s, k) for s in self.created for k in DataKind)
+                self.voices = {profile: (line, False) for profile, (line, _held) in self.voices.items()}
+            case ("voice", line, profile, held):
+                self.voices[profile] = (line, held)
             case ("training export", line, str() as session) if session in self.children:
                 self.problems.append(Problem(f"a child's session {session} was exported for training", line, session))
             case ("malformed", line, message):
@@ -260,6 +265,13 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
                 )
     for pending in data.forgets.values():
         result.problems.append(Problem(f"forget request {pending.request} is not finished yet; the next purge or forget finishes it"))
+    for profile in sorted(data.voices):
+        voice_event = scan.voices.get(profile)
+        if voice_event is None:
+            result.problems.append(Problem(f"the voiceprint of {profile} is held by the device but its enrolment was never logged"))
+        elif not voice_event[1]:
+            message = f"the voiceprint of {profile} is logged as shredded but the device still holds it; the next purge finishes it"
+            result.problems.append(Problem(message, voice_event[0]))
     live = [e for e in data.sessions.entries() if e.audio_bucket or e.transcript_bucket]
     result.live_sessions = len(live)
     upcoming = [t for e in live for t in (e.audio_expires, e.transcript_expires) if t is not None and t > now]

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import audit, data, deletion, doctor, live, model, speech
+from edge.cli import audit, data, deletion, doctor, live, model, speech, voices
 from edge.cli.base import Command, Parser, add_commands
 from edge.errors import EdgeError
 
@@ -23,6 +23,7 @@ COMMANDS: tuple[Command, ...] = (
     speech.COMMANDS[:3]
     + data.COMMANDS
     + deletion.COMMANDS
+    + voices.COMMANDS
     + live.COMMANDS
     + audit.COMMANDS
     + model.COMMANDS

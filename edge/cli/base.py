@@ -133,3 +133,5 @@ def print_status(store: Keystore) -> None:
         audio = iso_utc(entry.audio_expires) or "not kept"
         text = iso_utc(entry.transcript_expires) or "not kept"
         print(f"session {entry.id}  {entry.profile} ({entry.rule})  audio until {audio}  transcript until {text}  [{entry.state}]")
+    if data.voices:
+        print(f"voiceprints: {', '.join(sorted(data.voices))} (`edge-agent voices list` says more)")

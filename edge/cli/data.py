@@ -66,6 +66,7 @@ def _status(args: argparse.Namespace) -> int:
         "agent": agent,
         "buckets": len(data.buckets),
         "sessions": sessions,
+        "voices": sorted(data.voices),
     }
     print(json.dumps(document))
     return 0

@@ -36,16 +36,18 @@ def _forget(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise UsageError("forget needs confirmation: run it in a terminal, or add --yes")
         sessions = shredder.matching(request)  # ask first, without the lock: recording and shredding go on
-        if sessions:
+        voices = request.voices(shredder.keystore.read())
+        if sessions or voices:
             profiles = sorted({s.profile for s in sessions})
+            also = f" and the voiceprint(s) of {', '.join(voices)}" if voices else ""
             answer = input(
-                f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles)})? This cannot be undone. [y/N] "
+                f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles)}){also}? This cannot be undone. [y/N] "
             )
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing was forgotten")
                 return 0
     report = shredder.forget(request)
-    if not report.forgotten and not report.buckets:
+    if not report.forgotten and not report.buckets and not report.voices:
         print(f"nothing to forget for {request.describe()}")
     print_report(report)
     return 0
@@ -73,7 +75,8 @@ COMMANDS = (
         "forget",
         "forget sessions now: one, a profile, everything, or everything before a date",
         "Forget retained sessions immediately. Afterwards no key on the device opens them, nor any copy of their "
-        "files recovered from the storage. Asks for confirmation unless --yes.",
+        "files recovered from the storage. --profile and --all also shred the voiceprints of those profiles. Asks "
+        "for confirmation unless --yes.",
         _forget,
         _forget_arguments,
     ),

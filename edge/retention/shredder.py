@@ -34,7 +34,7 @@ from edge.disk import layout, reserve
 from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_in
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
-from edge.policy import policies
+from edge.policy import policies, strictest_policy
 from edge.retention.clock import Reading, TrustedClock
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
@@ -65,11 +65,13 @@ class ShredReport:
     """Sessions removed by a forget request."""
     rekeyed: list[str] = field(default_factory=list)
     """Buckets given a new key because some (not all) of their sessions were forgotten."""
+    voices: list[str] = field(default_factory=list)
+    """Profiles whose voiceprint was shredded (forgotten, or the profile went inactive)."""
     files_deleted: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.buckets or self.forgotten or self.rekeyed or self.files_deleted)
+        return not (self.buckets or self.forgotten or self.rekeyed or self.voices or self.files_deleted)
 
     def lines(self) -> list[str]:
         """What the run did, one line per bucket. No key material, no transcript text."""
@@ -81,6 +83,7 @@ class ShredReport:
         out += [f"re-keyed bucket {b}: its remaining sessions now open only with a new key" for b in self.rekeyed]
         if self.forgotten:
             out.append(f"forgot {len(self.forgotten)} session(s)")
+        out += [f"shredded the voiceprint of {profile}" for profile in self.voices]
         if self.files_deleted:
             out.append(f"deleted {self.files_deleted} ciphertext file(s)")
         if not self.empty:
@@ -105,20 +108,26 @@ class ShredReport:
             ],
             "forgotten": len(self.forgotten),
             "rekeyed": list(self.rekeyed),
+            "voices": list(self.voices),
             "files_deleted": self.files_deleted,
         }
 
 
 @dataclass(frozen=True)
 class ForgetRequest:
-    """Exactly one of the selectors is set."""
+    """Exactly one of the selectors is set. A profile's voiceprint goes with `profile` and
+    `everything`, and alone with `voice`; `session` and `before` leave voiceprints alone."""
 
     session: str | None = None
     profile: str | None = None
     everything: bool = False
     before: datetime | None = None
+    voice: str | None = None
+    """Only this profile's voiceprint (`voices forget`): no session."""
 
     def matches(self, entry: SessionEntry) -> bool:
+        if self.voice is not None:
+            return False
         if self.everything:
             return True
         if self.session is not None:
@@ -136,18 +145,31 @@ class ForgetRequest:
         profile: str | None = None,
         everything: bool = False,
         before: datetime | None = None,
+        voice: str | None = None,
     ) -> ForgetRequest:
-        """A request with exactly one selector, naming a session or profile that exists."""
-        if sum((session is not None, profile is not None, everything, before is not None)) != 1:
+        """A request with exactly one selector, naming a session, profile or voiceprint that exists."""
+        if sum((session is not None, profile is not None, everything, before is not None, voice is not None)) != 1:
             raise UsageError("forget needs exactly one of: a session, a profile, all, or a date (before)")
+        if voice is not None and voice not in data.voices:
+            enrolled = ", ".join(sorted(data.voices)) or "none"
+            raise UsageError(f"no voice is enrolled for {voice!r} (enrolled: {enrolled}); `edge-agent voices list` shows them")
         if session is not None and session not in data.sessions:
             raise UsageError(f"there is no retained session {session!r}; `edge-agent status` lists them")
-        known = {p.name for p in config.profiles} | {b.profile for b in data.buckets.values()}
+        known = {p.name for p in config.profiles} | {b.profile for b in data.buckets.values()} | set(data.voices)
         if profile is not None and profile not in known:
             raise UsageError(f"there is no profile {profile!r}; the profiles are: {', '.join(sorted(known))}")
-        return cls(session=session, profile=profile, everything=everything, before=before)
+        return cls(session=session, profile=profile, everything=everything, before=before, voice=voice)
+
+    def voices(self, data: KeystoreData) -> list[str]:
+        """The profiles whose voiceprint this request forgets."""
+        if self.everything:
+            return sorted(data.voices)
+        chosen = self.voice if self.voice is not None else self.profile
+        return [chosen] if chosen is not None and chosen in data.voices else []
 
     def describe(self) -> str:
+        if self.voice is not None:
+            return f"the voiceprint of {self.voice}"
         if self.everything:
             return "everything"
         if self.session is not None:
@@ -187,7 +209,10 @@ class Shredder:
             self._resume_forgets(data, report)
             now = report.reading.now
             reasons = self._due(data, now)
+            self._shred_stale_voices(data, now, report)
             self._destroy(data, reasons, now, report)
+            if report.voices and not reasons:
+                self.keystore.ratchet(data)  # the voiceprints' only ratchet (a shred's would have served)
             rekeyed = self._rekey_files(data, report)
             if rekeyed:
                 self.keystore.finish_rekey(data, rekeyed)
@@ -205,6 +230,19 @@ class Shredder:
                     {b.id: ShredReason.INACTIVE for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons}
                 )
         return reasons
+
+    def _shred_stale_voices(self, data: KeystoreData, now: datetime, report: ShredReport) -> None:
+        """Drop the voiceprints of profiles not heard for their inactive_after (logged
+        write-ahead; destroyed by the ratchet that follows in the same commit). A profile the
+        config no longer has is held to the strictest policy's inactive_after: nothing can use
+        its voiceprint, and nothing may keep it for ever."""
+        inactive = {p.name: p.inactive_after for p in self.config.profiles}
+        fallback = strictest_policy(self.config).inactive_after
+        for profile, voice in sorted(data.voices.items()):
+            if now - voice.heard >= inactive.get(profile, fallback):
+                self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.INACTIVE, heard=voice.heard.isoformat())
+                del data.voices[profile]
+                report.voices.append(profile)
 
     def matching(self, request: ForgetRequest) -> list[SessionEntry]:
         """The sessions a forget would remove now, oldest first (to ask before forgetting:
@@ -236,14 +274,18 @@ class Shredder:
             partial = {
                 bucket_id for entry in doomed.values() for bucket_id in entry.buckets() if bucket_id is not None and bucket_id not in whole
             }
-            if doomed or whole:
+            voices = request.voices(data)
+            if doomed or whole or voices:
                 pending = PendingForget(
                     request=os.urandom(6).hex(),
                     selector=request.describe(),
                     sessions=tuple(sorted(doomed)),
                     buckets={b: tuple(index.get(b, ())) for b in sorted(whole)},
                     rekeyed=tuple(sorted(partial)),
+                    voices=tuple(voices),
                 )
+                for profile in voices:  # destroyed by the ratchet that fulfils the request
+                    del data.voices[profile]
                 for session_id in doomed:
                     del data.sessions[session_id]
                 _forget_when_last_seen(data, {entry.profile for entry in doomed.values()}, latest)
@@ -272,6 +314,9 @@ class Shredder:
             **({"resumed": True} if resumed else {}),
         )
         report.forgotten.extend(pending.sessions)
+        report.voices.extend(pending.voices)
+        for profile in pending.voices:  # write-ahead: the ratchet below makes it true
+            self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.FORGET, request=pending.request)
         alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
         for bucket_id, members in data.members_of(list(alive)).items():
             if set(members) - set(pending.sessions):  # joined after the request (a crash delayed it): re-key instead

@@ -185,14 +185,14 @@ class Keystore:
         for bucket_id in bucket_ids:
             if bucket_id in data.buckets:
                 data.buckets[bucket_id] = replace(data.buckets[bucket_id], retiring_identity=None)
-        self._ratchet(data)
+        self.ratchet(data)
 
     def destroy_buckets(self, data: KeystoreData, bucket_ids: list[str]) -> None:
         """Forget these buckets, their keys and the sessions they seal, and ratchet the root
         (inside a transaction). After this returns, no copy of the keystore anywhere can yield
         those identities: the only root that opened the old copies is gone."""
         data.drop_buckets(bucket_ids)
-        self._ratchet(data)
+        self.ratchet(data)
 
     # -- opening -------------------------------------------------------------------
 
@@ -397,7 +397,9 @@ class Keystore:
 
     # -- committing ----------------------------------------------------------------
 
-    def _ratchet(self, data: KeystoreData) -> None:
+    def ratchet(self, data: KeystoreData) -> None:
+        """Replace the root (inside a transaction): whatever left the keystore since the last
+        ratchet, such as a voiceprint, can no longer be opened from any copy of it."""
         root = os.urandom(ROOT_BYTES)
         data.rekey_root(RootKeys(root))
         self._switch_root(data, root)

@@ -50,13 +50,18 @@ class Recorder:
         self.on_new_bucket = on_new_bucket
         """Called for each new bucket (the scheduler adds its expiry job)."""
 
-    def begin(self, session_id: str, tag: Tag) -> SealedSession:
+    def begin(self, session_id: str, tag: Tag, started: datetime | None = None) -> SealedSession:
         """Register the session and open its sealed recording, under the data-folder lock, so
-        a forget or a re-key running in another process always sees the file's header."""
-        profile, now = tag.profile, self.clock()
+        a forget or a re-key running in another process always sees the file's header.
+        `started`: when a session held in memory until its voice was judged began (its
+        retention counts from then)."""
+        profile, now = tag.profile, min(started, self.clock()) if started is not None else self.clock()
         with DataLock(self.keystore.data_dir):
             with self.keystore.transaction() as data:
                 data.last_seen[profile.name] = now
+                voice = data.voices.get(profile.name)
+                if voice is not None and voice.heard < now:
+                    data.voices[profile.name] = replace(voice, heard=now)
                 audio = self._bucket(data, profile.name, DataKind.AUDIO, now, profile.keep_audio)
                 transcript = self._bucket(data, profile.name, DataKind.TRANSCRIPT, now, profile.keep_transcript)
                 entry = SessionEntry(

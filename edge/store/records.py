@@ -1,16 +1,19 @@
 """The keystore's records: what exists and when it dies.
 
 A session (profile, tagging rule, creation, absolute expiry instants, buckets), a
-bucket (its public key and private identity), and a forget request not yet fulfilled.
+bucket (its public key and private identity), an enrolled voice, and a forget request
+not yet fulfilled.
 How they are stored and sealed is edge.store.rows' and edge.store.tables'.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from edge.instants import iso_utc
 from edge.values import DataKind, TagRule
 
 
@@ -67,6 +70,8 @@ class PendingForget:
     """Buckets to destroy whole, each with the sessions whose data was in it."""
     rekeyed: tuple[str, ...]
     """Buckets re-keyed because some (not all) of their sessions were forgotten."""
+    voices: tuple[str, ...] = ()
+    """Profiles whose voiceprint the request forgot (already gone from the keystore)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,7 @@ class PendingForget:
             "sessions": list(self.sessions),
             "buckets": {bucket: list(members) for bucket, members in sorted(self.buckets.items())},
             "rekeyed": list(self.rekeyed),
+            "voices": list(self.voices),
         }
 
     @classmethod
@@ -85,4 +91,53 @@ class PendingForget:
             tuple(map(str, document["sessions"])),
             {str(bucket): tuple(map(str, members)) for bucket, members in document["buckets"].items()},
             tuple(map(str, document["rekeyed"])),
+            tuple(map(str, document.get("voices", ()))),  # absent in keystores written before voices
+        )
+
+
+@dataclass(frozen=True)
+class Voiceprint:
+    """An enrolled voice: the speaker encoder's embedding of a household member's speech,
+    never the audio it was made from. Biometric data (a child's, under the COPPA Rule): it
+    lives only in the keystore's state row, sealed under the root, so the ratchet that
+    follows its removal destroys every copy."""
+
+    profile: str
+    enrolled: datetime
+    heard: datetime
+    """When the profile was last heard (enrolment, then each session): its inactive_after
+    counts from here, so the print of someone who left the household is shredded too."""
+    seconds: float
+    """Seconds of speech (long silences trimmed) it was made from."""
+    utterances: int
+    consent: bool
+    """Whether a parent gave consent at enrolment (`--consent`; required for a child)."""
+    encoder: str
+    """Which encoder made it (its weights' digest): prints of different encoders do not compare."""
+    vector: bytes = field(repr=False)
+    """256 float32 numbers, little-endian, of unit length."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "enrolled": iso_utc(self.enrolled),
+            "heard": iso_utc(self.heard),
+            "seconds": self.seconds,
+            "utterances": self.utterances,
+            "consent": self.consent,
+            "encoder": self.encoder,
+            "vector": base64.b64encode(self.vector).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Voiceprint:
+        return cls(
+            profile=str(document["profile"]),
+            enrolled=datetime.fromisoformat(document["enrolled"]),
+            heard=datetime.fromisoformat(document["heard"]),
+            seconds=float(document["seconds"]),
+            utterances=int(document["utterances"]),
+            consent=bool(document["consent"]),
+            encoder=str(document["encoder"]),
+            vector=base64.b64decode(document["vector"], validate=True),
         )

@@ -7,7 +7,8 @@ Every row that says anything about a recording is ciphertext:
 - a session row (profile, times, buckets) is sealed under a key derived from the identity
   of one of its own buckets, the one that dies last (the "sealer"), so destroying that
   identity makes the row unreadable wherever a copy of it lies (WAL, free pages, backups);
-- the state row (when each profile was last heard, pending forgets) is sealed under the root.
+- the state row (when each profile was last heard, pending forgets, enrolled voiceprints)
+  is sealed under the root, so a voiceprint removed before a ratchet opens nowhere after it.
 
 One opaque error (InvalidTag) for every row that does not open, as in pyca's fernet.
 """
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.instants import iso_utc
-from edge.store.records import Bucket, PendingForget, SessionEntry
+from edge.store.records import Bucket, PendingForget, SessionEntry, Voiceprint
 from edge.values import DataKind, TagRule
 
 NONCE = 12
@@ -142,20 +143,26 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
     return SessionEntry(id=session_id, **document)
 
 
-def state_document(last_seen: dict[str, datetime], forgets: dict[str, PendingForget]) -> bytes:
+State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint]]
+"""The state row: when each profile was last heard, pending forgets, voiceprints by profile."""
+
+
+def state_document(last_seen: dict[str, datetime], forgets: dict[str, PendingForget], voices: dict[str, Voiceprint] | None = None) -> bytes:
     return _json(
         {
             "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
             "forgets": [pending.to_json() for _, pending in sorted(forgets.items())],
+            "voices": [voice.to_json() for _, voice in sorted((voices or {}).items())],
         }
     )
 
 
-def state_from(plaintext: bytes) -> tuple[dict[str, datetime], dict[str, PendingForget]]:
+def state_from(plaintext: bytes) -> State:
     document = json.loads(plaintext)
     last_seen = {str(name): datetime.fromisoformat(instant) for name, instant in document["last_seen"].items()}
     forgets = [PendingForget.from_json(f) for f in document["forgets"]]
-    return last_seen, {f.request: f for f in forgets}
+    voices = [Voiceprint.from_json(v) for v in document.get("voices", ())]  # absent before voices existed
+    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}
 
 
 def _json(document: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge.errors import KeystoreError
-from edge.store.records import Bucket, PendingForget, SessionEntry
+from edge.store.records import Bucket, PendingForget, SessionEntry, Voiceprint
 from edge.store.rows import RootKeys, seal, session_context, session_document, session_from, session_key, state_document, state_from, unseal
 
 CHUNK = 500
@@ -39,7 +39,10 @@ class KeystoreData:
         """Per profile: when its latest retained session began (for inactive profiles)."""
         self.forgets: dict[str, PendingForget]
         """Forget requests not yet fulfilled (only between a crash and the next command)."""
-        self.last_seen, self.forgets = state_from(state)
+        self.voices: dict[str, Voiceprint]
+        """Enrolled voiceprints by profile. Removing one destroys nothing until the root is
+        ratcheted (every shred and forget does that)."""
+        self.last_seen, self.forgets, self.voices = state_from(state)
         self.buckets = BucketTable(self)
         self.sessions = SessionTable(self)
 
@@ -58,7 +61,7 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        state = state_document(self.last_seen, self.forgets)
+        state = state_document(self.last_seen, self.forgets, self.voices)
         if state != self._state or self._state_dirty:
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
             self._state, self._state_dirty = state, False

@@ -136,6 +136,11 @@ class SpeakerEncoder:
 
     def embed(self, pcm: bytes) -> Embedding:
         """The voice print of one utterance of pipeline PCM (16 kHz mono int16)."""
+        return self.embed_speech(pcm)[0]
+
+    def embed_speech(self, pcm: bytes) -> tuple[Embedding, float]:
+        """The voice print of one utterance, and the seconds of speech it was made from
+        (AudioError when there is too little)."""
         wav = preprocess(pcm)
         speech = len(wav) / PIPELINE_RATE
         if speech < self.settings.min_speech:
@@ -148,7 +153,7 @@ class SpeakerEncoder:
         end = (starts[-1] + frames) * HOP
         mel = mel_spectrogram(np.pad(wav, (0, max(0, end - len(wav)))))
         mels = np.stack([mel[s : s + frames] for s in starts])
-        return _unit(np.mean(self.embed_partials(mels), axis=0))
+        return _unit(np.mean(self.embed_partials(mels), axis=0)), speech
 
     def partial_starts(self, samples: int) -> list[int]:
         """First mel frame of each partial of `samples` samples of trimmed speech

@@ -16,9 +16,11 @@ from edge.agent import segmenter_settings
 from edge.config import Config, ListenerSettings
 from edge.pcm import FRAME_BYTES, PIPELINE_RATE, SAMPLE_BYTES
 from edge.sink import AuditSink
-from edge.store.recorder import Recorder
+from edge.store.recorder import Recorder, SealedSession
 from edge.stt.recognizer import SpeechModel
 from edge.tagging import tag_listener_session
+from edge.tagging.held import HeldSession
+from edge.tagging.voice import VoiceTagger
 from edge.transcript import Transcript
 from edge.values import EndReason
 from edge.wyoming.audio import WireConverter, WireFormat
@@ -34,13 +36,16 @@ class Household:
     audit: AuditSink
     active_profile: Callable[[], str | None]
     """Who speaks now, as set at run time (`edge-agent profile`); None = not set."""
+    tagger: VoiceTagger | None = None
+    """Tags utterances by voice once a voice is enrolled; None = by configuration only."""
 
 
 class Utterance:
     """Registered and sealed from its first byte (a crash leaves a session that expires on
-    time); audio longer than [trigger] max_session is neither sealed nor decoded. Every
-    sample is sealed; silence far from speech is not decoded (the VAD decides, 30 ms at a
-    time), exactly as in a microphone's session."""
+    time), or, with voices enrolled, held in memory until its voice is judged at the end;
+    audio longer than [trigger] max_session is neither sealed nor decoded. Every sample is
+    sealed; silence far from speech is not decoded (the VAD decides, 30 ms at a time),
+    exactly as in a microphone's session."""
 
     def __init__(self, household: Household, listener: ListenerSettings, wire: WireFormat) -> None:
         config = household.config
@@ -53,13 +58,21 @@ class Utterance:
         """Pipeline audio sealed but not yet judged by the VAD (less than one frame)."""
         self._decoder = household.model.decoder(config.trigger.grammar, padding=segmenter_settings(config.trigger).padding)
         try:
-            self._sealed = household.recorder.begin(self.session, self.tag)
+            self._sealed = self._seal(household, config)
         except BaseException:
             self._decoder.finish()  # hand its recognizer back
             raise
         self._bytes = 0
         self.cut = False
         """True once audio went past max_session."""
+
+    def _seal(self, household: Household, config: Config) -> SealedSession | HeldSession:
+        voices = household.tagger.enrolled() if household.tagger is not None else {}
+        if household.tagger is not None and voices:
+            started = household.recorder.clock()
+            seconds = config.trigger.max_session.total_seconds()
+            return HeldSession(household.recorder, household.tagger, self.session, self.tag, voices, started, seconds)
+        return household.recorder.begin(self.session, self.tag)
 
     @property
     def seconds(self) -> float:
@@ -78,11 +91,16 @@ class Utterance:
             self._frame.clear()
         transcript = self._decoder.transcript()
         self._sealed.finish(transcript)
+        if isinstance(self._sealed, HeldSession):
+            self.tag = self._sealed.tag  # as the voice decided
         return transcript
 
     def abandon(self) -> None:
-        """After a failure: give the recognizer back; what was sealed stays and expires on time."""
+        """After a failure: give the recognizer back; what was sealed stays and expires on
+        time (audio held for its voice is dropped: nothing of it was kept)."""
         self._decoder.finish()
+        if isinstance(self._sealed, HeldSession):
+            self._sealed.abandon()
 
     def end_reason(self, stopped: EndReason | None) -> EndReason:
         return stopped or (EndReason.MAX_LENGTH if self.cut else EndReason.END_OF_INPUT)

@@ -1,0 +1,70 @@
+"""A session held in memory until its voice is judged, then tagged and sealed in one go.
+
+With voices enrolled, a session's profile (and so its retention) is known only once its
+speaker is: its audio waits in memory, bounded by [trigger] max_session (32 KB a second),
+and nothing reaches the disk or the keystore before the decision. A crash meanwhile
+leaves nothing at all, which is the private direction. Afterwards the audio is sealed
+exactly as a recorded session's, its retention counted from when it began.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.policy import Tag
+from edge.store.recorder import Recorder
+from edge.store.records import SessionEntry, Voiceprint
+from edge.tagging.voice import VoiceTagger
+from edge.transcript import Transcript
+
+_CHUNK = PIPELINE_RATE * SAMPLE_BYTES
+"""Bytes sealed per write once the tag is known (one second)."""
+
+
+class HeldSession:
+    """Stands in for a SealedSession (write, finish, entry) while the voice is unknown."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        tagger: VoiceTagger,
+        session_id: str,
+        base: Tag,
+        voices: dict[str, Voiceprint],
+        started: datetime,
+        max_seconds: float,
+    ) -> None:
+        self._recorder = recorder
+        self._tagger = tagger
+        self._session = session_id
+        self._base = base
+        self._voices = voices
+        self._started = started
+        self._audio = bytearray()
+        self._limit = round(max_seconds * PIPELINE_RATE) * SAMPLE_BYTES
+        self.tag = base
+        """The tag the session carries: the configured one until finished, then the winner."""
+        self.entry: SessionEntry | None = None
+        """The keystore's record, once finished."""
+
+    def write(self, pcm: bytes) -> None:
+        room = self._limit - len(self._audio)
+        self._audio += pcm[: max(room, 0)]
+
+    def finish(self, transcript: Transcript) -> None:
+        """Judge the voice, register the session under the tag that wins, seal it whole."""
+        try:
+            self.tag = self._tagger.decide(self._audio, self._base, self._voices)
+            sealed = self._recorder.begin(self._session, self.tag, started=self._started)
+            for start in range(0, len(self._audio), _CHUNK):
+                sealed.write(bytes(self._audio[start : start + _CHUNK]))
+            sealed.finish(transcript)
+            self.entry = sealed.entry
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Overwrite and drop the held audio (after a failure: nothing was kept)."""
+        self._audio[:] = bytes(len(self._audio))
+        self._audio.clear()

@@ -1,0 +1,88 @@
+"""Tagging by voice: the enrolled voiceprints against the voice of a session that has ended.
+
+Fail closed and asymmetric: the voice decides only on a clear match (edge.voice.identify);
+when it and a configured signal (the active or the listener's profile) disagree, the
+stricter profile wins; an explicit --profile is never overruled. The session's embedding
+lives in memory only and is overwritten once the decision is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from edge.config import Config, Profile
+from edge.errors import AudioError, ModelError
+from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.policy import Tag, strictest
+from edge.store.keystore import Keystore
+from edge.store.records import Voiceprint
+from edge.values import TagRule
+from edge.voice.encoder import SpeakerEncoder
+from edge.voice.identify import comparable, identify
+
+log = logging.getLogger(__name__)
+
+EMBED_SECONDS = 10.0
+"""Seconds of a session's audio (from its start) the voice is judged on: enough for a
+reliable print, and the cost stays bounded in long sessions."""
+
+
+def with_voice(base: Tag, voice: Profile | None) -> Tag:
+    """Combine the configured tag with the profile the voice chose (None: no decision)."""
+    if voice is None or base.rule is TagRule.GIVEN:
+        return base
+    if base.rule is TagRule.STRICTEST:
+        return Tag(voice, TagRule.VOICE)  # the only signal there is
+    if voice.name == base.profile.name:
+        return base  # they agree: the configured signal came first
+    return Tag(voice, TagRule.VOICE) if strictest([base.profile, voice]) is voice else base
+
+
+class VoiceTagger:
+    """Reads the enrolled voiceprints at each session's start and judges its voice at the end.
+    The encoder loads on first need; if it cannot, tagging falls back to the configuration
+    (logged once), which is the strict direction."""
+
+    def __init__(self, config: Config, keystore: Keystore, make_encoder: Callable[[], SpeakerEncoder] = SpeakerEncoder.load) -> None:
+        self.config = config
+        self.keystore = keystore
+        self._make_encoder = make_encoder
+        self._encoder: SpeakerEncoder | None = None
+        self._broken: str | None = None
+        self._loading = threading.Lock()
+        """Wyoming's workers judge utterances on several threads: the encoder loads once."""
+
+    def enrolled(self) -> dict[str, Voiceprint]:
+        """The voiceprints a session may be tagged by now; empty = tag by configuration only."""
+        if not self.config.speaker.identify or self._broken is not None:
+            return {}
+        return comparable(self.keystore.read().voices, self.config)
+
+    def decide(self, pcm: bytes | bytearray, base: Tag, voices: dict[str, Voiceprint]) -> Tag:
+        """The session's tag once its voice is judged against `voices`."""
+        if base.rule is TagRule.GIVEN or not voices:
+            return base
+        encoder = self._loaded()
+        if encoder is None:
+            return base
+        try:
+            embedding = encoder.embed(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))
+        except AudioError:
+            return base  # too little speech to tell: as if no voice were enrolled
+        try:
+            match = identify(embedding, voices, self.config)
+        finally:
+            embedding.fill(0)
+        return with_voice(base, self.config.profile(match.profile) if match.profile else None)
+
+    def _loaded(self) -> SpeakerEncoder | None:
+        with self._loading:
+            if self._encoder is None and self._broken is None:
+                try:
+                    self._encoder = self._make_encoder()
+                except ModelError as exc:
+                    self._broken = str(exc)
+                    log.warning("sessions are tagged without voices: the speaker encoder did not load: %s", exc)
+            return self._encoder

@@ -1,0 +1,68 @@
+"""Who is speaking, decided fail-closed from the enrolled voiceprints.
+
+A profile is chosen only when its voiceprint is the best match, reaches the threshold
+(a higher one for an adult profile: a child tagged as an adult is the one error that
+matters) and beats every other profile's voiceprint by the margin. Anything less is no
+decision, and the session is tagged as if no voice were enrolled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.config import Config
+from edge.errors import KeystoreError
+from edge.store.records import Voiceprint
+from edge.voice.encoder import HIDDEN, Embedding
+from edge.voice.weights import PACKAGE, SHA256
+
+ENCODER_ID = f"{PACKAGE}:{SHA256[:16]}"
+"""What a voiceprint records as its maker: prints of another encoder never compare."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """The decision for one utterance; scores are never stored or logged."""
+
+    profile: str | None
+    """The profile chosen by voice; None = no decision (the existing order applies)."""
+    best: str | None
+    """The best-matching profile, chosen or not."""
+    score: float
+    """Its cosine similarity (-1 to 1); -1 when nothing was compared."""
+    runner_up: float
+    """The best score of any other profile; -1 when there is none."""
+
+
+def vector_of(voice: Voiceprint) -> Embedding:
+    """A voiceprint's embedding (a fresh copy, so the caller may overwrite it)."""
+    if len(voice.vector) != HIDDEN * 4:
+        raise KeystoreError(f"the voiceprint of {voice.profile!r} is {len(voice.vector)} bytes, not {HIDDEN * 4} (keystore damaged)")
+    return np.frombuffer(voice.vector, dtype="<f4").astype(np.float32)
+
+
+def vector_bytes(embedding: Embedding) -> bytes:
+    return np.asarray(embedding, dtype="<f4").tobytes()
+
+
+def comparable(voices: Mapping[str, Voiceprint], config: Config) -> dict[str, Voiceprint]:
+    """The voiceprints that can tag a session: of a profile the config has, made by this encoder."""
+    names = {p.name for p in config.profiles}
+    return {name: voice for name, voice in voices.items() if name in names and voice.encoder == ENCODER_ID}
+
+
+def identify(embedding: Embedding, voices: Mapping[str, Voiceprint], config: Config) -> Match:
+    """Compare one utterance's embedding with every comparable voiceprint."""
+    scores = {name: float(np.dot(embedding, vector_of(voice))) for name, voice in comparable(voices, config).items()}
+    if not scores:
+        return Match(None, None, -1.0, -1.0)
+    ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+    best, score = ranked[0]
+    runner_up = ranked[1][1] if len(ranked) > 1 else -1.0
+    speaker = config.speaker
+    needed = speaker.threshold if config.profile(best).is_child else speaker.adult_threshold
+    chosen = best if score >= needed and score - runner_up >= speaker.margin else None
+    return Match(chosen, best, score, runner_up)

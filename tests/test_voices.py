@@ -1,0 +1,441 @@
+"""Household voices: enrolment, tagging by voice (fail-closed, asymmetric), and voiceprints
+sealed, shredded and audited like recordings. Real espeak-ng voices, the real speaker
+encoder, the real Vosk model, real keystore and vault."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from edge import wiring
+from edge.config import load_config
+from edge.errors import AudioError, ConfigError, KeystoreError, ModelError, UsageError
+from edge.policy import Tag
+from edge.retention.shredder import ForgetRequest
+from edge.store.keystore import Keystore
+from edge.store.rows import RootKeys, state_document
+from edge.tagging.held import HeldSession
+from edge.tagging.voice import VoiceTagger, with_voice
+from edge.transcript import Transcript
+from edge.values import TagRule
+from edge.voice.encoder import SpeakerEncoder
+from edge.voice.enrollment import Clip, enroll
+from edge.voice.identify import identify
+
+from support import CHILD, FakeWall, Retention, audit_types, edge_agent, pcm_of, retention_parts, run_sealed, run_tool
+
+HOUSEHOLD = {"parent": ("ko+m3", 50), "child": ("ko+f5", 95), "guest": ("ko+klatt4", 50)}
+"""Who is enrolled, and their espeak-ng voice (voice, pitch)."""
+STRANGERS = [("ko+f2", 50), ("ko+Alicia", 50)]
+"""Voices nobody enrolled."""
+ENROL = ["아버지에게 메시지를 보내 주세요", "라디오를 켜 주세요", "오늘 날씨를 알려 주세요"]
+HELD_OUT = ["보안 위치를 알려 주세요", "라디오에서 메시지를 들려 주세요"]
+GUEST = Retention("adult", "12h", "14d")
+
+
+class Voices:
+    """espeak-ng clips (16 kHz mono WAV), made once per test module."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def say(self, voice: tuple[str, int], text: str, pad: float = 0.4) -> Path:
+        name, pitch = voice
+        out = self.folder / f"{name.replace('+', '_')}-{pitch}-{abs(hash(text)) % 10**8}-{pad}.wav"
+        if not out.exists():
+            raw = out.with_suffix(".raw.wav")
+            run_tool(["espeak-ng", "-v", name, "-p", str(pitch), "-w", str(raw), text])
+            run_tool(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", str(pad), str(pad)])
+            raw.unlink()
+        return out
+
+    def joined(self, parts: list[Path], gap: float = 1.5) -> Path:
+        out = self.folder / f"joined-{abs(hash(tuple(map(str, parts)))) % 10**10}.wav"
+        silence = self.folder / f"silence-{gap}.wav"
+        if not silence.exists():
+            run_tool(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", str(gap)])
+        sequence = [str(p) for part in parts for p in (part, silence)]
+        run_tool(["sox", *sequence, str(out)])
+        return out
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory) -> Voices:
+    return Voices(tmp_path_factory.mktemp("voices"))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SpeakerEncoder:
+    return SpeakerEncoder.load()
+
+
+@pytest.fixture
+def household(write_config, voices, encoder):
+    """A household whose three members are enrolled (the child with consent): (config, wall, clock, keystore, shredder)."""
+    config = load_config(write_config(others={"guest": GUEST}, child=replace(CHILD, inactive_after="2d")))
+    wall = FakeWall()
+    clock, store, shredder = retention_parts(config, wall)
+    for profile, voice in HOUSEHOLD.items():
+        clips = [Clip(text, pcm_of(voices.say(voice, text))) for text in ENROL]
+        enroll(store, shredder.audit, config, encoder, profile, clips, consent=profile == "child", now=clock.now())
+    return config, wall, clock, store, shredder
+
+
+# -- deciding by voice -----------------------------------------------------------------------
+
+
+def test_enrolled_voices_are_identified_and_strangers_are_not(household, voices, encoder):
+    """The measurement the defaults rest on: every held-out phrase of an enrolled voice is
+    that profile's; no stranger is anyone's; no child phrase is an adult's."""
+    config, _wall, _clock, store, _shredder = household
+    enrolled = store.read().voices
+    report = []
+    for speaker, voice in [*HOUSEHOLD.items(), *((f"stranger {v[0]}", v) for v in STRANGERS)]:
+        for text in HELD_OUT:
+            match = identify(encoder.embed(pcm_of(voices.say(voice, text))), enrolled, config)
+            report.append((speaker, text, match))
+    print("\n".join(f"{s:18} {t}: -> {m.profile} (best {m.best} {m.score:.3f}, next {m.runner_up:.3f})" for s, t, m in report))
+    for speaker, _text, match in report:
+        expected = speaker if speaker in HOUSEHOLD else None
+        assert match.profile == expected
+    child_scores = [m for s, _t, m in report if s == "child"]
+    assert all(m.best == "child" for m in child_scores)
+    # How far the defaults are from the error that matters: the best adult score any child or
+    # stranger phrase reached stays below the adult threshold.
+    adult_for_others = [m.score for s, _t, m in report if s not in ("parent", "guest") and m.best in ("parent", "guest")]
+    assert all(score < config.speaker.adult_threshold for score in adult_for_others)
+
+
+def test_the_real_pipeline_tags_each_session_by_its_voice(household, voices, model):
+    """One file, four speakers in turn, no --profile: each session carries its speaker's
+    profile (rule voice); the stranger's falls to the strictest (the child's here)."""
+    config, *_ = household
+    order = [("parent", HOUSEHOLD["parent"]), ("child", HOUSEHOLD["child"]), ("guest", HOUSEHOLD["guest"]), (None, STRANGERS[0])]
+    clip = voices.joined([voices.say(voice, HELD_OUT[0]) for _, voice in order])
+    records, store = run_sealed(config, model, clip, None)
+    assert [(r.profile, r.rule) for r in records] == [
+        ("parent", TagRule.VOICE),
+        ("child", TagRule.VOICE),
+        ("guest", TagRule.VOICE),
+        ("child", TagRule.STRICTEST),
+    ]
+    kept = {s.id: s for s in store.read().sessions.entries()}
+    assert [kept[r.session].profile for r in records] == ["parent", "child", "guest", "child"]
+    guest = kept[records[2].session]
+    assert (
+        timedelta(hours=11) < guest.audio_expires - guest.created <= timedelta(hours=12)
+    )  # the guest's retention (buckets are whole hours)
+
+
+def test_an_explicit_profile_is_never_overruled(household, voices, model):
+    config, *_ = household
+    records, _store = run_sealed(config, model, voices.say(HOUSEHOLD["child"], HELD_OUT[1]), "parent")
+    assert [(r.profile, r.rule) for r in records] == [("parent", TagRule.GIVEN)]
+
+
+def test_the_stricter_signal_wins(load):
+    config = load()
+    parent, child = config.profile("parent"), config.profile("child")
+    assert with_voice(Tag(parent, TagRule.ACTIVE), child) == Tag(child, TagRule.VOICE)  # the child speaks in the parent's room
+    assert with_voice(Tag(child, TagRule.LISTENER), parent) == Tag(child, TagRule.LISTENER)  # a parent in the child's room
+    assert with_voice(Tag(child, TagRule.STRICTEST), parent) == Tag(parent, TagRule.VOICE)  # the voice is the only signal
+    assert with_voice(Tag(parent, TagRule.GIVEN), child) == Tag(parent, TagRule.GIVEN)
+    assert with_voice(Tag(parent, TagRule.ACTIVE), None) == Tag(parent, TagRule.ACTIVE)
+
+
+def test_too_little_speech_decides_nothing(household, voices):
+    config, _wall, _clock, store, _shredder = household
+    tagger = VoiceTagger(config, store)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    short = pcm_of(voices.say(HOUSEHOLD["parent"], "네", pad=0.1))
+    assert tagger.decide(short, base, tagger.enrolled()) == base
+
+
+def test_a_missing_encoder_falls_back_to_the_configuration(household, voices, caplog):
+    config, _wall, _clock, store, _shredder = household
+
+    def broken() -> SpeakerEncoder:
+        raise ModelError("the speaker encoder's weights are not installed")
+
+    tagger = VoiceTagger(config, store, make_encoder=broken)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    assert tagger.decide(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])), base, tagger.enrolled()) == base
+    assert "tagged without voices" in caplog.text and tagger.enrolled() == {}
+
+
+def test_identify_false_turns_voices_off(household, write_config):
+    config, _wall, _clock, store, _shredder = household
+    off = replace(config, speaker=replace(config.speaker, identify=False))
+    assert VoiceTagger(off, store).enrolled() == {} and VoiceTagger(config, store).enrolled()
+
+
+def test_a_held_session_writes_nothing_until_its_voice_is_judged(household, voices):
+    """Until the decision, the audio is in memory only: a crash leaves nothing on disk."""
+    config, _wall, clock, store, shredder = household
+    tagger = VoiceTagger(config, store)
+    recorder = wiring.make_recorder(store, shredder.audit, clock)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    held = HeldSession(recorder, tagger, "0123456789abcdef", base, tagger.enrolled(), clock.now(), 15)
+    held.write(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])))
+    recordings = config.device.data_dir / "recordings"
+    assert not (recordings.exists() and any(recordings.iterdir()))
+    assert "0123456789abcdef" not in store.read().sessions
+    held.finish(Transcript("", ()))
+    assert held.tag.profile.name == "parent" and held.entry is not None
+    assert store.read().sessions["0123456789abcdef"].rule == TagRule.VOICE
+    assert (recordings / "0123456789abcdef.wav.age").exists()
+
+
+# -- enrolment -------------------------------------------------------------------------------
+
+
+def test_a_child_voiceprint_needs_consent_and_it_is_audited(tmp_path, write_config, voices):
+    config = write_config()
+    clips = [str(voices.say(HOUSEHOLD["child"], text)) for text in ENROL]
+    refused = edge_agent("--config", str(config), "voices", "enroll", "child", "--input", *clips)
+    assert refused.returncode == 2 and "--consent" in refused.stderr and "parent" in refused.stderr
+    assert not (tmp_path / "data" / "keystore.db").exists()  # nothing was opened, nothing kept
+    done = edge_agent("--config", str(config), "voices", "enroll", "child", "--consent", "--input", *clips)
+    assert done.returncode == 0, done.stderr
+    assert "enrolled the voice of child" in done.stdout
+    listed = edge_agent("--config", str(config), "voices", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["profile"] == "child" and row["consent"] is True and row["utterances"] == 3 and row["seconds"] >= 3
+    assert "vector" not in row
+    entries = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").read_text().splitlines()]
+    (enrolled,) = [e for e in entries if e["type"] == "voice.enrolled"]
+    assert enrolled["fields"] == {
+        "profile": "child",
+        "child": True,
+        "consent": True,
+        "seconds": row["seconds"],
+        "utterances": 3,
+        "replaced": False,
+    }
+
+
+def test_enrolment_refuses_what_would_make_a_wrong_voiceprint(household, voices, encoder):
+    config, _wall, clock, store, shredder = household
+    parent, stranger = HOUSEHOLD["parent"], STRANGERS[0]
+    mixed = [Clip(f"{n}.wav", pcm_of(voices.say(parent, t))) for n, t in enumerate(ENROL)] + [
+        Clip("other.wav", pcm_of(voices.say(stranger, ENROL[0])))
+    ]
+    with pytest.raises(AudioError, match="other.wav: does not sound like the other clips"):
+        enroll(store, shredder.audit, config, encoder, "guest", mixed, consent=False, now=clock.now())
+    with pytest.raises(AudioError, match="too little"):
+        enroll(store, shredder.audit, config, encoder, "guest", mixed[:1], consent=False, now=clock.now())
+    with pytest.raises(UsageError, match="no profile 'grandma'"):
+        enroll(store, shredder.audit, config, encoder, "grandma", mixed[:3], consent=False, now=clock.now())
+    assert store.read().voices["guest"].utterances == 3  # the enrolled one is untouched
+
+
+def test_unknown_speaker_keys_are_errors(load):
+    with pytest.raises(ConfigError, match="speaker.adult_threshold"):
+        load(household="[speaker]\nthreshold = 0.9\nadult_threshold = 0.8")
+    with pytest.raises(ConfigError, match="unknown key 'speaker.treshold'"):
+        load(household="[speaker]\ntreshold = 0.9")
+    assert load(household="[speaker]\nidentify = false").speaker.identify is False
+
+
+# -- voiceprints at rest and shredded --------------------------------------------------------
+
+
+def _database_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.name.startswith("keystore.db"))
+
+
+def test_a_voiceprint_is_sealed_at_rest(household):
+    config, *_rest = household
+    store = household[3]
+    vector = store.read().voices["child"].vector
+    windows = [w for w in (vector[i : i + 16] for i in range(0, len(vector) - 16, 4)) if len(set(w)) >= 8]  # ReLU leaves zeros
+    assert len(windows) > 50
+    encoded = base64.b64encode(vector)[:24]
+    for path in config.device.data_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(w in blob for w in windows), path
+            assert encoded not in blob, path
+            assert b"child" not in blob or path.name == "audit.jsonl", path  # who is enrolled is sealed too
+
+
+@pytest.mark.parametrize("how", ["voices forget", "forget --profile", "forget --all", "inactive", "re-enrol"])
+def test_no_copy_of_the_data_folder_gives_a_shredded_voiceprint_back(household, tmp_path, voices, encoder, how):
+    config, wall, clock, store, shredder = household
+    data_dir = config.device.data_dir
+    image = tmp_path / "forensic-image"
+    store.checkpoint()
+    shutil.copytree(data_dir, image)  # a copy of the card before
+    data = store.read()
+    length = len(state_document(data.last_seen, data.forgets, data.voices)) + 28
+    old = data.voices["child"]
+    if how == "inactive":
+        wall.advance(2 * 86400 + 60)  # the child's inactive_after
+        report = shredder.sweep()
+    elif how == "re-enrol":
+        clips = [Clip(t, pcm_of(voices.say(HOUSEHOLD["child"], t, pad=0.6))) for t in ENROL]
+        enroll(store, shredder.audit, config, encoder, "child", clips, consent=True, now=clock.now())
+        report = None
+    else:
+        request = {
+            "voices forget": ForgetRequest.checked(config, store.read(), voice="child"),
+            "forget --profile": ForgetRequest(profile="child"),
+            "forget --all": ForgetRequest(everything=True),
+        }[how]
+        report = shredder.forget(request)
+    now = store.read().voices
+    if how == "re-enrol":
+        assert now["child"].vector != old.vector
+    else:
+        assert report is not None and "child" in report.voices and "child" not in now
+        assert ("parent" in now) == (how != "forget --all")
+        assert "voice.forgotten" in audit_types(data_dir)
+    # Every state row in any byte SQLite ever kept, before and after, against every root the device holds now.
+    roots = [r for r in (store.vault.read("current"), store.vault.read("next")) if r is not None]
+    blob = _database_bytes(image) + _database_bytes(data_dir)
+    opened = 0
+    for root in roots:
+        for start in range(len(blob) - length + 1):
+            try:
+                RootKeys(root).open_state(blob[start : start + length])
+                opened += 1
+            except InvalidTag:
+                continue
+    assert opened == 0
+    store.close()
+    shutil.rmtree(data_dir)
+    shutil.copytree(image, data_dir)  # the whole old folder beside the current vault
+    with pytest.raises(KeystoreError):
+        Keystore(data_dir, store.vault).read()
+
+
+def test_voices_forget_keeps_the_sessions_and_says_so(household, voices, model, tmp_path):
+    config, _wall, _clock, store, shredder = household
+    records, _ = run_sealed(config, model, voices.say(HOUSEHOLD["child"], HELD_OUT[0]), None)
+    with pytest.raises(UsageError, match="no voice is enrolled for 'nobody'"):
+        ForgetRequest.checked(config, store.read(), voice="nobody")
+    report = shredder.forget(ForgetRequest.checked(config, store.read(), voice="child"))
+    assert report.voices == ["child"] and report.forgotten == []
+    assert "shredded the voiceprint of child" in report.lines()
+    assert records[0].session in store.read().sessions  # the child's session stays, to its own expiry
+    assert set(store.read().voices) == {"parent", "guest"}
+
+
+def test_an_unenrolled_household_seals_from_the_first_byte(write_config, voices, model):
+    """No voice enrolled: nothing is held back, sessions are tagged as before."""
+    config = load_config(write_config())
+    records, store = run_sealed(config, model, voices.say(HOUSEHOLD["parent"], HELD_OUT[0]), None)
+    assert [(r.profile, r.rule) for r in records] == [("child", TagRule.STRICTEST)]
+    assert store.read().voices == {}
+
+
+def test_embedding_is_overwritten_after_the_decision(household, voices, encoder, monkeypatch):
+    config, _wall, _clock, store, _shredder = household
+    seen: list[np.ndarray] = []
+    original = SpeakerEncoder.embed
+
+    def spy(self, pcm):
+        vector = original(self, pcm)
+        seen.append(vector)
+        return vector
+
+    monkeypatch.setattr(SpeakerEncoder, "embed", spy)
+    tagger = VoiceTagger(config, store, make_encoder=lambda: encoder)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    assert tagger.decide(pcm_of(voices.say(HOUSEHOLD["guest"], HELD_OUT[0])), base, tagger.enrolled()).profile.name == "guest"
+    assert len(seen) == 1 and not seen[0].any()
+
+
+@pytest.mark.parametrize(
+    ("room", "speaker", "expected"),
+    [
+        (None, "parent", ("parent", TagRule.VOICE)),  # a satellite that names nobody: the voice decides
+        ("parent", "child", ("child", TagRule.VOICE)),  # the child in the parent's room: the stricter wins
+        ("child", "parent", ("child", TagRule.LISTENER)),  # a parent in the kids' room stays the child's
+    ],
+)
+def test_wyoming_utterances_are_tagged_by_voice_too(household, voices, model, room, speaker, expected):
+    from edge.config import make_listener
+    from edge.wyoming.audio import WireFormat
+    from edge.wyoming.utterance import Household, Utterance
+
+    config, _wall, clock, store, shredder = household
+    parts = Household(
+        config, model, wiring.make_recorder(store, shredder.audit, clock), shredder.audit, lambda: None, VoiceTagger(config, store)
+    )
+    listener = make_listener("unix:///run/edge-test/room.sock", room, None, "test")
+    utterance = Utterance(parts, listener, WireFormat(rate=16000, width=2, channels=1))
+    pcm = pcm_of(voices.say(HOUSEHOLD[speaker], HELD_OUT[1]))
+    for start in range(0, len(pcm), 320):
+        utterance.feed(pcm[start : start + 320])
+    utterance.finish()
+    assert (utterance.tag.profile.name, utterance.tag.rule) == expected
+    entry = store.read().sessions[utterance.session]
+    assert (entry.profile, entry.rule) == expected
+
+
+def test_audit_verify_checks_every_voiceprint_against_the_log(household):
+    config, _wall, _clock, store, shredder = household
+    assert wiring.verification(config).ok
+    shredder.audit.append("voice.forgotten", profile="guest", reason="forget", request="forged")  # a claim the device belies
+    problems = [p.message for p in wiring.verification(config).problems]
+    assert problems == ["the voiceprint of guest is logged as shredded but the device still holds it; the next purge finishes it"]
+    shredder.forget(ForgetRequest.checked(config, store.read(), voice="guest"))
+    assert wiring.verification(config).ok
+
+
+def test_a_voice_is_enrolled_from_the_microphone(virtual_mic, write_config, voices, encoder):
+    import subprocess
+    import sys
+    import time
+
+    from support import ROOT, play
+
+    config = write_config()
+    clip = voices.joined([voices.say(HOUSEHOLD["parent"], text) for text in ENROL], gap=0.5)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "voices", "enroll", "parent", "--mic", "--seconds", "9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=virtual_mic,
+        cwd=ROOT,
+    )
+    time.sleep(2)  # Python starts, the encoder loads, the stream opens
+    play(virtual_mic, clip)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "enrolled the voice of parent" in out and "from 1 clip(s)" in out
+    loaded = load_config(config)
+    store, _audit = wiring.open_store(loaded)
+    enrolled = store.read().voices
+    match = identify(encoder.embed(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0]))), enrolled, loaded)
+    assert match.profile == "parent", match
+    stranger = identify(encoder.embed(pcm_of(voices.say(STRANGERS[0], HELD_OUT[0]))), enrolled, loaded)
+    assert stranger.profile is None
+
+
+def test_doctor_says_when_voices_cannot_tag(write_config, monkeypatch):
+    from edge import doctor
+    from edge.voice import weights
+
+    config = write_config()
+    found = {f.check: f for f in doctor.run_checks(config, open_mic=False)}
+    assert found["speaker"].status == "ok" and "pretrained.pt" in found["speaker"].detail
+
+    def missing() -> Path:
+        raise ModelError("the speaker encoder's weights are not installed")
+
+    monkeypatch.setattr(weights, "find_weights", missing)
+    found = {f.check: f for f in doctor.run_checks(config, open_mic=False)}
+    assert found["speaker"].status == "warn" and "tagged by configuration only" in found["speaker"].detail
+    assert "--no-deps" in found["speaker"].fix
