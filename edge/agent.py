@@ -172,7 +172,7 @@ class Agent:
         self.active_profile: str | None = None
         """Set at run time (e.g. by the control socket); overrides [household] active_profile."""
         if given_profile:
-            config.profile(given_profile)  # fail before any audio is heard
+            config.named_profile(given_profile, "--profile")  # fail before any audio is heard
         self.grammar = session_grammar(config)
         if self.grammar:
             model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")

@@ -6,6 +6,7 @@ to a default). Every error names the file, the key path and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
 from edge.durations import format_duration, parse_duration
-from edge.errors import ConfigError
+from edge.errors import ConfigError, UsageError
 from edge.values import KeyringKind, ListenerTransport, ProfileKind, TriggerMode, VaultBackend
 
 Choice = TypeVar("Choice", bound=StrEnum)
@@ -163,6 +164,15 @@ class Config:
                 return profile
         raise ConfigError(f"{self.path}: there is no profile named {name!r}; the profiles are: {', '.join(p.name for p in self.profiles)}")
 
+    def named_profile(self, name: str, option: str) -> Profile:
+        """A profile named on the command line: a name that is not there is a command-line
+        mistake (exit 2), not a config problem."""
+        try:
+            return self.profile(name)
+        except ConfigError:
+            names = ", ".join(p.name for p in self.profiles)
+            raise UsageError(f"{option} {name!r}: {self.path} has no such profile; the profiles are: {names}") from None
+
 
 def resolve_config_path(explicit: str | None) -> Path:
     """--config, then $EDGE_CONFIG, then /etc/edge/household.toml, then the built-in example."""
@@ -224,7 +234,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     )
     household_table.finish()
     for profile in profiles:
-        _check_child_caps(profile, household, path)
+        _check_child_caps(profile, household, path, data)
     listeners = tuple(_parse_listener(table, names) for table in listener_tables)
     check_listeners(listeners, device, f"{path}: [[wyoming]]")
     return Config(
@@ -297,18 +307,25 @@ def _parse_listener(table: _Table, profile_names: list[str]) -> ListenerSettings
     return make_listener(uri, profile, name, f"{table.file}: {table.key_path('uri')}", table.key_path("uri"))
 
 
-def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path) -> None:
-    """Children's data is capped household-wide; a child profile may not exceed the caps."""
+def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path, data: dict[str, Any]) -> None:
+    """Children's data is capped household-wide; a child profile may not exceed the caps.
+    The message quotes the values as written (`48h`, not `2d`)."""
     if not profile.is_child:
         return
+
+    def written(table: Any, key: str, value: timedelta) -> str:
+        raw = table.get(key) if isinstance(table, dict) else None
+        return repr(raw) if isinstance(raw, str) else f"{format_duration(value)!r} (the default)"
+
     for key, value, cap_key, cap in (
         ("keep_audio", profile.keep_audio, "max_child_audio", household.max_child_audio),
         ("keep_transcript", profile.keep_transcript, "max_child_transcript", household.max_child_transcript),
     ):
         if value > cap:
             raise ConfigError(
-                f"{path}: profiles.{profile.name}.{key} = {format_duration(value)!r} is longer than "
-                f"household.{cap_key} = {format_duration(cap)!r}, the most a child profile may keep; "
+                f"{path}: profiles.{profile.name}.{key} = {written(data['profiles'][profile.name], key, value)} is longer than "
+                f"household.{cap_key} = {written(data.get('household'), cap_key, cap)}, the most a child profile "
+                "may keep; "
                 f"lower {key} or raise {cap_key}"
             )
 
@@ -464,9 +481,10 @@ class _Table:
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def fail(self, key: str, value: object, allowed: str) -> NoReturn:
-        shown = value if not isinstance(value, timedelta) else "that duration"
+        written = self._data.get(key, format_duration(value)) if isinstance(value, timedelta) else value  # as the user wrote it
+        shown = str(written).lower() if isinstance(written, bool) else repr(written)  # TOML's true, not Python's True
         raise ConfigError(
-            f"{self.file}: {self.key_path(key)} = {shown!r} is not allowed; use {allowed}", path=self.file, setting=self.key_path(key)
+            f"{self.file}: {self.key_path(key)} = {shown} is not allowed; use {allowed}", path=self.file, setting=self.key_path(key)
         )
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -492,7 +510,8 @@ class _Table:
                 raise ConfigError(f"{self.file}: {self.key_path(key)} is missing; set it to {options}")
             return default  # type: ignore[return-value]
         if not isinstance(value, str) or value not in allowed:
-            self.fail(key, value, options)
+            close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1) if isinstance(value, str) else []
+            self.fail(key, value, options + (f' (did you mean "{close[0]}"?)' if close else ""))
         return type(allowed[0])(value)
 
     def duration(self, key: str, default: str) -> timedelta:

@@ -35,7 +35,7 @@ LOW_FREE = 1 << 30
 class Finding:
     check: str
     status: str
-    """"ok", "warn" or "fail"."""
+    """"ok", "warn", "fail", or "skip" (not checked, as asked)."""
     detail: str
     fix: str = ""
 
@@ -123,12 +123,15 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
         sd = import_sounddevice()
         inputs = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
     except (EdgeError, OSError) as exc:
+        if not open_mic:
+            return Finding("microphone", "skip", f"not checked (--no-mic); PortAudio is not usable: {exc}")
         return Finding("microphone", "fail", f"PortAudio is not usable: {exc}", "install libportaudio2")
+    if not open_mic:  # asked not to: a Wyoming-only speaker may have no microphone at all
+        listed = "inputs: " + ", ".join(inputs) if inputs else "no input device listed"
+        return Finding("microphone", "skip", f"not checked (--no-mic); {listed}")
     if not inputs:
         return Finding("microphone", "fail", "no input device at all", fix)
     listed = "inputs: " + ", ".join(inputs)
-    if not open_mic:
-        return Finding("microphone", "ok", listed)
     try:
         with MicSource(config.device.sample_rate, config.device.input_device) as mic:
             deadline = time.monotonic() + 3

@@ -56,7 +56,7 @@ def run_agent(
     lives in memory)."""
     make_non_dumpable()
     if profile:
-        config.profile(profile)  # fail before any audio is heard
+        config.named_profile(profile, "--profile")  # fail before any audio is heard
     info = open_wav(Path(input_wav)) if input_wav else None
     runtime = wiring.build_runtime(config, on_session, log_report, profile=profile, vault=vault)
     agent = runtime.agent
@@ -103,7 +103,7 @@ def serve(config: Config, listeners: tuple[ListenerSettings, ...], vault: Vault 
 def _catch_up(runtime: wiring.Runtime) -> None:
     """Before any audio is heard: the vault and keystore open, and everything due is shredded."""
     config, keystore, audit = runtime.config, runtime.keystore, runtime.audit
-    audit.append("config.loaded", path=str(config.path), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
+    audit.append("config.loaded", path=str(config.path.absolute()), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
     try:
         keystore.read()
     except KeystoreError as exc:  # fail closed: record nothing we could not account for

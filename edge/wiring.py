@@ -165,7 +165,7 @@ def build_runtime(
     """The agent and all it needs, nothing started yet: the service decides the order
     (keystore opened and everything due shredded before the microphone opens)."""
     if profile:
-        config.profile(profile)  # fail before loading anything
+        config.named_profile(profile, "--profile")  # fail before loading anything
     model = model if model is not None else make_model(config)
     keystore, audit = open_store(config, Access.AGENT, vault)
     clock = make_clock(config)

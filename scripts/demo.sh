@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh run
-exec .venv/bin/edge-agent demo "$@"
+status=0
+.venv/bin/edge-agent demo "$@" || status=$?
+cat >&2 <<'HINT'
+
+edge-agent is installed in .venv (not on PATH): run `.venv/bin/edge-agent --help`, or
+`source .venv/bin/activate` first. To try your own household without touching the system:
+    .venv/bin/edge-agent init ~/edge-try      # a config with its data and root key in ~/edge-try
+HINT
+exit "$status"

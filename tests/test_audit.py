@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from edge.audit import parallel
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
+from edge.errors import AuditError
 
 from support import edge_agent, faketime, pcm_of
 from support import plaintext_files as plaintext_found
@@ -277,10 +279,19 @@ def test_html_report_is_self_contained_and_renders(household, tmp_path):
         shutil.copy(shot, keep)
 
 
+def test_only_known_event_types_are_written_or_shown(household, tmp_path):
+    with pytest.raises(AuditError, match="not a type the log knows"):
+        AuditLog(tmp_path).append("shredded", bucket="b")
+    config, _, _, _ = household
+    shown = edge_agent("--config", str(config), "audit", "show", "--type", "shredd")
+    assert shown.returncode == 2 and shown.stdout == ""
+    assert "did you mean 'shred'?" in shown.stderr and "voice.forgotten" in shown.stderr
+
+
 def test_checkpoint_every_hundred_events(tmp_path):
     log = AuditLog(tmp_path)
     for index in range(120):
-        log.append("test.event", n=index)
+        log.append("profile.active", profile=f"p{index}")
     checkpoints = [e for e in log.entries() if e["type"] == "checkpoint"]
     assert [c["fields"]["entries"] for c in checkpoints] == [100]
     assert check(tmp_path).ok
@@ -561,3 +572,20 @@ def test_with_another_thread_running_verify_stays_in_one_process(tmp_path, valid
         stop.set()
         other.join()
     assert chunks == [] and result.entries == valid_log.count(b"\n")
+
+
+def test_the_config_path_is_audited_absolute(write_config, speech, tmp_path):
+    """A relative --config is recorded as the file it named, not as typed."""
+    config = write_config()
+    clip = speech.say("메시지")
+    ran = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", config.name, "run", "--input", str(clip)],
+        capture_output=True,
+        text=True,
+        cwd=config.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (loaded,) = [e for e in AuditLog(tmp_path / "data").entries() if e["type"] == "config.loaded"]
+    assert loaded["fields"]["path"] == str(config)

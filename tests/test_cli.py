@@ -8,7 +8,7 @@ import pytest
 
 from support import ROOT, edge_agent
 
-COMMANDS = [[], ["transcribe"], ["run"], ["demo"]]
+COMMANDS = [[], ["transcribe"], ["run"], ["demo"], ["voices"], ["voices", "enroll"], ["voices", "list"], ["voices", "forget"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -59,8 +59,8 @@ def test_run_input_json_lines(speech, write_config):
 
 def test_run_unknown_profile_fails_before_listening(speech, write_config):
     result = edge_agent("--config", str(write_config()), "run", "--input", str(speech.say("메시지")), "--profile", "grandma")
-    assert result.returncode == 1
-    assert "no profile named 'grandma'" in result.stderr and "parent, child" in result.stderr
+    assert result.returncode == 2  # a command-line mistake (README)
+    assert "--profile 'grandma'" in result.stderr and "no such profile" in result.stderr and "parent, child" in result.stderr
 
 
 USAGE_ERRORS = [
@@ -103,3 +103,43 @@ def test_demo_shows_the_wake_sessions():
 def test_python_dash_m_edge_runs_outside_the_repo(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "transcribe" in result.stdout
+
+
+EXIT_CODES = [
+    # a name or option on the command line that names nothing: 2
+    (["run", "--input", "{clip}", "--profile", "grandma"], 2, "--profile 'grandma'"),
+    (["forget", "--profile", "grandma", "--yes"], 2, "no profile 'grandma'"),
+    (["export", "--session", "0000000000000000", "--out", "{folder}/x.wav", "--purpose", "playback"], 2, "no retained session"),
+    (["voices", "forget", "grandma", "--yes"], 2, "no voice is enrolled for 'grandma'"),
+    (["audit", "show", "--type", "shredd"], 2, "did you mean 'shred'?"),
+    (["run", "--input", "{clip}", "--no-such-option"], 2, "unrecognized arguments"),
+    # a problem with the input or the config: 1
+    (["run", "--input", "{folder}/missing.wav"], 1, "missing.wav"),
+    (["--config", "{folder}/missing.toml", "status"], 1, "config file not found"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), EXIT_CODES, ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_exit_codes_follow_the_readme(write_config, speech, tmp_path, args, code, message):
+    """README: 1 for a problem with input, config, model or microphone; 2 for a command-line mistake."""
+    config = write_config()
+    values = {"clip": str(speech.say("메시지")), "folder": str(tmp_path)}
+    full = [part.format(**values) for part in args]
+    result = edge_agent(*([] if full[0] == "--config" else ["--config", str(config)]), *full)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_writes_a_household_of_ones_own_that_works(tmp_path):
+    folder = tmp_path / "edge-try"
+    made = edge_agent("init", str(folder))
+    assert made.returncode == 0, made.stderr
+    config = folder / "household.toml"
+    assert config.stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
+    text = config.read_text(encoding="utf-8")
+    assert f'data_dir = "{folder / "data"}"' in text and 'backend = "file"' in text and "/var/lib/edge" not in text
+    ran = edge_agent("--config", str(config), "run", "--input", str(ROOT / "edge" / "data" / "demo.wav"))
+    assert ran.returncode == 0, ran.stderr
+    assert (folder / "root.key").exists() and (folder / "data" / "keystore.db").exists()
+    again = edge_agent("init", str(folder))
+    assert again.returncode == 2 and "exists already" in again.stderr and config.read_text(encoding="utf-8") == text

@@ -113,7 +113,7 @@ BAD_CONFIGS = [
     (
         "child allowed training",
         BASE.replace('kind = "child"', 'kind = "child"\nallow_training = true'),
-        ["profiles.kid.allow_training", "child"],
+        ["profiles.kid.allow_training = true is not allowed", "child"],
     ),
     (
         "training not a bool",
@@ -172,13 +172,14 @@ BAD_CONFIGS = [
     (
         "child above the audio cap",
         BASE.replace('keep_audio = "1h"', 'keep_audio = "48h"'),
-        ["profiles.kid.keep_audio = '2d'", "household.max_child_audio = '1d'"],
+        ["profiles.kid.keep_audio = '48h'", "household.max_child_audio = '1d' (the default)"],
     ),
     (
         "child above a lowered cap",
         BASE.replace("[household]", '[household]\nmax_child_transcript = "1d"'),
-        ["profiles.kid.keep_transcript = '7d'", "household.max_child_transcript = '1d'"],
+        ["profiles.kid.keep_transcript = '7d'", "household.max_child_transcript = '1d', the most"],
     ),
+    ("vault backend typo", BASE.replace('backend = "keyring"', 'backend = "fil"'), ["vault.backend = 'fil'", 'did you mean "file"?']),
     ("sweep too slow", BASE + '\n[retention]\nsweep = "2h"\n', ["retention.sweep", "1s to 1h"]),
     ("unknown retention key", BASE + '\n[retention]\nsweap = "1m"\n', ["retention.sweap", "sweep"]),
     (

@@ -138,7 +138,7 @@ def test_cli_drives_a_running_agent(virtual_mic, speech, write_config):
         switched = _edge(config, virtual_mic, "profile", "child")
         assert switched.returncode == 0 and "active profile: child" in switched.stdout
         unknown = _edge(config, virtual_mic, "profile", "grandma")
-        assert unknown.returncode == 1 and "no profile named 'grandma'" in unknown.stderr
+        assert unknown.returncode == 2 and "profile 'grandma'" in unknown.stderr and "no such profile" in unknown.stderr
 
         play(virtual_mic, speech.say("보안"))  # no push yet: not a session
         time.sleep(1.2)

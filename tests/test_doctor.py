@@ -133,3 +133,10 @@ def test_root_checks_the_data_folder_against_its_owner(write_config, tmp_path):
     os.chown(stray, 0, 0)  # one file left behind by root
     code, found = _doctor(config, None, "--no-mic")
     assert found["permissions"]["status"] == "fail" and f"{stray} belongs to uid 0, not to uid 65534" in found["permissions"]["detail"]
+
+
+def test_no_mic_skips_the_microphone_even_without_any_device(write_config):
+    """A speaker that only serves Wyoming has no microphone: --no-mic must not fail on that."""
+    code, found = _doctor(write_config(), {"PULSE_SERVER": "unix:/nonexistent"}, "--no-mic")
+    assert found["microphone"]["status"] == "skip" and "not checked (--no-mic)" in found["microphone"]["detail"]
+    assert code == (1 if any(f["status"] == "fail" for f in found.values()) else 0)

@@ -74,7 +74,9 @@ def test_rows_round_trip_every_field_shape():
     ):
         assert session_from(entry.id, session_document(entry), entry.audio_bucket is not None, entry.transcript_bucket is not None) == entry
     both = SessionEntry("c", "child", TagRule.GIVEN, True, when, when, when + timedelta(days=7), "b1", "b2")
-    assert session_from("c", session_document(both), False, True) == replace(both, audio_bucket=None, audio_expires=None)
+    assert session_from("c", session_document(both), False, True) == replace(
+        both, audio_bucket=None, audio_expires=None, audio_shredded=when
+    )
     pending = PendingForget("r1", "session c", ("c",), {"b1": ("c",)}, ("b2",))
     assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {})
 

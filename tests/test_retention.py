@@ -362,7 +362,12 @@ def test_time_travel_whole_process(write_config, speech):
     refused = edge_agent(
         "--config", str(config), "export", "--session", session, "--out", str(config.parent / "x.wav"), "--purpose", "playback"
     )
-    assert refused.returncode != 0 and "does not keep audio" in refused.stderr
+    assert refused.returncode != 0 and "its audio was shredded when it expired" in refused.stderr
+    assert status["sessions"][0]["audio_shredded"] is not None
+    shown = edge_agent("--config", str(config), "status").stdout
+    assert f"audio shredded (was kept until {status['sessions'][0]['audio_shredded']})" in shown and "not kept" not in shown
+    refusals = [e["fields"] for e in audit.entries() if e["type"] == "export.refused"]
+    assert refusals[-1]["reason"] == "shredded"
 
     future = faketime("@2038-01-20 00:00:00", "purge", config=config)  # forward to 2038
     assert future.returncode == 0, future.stderr

@@ -156,6 +156,14 @@ def test_cli_status_export_and_age_interop(write_config, speech, two_phrases, tm
     out = tmp_path / "playback.wav"
     exported = edge_agent("--config", str(config), "export", "--session", session, "--out", str(out), "--purpose", "playback")
     assert exported.returncode == 0, exported.stderr
+    played = out.read_bytes()
+    out.write_bytes(b"a file of the user's")
+    again = ["--config", str(config), "export", "--session", session, "--out", str(out), "--purpose", "playback"]
+    kept = edge_agent(*again)
+    assert kept.returncode == 2 and "--force" in kept.stderr and out.read_bytes() == b"a file of the user's"
+    replaced = edge_agent(*again, "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    assert out.read_bytes() == played
     identity = tmp_path / "bucket.key"
     key = edge_agent("--config", str(config), "export", "--session", session, "--identity-out", str(identity))
     assert key.returncode == 0 and "opens every recording in bucket" in key.stderr

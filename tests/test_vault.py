@@ -206,3 +206,17 @@ def test_wrong_root_is_an_error_not_a_wipe(tmp_path):
 def test_syscall_errors_are_reported():
     with pytest.raises(keyring.KeyringError, match="refused"):
         keyring.read(123456789)
+
+
+def test_the_key_folder_of_the_user_keeps_its_mode_and_a_warning_says_so(write_config, tmp_path):
+    """edge never changes the mode of a folder it did not make (issue 18): it says what to do."""
+    from support import edge_agent
+
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    keys.chmod(0o755)
+    config = write_config(vault=f'backend = "file"\npath = "{keys / "root.key"}"')
+    ran = edge_agent("--config", str(config), "purge")
+    assert ran.returncode == 0, ran.stderr
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o755 and stat.S_IMODE((keys / "root.key").stat().st_mode) == 0o600
+    assert f"{keys} is mode 0755" in ran.stderr and f"chmod 700 {keys}" in ran.stderr

@@ -464,7 +464,7 @@ def test_serve_says_what_is_missing(household, tmp_path):
     alone = edge_agent("--config", str(bare), "serve", "--profile", "child")
     assert alone.returncode == 2 and "give --uri too" in alone.stderr
     nobody = edge_agent("--config", str(bare), "serve", "--uri", f"unix://{tmp_path}/w.sock", "--profile", "nobody")
-    assert nobody.returncode == 1 and "no profile named 'nobody'" in nobody.stderr and "child" in nobody.stderr
+    assert nobody.returncode == 2 and "--profile 'nobody'" in nobody.stderr and "child" in nobody.stderr  # a command-line mistake
     for output in (nothing, alone, nobody):
         assert "Traceback" not in output.stderr
 

@@ -41,6 +41,34 @@ CHECKPOINT_EVERY = 100
 and stops that must be signed at once: see NEEDS_CHECKPOINT)."""
 NEEDS_CHECKPOINT = frozenset({"shred", "forget.fulfilled", "agent.stopped"})
 """Events that MUST be covered by a checkpoint: none may stand after the last one."""
+EVENT_TYPES = frozenset(
+    {
+        "log.created",
+        "log.recovered",
+        "checkpoint",
+        "config.loaded",
+        "agent.started",
+        "agent.stopped",
+        "session.created",
+        "session.sealed",
+        "session.served",
+        "export",
+        "export.refused",
+        "identity.exported",
+        "shred",
+        "forget.requested",
+        "forget.fulfilled",
+        "cleanup",
+        "clock.set_back",
+        "root.lost",
+        "keystore.unreadable",
+        "keystore.migrated",
+        "profile.active",
+        "voice.enrolled",
+        "voice.forgotten",
+    }
+)
+"""Every event type edge writes (docs/FORMATS.md section 6): `append` refuses any other."""
 _FORBIDDEN_FIELDS = ("text", "words", "transcript", "audio", "pcm", "key", "identity", "secret", "root")
 
 
@@ -103,6 +131,8 @@ class AuditLog:
             for name in fields:
                 if name.lower() in _FORBIDDEN_FIELDS:
                     raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
+            if event_type not in EVENT_TYPES:
+                raise AuditError(f"audit event {event_type!r}: not a type the log knows (a bug in edge)")
         if not events and not checkpoint:
             return []
         with DataLock(self.data_dir):

@@ -15,12 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import audit, data, deletion, doctor, live, model, speech, voices
+from edge.cli import audit, data, deletion, doctor, init, live, model, speech, voices
 from edge.cli.base import Command, Parser, add_commands
 from edge.errors import EdgeError
 
 COMMANDS: tuple[Command, ...] = (
     speech.COMMANDS[:3]
+    + init.COMMANDS
     + data.COMMANDS
     + deletion.COMMANDS
     + voices.COMMANDS

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from datetime import datetime
 from pathlib import Path
 
 from edge import wiring
-from edge.audit.log import AuditLog
+from edge.audit.log import EVENT_TYPES, AuditLog
 from edge.cli.base import Command, config_of, log
 from edge.disk.outputs import check_output, write_output
+from edge.errors import UsageError
 from edge.instants import parse_instant
 
 
@@ -59,6 +61,10 @@ def _export_key(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.type is not None and args.type not in EVENT_TYPES:
+        close = difflib.get_close_matches(args.type, EVENT_TYPES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"--type {args.type!r} is not an event type{hint}; the types are: {', '.join(sorted(EVENT_TYPES))}")
     config = config_of(args)
     since = parse_instant(args.since, "--since")
     undated = 0

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NoReturn
 
 from edge.agent import SessionRecord
@@ -130,8 +131,15 @@ def print_status(store: Keystore) -> None:
     if not data.sessions:
         print("no retained sessions")
     for entry in sorted(data.sessions.entries(), key=lambda s: s.created):
-        audio = iso_utc(entry.audio_expires) or "not kept"
-        text = iso_utc(entry.transcript_expires) or "not kept"
-        print(f"session {entry.id}  {entry.profile} ({entry.rule})  audio until {audio}  transcript until {text}  [{entry.state}]")
+        audio = _kept("audio", entry.audio_expires, entry.audio_shredded)
+        text = _kept("transcript", entry.transcript_expires, entry.transcript_shredded)
+        print(f"session {entry.id}  {entry.profile} ({entry.rule})  {audio}  {text}  [{entry.state}]")
     if data.voices:
         print(f"voiceprints: {', '.join(sorted(data.voices))} (`edge-agent voices list` says more)")
+
+
+def _kept(kind: str, expires: datetime | None, shredded: datetime | None) -> str:
+    """What `status` says of one kind of a session's data: until when, shredded, or not kept."""
+    if shredded is not None:
+        return f"{kind} shredded (was kept until {iso_utc(shredded)})"
+    return f"{kind} until {iso_utc(expires)}" if expires is not None else f"{kind} not kept"

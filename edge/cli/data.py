@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from edge import wiring
 from edge.cli.base import Command, config_of, log, print_status
 from edge.config import Config
+from edge.disk.outputs import check_output
 from edge.errors import AgentNotRunning, ControlError, UsageError
 from edge.instants import iso_utc
 from edge.store.keystore import Access
@@ -55,6 +57,8 @@ def _status(args: argparse.Namespace) -> int:
             "created": iso_utc(s.created),
             "audio_expires": iso_utc(s.audio_expires),
             "transcript_expires": iso_utc(s.transcript_expires),
+            "audio_shredded": iso_utc(s.audio_shredded),
+            "transcript_shredded": iso_utc(s.transcript_shredded),
             "state": s.state,
             "seconds": s.seconds,
         }
@@ -76,6 +80,10 @@ def _export(args: argparse.Namespace) -> int:
     from edge.store.export import export_audio, export_identity  # only an export reads audio back
 
     config = config_of(args)
+    if args.out:
+        check_output(Path(args.out), config.device.data_dir)  # links, FIFOs, the data folder: refused first
+        if os.path.isfile(args.out) and not args.force:
+            raise UsageError(f"{args.out} exists already; add --force to replace it (nothing was exported)")
     store, audit = wiring.open_store(config)
     if args.identity_out:
         bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), wiring.trusted_now(config))
@@ -100,6 +108,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--out", metavar="FILE.wav", help="write the decrypted recording here (a new name or a regular file)")
     target.add_argument("--identity-out", metavar="FILE", help="write the bucket's age identity into this new file (0600)")
     parser.add_argument("--purpose", choices=[str(p) for p in Purpose], help="why (required with --out)")
+    parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
 
 
 COMMANDS = (

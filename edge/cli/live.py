@@ -12,7 +12,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     config = config_of(args)
     if args.name:
-        config.profile(args.name)  # a clear error before asking the agent
+        config.named_profile(args.name, "profile")  # a clear error before asking the agent
     answer = call(config.device.control_socket, "profile", name=None if args.clear else args.name)
     print(f"active profile: {answer['active_profile'] or '(none: the strictest profile)'}")
     return 0

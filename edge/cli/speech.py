@@ -80,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     listeners = config.listeners
     if args.uri:
         if args.profile:
-            config.profile(args.profile)  # ConfigError names the profiles there are
+            config.named_profile(args.profile, "--profile")
         listeners += (make_listener(args.uri, args.profile, args.name, "--uri"),)
         check_listeners(listeners, config.device, "--uri")
     if not listeners:

@@ -13,6 +13,7 @@ that folder's owner, so the service can still use it.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,10 @@ from typing import BinaryIO
 
 from edge.errors import StorageError
 from edge.faults import crash_point
+
+log = logging.getLogger(__name__)
+_WARNED_OPEN: set[Path] = set()
+"""Folders of the user's whose open mode was already pointed out."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -52,12 +57,23 @@ def _refused(path: Path, exc: OSError, link: bool = False) -> StorageError:
     return StorageError(f"{path}: {why(exc)}", path=path)
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) as 0700; tighten an existing folder we own to 0700."""
+def private_dir(path: Path, tighten: bool = True) -> Path:
+    """Create `path` (and parents) as 0700; tighten an existing folder to 0700 (edge's own,
+    such as the data folder), or with `tighten=False` only warn (a folder of the user's,
+    such as the one holding the file vault's key: edge never changes a mode it did not set)."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o077:
+        mode = path.stat().st_mode
+        if mode & 0o077 and tighten:
             os.chmod(path, 0o700)
+        elif mode & 0o077 and path not in _WARNED_OPEN:
+            _WARNED_OPEN.add(path)  # once per process: the vault writes at every ratchet
+            log.warning(
+                "%s is mode %04o: others can see which files it holds (the files edge writes there are 0600); chmod 700 %s",
+                path,
+                mode & 0o777,
+                path,
+            )
     except OSError as exc:
         raise StorageError(f"{path}: cannot create a private folder there: {exc.strerror}", path=path) from None
     return path
@@ -73,11 +89,12 @@ def _adopt(fd: int, folder: int) -> None:
 
 
 @contextmanager
-def folder_fd(root: Path, parts: Sequence[str] = (), create: bool = False) -> Iterator[int]:
+def folder_fd(root: Path, parts: Sequence[str] = (), create: bool = False, tighten: bool = True) -> Iterator[int]:
     """A descriptor of root/parts..., following no link below `root`. With `create`, missing
-    folders are made (0700). A missing folder otherwise raises FileNotFoundError."""
+    folders are made (0700), and `root` tightened to 0700 unless `tighten` is false. A
+    missing folder otherwise raises FileNotFoundError."""
     if create:
-        private_dir(root)
+        private_dir(root, tighten)
     try:
         fd = os.open(root, _DIR_FLAGS)
     except FileNotFoundError:
@@ -167,14 +184,14 @@ def create_in(root: Path, relative: str) -> BinaryIO:
     return os.fdopen(fd, "wb", buffering=0)
 
 
-def write_atomic_in(root: Path, relative: str, data: bytes) -> None:
+def write_atomic_in(root: Path, relative: str, data: bytes, tighten: bool = True) -> None:
     """Replace root/relative with `data`: a 0600 temp file, fsync, rename, fsync the folder.
     A crash leaves either the old or the new content, never a mix (and maybe the temp file,
     which `destroy_temps` removes)."""
     folders, name = _split(relative)
     temp = f".{name}.{os.getpid()}.tmp"
     try:
-        with folder_fd(root, folders, create=True) as folder:
+        with folder_fd(root, folders, create=True, tighten=tighten) as folder:
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
             except FileExistsError:  # left by an earlier process with our PID
@@ -218,8 +235,9 @@ def publish_in(root: Path, temp: str, name: str) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """`write_atomic_in` for a file anywhere (e.g. the file vault's key)."""
-    write_atomic_in(path.parent, path.name, data)
+    """`write_atomic_in` for a file anywhere (e.g. the file vault's key), in a folder that is
+    the user's: its mode is left as it is (a warning says when it is open)."""
+    write_atomic_in(path.parent, path.name, data, tighten=False)
 
 
 def unlink_in(root: Path, relative: str) -> bool:

@@ -67,6 +67,14 @@ def check_purpose(config: Config, entry: SessionEntry, purpose: Purpose) -> None
 def check_available(entry: SessionEntry, now: datetime) -> None:
     """Refuse audio that is not kept, shredded, or past its expiry (even if the shredder has
     not reached it yet: fail closed)."""
+    if entry.audio_shredded is not None:
+        why = "when it expired" if entry.audio_shredded <= now else "before its expiry: its profile went unused for its inactive_after"
+        raise PolicyError(
+            f"session {entry.id}: its audio was shredded {why} (it was to be kept until {entry.audio_shredded.isoformat()}); "
+            "`edge-agent audit show --type shred` says when",
+            "shredded",
+            session=entry.id,
+        )
     if entry.audio_expires is None or entry.audio_bucket is None:
         raise PolicyError(f"session {entry.id}: its profile ({entry.profile}) does not keep audio", "not kept", session=entry.id)
     if now >= entry.audio_expires:

@@ -52,6 +52,11 @@ class SessionEntry:
     """"recording" until the session ended cleanly, then "complete"."""
     seconds: float = 0.0
     """Length of the recorded audio."""
+    audio_shredded: datetime | None = None
+    """Set when audio was kept and is shredded now: the expiry it had (derived from the
+    sealed row and its clear columns; never stored)."""
+    transcript_shredded: datetime | None = None
+    """The same for the transcript."""
 
     def buckets(self) -> tuple[str | None, str | None]:
         return self.audio_bucket, self.transcript_bucket

@@ -116,7 +116,9 @@ def bucket_from(document: dict[str, Any]) -> Bucket:
     )
 
 
-_SESSION_FIELDS = tuple(f.name for f in fields(SessionEntry) if f.name != "id")
+_DERIVED = ("id", "audio_shredded", "transcript_shredded")
+"""Not in the sealed row: the id is the row's key; what was shredded, its clear columns say."""
+_SESSION_FIELDS = tuple(f.name for f in fields(SessionEntry) if f.name not in _DERIVED)
 _TIMES = ("created", "audio_expires", "transcript_expires")
 
 
@@ -137,8 +139,12 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
             document[name] = datetime.fromisoformat(document[name])
     document["rule"] = TagRule(document["rule"])
     if not audio_live:
+        if document["audio_bucket"] is not None:
+            document["audio_shredded"] = document["audio_expires"]
         document["audio_bucket"] = document["audio_expires"] = None
     if not transcript_live:
+        if document["transcript_bucket"] is not None:
+            document["transcript_shredded"] = document["transcript_expires"]
         document["transcript_bucket"] = document["transcript_expires"] = None
     return SessionEntry(id=session_id, **document)
 
