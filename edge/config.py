@@ -27,8 +27,9 @@ Choice = TypeVar("Choice", bound=StrEnum)
 SYSTEM_CONFIG = Path("/etc/edge/household.toml")
 BUILTIN_CONFIG = (Path(__file__).parent / "data" / "household.example.toml").resolve()
 
-VAULT_BACKENDS = (VaultBackend.KEYRING, VaultBackend.FILE, VaultBackend.TPM)
-"""What [vault] backend may say (the demo's in-memory vault is never configured)."""
+VAULT_BACKENDS = (VaultBackend.KEYRING, VaultBackend.FILE)
+"""What [vault] backend may say (the demo's in-memory vault is never configured; "tpm" is
+refused with its own message until the TPM vault exists)."""
 SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 MAX_SOCKET_PATH = 107
 """Longest Unix socket path Linux accepts (sun_path is 108 bytes with the final NUL)."""
@@ -380,6 +381,10 @@ def _parse_device(table: _Table, path: Path) -> DeviceSettings:
 
 
 def _parse_vault(table: _Table, path: Path) -> VaultSettings:
+    if table.get("backend", (str, int, float, bool, list, dict), "") == "tpm":  # said first, whatever else the table holds
+        table.fail(
+            "backend", "tpm", '"keyring" or "file": the TPM vault is not available in this version of edge (README: guarantee levels)'
+        )
     backend = table.choice("backend", VAULT_BACKENDS, VaultBackend.KEYRING)
     key_path = table.get("path", str, "")
     if backend == VaultBackend.FILE and not key_path:

@@ -66,7 +66,7 @@ def test_run_unknown_profile_fails_before_listening(speech, write_config):
 USAGE_ERRORS = [
     (["run"], "one of the arguments --input --mic is required"),
     (["run", "--input", "a.wav", "--mic"], "not allowed with argument"),
-    (["transcribe"], "the following arguments are required: WAV"),
+    (["transcribe"], "the following arguments are required: AUDIO"),
     (["fly"], "invalid choice: 'fly'"),
 ]
 

@@ -151,7 +151,12 @@ BAD_CONFIGS = [
         BASE.replace('backend = "keyring"', 'backend = "keyring"\npath = "k"'),
         ["vault.path", 'only used when backend = "file"'],
     ),
-    ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file" or "tpm"']),
+    ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file"']),
+    (
+        "tpm with a path",
+        BASE.replace('backend = "keyring"', 'backend = "tpm"\npath = "root.key"'),
+        ["vault.backend = 'tpm' is not allowed", "not available in this version"],
+    ),
     (
         "unknown active profile",
         BASE.replace("[household]", '[household]\nactive_profile = "grandma"'),

@@ -188,8 +188,9 @@ def test_root_lost_with_file_vault_is_an_error_not_a_wipe(tmp_path):
     store, _ = _store_with_bucket(tmp_path, vault)
     before = keystore_rows(store.data_dir)
     (tmp_path / "root.key").unlink()
-    with pytest.raises(VaultError, match="root key file is missing"):
+    with pytest.raises(VaultError, match=r"\[vault\] path = '.*root.key': there is no root key file there") as error:
         Keystore(store.data_dir, vault).read()
+    assert "First check that path" in str(error.value) and "nothing was changed" in str(error.value)
     assert keystore_rows(store.data_dir) == before
 
 

@@ -2,7 +2,6 @@
 
 import shutil
 import struct
-import subprocess
 
 import numpy as np
 import pytest
@@ -67,13 +66,17 @@ def _riff(data: bytes, declared: int | None = None) -> bytes:
 
 BAD_FILES = [
     # (id, file bytes or a maker, expected message)
-    ("empty file", b"", "not a WAV file"),
-    ("text file", b"hello, this is not audio\n", "not a WAV file"),
-    ("riff but not wave", b"RIFF\x10\x00\x00\x00AVI LIST\x00\x00\x00\x00", "not a WAV file"),
+    ("empty file", b"", "not an audio file edge can read"),
+    ("text file", b"hello, this is not audio\n", "ffmpeg -i INPUT -ar 16000 -ac 1 OUTPUT.wav"),
+    ("riff but not wave", b"RIFF\x10\x00\x00\x00AVI LIST\x00\x00\x00\x00", "not an audio file edge can read"),
     ("header only, no samples", _riff(b""), "contains no audio"),
     ("truncated data", _riff(b"\x01\x00" * 1000, declared=64000), "truncated"),
     ("no data chunk", _riff(b"\x01\x00" * 10)[: 12 + 8 + 16], "no audio data chunk"),
-    ("garbage fmt", b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 16 + b"data\x00\x00\x00\x00", "not a readable WAV file"),
+    (
+        "garbage fmt",
+        b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 16 + b"data\x00\x00\x00\x00",
+        "not an audio file edge can read",
+    ),
 ]
 
 
@@ -94,13 +97,25 @@ def test_missing_and_folder(tmp_path):
         open_wav(tmp_path)
 
 
-def test_other_audio_formats_are_refused(speech, tmp_path):
-    flac = tmp_path / "speech.flac"
-    subprocess.run(["sox", str(speech.say("보안")), str(flac)], check=True)
+OTHER_FORMATS = [("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("opus", "OGG", "OPUS"), ("mp3", "MP3", "MPEG_LAYER_III")]
+
+
+@pytest.mark.parametrize(("suffix", "container", "subtype"), OTHER_FORMATS, ids=[f[0] for f in OTHER_FORMATS])
+def test_flac_ogg_opus_and_mp3_are_transcribed(speech, tmp_path, suffix, container, subtype):
+    """libsndfile decodes them (issue 18): the same words as from the WAV, whatever the name says."""
+    import soundfile
+
+    samples, rate = soundfile.read(str(speech.join(speech.say("보안"), 0.5, speech.say("위치"))), dtype="int16")
+    encoded = tmp_path / f"speech.{suffix}"
+    if subtype == "OPUS":  # Opus runs at 48 kHz only (sample-and-hold is enough for this check)
+        samples, rate = np.repeat(samples, 3), 48000
+    soundfile.write(str(encoded), samples, rate, format=container, subtype=subtype)
     disguised = tmp_path / "speech.wav"
-    shutil.copy(flac, disguised)
-    with pytest.raises(AudioError, match="not a WAV file"):
-        open_wav(disguised)
+    shutil.copy(encoded, disguised)  # the name does not matter, the content does
+    assert open_wav(disguised).seconds > 1
+    ran = edge_agent("transcribe", str(disguised), "--grammar", "보안", "위치")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "보안 위치"
 
 
 @pytest.mark.parametrize("name,content,expected", BAD_FILES[:5], ids=[b[0] for b in BAD_FILES[:5]])

@@ -1,4 +1,5 @@
-"""WAV file source: any PCM or float WAV, streamed as pipeline PCM.
+"""Audio file source: any PCM or float WAV, or what libsndfile decodes (FLAC, Ogg Vorbis
+or Opus, MP3), streamed as pipeline PCM.
 
 A WAV that already holds pipeline PCM (16 kHz mono 16-bit, WAVE_FORMAT_PCM) is read
 as it is; anything else is decoded by libsndfile (via soundfile) and converted. The
@@ -51,15 +52,17 @@ class WavInfo:
 
 
 def open_wav(path: Path) -> WavInfo:
-    """Check that `path` is a readable, complete, non-empty WAV; raise AudioError otherwise."""
+    """Check that `path` is a readable, complete, non-empty audio file (a WAV, checked chunk
+    by chunk; or anything libsndfile decodes: FLAC, Ogg Vorbis or Opus, MP3, ...); raise
+    AudioError otherwise."""
     if not path.exists():
         raise AudioError(f"{path}: audio file not found")
     if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not a WAV file")
+        raise AudioError(f"{path}: is a folder, not an audio file")
     try:
         with path.open("rb") as handle:
             header = handle.read(12)
-            fmt, samples = _check_riff(path, handle, header)
+            fmt, samples = _check_riff(path, handle, header) if _is_wav(header) else (b"", None)
     except OSError as exc:
         raise AudioError(f"{path}: cannot read the audio file: {exc.strerror}") from None
     if samples is not None and _is_pipeline_pcm(fmt):
@@ -67,8 +70,16 @@ def open_wav(path: Path) -> WavInfo:
     else:
         info = _decoded_info(path)
     if info.frames == 0:
-        raise AudioError(f"{path}: the WAV file contains no audio")
+        raise AudioError(f"{path}: the audio file contains no audio")
     return info
+
+
+def _is_wav(header: bytes) -> bool:
+    return len(header) >= 12 and header[:4] in (b"RIFF", b"RF64") and header[8:12] == b"WAVE"
+
+
+CONVERT = "convert it first, e.g. `ffmpeg -i INPUT -ar 16000 -ac 1 OUTPUT.wav`"
+"""What to do with audio libsndfile cannot read."""
 
 
 def read_pipeline_chunks(info: WavInfo, block_seconds: float = 0.5) -> Iterator[bytes]:
@@ -104,9 +115,9 @@ def _decoded_info(path: Path) -> WavInfo:
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: is not a readable WAV file ({_reason(exc)})") from None
-    if info.format not in ("WAV", "WAVEX"):
-        raise AudioError(f"{path}: is a {info.format} file; edge reads WAV files only")
+        raise AudioError(
+            f"{path}: is not an audio file edge can read ({_reason(exc)}); edge reads WAV, FLAC, Ogg (Vorbis or Opus) and MP3: {CONVERT}"
+        ) from None
     return WavInfo(path, info.samplerate, info.channels, info.frames, info.subtype)
 
 
@@ -124,7 +135,7 @@ def _read_decoded(info: WavInfo, block_seconds: float) -> Iterator[bytes]:
                 if pcm:
                     yield pcm
     except (soundfile.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{info.path}: the WAV file could not be read to the end ({_reason(exc)})") from None
+        raise AudioError(f"{info.path}: the audio file could not be read to the end ({_reason(exc)})") from None
     tail = converter.flush()
     if tail:
         yield tail

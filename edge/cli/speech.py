@@ -38,7 +38,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("wav", metavar="WAV", help="the WAV file to transcribe")
+    parser.add_argument("wav", metavar="AUDIO", help="the audio file to transcribe (WAV, FLAC, Ogg, MP3)")
     parser.add_argument(
         "--grammar",
         nargs="+",
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", metavar="WAV", help="read this WAV file, then exit")
+    source.add_argument("--input", metavar="AUDIO", help="read this audio file (WAV, FLAC, Ogg, MP3), then exit")
     source.add_argument("--mic", action="store_true", help="listen to the microphone until stopped")
     parser.add_argument("--profile", metavar="NAME", help="tag sessions with this profile (until `edge-agent profile` says otherwise)")
     parser.add_argument(
@@ -141,14 +141,14 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS = (
     Command(
         "transcribe",
-        "transcribe a WAV file offline; stores nothing",
-        "Transcribe a WAV file (any rate, channels, 8/16/24/32-bit PCM or float) with the local Vosk model. Nothing is stored.",
+        "transcribe an audio file offline; stores nothing",
+        "Transcribe an audio file (WAV of any rate, channels, 8/16/24/32-bit PCM or float; FLAC, Ogg Vorbis or Opus, MP3) with the local Vosk model. Nothing is stored.",
         _transcribe,
         _transcribe_arguments,
     ),
     Command(
         "run",
-        "run the agent on a WAV file or the microphone",
+        "run the agent on an audio file or the microphone",
         "Split the audio into sessions (trigger mode from the config), tag each with a household profile and "
         "transcribe it. Ctrl-C / SIGTERM finish the session in progress and exit. In push_to_talk mode, SIGUSR1 "
         "opens a session (with --input, the file's start counts as one push).",

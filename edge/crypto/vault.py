@@ -277,9 +277,10 @@ class FileVault:
 
     def why_missing(self) -> str:
         raise VaultError(
-            f"{self.path}: the vault's root key file is missing although a keystore exists, so the data "
-            "it describes can never be opened. If the key was deleted on purpose, remove the data folder's "
-            "keystore, recordings/ and transcripts/ to start afresh. Nothing was changed."
+            f"[vault] path = {str(self.path)!r}: there is no root key file there, although the data folder holds a "
+            "keystore. First check that path (a typo, another config, a disk not mounted, a backup not restored): "
+            "nothing was changed, and the data opens again once the key is found. Only if the key is truly gone can "
+            "that data never be opened; then move the data folder aside to start afresh."
         )
 
 
