@@ -248,23 +248,32 @@ uninstall_edge() {
     system systemctl disable --now edge-agent.service
   fi
   uninstall_wyoming
-  if [ -x "$OPT/venv/bin/edge-agent" ] && [ -e "$ETC/household.toml" ] && [ -d "$DATA" ]; then
+  local verified="no retained data was found to forget" agent=() config=/etc/edge/household.toml
+  if [ -n "$ROOT" ]; then
+    agent=("$OPT/venv/bin/edge-agent")
+    [ -e "$ETC/household.toml" ] && config=$(staged_config)
+  else  # as the service user: the root key is in edge's own keyring
+    agent=(runuser -u edge -- "$OPT/venv/bin/edge-agent")
+  fi
+  if [ -n "$ROOT" ] && [ -e "$ETC/household.toml" ] && grep -Eq '^keyring = "persistent"' "$config" \
+      && ! grep -Eq '^backend = "file"' "$config"; then  # that key would be the caller's own, outside DIR
+    say "skip (--root): edge-agent forget --all --yes (the staged config's vault is the persistent keyring, outside $ROOT)"
+    verified="nothing was forgotten: --root touches nothing outside $ROOT"
+  elif [ -x "$OPT/venv/bin/edge-agent" ] && [ -e "$ETC/household.toml" ] && [ -d "$DATA" ]; then
     say "forgetting every retained session (the audit log records it and stays in $DATA)"
-    if [ -n "$ROOT" ]; then
-      local config; config=$(staged_config)
-      "$OPT/venv/bin/edge-agent" --config "$config" forget --all --yes
-      "$OPT/venv/bin/edge-agent" --config "$config" audit verify || true
-      rm -f "$config"
-    else  # as the service user: the root key is in edge's own keyring
-      runuser -u edge -- "$OPT/venv/bin/edge-agent" --config /etc/edge/household.toml forget --all --yes
-      runuser -u edge -- "$OPT/venv/bin/edge-agent" --config /etc/edge/household.toml audit verify || true
+    "${agent[@]}" --config "$config" forget --all --yes
+    if "${agent[@]}" --config "$config" audit verify; then
+      verified="the audit log that records the purge, verified above"
+    else
+      verified="the audit log did NOT verify: see above, and keep it for inspection"
     fi
   fi
+  if [ "$config" != /etc/edge/household.toml ]; then rm -f "$config"; fi
   rm -f "$UNIT" "$BIN"
   rm -rf "$OPT"
   system systemctl daemon-reload
-  say "removed the service and the program. Kept: $ETC (your config, [[wyoming]] tables too) and $DATA (the audit log that"
-  say "records the purge, verified above). Remove them by hand when you no longer need them."
+  say "removed the service and the program. Kept: $ETC (your config, [[wyoming]] tables too) and $DATA ($verified)."
+  say "Remove them by hand when you no longer need them."
 }
 
 case $ACTION in

@@ -167,6 +167,18 @@ def test_uninstall_forgets_everything_audited_then_removes_the_service(tmp_path_
     assert "skip (--root): systemctl disable --now edge-agent.service" in result.stderr
 
 
+def test_a_staged_uninstall_touches_nothing_outside_its_root_and_claims_nothing(tmp_path_factory):
+    """The example config's vault is the persistent keyring: the caller's own, outside --root."""
+    stage = tmp_path_factory.mktemp("stage-uninstall-plain") / "root"
+    assert _install(stage).returncode == 0
+    result = _install(stage, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert "skip (--root): edge-agent forget --all --yes" in result.stderr
+    assert "verified" not in result.stdout + result.stderr and "FAILED" not in result.stdout
+    assert f"nothing was forgotten: --root touches nothing outside {stage}" in result.stderr
+    assert not (stage / "var/lib/edge/keystore.db").exists()
+
+
 def test_the_agent_process_makes_itself_non_dumpable():
     code = (
         "import resource\n"
