@@ -21,7 +21,7 @@ from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
 from edge.errors import AuditError
 
-from support import edge_agent, faketime, pcm_of
+from support import Retention, edge_agent, faketime, pcm_of
 from support import plaintext_files as plaintext_found
 
 GRACE = timedelta(seconds=62)
@@ -238,42 +238,80 @@ def test_verify_json_and_show(household):
     assert [json.loads(line)["type"] for line in shown.stdout.splitlines()] == ["session.created"] * 2
 
 
-def test_html_report_is_self_contained_and_renders(household, tmp_path):
-    config, _, sessions, _ = household
-    edge_agent("--config", str(config), "forget", "--session", sessions[1], "--yes")
-    page = tmp_path / "report.html"
-    result = edge_agent("--config", str(config), "audit", "report", "--html", str(page))
-    assert result.returncode == 0, result.stderr
-    html = page.read_text(encoding="utf-8")
-    for outside in ("http://", "https://", "<script", "<link", "<img", "@import", "url("):
-        assert outside not in html
-    assert "child" in html and "verified" in html and "Forget requests" in html
+def _chromium(page: Path, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is missing: run scripts/setup.sh test")
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1000,1000",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={folder / 'profile'}"]
+    return subprocess.run([chromium, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_the_parents_report_says_what_happened_in_plain_words_in_a_real_browser(write_config, speech, tmp_path):
+    """A history with both profiles, an export and a refused one, a forget, a late shred and a
+    voice: the page (rendered by headless Chromium) has a section and a label for each."""
+    config = write_config(mode="always", parent=Retention("adult", "24h", "30d"))
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0)
+    sessions = {}
+    for profile in ("parent", "child"):
+        ran = edge_agent("--config", str(config), "run", "--input", str(clip), "--profile", profile, "--json")
+        assert ran.returncode == 0, ran.stderr
+        sessions[profile] = [json.loads(line)["session"] for line in ran.stdout.splitlines()]
+    out = tmp_path / "out.wav"
+    assert (
+        edge_agent(
+            "--config", str(config), "export", "--session", sessions["parent"][0], "--out", str(out), "--purpose", "playback"
+        ).returncode
+        == 0
     )
+    refused = edge_agent(
+        "--config", str(config), "export", "--session", sessions["child"][0], "--out", str(tmp_path / "t.wav"), "--purpose", "training"
+    )
+    assert refused.returncode == 1
+    assert edge_agent("--config", str(config), "forget", "--session", sessions["parent"][1], "--yes").returncode == 0
+    enrolled = edge_agent(
+        "--config",
+        str(config),
+        "voices",
+        "enroll",
+        "child",
+        "--consent",
+        "--input",
+        str(speech.say("아버지에게 메시지를 보내 주세요")),
+        str(speech.say("라디오를 켜 주세요")),
+        str(speech.say("오늘 날씨를 알려 주세요")),
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert faketime("+3h", "purge", config=config).returncode == 0  # the child's audio (1 hour) is shredded 2 hours late
+    page = tmp_path / "report.html"
+    result = edge_agent("--config", str(config), "audit", "report", "--html", str(page), env={"TZ": "Asia/Seoul"})
+    assert result.returncode == 0, result.stderr
+    text = page.read_text(encoding="utf-8")
+    for outside in ("http://", "https://", "<script", "<link", "<img", "@import", "url("):
+        assert outside not in text
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout  # what the browser built from the file
+    for heading in (
+        "What this device promises",
+        "What each person",
+        "Timeline",
+        "Who looked at kept recordings",
+        "Deletions",
+        "Forget requests",
+        "Voices",
+        "Clock and key",
+    ):
+        assert f"<h2>{heading}" in dom, heading
+    assert "KST (UTC+0900)" in dom and "The audit log is intact" in dom
+    assert "gone for good" in dom  # the keyring vault's promise, in one sentence
+    assert "recording exported for playback" in dom and "a child's recording is never used for training" in dom
+    assert "asked to forget session" in dom and "voice enrolled from" in dom and "with a parent's consent" in dom
+    assert "2 hours" in dom and "late: edge was not running from" in dom  # lateness in words, with its reason
+    assert dom.count('<tspan font-weight="bold">child</tspan>') == 2 and dom.count('<tspan font-weight="bold">parent</tspan>') == 2
+    assert "1 hour" in dom and "30 days" in dom and "1 day" in dom  # the retentions, as a person says them
+    shot = tmp_path / "report.png"
+    _chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1000,2200")
     png = shot.read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one
+    assert png.startswith(b"\x89PNG") and len(png) > 40_000  # a rendered page, not a blank one
     keep = os.environ.get("EDGE_KEEP_REPORT_PNG")
     if keep:
         shutil.copy(shot, keep)
