@@ -176,14 +176,17 @@ def build_runtime(
     return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent)
 
 
-def verification(config: Config, witness_path: str | None = None, vault: Vault | None = None) -> Verification:
-    """Verify the audit log and cross-check the data folder, read-only."""
+def verification(
+    config: Config, witness_path: str | None = None, vault: Vault | None = None, progress: Callable[[int, int], None] | None = None
+) -> Verification:
+    """Verify the audit log and cross-check the data folder, read-only (`progress`: bytes of
+    the log checked, of all, as a long check goes on)."""
     from edge.audit.verify import verify  # only the commands that verify pay for it
 
     witness = _read_witness(Path(witness_path)) if witness_path else None
     keystore, audit = open_store(config, Access.READ, vault)
     grace = config.retention.sweep + timedelta(seconds=2)  # a sweep may not have run yet
-    return verify(audit, keystore, trusted_now(config), grace, witness)
+    return verify(audit, keystore, trusted_now(config), grace, witness, progress=progress)
 
 
 def _read_witness(path: Path) -> Checkpoint:

@@ -627,3 +627,12 @@ def test_the_config_path_is_audited_absolute(write_config, speech, tmp_path):
     assert ran.returncode == 0, ran.stderr
     (loaded,) = [e for e in AuditLog(tmp_path / "data").entries() if e["type"] == "config.loaded"]
     assert loaded["fields"]["path"] == str(config)
+
+
+def test_a_long_verify_says_how_far_it_has_come(tmp_path, valid_log):
+    (tmp_path / "audit.jsonl").write_bytes(valid_log)
+    heard: list[tuple[int, int]] = []
+    result = verify(AuditLog(tmp_path), None, _now(), GRACE, parallel=TINY_CHUNKS, progress=lambda done, total: heard.append((done, total)))
+    assert result.entries > 1000
+    assert len(heard) > 10 and heard[-1] == (len(valid_log), len(valid_log))
+    assert [done for done, _ in heard] == sorted({done for done, _ in heard})  # forward only, each chunk once

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -50,6 +50,10 @@ class Parallel:
         return self.workers > 1 and size >= self.from_bytes and threading.active_count() == 1
 
 
+Progress = Callable[[int, int], None]
+"""Told (bytes checked, bytes in all) as a long verify goes on."""
+
+
 class Task(NamedTuple):
     """One chunk: bytes [start, end) of the open log `fd`, whose first line is `line`."""
 
@@ -69,9 +73,10 @@ class Checked(NamedTuple):
     ops: list[ScanOp]
 
 
-def check_chunks(fd: int, size: int, options: Parallel, sink: Sink) -> tuple[Chain, Problem | None]:
+def check_chunks(fd: int, size: int, options: Parallel, sink: Sink, progress: Progress | None = None) -> tuple[Chain, Problem | None]:
     """The first `size` bytes of the log checked by worker processes: the chain of every line
-    verified and the first bad line, if any; `sink` gets the data check's inputs in file order."""
+    verified and the first bad line, if any; `sink` gets the data check's inputs in file order,
+    `progress` (bytes checked, of `size`) each chunk as it is linked."""
     chain = Chain()
     tasks = plan(fd, size, options.chunk_for(size))
     context = multiprocessing.get_context("fork")  # the workers inherit the open log: nothing is reopened by name
@@ -86,6 +91,8 @@ def check_chunks(fd: int, size: int, options: Parallel, sink: Sink) -> tuple[Cha
             if problem is not None:
                 pool.shutdown(cancel_futures=True)
                 return chain, problem
+            if progress is not None:
+                progress(task.end, size)
             for task in islice(tasks, 1):
                 pending.append((task, pool.submit(check_chunk, task)))
     return chain, None

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 
 from edge.audit.chain import Chain, Problem, ScanOp, check_range
 from edge.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, public_key_from_hex
-from edge.audit.parallel import Parallel, check_chunks
+from edge.audit.parallel import Parallel, Progress, check_chunks
 from edge.crypto.age import read_header, unwrap_file_key
 from edge.disk import layout
 from edge.disk.files import open_in, reader_in
@@ -67,13 +67,15 @@ def verify(
     on_time: timedelta,
     witness: Checkpoint | None = None,
     parallel: Parallel | None = None,
+    progress: Progress | None = None,
 ) -> Verification:
     """`parallel` says when to use worker processes (by default: on every core, for a log of
-    more than about 50,000 lines); the result is the same either way."""
+    more than about 50,000 lines); the result is the same either way. `progress` hears how far
+    a long (parallel) check has come."""
     result = Verification()
     scan = _DataScan(result, on_time)
     result.torn_tail = log.ends_torn()
-    chain = _check_chain(log, result, scan, parallel or Parallel())
+    chain = _check_chain(log, result, scan, parallel or Parallel(), progress)
     if result.torn_tail and result.problems and result.problems[0].line == chain.verified() + 1:
         result.problems[0].message += (
             "; it is the last line and has no newline: cut off by a crash or power cut? The next "
@@ -91,7 +93,7 @@ def verify(
     return result
 
 
-def _check_chain(log: AuditLog, result: Verification, scan: _DataScan, parallel: Parallel) -> Chain:
+def _check_chain(log: AuditLog, result: Verification, scan: _DataScan, parallel: Parallel, progress: Progress | None) -> Chain:
     """Check every line in order; stop at the first bad one and name it."""
     chain, problem = Chain(), None
     fd = _open(log)
@@ -99,7 +101,7 @@ def _check_chain(log: AuditLog, result: Verification, scan: _DataScan, parallel:
         try:
             size = os.fstat(fd).st_size
             if parallel.applies(size):
-                chain, problem = check_chunks(fd, size, parallel, scan.apply)
+                chain, problem = check_chunks(fd, size, parallel, scan.apply, progress)
             else:
                 problem = check_range(fd, 0, size, chain, scan.apply)
         finally:
