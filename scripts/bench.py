@@ -24,10 +24,11 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge import wiring
 from edge.audit.log import AuditLog
@@ -39,6 +40,10 @@ from edge.policy import Tag
 from edge.stt.model_path import find_model
 from edge.transcript import Transcript
 from edge.values import TagRule
+
+if TYPE_CHECKING:
+    from edge.stt.recognizer import SpeechModel
+    from edge.voice.encoder import SpeakerEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the config template the tests use
@@ -337,7 +342,8 @@ _PEAK = (
     "import atexit, os, runpy, sys\n"
     "def report():\n"
     "    status = open('/proc/self/status').read()\n"
-    "    open(os.environ['BENCH_PEAK'], 'w').write(status.split('VmHWM:')[1].split()[0])\n"
+    "    kb = [status.split(key)[1].split()[0] for key in ('VmHWM:', 'VmRSS:')]\n"
+    "    open(os.environ['BENCH_PEAK'], 'w').write(' '.join(kb))\n"
     "atexit.register(report)\n"
     "sys.argv = sys.argv[1:]\n"
     "runpy.run_module(sys.argv[0], run_name='__main__') if sys.argv[0] != '-c' else exec(sys.argv[1])\n"
@@ -347,12 +353,19 @@ _PEAK = (
 def peak_rss(work: Path, *args: str) -> float:
     """Peak RSS in MB of `python -m MODULE ARGS` or `python -c CODE`, read by the process itself
     (VmHWM: ru_maxrss of a child would include the parent's pages from before exec)."""
+    return rss(work, *args)[0]
+
+
+def rss(work: Path, *args: str) -> tuple[float, float]:
+    """(peak, current at exit) RSS in MB of `python -m MODULE ARGS` or `python -c CODE`, as
+    peak_rss reads them; the child's environment is this process's."""
     out = work / "peak"
     env = {**os.environ, "BENCH_PEAK": str(out)}
     result = subprocess.run([sys.executable, "-c", _PEAK, *args], env=env, capture_output=True, text=True, timeout=600)
     if not out.exists():
         raise SystemExit(f"bench: {' '.join(args)} failed:\n{result.stderr[-2000:]}")
-    return int(out.read_text()) / 1024
+    peak, current = out.read_text().split()
+    return int(peak) / 1024, int(current) / 1024
 
 
 def memory(work: Path, speech: Path) -> list[Row]:
@@ -775,6 +788,195 @@ def wyoming_rows(runs: list[WyomingPair], vosk: list[float], utterances: int, se
     ]
 
 
+# -- 9. the speaker encoder (issue 13) ---------------------------------------------------------
+
+VOICE_SENTENCES = ["아버지에게 메시지를 보내 주세요", "라디오를 켜 주세요", "오늘 날씨를 알려 주세요", "보안 위치를 알려 주세요"]
+"""What the voice step's sessions say, one sentence after another (espeak-ng's pauses only)."""
+VOICE_SECONDS = (2, 4, 8)
+"""Session lengths the encoder's CPU is measured on."""
+
+
+def voice_speech(work: Path, seconds: int) -> bytes:
+    """`seconds` of espeak-ng -v ko saying VOICE_SENTENCES back to back, as pipeline PCM.
+    Every shorter session of the step is a prefix of it."""
+    pcm, raw, out, number = b"", work / "voice-raw.wav", work / "voice.wav", 0
+    while len(pcm) < seconds * 2 * PIPELINE_RATE:
+        sentence = VOICE_SENTENCES[number % len(VOICE_SENTENCES)]
+        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), sentence], check=True, capture_output=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", str(PIPELINE_RATE), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+        pcm, number = pcm + wav_pcm(out), number + 1
+    return pcm[: seconds * 2 * PIPELINE_RATE]
+
+
+def one_thread() -> None:
+    """The voice step measures one core, as edge-agent runs (it sets OPENBLAS_NUM_THREADS=1).
+    numpy and Vosk (its own OpenBLAS inside libvosk) read it when loaded, and this process
+    loaded numpy at import: it has to come from outside. The children inherit it."""
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        raise SystemExit(
+            "bench: the voice step needs OPENBLAS_NUM_THREADS=1, as edge-agent sets it: scripts/bench.sh exports it, "
+            "or run OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/bench.py --only voice"
+        )
+
+
+def cpu_seconds(run: Callable[[bytes], object], pcm: bytes) -> float:
+    """CPU seconds (user + sys, the whole process: one thread here) of run(pcm)."""
+    start = time.process_time()
+    run(pcm)
+    return time.process_time() - start
+
+
+def decode_session(model: SpeechModel, pcm: bytes) -> None:
+    """Vosk on one session as the agent decodes it: free dictation (no grammar), a reused
+    recognizer, 125 ms (4000-byte) chunks, then FinalResult."""
+    decoder = model.decoder(())
+    for index in range(0, len(pcm), 4000):
+        decoder.feed(pcm[index : index + 4000])
+    decoder.transcript()
+
+
+@dataclass
+class EmbedCost:
+    """One session's A/B pairs: CPU seconds of Vosk decoding it, and of each way of embedding it."""
+
+    vosk: list[float]
+    embed: dict[str, list[float]]
+
+    def ratios(self, how: str) -> list[float]:
+        return [embed / vosk for embed, vosk in zip(self.embed[how], self.vosk, strict=True)]
+
+
+def embed_cost(model: SpeechModel, embedders: dict[str, Callable[[bytes], object]], pcm: bytes, pairs: int) -> EmbedCost:
+    """`pairs` rounds of Vosk decoding `pcm` and every embedder embedding it, Vosk first or
+    last in turn (the machine's noise then falls on both sides of each ratio)."""
+    cost = EmbedCost([], {how: [] for how in embedders})
+    for pair in range(pairs):
+        if pair % 2:
+            cost.vosk.append(cpu_seconds(functools.partial(decode_session, model), pcm))
+        for how, embed in embedders.items():
+            cost.embed[how].append(cpu_seconds(embed, pcm))
+        if not pair % 2:
+            cost.vosk.append(cpu_seconds(functools.partial(decode_session, model), pcm))
+    return cost
+
+
+def voice(work: Path, pairs: int) -> list[Row]:
+    """The speaker encoder: its CPU per session against Vosk's on the same session, where
+    its time goes, and the RSS it adds to a process holding the Vosk model."""
+    from edge.stt.recognizer import SpeechModel
+    from edge.tagging.voice import EMBED_SECONDS, TAGGING
+    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
+
+    one_thread()
+    model = SpeechModel(find_model("auto"))
+    default, tagging = SpeakerEncoder.load(), SpeakerEncoder.load(settings=TAGGING)
+    judged = int(EMBED_SECONDS * PIPELINE_RATE) * 2
+    embedders: dict[str, Callable[[bytes], object]] = {
+        f"{EncoderSettings().rate:g} partials/s (resemblyzer's)": default.embed,
+        "1.0 partials/s": SpeakerEncoder.load(settings=EncoderSettings(rate=1.0)).embed,
+        f"as tagged ({TAGGING.rate:g}/s, first {EMBED_SECONDS:g} s)": lambda pcm: tagging.embed(pcm[:judged]),
+    }
+    speech = voice_speech(work, max(VOICE_SECONDS))
+    decode_session(model, speech)  # warm: the recognizer and its graph cache, as a running agent's are
+    for embed in embedders.values():
+        embed(speech)  # warm: numpy's first calls, the mel filters
+    rows = []
+    for seconds in VOICE_SECONDS:
+        pcm = speech[: seconds * 2 * PIPELINE_RATE]
+        hows = [how for how in embedders if not how.startswith("as tagged") or len(pcm) > judged]  # else the same as 1.0/s
+        cost = embed_cost(model, {how: embedders[how] for how in hows}, pcm, pairs)
+        rows += [embed_row(seconds, how, cost, pairs) for how in hows]
+    rows.append(embed_split(default, speech[: 4 * 2 * PIPELINE_RATE], pairs))
+    return rows + voice_rss(work, speech[:judged])
+
+
+def embed_row(seconds: int, how: str, cost: EmbedCost, pairs: int) -> Row:
+    ratios = cost.ratios(how)
+    ratio = statistics.median(ratios)
+    return Row(
+        f"voice: embedding CPU / Vosk CPU, {seconds} s session, {how}",
+        round(ratio, 3),
+        "x",
+        "<= 0.10",
+        ratio <= 0.10,
+        f"{pairs} pairs, spread {min(ratios):.3f}-{max(ratios):.3f}; "
+        f"embedding {statistics.median(cost.embed[how]) * 1e3:.0f} ms, Vosk {statistics.median(cost.vosk) * 1e3:.0f} ms CPU",
+    )
+
+
+def embed_split(encoder: SpeakerEncoder, pcm: bytes, repeats: int) -> Row:
+    """Where one embedding's CPU goes (median of `repeats`): preparing the audio (volume, VAD
+    trim), the mel spectrogram, the 3-layer LSTM over the partials; and, of the LSTM, the 3 x
+    160 recurrent (partials x 256) @ (256 x 1024) products alone (same shapes, random values)."""
+    import numpy as np
+
+    from edge.voice.encoder import HIDDEN, LAYERS
+    from edge.voice.features import HOP, mel_spectrogram, preprocess
+
+    frames = encoder.settings.partial_frames
+    wav = preprocess(pcm)
+    starts = encoder.partial_starts(len(wav))
+    padded = np.pad(wav, (0, max(0, (starts[-1] + frames) * HOP - len(wav))))
+    spectrogram = mel_spectrogram(padded)
+    mels = np.stack([spectrogram[s : s + frames] for s in starts])
+    state, weights = np.random.rand(len(starts), HIDDEN).astype(np.float32), np.random.rand(HIDDEN, 4 * HIDDEN).astype(np.float32)
+    product = np.empty((len(starts), 4 * HIDDEN), dtype=np.float32)
+
+    def recurrent(_pcm: bytes) -> None:
+        for _step in range(LAYERS * frames):
+            np.matmul(state, weights, out=product)
+
+    def ms(run: Callable[[bytes], object]) -> float:
+        return statistics.median(cpu_seconds(run, pcm) for _ in range(repeats)) * 1e3
+
+    whole, prepare = ms(encoder.embed), ms(preprocess)
+    mel, lstm = ms(lambda _pcm: mel_spectrogram(padded)), ms(lambda _pcm: encoder.embed_partials(mels))
+    products = ms(recurrent)
+    return Row(
+        f"voice: the LSTM's share of one embedding's CPU, {len(pcm) // (2 * PIPELINE_RATE)} s session, {encoder.settings.rate:g} partials/s",
+        round(lstm / whole * 100, 1),
+        "%",
+        "",
+        None,
+        f"embedding {whole:.1f} ms: audio prepared {prepare:.1f} ms, mel spectrogram {mel:.1f} ms, LSTM {lstm:.1f} ms "
+        f"({len(starts)} partials at once; its {LAYERS * frames} recurrent products alone {products:.1f} ms, "
+        f"{products / (LAYERS * frames) * 1e3:.0f} us each); median of {repeats}",
+    )
+
+
+def voice_rss(work: Path, pcm: bytes) -> list[Row]:
+    """RSS of a child that loads the Vosk model, against one that also imports numpy, and one
+    that also loads the encoder (the tagging settings) and embeds `pcm` (the part of a
+    session the agent judges). Peak, and current at exit."""
+    wav = write_wav(work / "voice-rss.wav", pcm)
+    vosk_only = f"import vosk\nvosk.SetLogLevel(-1)\nmodel = vosk.Model({str(find_model('auto'))!r})\n"
+    imported = vosk_only + "import numpy\n"
+    encoder = imported + (
+        "from edge.tagging.voice import TAGGING\nfrom edge.voice.encoder import SpeakerEncoder\n"
+        f"encoder = SpeakerEncoder.load(settings=TAGGING)\nvoiceprint = encoder.embed(open({str(wav)!r}, 'rb').read()[44:])\n"
+    )
+    (bare_peak, bare_now), (numpy_peak, numpy_now), (peak, now) = (rss(work, "-c", code) for code in (vosk_only, imported, encoder))
+    what = "loaded with the tagging settings, one session judged"
+    return [
+        Row(
+            f"voice: peak RSS the speaker encoder adds ({what})",
+            round(peak - bare_peak, 1),
+            "MB",
+            "<= 30 MB",
+            peak - bare_peak <= 30,
+            f"Vosk model alone {bare_peak:.0f} MB, + numpy imported {numpy_peak:.0f} MB, + the encoder {peak:.0f} MB",
+        ),
+        Row(
+            f"voice: RSS the speaker encoder adds at rest ({what})",
+            round(now - bare_now, 1),
+            "MB",
+            "<= 30 MB",
+            now - bare_now <= 30,
+            f"current RSS at exit: Vosk model alone {bare_now:.0f} MB, + numpy imported {numpy_now:.0f} MB, + the encoder {now:.0f} MB",
+        ),
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -822,6 +1024,7 @@ def main() -> int:
             ("sealing", lambda: sealing(work)),
             ("latency", lambda: latency(work, speech())),
             ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
+            ("voice: speaker encoder", lambda: voice(work, pairs)),
         ]
         for name, step in steps:
             if args.only and args.only not in name:

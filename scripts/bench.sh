@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 source scripts/apt-packages.sh
 apt_ensure bench ffmpeg
+export OPENBLAS_NUM_THREADS=1  # as edge-agent sets it: numpy's small matrix products on one core
 exec .venv/bin/python scripts/bench.py "$@"

@@ -36,6 +36,9 @@ COMMANDS: tuple[Command, ...] = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # everything edge creates is private to its user
+    # numpy (the speaker encoder, the resampler) works on small matrices: one thread is faster,
+    # and leaves the other cores to Vosk. Set before anything imports numpy (all lazily).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _configure_logging()
     parser = build_parser()
     try:

@@ -19,14 +19,21 @@ from edge.policy import Tag, strictest
 from edge.store.keystore import Keystore
 from edge.store.records import Voiceprint
 from edge.values import TagRule
-from edge.voice.encoder import SpeakerEncoder
+from edge.voice.encoder import EncoderSettings, SpeakerEncoder
 from edge.voice.identify import comparable, identify
 
 log = logging.getLogger(__name__)
 
-EMBED_SECONDS = 10.0
+EMBED_SECONDS = 6.0
 """Seconds of a session's audio (from its start) the voice is judged on: enough for a
 reliable print, and the cost stays bounded in long sessions."""
+TAGGING = EncoderSettings(rate=1.0)
+"""One partial a second (enrolment keeps resemblyzer's 1.3): a third less CPU per session,
+prints within cosine ~0.99 of the full rate's (docs/BENCHMARKS.md)."""
+
+
+def _tagging_encoder() -> SpeakerEncoder:
+    return SpeakerEncoder.load(settings=TAGGING)
 
 
 def with_voice(base: Tag, voice: Profile | None) -> Tag:
@@ -45,7 +52,7 @@ class VoiceTagger:
     The encoder loads on first need; if it cannot, tagging falls back to the configuration
     (logged once), which is the strict direction."""
 
-    def __init__(self, config: Config, keystore: Keystore, make_encoder: Callable[[], SpeakerEncoder] = SpeakerEncoder.load) -> None:
+    def __init__(self, config: Config, keystore: Keystore, make_encoder: Callable[[], SpeakerEncoder] = _tagging_encoder) -> None:
         self.config = config
         self.keystore = keystore
         self._make_encoder = make_encoder
