@@ -886,7 +886,7 @@ def voice(work: Path, pairs: int) -> list[Row]:
         hows = [how for how in embedders if not how.startswith("as tagged") or len(pcm) > judged]  # else the same as 1.0/s
         cost = embed_cost(model, {how: embedders[how] for how in hows}, pcm, pairs)
         rows += [embed_row(seconds, how, cost, pairs) for how in hows]
-    rows.append(embed_split(default, speech[: 4 * 2 * PIPELINE_RATE], pairs))
+    rows.append(embed_split(default, speech[: 4 * 2 * PIPELINE_RATE], max(pairs, 5)))
     return rows + voice_rss(work, speech[:judged])
 
 
@@ -906,11 +906,10 @@ def embed_row(seconds: int, how: str, cost: EmbedCost, pairs: int) -> Row:
 
 def embed_split(encoder: SpeakerEncoder, pcm: bytes, repeats: int) -> Row:
     """Where one embedding's CPU goes (median of `repeats`): preparing the audio (volume, VAD
-    trim), the mel spectrogram, the 3-layer LSTM over the partials; and, of the LSTM, the 3 x
-    160 recurrent (partials x 256) @ (256 x 1024) products alone (same shapes, random values)."""
+    trim), the mel spectrogram, the 3-layer LSTM over all partials at once; and, of the LSTM,
+    its matrix products alone (lstm_products): what is left is the gates' element-wise work."""
     import numpy as np
 
-    from edge.voice.encoder import HIDDEN, LAYERS
     from edge.voice.features import HOP, mel_spectrogram, preprocess
 
     frames = encoder.settings.partial_frames
@@ -919,29 +918,49 @@ def embed_split(encoder: SpeakerEncoder, pcm: bytes, repeats: int) -> Row:
     padded = np.pad(wav, (0, max(0, (starts[-1] + frames) * HOP - len(wav))))
     spectrogram = mel_spectrogram(padded)
     mels = np.stack([spectrogram[s : s + frames] for s in starts])
-    state, weights = np.random.rand(len(starts), HIDDEN).astype(np.float32), np.random.rand(HIDDEN, 4 * HIDDEN).astype(np.float32)
-    product = np.empty((len(starts), 4 * HIDDEN), dtype=np.float32)
+    recurrent, projections = lstm_products(len(starts), frames)
 
-    def recurrent(_pcm: bytes) -> None:
-        for _step in range(LAYERS * frames):
-            np.matmul(state, weights, out=product)
+    def ms(run: Callable[[], object]) -> float:
+        return statistics.median(cpu_seconds(lambda _pcm: run(), pcm) for _ in range(repeats)) * 1e3
 
-    def ms(run: Callable[[bytes], object]) -> float:
-        return statistics.median(cpu_seconds(run, pcm) for _ in range(repeats)) * 1e3
-
-    whole, prepare = ms(encoder.embed), ms(preprocess)
-    mel, lstm = ms(lambda _pcm: mel_spectrogram(padded)), ms(lambda _pcm: encoder.embed_partials(mels))
-    products = ms(recurrent)
+    whole, prepare, mel = ms(lambda: encoder.embed(pcm)), ms(lambda: preprocess(pcm)), ms(lambda: mel_spectrogram(padded))
+    lstm, steps, inputs = ms(lambda: encoder.embed_partials(mels)), ms(recurrent), ms(projections)
     return Row(
         f"voice: the LSTM's share of one embedding's CPU, {len(pcm) // (2 * PIPELINE_RATE)} s session, {encoder.settings.rate:g} partials/s",
         round(lstm / whole * 100, 1),
         "%",
         "",
         None,
-        f"embedding {whole:.1f} ms: audio prepared {prepare:.1f} ms, mel spectrogram {mel:.1f} ms, LSTM {lstm:.1f} ms "
-        f"({len(starts)} partials at once; its {LAYERS * frames} recurrent products alone {products:.1f} ms, "
-        f"{products / (LAYERS * frames) * 1e3:.0f} us each); median of {repeats}",
+        f"embedding {whole:.1f} ms: audio prepared {prepare:.1f} ms, mel spectrogram {mel:.1f} ms, LSTM {lstm:.1f} ms for {len(starts)} "
+        f"partials at once (its 3 x {frames} recurrent products {steps:.1f} ms, {steps / (3 * frames) * 1e3:.0f} us a step; "
+        f"input projections {inputs:.1f} ms; the gates the rest); median of {repeats}",
     )
+
+
+def lstm_products(partials: int, frames: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The encoder's matrix products on random float32 values of the same shapes: the 3 x
+    `frames` recurrent steps, (partials x 256) @ (256 x 1024) each; and the 3 input
+    projections, one product each over all steps (40 mel bands in, then 256)."""
+    import numpy as np
+
+    from edge.voice.encoder import HIDDEN, LAYERS
+    from edge.voice.features import N_MELS
+
+    rng = np.random.default_rng(0)
+    state, recurrent_w = rng.random((partials, HIDDEN), np.float32), rng.random((HIDDEN, 4 * HIDDEN), np.float32)
+    gates = np.empty((partials, 4 * HIDDEN), np.float32)
+    inputs = [rng.random((frames * partials, width), np.float32) for width in (N_MELS, *[HIDDEN] * (LAYERS - 1))]
+    input_w = [rng.random((x.shape[1], 4 * HIDDEN), np.float32) for x in inputs]
+
+    def recurrent() -> None:
+        for _step in range(LAYERS * frames):
+            np.matmul(state, recurrent_w, out=gates)
+
+    def projections() -> None:
+        for x, w in zip(inputs, input_w, strict=True):
+            x @ w
+
+    return recurrent, projections
 
 
 def voice_rss(work: Path, pcm: bytes) -> list[Row]:
