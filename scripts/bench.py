@@ -835,6 +835,49 @@ def decode_session(model: SpeechModel, pcm: bytes) -> None:
     decoder.transcript()
 
 
+@dataclass(frozen=True)
+class Embedder:
+    """One way of embedding a session: an encoder, and how much of the session it judges."""
+
+    encoder: SpeakerEncoder
+    judged: int | None = None
+    """Bytes from the session's start (None: all of it)."""
+
+    def __call__(self, pcm: bytes) -> object:
+        return self.encoder.embed(pcm[: self.judged])
+
+    def partials(self, pcm: bytes) -> int:
+        from edge.voice.features import preprocess
+
+        return len(self.encoder.partial_starts(len(preprocess(pcm[: self.judged]))))
+
+
+def embedders() -> dict[str, Embedder]:
+    """resemblyzer's rate, 1.0 partials a second, and, last, what the agent's tagging runs
+    (edge.tagging.voice: its settings, on the first EMBED_SECONDS of a session)."""
+    from edge.tagging.voice import EMBED_SECONDS, TAGGING
+    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
+
+    return {
+        f"{EncoderSettings().rate:g} partials/s (resemblyzer's)": Embedder(SpeakerEncoder.load()),
+        "1.0 partials/s": Embedder(SpeakerEncoder.load(settings=EncoderSettings(rate=1.0))),
+        f"as tagged ({TAGGING.rate:g}/s, first {EMBED_SECONDS:g} s)": Embedder(
+            SpeakerEncoder.load(settings=TAGGING), int(EMBED_SECONDS * PIPELINE_RATE) * 2
+        ),
+    }
+
+
+def distinct(ways: dict[str, Embedder], pcm: bytes) -> dict[str, Embedder]:
+    """The ways that embed `pcm` differently: one that judges the same audio with the same
+    settings as an earlier one (the agent's, on a session shorter than it judges) is left out."""
+    kept: dict[str, Embedder] = {}
+    for how, way in ways.items():
+        same = (way.encoder.settings == other.encoder.settings and pcm[: way.judged] == pcm[: other.judged] for other in kept.values())
+        if not any(same):
+            kept[how] = way
+    return kept
+
+
 @dataclass
 class EmbedCost:
     """One session's A/B pairs: CPU seconds of Vosk decoding it, and of each way of embedding it."""
@@ -846,14 +889,14 @@ class EmbedCost:
         return [embed / vosk for embed, vosk in zip(self.embed[how], self.vosk, strict=True)]
 
 
-def embed_cost(model: SpeechModel, embedders: dict[str, Callable[[bytes], object]], pcm: bytes, pairs: int) -> EmbedCost:
-    """`pairs` rounds of Vosk decoding `pcm` and every embedder embedding it, Vosk first or
-    last in turn (the machine's noise then falls on both sides of each ratio)."""
-    cost = EmbedCost([], {how: [] for how in embedders})
+def embed_cost(model: SpeechModel, ways: dict[str, Embedder], pcm: bytes, pairs: int) -> EmbedCost:
+    """`pairs` rounds of Vosk decoding `pcm` and every way embedding it, Vosk first or last
+    in turn (the machine's noise then falls on both sides of each ratio)."""
+    cost = EmbedCost([], {how: [] for how in ways})
     for pair in range(pairs):
         if pair % 2:
             cost.vosk.append(cpu_seconds(functools.partial(decode_session, model), pcm))
-        for how, embed in embedders.items():
+        for how, embed in ways.items():
             cost.embed[how].append(cpu_seconds(embed, pcm))
         if not pair % 2:
             cost.vosk.append(cpu_seconds(functools.partial(decode_session, model), pcm))
@@ -864,33 +907,25 @@ def voice(work: Path, pairs: int) -> list[Row]:
     """The speaker encoder: its CPU per session against Vosk's on the same session, where
     its time goes, and the RSS it adds to a process holding the Vosk model."""
     from edge.stt.recognizer import SpeechModel
-    from edge.tagging.voice import EMBED_SECONDS, TAGGING
-    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
 
     one_thread()
-    model = SpeechModel(find_model("auto"))
-    default, tagging = SpeakerEncoder.load(), SpeakerEncoder.load(settings=TAGGING)
-    judged = int(EMBED_SECONDS * PIPELINE_RATE) * 2
-    embedders: dict[str, Callable[[bytes], object]] = {
-        f"{EncoderSettings().rate:g} partials/s (resemblyzer's)": default.embed,
-        "1.0 partials/s": SpeakerEncoder.load(settings=EncoderSettings(rate=1.0)).embed,
-        f"as tagged ({TAGGING.rate:g}/s, first {EMBED_SECONDS:g} s)": lambda pcm: tagging.embed(pcm[:judged]),
-    }
+    model, ways = SpeechModel(find_model("auto")), embedders()
     speech = voice_speech(work, max(VOICE_SECONDS))
-    decode_session(model, speech)  # warm: the recognizer and its graph cache, as a running agent's are
-    for embed in embedders.values():
+    decode_session(model, speech)  # warm: the recognizer and its graph cache (these sentences), as a running agent's are
+    for embed in ways.values():
         embed(speech)  # warm: numpy's first calls, the mel filters
     rows = []
     for seconds in VOICE_SECONDS:
         pcm = speech[: seconds * 2 * PIPELINE_RATE]
-        hows = [how for how in embedders if not how.startswith("as tagged") or len(pcm) > judged]  # else the same as 1.0/s
-        cost = embed_cost(model, {how: embedders[how] for how in hows}, pcm, pairs)
-        rows += [embed_row(seconds, how, cost, pairs) for how in hows]
-    rows.append(embed_split(default, speech[: 4 * 2 * PIPELINE_RATE], max(pairs, 5)))
-    return rows + voice_rss(work, speech[:judged])
+        kept = distinct(ways, pcm)
+        cost = embed_cost(model, kept, pcm, pairs)
+        rows += [embed_row(seconds, how, cost, ways[how].partials(pcm), pairs) for how in kept]
+    default, *_, tagged = ways.values()
+    rows.append(embed_split(default.encoder, speech[: 4 * 2 * PIPELINE_RATE], max(pairs, 5)))
+    return rows + voice_rss(work, speech[: tagged.judged])
 
 
-def embed_row(seconds: int, how: str, cost: EmbedCost, pairs: int) -> Row:
+def embed_row(seconds: int, how: str, cost: EmbedCost, partials: int, pairs: int) -> Row:
     ratios = cost.ratios(how)
     ratio = statistics.median(ratios)
     return Row(
@@ -899,8 +934,8 @@ def embed_row(seconds: int, how: str, cost: EmbedCost, pairs: int) -> Row:
         "x",
         "<= 0.10",
         ratio <= 0.10,
-        f"{pairs} pairs, spread {min(ratios):.3f}-{max(ratios):.3f}; "
-        f"embedding {statistics.median(cost.embed[how]) * 1e3:.0f} ms, Vosk {statistics.median(cost.vosk) * 1e3:.0f} ms CPU",
+        f"{pairs} pairs, spread {min(ratios):.3f}-{max(ratios):.3f}; embedding {statistics.median(cost.embed[how]) * 1e3:.0f} ms "
+        f"({partials} partial{'s' * (partials != 1)}), Vosk {statistics.median(cost.vosk) * 1e3:.0f} ms CPU",
     )
 
 
@@ -964,36 +999,34 @@ def lstm_products(partials: int, frames: int) -> tuple[Callable[[], None], Calla
 
 
 def voice_rss(work: Path, pcm: bytes) -> list[Row]:
-    """RSS of a child that loads the Vosk model, against one that also imports numpy, and one
-    that also loads the encoder (the tagging settings) and embeds `pcm` (the part of a
-    session the agent judges). Peak, and current at exit."""
+    """RSS (peak, and current at exit) of three children: one loads the Vosk model; one also
+    imports the encoder's code (numpy, webrtcvad: every edge-agent imports them already, as
+    edge.wiring imports edge.tagging.voice); one also loads the encoder with the tagging
+    settings and embeds `pcm` (the part of a session the agent judges)."""
+    from edge.tagging.voice import TAGGING
+
     wav = write_wav(work / "voice-rss.wav", pcm)
     vosk_only = f"import vosk\nvosk.SetLogLevel(-1)\nmodel = vosk.Model({str(find_model('auto'))!r})\n"
-    imported = vosk_only + "import numpy\n"
+    imported = vosk_only + "from edge.voice.encoder import EncoderSettings, SpeakerEncoder\n"
     encoder = imported + (
-        "from edge.tagging.voice import TAGGING\nfrom edge.voice.encoder import SpeakerEncoder\n"
-        f"encoder = SpeakerEncoder.load(settings=TAGGING)\nvoiceprint = encoder.embed(open({str(wav)!r}, 'rb').read()[44:])\n"
+        f"encoder = SpeakerEncoder.load(settings=EncoderSettings(**{asdict(TAGGING)!r}))\n"
+        f"voiceprint = encoder.embed(open({str(wav)!r}, 'rb').read()[44:])\n"
     )
-    (bare_peak, bare_now), (numpy_peak, numpy_now), (peak, now) = (rss(work, "-c", code) for code in (vosk_only, imported, encoder))
-    what = "loaded with the tagging settings, one session judged"
-    return [
-        Row(
-            f"voice: peak RSS the speaker encoder adds ({what})",
-            round(peak - bare_peak, 1),
-            "MB",
-            "<= 30 MB",
-            peak - bare_peak <= 30,
-            f"Vosk model alone {bare_peak:.0f} MB, + numpy imported {numpy_peak:.0f} MB, + the encoder {peak:.0f} MB",
-        ),
-        Row(
-            f"voice: RSS the speaker encoder adds at rest ({what})",
-            round(now - bare_now, 1),
-            "MB",
-            "<= 30 MB",
-            now - bare_now <= 30,
-            f"current RSS at exit: Vosk model alone {bare_now:.0f} MB, + numpy imported {numpy_now:.0f} MB, + the encoder {now:.0f} MB",
-        ),
-    ]
+    (bare_peak, bare_now), (code_peak, code_now), (peak, now) = (rss(work, "-c", code) for code in (vosk_only, imported, encoder))
+    rows = []
+    for what, bare, code, used in (("peak RSS", bare_peak, code_peak, peak), ("RSS at rest", bare_now, code_now, now)):
+        rows.append(
+            Row(
+                f"voice: {what} added by the speaker encoder (loaded, one session judged)",
+                round(used - bare, 1),
+                "MB",
+                "<= 30 MB",
+                used - bare <= 30,
+                f"over the Vosk model alone, {bare:.0f} MB: its code imported (numpy, webrtcvad) {code - bare:.1f} MB, "
+                f"then loaded and one session judged {used - code:.1f} MB",
+            )
+        )
+    return rows
 
 
 # -- main ----------------------------------------------------------------------------------

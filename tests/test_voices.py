@@ -144,11 +144,35 @@ def test_an_explicit_profile_is_never_overruled(household, voices, model):
 def test_the_stricter_signal_wins(load):
     config = load()
     parent, child = config.profile("parent"), config.profile("child")
-    assert with_voice(Tag(parent, TagRule.ACTIVE), child) == Tag(child, TagRule.VOICE)  # the child speaks in the parent's room
-    assert with_voice(Tag(child, TagRule.LISTENER), parent) == Tag(child, TagRule.LISTENER)  # a parent in the child's room
-    assert with_voice(Tag(child, TagRule.STRICTEST), parent) == Tag(parent, TagRule.VOICE)  # the voice is the only signal
-    assert with_voice(Tag(parent, TagRule.GIVEN), child) == Tag(parent, TagRule.GIVEN)
-    assert with_voice(Tag(parent, TagRule.ACTIVE), None) == Tag(parent, TagRule.ACTIVE)
+    assert with_voice(config, Tag(parent, TagRule.ACTIVE), child) == Tag(child, TagRule.VOICE)  # the child speaks in the parent's room
+    assert with_voice(config, Tag(child, TagRule.LISTENER), parent) == Tag(child, TagRule.LISTENER)  # a parent in the child's room
+    assert with_voice(config, Tag(child, TagRule.STRICTEST), parent) == Tag(parent, TagRule.VOICE)  # the voice is the only signal
+    assert with_voice(config, Tag(parent, TagRule.GIVEN), child) == Tag(parent, TagRule.GIVEN)
+    assert with_voice(config, Tag(parent, TagRule.ACTIVE), None) == Tag(parent, TagRule.ACTIVE)
+
+
+def test_when_neither_profile_is_stricter_in_all_the_strictest_policy_applies(load):
+    """An adult who keeps no audio but months of transcripts, and consents to training, is not
+    "stricter" than a child: a child's voice there must never land on the adult's terms."""
+    config = load(parent=Retention("adult", "0s", "90d", allow_training=True))
+    parent, child = config.profile("parent"), config.profile("child")
+    for base, voice in ((Tag(parent, TagRule.ACTIVE), child), (Tag(child, TagRule.LISTENER), parent)):
+        tag = with_voice(config, base, voice)
+        assert tag.rule is TagRule.STRICTEST and tag.profile.is_child and not tag.profile.allow_training
+        assert tag.profile.keep_audio == timedelta(0) and tag.profile.keep_transcript == timedelta(days=7)
+
+
+def test_a_failing_encoder_tags_by_configuration_and_loses_no_session(household, voices, caplog):
+    config, _wall, _clock, store, _shredder = household
+
+    class Broken:
+        def embed(self, pcm):
+            raise MemoryError
+
+    tagger = VoiceTagger(config, store, make_encoder=Broken)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    assert tagger.decide(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])), base, tagger.enrolled()) == base
+    assert "tagged without its voice" in caplog.text and "MemoryError" in caplog.text
 
 
 def test_too_little_speech_decides_nothing(household, voices):
@@ -439,3 +463,24 @@ def test_doctor_says_when_voices_cannot_tag(write_config, monkeypatch):
     found = {f.check: f for f in doctor.run_checks(config, open_mic=False)}
     assert found["speaker"].status == "warn" and "tagged by configuration only" in found["speaker"].detail
     assert "--no-deps" in found["speaker"].fix
+
+
+def test_a_forget_while_a_session_is_held_keeps_nothing_of_it(household, voices):
+    """A session spoken before `forget --all` (or `voices forget`) must not be registered after it."""
+    config, wall, clock, store, shredder = household
+    tagger = VoiceTagger(config, store)
+    recorder = wiring.make_recorder(store, shredder.audit, clock)
+    base = Tag(config.profile("child"), TagRule.STRICTEST)
+    held = HeldSession(recorder, tagger, "fedcba9876543210", base, tagger.enrolled(), clock.now(), 15)
+    held.write(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])))
+    wall.advance(1)
+    shredder.forget(ForgetRequest.checked(config, store.read(), voice="guest"))  # any forget, even of another's voiceprint
+    held.finish(Transcript("", ()))
+    assert held.entry is None and "fedcba9876543210" not in store.read().sessions
+    recordings = config.device.data_dir / "recordings"
+    assert not (recordings / "fedcba9876543210.wav.age").exists()
+    wall.advance(1)
+    later = HeldSession(recorder, tagger, "0123456789abcdef", base, tagger.enrolled(), clock.now(), 15)
+    later.write(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])))
+    later.finish(Transcript("", ()))  # begun after the forget: kept as usual
+    assert later.entry is not None and later.entry.profile == "parent"

@@ -31,10 +31,13 @@ MIC_SECONDS = (3, 120)
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from edge.hardening import make_non_dumpable
     from edge.voice.encoder import SpeakerEncoder  # numpy and the weights: only when enrolling
-    from edge.voice.enrollment import enroll
+    from edge.voice.enrollment import check_enrollable, enroll
 
+    make_non_dumpable()  # it holds a person's speech and voiceprint: no core dump may keep them
     config = config_of(args)
+    check_enrollable(config, args.profile, args.consent)  # before anyone speaks into the microphone
     if args.mic and args.seconds is None:
         raise UsageError("voices enroll --mic needs --seconds N: how long to record (e.g. --seconds 20)")
     if args.seconds is not None and not args.mic:

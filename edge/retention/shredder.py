@@ -286,6 +286,7 @@ class Shredder:
                 )
                 for profile in voices:  # destroyed by the ratchet that fulfils the request
                     del data.voices[profile]
+                data.last_forget = report.reading.now  # a session still held in memory is not kept
                 for session_id in doomed:
                     del data.sessions[session_id]
                 _forget_when_last_seen(data, {entry.profile for entry in doomed.values()}, latest)

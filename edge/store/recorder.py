@@ -50,15 +50,27 @@ class Recorder:
         self.on_new_bucket = on_new_bucket
         """Called for each new bucket (the scheduler adds its expiry job)."""
 
-    def begin(self, session_id: str, tag: Tag, started: datetime | None = None) -> SealedSession:
+    def begin(self, session_id: str, tag: Tag) -> SealedSession:
         """Register the session and open its sealed recording, under the data-folder lock, so
-        a forget or a re-key running in another process always sees the file's header.
-        `started`: when a session held in memory until its voice was judged began (its
-        retention counts from then)."""
+        a forget or a re-key running in another process always sees the file's header."""
+        sealed = self._begin(session_id, tag, None)
+        assert sealed is not None  # only a held session can have been forgotten already
+        return sealed
+
+    def begin_held(self, session_id: str, tag: Tag, started: datetime) -> SealedSession | None:
+        """`begin` for a session held in memory since `started` until its voice was judged (its
+        retention counts from then). None when a forget ran meanwhile: whatever it named, the
+        session, spoken before it, is not kept (fail closed)."""
+        return self._begin(session_id, tag, started)
+
+    def _begin(self, session_id: str, tag: Tag, started: datetime | None) -> SealedSession | None:
         profile, now = tag.profile, min(started, self.clock()) if started is not None else self.clock()
         with DataLock(self.keystore.data_dir):
             with self.keystore.transaction() as data:
-                data.last_seen[profile.name] = now
+                if started is not None and data.last_forget is not None and data.last_forget >= started:
+                    return None
+                if data.last_seen.get(profile.name, now) <= now:  # a held session may have begun before a later one
+                    data.last_seen[profile.name] = now
                 voice = data.voices.get(profile.name)
                 if voice is not None and voice.heard < now:
                     data.voices[profile.name] = replace(voice, heard=now)

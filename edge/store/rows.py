@@ -149,16 +149,23 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
     return SessionEntry(id=session_id, **document)
 
 
-State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint]]
-"""The state row: when each profile was last heard, pending forgets, voiceprints by profile."""
+State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None]
+"""The state row: when each profile was last heard, pending forgets, voiceprints by profile,
+and when the latest forget was requested."""
 
 
-def state_document(last_seen: dict[str, datetime], forgets: dict[str, PendingForget], voices: dict[str, Voiceprint] | None = None) -> bytes:
+def state_document(
+    last_seen: dict[str, datetime],
+    forgets: dict[str, PendingForget],
+    voices: dict[str, Voiceprint] | None = None,
+    last_forget: datetime | None = None,
+) -> bytes:
     return _json(
         {
             "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
             "forgets": [pending.to_json() for _, pending in sorted(forgets.items())],
             "voices": [voice.to_json() for _, voice in sorted((voices or {}).items())],
+            "last_forget": iso_utc(last_forget),
         }
     )
 
@@ -168,7 +175,9 @@ def state_from(plaintext: bytes) -> State:
     last_seen = {str(name): datetime.fromisoformat(instant) for name, instant in document["last_seen"].items()}
     forgets = [PendingForget.from_json(f) for f in document["forgets"]]
     voices = [Voiceprint.from_json(v) for v in document.get("voices", ())]  # absent before voices existed
-    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}
+    last_forget = document.get("last_forget")  # absent before voices existed
+    forgot = datetime.fromisoformat(last_forget) if last_forget else None
+    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot
 
 
 def _json(document: dict[str, Any]) -> bytes:

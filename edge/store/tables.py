@@ -42,7 +42,9 @@ class KeystoreData:
         self.voices: dict[str, Voiceprint]
         """Enrolled voiceprints by profile. Removing one destroys nothing until the root is
         ratcheted (every shred and forget does that)."""
-        self.last_seen, self.forgets, self.voices = state_from(state)
+        self.last_forget: datetime | None
+        """When the latest forget was requested: a session held in memory since before then is not kept."""
+        self.last_seen, self.forgets, self.voices, self.last_forget = state_from(state)
         self.buckets = BucketTable(self)
         self.sessions = SessionTable(self)
 
@@ -61,7 +63,7 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        state = state_document(self.last_seen, self.forgets, self.voices)
+        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget)
         if state != self._state or self._state_dirty:
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
             self._state, self._state_dirty = state, False

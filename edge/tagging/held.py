@@ -9,6 +9,7 @@ exactly as a recorded session's, its retention counted from when it began.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
@@ -18,6 +19,7 @@ from edge.store.records import SessionEntry, Voiceprint
 from edge.tagging.voice import VoiceTagger
 from edge.transcript import Transcript
 
+log = logging.getLogger(__name__)
 _CHUNK = PIPELINE_RATE * SAMPLE_BYTES
 """Bytes sealed per write once the tag is known (one second)."""
 
@@ -56,7 +58,10 @@ class HeldSession:
         """Judge the voice, register the session under the tag that wins, seal it whole."""
         try:
             self.tag = self._tagger.decide(self._audio, self._base, self._voices)
-            sealed = self._recorder.begin(self._session, self.tag, started=self._started)
+            sealed = self._recorder.begin_held(self._session, self.tag, self._started)
+            if sealed is None:
+                log.info("session %s: a forget ran while it was spoken; nothing of it is kept", self._session)
+                return
             for start in range(0, len(self._audio), _CHUNK):
                 sealed.write(bytes(self._audio[start : start + _CHUNK]))
             sealed.finish(transcript)

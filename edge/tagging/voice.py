@@ -15,7 +15,7 @@ from collections.abc import Callable
 from edge.config import Config, Profile
 from edge.errors import AudioError, ModelError
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
-from edge.policy import Tag, strictest
+from edge.policy import Tag, strictest_policy
 from edge.store.keystore import Keystore
 from edge.store.records import Voiceprint
 from edge.values import TagRule
@@ -36,15 +36,30 @@ def _tagging_encoder() -> SpeakerEncoder:
     return SpeakerEncoder.load(settings=TAGGING)
 
 
-def with_voice(base: Tag, voice: Profile | None) -> Tag:
-    """Combine the configured tag with the profile the voice chose (None: no decision)."""
+def with_voice(config: Config, base: Tag, voice: Profile | None) -> Tag:
+    """Combine the configured tag with the profile the voice chose (None: no decision).
+    The voice replaces a configured profile only when it is at least as strict in every
+    respect (retention of each kind, child, training); when neither is, the household's
+    strictest policy applies: a child's voice never lands on an adult's terms."""
     if voice is None or base.rule is TagRule.GIVEN:
         return base
     if base.rule is TagRule.STRICTEST:
         return Tag(voice, TagRule.VOICE)  # the only signal there is
-    if voice.name == base.profile.name:
-        return base  # they agree: the configured signal came first
-    return Tag(voice, TagRule.VOICE) if strictest([base.profile, voice]) is voice else base
+    if voice.name == base.profile.name or at_least_as_strict(base.profile, voice):
+        return base  # they agree, or the configured profile is the stricter
+    if at_least_as_strict(voice, base.profile):
+        return Tag(voice, TagRule.VOICE)
+    return Tag(strictest_policy(config), TagRule.STRICTEST)  # they disagree and neither is stricter in all
+
+
+def at_least_as_strict(one: Profile, other: Profile) -> bool:
+    """Whether `one` keeps nothing longer than `other`, and is a child or refuses training wherever `other` does."""
+    return (
+        one.keep_audio <= other.keep_audio
+        and one.keep_transcript <= other.keep_transcript
+        and (one.is_child or not other.is_child)
+        and (not one.allow_training or other.allow_training)
+    )
 
 
 class VoiceTagger:
@@ -78,11 +93,17 @@ class VoiceTagger:
             embedding = encoder.embed(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))
         except AudioError:
             return base  # too little speech to tell: as if no voice were enrolled
+        except Exception as exc:  # noqa: BLE001 - fail closed: no decision is the configured tag, never a lost session
+            log.error("this session is tagged without its voice: the speaker encoder failed (%s)", type(exc).__name__)
+            return base
         try:
             match = identify(embedding, voices, self.config)
+        except Exception as exc:  # noqa: BLE001 - a damaged voiceprint, say: the same
+            log.error("this session is tagged without its voice: the voiceprints could not be compared (%s)", type(exc).__name__)
+            return base
         finally:
             embedding.fill(0)
-        return with_voice(base, self.config.profile(match.profile) if match.profile else None)
+        return with_voice(self.config, base, self.config.profile(match.profile) if match.profile else None)
 
     def _loaded(self) -> SpeakerEncoder | None:
         with self._loading:

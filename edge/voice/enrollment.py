@@ -14,7 +14,7 @@ from datetime import datetime
 
 import numpy as np
 
-from edge.config import Config
+from edge.config import Config, Profile
 from edge.errors import AudioError, UsageError
 from edge.policy import UNKNOWN_PROFILE
 from edge.sink import AuditSink
@@ -49,16 +49,7 @@ def enroll(
     now: datetime,
 ) -> Voiceprint:
     """Embed the clips and keep their average as the profile's voiceprint."""
-    names = [p.name for p in config.profiles]
-    if profile_name not in names:
-        hint = " (the strictest policy has no voice: it is for whoever is not recognised)" if profile_name == UNKNOWN_PROFILE else ""
-        raise UsageError(f"there is no profile {profile_name!r} in {config.path}{hint}; the profiles are: {', '.join(names)}")
-    profile = config.profile(profile_name)
-    if profile.is_child and not consent:
-        raise UsageError(
-            f"{profile_name!r} is a child profile: a voiceprint is a child's biometric data, so a parent must consent "
-            "to keeping it. Add --consent if you are the child's parent or guardian (the audit log records it)."
-        )
+    profile = check_enrollable(config, profile_name, consent)
     if not clips:
         raise UsageError("voices enroll needs speech: give --input AUDIO [AUDIO ...] or --mic")
     prints, seconds = _embed_all(encoder, clips)
@@ -85,6 +76,8 @@ def enroll(
         for vector in prints:
             vector.fill(0)
     with keystore.transaction() as data:
+        if data.forgets:  # its voice.forgotten could come after this voice.enrolled
+            raise UsageError("a forget is not finished yet: run `edge-agent purge` first (it finishes it), then enrol again")
         replaced = profile_name in data.voices
         audit.append(  # write-ahead: a crash before the commit leaves a logged consent and no voiceprint, never the reverse
             "voice.enrolled",
@@ -99,6 +92,21 @@ def enroll(
         if replaced:
             keystore.ratchet(data)  # the old voiceprint opens from no copy of the keystore
     return voiceprint
+
+
+def check_enrollable(config: Config, profile_name: str, consent: bool) -> Profile:
+    """The profile to enrol, checked before any audio is recorded: it exists, and a child's has consent."""
+    names = [p.name for p in config.profiles]
+    if profile_name not in names:
+        hint = " (the strictest policy has no voice: it is for whoever is not recognised)" if profile_name == UNKNOWN_PROFILE else ""
+        raise UsageError(f"there is no profile {profile_name!r} in {config.path}{hint}; the profiles are: {', '.join(names)}")
+    profile = config.profile(profile_name)
+    if profile.is_child and not consent:
+        raise UsageError(
+            f"{profile_name!r} is a child profile: a voiceprint is a child's biometric data, so a parent must consent "
+            "to keeping it. Add --consent if you are the child's parent or guardian (the audit log records it)."
+        )
+    return profile
 
 
 def _embed_all(encoder: SpeakerEncoder, clips: Sequence[Clip]) -> tuple[list[Embedding], float]:

@@ -212,4 +212,4 @@ def _materialise(tensor: _Tensor, storage: NDArray[Any]) -> NDArray[np.float32]:
     view = np.lib.stride_tricks.as_strided(
         storage[tensor.offset :], shape=tensor.shape, strides=tuple(s * item for s in tensor.stride), writeable=False
     )
-    return np.ascontiguousarray(view, dtype=np.float32)
+    return np.array(view, dtype=np.float32, order="C", copy=True)  # ascontiguousarray would keep a view
