@@ -122,6 +122,13 @@ class SessionRunner:
             if self._open.sealed is not None:
                 self._open.sealed.write(pcm)
 
+    def abandon(self) -> None:
+        """After a failure mid-session: audio held in memory for its voice is overwritten and
+        dropped (what was sealed from the first byte stays and expires on time)."""
+        session, self._open = self._open, None
+        if session is not None and isinstance(session.sealed, HeldSession):
+            session.sealed.abandon()
+
     def end(self, offset: float, reason: EndReason) -> None:
         session, self._open = self._open, None
         if session is None:
@@ -178,9 +185,10 @@ class Agent:
             model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")
         self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == TriggerMode.WAKE else []
         spot_grammar = self.grammar  # free dictation when no grammar: any word may precede the wake phrase
+        self._runner = SessionRunner(self)
         self.segmenter = Segmenter(
             segmenter_settings(config.trigger),
-            SessionRunner(self),
+            self._runner,
             make_spotter=lambda: model.decoder(spot_grammar),
         )
         self.summary = RunSummary()
@@ -211,16 +219,20 @@ class Agent:
         """Process pipeline PCM until the source ends or `stop` is set, then close open sessions."""
         stop = stop or threading.Event()
         pending = bytearray()
-        for chunk in chunks:
-            pending += chunk
-            whole = len(pending) - len(pending) % FRAME_BYTES
-            for index in range(0, whole, FRAME_BYTES):
-                self.segmenter.feed(bytes(pending[index : index + FRAME_BYTES]))
-            del pending[:whole]
-            if stop.is_set():
-                break
-        if pending and not stop.is_set():  # the last partial frame, padded with silence
-            self.segmenter.feed(bytes(pending) + bytes(FRAME_BYTES - len(pending)))
+        try:
+            for chunk in chunks:
+                pending += chunk
+                whole = len(pending) - len(pending) % FRAME_BYTES
+                for index in range(0, whole, FRAME_BYTES):
+                    self.segmenter.feed(bytes(pending[index : index + FRAME_BYTES]))
+                del pending[:whole]
+                if stop.is_set():
+                    break
+            if pending and not stop.is_set():  # the last partial frame, padded with silence
+                self.segmenter.feed(bytes(pending) + bytes(FRAME_BYTES - len(pending)))
+        except BaseException:
+            self._runner.abandon()  # the source failed: audio held for its voice is dropped, never left behind
+            raise
         self.segmenter.finish(EndReason.STOPPED if stop.is_set() else EndReason.END_OF_INPUT)
         self.summary.seconds = self.segmenter.offset
         self.summary.wake_count = self.segmenter.wake_count

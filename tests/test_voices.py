@@ -484,3 +484,26 @@ def test_a_forget_while_a_session_is_held_keeps_nothing_of_it(household, voices)
     later.write(pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0])))
     later.finish(Transcript("", ()))  # begun after the forget: kept as usual
     assert later.entry is not None and later.entry.profile == "parent"
+
+
+def test_a_source_that_fails_mid_session_leaves_no_held_audio(household, voices, model, monkeypatch):
+    config, _wall, clock, store, shredder = household
+    wiped: list[int] = []
+    original = HeldSession.abandon
+
+    def spy(self):
+        original(self)
+        wiped.append(len(self._audio))
+
+    monkeypatch.setattr(HeldSession, "abandon", spy)
+    agent = wiring.make_agent(config, model, lambda _record: None, wiring.make_recorder(store, shredder.audit, clock))
+    speech = pcm_of(voices.say(HOUSEHOLD["parent"], HELD_OUT[0], pad=0.1))
+
+    def failing_source():
+        yield speech[: len(speech) // 2]  # mid-utterance: the session is open and held
+        raise OSError("the microphone went away")
+
+    with pytest.raises(OSError, match="went away"):
+        agent.run(failing_source())
+    assert wiped == [0]  # abandoned, its buffer overwritten and emptied
+    assert not list(store.read().sessions.entries())  # nothing of it was registered or sealed

@@ -85,6 +85,14 @@ class Utterance:
 
     def finish(self) -> Transcript:
         """Seal the rest and the transcript; the session is complete."""
+        try:
+            return self._finish()
+        except BaseException:
+            if isinstance(self._sealed, HeldSession):
+                self._sealed.abandon()  # held audio never outlives a failure
+            raise
+
+    def _finish(self) -> Transcript:
         self._take(self._converter.flush())
         if self._frame:  # the last part of a frame: decoded whole
             self._decoder.feed(bytes(self._frame))
