@@ -855,14 +855,15 @@ class Embedder:
 def embedders() -> dict[str, Embedder]:
     """resemblyzer's rate, 1.0 partials a second, and, last, what the agent's tagging runs
     (edge.tagging.voice: its settings, on the first EMBED_SECONDS of a session)."""
-    from edge.tagging.voice import EMBED_SECONDS, TAGGING
+    from edge.tagging.voice import EMBED_SECONDS, tagging_settings
     from edge.voice.encoder import EncoderSettings, SpeakerEncoder
 
+    tagging = tagging_settings()
     return {
         f"{EncoderSettings().rate:g} partials/s (resemblyzer's)": Embedder(SpeakerEncoder.load()),
         "1.0 partials/s": Embedder(SpeakerEncoder.load(settings=EncoderSettings(rate=1.0))),
-        f"as tagged ({TAGGING.rate:g}/s, first {EMBED_SECONDS:g} s)": Embedder(
-            SpeakerEncoder.load(settings=TAGGING), int(EMBED_SECONDS * PIPELINE_RATE) * 2
+        f"as tagged ({tagging.rate:g}/s, first {EMBED_SECONDS:g} s)": Embedder(
+            SpeakerEncoder.load(settings=tagging), int(EMBED_SECONDS * PIPELINE_RATE) * 2
         ),
     }
 
@@ -1003,13 +1004,13 @@ def voice_rss(work: Path, pcm: bytes) -> list[Row]:
     imports the encoder's code (numpy, webrtcvad: every edge-agent imports them already, as
     edge.wiring imports edge.tagging.voice); one also loads the encoder with the tagging
     settings and embeds `pcm` (the part of a session the agent judges)."""
-    from edge.tagging.voice import TAGGING
+    from edge.tagging.voice import tagging_settings
 
     wav = write_wav(work / "voice-rss.wav", pcm)
     vosk_only = f"import vosk\nvosk.SetLogLevel(-1)\nmodel = vosk.Model({str(find_model('auto'))!r})\n"
     imported = vosk_only + "from edge.voice.encoder import EncoderSettings, SpeakerEncoder\n"
     encoder = imported + (
-        f"encoder = SpeakerEncoder.load(settings=EncoderSettings(**{asdict(TAGGING)!r}))\n"
+        f"encoder = SpeakerEncoder.load(settings=EncoderSettings(**{asdict(tagging_settings())!r}))\n"
         f"voiceprint = encoder.embed(open({str(wav)!r}, 'rb').read()[44:])\n"
     )
     (bare_peak, bare_now), (code_peak, code_now), (peak, now) = (rss(work, "-c", code) for code in (vosk_only, imported, encoder))

@@ -12,7 +12,7 @@ import sys
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge import wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
@@ -24,7 +24,9 @@ from edge.policy import strictest_policy
 from edge.retention.shredder import ForgetRequest
 from edge.store.keystore import Access
 from edge.store.records import Voiceprint
-from edge.voice.enrollment import Clip
+
+if TYPE_CHECKING:  # numpy: only the command that enrols imports it
+    from edge.voice.enrollment import Clip
 
 MIC_SECONDS = (3, 120)
 """The range `--seconds` accepts."""
@@ -53,12 +55,15 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _read_file(path: Path) -> Clip:
+    from edge.voice.enrollment import Clip
+
     info = open_wav(path)
     return Clip(str(path), b"".join(read_pipeline_chunks(info)))
 
 
 def _record(config: Config, seconds: int) -> Clip:
     from edge.audio.mic import MicSource  # sounddevice: only when recording
+    from edge.voice.enrollment import Clip
 
     low, high = MIC_SECONDS
     if not low <= seconds <= high:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edge.config import Config, Profile
 from edge.errors import AudioError, ModelError
@@ -19,21 +20,30 @@ from edge.policy import Tag, strictest_policy
 from edge.store.keystore import Keystore
 from edge.store.records import Voiceprint
 from edge.values import TagRule
-from edge.voice.encoder import EncoderSettings, SpeakerEncoder
-from edge.voice.identify import comparable, identify
+
+if TYPE_CHECKING:  # numpy and the weights load with the first voice, not with every command
+    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
 
 log = logging.getLogger(__name__)
 
 EMBED_SECONDS = 6.0
 """Seconds of a session's audio (from its start) the voice is judged on: enough for a
 reliable print, and the cost stays bounded in long sessions."""
-TAGGING = EncoderSettings(rate=1.0)
-"""One partial a second (enrolment keeps resemblyzer's 1.3): a third less CPU per session,
-prints within cosine ~0.99 of the full rate's (docs/BENCHMARKS.md)."""
+TAGGING_RATE = 1.0
+"""Partials a second when tagging (enrolment keeps resemblyzer's 1.3): a third less CPU per
+session, prints within cosine ~0.99 of the full rate's (docs/BENCHMARKS.md)."""
+
+
+def tagging_settings() -> EncoderSettings:
+    from edge.voice.encoder import EncoderSettings
+
+    return EncoderSettings(rate=TAGGING_RATE)
 
 
 def _tagging_encoder() -> SpeakerEncoder:
-    return SpeakerEncoder.load(settings=TAGGING)
+    from edge.voice.encoder import SpeakerEncoder
+
+    return SpeakerEncoder.load(settings=tagging_settings())
 
 
 def with_voice(config: Config, base: Tag, voice: Profile | None) -> Tag:
@@ -80,7 +90,12 @@ class VoiceTagger:
         """The voiceprints a session may be tagged by now; empty = tag by configuration only."""
         if not self.config.speaker.identify or self._broken is not None:
             return {}
-        return comparable(self.keystore.read().voices, self.config)
+        voices = self.keystore.read().voices
+        if not voices:
+            return {}
+        from edge.voice.identify import comparable  # numpy: only once a voice is enrolled
+
+        return comparable(voices, self.config)
 
     def decide(self, pcm: bytes | bytearray, base: Tag, voices: dict[str, Voiceprint]) -> Tag:
         """The session's tag once its voice is judged against `voices`."""
@@ -97,6 +112,8 @@ class VoiceTagger:
             log.error("this session is tagged without its voice: the speaker encoder failed (%s)", type(exc).__name__)
             return base
         try:
+            from edge.voice.identify import identify
+
             match = identify(embedding, voices, self.config)
         except Exception as exc:  # noqa: BLE001 - a damaged voiceprint, say: the same
             log.error("this session is tagged without its voice: the voiceprints could not be compared (%s)", type(exc).__name__)
