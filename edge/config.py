@@ -27,9 +27,13 @@ Choice = TypeVar("Choice", bound=StrEnum)
 SYSTEM_CONFIG = Path("/etc/edge/household.toml")
 BUILTIN_CONFIG = (Path(__file__).parent / "data" / "household.example.toml").resolve()
 
-VAULT_BACKENDS = (VaultBackend.KEYRING, VaultBackend.FILE)
-"""What [vault] backend may say (the demo's in-memory vault is never configured; "tpm" is
-refused with its own message until the TPM vault exists)."""
+VAULT_BACKENDS = (VaultBackend.KEYRING, VaultBackend.FILE, VaultBackend.TPM)
+"""What [vault] backend may say (the demo's in-memory vault is never configured)."""
+DEFAULT_TCTI = "device:/dev/tpmrm0"
+TCTI_KINDS = ("device", "swtpm", "mssim", "tabrmd")
+"""The TSS's TCTI modules: the kernel device, a TPM simulator, the access broker."""
+DEFAULT_NV_INDEX = 0x0100ED60
+NV_INDEX_FIRST, NV_INDEX_LAST = 0x01000000, 0x013FFFFE
 SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 MAX_SOCKET_PATH = 107
 """Longest Unix socket path Linux accepts (sun_path is 108 bytes with the final NUL)."""
@@ -59,6 +63,10 @@ class VaultSettings:
     keyring: KeyringKind
     """For "keyring": "persistent" (the user's persistent keyring: outlives the agent, not a
     reboot) or "session" (the caller's session keyring, e.g. inside `keyctl session`)."""
+    tcti: str = DEFAULT_TCTI
+    """For "tpm": how to reach the TPM (a TSS TCTI string; the kernel's resource manager on a Pi)."""
+    nv_index: int = DEFAULT_NV_INDEX
+    """For "tpm": the NV index of the root's "current" slot; "next" is nv_index + 1."""
 
 
 @dataclass(frozen=True)
@@ -381,10 +389,6 @@ def _parse_device(table: _Table, path: Path) -> DeviceSettings:
 
 
 def _parse_vault(table: _Table, path: Path) -> VaultSettings:
-    if table.get("backend", (str, int, float, bool, list, dict), "") == "tpm":  # said first, whatever else the table holds
-        table.fail(
-            "backend", "tpm", '"keyring" or "file": the TPM vault is not available in this version of edge (README: guarantee levels)'
-        )
     backend = table.choice("backend", VAULT_BACKENDS, VaultBackend.KEYRING)
     key_path = table.get("path", str, "")
     if backend == VaultBackend.FILE and not key_path:
@@ -392,8 +396,32 @@ def _parse_vault(table: _Table, path: Path) -> VaultSettings:
     if backend != VaultBackend.FILE and key_path:
         table.fail("path", key_path, 'no value: path is only used when backend = "file"')
     ring = table.choice("keyring", tuple(KeyringKind), KeyringKind.PERSISTENT)
+    tcti = table.get("tcti", str, DEFAULT_TCTI)
+    if tcti.split(":", 1)[0] not in TCTI_KINDS:
+        table.fail(
+            "tcti",
+            tcti,
+            f'a TPM connection such as "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321" (kinds: {", ".join(TCTI_KINDS)})',
+        )
+    nv_index = table.get("nv_index", int, DEFAULT_NV_INDEX)
+    if not NV_INDEX_FIRST <= nv_index <= NV_INDEX_LAST:
+        table.fail(
+            "nv_index",
+            nv_index,
+            f"an NV index from {NV_INDEX_FIRST:#010x} to {NV_INDEX_LAST:#010x}, written in hex "
+            "(the TPM owner's range; edge uses the index and the next one)",
+        )
+    for key in ("tcti", "nv_index"):
+        if backend != VaultBackend.TPM and key in table.keys():
+            table.fail(key, table.get(key, (str, int), ""), f'no value: {key} is only used when backend = "tpm"')
     table.finish()
-    return VaultSettings(backend=backend, path=_relative_to(path, key_path) if key_path else None, keyring=ring)
+    return VaultSettings(
+        backend=backend,
+        path=_relative_to(path, key_path) if key_path else None,
+        keyring=ring,
+        tcti=tcti,
+        nv_index=nv_index,
+    )
 
 
 def _parse_trigger(table: _Table) -> TriggerSettings:

@@ -179,6 +179,8 @@ def _vault(config: Config) -> Finding:
         if problem:
             return Finding("vault", "fail", problem, f"chmod 600 {config.vault.path}")
         return Finding("vault", "warn", f"{level.backend}: {level.summary}", 'backend = "keyring" gives crypto-erase at power-off')
+    if config.vault.backend == VaultBackend.TPM:
+        return Finding("vault", "ok", f"{level.backend} ({config.vault.tcti}, NV index {config.vault.nv_index:#010x}): {level.summary}")
     return Finding("vault", "ok", f"{level.backend} ({config.vault.keyring}): {level.summary}")
 
 

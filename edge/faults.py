@@ -21,6 +21,7 @@ POINTS = (
     "shred.files",  # some ciphertext of a shredded bucket deleted
     "audit.torn",  # half an audit line written (a torn write)
     "migrate.filled",  # a v1 keystore converted into a temporary v2 file, not yet published
+    "migrate.moved",  # `vault migrate`: the keystore sealed under the TPM's root, the old root not yet destroyed
 )
 
 _armed: dict[str, int] = {}

@@ -1,8 +1,9 @@
 # Sourced by setup.sh and install.sh: the Debian packages edge needs, and a helper
 # that installs only the missing ones.
 APT_RUN=(python3 python3-venv python3-dev gcc libportaudio2 libsndfile1)
+APT_TPM=(libtss2-dev pkg-config)  # the "tpm" extra: tpm2-pytss builds against the TPM Software Stack
 APT_WYOMING=(avahi-daemon)  # install.sh --wyoming: advertises each listener to Home Assistant
-APT_TEST=(systemd espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium)
+APT_TEST=(systemd espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium swtpm "${APT_TPM[@]}")
 
 apt_ensure() {  # apt_ensure WHO PACKAGE...
   local who=$1; shift

@@ -7,6 +7,9 @@
 #   options: --no-model (skip PyPI's Korean model; fetch one with `edge-agent model fetch`)
 #            --wyoming PORT[:PROFILE] (repeatable): Wyoming speech-to-text for Home Assistant
 #            on TCP PORT, as PROFILE if given (README: Use with Home Assistant)
+#            --tpm: keep the root key in a TPM 2.0 (a Pi TPM HAT): the "tpm" extra, the TSS
+#            libraries, the agent allowed /dev/tpmrm0 (group tss), backend = "tpm" in a
+#            new config (an existing one is kept: move it with `edge-agent vault migrate`)
 #
 # What it does: apt dependencies; a system user `edge` (group edge, member of audio);
 # the package in a venv under /opt/edge; /etc/edge/household.toml from the example
@@ -26,7 +29,8 @@ ROOT=""
 ACTION=install
 MODEL=1
 WYOMING=()  # one PORT or PORT:PROFILE per --wyoming, checked by add_wyoming
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+TPM=0
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 add_wyoming() {  # add_wyoming PORT[:PROFILE]: check one --wyoming value, or exit 2 saying why
   local spec=$1 port=${1%%:*} profile="" given
   [ "$port" = "$spec" ] || profile=${spec#*:}
@@ -48,12 +52,16 @@ while [ $# -gt 0 ]; do
     --root) [ $# -ge 2 ] || { echo "install: --root needs a folder" >&2; exit 2; }; ROOT=$(realpath -m "$2"); shift 2 ;;
     --uninstall) ACTION=uninstall; shift ;;
     --no-model) MODEL=0; shift ;;
+    --tpm) TPM=1; shift ;;
     --wyoming) [ $# -ge 2 ] || { echo "install: --wyoming needs PORT[:PROFILE], e.g. --wyoming 10300:child" >&2; exit 2; }
       add_wyoming "$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+if [ "$ACTION" = uninstall ] && [ "$TPM" = 1 ]; then
+  echo "install: --tpm is for installing; --uninstall destroys the root in whichever vault the config names" >&2; exit 2
+fi
 if [ "$ACTION" = uninstall ] && [ ${#WYOMING[@]} -gt 0 ]; then
   echo "install: --wyoming is for installing; --uninstall removes every Wyoming bridge" >&2; exit 2
 fi
@@ -63,6 +71,7 @@ ETC=$ROOT/etc/edge
 DATA=$ROOT/var/lib/edge
 UNITS=$ROOT/etc/systemd/system
 UNIT=$UNITS/edge-agent.service
+TPM_DROPIN=$UNITS/edge-agent.service.d/tpm.conf
 AVAHI=$ROOT/etc/avahi/services
 TMPFILES=$ROOT/etc/tmpfiles.d/edge-wyoming.conf
 BIN=$ROOT/usr/local/bin/edge-agent
@@ -89,6 +98,7 @@ install_edge() {
   source "$SRC/scripts/apt-packages.sh"
   local apt=("${APT_RUN[@]}")
   [ ${#WYOMING[@]} -eq 0 ] || apt+=("${APT_WYOMING[@]}")
+  [ "$TPM" = 0 ] || apt+=("${APT_TPM[@]}" tpm-udev)  # tpm-udev: group tss owns /dev/tpmrm0
   if [ -n "$ROOT" ]; then
     say "skip (--root): apt-get install ${apt[*]}"
     say "skip (--root): useradd --system --user-group --home-dir /var/lib/edge --shell /usr/sbin/nologin edge"
@@ -97,11 +107,15 @@ install_edge() {
     getent passwd edge >/dev/null || useradd --system --user-group --home-dir /var/lib/edge --shell /usr/sbin/nologin edge
   fi
   system usermod -a -G audio edge
+  [ "$TPM" = 0 ] || system usermod -a -G tss edge
 
   umask 022  # the program and the model are readable by the service user; data is not
   mkdir -p "$OPT" "$(dirname "$UNIT")" "$(dirname "$BIN")"
   [ -x "$OPT/venv/bin/python" ] || python3 -m venv "$OPT/venv"
-  local spec="$SRC"; [ "$MODEL" = 1 ] && spec="$SRC[model]"
+  local extras=()
+  [ "$MODEL" = 1 ] && extras+=(model)
+  [ "$TPM" = 1 ] && extras+=(tpm)
+  local spec="$SRC"; [ ${#extras[@]} -eq 0 ] || spec="$SRC[$(IFS=,; echo "${extras[*]}")]"
   say "installing edge into $OPT/venv"
   "$OPT/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$spec" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
@@ -111,11 +125,19 @@ install_edge() {
 
   install -d -m 0750 "$ETC"
   system chown root:edge /etc/edge
-  if [ -e "$ETC/household.toml" ]; then
-    say "kept the existing $ETC/household.toml"
-  else
+  if [ ! -e "$ETC/household.toml" ]; then
     install -m 0640 "$SRC/configs/household.example.toml" "$ETC/household.toml"
+    if [ "$TPM" = 1 ]; then
+      sed -i -e 's|^backend = "keyring"          |backend = "tpm"              |' \
+          -e 's|^# tcti = "device:/dev/tpmrm0"       |tcti = "device:/dev/tpmrm0"         |' "$ETC/household.toml"
+      grep -q '^backend = "tpm"' "$ETC/household.toml" || { echo "install: could not set backend = \"tpm\" in $ETC/household.toml" >&2; exit 1; }
+    fi
     say "wrote $ETC/household.toml: set each profile's retention there"
+  elif [ "$TPM" = 1 ] && ! grep -Eq '^backend = "tpm"' "$ETC/household.toml"; then
+    say "kept $ETC/household.toml, whose vault is not the TPM: to move its root key into the TPM, run"
+    say "  systemctl stop edge-agent; sudo -u edge edge-agent vault migrate --to tpm; then set backend = \"tpm\""
+  else
+    say "kept the existing $ETC/household.toml"
   fi
   system chown root:edge /etc/edge/household.toml
 
@@ -130,6 +152,15 @@ install_edge() {
   fi
 
   install -m 0644 "$SRC/configs/edge-agent.service" "$UNIT"
+  if [ "$TPM" = 1 ]; then  # the unit's device policy is closed: open the TPM's resource manager only
+    install -d -m 0755 "$(dirname "$TPM_DROPIN")"
+    write_file 0644 "$TPM_DROPIN" <<'UNIT'
+# Written by scripts/install.sh --tpm: the agent keeps its root key in the TPM.
+[Service]
+SupplementaryGroups=tss
+DeviceAllow=/dev/tpmrm0 rw
+UNIT
+  fi
   local spec sockets=()
   for spec in "${WYOMING[@]}"; do sockets+=("edge-wyoming-${spec%%:*}.socket"); done
   if systemd_running; then
@@ -255,9 +286,10 @@ uninstall_edge() {
   else  # as the service user: the root key is in edge's own keyring
     agent=(runuser -u edge -- "$OPT/venv/bin/edge-agent")
   fi
-  if [ -n "$ROOT" ] && [ -e "$ETC/household.toml" ] && grep -Eq '^keyring = "persistent"' "$config" \
-      && ! grep -Eq '^backend = "file"' "$config"; then  # that key would be the caller's own, outside DIR
-    say "skip (--root): edge-agent forget --all --yes (the staged config's vault is the persistent keyring, outside $ROOT)"
+  if [ -n "$ROOT" ] && [ -e "$ETC/household.toml" ] && { grep -Eq '^backend = "tpm"' "$config" \
+      || { grep -Eq '^keyring = "persistent"' "$config" && ! grep -Eq '^backend = "file"' "$config"; }; }; then
+    # that root would be in the caller's own keyring, or in this machine's TPM: outside DIR
+    say "skip (--root): edge-agent forget --all --yes (the staged config's vault, the persistent keyring or the TPM, is outside $ROOT)"
     verified="nothing was forgotten: --root touches nothing outside $ROOT"
   elif [ -x "$OPT/venv/bin/edge-agent" ] && [ -e "$ETC/household.toml" ] && [ -d "$DATA" ]; then
     say "forgetting every retained session (the audit log records it and stays in $DATA)"
@@ -269,7 +301,8 @@ uninstall_edge() {
     fi
   fi
   if [ "$config" != /etc/edge/household.toml ]; then rm -f "$config"; fi
-  rm -f "$UNIT" "$BIN"
+  rm -f "$UNIT" "$TPM_DROPIN" "$BIN"
+  rmdir "$(dirname "$TPM_DROPIN")" 2>/dev/null || true
   rm -rf "$OPT"
   system systemctl daemon-reload
   say "removed the service and the program. Kept: $ETC (your config, [[wyoming]] tables too) and $DATA ($verified)."

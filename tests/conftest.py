@@ -118,3 +118,11 @@ def pytest_terminal_summary(terminalreporter):
     faults = sys.modules.get("test_faults")
     for name, tally in getattr(faults, "TALLIES", []):
         terminalreporter.write_line(f"{name}: {tally.summary()}")
+
+
+@pytest.fixture
+def swtpm(tmp_path):
+    """A fresh software TPM on loopback for one test (support.Swtpm)."""
+    tpm = support.Swtpm(tmp_path / "tpm-state").start()
+    yield tpm
+    tpm.kill()

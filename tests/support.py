@@ -489,3 +489,72 @@ def plaintext_files(folder: Path, pcm: bytes, words: list[str] | tuple[str, ...]
         if any(w in blob for w in windows) or any(word.encode() in blob for word in words):
             hits.append(str(path))
     return hits
+
+
+class Swtpm:
+    """A software TPM 2.0 (Debian's swtpm) on loopback, its NV state in `state`: stopping it
+    and starting it again from the same folder is what a power cut does to a real TPM."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        state.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        """Server port (control: port + 1), chosen at the first start and kept, as a config names it."""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def vault_toml(self) -> str:
+        return f'backend = "tpm"\ntcti = "{self.tcti}"'
+
+    def start(self) -> Swtpm:
+        import socket
+
+        if shutil.which("swtpm") is None:
+            raise AssertionError("swtpm is not installed (apt-get install swtpm; scripts/setup.sh test does it)")
+        for _attempt in range(20):
+            if not self.port:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    port = probe.getsockname()[1]
+            else:
+                port = self.port
+            if self._started(port):
+                self.port = port
+                return self
+            time.sleep(0.1)
+        raise AssertionError("swtpm did not start: no free port pair on loopback")
+
+    def _started(self, port: int) -> bool:
+        import socket
+
+        command = ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}"]
+        command += ["--server", f"type=tcp,port={port},bindaddr=127.0.0.1"]
+        command += ["--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1", "--flags", "not-need-init,startup-clear"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                problem = self.process.stderr.read().decode() if self.process.stderr else ""
+                if "Address already in use" in problem:
+                    return False
+                raise AssertionError(f"swtpm did not start: {problem}")
+            try:
+                socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()  # the control port: no TPM session
+                return True
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("swtpm did not listen within 10 s")
+
+    def kill(self) -> None:
+        """The TPM disappears (SIGKILL: no orderly shutdown, as a pulled HAT or a power cut)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()

@@ -151,11 +151,11 @@ BAD_CONFIGS = [
         BASE.replace('backend = "keyring"', 'backend = "keyring"\npath = "k"'),
         ["vault.path", 'only used when backend = "file"'],
     ),
-    ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file"']),
+    ("bad vault", BASE.replace('backend = "keyring"', 'backend = "cloud"'), ["vault.backend", '"keyring" or "file" or "tpm"']),
     (
         "tpm with a path",
         BASE.replace('backend = "keyring"', 'backend = "tpm"\npath = "root.key"'),
-        ["vault.backend = 'tpm' is not allowed", "not available in this version"],
+        ["vault.path = 'root.key' is not allowed", 'only used when backend = "file"'],
     ),
     (
         "unknown active profile",

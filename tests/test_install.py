@@ -179,6 +179,32 @@ def test_a_staged_uninstall_touches_nothing_outside_its_root_and_claims_nothing(
     assert not (stage / "var/lib/edge/keystore.db").exists()
 
 
+def test_tpm_stages_the_extra_the_device_and_a_tpm_config_and_uninstalls_cleanly(tmp_path):
+    """--tpm (issue 16): the TSS libraries, group tss, a drop-in that opens /dev/tpmrm0 only,
+    tpm2-pytss in the venv, and backend = "tpm" in the new config."""
+    from edge.config import parse_config
+
+    stage = tmp_path / "root"
+    result = _install(stage, "--tpm")
+    assert result.returncode == 0, result.stderr
+    apt = next(line for line in result.stderr.splitlines() if "skip (--root): apt-get install" in line)
+    assert {"libtss2-dev", "pkg-config", "tpm-udev"} <= set(apt.split())
+    assert "skip (--root): usermod -a -G tss edge" in result.stderr
+    dropin = stage / "etc/systemd/system/edge-agent.service.d/tpm.conf"
+    assert _mode(dropin) == "0o644"
+    lines = [line for line in dropin.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ["[Service]", "SupplementaryGroups=tss", "DeviceAllow=/dev/tpmrm0 rw"]
+    config_path = stage / "etc/edge/household.toml"
+    vault = parse_config(tomllib.loads(config_path.read_text()), config_path).vault
+    assert (vault.backend, vault.tcti, vault.nv_index) == ("tpm", "device:/dev/tpmrm0", 0x0100ED60)
+    python = stage / "opt/edge/venv/bin/python"
+    assert subprocess.run([str(python), "-c", "import tpm2_pytss"], capture_output=True, timeout=60).returncode == 0
+    removed = _install(stage, "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert "the persistent keyring or the TPM, is outside" in removed.stderr  # --root never reaches the machine's TPM
+    assert not dropin.exists() and not dropin.parent.exists() and config_path.exists()
+
+
 def test_the_agent_process_makes_itself_non_dumpable():
     code = (
         "import resource\n"

@@ -66,6 +66,7 @@ EVENT_TYPES = frozenset(
         "profile.active",
         "voice.enrolled",
         "voice.forgotten",
+        "vault.migrated",
     }
 )
 """Every event type edge writes (docs/FORMATS.md section 6): `append` refuses any other."""

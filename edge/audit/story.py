@@ -132,6 +132,12 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
         story.device.append(Event(when, "", "a write cut off by a power cut was cleaned up", ""))
     elif kind == "keystore.migrated":
         story.device.append(Event(when, "", f"storage converted to version {fields['version']}", f"{fields['sessions']} session(s)"))
+    elif kind == "vault.migrated":
+        story.device.append(
+            Event(
+                when, "", f"the root key moved into the {fields['backend']} vault", f"the {fields['previous']} vault's root was destroyed"
+            )
+        )
     elif kind == "voice.enrolled":
         consent = "with a parent's consent" if fields.get("consent") else ""
         story.voices.append(Event(when, str(fields["profile"]), f"voice enrolled from {fields['seconds']} s of speech", consent))

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import audit, data, deletion, doctor, init, live, model, speech, voices
+from edge.cli import audit, data, deletion, doctor, init, live, model, speech, vault, voices
 from edge.cli.base import Command, Parser, add_commands
 from edge.errors import EdgeError
 
@@ -25,6 +25,7 @@ COMMANDS: tuple[Command, ...] = (
     + data.COMMANDS
     + deletion.COMMANDS
     + voices.COMMANDS
+    + vault.COMMANDS
     + live.COMMANDS
     + audit.COMMANDS
     + model.COMMANDS

@@ -7,6 +7,7 @@ vault states its guarantee level honestly (README, `status`, `doctor`):
 |---------|--------------------------|-----------------|------------------------------------------|
 | keyring | the kernel keyring (RAM) | no              | yes                                      |
 | ram     | this process's memory    | no              | yes (the demo)                           |
+| tpm     | a TPM 2.0 NV index       | yes             | yes (edge.crypto.tpm)                    |
 | file    | a 0600 file              | yes             | no: logical deletion only                |
 
 A vault has two slots, "current" and "next", so that replacing the root (the
@@ -27,8 +28,8 @@ from typing import Any, Protocol
 from edge.boot import boot_id
 from edge.config import VaultSettings
 from edge.crypto import keyring
-from edge.disk.files import atomic_write, destroy_temps, folder_fd, open_in, read_in, unlink_in, write_atomic_in
-from edge.disk.layout import VAULT_MARKER
+from edge.disk.files import atomic_write, destroy_temps, exists_in, folder_fd, open_in, read_in, unlink_in, write_atomic_in
+from edge.disk.layout import TPM_MARKER, VAULT_MARKER
 from edge.errors import KeyringError, StorageError, VaultError
 from edge.values import KeyringKind, VaultBackend
 
@@ -170,6 +171,7 @@ class KeyringVault:
     def why_missing(self) -> str:
         """Why the root is *gone*, when neither slot holds it although a keystore exists; raises
         VaultError when it may only be invisible to this process (another user or session)."""
+        refuse_if_moved_to_tpm(self.data_dir)
         marker = self._marker
         if marker is None:
             return "the root key is not in the kernel keyring (a power cut or restart clears it)"
@@ -233,8 +235,9 @@ class FileVault:
         "blocks, so a copy of the card may still hold old root keys: deletion is logical only",
     )
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data_dir: Path | None = None) -> None:
         self.path = path
+        self.data_dir = data_dir
 
     def _path(self, slot: str) -> Path:
         return self.path if slot == "current" else self.path.with_name(self.path.name + "." + slot)
@@ -276,6 +279,8 @@ class FileVault:
             destroy_temps(self.path.parent, self._path(slot).name)
 
     def why_missing(self) -> str:
+        if self.data_dir is not None:
+            refuse_if_moved_to_tpm(self.data_dir)
         raise VaultError(
             f"[vault] path = {str(self.path)!r}: there is no root key file there, although the data folder holds a "
             "keystore. First check that path (a typo, another config, a disk not mounted, a backup not restored): "
@@ -284,8 +289,23 @@ class FileVault:
         )
 
 
+def refuse_if_moved_to_tpm(data_dir: Path) -> None:
+    """A folder whose root `vault migrate` moved into a TPM must never look, to the vault it
+    left, like a folder whose root is lost (the agent would start afresh)."""
+    if exists_in(data_dir, TPM_MARKER):
+        raise VaultError(
+            f"{data_dir}: its root key was moved into a TPM ({data_dir / TPM_MARKER}; `edge-agent vault migrate`). "
+            'Set [vault] backend = "tpm" in the config. If that migration was interrupted, run it again. '
+            "Nothing was changed."
+        )
+
+
 def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
     """The vault [vault] names (the demo makes its MemoryVault itself)."""
+    if settings.backend == VaultBackend.TPM:
+        from edge.crypto.tpm import TpmVault
+
+        return TpmVault(data_dir, settings.tcti, settings.nv_index)
     if settings.backend == VaultBackend.KEYRING:
         try:
             return KeyringVault(data_dir, settings.keyring)
@@ -295,8 +315,5 @@ def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
                 '(some containers block it); use backend = "file" with a path.'
             ) from None
     if settings.backend == VaultBackend.FILE and settings.path is not None:
-        return FileVault(settings.path)
-    raise VaultError(
-        f'[vault] backend = "{settings.backend}" is not available in this version of edge; use "keyring" (crypto-erase, '
-        'lost at power-off) or "file" (survives reboots, logical deletion only)'
-    )
+        return FileVault(settings.path, data_dir)
+    raise VaultError(f'[vault] backend = "{settings.backend}" is not available in this version of edge')

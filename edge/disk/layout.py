@@ -20,6 +20,9 @@ KEYSTORE_DB = "keystore.db"
 KEYSTORE_DB_FILES = (KEYSTORE_DB, f"{KEYSTORE_DB}-wal", f"{KEYSTORE_DB}-shm")
 """Keystore v2 (SQLite, WAL) and the files SQLite keeps beside it."""
 VAULT_MARKER = "vault"
+"""Which kernel key holds the root (the keyring vault)."""
+TPM_MARKER = "tpm-vault"
+"""Which TPM NV index holds the root, and its authorization (the TPM vault)."""
 RESERVE = "reserve"
 CLOCK = "clock"
 AUDIT_LOG = "audit.jsonl"
@@ -38,6 +41,7 @@ OWN_NAMES = frozenset(
         *KEYSTORE_DB_FILES,
         RESERVE,
         VAULT_MARKER,
+        TPM_MARKER,
         CLOCK,
         AUDIT_LOG,
         AUDIT_KEY,

@@ -404,6 +404,18 @@ class Keystore:
         data.rekey_root(RootKeys(root))
         self._switch_root(data, root)
 
+    def move_root(self, data: KeystoreData, target: Vault) -> None:
+        """Re-seal the keystore under a fresh root that `target` keeps, then destroy the old
+        vault's roots (`vault migrate`; inside a transaction). The ratchet's two slots make it
+        crash-safe: until the commit the old root opens the keystore, after it the target's.
+        From here on this keystore uses `target`."""
+        old, self.vault = self.vault, target
+        self.ratchet(data)
+        crash_point("migrate.moved")
+        for slot in ("next", "current"):
+            old.erase(slot)
+        old.scrub()
+
     def _switch_root(self, data: KeystoreData, root: bytes) -> None:
         """Commit the data sealed under a new root: staged in the vault first, so a crash at
         any point leaves a keystore that one of the vault's two roots opens."""
