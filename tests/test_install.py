@@ -205,6 +205,86 @@ def test_tpm_stages_the_extra_the_device_and_a_tpm_config_and_uninstalls_cleanly
     assert not dropin.exists() and not dropin.parent.exists() and config_path.exists()
 
 
+def test_on_a_kernel_without_persistent_keyrings_the_config_gets_the_file_vault(tmp_path):
+    """Raspberry Pi OS kernels have no persistent keyrings (issue 19): the example's keyring
+    vault would lose everything at a service restart, so install.sh writes the file vault."""
+    from edge.config import parse_config
+
+    from support import without_persistent_keyrings
+
+    stage = tmp_path / "root"
+    result = without_persistent_keyrings([str(SCRIPT), "--root", str(stage), "--no-model"])
+    assert result.returncode == 0, result.stderr
+    assert "this kernel has no persistent keyrings" in result.stderr and "re-run with --tpm" in result.stderr
+    config_path = stage / "etc/edge/household.toml"
+    vault = parse_config(tomllib.loads(config_path.read_text()), config_path).vault
+    assert (vault.backend, vault.path) == ("file", Path("/var/lib/edge/root.key"))
+
+
+EVERY_DEBIAN = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
+"""apt and libapt-pkg depend on these, so every Debian and Raspberry Pi OS install has them."""
+LOADED_BY_NAME = {"libportaudio.so.2", "libsndfile.so.1", "libkeyutils.so.1"}
+"""Libraries edge's dependencies open at run time by name (ctypes, cffi): no NEEDED entry names them."""
+
+
+def _apt_list(name: str) -> set[str]:
+    listed = subprocess.run(
+        ["bash", "-c", f'source scripts/apt-packages.sh && echo "${{{name}[@]}}"'], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return set(listed.stdout.split())
+
+
+def _needed(library: Path) -> set[str]:
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic))
+
+
+def _package_of(soname: str) -> str:
+    found = subprocess.run(["dpkg", "-S", f"*/{soname}"], capture_output=True, text=True)
+    assert found.returncode == 0, f"no Debian package on this machine ships {soname}"
+    return found.stdout.split(":", 1)[0]
+
+
+def test_the_runtime_apt_list_provides_every_library_the_native_code_needs(tmp_path):
+    """Issue 19: a Pi OS Lite without gcc failed at model load, because the aarch64 libvosk.so
+    links libatomic.so.1, which the apt list brought in only through gcc. Every library that
+    the native code links (the Pi's libvosk.so, every .so in this venv) or opens by name must
+    come from a package of the runtime list, or be one every Debian has; no build tools."""
+    import zipfile
+
+    runtime = _apt_list("APT_RUN")
+    assert not runtime & {"gcc", "python3-dev", "pkg-config"} and not [p for p in runtime if p.endswith("-dev")]
+    wheels = sorted((ROOT / ".venv" / "wheels-aarch64").glob("vosk-*.whl"))
+    assert wheels, "the aarch64 vosk wheel is missing: run scripts/setup.sh test"
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        pi_vosk = Path(wheel.extract("vosk/libvosk.so", tmp_path))
+    assert "libatomic.so.1" in _needed(pi_vosk)
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    bundled = {path.name for path in site.rglob("*.so*")}  # the libraries wheels carry (numpy.libs/...)
+    libraries = [pi_vosk] + [p for p in site.rglob("*.so*") if "tpm2_pytss" not in p.parts]  # the tpm extra: APT_TPM
+    needed = {soname for library in libraries for soname in _needed(library)} - bundled
+    needed |= LOADED_BY_NAME
+    needed -= {"ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}  # the dynamic loader: libc6
+    missing = {soname: _package_of(soname) for soname in needed if _package_of(soname) not in runtime | EVERY_DEBIAN}
+    assert missing == {}, f"scripts/apt-packages.sh APT_RUN lacks the packages of {missing}"
+
+
+@pytest.mark.parametrize("script", ["install.sh", "setup.sh"])
+def test_32_bit_pi_os_is_refused_with_a_pointer_to_64_bit(tmp_path, script):
+    """Issue 19: armhf has no wheels of numpy, cffi, soxr, webrtcvad-wheels; say so before
+    anything is installed. (`dpkg` answers as on 32-bit Pi OS; the rest is the real script.)"""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dpkg").write_text('#!/bin/sh\n[ "$1" = --print-architecture ] && { echo armhf; exit 0; }\nexec /usr/bin/dpkg "$@"\n')
+    (fake / "dpkg").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    args = [str(ROOT / "scripts" / script)] + (["--root", str(tmp_path / "root"), "--no-model"] if script == "install.sh" else [])
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "this system is armhf" in result.stderr and "Install the 64-bit Raspberry Pi OS" in result.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def test_the_agent_process_makes_itself_non_dumpable():
     code = (
         "import resource\n"

@@ -221,3 +221,32 @@ def test_the_key_folder_of_the_user_keeps_its_mode_and_a_warning_says_so(write_c
     assert ran.returncode == 0, ran.stderr
     assert stat.S_IMODE(keys.stat().st_mode) == 0o755 and stat.S_IMODE((keys / "root.key").stat().st_mode) == 0o600
     assert f"{keys} is mode 0755" in ran.stderr and f"chmod 700 {keys}" in ran.stderr
+
+
+def test_a_kernel_without_persistent_keyrings_is_named_with_what_to_use_instead(write_config):
+    """Raspberry Pi OS kernels lack CONFIG_PERSISTENT_KEYRINGS (issue 19): the default vault
+    cannot work there, and doctor and every command say so and what to use instead."""
+    import sys
+
+    from support import ROOT, without_persistent_keyrings
+
+    config = write_config(vault='backend = "keyring"\nkeyring = "persistent"')
+    doctor = without_persistent_keyrings([sys.executable, "-m", "edge", "--config", str(config), "doctor", "--no-mic", "--json"], cwd=ROOT)
+    finding = next(f for f in json.loads(doctor.stdout) if f["check"] == "vault")
+    assert finding["status"] == "fail" and "this kernel has no persistent keyrings" in finding["detail"]
+    assert 'backend = "tpm"' in finding["detail"] and 'backend = "file"' in finding["detail"]
+    ran = without_persistent_keyrings([sys.executable, "-m", "edge", "--config", str(config), "purge"], cwd=ROOT)
+    assert ran.returncode == 1 and "this kernel has no persistent keyrings" in ran.stderr
+    assert keyring.persistent_supported()  # while this machine's own kernel has them
+
+
+def test_a_missing_libkeyutils_says_what_to_install():
+    """The keyring calls go through libkeyutils, built for this interpreter's ABI (issue 19:
+    raw syscall numbers chosen by the kernel's machine name were wrong on 32-bit Pi OS)."""
+    import ctypes
+    import ctypes.util
+
+    with pytest.raises(keyring.KeyringError, match=r"libkeyutils.so.1.*apt-get install libkeyutils1"):
+        keyring.load_library(None)
+    library = keyring.load_library(ctypes.util.find_library(keyring.LIBRARY))
+    assert library.add_key.argtypes[-1] is ctypes.c_int32 and library.add_key.restype is ctypes.c_int32  # key_serial_t

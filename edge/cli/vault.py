@@ -51,7 +51,7 @@ def _migrate(args: argparse.Namespace) -> int:
             "old blocks: data shredded before this move may still open from a copy of the card made before it"
         )
     print(f'now set in {config.path}:\n\n[vault]\nbackend = "tpm"\ntcti = "{args.tcti}"\nnv_index = {args.nv_index:#010x}\n')
-    print("(and remove its path and keyring lines); the agent refuses to start until the config names the TPM")
+    print("(and remove a path line, if any); until the config names the TPM, every command refuses and nothing is wiped")
     return 0
 
 
@@ -64,12 +64,15 @@ def _move(store: Keystore, target: Vault, config: Config) -> int:
             sessions = len(data.sessions)
             store.move_root(data, target)
         return sessions
-    except (KeystoreError, VaultError):
+    except (KeystoreError, VaultError) as failed:
         if not exists_in(config.device.data_dir, TPM_MARKER):
             raise
-    resumed, _audit = wiring.open_store(config, vault=target)
-    with resumed.transaction() as data:  # an error here says the TPM's root does not open it either
-        sessions = len(data.sessions)
+        try:
+            resumed, _audit = wiring.open_store(config, vault=target)
+            with resumed.transaction() as data:
+                sessions = len(data.sessions)
+        except (KeystoreError, VaultError):
+            raise failed from None  # the TPM's root does not open it either: the first error says why
     for slot in ("next", "current"):
         old.erase(slot)
     old.scrub()

@@ -289,6 +289,22 @@ class FileVault:
         )
 
 
+NO_PERSISTENT_KEYRINGS = (
+    '[vault] backend = "keyring", keyring = "persistent": this kernel has no persistent keyrings '
+    "(CONFIG_PERSISTENT_KEYRINGS is off, as in Raspberry Pi OS kernels), and a session keyring would lose "
+    'the root, and everything retained, whenever the service restarts. Use backend = "tpm" with a TPM HAT '
+    '(scripts/install.sh --tpm): survives reboots, erasing is real; or backend = "file" with a path: survives '
+    "reboots, but deletion is only logical on flash (README: guarantee levels)"
+)
+
+
+def _persistent_keyrings() -> bool:
+    try:
+        return keyring.persistent_supported()
+    except KeyringError:
+        return True  # some other refusal: the caller's own message says it
+
+
 def refuse_if_moved_to_tpm(data_dir: Path) -> None:
     """A folder whose root `vault migrate` moved into a TPM must never look, to the vault it
     left, like a folder whose root is lost (the agent would start afresh)."""
@@ -310,6 +326,8 @@ def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
         try:
             return KeyringVault(data_dir, settings.keyring)
         except KeyringError as exc:
+            if settings.keyring == KeyringKind.PERSISTENT and not _persistent_keyrings():
+                raise VaultError(NO_PERSISTENT_KEYRINGS) from None
             raise VaultError(
                 f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
                 '(some containers block it); use backend = "file" with a path.'
