@@ -3,7 +3,7 @@
 # Raspberry Pi OS is built from) made with debootstrap and run under qemu-user-static.
 # Inside it, edge is set up from this working tree exactly as the README's first command
 # does on a Pi (scripts/demo.sh: the same apt list, the same venv steps), then the demo,
-# `transcribe` and `doctor --no-mic` run, and what passed is printed.
+# `transcribe`, `doctor --no-mic` and the keyring library run, and what passed is printed.
 #
 #   sudo scripts/pi-check.sh            build the root (or reuse it), check, clean up mounts
 #   sudo scripts/pi-check.sh --fresh    build a new root first
@@ -92,6 +92,10 @@ check "scripts/demo.sh (the README's first command: apt list, venv, the real Kor
 check "edge-agent transcribe edge/data/demo.wav" ".venv/bin/edge-agent transcribe edge/data/demo.wav"
 check "edge-agent doctor --no-mic (a config from edge-agent init)" \
   "rm -rf /tmp/pi-home && .venv/bin/edge-agent init /tmp/pi-home >/dev/null && .venv/bin/edge-agent --config /tmp/pi-home/household.toml doctor --no-mic"
+# qemu-user implements no keyctl (ENOSYS), so the keyring calls themselves cannot run here:
+# only that the arm64 libkeyutils loads with edge's declared signatures.
+check "the arm64 libkeyutils loads (keyctl itself: not emulated by qemu-user)" \
+  ".venv/bin/python -c 'import ctypes.util; from edge.crypto import keyring as k; k.load_library(ctypes.util.find_library(k.LIBRARY))'"
 check "the Pi's libvosk.so finds every library it links" \
   "ldd .venv/lib/python3.11/site-packages/vosk/libvosk.so | grep -v 'not found'; ! ldd .venv/lib/python3.11/site-packages/vosk/libvosk.so | grep -q 'not found'"
 
