@@ -23,10 +23,11 @@ from edge.crypto.vault import Vault, open_vault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.errors import ConfigError, UsageError
+from edge.progress import Meter, Progress
 from edge.retention.clock import TrustedClock
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
-from edge.store.keystore import Access, Keystore
+from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
 from edge.store.recorder import Recorder
 from edge.tagging.voice import VoiceTagger
 
@@ -77,7 +78,10 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     def migrated(sessions: int, buckets: int) -> None:
         audit.append("keystore.migrated", version=2, sessions=sessions, buckets=buckets)
 
-    store = Keystore(config.device.data_dir, vault, on_root_lost=root_lost, access=access, on_migrated=migrated)
+    converting = Meter("converting the keystore from format 1", "sessions", least=MIGRATION_CHUNK)  # silent off a terminal
+    store = Keystore(
+        config.device.data_dir, vault, on_root_lost=root_lost, access=access, on_migrated=migrated, migration_progress=converting
+    )
     if access is not Access.READ:
         audit.recover()
     return store, audit
@@ -103,9 +107,10 @@ def make_shredder(
     vault: Vault | None = None,
     store: tuple[Keystore, AuditLog] | None = None,
     clock: TrustedClock | None = None,
+    deleting: Progress | None = None,
 ) -> Shredder:
     keystore, audit = store if store is not None else open_store(config, Access.WRITE, vault)
-    return Shredder(keystore, clock or make_clock(config), config, audit)
+    return Shredder(keystore, clock or make_clock(config), config, audit, deleting)
 
 
 def make_retention(shredder: Shredder, config: Config, on_report: Callable[[ShredReport], None]) -> RetentionService:
@@ -177,7 +182,7 @@ def build_runtime(
 
 
 def verification(
-    config: Config, witness_path: str | None = None, vault: Vault | None = None, progress: Callable[[int, int], None] | None = None
+    config: Config, witness_path: str | None = None, vault: Vault | None = None, progress: Progress | None = None
 ) -> Verification:
     """Verify the audit log and cross-check the data folder, read-only (`progress`: bytes of
     the log checked, of all, as a long check goes on)."""

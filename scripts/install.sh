@@ -77,6 +77,16 @@ TMPFILES=$ROOT/etc/tmpfiles.d/edge-wyoming.conf
 BIN=$ROOT/usr/local/bin/edge-agent
 
 say() { echo "install: $*" >&2; }
+# relocate_venv: a venv made under --root names DIR in its scripts' first lines, in activate
+# and in pyvenv.cfg. Rewrite them to /opt/edge/venv, the path it has on the target, so that
+# DIR can be packaged as it is. (Compiled .pyc files still name DIR in tracebacks only.)
+relocate_venv() {
+  local staged="$OPT/venv" file
+  grep -rlIF "$staged" "$staged/bin" "$staged/pyvenv.cfg" 2>/dev/null | while IFS= read -r file; do
+    sed -i "s|$staged|/opt/edge/venv|g" "$file"
+  done
+}
+
 # system: run a command that changes the running system, or only show it under --root.
 system() {
   if [ -n "$ROOT" ]; then say "skip (--root): $*"; else "$@"; fi
@@ -121,6 +131,7 @@ install_edge() {
   "$OPT/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$spec" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   "$OPT/venv/bin/python" -c "import edge" || { echo "install: the package did not install; see above" >&2; exit 1; }
+  [ -z "$ROOT" ] || relocate_venv
   install -m 0644 "$SRC/README.md" "$OPT/README.md"
   ln -sfn /opt/edge/venv/bin/edge-agent "$BIN"
 
@@ -291,7 +302,7 @@ uninstall_edge() {
   uninstall_wyoming
   local verified="no retained data was found to forget" agent=() config=/etc/edge/household.toml
   if [ -n "$ROOT" ]; then
-    agent=("$OPT/venv/bin/edge-agent")
+    agent=("$OPT/venv/bin/python" -m edge)  # the scripts name /opt/edge/venv, where the venv will be
     [ -e "$ETC/household.toml" ] && config=$(staged_config)
   else  # as the service user: the root key is in edge's own keyring
     agent=(runuser -u edge -- "$OPT/venv/bin/edge-agent")

@@ -56,10 +56,32 @@ def test_install_stages_every_file_with_its_mode(staged):
     unit = stage / "etc/systemd/system/edge-agent.service"
     assert _mode(unit) == "0o644" and unit.read_bytes() == UNIT.read_bytes()
     assert os.readlink(stage / "usr/local/bin/edge-agent") == "/opt/edge/venv/bin/edge-agent"
-    program = stage / "opt/edge/venv/bin/edge-agent"
-    version = subprocess.run([str(program), "--version"], capture_output=True, text=True, timeout=60)
-    assert version.returncode == 0 and version.stdout.startswith("edge ")
+    version = _at_opt_edge(stage, str(stage / "usr/local/bin/edge-agent"), "--version")
+    assert version.returncode == 0 and version.stdout.startswith("edge "), version.stderr
     assert _mode(stage / "opt/edge/venv") == "0o755"  # the service user must be able to read the program
+
+
+def test_the_staged_venv_names_only_its_place_on_the_target(staged):
+    """DIR can be packaged as it is: nothing in the venv's scripts or config names DIR."""
+    stage, _ = staged
+    venv = stage / "opt/edge/venv"
+    texts = [p for p in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"] if p.is_file() and not p.is_symlink()]
+    naming = [p.name for p in texts if str(stage).encode() in p.read_bytes()]
+    assert naming == []
+    assert (venv / "bin/edge-agent").read_text().splitlines()[0] == "#!/opt/edge/venv/bin/python"
+    assert "/opt/edge/venv" in (venv / "bin/activate").read_text()
+
+
+def _at_opt_edge(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run argv in a mount namespace of its own where stage/opt/edge is /opt/edge, as on the
+    target (root only, like the tests' tmpfs; the machine's own /opt is left alone)."""
+    script = 'mount -t tmpfs tmpfs /opt && mkdir /opt/edge && mount --bind "$0" /opt/edge && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(stage / "opt/edge"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_install_under_root_only_shows_what_would_change_the_system(staged):

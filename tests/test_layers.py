@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
         "edge.sink",
         "edge.transcript",
         "edge.hardening",
+        "edge.progress",
     },
     {"edge.instants"},
     {"edge.disk"},  # private files, no links followed, the data folder's layout and lock

@@ -19,7 +19,7 @@ from edge.disk.layout import recording_path, transcript_path
 from edge.errors import ConfigError, KeystoreError, VaultError
 from edge.store.keystore import Keystore
 
-from support import FakeWall, edge_agent, faketime, keystore_rows, openable, pcm_of, record, record_in_process, retention_parts
+from support import FakeWall, MicAgent, edge_agent, faketime, keystore_rows, openable, pcm_of, record, record_in_process, retention_parts
 
 INDEX = 0x0100ED60
 
@@ -334,3 +334,26 @@ def test_migrate_without_a_tpm_changes_nothing(tmp_path, write_config, swtpm):
     assert keystore_rows(config.device.data_dir) == before
     assert KeyringVault(config.device.data_dir, "session").read("current") is not None
     assert not (config.device.data_dir / "tpm-vault").exists()
+
+
+def test_migrate_refuses_while_the_agent_runs(tmp_path, write_config, swtpm, virtual_mic):
+    """The agent holds the keystore's root in memory: moving it underneath would leave the
+    agent sealing under a root that is destroyed."""
+    config = write_config(mode="push_to_talk")  # listening, recording nothing
+    agent = MicAgent(virtual_mic, config)
+    try:
+        ran = edge_agent("--config", str(config), "vault", "migrate", "--to", "tpm", "--tcti", swtpm.tcti)
+    finally:
+        _sessions, log, code = agent.stop()
+    assert code == 0, log
+    assert ran.returncode == 1 and "the agent is running: stop it first" in ran.stderr
+    assert nv_indices(swtpm) == [] and not (tmp_path / "data" / "tpm-vault").exists()
+    assert KeyringVault(tmp_path / "data", "session").read("current") is not None
+
+
+def test_migrate_refuses_a_tcti_of_no_known_kind(tmp_path, write_config, swtpm):
+    config, _session = _recorded_on_keyring(tmp_path, write_config)
+    before = keystore_rows(config.device.data_dir)
+    ran = edge_agent("--config", str(config.path), "vault", "migrate", "--to", "tpm", "--tcti", "tmp:/dev/tpm0")
+    assert ran.returncode == 2 and "kinds: device, swtpm, mssim, tabrmd" in ran.stderr, ran.stderr
+    assert keystore_rows(config.device.data_dir) == before and nv_indices(swtpm) == []

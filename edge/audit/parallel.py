@@ -16,13 +16,14 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
 
 from edge.audit.chain import GENESIS, Chain, Problem, ScanOp, Seed, Sink, check_range, keys_of, seed_of
+from edge.progress import Progress
 
 
 def _cores() -> int:
@@ -48,10 +49,6 @@ class Parallel:
         """Worth it, and safe: a forked worker has only the thread that forked it, so no other
         thread may be holding a lock it needs (verify is a command, with one thread)."""
         return self.workers > 1 and size >= self.from_bytes and threading.active_count() == 1
-
-
-Progress = Callable[[int, int], None]
-"""Told (bytes checked, bytes in all) as a long verify goes on."""
 
 
 class Task(NamedTuple):

@@ -106,7 +106,11 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
     elif kind == "identity.exported":
         story.accesses.append(Event(when, _owner(story, fields), f"key exported: opens {fields['sessions']} recording(s)", "for checking"))
     elif kind == "forget.requested":
-        story.forgets.append(Event(when, "", f"asked to forget {fields['selector']}", f"{fields['sessions']} session(s)"))
+        if fields.get("resumed"):  # the same request again, after a crash or power cut stopped its first run
+            what = f"finished the request to forget {fields['selector']} that a power cut or crash interrupted"
+        else:
+            what = f"asked to forget {fields['selector']}"
+        story.forgets.append(Event(when, "", what, f"{fields['sessions']} session(s)"))
     elif kind == "forget.fulfilled":
         for session in fields["sessions"]:
             if session in story.sessions:
@@ -143,6 +147,8 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
         story.voices.append(Event(when, str(fields["profile"]), f"voice enrolled from {fields['seconds']} s of speech", consent))
         story.enrolled[str(fields["profile"])] = True
     elif kind == "voice.forgotten":
+        if story.enrolled.get(str(fields["profile"])) is False:
+            return  # written ahead again by the run that finished an interrupted forget
         story.voices.append(Event(when, str(fields["profile"]), "voiceprint shredded", _SHRED_WHY.get(str(fields.get("reason")), "")))
         story.enrolled[str(fields["profile"])] = False
 

@@ -19,11 +19,12 @@ from cryptography.exceptions import InvalidSignature
 
 from edge.audit.chain import Chain, Problem, ScanOp, check_range
 from edge.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, public_key_from_hex
-from edge.audit.parallel import Parallel, Progress, check_chunks
+from edge.audit.parallel import Parallel, check_chunks
 from edge.crypto.age import read_header, unwrap_file_key
 from edge.disk import layout
 from edge.disk.files import open_in, reader_in
 from edge.errors import AgeError, AuditError, EdgeError, StorageError
+from edge.progress import Progress
 from edge.store.keystore import Keystore
 from edge.store.tables import KeystoreData
 from edge.values import DataKind

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -16,22 +14,12 @@ from edge.cli.base import Command, config_of, log
 from edge.disk.outputs import check_output, write_output
 from edge.errors import UsageError
 from edge.instants import parse_instant
-
-
-def _progress_bar() -> Callable[[int, int], None]:
-    """On a terminal: how far a long verify has come (a large log takes seconds)."""
-
-    def show(done: int, total: int) -> None:
-        print(f"\rchecking the audit log: {done * 100 // max(total, 1):3d}% of {total / 1e6:.0f} MB", end="", file=sys.stderr, flush=True)
-        if done >= total:
-            print(file=sys.stderr)
-
-    return show
+from edge.progress import Meter
 
 
 def _verify(args: argparse.Namespace) -> int:
     config = config_of(args)
-    result = wiring.verification(config, args.witness, progress=_progress_bar() if sys.stderr.isatty() else None)
+    result = wiring.verification(config, args.witness, progress=Meter("checking the audit log", "bytes"))
     if args.json:
         print(json.dumps(result.to_json()))
         return 0 if result.ok else 1

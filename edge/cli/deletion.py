@@ -7,14 +7,24 @@ import sys
 
 from edge import wiring
 from edge.cli.base import Command, config_of, print_report
+from edge.config import Config
 from edge.errors import UsageError
 from edge.instants import parse_instant
-from edge.retention.shredder import ForgetRequest
+from edge.progress import Meter
+from edge.retention.shredder import ForgetRequest, Shredder
+
+PROGRESS_FROM = 1000
+"""Files to delete from which a command shows its progress (fewer go by too fast to read)."""
+
+
+def _shredder(config: Config) -> Shredder:
+    """The shredder of a command: a big deletion shows how far it has come on a terminal."""
+    return wiring.make_shredder(config, deleting=Meter("deleting shredded ciphertext", "files", least=PROGRESS_FROM))
 
 
 def _purge(args: argparse.Namespace) -> int:
     config = config_of(args)
-    report = wiring.make_shredder(config).sweep()
+    report = _shredder(config).sweep()
     if report.empty:
         print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
     print_report(report)
@@ -23,7 +33,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     config = config_of(args)
-    shredder = wiring.make_shredder(config)
+    shredder = _shredder(config)
     request = ForgetRequest.checked(
         config,
         shredder.keystore.read(),

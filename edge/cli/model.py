@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edge.cli.base import Command, log
 from edge.errors import UsageError
+from edge.progress import Meter
 
 
 def _list(_args: argparse.Namespace) -> int:
@@ -45,26 +46,19 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """A bar on a terminal; otherwise a line every 10%, so logs stay readable."""
+    """The download's meter (a line per 10% when not on a terminal, so logs stay readable);
+    a server that sends no length gets a line every 10 MB instead."""
 
     def __init__(self) -> None:
-        self._tty = sys.stderr.isatty()
+        self._meter = Meter("downloading", "bytes", lines=True)
         self._shown = -1
 
     def __call__(self, done: int, total: int | None) -> None:
         if total:
-            percent = min(100, done * 100 // total)
-            if self._tty:
-                bar = "#" * (percent // 4)
-                print(f"\r[{bar:25}] {percent:3}% {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
-                if done >= total:
-                    print(file=sys.stderr)
-            elif percent // 10 > self._shown:
-                self._shown = percent // 10
-                print(f"{percent}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB)", file=sys.stderr, flush=True)
-        elif done // (10 << 20) > self._shown:  # no length given: a line every 10 MB
+            self._meter(done, total)
+        elif done // (10 << 20) > self._shown:
             self._shown = done // (10 << 20)
-            print(f"{done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+            print(f"downloading: {done / 1e6:.1f} MB", file=sys.stderr, flush=True)
 
 
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from edge import wiring
 from edge.cli.base import Command, config_of
-from edge.config import DEFAULT_NV_INDEX, DEFAULT_TCTI, NV_INDEX_FIRST, NV_INDEX_LAST, Config
+from edge.config import DEFAULT_NV_INDEX, DEFAULT_TCTI, NV_INDEX_FIRST, NV_INDEX_LAST, TCTI_KINDS, Config
 from edge.crypto.vault import Vault, open_vault
 from edge.disk.files import exists_in
 from edge.disk.layout import TPM_MARKER
@@ -89,9 +89,15 @@ def _nv_index(text: str) -> int:
     return value
 
 
+def _tcti(text: str) -> str:
+    if text.split(":", 1)[0] not in TCTI_KINDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TPM connection: write e.g. {DEFAULT_TCTI!r} (kinds: {', '.join(TCTI_KINDS)})")
+    return text
+
+
 def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, choices=[VaultBackend.TPM.value], help="the vault to move the root key into")
-    parser.add_argument("--tcti", default=DEFAULT_TCTI, help=f"how to reach the TPM (default {DEFAULT_TCTI})")
+    parser.add_argument("--tcti", type=_tcti, default=DEFAULT_TCTI, help=f"how to reach the TPM (default {DEFAULT_TCTI})")
     parser.add_argument(
         "--nv-index",
         type=_nv_index,

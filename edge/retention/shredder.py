@@ -35,6 +35,7 @@ from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_i
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
 from edge.policy import policies, strictest_policy
+from edge.progress import Progress
 from edge.retention.clock import Reading, TrustedClock
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
@@ -187,11 +188,14 @@ before it writes anything."""
 class Shredder:
     """Runs sweeps and forget requests against the keystore."""
 
-    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config, audit: AuditSink) -> None:
+    def __init__(self, keystore: Keystore, clock: TrustedClock, config: Config, audit: AuditSink, deleting: Progress | None = None) -> None:
         self.keystore = keystore
         self.clock = clock
         self.config = config
         self.audit = audit
+        self.deleting = deleting
+        """Told (files deleted, files to delete) as the ciphertext of a shred goes: 200,000
+        files take seconds here and longer on an SD card. The keys are destroyed by then."""
         self._logged_set_back = timedelta(0)
 
     def sweep(self) -> ShredReport:
@@ -456,10 +460,22 @@ class Shredder:
         a folder or anything else someone put there is left alone."""
         root = self.keystore.data_dir
         live = {layout.RECORDINGS: data.sessions.kept("audio"), layout.TRANSCRIPTS: data.sessions.kept("transcript")}
-        deleted = 0
-        for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX)):
-            orphans = [name for name in files_in(root, folder) if _orphan(name, suffix, live[folder])]
-            deleted += unlink_each_in(root, folder, orphans, lambda: crash_point("shred.files"))
+        orphans = {
+            folder: [name for name in files_in(root, folder) if _orphan(name, suffix, live[folder])]
+            for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX))
+        }
+        total, done = sum(map(len, orphans.values())), 0
+
+        def each() -> None:
+            nonlocal done
+            crash_point("shred.files")
+            done += 1
+            if self.deleting is not None:
+                self.deleting(done, total)
+
+        deleted = sum(unlink_each_in(root, folder, names, each) for folder, names in orphans.items())
+        if self.deleting is not None and done < total:
+            self.deleting(total, total)  # files someone else removed first count as done
         return deleted
 
 

@@ -31,6 +31,7 @@ from edge.disk.layout import KEYSTORE, KEYSTORE_DB
 from edge.disk.lock import DataLock
 from edge.errors import KeystoreError, VaultError
 from edge.faults import crash_point
+from edge.progress import Progress
 from edge.store import database
 from edge.store.legacy import LegacyKeystore, open_v1
 from edge.store.records import Bucket
@@ -54,6 +55,9 @@ class Access(enum.Enum):
 Migrated = Callable[[int, int], None]
 """Told (sessions, buckets) when a v1 keystore was converted, just before the conversion is published."""
 
+MIGRATION_CHUNK = 2000
+"""Sessions converted from v1 between two reports of progress."""
+
 
 class Keystore:
     """The keystore in DATA_DIR/keystore.db, opened under the data-folder lock."""
@@ -65,6 +69,7 @@ class Keystore:
         on_root_lost: Callable[[str], None] | None = None,
         access: Access = Access.WRITE,
         on_migrated: Migrated | None = None,
+        migration_progress: Progress | None = None,
     ) -> None:
         self.data_dir = data_dir if access is Access.READ else private_dir(data_dir)
         self.path = data_dir / KEYSTORE_DB
@@ -72,6 +77,9 @@ class Keystore:
         self.on_root_lost = on_root_lost
         """Called (under the lock, with the reason) when the agent finds its root gone, so the loss is audited."""
         self.on_migrated = on_migrated
+        self.migration_progress = migration_progress
+        """Told (sessions converted, sessions in all) while a v1 keystore is converted (a big
+        one takes seconds here, longer on a Pi's SD card)."""
         self.access = access
         self._writer: sqlite3.Connection | None = None
         self._writer_file: int | None = None
@@ -338,8 +346,13 @@ class Keystore:
             for bucket in legacy.buckets:
                 data.buckets[bucket.id] = bucket
             data.buckets.flush()
-            for entry in legacy.sessions:  # a reference to a bucket v1 no longer had is dropped
-                data.sessions[entry.id] = entry
+            sessions = legacy.sessions
+            for start in range(0, len(sessions), MIGRATION_CHUNK):
+                for entry in sessions[start : start + MIGRATION_CHUNK]:  # a reference to a bucket v1 no longer had is dropped
+                    data.sessions[entry.id] = entry
+                data.sessions.flush()  # sealed row by row: this is the slow part
+                if self.migration_progress is not None:
+                    self.migration_progress(min(start + MIGRATION_CHUNK, len(sessions)), len(sessions))
             data.last_seen.update(legacy.last_seen)
             data.forgets.update(legacy.forgets)
             data.flush()
