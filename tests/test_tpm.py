@@ -48,23 +48,96 @@ def setup(tmp_path, write_config, swtpm):
 # -- the vault on the TPM ------------------------------------------------------------
 
 
-def test_slots_map_onto_nv_indices_and_erase_undefines(tmp_path, swtpm):
+def test_slots_map_onto_two_nv_indices_and_a_ratchet_swaps_them(tmp_path, swtpm):
     vault = tpm_vault(swtpm, tmp_path / "data")
+    one, two, three = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
     assert vault.read("current") is None and nv_indices(swtpm) == []
-    vault.write("current", b"\x01" * 32)
-    vault.write("next", b"\x02" * 32)
+    vault.write("current", one)
+    vault.write("next", two)
     assert nv_indices(swtpm) == [INDEX, INDEX + 1]
-    assert (vault.read("current"), vault.read("next")) == (b"\x01" * 32, b"\x02" * 32)
-    vault.write("current", b"\x03" * 32)  # replaced in place, not a third index
-    assert vault.read("current") == b"\x03" * 32 and nv_indices(swtpm) == [INDEX, INDEX + 1]
-    vault.erase("next")
-    assert vault.read("next") is None and nv_indices(swtpm) == [INDEX]  # destroyed in the chip
-    vault.erase("next")  # idempotent
+    assert (vault.read("current"), vault.read("next")) == (one, two)
     marker = tmp_path / "data" / "tpm-vault"
+    assert json.loads(marker.read_text())["current"] == 0
+    vault.write("current", two)  # the ratchet's commit: "next" holds it, so the slots swap in the marker
+    assert json.loads(marker.read_text())["current"] == 1
+    assert (vault.read("current"), vault.read("next")) == (two, one)
+    vault.erase("next")  # the old root is overwritten in the chip
+    assert vault.read("next") is None and raw_nv(swtpm, marker, INDEX) == bytes(32)
+    assert raw_nv(swtpm, marker, INDEX + 1) == two and nv_indices(swtpm) == [INDEX, INDEX + 1]
+    vault.write("current", three)  # not staged: written in place
+    assert vault.read("current") == three and json.loads(marker.read_text())["current"] == 1
+    vault.erase("next")  # idempotent
     assert stat.S_IMODE(marker.stat().st_mode) == 0o600
     document = json.loads(marker.read_text())
-    assert document["index"] == INDEX and len(bytes.fromhex(document["auth"])) == 32
-    assert b"\x03" * 32 not in marker.read_bytes()  # the marker holds the index's authorization, never the root
+    assert document["version"] == 2 and document["index"] == INDEX and len(bytes.fromhex(document["auth"])) == 32
+    assert three not in marker.read_bytes()  # the marker holds the indices' authorization, never a root
+    with pytest.raises(VaultError, match="not all zeros"):
+        vault.write("next", bytes(32))  # would read back as empty
+
+
+def raw_nv(swtpm, marker: Path, index: int) -> bytes:
+    """What an NV index holds, read with tpm2-pytss directly and the folder's authorization."""
+    from tpm2_pytss import ESAPI
+
+    with ESAPI(swtpm.tcti) as tpm:
+        handle = tpm.tr_from_tpmpublic(index)
+        tpm.tr_set_auth(handle, bytes.fromhex(json.loads(marker.read_text())["auth"]))
+        return bytes(tpm.nv_read(handle, 32))
+
+
+class CountedNv:
+    """The TPM commands that write NV memory, counted on their way to the real TPM."""
+
+    NAMES = ("nv_write", "nv_define_space", "nv_undefine_space")
+
+    def __init__(self, monkeypatch) -> None:
+        from tpm2_pytss import ESAPI
+
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            real = getattr(ESAPI, name)
+
+            def counted(tpm, *args, _real=real, _name=name, **kwargs):
+                self.calls.append(_name)
+                return _real(tpm, *args, **kwargs)
+
+            monkeypatch.setattr(ESAPI, name, counted)
+
+
+def test_a_ratchet_costs_two_nv_writes_and_no_define(tmp_path, write_config, swtpm, monkeypatch):
+    """NV memory wears out: a shred's ratchet writes the new root and overwrites the old one,
+    nothing more (README: NV wear)."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, swtpm)
+    record_in_process(store, clock, config, "child")
+    with store.transaction() as data:
+        store.ratchet(data)  # the first ratchet defines the second index, once
+    counted = CountedNv(monkeypatch)
+    for _ in range(3):
+        with store.transaction() as data:
+            store.ratchet(data)
+    assert counted.calls == ["nv_write", "nv_write"] * 3
+    assert nv_indices(swtpm) == [INDEX, INDEX + 1]
+
+
+def test_a_version_1_marker_still_opens_its_root_and_is_upgraded(tmp_path, write_config, swtpm):
+    """Version 1 (edge before the slot swap) kept "current" at INDEX always."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, swtpm)
+    session = record_in_process(store, clock, config, "child")
+    store.close()
+    marker = config.device.data_dir / "tpm-vault"
+    document = json.loads(marker.read_text())
+    assert document["current"] == 0  # only ever written in place so far: INDEX, as version 1 had it
+    del document["current"]
+    marker.write_text(json.dumps({**document, "version": 1}))
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, swtpm)
+    files = [recording_path(config.device.data_dir, session), transcript_path(config.device.data_dir, session)]
+    assert openable(store, files) == [True, True]
+    wall.advance(3600)
+    assert [b.sessions for b in shredder.sweep().buckets] == [(session,)]
+    assert json.loads(marker.read_text())["version"] == 2 and openable(store, files) == [False, True]
+    marker.write_text(json.dumps({**document, "version": 2, "current": 2}))
+    with pytest.raises(VaultError, match="is not an edge TPM vault marker"):
+        tpm_vault(swtpm, config.device.data_dir)
 
 
 def test_the_root_survives_a_tpm_power_cut(tmp_path, swtpm):
@@ -180,7 +253,10 @@ def test_remnant_a_copy_of_the_card_opens_nothing_shredded(tmp_path, write_confi
     image = tmp_path / "card-image"
     shutil.copytree(data_dir, image)  # the whole card, marker with the index's authorization included
     wall.advance(3600 - 10 * 60)
+    old_root = store.vault.read("current")
     assert [b.sessions for b in shredder.sweep().buckets] == [(doomed,)]
+    nv_state = b"".join(p.read_bytes() for p in swtpm.state.iterdir() if p.is_file())
+    assert old_root is not None and old_root not in nv_state and store.vault.read("current") in nv_state  # overwritten in the chip
     old = [recording_path(image, doomed), recording_path(image, live), transcript_path(image, doomed)]
     assert openable(store, old) == [False, True, True]
     store.close()
@@ -234,7 +310,7 @@ def test_a_power_cut_at_each_step_of_the_ratchet_leaves_one_usable_root(tmp_path
     reopened = Keystore(config.device.data_dir, vault).read()
     shredded = crash_after != "next staged"
     assert reopened.sessions[session].audio_expires is None if shredded else reopened.sessions[session].audio_expires
-    assert vault.read("next") is None and nv_indices(swtpm) == [INDEX]
+    assert vault.read("next") is None and nv_indices(swtpm) == [INDEX, INDEX + 1]
     assert (vault.read("current") == old) is not shredded
 
 
@@ -290,7 +366,7 @@ def test_migrate_moves_the_root_into_the_tpm_and_destroys_the_keyring_key(tmp_pa
     assert ran.returncode == 0, ran.stderr
     assert "1 retained session(s) still open" in ran.stdout and 'backend = "tpm"' in ran.stdout
     assert keyring.read("current") is None and keyring.read("next") is None  # the old root is destroyed
-    assert nv_indices(swtpm) == [INDEX]
+    assert nv_indices(swtpm) == [INDEX + 1]  # staged there, then made current by swapping the slots
     # The config still says keyring: every command refuses, nothing is wiped.
     refused = edge_agent("--config", str(config.path), "purge")
     assert refused.returncode == 1 and "moved into a TPM" in refused.stderr and 'backend = "tpm"' in refused.stderr

@@ -2,33 +2,41 @@
 
 The root is not a blob sealed to the TPM and kept on disk: such a blob opens as long as
 its parent key exists, so deleting it destroys nothing a copy of the card still holds.
-It lives *in* the chip's non-volatile memory instead, and the two vault slots map onto
-two NV indices (INDEX for "current", INDEX + 1 for "next"):
+It lives *in* the chip's non-volatile memory instead, in one of two NV indices, INDEX and
+INDEX + 1. Which of them is the "current" slot (the other is "next") is recorded in
+DATA_DIR/tpm-vault, so that a ratchet costs two NV writes and no define or undefine:
 
-| vault op | TPM command                          |
-|----------|--------------------------------------|
-| read     | NV_ReadPublic, then NV_Read          |
-| write    | NV_DefineSpace (if absent), NV_Write |
-| erase    | NV_UndefineSpace                     |
+| vault op          | TPM command                                              |
+|-------------------|----------------------------------------------------------|
+| read              | NV_ReadPublic, then NV_Read (32 zero bytes: empty)       |
+| write "next"      | NV_DefineSpace (only the first time), NV_Write           |
+| write "current"   | none when "next" holds that root: the marker swaps the   |
+|                   | two slots (atomically, on disk); else as for "next"      |
+| erase             | NV_Write of 32 zero bytes (skipped when already empty)   |
 
-Both indices take an authorization value of 32 random bytes kept in DATA_DIR/tpm-vault
-(0600): another local user who may open the TPM cannot read the root, and a second data
-folder configured with the same index gets a clear error instead of the other's root.
-A copy of the card holds that value too, which does not matter: an undefined index is
-gone from the chip, whatever authorizes it.
+A TPM's NV memory wears out with writes (vendors quote hundreds of thousands), and a
+shred ratchets the root, so every NV write saved counts on a device kept for years.
+
+Both indices take an authorization value of 32 random bytes kept in the marker (0600):
+another local user who may open the TPM cannot read the root, and a second data folder
+configured with the same index gets a clear error instead of the other's root. A copy of
+the card holds that value too, which does not matter: a root overwritten in the chip is
+gone, whatever authorizes its index, and the marker never holds a root.
 
 Each call opens its own short connection, because a TPM simulator (and a Pi without the
 kernel's resource manager) serves one client at a time, and the agent and a command
-such as `status` both read the root.
+such as `status` both read the root. Each call also reads the marker again: another
+process (a `purge` beside the agent) may have swapped the slots since.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +51,9 @@ if TYPE_CHECKING:
 
 ROOT_BYTES = 32
 AUTH_BYTES = 32
-SLOT_OFFSET = {"current": 0, "next": 1}
+EMPTY = bytes(ROOT_BYTES)
+"""What an erased slot holds (a random root is never all zeros)."""
+MARKER_VERSION = 2
 OWNER_NV_FIRST = 0x01000000
 OWNER_NV_LAST = 0x013FFFFF
 """The NV index range the TCG reserves for the TPM's owner (edge uses INDEX and INDEX + 1)."""
@@ -59,20 +69,34 @@ _RC_BAD_AUTH = 0xA2  # TPM_RC_BAD_AUTH (format 1): a wrong authorization value
 
 @dataclass(frozen=True)
 class TpmMarker:
-    """DATA_DIR/tpm-vault: which NV indices hold this folder's root, and how to open them.
+    """DATA_DIR/tpm-vault: which NV indices hold this folder's root, which of the two is the
+    "current" slot, and how to open them.
 
     Written before the first index is defined, so a crash never leaves an index no marker
     describes. The index is recorded, not taken from the config each time, so a config
-    that later names another index is an error rather than a lost root."""
+    that later names another index is an error rather than a lost root. Version 1 (no
+    `current`) had "current" at INDEX always; it is read as current = 0."""
 
     index: int
-    """NV index of the "current" slot; "next" is index + 1."""
+    """NV index of the first slot; the other is index + 1."""
     auth: bytes
     """Authorization value of both indices."""
+    current: int = 0
+    """Which index is the "current" slot: index + current (0 or 1); "next" is the other."""
 
     def to_json(self) -> bytes:
-        document = {"format": "edge-vault", "version": 1, "backend": "tpm", "index": self.index, "auth": self.auth.hex()}
+        document = {
+            "format": "edge-vault",
+            "version": MARKER_VERSION,
+            "backend": "tpm",
+            "index": self.index,
+            "auth": self.auth.hex(),
+            "current": self.current,
+        }
         return json.dumps(document).encode()
+
+    def index_of(self, slot: str) -> int:
+        return self.index + (self.current if slot == "current" else 1 - self.current)
 
     @classmethod
     def load(cls, data_dir: Path) -> TpmMarker | None:
@@ -81,16 +105,20 @@ class TpmMarker:
             return None
         try:
             document = json.loads(raw)
-            if document.get("format") != "edge-vault" or document.get("version") != 1 or document.get("backend") != "tpm":
+            version = document.get("version")
+            if document.get("format") != "edge-vault" or version not in (1, MARKER_VERSION) or document.get("backend") != "tpm":
                 raise ValueError
-            marker = cls(int(document["index"]), bytes.fromhex(document["auth"]))
+            current = 0 if version == 1 else document["current"]
+            if current not in (0, 1) or isinstance(current, bool):
+                raise ValueError
+            marker = cls(int(document["index"]), bytes.fromhex(document["auth"]), current)
             if not OWNER_NV_FIRST <= marker.index < OWNER_NV_LAST or len(marker.auth) != AUTH_BYTES:
                 raise ValueError
             return marker
         except (ValueError, KeyError, TypeError, AttributeError):
             raise VaultError(
-                f"{data_dir / TPM_MARKER}: is not an edge TPM vault marker (version 1); it says which TPM NV index "
-                "holds the root. Nothing was changed."
+                f"{data_dir / TPM_MARKER}: is not an edge TPM vault marker (versions 1 and {MARKER_VERSION}); it says "
+                "which TPM NV index holds the root. Nothing was changed."
             ) from None
 
 
@@ -121,58 +149,49 @@ class TpmVault:
     def __init__(self, data_dir: Path, tcti: str, nv_index: int) -> None:
         self.data_dir = data_dir
         self.tcti = tcti
-        self._tss = _library()
-        self._marker = TpmMarker.load(data_dir)
-        if self._marker is not None and self._marker.index != nv_index:
-            raise VaultError(
-                f"[vault] nv_index = {nv_index:#010x}, but the root of {data_dir} is at NV index "
-                f"{self._marker.index:#010x} ({data_dir / TPM_MARKER}). Set nv_index = {self._marker.index:#010x}; "
-                "nothing was changed."
-            )
         self.index = nv_index
+        self._tss = _library()
+        self._marker = self._load_marker()
         with self._connection("connecting"):
             pass  # fail now, with a clear error, if no TPM answers
 
     # -- the slots -----------------------------------------------------------------
 
     def read(self, slot: str) -> bytes | None:
+        self._marker = self._load_marker()
         with self._connection(f"reading the root ({slot})") as tpm:
-            handle = self._handle(tpm, slot)
-            if handle is None:
-                return None
-            try:
-                data = bytes(tpm.nv_read(handle, ROOT_BYTES))
-            except self._tss.TSS2_Exception as exc:
-                if exc.error == _RC_NV_UNINITIALIZED:
-                    return None
-                raise
-        if len(data) != ROOT_BYTES:
-            raise VaultError(f"TPM NV index {self._index(slot):#010x}: holds {len(data)} bytes, not a root key")
-        return data
+            return self._read(tpm, self._index(slot))
 
     def write(self, slot: str, root: bytes) -> None:
+        if len(root) != ROOT_BYTES or root == EMPTY:
+            raise VaultError("a root key must be 32 bytes and not all zeros (a bug in edge)")
+        self._marker = self._load_marker()
         with self._connection(f"storing the root ({slot})") as tpm:
-            handle = self._handle(tpm, slot)  # without a marker yet, any index there is someone else's
+            if slot == "current" and self._marker is not None:
+                staged = self._read(tpm, self._index("next"))
+                if staged is not None and hmac.compare_digest(staged, root):  # the ratchet's commit: swap, write nothing
+                    self._save_marker(replace(self._marker, current=1 - self._marker.current))
+                    return
+            index = self._index(slot)
+            handle = self._handle(tpm, index)  # without a marker yet, any index there is someone else's
             if handle is None:
                 if self._marker is None:  # before the index, so none exists that no marker describes
-                    marker = TpmMarker(self.index, os.urandom(AUTH_BYTES))
-                    write_atomic_in(self.data_dir, TPM_MARKER, marker.to_json())
-                    self._marker = marker
-                handle = tpm.nv_define_space(self._marker.auth, self._public(slot))
+                    self._save_marker(TpmMarker(self.index, os.urandom(AUTH_BYTES)))
+                assert self._marker is not None
+                handle = tpm.nv_define_space(self._marker.auth, self._public(index))
                 tpm.tr_set_auth(handle, self._marker.auth)
             tpm.nv_write(handle, root)
 
     def erase(self, slot: str) -> None:
+        self._marker = self._load_marker()
         with self._connection(f"destroying the root ({slot})") as tpm:
-            handle = self._handle(tpm, slot)
+            index = self._index(slot)
+            handle = self._handle(tpm, index)
             if handle is None:
                 return
-            try:  # proves the index is this folder's before destroying it
-                tpm.nv_read(handle, ROOT_BYTES)
-            except self._tss.TSS2_Exception as exc:
-                if exc.error != _RC_NV_UNINITIALIZED:
-                    raise
-            tpm.nv_undefine_space(handle)
+            held = self._read_handle(tpm, handle)  # also proves the index is this folder's before writing it
+            if held is not None:
+                tpm.nv_write(handle, EMPTY)
 
     def scrub(self) -> None:
         """Nothing to scrub: no copy of the root is ever on disk."""
@@ -196,24 +215,54 @@ class TpmVault:
 
     # -- the TPM -------------------------------------------------------------------
 
-    def _index(self, slot: str) -> int:
-        return self.index + SLOT_OFFSET[slot]
+    def _load_marker(self) -> TpmMarker | None:
+        marker = TpmMarker.load(self.data_dir)
+        if marker is not None and marker.index != self.index:
+            raise VaultError(
+                f"[vault] nv_index = {self.index:#010x}, but the root of {self.data_dir} is at NV index "
+                f"{marker.index:#010x} ({self.data_dir / TPM_MARKER}). Set nv_index = {marker.index:#010x}; "
+                "nothing was changed."
+            )
+        return marker
 
-    def _public(self, slot: str) -> Any:
+    def _save_marker(self, marker: TpmMarker) -> None:
+        write_atomic_in(self.data_dir, TPM_MARKER, marker.to_json())  # fsynced: the swap is durable before any erase
+        self._marker = marker
+
+    def _index(self, slot: str) -> int:
+        if slot not in ("current", "next"):
+            raise ValueError(slot)
+        return self._marker.index_of(slot) if self._marker is not None else self.index + (slot == "next")
+
+    def _read(self, tpm: ESAPI, index: int) -> bytes | None:
+        handle = self._handle(tpm, index)
+        return None if handle is None else self._read_handle(tpm, handle)
+
+    def _read_handle(self, tpm: ESAPI, handle: Any) -> bytes | None:
+        """The root an index holds; None when it was defined but never written (a crash between
+        define and write) or erased."""
+        try:
+            data = bytes(tpm.nv_read(handle, ROOT_BYTES))
+        except self._tss.TSS2_Exception as exc:
+            if exc.error == _RC_NV_UNINITIALIZED:
+                return None
+            raise
+        if len(data) != ROOT_BYTES:
+            raise VaultError(f"a TPM NV index of {self.data_dir}: holds {len(data)} bytes, not a root key")
+        return None if data == EMPTY else data
+
+    def _public(self, index: int) -> Any:
         tss = self._tss
         return tss.TPM2B_NV_PUBLIC(
-            nvPublic=tss.TPMS_NV_PUBLIC(
-                nvIndex=self._index(slot), nameAlg=tss.TPM2_ALG.SHA256, attributes=self._attributes(), dataSize=ROOT_BYTES
-            )
+            nvPublic=tss.TPMS_NV_PUBLIC(nvIndex=index, nameAlg=tss.TPM2_ALG.SHA256, attributes=self._attributes(), dataSize=ROOT_BYTES)
         )
 
     def _attributes(self) -> int:
         nv = self._tss.TPMA_NV
         return int(nv.AUTHREAD | nv.AUTHWRITE | nv.NO_DA)  # NO_DA: a wrong value never locks the TPM out
 
-    def _handle(self, tpm: ESAPI, slot: str) -> Any:
-        """The ESYS handle of the slot's index with this folder's authorization set; None if undefined."""
-        index = self._index(slot)
+    def _handle(self, tpm: ESAPI, index: int) -> Any:
+        """The ESYS handle of one of the folder's indices with its authorization set; None if undefined."""
         try:
             handle = tpm.tr_from_tpmpublic(index)
         except self._tss.TSS2_Exception as exc:
