@@ -75,6 +75,18 @@ def test_slots_map_onto_two_nv_indices_and_a_ratchet_swaps_them(tmp_path, swtpm)
         vault.write("next", bytes(32))  # would read back as empty
 
 
+def test_a_vault_in_another_process_follows_a_swap_it_did_not_make(tmp_path, swtpm):
+    """The agent's vault lives for days while a `purge` beside it ratchets: each operation
+    reads the marker again, so the agent never reads the slot that was just erased."""
+    agent, command = tpm_vault(swtpm, tmp_path / "data"), tpm_vault(swtpm, tmp_path / "data")
+    agent.write("current", b"\x01" * 32)
+    assert command.read("current") == b"\x01" * 32
+    command.write("next", b"\x02" * 32)  # the command's ratchet: stage, swap, erase
+    command.write("current", b"\x02" * 32)
+    command.erase("next")
+    assert (agent.read("current"), agent.read("next")) == (b"\x02" * 32, None)
+
+
 def raw_nv(swtpm, marker: Path, index: int) -> bytes:
     """What an NV index holds, read with tpm2-pytss directly and the folder's authorization."""
     from tpm2_pytss import ESAPI
