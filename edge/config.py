@@ -152,6 +152,9 @@ class ListenerSettings:
     """Who speaks through this listener; None = the active profile, else the strictest."""
     name: str
     """The speech-to-text service's name as Home Assistant shows it."""
+    audio_per_minute: timedelta = timedelta(minutes=2)
+    """Seconds of audio this listener may take in any minute (its clients together): sealed
+    audio fills the card until it expires, so no client may send far faster than people speak."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     household_table.finish()
     for profile in profiles:
         _check_child_caps(profile, household, path, data)
-    listeners = tuple(_parse_listener(table, names) for table in listener_tables)
+    listeners = tuple(_parse_listener(table, names, trigger.max_session) for table in listener_tables)
     check_listeners(listeners, device, f"{path}: [[wyoming]]")
     return Config(
         path=path,
@@ -283,10 +286,29 @@ def listener_socket(uri: str, where: str, setting: str | None = None) -> tuple[L
     raise ConfigError(f"{where} = {uri!r} is not allowed; use {LISTENER_URIS}", setting=setting)
 
 
-def make_listener(uri: str, profile: str | None, name: str | None, where: str, setting: str | None = None) -> ListenerSettings:
+AUDIO_PER_MINUTE = timedelta(minutes=2)
+"""A listener's default allowance: two people speaking at once, all the time."""
+LONGEST_AUDIO_PER_MINUTE = timedelta(hours=1)
+
+
+def make_listener(
+    uri: str,
+    profile: str | None,
+    name: str | None,
+    where: str,
+    setting: str | None = None,
+    audio_per_minute: timedelta = AUDIO_PER_MINUTE,
+) -> ListenerSettings:
     transport, socket = listener_socket(uri, where, setting)
     default_name = f"edge ({profile})" if profile else "edge"
-    return ListenerSettings(uri=uri, transport=transport, socket=socket, profile=profile, name=name or default_name)
+    return ListenerSettings(
+        uri=uri, transport=transport, socket=socket, profile=profile, name=name or default_name, audio_per_minute=audio_per_minute
+    )
+
+
+def default_audio_per_minute(max_session: timedelta) -> timedelta:
+    """The default allowance, never less than one whole session."""
+    return max(AUDIO_PER_MINUTE, max_session)
 
 
 def check_listeners(listeners: tuple[ListenerSettings, ...], device: DeviceSettings, where: str) -> None:
@@ -304,7 +326,7 @@ def check_listeners(listeners: tuple[ListenerSettings, ...], device: DeviceSetti
             )
 
 
-def _parse_listener(table: _Table, profile_names: list[str]) -> ListenerSettings:
+def _parse_listener(table: _Table, profile_names: list[str], max_session: timedelta) -> ListenerSettings:
     uri = table.get("uri", str, REQUIRED)
     profile = table.get("profile", str, None)
     if profile is not None and profile not in profile_names:
@@ -312,8 +334,16 @@ def _parse_listener(table: _Table, profile_names: list[str]) -> ListenerSettings
     name = table.get("name", str, "").strip()
     if len(name) > 64:
         table.fail("name", name, "a name of at most 64 characters")
+    per_minute = table.duration("audio_per_minute", format_duration(default_audio_per_minute(max_session)))
+    if not max_session <= per_minute <= LONGEST_AUDIO_PER_MINUTE:
+        table.fail(
+            "audio_per_minute",
+            table.get("audio_per_minute", str, ""),
+            f"from [trigger] max_session ({format_duration(max_session)}: one whole utterance) to "
+            f"{format_duration(LONGEST_AUDIO_PER_MINUTE)} of audio per minute",
+        )
     table.finish()
-    return make_listener(uri, profile, name, f"{table.file}: {table.key_path('uri')}", table.key_path("uri"))
+    return make_listener(uri, profile, name, f"{table.file}: {table.key_path('uri')}", table.key_path("uri"), per_minute)
 
 
 def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path, data: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -21,13 +20,13 @@ from typing import Any
 from edge.config import BUILTIN_CONFIG, SYSTEM_CONFIG, Config, load_config
 from edge.disk.files import exists_in
 from edge.disk.layout import KEYSTORE, KEYSTORE_DB, MODELS
+from edge.disk.space import FLOOR_BYTES, free_bytes
 from edge.errors import EdgeError
 from edge.values import VaultBackend
 
 UNIT_PATH = Path("/etc/systemd/system/edge-agent.service")
 MAX_EXPOSURE = 2.5
 """Highest `systemd-analyze security` exposure the unit may have."""
-MIN_FREE = 100 << 20
 LOW_FREE = 1 << 30
 
 
@@ -317,10 +316,15 @@ def _free_space(config: Config) -> Finding:
     folder = config.device.data_dir
     while not folder.exists():
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
+    free = free_bytes(folder)
     text = f"{free / (1 << 30):.1f} GiB free for {config.device.data_dir}"
-    if free < MIN_FREE:
-        return Finding("free space", "fail", text + ": recordings would stop", "free space or move [device] data_dir")
+    if free < FLOOR_BYTES:
+        return Finding(
+            "free space",
+            "fail",
+            text + f": Wyoming utterances are refused below {FLOOR_BYTES >> 20} MiB",
+            "free space or move [device] data_dir",
+        )
     if free < LOW_FREE:
         return Finding("free space", "warn", text, "free space or move [device] data_dir")
     return Finding("free space", "ok", text)

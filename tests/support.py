@@ -7,6 +7,7 @@ No test file imports another: helpers live here, fixtures in conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,10 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+import soundfile
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncClient
+from wyoming.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASES = ["라디오", "보안", "위치", "메시지", "아버지"]
@@ -308,7 +316,9 @@ class MicAgent:
     command: tuple[str, ...] = ("run", "--mic")
     ready = "listening"
 
-    def __init__(self, env: dict[str, str], config: Path, *args: str, as_json: bool = True) -> None:
+    def __init__(
+        self, env: dict[str, str], config: Path, *args: str, as_json: bool = True, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         self.as_json = as_json
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge", "--config", str(config), *self.command, *(["--json"] if as_json else []), *args],
@@ -317,6 +327,7 @@ class MicAgent:
             text=True,
             env=env,
             cwd=ROOT,
+            preexec_fn=preexec_fn,
         )
         self.stderr = ""
         selector = selectors.DefaultSelector()
@@ -345,12 +356,44 @@ class ServeAgent(MicAgent):
     command = ("serve",)
     ready = "edge-agent: wyoming: serving"
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(env or dict(os.environ), config, *args, as_json=False)
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None) -> None:
+        super().__init__(env or dict(os.environ), config, *args, as_json=False, preexec_fn=preexec_fn)
 
 
 def play(env: dict[str, str], path: Path) -> None:
     subprocess.run(["paplay", str(path)], env=env, check=True, timeout=60)
+
+
+# -- a Wyoming client, as Home Assistant is one --------------------------------------------
+
+
+def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
+    """(PCM, rate, width, channels) as the file holds them (libsndfile: sox writes 32-bit
+    stereo as WAVE_FORMAT_EXTENSIBLE, which the standard library cannot read)."""
+    samples, rate = soundfile.read(str(path), dtype="int32" if soundfile.info(str(path)).subtype == "PCM_32" else "int16", always_2d=True)
+    return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
+
+
+async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict | None = None) -> Event:
+    """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
+    audio-stop; the one event that answers."""
+    pcm, rate, width, channels = wav_pcm(path)
+    step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
+    client = AsyncClient.from_uri(uri)
+    await client.connect()
+    try:
+        transcribe = Transcribe(language="ko").event()
+        transcribe.data.update(extra or {})
+        await client.write_event(transcribe)
+        await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+        for index in range(0, len(pcm), step):
+            await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
+        await client.write_event(AudioStop().event())
+        event = await asyncio.wait_for(client.read_event(), 60)
+        assert event is not None, "the server closed the connection without an answer"
+        return event
+    finally:
+        await client.disconnect()
 
 
 # -- in-process parts, built by the composition root ---------------------------------------------

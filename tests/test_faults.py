@@ -7,9 +7,12 @@ errors. The counts are printed at the end of the test run (conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import resource
 import shutil
+import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -32,12 +35,14 @@ from support import (
     FakeWall,
     MicAgent,
     Retention,
+    ServeAgent,
     edge_agent,
     libfaketime_env,
     play,
     record_in_process,
     remove_faketime_leftovers,
     retention_parts,
+    wyoming_utterance,
 )
 
 TALLIES: list[tuple[str, Tally]] = []
@@ -408,3 +413,61 @@ def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tm
     assert _sessions(config, virtual_mic) == []  # back at the real time: nothing resurrected
     verified = edge_agent("--config", str(config), "audit", "verify", env=virtual_mic)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# -- descriptor starvation: clients on the LAN against the shredder ----------------------------
+
+
+def _flood_without_reading(path: Path) -> socket.socket:
+    """A Wyoming client that asks for `describe` until the sockets are full and never reads."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(path))
+    client.setblocking(False)
+    try:
+        while True:
+            client.send(b'{"type": "describe"}\n' * 64)
+    except (BlockingIOError, ConnectionError):
+        return client
+
+
+def _descriptors_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_descriptor_starvation_by_wyoming_clients_never_delays_a_shred(write_config, speech, tmp_path):
+    """Waves of clients that never read, against `serve` allowed 160 files: a child's recording
+    that falls due under the attack is shredded on time, the agent never runs out of
+    descriptors, its log says so once rather than in a loop, and it serves again afterwards."""
+    config = write_config(mode="always", child=Retention("child", "22s", "22s"), sweep="1s")
+    kids, hall = tmp_path / "kids.sock", tmp_path / "hall.sock"
+    listeners = f'\n[[wyoming]]\nuri = "unix://{kids}"\nprofile = "child"\n\n[[wyoming]]\nuri = "unix://{hall}"\n'
+    config.write_text(config.read_text(encoding="utf-8") + listeners, encoding="utf-8")
+    limit = 160
+    agent = ServeAgent(config, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    clip, attackers, most = speech.say("메시지"), [], 0
+    try:
+        assert asyncio.run(wyoming_utterance(f"unix://{kids}", clip)).data["text"] == "메시지"
+        [session] = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        for _wave in range(3):  # each outlives the idle timeout (10 s) and the close grace (2 s)
+            began = time.monotonic()
+            attackers += [_flood_without_reading(path) for _ in range(100) for path in (kids, hall)]
+            while time.monotonic() - began < 13:
+                most = max(most, _descriptors_of(agent.process.pid))
+                time.sleep(0.5)
+        shreds = [e["fields"] for e in AuditLog(config.parent / "data").entries() if e["type"] == "shred"]
+        status = edge_agent("--config", str(config), "status", "--json")  # through the agent's control socket
+    finally:
+        for attacker in attackers:
+            attacker.close()
+    try:
+        after = asyncio.run(wyoming_utterance(f"unix://{hall}", clip))
+    finally:
+        _out, stderr, code = agent.stop()
+    assert most < limit - 32, f"the agent held {most} of its {limit} descriptors"
+    mine = [s for s in shreds if session["session"] in s["sessions"]]
+    assert {s["kind"] for s in mine} == {"audio", "transcript"}, shreds  # fell due 22 s in, under the attack
+    assert all(s["late_seconds"] < 3 for s in mine), mine
+    assert status.returncode == 0 and json.loads(status.stdout)["agent"]["pid"] == agent.process.pid  # its control socket answered
+    assert after.data["text"] == "메시지"
+    assert code == 0 and "Traceback" not in stderr and "Too many open files" not in stderr, stderr[-2000:]
+    assert len(stderr.splitlines()) < 40, stderr[-2000:]  # turned-away clients said once per burst

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "edge.transcript",
         "edge.hardening",
         "edge.progress",
+        "edge.burst",
     },
     {"edge.instants"},
     {"edge.disk"},  # private files, no links followed, the data folder's layout and lock

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile
-from wyoming.asr import Transcribe
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncClient
 from wyoming.event import Event
@@ -31,7 +29,22 @@ from edge.wyoming.framing import Limits
 from edge.wyoming.server import ServerSettings, WyomingServer
 from edge.wyoming.utterance import Household
 
-from support import CHILD, PARENT, MicAgent, Retention, ServeAgent, edge_agent, file_vault, household_toml, pcm_of, plaintext_files, play
+from support import (
+    CHILD,
+    PARENT,
+    MicAgent,
+    Retention,
+    ServeAgent,
+    edge_agent,
+    file_vault,
+    household_toml,
+    pcm_of,
+    plaintext_files,
+    play,
+    wait_for,
+    wav_pcm,
+    wyoming_utterance,
+)
 
 SAID = "메시지 아버지"
 
@@ -59,35 +72,6 @@ def clip(speech):
     return speech.join(speech.say("메시지"), 0.5, speech.say("아버지"))
 
 
-def _wav(path: Path) -> tuple[bytes, int, int, int]:
-    """(PCM, rate, width, channels) as the file holds them (libsndfile: sox writes 32-bit
-    stereo as WAVE_FORMAT_EXTENSIBLE, which the standard library cannot read)."""
-    samples, rate = soundfile.read(str(path), dtype="int32" if soundfile.info(str(path)).subtype == "PCM_32" else "int16", always_2d=True)
-    return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
-
-
-async def _utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict | None = None) -> Event:
-    """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
-    audio-stop; the one event that answers."""
-    pcm, rate, width, channels = _wav(path)
-    step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
-    client = AsyncClient.from_uri(uri)
-    await client.connect()
-    try:
-        transcribe = Transcribe(language="ko").event()
-        transcribe.data.update(extra or {})
-        await client.write_event(transcribe)
-        await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
-        for index in range(0, len(pcm), step):
-            await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
-        await client.write_event(AudioStop().event())
-        event = await asyncio.wait_for(client.read_event(), 60)
-        assert event is not None, "the server closed the connection without an answer"
-        return event
-    finally:
-        await client.disconnect()
-
-
 def _text(event: Event) -> str:
     assert event.type == "transcript", event
     return event.data["text"]
@@ -110,11 +94,11 @@ def test_home_assistants_client_gets_exact_transcripts_and_every_utterance_is_a_
     try:
         kids, hall = f"unix://{folder / 'kids.sock'}", f"unix://{folder / 'hall.sock'}"
         texts = [
-            _text(asyncio.run(_utterance(kids, clip))),
-            _text(asyncio.run(_utterance(kids, at_22k))),
+            _text(asyncio.run(wyoming_utterance(kids, clip))),
+            _text(asyncio.run(wyoming_utterance(kids, at_22k))),
             # a client may say anything, but never who speaks nor how long it is kept
-            _text(asyncio.run(_utterance(kids, stereo_32bit, extra={"profile": "parent", "keep_audio": "30d", "name": "parent"}))),
-            _text(asyncio.run(_utterance(hall, clip))),
+            _text(asyncio.run(wyoming_utterance(kids, stereo_32bit, extra={"profile": "parent", "keep_audio": "30d", "name": "parent"}))),
+            _text(asyncio.run(wyoming_utterance(hall, clip))),
         ]
     finally:
         out, err, code = agent.stop()
@@ -215,7 +199,7 @@ def test_a_stdio_listener_serves_the_process_that_started_it(household, clip, tm
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert process.stdin is not None and process.stdout is not None
-    pcm, rate, width, channels = _wav(clip)
+    pcm, rate, width, channels = wav_pcm(clip)
     try:
         write_event(Describe().event(), process.stdin)
         info = read_event(process.stdout)
@@ -305,7 +289,7 @@ def test_bad_input_gets_an_error_and_the_next_client_is_served(server, clip, cas
     answers = asyncio.run(_raw(uri, payload, events))
     assert [(e.type, e.data.get("code")) for e in answers] == [("error", code)]
     assert "메시지" not in answers[0].data["text"]
-    assert _text(asyncio.run(_utterance(uri, clip))) == SAID  # on another connection: unharmed
+    assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID  # on another connection: unharmed
     if case in ("half-a-frame", "format-changes", "start-twice"):  # it had begun: the session ends "stopped"
         assert [s["end_reason"] for s in _served(data)] == ["stopped", "end_of_input"]
 
@@ -333,7 +317,7 @@ def test_a_client_that_leaves_mid_utterance_leaves_a_stopped_session_that_expire
     entry = store.sessions[stopped["session"]]
     assert entry.state == "complete" and entry.profile == "child"
     assert entry.audio_expires is not None and entry.audio_bucket in store.buckets  # the bucket's job shreds it on time
-    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+    assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID
 
 
 def test_a_client_that_stalls_is_disconnected_and_its_session_ends(server, clip):
@@ -355,7 +339,7 @@ def test_a_client_that_stalls_is_disconnected_and_its_session_ends(server, clip)
     events = asyncio.run(stall())
     assert [(e.type, e.data["code"]) for e in events] == [("error", "timeout")]
     assert [s["end_reason"] for s in _served(data)] == ["timeout"]
-    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+    assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID
 
 
 def test_more_utterances_than_cores_get_busy_and_describe_still_answers_within_a_second(server, clip):
@@ -417,7 +401,7 @@ def test_info_names_the_listener_and_the_one_model_loaded(server):
 def test_audio_longer_than_max_session_is_neither_sealed_nor_decoded(server, clip, speech):
     served, uri, data = server
     long_clip = speech.join(clip, 16.0, clip)  # max_session is 15 s in the template
-    assert _text(asyncio.run(_utterance(uri, long_clip))) == SAID
+    assert _text(asyncio.run(wyoming_utterance(uri, long_clip))) == SAID
     [entry] = _served(data)
     assert entry["end_reason"] == "max_length" and entry["seconds"] == 15.0
 
@@ -440,7 +424,7 @@ def test_the_microphone_agent_serves_its_listeners_in_the_same_process(virtual_m
     config.write_text(config.read_text() + _listener_toml(tmp_path / "kids.sock", "child", "kids"), encoding="utf-8")
     agent = MicAgent(virtual_mic, config, "--profile", "parent")
     try:
-        text = _text(asyncio.run(_utterance(f"unix://{tmp_path / 'kids.sock'}", clip)))
+        text = _text(asyncio.run(wyoming_utterance(f"unix://{tmp_path / 'kids.sock'}", clip)))
         play(virtual_mic, speech.say("보안"))
         time.sleep(1.5)  # trailing silence ends the microphone's session
     finally:
@@ -481,7 +465,7 @@ def test_a_defect_inside_one_utterance_is_an_error_for_that_client_only(server, 
     answers = asyncio.run(_raw(uri, b"", [START, CHUNK, CHUNK, CHUNK, CHUNK, CHUNK]))
     assert [(e.type, e.data["code"]) for e in answers] == [("error", "internal")]
     monkeypatch.undo()
-    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+    assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID
     assert [s["end_reason"] for s in _served(data)] == ["stopped", "end_of_input"]
 
 
@@ -533,4 +517,177 @@ def test_a_client_that_stops_reading_is_cut_off_and_frees_its_core(server, clip)
     while not _served(data) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [s["end_reason"] for s in _served(data)] == ["stopped"]
-    assert _text(asyncio.run(_utterance(uri, clip))) == SAID
+    assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID
+
+
+# -- what a hostile client cannot do ----------------------------------------------------------
+
+
+def _in_process(household, model, tmp_path, edit=lambda text: text, settings: ServerSettings | None = None):
+    """The listeners of `household` with its config edited, in this process (like `server`)."""
+    config_path, folder = household
+    (tmp_path / "household.toml").write_text(edit(config_path.read_text().replace(str(folder), str(tmp_path))))
+    config = load_config(tmp_path / "household.toml")
+    runtime = wiring.build_runtime(config, lambda _r: None, lambda _r: None, model=model)
+    runtime.keystore.read()
+    parts = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile, runtime.agent.tagger)
+    served = WyomingServer(parts, config.listeners, settings or ServerSettings(idle_timeout=1.5, limits=Limits()))
+    served.start()
+    return served, f"unix://{tmp_path / 'kids.sock'}", tmp_path / "data"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _flood_without_reading(path: str) -> socket.socket:
+    """A client that asks and asks and never reads: its answers fill both sockets' buffers."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    client.setblocking(False)
+    try:
+        while True:
+            client.send(_header(type="describe") * 64)
+    except (BlockingIOError, ConnectionError):
+        return client
+
+
+def test_a_client_that_never_reads_gives_its_descriptor_back(server):
+    served, uri, _data = server
+    before = _open_descriptors()
+    clients = [_flood_without_reading(uri.removeprefix("unix://")) for _ in range(5)]
+    try:
+        # cut off after the idle timeout (1.5 s) and a close grace (2 s), though the client stays
+        assert wait_for(lambda: _open_descriptors() <= before + len(clients), 15), "the server's side of the sockets stayed open"
+        assert served._open == 0
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_an_utterance_is_cut_off_by_time_whatever_else_the_client_sends(household, model, tmp_path):
+    served, uri, data = _in_process(household, model, tmp_path, lambda text: text.replace('max_session = "15s"', 'max_session = "1s"'))
+    try:
+
+        async def ping_for_ever() -> tuple[list[Event], float]:
+            client = AsyncClient.from_uri(uri)
+            await client.connect()
+            await client.write_event(START)
+            await client.write_event(CHUNK)
+            started = time.monotonic()
+
+            async def answers() -> list[Event]:
+                events = []
+                while (event := await client.read_event()) is not None:
+                    if event.type != "pong":
+                        events.append(event)
+                return events
+
+            reading = asyncio.create_task(answers())
+            try:
+                while not reading.done() and time.monotonic() - started < 20:  # never idle, never audio
+                    await client.write_event(Event("ping", {"text": "x"}))
+                    await client.write_event(Event("something-else", {}))
+                    await asyncio.sleep(0.2)
+            except ConnectionError:
+                pass
+            events = await asyncio.wait_for(reading, 10)
+            took = time.monotonic() - started
+            await client.disconnect()
+            return events, took
+
+        events, took = asyncio.run(ping_for_ever())
+        assert [(e.type, e.data["code"]) for e in events] == [("error", "timeout")]
+        assert "longer than 2.5 s" in events[0].data["text"]
+        assert took < 6  # max_session (1 s) + the idle timeout (1.5 s), checked at least once a second
+        assert [s["end_reason"] for s in _served(data)] == ["timeout"]
+        assert served._busy == 0  # its core is free again
+    finally:
+        served.stop()
+
+
+def test_the_last_audio_before_a_client_leaves_is_sealed_too(server, clip):
+    served, uri, data = server
+    pcm = pcm_of(clip)[: 3 * 320]  # 30 ms: less than the 250 ms gathered before each hop to a worker
+
+    async def leave() -> None:
+        client = AsyncClient.from_uri(uri)
+        await client.connect()
+        await client.write_event(START)
+        for index in range(0, len(pcm), 320):
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 320]).event())
+        await client.disconnect()
+
+    asyncio.run(leave())
+    assert wait_for(lambda: _served(data), 30)
+    [stopped] = _served(data)
+    assert stopped["end_reason"] == "stopped" and stopped["seconds"] == 0.03
+    exported = data.parent / "exported.wav"
+    ran = edge_agent(
+        "--config",
+        str(data.parent / "household.toml"),
+        "export",
+        "--session",
+        stopped["session"],
+        "--purpose",
+        "review",
+        "--out",
+        str(exported),
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert exported.read_bytes()[44:] == pcm  # every sample the client sent, sealed
+
+
+def test_a_listener_takes_no_more_audio_a_minute_than_it_allows(household, model, tmp_path, clip):
+    per_minute = 'audio_per_minute = "15s"\n'
+    served, uri, data = _in_process(
+        household, model, tmp_path, lambda text: text.replace('profile = "child"\n', 'profile = "child"\n' + per_minute)
+    )
+    try:
+        seconds = len(pcm_of(clip)) / 32000
+        began = time.monotonic()
+        answers = [asyncio.run(wyoming_utterance(uri, clip)) for _ in range(int(15 // seconds) + 2)]
+        took = time.monotonic() - began
+        texts = [a.data.get("text") for a in answers if a.type == "transcript"]
+        refused = [a.data for a in answers if a.type == "error"]
+        assert texts == [SAID] * int(15 // seconds)  # within the allowance: served
+        assert {r["code"] for r in refused} == {"rate"} and "audio_per_minute" in refused[0]["text"]
+        hall = f"unix://{tmp_path / 'hall.sock'}"
+        assert _text(asyncio.run(wyoming_utterance(hall, clip))) == SAID  # each listener has its own allowance
+        kids = [entry for entry in _served(data) if entry["profile"] == "child"]
+        assert [entry["end_reason"] for entry in kids[: len(texts)]] == ["end_of_input"] * len(texts)
+        assert {entry["end_reason"] for entry in kids[len(texts) :]} == {"stopped"}  # cut off: what it took is sealed
+        assert sum(entry["seconds"] for entry in kids) <= 15 + took * 15 / 60 + 0.01  # the allowance refills as time goes
+    finally:
+        served.stop()
+
+
+def test_below_the_free_space_floor_new_utterances_are_refused(household, model, tmp_path, clip):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m,mode=0700", "tmpfs", str(disk)], capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs (the test needs root): {mounted.stderr}"
+    try:
+        served, uri, _data = _in_process(household, model, tmp_path, lambda text: text.replace(str(tmp_path / "data"), str(disk / "data")))
+        try:
+            [answer] = asyncio.run(_raw(uri, b"", [START, CHUNK]))
+            assert (answer.type, answer.data["code"]) == ("error", "storage") and "100 MiB free" in answer.data["text"]
+            assert _served(disk / "data") == [] and not list((disk / "data" / "recordings").glob("*"))
+            assert served._busy == 0
+        finally:
+            served.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_audio_per_minute_is_checked_against_max_session(household, tmp_path):
+    config_path, folder = household
+    for value, ok in (('"5s"', False), ('"15s"', True), ('"2h"', False), ("30", False)):
+        path = tmp_path / "household.toml"
+        path.write_text(config_path.read_text().replace('profile = "child"\n', f'profile = "child"\naudio_per_minute = {value}\n'))
+        if ok:
+            assert load_config(path).listeners[0].audio_per_minute.total_seconds() == 15
+        else:
+            ran = edge_agent("--config", str(path), "status")
+            assert ran.returncode == 1 and "wyoming[0].audio_per_minute" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+            assert value == "30" or "max_session" in ran.stderr

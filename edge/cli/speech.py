@@ -11,7 +11,7 @@ from pathlib import Path
 from edge import wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.cli.base import Command, config_of, print_status, refuse_text_into_journal, session_printer
-from edge.config import LISTENER_URIS, check_listeners, make_listener
+from edge.config import LISTENER_URIS, check_listeners, default_audio_per_minute, make_listener
 from edge.crypto.vault import MemoryVault
 from edge.errors import UsageError
 from edge.service import run_agent, serve
@@ -81,7 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.uri:
         if args.profile:
             config.named_profile(args.profile, "--profile")
-        listeners += (make_listener(args.uri, args.profile, args.name, "--uri"),)
+        per_minute = default_audio_per_minute(config.trigger.max_session)
+        listeners += (make_listener(args.uri, args.profile, args.name, "--uri", audio_per_minute=per_minute),)
         check_listeners(listeners, config.device, "--uri")
     if not listeners:
         raise UsageError(

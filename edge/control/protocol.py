@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.burst import BurstLog
 from edge.disk.sockets import is_other_file, socket_answers
 from edge.errors import AgentNotRunning, ControlError, EdgeError
 
@@ -99,6 +100,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._out_of_resources = BurstLog(log, "control socket: %d request(s) could not be accepted: %s")
 
     def start(self) -> None:
         """Bind (replacing a stale socket, refusing a live one) and serve in the background."""
@@ -138,8 +140,12 @@ class ControlServer:
                 connection, _ = self._socket.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
+            except OSError as exc:
+                if self._stopping.is_set() or self._socket.fileno() < 0:
+                    return
+                self._out_of_resources.count(exc.strerror)  # e.g. no descriptor left: try again, never give up the socket
+                self._stopping.wait(0.5)
+                continue
             if not self._slots.acquire(blocking=False):
                 with connection:  # too many at once: say so rather than queue without bound
                     try:

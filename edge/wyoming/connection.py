@@ -21,6 +21,7 @@ from wyoming.info import Describe, SelectProgram
 from wyoming.ping import Ping, Pong
 
 from edge.config import ListenerSettings
+from edge.disk.space import FLOOR_BYTES, below_floor
 from edge.errors import EdgeError, WyomingError
 from edge.values import EndReason
 from edge.wyoming.audio import WireFormat
@@ -35,6 +36,10 @@ Result = TypeVar("Result")
 
 _FEED_SECONDS = 0.25
 """Audio gathered before it goes to a worker thread (one hop per 250 ms, not per 10 ms chunk)."""
+_TOLD_AT_STOP = frozenset({"busy", "rate", "storage"})
+"""Refusals a well-behaved client can get while it streams audio: the rest of its utterance is
+read and dropped, and the error is sent after its audio-stop. Closed at once, the client would
+see a connection reset instead (its kernel drops an unread answer when it keeps sending)."""
 
 
 class Connection:
@@ -51,9 +56,12 @@ class Connection:
         self._feed_bytes = 0
         self._waiting: float | None = None
         """Since when (loop time) the next event is awaited; None while one is handled."""
-        self._stalled = False
-        self._started = 0.0
-        """When (loop time) the utterance began."""
+        self._cut_off: WyomingError | None = None
+        """Why the watch cut this client off (it stalled, or its utterance ran too long)."""
+        self._streaming_since: float | None = None
+        """When (loop time) the client's audio-start came; None outside an utterance."""
+        self._refusal: WyomingError | None = None
+        """Said after the audio-stop of the utterance it refused (see _TOLD_AT_STOP)."""
 
     async def run(self) -> None:
         """Serve until the client leaves, misbehaves, stalls or the server stops."""
@@ -74,10 +82,10 @@ class Connection:
                 if event is None or not await self._handle(event):
                     return
         except asyncio.CancelledError:
-            if not self._stalled:
+            if self._cut_off is None:
                 raise  # the server is stopping
             stopped = EndReason.TIMEOUT
-            await self._refuse(WyomingError(f"nothing was sent for {self._server.settings.idle_timeout:g} s", "timeout"))
+            await self._refuse(self._refusal or self._cut_off)
         except (ConnectionError, asyncio.IncompleteReadError):
             return  # the client left
         except Exception as exc:  # a defect of edge's: this client is told, the others go on
@@ -86,24 +94,34 @@ class Connection:
         finally:
             watch.cancel()
             await self._end_utterance(stopped)
-            self._writer.close()
 
     async def _watch(self, task: asyncio.Task[None]) -> None:
-        """The idle timeout: a client waited on for longer is cut off (checked four times per
-        timeout, so a stall is noticed 1 to 1.25 timeouts after the last event). One timer per
+        """The clock's limits, whatever the client sends: a client waited on for longer than the
+        idle timeout is cut off, and so is an utterance that outlives max_session plus the idle
+        timeout (a client sending pings, or audio a trickle at a time, must not hold a core for
+        ever). Checked four times per idle timeout and at least once a second; one timer per
         connection, not one per event: a 10 ms audio chunk must cost next to nothing."""
         idle = self._server.settings.idle_timeout
+        longest = self._server.household.config.trigger.max_session.total_seconds() + idle
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(idle / 4)
-            since = self._waiting
-            if since is not None and loop.time() - since >= idle:
-                self._stalled = True
+            await asyncio.sleep(min(idle / 4, 1.0))
+            since, now = self._waiting, loop.time()
+            if since is not None and now - since >= idle:
+                self._cut_off = WyomingError(f"nothing was sent for {idle:g} s", "timeout")
+            elif self._streaming_since is not None and now - self._streaming_since > longest:
+                self._cut_off = WyomingError(f"the utterance went on for longer than {longest:g} s", "timeout")
+            if self._cut_off is not None:
                 task.cancel()
                 return
 
     async def _handle(self, event: Event) -> bool:
         """False ends the connection."""
+        if self._refusal is not None:  # the rest of a refused utterance: dropped until its audio-stop
+            if AudioStop.is_type(event.type):
+                await self._refuse(self._refusal)
+                return False
+            return True
         try:
             if AudioChunk.is_type(event.type):
                 await self._chunk(event)
@@ -124,6 +142,10 @@ class Connection:
                 await self._send(Pong(text=Ping.from_event(event).text).event())
             # anything else is dropped, as the protocol asks of servers
         except WyomingError as exc:
+            if exc.code in _TOLD_AT_STOP and self._streaming_since is not None:
+                self._refusal = exc
+                await self._end_utterance(EndReason.STOPPED)  # its core is free now
+                return True
             await self._refuse(exc)
             return False
         return True
@@ -132,6 +154,11 @@ class Connection:
         if self._utterance is not None:
             raise WyomingError("audio-start arrived inside an utterance; send audio-stop first", "protocol")
         wire = WireFormat.checked(event.data)
+        self._streaming_since = asyncio.get_running_loop().time()
+        if below_floor(self._server.household.config.device.data_dir):
+            raise WyomingError(f"the speaker's storage has less than {FLOOR_BYTES >> 20} MiB free; edge takes no new audio", "storage")
+        if self._server.allowance(self._listener).left() <= 0:
+            raise WyomingError(self._over_allowance(), "rate")
         if not self._server.take_slot():
             raise WyomingError("every core is decoding another utterance; try again", "busy")
         try:
@@ -140,16 +167,12 @@ class Connection:
             if self._utterance is None:  # not made (or `_work` kept it at a shutdown): the slot is free
                 self._server.give_slot()
             raise
-        self._started = asyncio.get_running_loop().time()
         self._wire = wire
         self._feed_bytes = round(wire.rate * _FEED_SECONDS) * wire.frame_bytes
 
     async def _chunk(self, event: Event) -> None:
         if self._utterance is None or self._wire is None:
             raise WyomingError("audio-chunk arrived before audio-start", "protocol")
-        longest = self._server.household.config.trigger.max_session.total_seconds() + self._server.settings.idle_timeout
-        if asyncio.get_running_loop().time() - self._started > longest:  # a trickle must not hold a core for ever
-            raise WyomingError(f"the utterance went on for longer than {longest:g} s", "timeout")
         data = event.data
         if (data.get("rate"), data.get("width"), data.get("channels")) != (self._wire.rate, self._wire.width, self._wire.channels):
             raise WyomingError("an audio-chunk's rate, width or channels differ from its audio-start", "bad-audio-format")
@@ -158,6 +181,8 @@ class Connection:
             raise WyomingError(
                 f"an audio chunk of {len(audio)} bytes is not whole {self._wire.frame_bytes}-byte frames", "bad-audio-format"
             )
+        if not self._server.allowance(self._listener).take(len(audio) / (self._wire.rate * self._wire.frame_bytes)):
+            raise WyomingError(self._over_allowance(), "rate")
         self._pending += audio
         if len(self._pending) >= self._feed_bytes:
             await self._feed()
@@ -172,6 +197,7 @@ class Connection:
     async def _stop(self) -> None:
         if self._utterance is None:
             raise WyomingError("audio-stop arrived before audio-start", "protocol")
+        self._streaming_since = None
         await self._feed()
         utterance, self._utterance = self._utterance, None
         try:
@@ -186,8 +212,23 @@ class Connection:
         self._server.served += 1
         await self._send(Transcript(text=text, language=self._server.language).event())
 
+    def _over_allowance(self) -> str:
+        per_minute = self._listener.audio_per_minute.total_seconds()
+        return (
+            f"this listener takes at most {per_minute:g} s of audio a minute (audio_per_minute), and its clients sent more; try again later"
+        )
+
     async def _end_utterance(self, reason: EndReason) -> None:
-        """The client left (or stalled, or broke the protocol) mid-utterance."""
+        """The client left (or stalled, or broke the protocol) mid-utterance: what it sent
+        last is sealed too, though less than a feed's worth."""
+        if self._utterance is None:
+            return
+        try:
+            await self._feed()
+        except WyomingError:
+            return  # it could not be sealed: `_work` abandoned the utterance and freed its core
+        except Exception as exc:  # a defect of edge's: what was sealed before still ends as "stopped"
+            log.error("wyoming %s: internal error (%s)", self._listener.name, type(exc).__name__)
         utterance, self._utterance = self._utterance, None
         if utterance is None:
             return

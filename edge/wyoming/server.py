@@ -17,20 +17,27 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
 from edge import __version__
+from edge.burst import BurstLog
 from edge.config import ListenerSettings
+from edge.disk import descriptors
 from edge.disk.sockets import is_other_file, socket_answers
 from edge.errors import ModelError, WyomingError
 from edge.stt.model_path import model_identity
 from edge.values import ListenerTransport
+from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.connection import Connection
 from edge.wyoming.framing import Event, Limits
 from edge.wyoming.utterance import Household
 
 log = logging.getLogger(__name__)
+
+BACKLOG = 16
+"""Connections the kernel queues per listener before edge accepts them."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,12 @@ class ServerSettings:
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Utterances decoded at once: one per core. One more gets error "busy"."""
     max_clients: int = 64
-    """Connections open at once per listener; more are closed as they arrive."""
+    """Connections open at once across every listener, and never so many that fewer than
+    `edge.disk.descriptors.RESERVED` file descriptors are left for shredding; more are
+    closed as they arrive."""
+    close_grace: float = 2.0
+    """Seconds a finished connection may take to deliver its last answer; a client that does
+    not read it by then is cut off (its socket aborted, its descriptor freed)."""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -68,6 +80,13 @@ class WyomingServer:
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._clients: set[asyncio.Task[None]] = set()
+        self._open = 0
+        """Client sockets open now (counted until each is closed, not until its task ends)."""
+        self.cap = 0
+        """Connections allowed at once: set by `start()` from the descriptor limit."""
+        self._allowances = {listener.uri: AudioAllowance(listener.audio_per_minute.total_seconds()) for listener in listeners}
+        self._turned_away = BurstLog(log, "wyoming: %d client(s) turned away: %d connection(s) are open, the most edge allows")
+        self._out_of_descriptors = BurstLog(log, "wyoming: %d connection(s) could not be accepted: %s")
         self.stdio_closed = threading.Event()
         """Set when the stdio listener's client (the parent process) closed stdin."""
 
@@ -84,8 +103,22 @@ class WyomingServer:
     def give_slot(self) -> None:
         self._busy -= 1
 
+    def allowance(self, listener: ListenerSettings) -> AudioAllowance:
+        """How much audio `listener` may still take in (its clients share it)."""
+        return self._allowances[listener.uri]
+
     def start(self) -> None:
         """Bind every listener (refusing a socket another agent serves) and serve on a thread."""
+        # asyncio accepts up to BACKLOG connections a listener before a client over the cap is
+        # turned away: those are kept free too.
+        self.cap = descriptors.connection_cap(self.settings.max_clients, descriptors.RESERVED + BACKLOG * len(self.listeners))
+        if self.cap < 1:
+            raise WyomingError(
+                f"this process may open only {descriptors.limit()} files ({descriptors.in_use()} are open): too few to serve "
+                f"a client and still keep {descriptors.RESERVED} for shredding on time; raise the limit (LimitNOFILE= in the "
+                "service, ulimit -n in a shell)",
+                "descriptors",
+            )
         sockets: list[socket.socket] = []
         try:
             for listener in self.listeners:
@@ -109,6 +142,7 @@ class WyomingServer:
                 listener.uri,
                 f"profile {listener.profile}" if listener.profile else "active profile, else strictest",
             )
+        log.info("wyoming: at most %d connection(s) at once (%d file descriptors kept for shredding)", self.cap, descriptors.RESERVED)
 
     def stop(self) -> None:
         """Stop accepting; sessions in progress end as "stopped" and are sealed as they are."""
@@ -138,7 +172,7 @@ class WyomingServer:
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             server.bind(str(path))
             os.chmod(path, 0o660)  # its folder's group (edge-wyoming, set by the install) may connect
-            server.listen(16)
+            server.listen(BACKLOG)
         except OSError as exc:
             raise WyomingError(f"{where}: cannot create {path}: {exc.strerror}; choose a folder this user may write", "in-use") from None
         server.setblocking(False)
@@ -147,6 +181,7 @@ class WyomingServer:
     def _run(self, sockets: list[socket.socket], started: concurrent.futures.Future[None]) -> None:
         assert self._loop is not None
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(self._loop_error)
         try:
             self._loop.run_until_complete(self._listen(sockets))
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
@@ -159,29 +194,41 @@ class WyomingServer:
     async def _listen(self, sockets: list[socket.socket]) -> None:
         unix = [listener for listener in self.listeners if listener.socket is not None]
         for listener, bound in zip(unix, sockets, strict=True):
-            self._servers.append(await asyncio.start_unix_server(self._client_of(listener), sock=bound, limit=self.limits.header_bytes))
+            self._servers.append(
+                await asyncio.start_unix_server(self._client_of(listener), sock=bound, limit=self.limits.header_bytes, backlog=BACKLOG)
+            )
         for listener in self.listeners:
             if listener.transport == ListenerTransport.STDIO:
                 await self._serve_stdio(listener)
 
     def _client_of(self, listener: ListenerSettings) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        open_here: set[asyncio.Task[None]] = set()
-
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(open_here) >= self.settings.max_clients:
-                writer.close()
+            if self._open >= self.cap:
+                writer.transport.abort()  # at once: nothing to say, no descriptor held
+                self._turned_away.count(self._open)
                 return
+            self._open += 1
             task = asyncio.current_task()
             assert task is not None
-            open_here.add(task)
             self._clients.add(task)
             try:
                 await Connection(self, listener, reader, writer).run()
+            except asyncio.CancelledError:
+                pass  # the server stops: this client's session ended as "stopped" on the way out
             finally:
-                open_here.discard(task)
                 self._clients.discard(task)
+                await close(writer, self.settings.close_grace)
+                self._open -= 1
 
         return client
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio reports an accept that failed for want of descriptors as often as it retries
+        (many times a second): said once per burst here, never in a loop."""
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            self._out_of_descriptors.count(context.get("exception"))
+            return
+        loop.default_exception_handler(context)
 
     async def _serve_stdio(self, listener: ListenerSettings) -> None:
         """One client for the process's life: the program that started it (Rhasspy 3)."""
@@ -195,6 +242,7 @@ class WyomingServer:
             try:
                 await Connection(self, listener, reader, writer).run()
             finally:
+                writer.close()  # the parent's pipe: it reads until we exit
                 self.stdio_closed.set()
 
         task = loop.create_task(client())
@@ -209,6 +257,17 @@ class WyomingServer:
         await asyncio.gather(*self._clients, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
+
+
+async def close(writer: asyncio.StreamWriter, grace: float) -> None:
+    """Close a client's connection: what it was sent may still be delivered for `grace`
+    seconds, then the socket is aborted. A plain close waits for a client that never reads
+    for ever, and its descriptor with it."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), grace)
+    except (TimeoutError, OSError):
+        writer.transport.abort()
 
 
 def _info(listener: ListenerSettings, model_name: str, language: str) -> Event:
