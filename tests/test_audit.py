@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
 from edge.errors import AuditError
 
-from support import Retention, edge_agent, faketime, pcm_of
+from support import Retention, edge_agent, faketime, pcm_of, record
 from support import plaintext_files as plaintext_found
 
 GRACE = timedelta(seconds=62)
@@ -295,6 +296,7 @@ def test_the_parents_report_says_what_happened_in_plain_words_in_a_real_browser(
         "What each person",
         "Timeline",
         "Who looked at kept recordings",
+        "Refused exports",
         "Deletions",
         "Forget requests",
         "Voices",
@@ -315,6 +317,97 @@ def test_the_parents_report_says_what_happened_in_plain_words_in_a_real_browser(
     keep = os.environ.get("EDGE_KEEP_REPORT_PNG")
     if keep:
         shutil.copy(shot, keep)
+
+
+def _rows(dom: str, containing: str) -> list[list[str]]:
+    """The cells of every table row of the browser's DOM that holds `containing`."""
+    rows = [row.split("</tr>")[0] for row in dom.split("<tr>")[1:]]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows if containing in row]
+
+
+def _minute(wall: str) -> str:
+    """An audit entry's time as the report shows it, run with TZ=UTC."""
+    return datetime.fromisoformat(wall).astimezone(timezone.utc).strftime("%a %d %b %Y %H:%M")
+
+
+def test_a_flood_of_refusals_is_one_counted_row_and_hides_no_export(write_config, speech, tmp_path):
+    """A child's recording exported for review, then 200 refused training exports two hours
+    apart: the page keeps the review export and counts the refusals in one row with the
+    first and last time."""
+    config = write_config(mode="always")
+    data_dir = config.parent / "data"
+    review, other = record(config, speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0), "child")
+    exported = edge_agent("--config", str(config), "export", "--session", review, "--out", str(tmp_path / "r.wav"), "--purpose", "review")
+    assert exported.returncode == 0, exported.stderr
+    training = ("export", "--session", other, "--out", str(tmp_path / "t.wav"), "--purpose", "training")
+    assert edge_agent("--config", str(config), *training).returncode == 1
+    log = AuditLog(data_dir)
+    first = [e for e in log.entries() if e["type"] == "export.refused"]
+    assert [e["fields"]["reason"] for e in first] == ["child"]
+    log.append_many([("export.refused", first[0]["fields"])] * 198)  # the same refusal, as the CLI writes it
+    assert faketime("+2h", *training, config=config).returncode == 1
+    refusals = [e for e in log.entries() if e["type"] == "export.refused"]
+    assert len(refusals) == 200 and _minute(refusals[0]["wall"]) != _minute(refusals[-1]["wall"])
+    page = tmp_path / "report.html"
+    assert edge_agent("--config", str(config), "audit", "report", "--html", str(page), env={"TZ": "UTC"}).returncode == 0
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    assert "The audit log is intact" in dom
+    export = [e for e in log.entries() if e["type"] == "export"][0]
+    assert _rows(dom, "recording exported for review") == [[_minute(export["wall"]), "child", "recording exported for review", ""]]
+    assert _rows(dom, "refused") == [
+        [
+            "child",
+            "export for training refused",
+            "a child's recording is never used for training",
+            "200",
+            _minute(refusals[0]["wall"]),
+            _minute(refusals[-1]["wall"]),
+        ]
+    ]
+    assert "earlier ones are not" not in dom  # nothing was cut
+
+
+def test_a_timeline_longer_than_the_page_says_how_many_sessions_it_leaves_out(write_config, speech, tmp_path):
+    """More sessions than the timeline draws: it draws the latest and names how many earlier
+    ones it leaves out (and how many of those are still kept), and the command that lists them."""
+    from edge.audit.report import TIMELINE_SESSIONS
+
+    config = write_config(mode="always")
+    sessions = TIMELINE_SESSIONS + 3
+    clip = speech.join(*[part for _ in range(sessions) for part in (speech.say("메시지"), 1.0)])
+    assert len(record(config, clip, "child")) == sessions
+    page = tmp_path / "report.html"
+    assert edge_agent("--config", str(config), "audit", "report", "--html", str(page)).returncode == 0
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    assert "The audit log is intact" in dom
+    assert dom.count('<tspan font-weight="bold">child</tspan>') == TIMELINE_SESSIONS
+    assert f"The timeline draws the latest {TIMELINE_SESSIONS} of {sessions} sessions: the 3 earlier ones (3 of them still kept)" in dom
+    assert "<code>edge-agent audit show --type session.created</code> lists every one" in dom
+    shown = edge_agent("--config", str(config), "audit", "show", "--type", "session.created", "--type", "session.sealed", "--json")
+    types = [json.loads(line)["type"] for line in shown.stdout.splitlines()]
+    assert sorted(types) == ["session.created"] * sessions + ["session.sealed"] * sessions  # --type repeats
+
+
+def test_a_table_cut_at_its_limit_says_how_many_rows_it_leaves_out(household, tmp_path):
+    """More deletions than a table holds: the latest are shown, the page says how many earlier
+    ones are not and names a command that does list every one."""
+    from edge.audit.report import TABLE_ROWS
+
+    config, data_dir, _, _ = household
+    assert faketime("+3h", "purge", config=config).returncode == 0
+    log = AuditLog(data_dir)
+    shreds = [e["fields"] for e in log.entries() if e["type"] == "shred"]
+    assert shreds
+    log.append_many([("shred", shreds[0])] * (TABLE_ROWS + 7 - len(shreds)))  # the same shred again, as a purge writes it
+    page = tmp_path / "report.html"
+    assert edge_agent("--config", str(config), "audit", "report", "--html", str(page)).returncode == 0
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    deletions = dom.split("<h2>Deletions</h2>")[1].split("</section>")[0]
+    assert f"Only the latest {TABLE_ROWS} of {TABLE_ROWS + 7} rows are shown: the 7 earlier ones are not." in deletions
+    assert "<code>edge-agent audit show --type shred</code> lists every one" in deletions
+    assert deletions.count("<tr>") == TABLE_ROWS + 1  # and the header
+    shown = edge_agent("--config", str(config), "audit", "show", "--type", "shred")
+    assert len(shown.stdout.splitlines()) == TABLE_ROWS + 7
 
 
 def test_only_known_event_types_are_written_or_shown(household, tmp_path):

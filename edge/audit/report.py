@@ -4,6 +4,10 @@ No scripts, fonts, images or links to anything outside the file: it opens offlin
 device. Everything shown comes from the audit log (edge.audit.story) and the config (the
 policy table); it holds no audio, transcript or keys. Times are the device's local time,
 the zone named in the header.
+
+Nothing is left out silently: every export and key export has its own row, identical
+refusals share one row with their count and first and last time, and a table or the
+timeline cut at its limit says how many rows it leaves out and which command lists them all.
 """
 
 from __future__ import annotations
@@ -13,16 +17,19 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from edge.audit.story import Event, Session, Story, human, local, read_story
+from edge.audit.story import Event, Refusals, Session, Story, human, local, read_story
 from edge.audit.verify import Verification
 from edge.config import Config
 from edge.crypto.vault import GuaranteeLevel
 from edge.values import DataKind
 
-MAX_ROWS = 40
-"""Sessions drawn on the timeline (the most recent)."""
-MAX_EVENTS = 200
-"""Rows per table (the most recent)."""
+TIMELINE_SESSIONS = 40
+"""Sessions drawn on the timeline (the most recent); the page says how many it leaves out."""
+TABLE_ROWS = 200
+"""Rows per table (the most recent); the page says how many it leaves out. Exports and key
+exports are never cut: they are rare and each matters."""
+SHOW = "edge-agent audit show"
+"""The command that lists what a cut table or timeline leaves out."""
 TICKS = (
     (timedelta(minutes=1), "1 min"),
     (timedelta(hours=1), "1 hour"),
@@ -47,12 +54,23 @@ def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel,
     sections = [
         ("What this device promises", f"<p>{html.escape(promise(level))}</p>"),
         ("What each person's data is kept for", _policy_table(config, story, now)),
-        ("Timeline", _timeline(list(story.sessions.values())[-MAX_ROWS:], now)),
-        ("Who looked at kept recordings", _events(story.accesses, "No recording was exported, and no export was refused.")),
-        ("Deletions", _events(story.shreds, "Nothing has been shredded yet.")),
-        ("Forget requests", _events(story.forgets, "No one asked to forget anything.")),
-        ("Voices", _events(story.voices, "No voice is enrolled: sessions are tagged by the household config only.")),
-        ("Clock and key", _events(story.device, "The clock was never set back and the key was never lost.")),
+        ("Timeline", _timeline(list(story.sessions.values()), now)),
+        ("Who looked at kept recordings", _events(story.exports, "No recording or key was exported.")),
+        ("Refused exports", _refusals(list(story.refusals.values()))),
+        ("Deletions", _events(story.shreds, "Nothing has been shredded yet.", f"{SHOW} --type shred")),
+        (
+            "Forget requests",
+            _events(story.forgets, "No one asked to forget anything.", f"{SHOW} --type forget.requested --type forget.fulfilled"),
+        ),
+        (
+            "Voices",
+            _events(
+                story.voices,
+                "No voice is enrolled: sessions are tagged by the household config only.",
+                f"{SHOW} --type voice.enrolled --type voice.forgotten",
+            ),
+        ),
+        ("Clock and key", _events(story.device, "The clock was never set back and the key was never lost.", SHOW)),
     ]
     body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)
     return (
@@ -106,11 +124,22 @@ def _keep(value: timedelta) -> str:
     return "never stored" if value <= timedelta(0) else human(value)
 
 
-def _timeline(sessions: list[Session], now: datetime) -> str:
-    """One labelled row per session; each bar starts at the session and runs for its
-    retention on a logarithmic scale, so 1 hour and 30 days are both readable."""
-    if not sessions:
+def _timeline(every: list[Session], now: datetime) -> str:
+    """One labelled row per session (the latest TIMELINE_SESSIONS); each bar starts at the
+    session and runs for its retention on a logarithmic scale, so 1 hour and 30 days are
+    both readable."""
+    if not every:
         return "<p>No sessions yet.</p>"
+    sessions = every[-TIMELINE_SESSIONS:]
+    hidden = every[: len(every) - len(sessions)]
+    cut = ""
+    if hidden:
+        still = sum(1 for s in hidden if any(_kept(s, k, now) for k in DataKind))
+        cut = _cut(
+            f"The timeline draws the latest {len(sessions)} of {len(every)} sessions: the {len(hidden)} earlier ones "
+            f"({f'{still} of them' if still else 'none'} still kept) are not drawn.",
+            f"{SHOW} --type session.created",
+        )
     label, width, row = 230, 900, 26
     longest = max([t - s.created for s in sessions for t in s.expires.values() if t] + [now - min(s.created for s in sessions)])
     scale_end = max(longest, timedelta(days=1))
@@ -156,7 +185,7 @@ def _timeline(sessions: list[Session], now: datetime) -> str:
     )
     return (
         f"<p class=meta>Each row is one session: who spoke and when. The bars run from the session for as long as it may "
-        f"be kept (the scale grows by steps, so minutes and months fit side by side).</p><p>{legend}</p>"
+        f"be kept (the scale grows by steps, so minutes and months fit side by side).</p>{cut}<p>{legend}</p>"
         f'<svg width="{width}" height="{height}" role="img" aria-label="timeline of kept sessions">{"".join(marks + rows)}</svg>'
     )
 
@@ -165,15 +194,49 @@ def _bar(start: float, end: float, y: int, color: str, label: str) -> str:
     return f'<rect x="{start:.1f}" y="{y}" width="{max(end - start, 2):.1f}" height="7" rx="2" fill="{color}"><title>{html.escape(label)}</title></rect>'
 
 
-def _events(events: list[Event], empty: str) -> str:
+def _events(events: list[Event], empty: str, listed_by: str | None = None) -> str:
+    """A table of every event, or, with `listed_by` (the command that lists them all), of
+    the latest TABLE_ROWS and a line saying how many earlier ones are left out."""
     if not events:
         return f"<p>{html.escape(empty)}</p>"
+    shown = events if listed_by is None else events[-TABLE_ROWS:]
     rows = "".join(
         f"<tr><td>{html.escape(local(e.at))}</td><td>{html.escape(e.profile or '-')}</td><td>{html.escape(e.what)}</td>"
         f"<td>{html.escape(e.why)}</td></tr>"
-        for e in events[-MAX_EVENTS:]
+        for e in shown
     )
-    return "<table><tr><th>when</th><th>whose</th><th>what</th><th>why</th></tr>" + rows + "</table>"
+    cut = _cut_rows(len(events), len(shown), listed_by or SHOW)
+    return cut + "<table><tr><th>when</th><th>whose</th><th>what</th><th>why</th></tr>" + rows + "</table>"
+
+
+def _refusals(groups: list[Refusals]) -> str:
+    """One row per kind of refusal (whose, what, why) with how many times, first and last."""
+    if not groups:
+        return "<p>No export was refused.</p>"
+    shown = groups[-TABLE_ROWS:]
+    rows = "".join(
+        f"<tr><td>{html.escape(g.profile or '-')}</td><td>{html.escape(g.what)}</td><td>{html.escape(g.why)}</td>"
+        f"<td class=count>{g.count}</td><td>{html.escape(local(g.first))}</td>"
+        f"<td>{html.escape(local(g.last)) if g.count > 1 else '-'}</td></tr>"
+        for g in shown
+    )
+    return (
+        "<p class=meta>Identical refusals (same person, request and reason) share one row.</p>"
+        + _cut_rows(len(groups), len(shown), f"{SHOW} --type export.refused")
+        + "<table><tr><th>whose</th><th>what</th><th>why</th><th>times</th><th>first</th><th>last</th></tr>"
+        + rows
+        + "</table>"
+    )
+
+
+def _cut_rows(total: int, shown: int, listed_by: str) -> str:
+    if shown == total:
+        return ""
+    return _cut(f"Only the latest {shown} of {total} rows are shown: the {total - shown} earlier ones are not.", listed_by)
+
+
+def _cut(said: str, listed_by: str) -> str:
+    return f"<p class=cut><b>{html.escape(said)}</b> <code>{html.escape(listed_by)}</code> lists every one.</p>"
 
 
 _CSS = """
@@ -181,4 +244,5 @@ body{font:15px/1.45 system-ui,sans-serif;max-width:960px;margin:2em auto;padding
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}th,td{border:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.meta{color:#555}.ok{color:#1a7f37}.bad{color:#c62828}.key{margin-right:1.2em;white-space:nowrap}
+.count{text-align:right}.cut{background:#fff6d6;padding:.3em .5em}.cut code{white-space:nowrap}
 """

@@ -2,6 +2,10 @@
 each is kept, every access to kept data and every refusal, every shred and why it came
 when it did, the clock, the key and the voices. Read by the parent's report (report.py).
 
+Exports and key exports are kept one by one (they are rare and each matters); refusals are
+counted, identical ones (same profile, request and reason) as one row with its first and
+last time, so a flood of them hides nothing.
+
 A malformed event (anyone can chain a line) is left out: the report's header says the log
 did not verify, and `audit verify` names the line.
 """
@@ -39,10 +43,24 @@ class Event:
 
 
 @dataclass
+class Refusals:
+    """Identical refused exports as one row: how many, the first and the last."""
+
+    profile: str
+    what: str
+    why: str
+    first: datetime
+    last: datetime
+    count: int = 1
+
+
+@dataclass
 class Story:
     sessions: dict[str, Session] = field(default_factory=dict)
-    accesses: list[Event] = field(default_factory=list)
-    """Exports, refused exports and identity exports."""
+    exports: list[Event] = field(default_factory=list)
+    """Every export and every key (identity) export."""
+    refusals: dict[tuple[str, str, str], Refusals] = field(default_factory=dict)
+    """Refused exports and key exports by (profile, what, why), in the order first seen."""
     shreds: list[Event] = field(default_factory=list)
     forgets: list[Event] = field(default_factory=list)
     device: list[Event] = field(default_factory=list)
@@ -98,13 +116,11 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
         expires = {k: _time(fields.get(f"{k}_expires")) for k in DataKind}
         story.sessions[str(fields["session"])] = Session(str(fields["session"]), str(fields["profile"]), when, expires)
     elif kind == "export":
-        story.accesses.append(Event(when, _owner(story, fields), f"recording exported for {fields['purpose']}", ""))
+        story.exports.append(Event(when, _owner(story, fields), f"recording exported for {fields['purpose']}", ""))
     elif kind == "export.refused":
-        reason = _REFUSED.get(str(fields.get("reason")), str(fields.get("reason")))
-        what = "key export refused" if fields.get("purpose") == "identity" else f"export for {fields['purpose']} refused"
-        story.accesses.append(Event(when, _owner(story, fields), what, reason))
+        _refused(story, fields, when)
     elif kind == "identity.exported":
-        story.accesses.append(Event(when, _owner(story, fields), f"key exported: opens {fields['sessions']} recording(s)", "for checking"))
+        story.exports.append(Event(when, _owner(story, fields), f"key exported: opens {fields['sessions']} recording(s)", "for checking"))
     elif kind == "forget.requested":
         if fields.get("resumed"):  # the same request again, after a crash or power cut stopped its first run
             what = f"finished the request to forget {fields['selector']} that a power cut or crash interrupted"
@@ -151,6 +167,18 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
             return  # written ahead again by the run that finished an interrupted forget
         story.voices.append(Event(when, str(fields["profile"]), "voiceprint shredded", _SHRED_WHY.get(str(fields.get("reason")), "")))
         story.enrolled[str(fields["profile"])] = False
+
+
+def _refused(story: Story, fields: dict[str, Any], when: datetime) -> None:
+    reason = _REFUSED.get(str(fields.get("reason")), str(fields.get("reason")))
+    what = "key export refused" if fields.get("purpose") == "identity" else f"export for {fields['purpose']} refused"
+    key = (_owner(story, fields), what, reason)
+    seen = story.refusals.get(key)
+    if seen is None:
+        story.refusals[key] = Refusals(*key, first=when, last=when)
+    else:
+        seen.count += 1
+        seen.last = when
 
 
 def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:

@@ -62,15 +62,17 @@ def _export_key(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    if args.type is not None and args.type not in EVENT_TYPES:
-        close = difflib.get_close_matches(args.type, EVENT_TYPES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"--type {args.type!r} is not an event type{hint}; the types are: {', '.join(sorted(EVENT_TYPES))}")
+    types = set(args.type or ())
+    for name in args.type or ():
+        if name not in EVENT_TYPES:
+            close = difflib.get_close_matches(name, EVENT_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--type {name!r} is not an event type{hint}; the types are: {', '.join(sorted(EVENT_TYPES))}")
     config = config_of(args)
     since = parse_instant(args.since, "--since")
     undated = 0
     for entry in AuditLog(config.device.data_dir).entries():
-        if args.type and entry["type"] != args.type:
+        if types and entry["type"] not in types:
             continue
         if since:
             try:
@@ -105,7 +107,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
-    parser.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. shred, session.created)")
+    parser.add_argument(
+        "--type", metavar="TYPE", action="append", help="only events of this type (e.g. shred, session.created); repeat for several"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
 
 
