@@ -22,6 +22,7 @@ from edge.disk.files import exists_in
 from edge.disk.layout import KEYSTORE, KEYSTORE_DB, MODELS
 from edge.disk.space import FLOOR_BYTES, free_bytes
 from edge.errors import EdgeError
+from edge.invocation import python
 from edge.values import VaultBackend
 
 UNIT_PATH = Path("/etc/systemd/system/edge-agent.service")
@@ -145,16 +146,14 @@ def _memory(config: Config) -> Finding:
 
 def _speaker(config: Config) -> Finding:
     """The speaker encoder's weights, digest checked: without them, voices tag nothing."""
-    from edge.voice.weights import INSTALL, find_weights, load_weights
+    from edge.voice.weights import find_weights, install_command, load_weights
 
     if not config.speaker.identify:
         return Finding("speaker", "ok", "tagging by voice is off ([speaker] identify = false)")
     try:
         load_weights()
     except EdgeError as exc:
-        return Finding(
-            "speaker", "warn", f"{exc}; sessions are tagged by configuration only", f".venv/bin/{INSTALL} (scripts/setup.sh does this)"
-        )
+        return Finding("speaker", "warn", f"{exc}; sessions are tagged by configuration only", install_command())
     return Finding("speaker", "ok", f"speaker encoder weights verified ({find_weights()})")
 
 
@@ -162,7 +161,7 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
     from edge.audio.mic import MicSource, import_sounddevice
 
     fix = (
-        "list devices with `python -m sounddevice` or `arecord -l`; set [device] input_device and sample_rate "
+        f"list devices with `{python()} -m sounddevice` or `arecord -l`; set [device] input_device and sample_rate "
         "(a running agent holds the microphone: then use --no-mic)"
     )
     try:

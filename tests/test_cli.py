@@ -134,6 +134,17 @@ def test_init_writes_a_household_of_ones_own_that_works(tmp_path):
     folder = tmp_path / "edge-try"
     made = edge_agent("init", str(folder))
     assert made.returncode == 0, made.stderr
+    # what it says to try is typed as printed, from a clone (edge-agent is not on PATH here) ...
+    [run, what_if] = [line.split("#")[0].split() for line in made.stdout.splitlines() if line.startswith("    ")]
+    assert run[0] == ".venv/bin/edge-agent" and run[-2:] == ["--profile", "parent"], made.stdout
+    kept = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 0 and kept.stdout.count("parent (given)") == 2, kept.stderr  # ... and keeps something
+    before = {p.name: p.stat().st_mtime_ns for p in (folder / "data").iterdir()}
+    forecast = subprocess.run(what_if, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert forecast.returncode == 0, forecast.stderr
+    assert "shredded by then (1):" in forecast.stdout and "parent     audio       2 session(s)" in forecast.stdout
+    assert "still kept then (1):" in forecast.stdout and "parent     transcript  2 session(s)" in forecast.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "data").iterdir()} == before  # a what-if writes nothing
     config = folder / "household.toml"
     assert config.stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
     text = config.read_text(encoding="utf-8")
@@ -143,3 +154,52 @@ def test_init_writes_a_household_of_ones_own_that_works(tmp_path):
     assert (folder / "root.key").exists() and (folder / "data" / "keystore.db").exists()
     again = edge_agent("init", str(folder))
     assert again.returncode == 2 and "exists already" in again.stderr and config.read_text(encoding="utf-8") == text
+
+
+def test_messages_name_the_program_as_it_can_be_typed_here():
+    """From a clone, `.venv/bin/edge-agent`; where PATH finds this very program (an installed
+    device), the bare name."""
+    import os
+
+    from edge.invocation import program
+
+    here = subprocess.run(
+        [sys.executable, "-c", "from edge.invocation import program, python; print(program(), python())"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert here.stdout.split() == [".venv/bin/edge-agent", ".venv/bin/python"], here.stdout + here.stderr
+    on_path = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    installed = subprocess.run(
+        [sys.executable, "-c", "from edge.invocation import program; print(program())"],
+        cwd="/",
+        env=on_path,
+        capture_output=True,
+        text=True,
+    )
+    assert installed.stdout.strip() == "edge-agent", installed.stderr
+    assert program()  # in this process too
+
+
+def test_status_at_tells_when_each_profile_goes_and_why(write_config, speech):
+    from support import Retention, record
+
+    config = write_config(parent=Retention("adult", "24h", "30d", inactive_after="2h"), child=Retention("child", "1h", "7d"))
+    record(config, speech.say("메시지"), profile="child")
+    record(config, speech.say("보안"), profile="parent")
+    soon = json.loads(edge_agent("--config", str(config), "status", "--at", "+90m", "--json").stdout)
+    gone = sorted((f["profile"], f["what"], f["reason"]) for f in soon["shredded"])
+    assert gone == [("child", "audio", "expired")], soon
+    later = json.loads(edge_agent("--config", str(config), "status", "--at", "+3h", "--json").stdout)
+    assert sorted((f["profile"], f["what"], f["reason"]) for f in later["shredded"]) == [
+        ("child", "audio", "expired"),
+        ("parent", "audio", "inactive"),  # unheard for 2 h: before its 24 h expiry
+        ("parent", "transcript", "inactive"),
+    ]
+    assert [(f["profile"], f["what"]) for f in later["kept"]] == [("child", "transcript")]
+    text = edge_agent("--config", str(config), "status", "--at", "+3h").stdout
+    assert "the profile unheard for inactive_after" in text and "its retention ends" in text
+    for bad in ("+3", "tomorrow", "+-1h"):
+        refused = edge_agent("--config", str(config), "status", "--at", bad)
+        assert refused.returncode == 2 and "--at" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr

@@ -173,7 +173,7 @@ def test_push_outside_push_to_talk_mode_is_refused(write_config):
     from edge.config import load_config
     from edge.control.operations import agent_operations
 
-    handlers = agent_operations(load_config(write_config(mode="always")), agent=None, shredder=None, audit=None)  # type: ignore[arg-type]
+    handlers = agent_operations(load_config(write_config(mode="always")), agent=None, shredder=None, audit=None, microphone=True)  # type: ignore[arg-type]
     with pytest.raises(ControlError, match='mode = "push_to_talk"'):
         handlers["push"]({})
 

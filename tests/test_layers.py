@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "edge.hardening",
         "edge.progress",
         "edge.burst",
+        "edge.invocation",
     },
     {"edge.instants"},
     {"edge.disk"},  # private files, no links followed, the data folder's layout and lock

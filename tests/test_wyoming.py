@@ -100,21 +100,35 @@ def test_home_assistants_client_gets_exact_transcripts_and_every_utterance_is_a_
             _text(asyncio.run(wyoming_utterance(kids, stereo_32bit, extra={"profile": "parent", "keep_audio": "30d", "name": "parent"}))),
             _text(asyncio.run(wyoming_utterance(hall, clip))),
         ]
+        running = edge_agent("--config", str(config), "status")
+        pushed = edge_agent("--config", str(config), "push")
+        english = asyncio.run(wyoming_utterance(kids, clip, extra={"language": "en"}))
+        korean = _text(asyncio.run(wyoming_utterance(kids, clip, extra={"language": "ko-KR"})))
     finally:
         out, err, code = agent.stop()
     assert code == 0, err
     assert texts == [SAID] * 4
+    # status names what a serving agent serves and counts its sessions; push says why it cannot
+    assert 'serving Wyoming listeners "edge (kids\' room)", "edge (hall)"' in running.stdout, running.stdout
+    assert "4 session(s) so far" in running.stdout and "microphone" not in running.stdout.split("\n")[0]
+    assert pushed.returncode == 1 and "Wyoming listeners only" in pushed.stderr and "run --mic" in pushed.stderr, pushed.stderr
+    # a language the model does not speak is refused, naming the one it does; a region is no matter
+    assert (english.type, english.data["code"]) == ("error", "unsupported-language"), english
+    assert "transcribes ko only" in english.data["text"] and korean == SAID
     assert out == "" and SAID not in err and "메시지" not in err  # the text goes to the client only
     status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     sessions = status["sessions"]
     # kids' listener -> child (rule "listener"); the hall names nobody -> the strictest: guest keeps nothing
-    assert sorted((s["profile"], s["rule"]) for s in sessions) == [("child", "listener")] * 3
+    assert sorted((s["profile"], s["rule"]) for s in sessions) == [("child", "listener")] * 4
     for session in sessions:
         assert session["audio_expires"] is not None and session["transcript_expires"] is not None
     served = _served(folder / "data")
     assert [(s["source"], s["listener"], s["profile"], s["characters"], s["end_reason"]) for s in served] == [
         ("wyoming", "edge (kids' room)", "child", len(SAID), "end_of_input")
-    ] * 3 + [("wyoming", "edge (hall)", "guest", len(SAID), "end_of_input")]
+    ] * 3 + [
+        ("wyoming", "edge (hall)", "guest", len(SAID), "end_of_input"),
+        ("wyoming", "edge (kids' room)", "child", len(SAID), "end_of_input"),
+    ]
     assert all(abs(s["seconds"] - len(pcm_of(clip)) / 32000) < 0.05 for s in served)
     assert plaintext_files(folder / "data", pcm_of(clip), SAID.split()) == []
     verified = edge_agent("--config", str(config), "audit", "verify")
@@ -427,11 +441,14 @@ def test_the_microphone_agent_serves_its_listeners_in_the_same_process(virtual_m
         text = _text(asyncio.run(wyoming_utterance(f"unix://{tmp_path / 'kids.sock'}", clip)))
         play(virtual_mic, speech.say("보안"))
         time.sleep(1.5)  # trailing silence ends the microphone's session
+        running = edge_agent("--config", str(config), "status", env=virtual_mic).stdout
     finally:
         sessions, stderr, code = agent.stop()
     assert code == 0, stderr
     assert text == SAID
     assert [(s["text"], s["profile"]) for s in sessions] == [("보안", "parent")]  # the listener's text went to its client only
+    assert 'serving the microphone in always mode and Wyoming listeners "kids"' in running, running
+    assert "2 session(s) so far: 1 from the microphone, 1 over Wyoming" in running, running
     status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     assert sorted((s["profile"], s["rule"]) for s in status["sessions"]) == [("child", "listener"), ("parent", "given")]
     entries = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").read_text().splitlines()]

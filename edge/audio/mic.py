@@ -15,6 +15,7 @@ from typing import Any
 
 from edge.audio.convert import PipelineConverter, pcm16_to_float
 from edge.errors import AudioError
+from edge.invocation import python
 from edge.pcm import PIPELINE_RATE
 
 BLOCK_SECONDS = 0.03
@@ -62,7 +63,7 @@ class MicSource:
             where = f"input device {self.device!r}" if self.device is not None else "the default input device"
             raise AudioError(
                 f"cannot open {where} at {self.sample_rate} Hz: {exc}. "
-                "List devices with `python -m sounddevice`; set [device] input_device and sample_rate."
+                f"List devices with `{python()} -m sounddevice`; set [device] input_device and sample_rate."
             ) from None
         return self
 

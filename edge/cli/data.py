@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edge import wiring
+from edge.audit.story import human, local
 from edge.cli.base import Command, config_of, log, print_status
 from edge.config import Config
 from edge.disk.outputs import check_output
+from edge.durations import parse_duration
 from edge.errors import AgentNotRunning, ControlError, UsageError
-from edge.instants import iso_utc
+from edge.instants import iso_utc, parse_instant
+from edge.retention.forecast import Fate, forecast
 from edge.store.keystore import Access
-from edge.values import Purpose
+from edge.values import Purpose, ShredReason
 
 
 def _agent_state(config: Config) -> dict[str, Any] | None:
@@ -31,9 +35,78 @@ def _agent_state(config: Config) -> dict[str, Any] | None:
         return None
 
 
+def describe_agent(agent: dict[str, Any]) -> str:
+    """What the running agent serves and how many sessions each part has taken, in words."""
+    serves = []
+    if agent.get("mode"):
+        serves.append(f"the microphone in {agent['mode']} mode")
+    if agent.get("wyoming"):
+        serves.append("Wyoming listeners " + ", ".join(f'"{name}"' for name in agent["wyoming"]))
+    active = agent["active_profile"] or "(none: the strictest profile)"
+    counts = f"{agent['sessions']} session(s) so far"
+    if agent.get("mode") and agent.get("wyoming"):
+        counts += f": {agent['microphone_sessions']} from the microphone, {agent['wyoming_sessions']} over Wyoming"
+    return f"running (pid {agent['pid']}; serving {' and '.join(serves) or 'nothing'}; active profile {active}; {counts})"
+
+
+def what_if_instant(text: str, now: datetime, option: str) -> datetime:
+    """`+DURATION` from now (by the trusted clock) or an ISO 8601 date or time."""
+    if text.startswith("+"):
+        try:
+            return now + parse_duration(text[1:])
+        except ValueError as exc:
+            raise UsageError(f"{option} {text!r}: after the + give {exc}", setting=option) from None
+    instant = parse_instant(text, option)
+    assert instant is not None
+    return instant
+
+
+def print_forecast(fates: list[Fate], now: datetime, at: datetime) -> None:
+    """What goes by `at` and what is still kept then, each with when and why (local time)."""
+    gone = [fate for fate in fates if fate.at <= at]
+    kept = [fate for fate in fates if fate.at > at]
+    ahead = at - now
+    print(
+        f"what-if at {local(at)} ({'in ' + human(ahead) if ahead.total_seconds() > 0 else 'now'}), by the trusted clock; nothing is changed"
+    )
+    for title, group in ((f"shredded by then ({len(gone)})", gone), (f"still kept then ({len(kept)})", kept)):
+        print(title + ":")
+        for fate in group:
+            when = "overdue: at the next sweep" if fate.at <= now else local(fate.at)
+            held = f"{fate.sessions} session(s)" if fate.what != "voiceprint" else "enrolled voice"
+            print(f"  {when:<28} {fate.profile:<10} {fate.what:<11} {held:<16} {_WHY[fate.reason]}")
+        if not group:
+            print("  nothing")
+
+
+_WHY = {
+    ShredReason.EXPIRED: "its retention ends",
+    ShredReason.INACTIVE: "the profile unheard for inactive_after",
+    ShredReason.FORGET: "a forget request a crash interrupted",
+}
+
+
 def _status(args: argparse.Namespace) -> int:
     config = config_of(args)
     store, _audit = wiring.open_store(config, Access.READ)
+    if args.at is not None:
+        now = wiring.trusted_now(config)
+        at = what_if_instant(args.at, now, "--at")
+        fates = forecast(config, store.read(), now)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "now": iso_utc(now),
+                        "at": iso_utc(at),
+                        "shredded": [f.to_json() for f in fates if f.at <= at],
+                        "kept": [f.to_json() for f in fates if f.at > at],
+                    }
+                )
+            )
+        else:
+            print_forecast(fates, now, at)
+        return 0
     agent = _agent_state(config)
     if agent is not None:
         agent.pop("ok", None)
@@ -41,10 +114,7 @@ def _status(args: argparse.Namespace) -> int:
         if agent is None:
             print("agent: not running")
         else:
-            active = agent["active_profile"] or "(none: the strictest profile)"
-            print(
-                f"agent: running (pid {agent['pid']}, {agent['mode']} mode, active profile {active}, {agent['sessions']} session(s) so far)"
-            )
+            print(f"agent: {describe_agent(agent)}")
         print_status(store)
         return 0
     data = store.read()
@@ -102,6 +172,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help='print {"vault": {...}, "sessions": [...]} (with --at: {"shredded": [...], "kept": [...]})'
+    )
+    parser.add_argument(
+        "--at",
+        metavar="WHEN",
+        help="what-if: list what will have been shredded by WHEN (+DURATION such as +25h or +7d, or an ISO 8601 date or "
+        "time) and what is still kept then, each with when and why (expiry, inactivity, an unfinished forget); changes nothing",
+    )
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", required=True, metavar="ID", help="session id (see `edge-agent status`)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -118,7 +200,7 @@ COMMANDS = (
         "Show where the root key lives and what that guarantees, and every retained session with when its audio "
         "and transcript will be shredded. Read-only: it writes nothing.",
         _status,
-        lambda parser: parser.add_argument("--json", action="store_true", help='print {"vault": {...}, "sessions": [...]}'),
+        _status_arguments,
     ),
     Command(
         "export",

@@ -15,6 +15,7 @@ from edge.cli.base import Command
 from edge.config import BUILTIN_CONFIG, parse_config
 from edge.disk.files import private_dir
 from edge.errors import UsageError
+from edge.invocation import program
 
 DEMO_WAV = Path(__file__).resolve().parent.parent / "data" / "demo.wav"
 EDITS = (
@@ -50,9 +51,11 @@ def _init(args: argparse.Namespace) -> int:
     with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(f"wrote {target}: data in {folder / 'data'}, root key in {folder / 'root.key'} (the file vault: survives reboots,")
-    print("deletion on flash is logical only; see the README's guarantee levels). Edit the profiles, then try:")
-    print(f"    edge-agent --config {target} run --input {DEMO_WAV}")
-    print(f"    edge-agent --config {target} status")
+    print("deletion on flash is logical only; see the README's guarantee levels). Edit the profiles, then try (a")
+    print("file names nobody, so --profile says who speaks: without it the session gets the strictest profile,")
+    print("guest, which keeps nothing):")
+    print(f"    {program()} --config {target} run --input {DEMO_WAV} --profile parent")
+    print(f"    {program()} --config {target} status --at +25h    # what is shredded when")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edge import __version__
@@ -18,21 +19,35 @@ from edge.sink import AuditSink
 from edge.values import TriggerMode
 
 
-def agent_operations(config: Config, agent: Agent, shredder: Shredder, audit: AuditSink) -> dict[str, Handler]:
-    """The handlers a running agent serves, by operation name."""
+def agent_operations(
+    config: Config,
+    agent: Agent,
+    shredder: Shredder,
+    audit: AuditSink,
+    microphone: bool,
+    listeners: tuple[str, ...] = (),
+    wyoming_sessions: Callable[[], int] = lambda: 0,
+) -> dict[str, Handler]:
+    """The handlers a running agent serves, by operation name. `microphone`: whether it
+    listens to one; `listeners`: the Wyoming listeners it serves (names), whose utterances
+    `wyoming_sessions` counts."""
     started = time.monotonic()
 
     def speaking() -> str | None:
         return agent.active_profile or agent.given_profile or config.household.active_profile
 
     def status(_args: dict[str, Any]) -> dict[str, Any]:
+        served = wyoming_sessions()
         return {
             "pid": os.getpid(),
             "version": __version__,
-            "mode": config.trigger.mode,
+            "mode": config.trigger.mode if microphone else None,
+            "wyoming": list(listeners),
             "active_profile": speaking(),
             "given_profile": agent.given_profile,
-            "sessions": agent.summary.sessions,
+            "sessions": agent.summary.sessions + served,
+            "microphone_sessions": agent.summary.sessions,
+            "wyoming_sessions": served,
             "uptime_seconds": round(time.monotonic() - started, 1),
         }
 
@@ -45,6 +60,12 @@ def agent_operations(config: Config, agent: Agent, shredder: Shredder, audit: Au
         return {"active_profile": speaking()}
 
     def push(_args: dict[str, Any]) -> dict[str, Any]:
+        if not microphone:
+            raise ControlError(
+                "this agent serves Wyoming listeners only (edge-agent serve) and has no microphone to push to talk on: "
+                "there, the Wyoming client (Home Assistant) decides when to listen. push is for `edge-agent run --mic` "
+                'with [trigger] mode = "push_to_talk"'
+            )
         if config.trigger.mode != TriggerMode.PUSH_TO_TALK:
             raise ControlError(
                 f'push needs [trigger] mode = "push_to_talk" in {config.path} (it is "{config.trigger.mode}")',

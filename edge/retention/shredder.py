@@ -34,9 +34,9 @@ from edge.disk import layout, reserve
 from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_in
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
-from edge.policy import policies, strictest_policy
 from edge.progress import Progress
 from edge.retention.clock import Reading, TrustedClock
+from edge.retention.forecast import due, voice_expires
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
 from edge.store.records import PendingForget, SessionEntry
@@ -226,24 +226,15 @@ class Shredder:
 
     def _due(self, data: KeystoreData, now: datetime) -> dict[str, ShredReason]:
         """The buckets to shred now: expired, or of a profile not heard for too long."""
-        reasons = {b.id: ShredReason.EXPIRED for b in data.buckets.values() if b.expires <= now}
-        for profile in policies(self.config):
-            seen = data.last_seen.get(profile.name)
-            if seen is not None and now - seen >= profile.inactive_after:
-                reasons.update(
-                    {b.id: ShredReason.INACTIVE for b in data.buckets.values() if b.profile == profile.name and b.id not in reasons}
-                )
-        return reasons
+        return due(self.config, data, now)
 
     def _shred_stale_voices(self, data: KeystoreData, now: datetime, report: ShredReport) -> None:
         """Drop the voiceprints of profiles not heard for their inactive_after (logged
         write-ahead; destroyed by the ratchet that follows in the same commit). A profile the
         config no longer has is held to the strictest policy's inactive_after: nothing can use
         its voiceprint, and nothing may keep it for ever."""
-        inactive = {p.name: p.inactive_after for p in self.config.profiles}
-        fallback = strictest_policy(self.config).inactive_after
         for profile, voice in sorted(data.voices.items()):
-            if now - voice.heard >= inactive.get(profile, fallback):
+            if voice_expires(self.config, profile, voice.heard) <= now:
                 self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.INACTIVE, heard=voice.heard.isoformat())
                 del data.voices[profile]
                 report.voices.append(profile)

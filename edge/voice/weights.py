@@ -26,14 +26,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.errors import ModelError
+from edge.invocation import pip_install
 
 PACKAGE = "resemblyzer==0.1.4"
 """The PyPI release whose weights edge uses."""
 FILE_NAME = "pretrained.pt"
 SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 """Digest of resemblyzer 0.1.4's pretrained.pt: the only file loaded."""
-INSTALL = f"pip install --no-deps --force-reinstall {PACKAGE}"
-"""How to (re)install it without torch (scripts/setup.sh does this)."""
+
+
+def install_command() -> str:
+    """How to (re)install the weights without torch into the environment edge runs from
+    (a clone's .venv or an installed device's /opt/edge/venv alike)."""
+    return pip_install(f"--no-deps --force-reinstall {PACKAGE}")
+
 
 _MAGIC = 0x1950A86A20F9469CFC6C
 """The first pickle of every legacy torch file."""
@@ -62,10 +68,10 @@ def find_weights() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or spec.origin is None:
-        raise ModelError(f"the speaker encoder's weights are not installed: run `.venv/bin/{INSTALL}` (scripts/setup.sh does this)")
+        raise ModelError(f"the speaker encoder's weights are not installed: run `{install_command()}`")
     path = Path(spec.origin).parent / FILE_NAME
     if not path.is_file():
-        raise ModelError(f"{path}: the speaker encoder's weights file is missing; reinstall it with `.venv/bin/{INSTALL}`", path=path)
+        raise ModelError(f"{path}: the speaker encoder's weights file is missing; reinstall it with `{install_command()}`", path=path)
     return path
 
 
@@ -81,7 +87,7 @@ def load_weights(path: Path | None = None) -> Weights:
     if found != SHA256:
         raise ModelError(
             f"{path}: not the speaker encoder weights edge expects (SHA-256 {found}, expected {SHA256}); "
-            f"reinstall them with `.venv/bin/{INSTALL}`",
+            f"reinstall them with `{install_command()}`",
             path=path,
         )
     return read_checkpoint(data, str(path))
@@ -199,7 +205,7 @@ def read_checkpoint(data: bytes, where: str) -> Weights:
         count = int.from_bytes(header, "little") if len(header) == 8 else -1
         size = count * np.dtype(storage.dtype).itemsize
         if count != storage.count or stream.tell() + size > len(data):
-            raise ModelError(f"{where}: storage {key!r} is truncated or has the wrong size; reinstall with `{INSTALL}`")
+            raise ModelError(f"{where}: storage {key!r} is truncated or has the wrong size; reinstall with `{install_command()}`")
         if key in wanted:
             storages[key] = np.frombuffer(data, dtype=storage.dtype, count=count, offset=stream.tell())
         stream.seek(size, io.SEEK_CUR)

@@ -36,10 +36,11 @@ Result = TypeVar("Result")
 
 _FEED_SECONDS = 0.25
 """Audio gathered before it goes to a worker thread (one hop per 250 ms, not per 10 ms chunk)."""
-_TOLD_AT_STOP = frozenset({"busy", "rate", "storage"})
-"""Refusals a well-behaved client can get while it streams audio: the rest of its utterance is
-read and dropped, and the error is sent after its audio-stop. Closed at once, the client would
-see a connection reset instead (its kernel drops an unread answer when it keeps sending)."""
+_TOLD_AT_STOP = frozenset({"busy", "rate", "storage", "unsupported-language"})
+"""Refusals a well-behaved client gets as it begins or streams an utterance: the rest of the
+utterance is read and dropped, and the error is sent after its audio-stop. Closed at once, the
+client would see a connection reset instead (its kernel drops an unread answer when it keeps
+sending), as Home Assistant did."""
 
 
 class Connection:
@@ -130,6 +131,7 @@ class Connection:
             elif Transcribe.is_type(event.type):
                 if self._utterance is not None:
                     raise WyomingError("transcribe arrived inside an utterance; send audio-stop first", "protocol")
+                self._check_language(event.data.get("language"))
             elif AudioStart.is_type(event.type):
                 await self._start(event)
             elif AudioStop.is_type(event.type):
@@ -142,13 +144,27 @@ class Connection:
                 await self._send(Pong(text=Ping.from_event(event).text).event())
             # anything else is dropped, as the protocol asks of servers
         except WyomingError as exc:
-            if exc.code in _TOLD_AT_STOP and self._streaming_since is not None:
+            if exc.code in _TOLD_AT_STOP:
                 self._refusal = exc
                 await self._end_utterance(EndReason.STOPPED)  # its core is free now
                 return True
             await self._refuse(exc)
             return False
         return True
+
+    def _check_language(self, asked: object) -> None:
+        """A language the model does not speak is refused, never answered in another one
+        (a Korean model hears English as Korean words). A region is not required to match:
+        "ko-KR" is "ko"."""
+        if asked is None or asked == "":
+            return
+        served = self._server.language
+        if not isinstance(asked, str) or _primary(asked) != _primary(served):
+            raise WyomingError(
+                f"this listener transcribes {served} only (its model: {self._server.model_name}), not {str(asked)[:20]!r}; "
+                f"choose {served} as the pipeline's speech-to-text language",
+                "unsupported-language",
+            )
 
     async def _start(self, event: Event) -> None:
         if self._utterance is not None:
@@ -300,3 +316,8 @@ class Connection:
             await asyncio.wait_for(async_write_event(event, self._writer), self._server.settings.idle_timeout)
         except TimeoutError:
             raise ConnectionResetError("the client stopped reading") from None
+
+
+def _primary(language: str) -> str:
+    """The primary language subtag: "en" of "en-us", "EN_GB" and "en"."""
+    return language.replace("_", "-").split("-")[0].strip().lower()

@@ -71,6 +71,7 @@ class WyomingServer:
                 "name its folder the way Vosk names models: vosk-model[-small]-LANG-VERSION (e.g. vosk-model-small-en-us-0.15)"
             )
         self.language = language
+        self.model_name = model_name
         self._info = {listener.name: _info(listener, model_name, language) for listener in listeners}
         self.workers = concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.slots, thread_name_prefix="edge-wyoming")
         self._busy = 0
