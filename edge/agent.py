@@ -6,7 +6,6 @@ the microphone callback only fills a bounded queue (edge.audio.mic).
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -17,11 +16,10 @@ from edge.audio.segmenter import Segmenter, SegmenterSettings
 from edge.config import Config, TriggerSettings
 from edge.instants import iso_utc
 from edge.pcm import FRAME_BYTES
-from edge.policy import Tag
-from edge.store.recorder import Recorder, SealedSession
-from edge.stt.recognizer import Decoder, SpeechModel
+from edge.session import Session, SessionParts
+from edge.store.recorder import Recorder
+from edge.stt.recognizer import SpeechModel
 from edge.tagging import tag_session
-from edge.tagging.held import HeldSession
 from edge.tagging.voice import VoiceTagger
 from edge.transcript import Transcript, Word
 from edge.values import EndReason, TagRule, TriggerMode
@@ -84,66 +82,42 @@ def session_grammar(config: Config) -> tuple[str, ...]:
     return grammar
 
 
-@dataclass
-class _OpenSession:
-    session: str
-    tag: Tag
-    start: float
-    started: str
-    decoder: Decoder
-    sealed: SealedSession | HeldSession | None
-
-
 class SessionRunner:
-    """The segmenter's sink: one tagged, decoded session between begin() and end()."""
+    """The segmenter's sink: one session (edge.session) between begin() and end()."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
-        self._open: _OpenSession | None = None
+        self._open: tuple[Session, float] | None = None
+        """The session and its offset in the input stream."""
 
     def begin(self, offset: float) -> None:
-        session_id = secrets.token_hex(8)
         agent = self._agent
         tag = tag_session(agent.config, agent.given_profile, agent.active_profile)
-        now = agent.clock()
-        self._open = _OpenSession(
-            session=session_id,
-            tag=tag,
-            start=offset,
-            started=now.astimezone(timezone.utc).isoformat(timespec="seconds"),
-            decoder=agent.model.decoder(agent.grammar, padding=agent.segmenter.settings.padding),
-            sealed=agent.seal(session_id, tag, now),
-        )
+        self._open = Session(agent.parts, tag, agent.grammar, agent.segmenter.settings.padding), offset
 
     def audio(self, pcm: bytes, silent: bool) -> None:
-        """Every sample is sealed; the decoder leaves out what is silent and far from speech."""
         if self._open is not None:
-            self._open.decoder.feed(pcm, silent)
-            if self._open.sealed is not None:
-                self._open.sealed.write(pcm)
+            self._open[0].feed(pcm, silent)
 
     def abandon(self) -> None:
-        """After a failure mid-session: audio held in memory for its voice is overwritten and
-        dropped (what was sealed from the first byte stays and expires on time)."""
-        session, self._open = self._open, None
-        if session is not None and isinstance(session.sealed, HeldSession):
-            session.sealed.abandon()
+        """After a failure mid-session (see Session.abandon)."""
+        opened, self._open = self._open, None
+        if opened is not None:
+            opened[0].abandon()
 
     def end(self, offset: float, reason: EndReason) -> None:
-        session, self._open = self._open, None
-        if session is None:
+        opened, self._open = self._open, None
+        if opened is None:
             return
-        transcript = _without_wake_phrase(session.decoder.transcript(), self._agent.wake_tokens, session.start)
-        if session.sealed is not None:
-            session.sealed.finish(transcript)
-        kept = session.sealed.entry if session.sealed is not None else None
-        tag = session.sealed.tag if isinstance(session.sealed, HeldSession) else session.tag  # as the voice decided
+        session, start = opened
+        transcript = session.finish(lambda heard: _without_wake_phrase(heard, self._agent.wake_tokens, start))
+        kept, tag = session.kept, session.tag
         record = SessionRecord(
-            session=session.session,
+            session=session.id,
             profile=tag.profile.name,
             rule=tag.rule,
-            started=session.started,
-            start=session.start,
+            started=session.began.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            start=start,
             end=offset,
             end_reason=reason,
             text=transcript.text,
@@ -180,6 +154,8 @@ class Agent:
         """Set at run time (e.g. by the control socket); overrides [household] active_profile."""
         if given_profile:
             config.named_profile(given_profile, "--profile")  # fail before any audio is heard
+        self.parts = SessionParts(config, model, recorder, tagger, clock)
+        """What each session shares (edge.session)."""
         self.grammar = session_grammar(config)
         if self.grammar:
             model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")
@@ -199,18 +175,6 @@ class Agent:
             callback(record)
 
         return counted
-
-    def seal(self, session_id: str, tag: Tag, now: datetime) -> SealedSession | HeldSession | None:
-        """Where a new session's audio goes: sealed from its first byte, or, with voices
-        enrolled (and no --profile), held in memory until its voice is judged."""
-        if self.recorder is None:
-            return None
-        voices = self.tagger.enrolled() if self.tagger is not None and tag.rule is not TagRule.GIVEN else {}
-        if self.tagger is not None and voices:
-            trigger = self.config.trigger
-            max_seconds = (trigger.max_session + trigger.wake_timeout).total_seconds() + 1  # a session is never longer
-            return HeldSession(self.recorder, self.tagger, session_id, tag, voices, now, max_seconds)
-        return self.recorder.begin(session_id, tag)
 
     def push_to_talk(self) -> None:
         self.segmenter.push()

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
 from edge.durations import format_duration, parse_duration
+from edge.invocation import program
 from edge.errors import ConfigError, UsageError
 from edge.values import KeyringKind, ListenerTransport, ProfileKind, TriggerMode, VaultBackend
 
@@ -155,6 +156,10 @@ class ListenerSettings:
     audio_per_minute: timedelta = timedelta(minutes=2)
     """Seconds of audio this listener may take in any minute (its clients together): sealed
     audio fills the card until it expires, so no client may send far faster than people speak."""
+    keep_unrecognised: bool = False
+    """Whether an utterance in which nothing was recognised is kept (by its profile's policy):
+    by default it keeps nothing, since a false wake of the client's is noise or someone who
+    did not mean to speak to the assistant. It is audited as served all the same."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,8 @@ def load_config(path: Path) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: config file not found. Copy configs/household.example.toml there and edit it, or pass --config FILE."
+            f"{path}: config file not found. `{program()} init FOLDER` writes a household config of your own (then pass "
+            f"--config FOLDER/household.toml); on a device, scripts/install.sh writes /etc/edge/household.toml."
         ) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder; --config needs a TOML file") from None
@@ -298,11 +304,18 @@ def make_listener(
     where: str,
     setting: str | None = None,
     audio_per_minute: timedelta = AUDIO_PER_MINUTE,
+    keep_unrecognised: bool = False,
 ) -> ListenerSettings:
     transport, socket = listener_socket(uri, where, setting)
     default_name = f"edge ({profile})" if profile else "edge"
     return ListenerSettings(
-        uri=uri, transport=transport, socket=socket, profile=profile, name=name or default_name, audio_per_minute=audio_per_minute
+        uri=uri,
+        transport=transport,
+        socket=socket,
+        profile=profile,
+        name=name or default_name,
+        audio_per_minute=audio_per_minute,
+        keep_unrecognised=keep_unrecognised,
     )
 
 
@@ -342,8 +355,10 @@ def _parse_listener(table: _Table, profile_names: list[str], max_session: timede
             f"from [trigger] max_session ({format_duration(max_session)}: one whole utterance) to "
             f"{format_duration(LONGEST_AUDIO_PER_MINUTE)} of audio per minute",
         )
+    keep_unrecognised = table.get("keep_unrecognised", bool, False)
     table.finish()
-    return make_listener(uri, profile, name, f"{table.file}: {table.key_path('uri')}", table.key_path("uri"), per_minute)
+    where = f"{table.file}: {table.key_path('uri')}"
+    return make_listener(uri, profile, name, where, table.key_path("uri"), per_minute, keep_unrecognised)
 
 
 def _check_child_caps(profile: Profile, household: HouseholdSettings, path: Path, data: dict[str, Any]) -> None:
@@ -457,6 +472,12 @@ def _parse_vault(table: _Table, path: Path) -> VaultSettings:
 def _parse_trigger(table: _Table) -> TriggerSettings:
     mode = table.choice("mode", tuple(TriggerMode), TriggerMode.WAKE)
     wake_phrase = table.get("wake_phrase", str, "").strip()
+    if mode == TriggerMode.WAKE and "wake_phrase" not in table.keys():
+        raise ConfigError(
+            f'{table.file}: [trigger] wake_phrase is missing, and mode = "wake" (the default) needs one: a phrase '
+            f'the model knows, e.g. wake_phrase = "라디오" as in the example config; or set mode = "always" or "push_to_talk"',
+            setting="trigger.wake_phrase",
+        )
     if mode == TriggerMode.WAKE and not wake_phrase:
         table.fail("wake_phrase", wake_phrase, 'a phrase (required when mode = "wake")')
     grammar = table.get("grammar", list, [])

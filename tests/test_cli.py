@@ -113,9 +113,10 @@ EXIT_CODES = [
     (["voices", "forget", "grandma", "--yes"], 2, "no voice is enrolled for 'grandma'"),
     (["audit", "show", "--type", "shredd"], 2, "did you mean 'shred'?"),
     (["run", "--input", "{clip}", "--no-such-option"], 2, "unrecognized arguments"),
+    (["--config", "{folder}/missing.toml"], 2, "usage: edge-agent"),  # no command at all
     # a problem with the input or the config: 1
     (["run", "--input", "{folder}/missing.wav"], 1, "missing.wav"),
-    (["--config", "{folder}/missing.toml", "status"], 1, "config file not found"),
+    (["--config", "{folder}/missing.toml", "status"], 1, "edge-agent init FOLDER` writes a household config of your own"),
 ]
 
 
@@ -203,3 +204,17 @@ def test_status_at_tells_when_each_profile_goes_and_why(write_config, speech):
     for bad in ("+3", "tomorrow", "+-1h"):
         refused = edge_agent("--config", str(config), "status", "--at", bad)
         assert refused.returncode == 2 and "--at" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_exporting_a_forgotten_session_says_when_and_by_which_request(write_config, speech, tmp_path):
+    from support import record
+
+    config = write_config()
+    [kept, gone] = record(config, speech.join(speech.say("메시지"), 1.0, speech.say("보안")))
+    forgot = edge_agent("--config", str(config), "forget", "--session", gone, "--yes")
+    assert forgot.returncode == 0, forgot.stderr
+    out = ["--out", str(tmp_path / "x.wav"), "--purpose", "review"]
+    refused = edge_agent("--config", str(config), "export", "--session", gone, *out)
+    assert refused.returncode == 2 and f"there is no retained session '{gone}': it was forgotten at" in refused.stderr
+    assert f"the request to forget session {gone}" in refused.stderr, refused.stderr
+    assert edge_agent("--config", str(config), "export", "--session", kept, *out).returncode == 0

@@ -224,7 +224,7 @@ def test_bad_config_names_file_key_and_allowed_values(tmp_path, name, text, expe
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found.*household.example.toml"):
+    with pytest.raises(ConfigError, match=r"config file not found. `.*edge-agent init FOLDER` writes a household config"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -255,3 +255,14 @@ def test_edge_config_environment_variable(tmp_path, speech):
     path = write(tmp_path, BASE.replace('mode = "wake"', 'mode = "vox"'))
     result = edge_agent("run", "--input", str(speech.say("메시지")), env={"EDGE_CONFIG": str(path)})
     assert result.returncode == 1 and "trigger.mode" in result.stderr
+
+
+def test_a_minimal_config_says_what_it_misses_not_what_it_never_wrote(tmp_path):
+    path = tmp_path / "household.toml"
+    path.write_text('[device]\ndata_dir = "data"\n\n[profiles.parent]\nkind = "adult"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert "[trigger] wake_phrase is missing" in message and 'mode = "always"' in message and "''" not in message
+    path.write_text(path.read_text() + '\n[trigger]\nmode = "always"\n', encoding="utf-8")
+    assert load_config(path).trigger.mode == "always"  # every other key has its default

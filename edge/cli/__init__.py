@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def show_help(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)  # a command was missing: a command-line mistake
+        return 2
 
     parser.set_defaults(handler=show_help)
     add_commands(parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser), COMMANDS)

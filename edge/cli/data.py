@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import wiring
+from edge.audit.history import fate_of
 from edge.audit.story import human, local
 from edge.cli.base import Command, config_of, log, print_status
 from edge.config import Config
@@ -155,6 +156,10 @@ def _export(args: argparse.Namespace) -> int:
         if os.path.isfile(args.out) and not args.force:
             raise UsageError(f"{args.out} exists already; add --force to replace it (nothing was exported)")
     store, audit = wiring.open_store(config)
+    if args.session not in store.read().sessions:
+        gone = fate_of(audit.entries(), args.session)
+        said = f": {gone}" if gone else "; `edge-agent status` lists the sessions kept"
+        raise UsageError(f"there is no retained session {args.session!r}{said}", session=args.session)
     if args.identity_out:
         bucket, members, expires = export_identity(store, audit, args.session, Path(args.identity_out), wiring.trusted_now(config))
         log.warning(

@@ -1,4 +1,4 @@
-"""A session held in memory until its voice is judged, then tagged and sealed in one go.
+"""A session held in memory until it ends (its voice judged), then tagged and sealed in one go.
 
 With voices enrolled, a session's profile (and so its retention) is known only once its
 speaker is: its audio waits in memory, bounded by [trigger] max_session (32 KB a second),
@@ -25,12 +25,13 @@ _CHUNK = PIPELINE_RATE * SAMPLE_BYTES
 
 
 class HeldSession:
-    """Stands in for a SealedSession (write, finish, entry) while the voice is unknown."""
+    """Stands in for a SealedSession (write, finish, entry) until the session ends: while the
+    voice is unknown, or while it is unknown whether anything will be recognised."""
 
     def __init__(
         self,
         recorder: Recorder,
-        tagger: VoiceTagger,
+        tagger: VoiceTagger | None,
         session_id: str,
         base: Tag,
         voices: dict[str, Voiceprint],
@@ -57,7 +58,8 @@ class HeldSession:
     def finish(self, transcript: Transcript) -> None:
         """Judge the voice, register the session under the tag that wins, seal it whole."""
         try:
-            self.tag = self._tagger.decide(self._audio, self._base, self._voices)
+            if self._tagger is not None:
+                self.tag = self._tagger.decide(self._audio, self._base, self._voices)
             sealed = self._recorder.begin_held(self._session, self.tag, self._started)
             if sealed is None:
                 log.info("session %s: a forget ran while it was spoken; nothing of it is kept", self._session)

@@ -268,6 +268,7 @@ class Connection:
             seconds=utterance.seconds,
             characters=characters,
             end_reason=reason,
+            kept=utterance.kept,
         )
         log.info(
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",

@@ -277,17 +277,20 @@ def _info(listener: ListenerSettings, model_name: str, language: str) -> Event:
         name=model_name,
         attribution=Attribution(name="Alpha Cephei (Vosk)", url="https://alphacephei.com/vosk/models"),
         installed=True,
-        description=f"Vosk {model_name}, offline",
+        description=f"{model_name}, on this device",
         version=None,
         languages=[language],
     )
     program = AsrProgram(
         name=listener.name,
-        attribution=Attribution(name="edge", url="file:///opt/edge/README.md"),
+        attribution=Attribution(name="edge", url=""),  # nothing to link to off the device
         installed=True,
         description="On-device speech-to-text that seals, expires and audits every utterance",
         version=__version__,
         models=[model],
         supports_transcript_streaming=False,
+        requires_external_vad=True,  # an utterance ends at the client's audio-stop: the client finds the end of speech
+        prefers_auto_gain_enabled=True,  # Vosk does best on speech at a steady level
+        prefers_noise_reduction_enabled=True,
     )
     return Info(asr=[program]).event()
