@@ -19,6 +19,7 @@ from edge.pcm import FRAME_BYTES
 from edge.session import Session, SessionParts
 from edge.store.recorder import Recorder
 from edge.stt.recognizer import SpeechModel
+from edge.stt.vocabulary import check_trigger_words
 from edge.tagging import tag_session
 from edge.tagging.voice import VoiceTagger
 from edge.transcript import Transcript, Word
@@ -154,11 +155,10 @@ class Agent:
         """Set at run time (e.g. by the control socket); overrides [household] active_profile."""
         if given_profile:
             config.named_profile(given_profile, "--profile")  # fail before any audio is heard
+        check_trigger_words(config, model.vocabulary, model.path)  # a word it cannot hear never triggers
         self.parts = SessionParts(config, model, recorder, tagger, clock)
         """What each session shares (edge.session)."""
         self.grammar = session_grammar(config)
-        if self.grammar:
-            model.check_grammar(self.grammar, f"{config.path}: trigger.grammar")
         self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == TriggerMode.WAKE else []
         spot_grammar = self.grammar  # free dictation when no grammar: any word may precede the wake phrase
         self._runner = SessionRunner(self)

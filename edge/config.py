@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 from edge.durations import ALLOWED as DURATION_ALLOWED
 from edge.durations import format_duration, parse_duration
-from edge.invocation import program
 from edge.errors import ConfigError, UsageError
+from edge.invocation import program
 from edge.values import KeyringKind, ListenerTransport, ProfileKind, TriggerMode, VaultBackend
 
 Choice = TypeVar("Choice", bound=StrEnum)

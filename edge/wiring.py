@@ -29,6 +29,7 @@ from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
 from edge.store.recorder import Recorder
+from edge.stt.vocabulary import check_trigger_words
 from edge.tagging.voice import VoiceTagger
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ def build_runtime(
     if profile:
         config.named_profile(profile, "--profile")  # fail before loading anything
     model = model if model is not None else make_model(config)
+    check_trigger_words(config, model.vocabulary, model.path)  # before the data folder is opened
     keystore, audit = open_store(config, Access.AGENT, vault)
     clock = make_clock(config)
     shredder = make_shredder(config, store=(keystore, audit), clock=clock)

@@ -34,7 +34,7 @@ COMMANDS = (
     Command(
         "doctor",
         "check the installation and explain what holds",
-        "Check the config, the model, the microphone, the vault and its guarantee level, the clock, swap, "
+        "Check the config, the model, the wake phrase and grammar against the model's words, the microphone, the vault and its guarantee level, the clock, swap, "
         "permissions, free space and the service's hardening. Each problem comes with a fix. Exit status 1 when "
         "something fails (warnings alone exit 0; --strict makes them fail).",
         _doctor,

@@ -1,4 +1,5 @@
-"""`edge-agent model list | fetch`: the only commands that touch the network."""
+"""`edge-agent model list | fetch | words`: the known models, the only command that touches the
+network (fetch), and the installed model's vocabulary."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.cli.base import Command, log
+from edge.cli.base import Command, config_of, log
 from edge.errors import UsageError
 from edge.progress import Meter
 
@@ -45,6 +46,42 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+WORDS_SHOWN = 50
+"""`model words` lists this many matches unless --limit says otherwise."""
+
+
+def _words(args: argparse.Namespace) -> int:
+    from edge.stt.model_path import find_model
+    from edge.stt.vocabulary import read_word_table
+
+    config = config_of(args)
+    path = find_model(config.device.model, config.device.data_dir)
+    table = read_word_table(path)
+    matched = table.starting_with(args.prefix)
+    shown = matched if args.limit == 0 else matched[: args.limit]
+    for word in shown:
+        print(word)
+    summary = f"{len(matched)} of the model's {len(table.words):,} words start with {args.prefix!r}"
+    if len(shown) < len(matched):
+        summary += f"; the first {len(shown)} are listed (--limit 0 lists all)"
+    print(f"{summary} (model: {path}; word list: {table.source.name})", file=sys.stderr)
+    return 0
+
+
+def _count(text: str) -> int:
+    """--limit: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of words (0 = no limit)")
+    return int(text)
+
+
+def _words_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prefix", metavar="PREFIX", help="list the words that start with this (case is ignored)")
+    parser.add_argument(
+        "--limit", type=_count, default=WORDS_SHOWN, metavar="N", help=f"list at most N words (default {WORDS_SHOWN}; 0 = all)"
+    )
+
+
 class _ProgressBar:
     """The download's meter (a line per 10% when not on a terminal, so logs stay readable);
     a server that sends no length gets a line every 10 MB instead."""
@@ -71,9 +108,9 @@ def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
 COMMANDS = (
     Command(
         "model",
-        "list or download Vosk models (the only commands that use the network)",
+        "list or download Vosk models (fetch: the only command that uses the network); search the model's words",
         "Known models are pinned to the SHA-256 of their archive: a download that does not match installs nothing. "
-        "The agent itself never downloads.",
+        "The agent itself never downloads. `model words` searches the vocabulary of the model the config names.",
         subcommands=(
             Command("list", "the known models, their size and pinned digest", "The models `model fetch NAME` knows.", _list),
             Command(
@@ -84,6 +121,15 @@ COMMANDS = (
                 '~/.cache/vosk otherwise (both searched by model = "auto").',
                 _fetch,
                 _fetch_arguments,
+            ),
+            Command(
+                "words",
+                "list the words the model knows that start with PREFIX",
+                "List the words of the [device] model's vocabulary that start with PREFIX (case ignored), sorted, "
+                "and say how many matched (on stderr). The wake phrase and every grammar phrase must be made of "
+                "these words: a word the model does not know is never heard, so run, serve and doctor refuse it.",
+                _words,
+                _words_arguments,
             ),
         ),
     ),

@@ -16,7 +16,8 @@ silence; word times still count the skipped audio.
 Pitfalls handled here: the grammar is passed as JSON with ensure_ascii=False
 (escaped Hangul is "missing in vocabulary" and yields nothing); the unknown-word
 token differs between models ("[unk]" or "<UNK>") and is read from the model;
-grammar words the model does not know are reported instead of silently ignored.
+grammar words the model does not know are reported instead of silently ignored
+(edge.stt.vocabulary says how).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from edge.errors import ModelError
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
+from edge.stt.vocabulary import describe, unheard
 from edge.transcript import Transcript, Word
 
 _UNKNOWN_TOKENS = ("[unk]", "<UNK>", "<unk>")
@@ -99,14 +101,11 @@ class SpeechModel:
         self._idle_lock = threading.Lock()
 
     def check_grammar(self, phrases: Sequence[str], where: str) -> None:
-        """Refuse grammar words the model cannot output (Vosk would drop them with a log line)."""
-        words = sorted({w for phrase in phrases for w in phrase.split()})
-        missing = self.vocabulary.missing(words)
-        if missing:
-            raise ModelError(
-                f"{where}: the model at {self.path} does not know the word(s) "
-                f"{', '.join(repr(w) for w in missing)}; use words from the model's vocabulary"
-            )
+        """Refuse grammar words the model cannot output (Vosk would drop them with a log line);
+        `where` is the option that gave them. The config's trigger: `check_trigger_words`."""
+        problem = unheard(where, where, phrases, self.vocabulary)
+        if problem is not None:
+            raise ModelError(describe([problem], self.path))
 
     def decoder(self, grammar: Sequence[str] = (), padding: float | None = None) -> Decoder:
         """A decoder for one session. With a grammar, Vosk only outputs those phrases (or the
