@@ -472,6 +472,21 @@ def test_forget_asks_in_a_terminal(write_config, speech, answer, forgotten):
     assert ("forgot 1 session(s)" in out) == forgotten and ("nothing was forgotten" in out) != forgotten
 
 
+def test_forget_and_purge_say_whose_and_what_comes_next_once(write_config, speech):
+    config = write_config(mode="always")
+    edge_agent("--config", str(config), "run", "--input", str(speech.join(speech.say("메시지"), 1.0)), "--profile", "child")
+    purged = edge_agent("--config", str(config), "purge")
+    assert "nothing is due" in purged.stdout and "next: child's audio at" in purged.stdout and "(expired)" in purged.stdout
+    asked = {}
+    for selector in (["--profile", "child"], ["--all"]):
+        process, controller = forget_in_a_terminal(config, *selector)
+        os.write(controller, b"n\n")
+        asked[selector[0]] = process.communicate(timeout=60)[0]
+        os.close(controller)
+    assert "Forget profile child: 1 session(s)? This cannot be undone." in asked["--profile"], asked
+    assert "Forget everything: 1 session(s) of child? This cannot be undone." in asked["--all"], asked
+
+
 def test_session_open_during_a_rekey_stays_whole(tmp_path, write_config):
     """A forget re-keys the bucket while another session of it is still being recorded:
     its header is rewritten under it, its later chunks and its transcript still open."""

@@ -6,11 +6,13 @@ import argparse
 import sys
 
 from edge import wiring
+from edge.audit.story import local
 from edge.cli.base import Command, config_of, print_report
 from edge.config import Config
 from edge.errors import UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
+from edge.retention.forecast import Fate, forecast
 from edge.retention.shredder import ForgetRequest, Shredder
 
 PROGRESS_FROM = 1000
@@ -24,11 +26,19 @@ def _shredder(config: Config) -> Shredder:
 
 def _purge(args: argparse.Namespace) -> int:
     config = config_of(args)
-    report = _shredder(config).sweep()
+    shredder = _shredder(config)
+    report = shredder.sweep()
     if report.empty:
-        print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
+        upcoming = forecast(config, shredder.keystore.read(), report.reading.now)
+        following = f"; next: {_next(upcoming[0])}" if upcoming else "; nothing is kept"
+        print(f"nothing is due (at {local(report.reading.now)}){following}")
     print_report(report)
     return 0
+
+
+def _next(fate: Fate) -> str:
+    """The next shred, in words: when, whose, what and why (`status --at` lists them all)."""
+    return f"{fate.profile}'s {fate.what} at {local(fate.at)} ({fate.reason}); `status --at +7d` shows what follows"
 
 
 def _forget(args: argparse.Namespace) -> int:
@@ -49,10 +59,9 @@ def _forget(args: argparse.Namespace) -> int:
         voices = request.voices(shredder.keystore.read())
         if sessions or voices:
             profiles = sorted({s.profile for s in sessions})
+            whose = f" of {', '.join(profiles)}" if profiles and request.profile is None else ""  # a profile's are its own
             also = f" and the voiceprint(s) of {', '.join(voices)}" if voices else ""
-            answer = input(
-                f"Forget {request.describe()}: {len(sessions)} session(s) ({', '.join(profiles)}){also}? This cannot be undone. [y/N] "
-            )
+            answer = input(f"Forget {request.describe()}: {len(sessions)} session(s){whose}{also}? This cannot be undone. [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing was forgotten")
                 return 0
