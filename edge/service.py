@@ -31,7 +31,7 @@ from edge.values import ListenerTransport, TriggerMode
 
 if TYPE_CHECKING:
     from edge.control.protocol import ControlServer
-    from edge.crypto.vault import Vault
+    from edge.crypto.guarantee import Vault
     from edge.retention.shredder import ShredReport
     from edge.wyoming.server import WyomingServer
 

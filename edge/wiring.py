@@ -19,7 +19,8 @@ from edge.agent import Agent, SessionRecord
 from edge.audit.log import AuditLog, Checkpoint
 from edge.boot import boot_id
 from edge.config import Config
-from edge.crypto.vault import Vault, open_vault
+from edge.crypto.guarantee import Vault
+from edge.crypto.vault import open_vault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.errors import ConfigError, UsageError

@@ -9,6 +9,7 @@ not import each other: retention and audit meet only through the audit-sink prot
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 EDGE = Path(__file__).resolve().parent.parent / "edge"
@@ -63,14 +64,78 @@ def edge_modules() -> dict[str, Path]:
     return modules
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every edge module `path` imports, at the top or inside a function."""
+def imports_of(path: Path, module: str | None = None) -> set[str]:
+    """Every edge module `path` imports, at the top or inside a function, relative imports
+    too (resolved against `module`, the importing module's name)."""
     found = set()
+    package = _package_of(path, module)
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "edge"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "edge":
-            found |= {f"{node.module}.{alias.name}" if node.module == "edge" else node.module for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module if node.level == 0 else _relative(package, node.level, node.module)
+            if base and base.split(".")[0] == "edge":
+                found |= {f"{base}.{alias.name}" if base == "edge" else base for alias in node.names}
+    return found
+
+
+def _package_of(path: Path, module: str | None) -> list[str]:
+    if module is None:
+        return ["edge"]
+    parts = module.split(".")
+    return parts if path.name == "__init__.py" else parts[:-1]
+
+
+def _relative(package: list[str], level: int, name: str | None) -> str:
+    """`from ..x import y` inside `package`: the module it names."""
+    base = package[: len(package) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the edge modules it imports (a package import counts as its __init__)."""
+    modules = edge_modules()
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in imports_of(path, name):
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]  # `from edge.x import name`: module edge.x
+            if target in modules and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import each other, directly or not (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
     return found
 
 
@@ -91,7 +156,7 @@ def test_imports_only_go_down():
     wrong = []
     for name, path in edge_modules().items():
         unit = unit_of(name)
-        for target in imports_of(path):
+        for target in imports_of(path, name):
             other = unit_of(target) if unit_of(target) in set().union(*LAYERS) else "edge"
             if other != unit and layer_of(other) >= layer_of(unit):
                 wrong.append(f"{name} imports {target} ({'a sibling' if layer_of(other) == layer_of(unit) else 'a higher layer'})")
@@ -103,3 +168,40 @@ def test_the_check_can_fail(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("def f():\n    from edge.cli import main\n")
     assert imports_of(path) == {"edge.cli"} and layer_of("edge.cli") > layer_of("edge.store")
+
+
+def test_relative_imports_are_seen():
+    """A relative import is an import: `from ..cli import main` inside edge/store/ goes up."""
+    folder = EDGE / "store"
+    path = folder / "keystore.py"
+    source = ast.parse("from ..cli import main\nfrom . import records\n")
+    found = set()
+    for node in ast.walk(source):
+        if isinstance(node, ast.ImportFrom):
+            found.add(_relative(_package_of(path, "edge.store.keystore"), node.level, node.module))
+    assert found == {"edge.cli", "edge.store"}
+
+
+def test_no_module_imports_itself_round_about():
+    """Inside one unit too: modules that import each other (even only for type hints) are
+    one module in two files, and the seams between them are not real."""
+    assert cycles(module_graph()) == []
+
+
+def test_the_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_readme_map_names_every_unit():
+    """The Development section's map of the package: a unit it does not name is a part a
+    newcomer cannot find."""
+    readme = (EDGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Development", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for unit in sorted(set().union(*LAYERS) - {"edge", "edge.__main__"}):
+        short = unit.removeprefix("edge.")
+        package = (EDGE / short).is_dir()
+        named = f"edge/{short}/" in section if package else re.search(rf"\b{re.escape(short)}\b", section) is not None
+        if not named:
+            missing.append(f"edge/{short}/" if package else short)
+    assert missing == [], f"README.md's Development map does not name: {', '.join(missing)}"

@@ -26,7 +26,8 @@ from wyoming.info import Describe, Info
 from edge import wiring
 from edge.config import load_config
 from edge.wyoming.framing import Limits
-from edge.wyoming.server import ServerSettings, WyomingServer
+from edge.wyoming.server import WyomingServer
+from edge.wyoming.settings import ServerSettings
 from edge.wyoming.utterance import Household
 
 from support import (

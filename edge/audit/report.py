@@ -20,7 +20,7 @@ from typing import Any
 from edge.audit.story import Event, Refusals, Session, Story, human, local, read_story
 from edge.audit.verify import Verification
 from edge.config import Config
-from edge.crypto.vault import GuaranteeLevel
+from edge.crypto.guarantee import GuaranteeLevel
 from edge.values import DataKind
 
 TIMELINE_SESSIONS = 40

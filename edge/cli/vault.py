@@ -13,7 +13,8 @@ from dataclasses import replace
 from edge import wiring
 from edge.cli.base import Command, config_of
 from edge.config import DEFAULT_NV_INDEX, DEFAULT_TCTI, NV_INDEX_FIRST, NV_INDEX_LAST, TCTI_KINDS, Config
-from edge.crypto.vault import Vault, open_vault
+from edge.crypto.guarantee import Vault
+from edge.crypto.vault import open_vault
 from edge.disk.files import exists_in
 from edge.disk.layout import TPM_MARKER
 from edge.errors import AgentNotRunning, ControlError, KeystoreError, UsageError, VaultError

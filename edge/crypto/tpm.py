@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.crypto.vault import GuaranteeLevel
+from edge.crypto.guarantee import GuaranteeLevel
 from edge.disk.files import read_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER
 from edge.errors import VaultError

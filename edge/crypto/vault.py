@@ -23,50 +23,15 @@ import os
 import pwd
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from edge.boot import boot_id
 from edge.config import VaultSettings
 from edge.crypto import keyring
+from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel, Vault
 from edge.disk.files import atomic_write, destroy_temps, exists_in, folder_fd, open_in, read_in, unlink_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER, VAULT_MARKER
 from edge.errors import KeyringError, StorageError, VaultError
 from edge.values import KeyringKind, VaultBackend
-
-ROOT_BYTES = 32
-SLOTS = ("current", "next")
-
-
-@dataclass(frozen=True)
-class GuaranteeLevel:
-    backend: VaultBackend
-    survives_reboot: bool
-    """Whether retained data can still be opened after a power cut."""
-    crypto_erase: bool
-    """Whether destroying a key is real against a copy of the flash storage."""
-    summary: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "level": "crypto-erase" if self.crypto_erase else "logical-deletion",
-            "survives_reboot": self.survives_reboot,
-            "crypto_erase": self.crypto_erase,
-            "summary": self.summary,
-        }
-
-
-class Vault(Protocol):
-    level: GuaranteeLevel
-
-    def read(self, slot: str) -> bytes | None: ...
-    def write(self, slot: str, root: bytes) -> None: ...
-    def erase(self, slot: str) -> None: ...
-    def scrub(self) -> None:
-        """Destroy stale copies of the root a crashed write left (under the data-folder lock)."""
-
-    def why_missing(self) -> str:
-        """Why a root that a keystore needs is gone; VaultError if it may only be invisible here."""
 
 
 @dataclass(frozen=True)

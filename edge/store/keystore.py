@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 
 from edge.crypto.age import Identity
-from edge.crypto.vault import ROOT_BYTES, Vault
+from edge.crypto.guarantee import ROOT_BYTES, Vault
 from edge.disk import reserve
 from edge.disk.files import destroy_temps, private_dir, publish_in, read_in, unlink_in
 from edge.disk.layout import KEYSTORE, KEYSTORE_DB

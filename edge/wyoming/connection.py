@@ -10,9 +10,10 @@ expires on time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -24,12 +25,11 @@ from edge.config import ListenerSettings
 from edge.disk.space import FLOOR_BYTES, below_floor
 from edge.errors import EdgeError, WyomingError
 from edge.values import EndReason
+from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.audio import WireFormat
-from edge.wyoming.framing import Event, async_write_event, read_event
-from edge.wyoming.utterance import Utterance
-
-if TYPE_CHECKING:
-    from edge.wyoming.server import WyomingServer
+from edge.wyoming.framing import Event, Limits, async_write_event, read_event
+from edge.wyoming.settings import ServerSettings
+from edge.wyoming.utterance import Household, Utterance
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -43,10 +43,33 @@ client would see a connection reset instead (its kernel drops an unread answer w
 sending), as Home Assistant did."""
 
 
+class Serving(Protocol):
+    """What a connection needs of the server that accepted it (edge.wyoming.server)."""
+
+    served: int
+    """Utterances ended so far (a connection counts its own)."""
+
+    @property
+    def household(self) -> Household: ...
+    @property
+    def settings(self) -> ServerSettings: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def language(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def workers(self) -> concurrent.futures.Executor: ...
+
+    def info_event(self, listener: ListenerSettings) -> Event: ...
+    def take_slot(self) -> bool: ...
+    def give_slot(self) -> None: ...
+    def allowance(self, listener: ListenerSettings) -> AudioAllowance: ...
+
+
 class Connection:
-    def __init__(
-        self, server: WyomingServer, listener: ListenerSettings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: Serving, listener: ListenerSettings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._server = server
         self._listener = listener
         self._reader = reader

@@ -16,7 +16,6 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
@@ -31,29 +30,14 @@ from edge.stt.model_path import model_identity
 from edge.values import ListenerTransport
 from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.connection import Connection
-from edge.wyoming.framing import Event, Limits
+from edge.wyoming.framing import Event
+from edge.wyoming.settings import ServerSettings
 from edge.wyoming.utterance import Household
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 16
 """Connections the kernel queues per listener before edge accepts them."""
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    idle_timeout: float = 10.0
-    """Seconds a client may send nothing (between events) before it is disconnected."""
-    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Utterances decoded at once: one per core. One more gets error "busy"."""
-    max_clients: int = 64
-    """Connections open at once across every listener, and never so many that fewer than
-    `edge.disk.descriptors.RESERVED` file descriptors are left for shredding; more are
-    closed as they arrive."""
-    close_grace: float = 2.0
-    """Seconds a finished connection may take to deliver its last answer; a client that does
-    not read it by then is cut off (its socket aborted, its descriptor freed)."""
-    limits: Limits = field(default_factory=Limits)
 
 
 class WyomingServer:
