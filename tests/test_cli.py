@@ -218,3 +218,23 @@ def test_exporting_a_forgotten_session_says_when_and_by_which_request(write_conf
     assert refused.returncode == 2 and f"there is no retained session '{gone}': it was forgotten at" in refused.stderr
     assert f"the request to forget session {gone}" in refused.stderr, refused.stderr
     assert edge_agent("--config", str(config), "export", "--session", kept, *out).returncode == 0
+
+
+def test_purge_dry_run_lists_what_is_due_and_writes_nothing(write_config, speech):
+    import time
+
+    from support import Retention, record
+
+    config = write_config(child=Retention("child", "2s", "1h"))
+    record(config, speech.say("메시지"), profile="child")
+    time.sleep(2.5)
+    data = config.parent / "data"
+    before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+    dry = edge_agent("--config", str(config), "purge", "--dry-run")
+    assert dry.returncode == 0 and "shredded by then (1):" in dry.stdout and "overdue: at the next sweep" in dry.stdout, dry.stdout
+    later = edge_agent("--config", str(config), "purge", "--dry-run", "--at", "+2h").stdout
+    assert "shredded by then (2):" in later and "child      transcript" in later
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before  # nothing written, not even the audit log
+    assert "shredded audio bucket" in edge_agent("--config", str(config), "purge").stdout  # the real one does it
+    alone = edge_agent("--config", str(config), "purge", "--at", "+1h")
+    assert alone.returncode == 2 and "--at goes with --dry-run" in alone.stderr

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edge import wiring
 from edge.audit.history import fate_of
-from edge.audit.story import human, local
 from edge.cli.base import Command, config_of, log, print_status
+from edge.cli.whatif import print_forecast, what_if_instant
 from edge.config import Config
 from edge.disk.outputs import check_output
-from edge.durations import parse_duration
 from edge.errors import AgentNotRunning, ControlError, UsageError
-from edge.instants import iso_utc, parse_instant
-from edge.retention.forecast import Fate, forecast
+from edge.instants import iso_utc
+from edge.retention.forecast import forecast
 from edge.store.keystore import Access
-from edge.values import Purpose, ShredReason
+from edge.values import Purpose
 
 
 def _agent_state(config: Config) -> dict[str, Any] | None:
@@ -48,43 +46,6 @@ def describe_agent(agent: dict[str, Any]) -> str:
     if agent.get("mode") and agent.get("wyoming"):
         counts += f": {agent['microphone_sessions']} from the microphone, {agent['wyoming_sessions']} over Wyoming"
     return f"running (pid {agent['pid']}; serving {' and '.join(serves) or 'nothing'}; active profile {active}; {counts})"
-
-
-def what_if_instant(text: str, now: datetime, option: str) -> datetime:
-    """`+DURATION` from now (by the trusted clock) or an ISO 8601 date or time."""
-    if text.startswith("+"):
-        try:
-            return now + parse_duration(text[1:])
-        except ValueError as exc:
-            raise UsageError(f"{option} {text!r}: after the + give {exc}", setting=option) from None
-    instant = parse_instant(text, option)
-    assert instant is not None
-    return instant
-
-
-def print_forecast(fates: list[Fate], now: datetime, at: datetime) -> None:
-    """What goes by `at` and what is still kept then, each with when and why (local time)."""
-    gone = [fate for fate in fates if fate.at <= at]
-    kept = [fate for fate in fates if fate.at > at]
-    ahead = at - now
-    print(
-        f"what-if at {local(at)} ({'in ' + human(ahead) if ahead.total_seconds() > 0 else 'now'}), by the trusted clock; nothing is changed"
-    )
-    for title, group in ((f"shredded by then ({len(gone)})", gone), (f"still kept then ({len(kept)})", kept)):
-        print(title + ":")
-        for fate in group:
-            when = "overdue: at the next sweep" if fate.at <= now else local(fate.at)
-            held = f"{fate.sessions} session(s)" if fate.what != "voiceprint" else "enrolled voice"
-            print(f"  {when:<28} {fate.profile:<10} {fate.what:<11} {held:<16} {_WHY[fate.reason]}")
-        if not group:
-            print("  nothing")
-
-
-_WHY = {
-    ShredReason.EXPIRED: "its retention ends",
-    ShredReason.INACTIVE: "the profile unheard for inactive_after",
-    ShredReason.FORGET: "a forget request a crash interrupted",
-}
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -8,12 +8,14 @@ import sys
 from edge import wiring
 from edge.audit.story import local
 from edge.cli.base import Command, config_of, print_report
+from edge.cli.whatif import print_forecast, what_if_instant
 from edge.config import Config
 from edge.errors import UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
 from edge.retention.forecast import Fate, forecast
 from edge.retention.shredder import ForgetRequest, Shredder
+from edge.store.keystore import Access
 
 PROGRESS_FROM = 1000
 """Files to delete from which a command shows its progress (fewer go by too fast to read)."""
@@ -26,6 +28,13 @@ def _shredder(config: Config) -> Shredder:
 
 def _purge(args: argparse.Namespace) -> int:
     config = config_of(args)
+    if args.at is not None and not args.dry_run:
+        raise UsageError("--at goes with --dry-run: a purge shreds what is due now, by the trusted clock")
+    if args.dry_run:
+        store, _audit = wiring.open_store(config, Access.READ)
+        now = wiring.trusted_now(config)
+        print_forecast(forecast(config, store.read(), now), now, what_if_instant(args.at, now, "--at") if args.at else now)
+        return 0
     shredder = _shredder(config)
     report = shredder.sweep()
     if report.empty:
@@ -72,6 +81,11 @@ def _forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="list what would be shredded and why; change and write nothing")
+    parser.add_argument("--at", metavar="WHEN", help="with --dry-run: as of WHEN (+25h, +7d, or an ISO 8601 date or time) instead of now")
+
+
 def _forget_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--session", metavar="ID", help="one session")
@@ -87,8 +101,9 @@ COMMANDS = (
         "shred everything that is due now, and say what was shredded",
         "Run what the agent's sweep runs: shred every retention bucket whose expiry has passed (by the clock that "
         "cannot be set back) and every profile unused for its inactive_after, finish interrupted work, delete "
-        "orphaned ciphertext.",
+        "orphaned ciphertext. With --dry-run, list what a purge would shred (now, or --at WHEN) and why, changing nothing.",
         _purge,
+        _purge_arguments,
     ),
     Command(
         "forget",
