@@ -617,3 +617,53 @@ def without_persistent_keyrings(argv: list[str], **kwargs: Any) -> subprocess.Co
         "os.execvp(sys.argv[1], sys.argv[1:])\n"
     )
     return subprocess.run(["/usr/bin/python3", "-c", program, *argv], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def png_pixels(data: bytes) -> Any:
+    """The pixels (rows, columns, RGB or RGBA) of an 8-bit non-interlaced PNG, such as
+    Chromium's screenshots: the tests look at what a browser drew without an imaging library."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    at, compressed = 8, b""
+    width = height = channels = 0
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and interlace == 0 and color in (2, 6), f"a PNG of depth {depth}, colour type {color}"
+            channels = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            compressed += body
+        at += 12 + length
+    stride = width * channels
+    raw = np.frombuffer(zlib.decompress(compressed), np.uint8).reshape(height, stride + 1)
+    pixels = np.zeros((height, stride), np.uint8)
+    above = np.zeros(stride, np.int64)
+    for y in range(height):
+        kind, line = int(raw[y, 0]), raw[y, 1:].astype(np.int64)
+        if kind == 0:
+            row = line
+        elif kind == 1:  # Sub: a running sum along each channel
+            row = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) % 256
+        elif kind == 2:  # Up
+            row = (line + above) % 256
+        else:  # Average and Paeth depend on the byte just decoded: one at a time
+            values, up, out = line.tolist(), above.tolist(), [0] * stride
+            for i in range(stride):
+                left = out[i - channels] if i >= channels else 0
+                if kind == 3:
+                    out[i] = (values[i] + (left + up[i]) // 2) & 255
+                    continue
+                corner = up[i - channels] if i >= channels else 0
+                guess = left + up[i] - corner
+                near = min((abs(guess - left), 0, left), (abs(guess - up[i]), 1, up[i]), (abs(guess - corner), 2, corner))
+                out[i] = (values[i] + near[2]) & 255
+            row = np.array(out, np.int64)
+        pixels[y] = row
+        above = row
+    return pixels.reshape(height, width, channels)

@@ -14,6 +14,7 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -22,7 +23,7 @@ from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
 from edge.errors import AuditError
 
-from support import Retention, edge_agent, faketime, pcm_of, record
+from support import ROOT, Retention, edge_agent, faketime, pcm_of, png_pixels, record
 from support import plaintext_files as plaintext_found
 
 GRACE = timedelta(seconds=62)
@@ -322,12 +323,13 @@ def test_the_parents_report_says_what_happened_in_plain_words_in_a_real_browser(
 def _rows(dom: str, containing: str) -> list[list[str]]:
     """The cells of every table row of the browser's DOM that holds `containing`."""
     rows = [row.split("</tr>")[0] for row in dom.split("<tr>")[1:]]
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows if containing in row]
+    return [cells for row in rows if containing in row and (cells := re.findall(r"<td[^>]*>(.*?)</td>", row))]
 
 
-def _minute(wall: str) -> str:
-    """An audit entry's time as the report shows it, run with TZ=UTC."""
-    return datetime.fromisoformat(wall).astimezone(timezone.utc).strftime("%a %d %b %Y %H:%M")
+def _minute(wall: str | datetime, zone: timezone | ZoneInfo = timezone.utc) -> str:
+    """An audit entry's time as the report shows it, run with TZ=UTC (or `zone`)."""
+    instant = datetime.fromisoformat(wall) if isinstance(wall, str) else wall
+    return instant.astimezone(zone).strftime("%a %d %b %Y %H:%M")
 
 
 def test_a_flood_of_refusals_is_one_counted_row_and_hides_no_export(write_config, speech, tmp_path):
@@ -408,6 +410,215 @@ def test_a_table_cut_at_its_limit_says_how_many_rows_it_leaves_out(household, tm
     assert deletions.count("<tr>") == TABLE_ROWS + 1  # and the header
     shown = edge_agent("--config", str(config), "audit", "show", "--type", "shred")
     assert len(shown.stdout.splitlines()) == TABLE_ROWS + 7
+
+
+def _section(dom: str, heading: str) -> str:
+    return dom.split(f"<h2>{heading}</h2>")[1].split("</section>")[0]
+
+
+def _shred_on_time(config: Path, data_dir: Path, profile: str = "child") -> None:
+    """A purge 30 s after the profile's recordings expire: the wall clock stepped forward
+    to their expiry (as NTP steps a slow clock), so every later command sees it set back."""
+    created = [e["fields"] for e in AuditLog(data_dir).entries() if e["type"] == "session.created"]
+    due = min(datetime.fromisoformat(f["audio_expires"]) for f in created if f["profile"] == profile)
+    purged = faketime(f"+{int((due - datetime.now(timezone.utc)).total_seconds()) + 30}", "purge", config=config)
+    assert purged.returncode == 0 and "shredded audio" in purged.stdout, purged.stdout + purged.stderr
+    (shred,) = [e["fields"] for e in AuditLog(data_dir).entries() if e["type"] == "shred"]
+    assert shred["reason"] == "expired" and 0 <= shred["late_seconds"] < 120  # on time
+
+
+def _timeline_fills(dom: str) -> list[set[str]]:
+    """Per session drawn on the timeline (top down): the colours of its bars."""
+    svg = _section(dom, "Timeline").split('aria-label="timeline of kept sessions">')[1]
+    return [set(re.findall(r'<rect [^>]*fill="(#[0-9a-f]{6})"', row)) for row in svg.split('<text x="0"')[1:]]
+
+
+def test_after_a_clock_step_and_two_forgets_the_report_has_one_clock_row_and_says_whose_and_why(write_config, speech, tmp_path):
+    """A child's recordings shredded on time by a purge with the clock stepped forward; then
+    three purges and two forgets at the real time, each of which logs the clock behind the
+    trusted one. The page (Chromium's DOM, in Seoul's time) has one counted clock row, forget
+    rows that name whose data and why with the counts in "what", the --before instant in local
+    time, and the shredded sessions drawn grey."""
+    from edge.audit.report import COLORS, EARLY, SHREDDED
+    from edge.values import DataKind
+
+    config = write_config(mode="always")
+    data_dir = config.parent / "data"
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0)
+    record(config, clip, "child")
+    parents = record(config, clip, "parent")
+    _shred_on_time(config, data_dir)
+    for _ in range(3):
+        assert edge_agent("--config", str(config), "purge").returncode == 0
+    assert edge_agent("--config", str(config), "forget", "--session", parents[0], "--yes").returncode == 0
+    starts = [e["wall"] for e in AuditLog(data_dir).entries() if e["type"] == "agent.started"]
+    before = datetime.fromisoformat(starts[1]).astimezone(timezone.utc)  # the parent's run: after the child's sessions
+    assert edge_agent("--config", str(config), "forget", "--before", before.isoformat(), "--yes").returncode == 0
+    entries = list(AuditLog(data_dir).entries())
+    clock = [e for e in entries if e["type"].startswith("clock.")]
+    assert len(clock) == 5 and len({e["type"] for e in clock}) == 1  # one per command after the step
+    page = tmp_path / "report.html"
+    seoul = ZoneInfo("Asia/Seoul")
+    assert edge_agent("--config", str(config), "audit", "report", "--html", str(page), env={"TZ": "Asia/Seoul"}).returncode == 0
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    assert "The audit log is intact" in dom
+
+    (row,) = _rows(_section(dom, "Clock and key"), "")
+    first, last = _minute(clock[0]["wall"], seoul), _minute(clock[-1]["wall"], seoul)
+    assert row[0] == (first if first == last else f'{first} <span class="meta">to</span> {last}')
+    assert row[1] == "-" and row[2].endswith(" <b>(logged 5 times)</b>")
+
+    walls = [_minute(e["wall"], seoul) for e in entries if e["type"] in ("forget.requested", "forget.fulfilled")]
+    why = "a parent asked (edge-agent forget, or the control socket)"
+    forgets = _section(dom, "Forget requests")
+    assert _rows(forgets, "") == [
+        [walls[0], "one session of parent", f"asked to forget session {parents[0]}: 1 session", why],
+        [walls[1], "one session of parent", "done: nothing of 1 session opens any more", why],
+        [walls[2], "child", f"asked to forget everything before {_minute(before, seoul)}: 2 sessions", why],
+        [walls[3], "child", "done: nothing of 2 sessions opens any more", why],
+    ]
+    assert "+00:00" not in dom and before.isoformat()[:16] not in dom  # no instant in UTC among local times
+
+    kept = {color for kind in DataKind for color in COLORS[kind]}
+    assert _timeline_fills(dom) == [{SHREDDED, EARLY}, {SHREDDED, EARLY}, {SHREDDED, EARLY}, kept]
+    # (the child's recordings shredded on time, their transcripts and the first parent session forgotten)
+
+
+def test_a_screenshot_of_the_timeline_draws_shredded_sessions_grey_and_every_axis_label_whole(write_config, speech, tmp_path):
+    """Headless Chromium's screenshot of a history where everything was shredded (a parent's
+    recordings on time, their transcripts, kept for 31 days, forgotten): no bar is in a colour
+    the legend calls kept, and nothing of the picture (the "30 days" label at its right edge)
+    is cut off: the page drawn with the picture's overflow visible is the same, pixel for pixel."""
+    from edge.audit.report import COLORS, SHREDDED
+    from edge.values import DataKind
+
+    config = write_config(mode="always", parent=Retention("adult", "1h", "31d"))
+    data_dir = config.parent / "data"
+    record(config, speech.join(speech.say("메시지"), 1.0, speech.say("아버지"), 1.0), "parent")
+    _shred_on_time(config, data_dir, "parent")
+    assert edge_agent("--config", str(config), "forget", "--profile", "parent", "--yes").returncode == 0
+    page = tmp_path / "report.html"
+    assert edge_agent("--config", str(config), "audit", "report", "--html", str(page), env={"TZ": "UTC"}).returncode == 0
+    text = page.read_text(encoding="utf-8")
+    assert ">30 days</text>" in text  # the scale runs past 30 days: its label is the last, at the right edge
+
+    def screenshot(html_page: Path, name: str):
+        shot = tmp_path / f"{name}.png"
+        _chromium(html_page, tmp_path, f"--screenshot={shot}", "--window-size=1000,1100")
+        return shot, png_pixels(shot.read_bytes())[:, :, :3]
+
+    shot, pixels = screenshot(page, "report")
+    keep = os.environ.get("EDGE_KEEP_REPORT_PNG")
+    if keep:
+        shutil.copy(shot, keep)
+
+    def count(color: str) -> int:
+        return int((pixels == [int(color[i : i + 2], 16) for i in (1, 3, 5)]).all(axis=2).sum())
+
+    assert count(SHREDDED) > 2 * 14 * 10  # the legend's swatch and the bars
+    for kind in DataKind:
+        for color in COLORS[kind]:
+            assert count(color) == 14 * 10, f"{color} drawn outside its legend swatch"
+    unclipped = tmp_path / "unclipped.html"
+    unclipped.write_text(text.replace("</style>", "svg{overflow:visible}</style>", 1), encoding="utf-8")
+    _, whole = screenshot(unclipped, "unclipped")
+    differ = (whole != pixels).any(axis=2)
+    columns = sorted({int(c) for c in differ.nonzero()[1]})
+    assert not columns, f"cut off at the picture's edge: columns {columns[0]}-{columns[-1]} differ once overflow is visible"
+
+
+def test_the_report_goes_to_stdout_for_ssh_never_to_a_terminal(household, tmp_path):
+    """`--html -` writes the page, and only the page, to stdout (what `ssh speaker ... >
+    report.html` needs: a file of the parent's own); lines about it go to stderr. A terminal
+    as stdout is refused: nothing is written, the error says how to redirect."""
+    import pty
+
+    config, data_dir, _, _ = household
+    AuditLog(data_dir).append("forget.requested", request="abc123", selector="everything", sessions=2)  # never fulfilled
+    result = edge_agent("--config", str(config), "audit", "report", "--html", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<!doctype html>") and result.stdout.endswith("</html>")
+    assert result.stderr == "edge-agent: report written to standard output (the audit log did NOT verify: see the page)\n"
+    assert not (ROOT / "-").exists()
+    page = tmp_path / "piped.html"
+    page.write_text(result.stdout, encoding="utf-8")
+    dom = _chromium(page, tmp_path, "--dump-dom").stdout
+    assert "The audit log did NOT verify" in dom and "forget request abc123 was never fulfilled" in dom
+
+    controller, terminal = pty.openpty()
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "edge", "--config", str(config), "audit", "report", "--html", "-"],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        os.set_blocking(controller, False)
+        try:
+            shown = os.read(controller, 65536)
+        except BlockingIOError:
+            shown = b""
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert refused.returncode == 2 and shown == b"" and "Traceback" not in refused.stderr
+    assert "standard output, which is this terminal" in refused.stderr and "--html - > report.html" in refused.stderr
+
+
+def test_forget_rows_name_whose_and_why_for_every_kind_of_request():
+    """The other selectors (from the shredder's own words): a profile, everything, a voiceprint,
+    and a request finished after a power cut."""
+    from edge.audit.story import read_story
+
+    def entry(kind: str, **fields) -> dict:
+        return {"wall": "2026-12-01T10:00:00+00:00", "type": kind, "fields": fields}
+
+    story = read_story(
+        [
+            entry("session.created", session="s1", profile="child", audio_expires=None, transcript_expires=None),
+            entry("forget.requested", request="a", selector="profile child", sessions=1),
+            entry("forget.fulfilled", request="a", sessions=["s1"], buckets=[], rekeyed=[]),
+            entry("forget.requested", request="b", selector="everything", sessions=0),
+            entry("forget.requested", request="c", selector="the voiceprint of parent", sessions=0),
+            entry("forget.requested", request="c", selector="the voiceprint of parent", sessions=0, resumed=True),
+            entry("forget.fulfilled", request="c", sessions=[], buckets=[], rekeyed=[]),
+        ]
+    )
+    asked = "a parent asked (edge-agent forget, or the control socket)"
+    assert [(e.profile, e.what, e.why) for e in story.forgets] == [
+        ("child", "asked to forget every session of child: 1 session", asked),
+        ("child", "done: nothing of 1 session opens any more", asked),
+        ("everyone", "asked to forget everything: none was kept", asked),
+        ("parent", "asked to forget the voiceprint of parent", "a parent asked (edge-agent voices forget)"),
+        (
+            "parent",
+            "finished the request to forget the voiceprint of parent that a power cut or crash interrupted",
+            "a parent asked (edge-agent voices forget)",
+        ),
+        ("parent", "done: nothing of it opens any more", "a parent asked (edge-agent voices forget)"),
+    ]
+
+
+def test_a_time_in_summer_time_names_its_zone(monkeypatch):
+    """The header names the zone of now; a time on the other side of a daylight-saving change
+    says which zone it is in."""
+    import time
+
+    from edge.audit.story import local
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        january, july = local(datetime(2026, 1, 15, 12, tzinfo=timezone.utc)), local(datetime(2026, 7, 15, 12, tzinfo=timezone.utc))
+        winter = datetime.now().astimezone().utcoffset() == timedelta(hours=1)
+        assert (january, july) == (
+            ("Thu 15 Jan 2026 13:00", "Wed 15 Jul 2026 14:00 CEST") if winter else ("Thu 15 Jan 2026 13:00 CET", "Wed 15 Jul 2026 14:00")
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_only_known_event_types_are_written_or_shown(household, tmp_path):

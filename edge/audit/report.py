@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from edge.audit.story import Event, Refusals, Session, Story, human, local, read_story
+from edge.audit.story import LATE, Event, Session, Story, human, local, read_story
 from edge.audit.verify import Verification
 from edge.config import Config
 from edge.crypto.guarantee import GuaranteeLevel
@@ -39,8 +40,13 @@ TICKS = (
     (timedelta(days=365), "1 year"),
 )
 COLORS = {DataKind.AUDIO: ("#2f6fd0", "#c7dbf6"), DataKind.TRANSCRIPT: ("#2e9a52", "#c8ead2")}
-"""Per kind: kept so far, retention still ahead."""
-DESTROYED = "#9a9a9a"
+"""Per kind, while it is kept: kept so far, retention still ahead."""
+SHREDDED = "#8c8c8c"
+"""Shredded: the time it was kept."""
+EARLY = "#d6d6d6"
+"""Deleted before its expiry (forgotten, inactive): the time it lost."""
+OVERDUE = "#e08a1e"
+"""Kept past its expiry by more than LATE (not yet shredded, or shredded late)."""
 
 
 def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel, verification: Verification, now: datetime) -> str:
@@ -127,7 +133,7 @@ def _keep(value: timedelta) -> str:
 def _timeline(every: list[Session], now: datetime) -> str:
     """One labelled row per session (the latest TIMELINE_SESSIONS); each bar starts at the
     session and runs for its retention on a logarithmic scale, so 1 hour and 30 days are
-    both readable."""
+    both readable. What is still kept is coloured; what was shredded is grey."""
     if not every:
         return "<p>No sessions yet.</p>"
     sessions = every[-TIMELINE_SESSIONS:]
@@ -141,8 +147,8 @@ def _timeline(every: list[Session], now: datetime) -> str:
             f"{SHOW} --type session.created",
         )
     label, width, row = 230, 900, 26
-    longest = max([t - s.created for s in sessions for t in s.expires.values() if t] + [now - min(s.created for s in sessions)])
-    scale_end = max(longest, timedelta(days=1))
+    spans = [t - s.created for s in sessions for t in [*s.expires.values(), *s.ended.values()] if t]
+    scale_end = max([*spans, now - min(s.created for s in sessions), timedelta(days=1)])
 
     def x(span: timedelta) -> float:
         fraction = math.log1p(max(span.total_seconds(), 0) / 60) / math.log1p(scale_end.total_seconds() / 60)
@@ -153,8 +159,7 @@ def _timeline(every: list[Session], now: datetime) -> str:
     for tick, name in TICKS:
         if tick <= scale_end:
             marks.append(
-                f'<line x1="{x(tick):.1f}" y1="22" x2="{x(tick):.1f}" y2="{height - 10}" stroke="#e2e2e2"/>'
-                f'<text x="{x(tick):.1f}" y="16" font-size="11" text-anchor="middle" fill="#666">{name}</text>'
+                f'<line x1="{x(tick):.1f}" y1="22" x2="{x(tick):.1f}" y2="{height - 10}" stroke="#e2e2e2"/>{_tick_label(x(tick), name, width)}'
             )
     rows = []
     for index, session in enumerate(sessions):
@@ -164,15 +169,7 @@ def _timeline(every: list[Session], now: datetime) -> str:
             f"{html.escape(local(session.created))}</text>"
         )
         for offset, kind in ((0, DataKind.AUDIO), (9, DataKind.TRANSCRIPT)):
-            expires, ended = session.expires[kind], session.ended[kind]
-            if expires is None:
-                continue
-            kept, ahead = COLORS[kind]
-            full, done = expires - session.created, min(ended or now, expires) - session.created
-            rows.append(_bar(x(timedelta(0)), x(full), y + offset, ahead, f"{kind}: kept for {human(full)}"))
-            rows.append(_bar(x(timedelta(0)), x(done), y + offset, kept, f"{kind}: kept so far"))
-            if ended is not None and ended < expires:
-                rows.append(_bar(x(done), x(full), y + offset, DESTROYED, f"{kind}: destroyed early ({local(ended)})"))
+            rows.extend(_bars(session, kind, now, x, y + offset))
     legend = "".join(
         f'<span class=key><svg width="14" height="10"><rect width="14" height="10" fill="{color}"/></svg> {text}</span>'
         for color, text in (
@@ -180,14 +177,51 @@ def _timeline(every: list[Session], now: datetime) -> str:
             (COLORS[DataKind.AUDIO][1], "recording: time left"),
             (COLORS[DataKind.TRANSCRIPT][0], "transcript kept so far"),
             (COLORS[DataKind.TRANSCRIPT][1], "transcript: time left"),
-            (DESTROYED, "deleted before its time (forgotten)"),
+            (SHREDDED, "shredded: the time it was kept"),
+            (EARLY, "deleted before its time (forgotten, or its profile unused)"),
+            (OVERDUE, "kept past its time (see Deletions)"),
         )
     )
     return (
         f"<p class=meta>Each row is one session: who spoke and when. The bars run from the session for as long as it may "
-        f"be kept (the scale grows by steps, so minutes and months fit side by side).</p>{cut}<p>{legend}</p>"
+        f"be kept, the recording above the transcript (the scale grows by steps, so minutes and months fit side by side). "
+        f"Grey is gone: no key on this device opens it.</p>{cut}<p>{legend}</p>"
         f'<svg width="{width}" height="{height}" role="img" aria-label="timeline of kept sessions">{"".join(marks + rows)}</svg>'
     )
+
+
+def _tick_label(at: float, name: str, width: int) -> str:
+    """A tick's name centred on it, or ending at the picture's edge when centred it would
+    not fit (11px text is at most ~7px a character)."""
+    if at + len(name) * 3.5 > width - 2:
+        return f'<text x="{width - 2}" y="16" font-size="11" text-anchor="end" fill="#666">{name}</text>'
+    return f'<text x="{at:.1f}" y="16" font-size="11" text-anchor="middle" fill="#666">{name}</text>'
+
+
+def _bars(session: Session, kind: DataKind, now: datetime, x: Callable[[timedelta], float], y: int) -> list[str]:
+    """One kind's bars: kept so far and time left while it is kept; once shredded, grey for
+    the time it was kept and light grey for the time it lost by an early deletion; past
+    its expiry (kept on, or shredded late), the overdue part."""
+    expires, ended = session.expires[kind], session.ended[kind]
+    if expires is None:
+        return []
+    full = expires - session.created
+    start = x(timedelta(0))
+    if ended is None:
+        kept, ahead = COLORS[kind]
+        bars = [
+            _bar(start, x(full), y, ahead, f"{kind}: kept for {human(full)}, until {local(expires)}"),
+            _bar(start, x(min(now, expires) - session.created), y, kept, f"{kind}: kept so far"),
+        ]
+        over = now - expires
+    else:
+        bars = [_bar(start, x(min(ended, expires) - session.created), y, SHREDDED, f"{kind}: shredded {local(ended)}")]
+        if ended < expires:
+            bars.append(_bar(x(ended - session.created), x(full), y, EARLY, f"{kind}: deleted {human(expires - ended)} before its time"))
+        over = ended - expires
+    if over > LATE:
+        bars.append(_bar(x(full), x(full + over), y, OVERDUE, f"{kind}: kept {human(over)} past its time"))
+    return bars
 
 
 def _bar(start: float, end: float, y: int, color: str, label: str) -> str:
@@ -201,23 +235,33 @@ def _events(events: list[Event], empty: str, listed_by: str | None = None) -> st
         return f"<p>{html.escape(empty)}</p>"
     shown = events if listed_by is None else events[-TABLE_ROWS:]
     rows = "".join(
-        f"<tr><td>{html.escape(local(e.at))}</td><td>{html.escape(e.profile or '-')}</td><td>{html.escape(e.what)}</td>"
-        f"<td>{html.escape(e.why)}</td></tr>"
+        f"<tr><td>{_when(e)}</td><td>{html.escape(e.profile or '-')}</td><td>{html.escape(e.what)}"
+        f"{f' <b>(logged {e.count} times)</b>' if e.count > 1 else ''}</td><td>{html.escape(e.why)}</td></tr>"
         for e in shown
     )
     cut = _cut_rows(len(events), len(shown), listed_by or SHOW)
+    if any(e.count > 1 for e in shown):
+        cut += "<p class=meta>Identical events one after another share one row: how many times they were logged, from when to when.</p>"
     return cut + "<table><tr><th>when</th><th>whose</th><th>what</th><th>why</th></tr>" + rows + "</table>"
 
 
-def _refusals(groups: list[Refusals]) -> str:
+def _when(event: Event) -> str:
+    """When, or from when to when for identical events counted in one row."""
+    first, last = local(event.at), local(event.last) if event.last else None
+    if last is None or last == first:
+        return html.escape(first)
+    return f"{html.escape(first)} <span class=meta>to</span> {html.escape(last)}"
+
+
+def _refusals(groups: list[Event]) -> str:
     """One row per kind of refusal (whose, what, why) with how many times, first and last."""
     if not groups:
         return "<p>No export was refused.</p>"
     shown = groups[-TABLE_ROWS:]
     rows = "".join(
         f"<tr><td>{html.escape(g.profile or '-')}</td><td>{html.escape(g.what)}</td><td>{html.escape(g.why)}</td>"
-        f"<td class=count>{g.count}</td><td>{html.escape(local(g.first))}</td>"
-        f"<td>{html.escape(local(g.last)) if g.count > 1 else '-'}</td></tr>"
+        f"<td class=count>{g.count}</td><td>{html.escape(local(g.at))}</td>"
+        f"<td>{html.escape(local(g.last)) if g.last else '-'}</td></tr>"
         for g in shown
     )
     return (

@@ -4,7 +4,9 @@ when it did, the clock, the key and the voices. Read by the parent's report (rep
 
 Exports and key exports are kept one by one (they are rare and each matters); refusals are
 counted, identical ones (same profile, request and reason) as one row with its first and
-last time, so a flood of them hides nothing.
+last time, so a flood of them hides nothing. Clock events are counted the same way when
+one follows another with the same amount: a clock stepped once is seen again by every
+command that runs after it, and that is one row, not one per command.
 
 A malformed event (anyone can chain a line) is left out: the report's header says the log
 did not verify, and `audit verify` names the line.
@@ -20,6 +22,10 @@ from edge.values import DataKind
 
 LATE = timedelta(minutes=2)
 """A shred later than this after its expiry is explained (the device was off, the clock...)."""
+SAME_STEP = timedelta(minutes=1)
+"""Clock events of one type, one after another, whose amounts differ by less than this are
+one counted row: the same step, seen again by each later command (the amounts drift by
+seconds with the monotonic clock and NTP's slewing)."""
 
 
 @dataclass
@@ -32,26 +38,22 @@ class Session:
     """When each kind was shredded or forgotten (None: still kept)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
-    """One line of the report's tables: when, whose, what, and why in plain words."""
+    """One line of the report's tables: when, whose, what, and why in plain words; or
+    `count` identical events as one line (refusals, a clock step seen again), from `at` to `last`."""
 
     at: datetime
     profile: str
     what: str
     why: str = ""
-
-
-@dataclass
-class Refusals:
-    """Identical refused exports as one row: how many, the first and the last."""
-
-    profile: str
-    what: str
-    why: str
-    first: datetime
-    last: datetime
     count: int = 1
+    last: datetime | None = None
+    """When the last of `count` identical events happened (None: there is one)."""
+
+    def again(self, when: datetime) -> None:
+        self.count += 1
+        self.last = when
 
 
 @dataclass
@@ -59,10 +61,13 @@ class Story:
     sessions: dict[str, Session] = field(default_factory=dict)
     exports: list[Event] = field(default_factory=list)
     """Every export and every key (identity) export."""
-    refusals: dict[tuple[str, str, str], Refusals] = field(default_factory=dict)
+    refusals: dict[tuple[str, str, str], Event] = field(default_factory=dict)
     """Refused exports and key exports by (profile, what, why), in the order first seen."""
     shreds: list[Event] = field(default_factory=list)
     forgets: list[Event] = field(default_factory=list)
+    asked: dict[str, tuple[str, list[Event]]] = field(default_factory=dict)
+    """Each forget request's selector and rows, by its id: its fulfilment names whose
+    sessions went (for `everything before`) and says again who asked."""
     device: list[Event] = field(default_factory=list)
     """Clock set-backs, lost root keys, recovered writes, migrations."""
     voices: list[Event] = field(default_factory=list)
@@ -86,6 +91,7 @@ def read_story(entries: list[dict[str, Any]]) -> Story:
     story = Story()
     stopped: datetime | None = None
     pending: list[tuple[dict[str, Any], datetime]] = []
+    clock: tuple[str, float, Event] | None = None  # the latest clock row: its type and amount
     for entry in entries:
         try:
             when = aware(datetime.fromisoformat(entry["wall"]))
@@ -97,8 +103,13 @@ def read_story(entries: list[dict[str, Any]]) -> Story:
                 stopped = None
             if kind == "shred":
                 pending.append((fields, when))  # explained once every stop and start is known
+            elif kind.startswith("clock.") and clock is not None and _same_step(story, clock, kind, fields):
+                clock[2].again(when)
             else:
+                rows = len(story.device)
                 _take(story, kind, fields, when)
+                if kind.startswith("clock.") and len(story.device) > rows:
+                    clock = (kind, _amount(fields), story.device[-1])
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
     if stopped is not None:
@@ -109,6 +120,17 @@ def read_story(entries: list[dict[str, Any]]) -> Story:
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
     return story
+
+
+def _same_step(story: Story, clock: tuple[str, float, Event], kind: str, fields: dict[str, Any]) -> bool:
+    """Whether a clock event repeats the device table's last row (of the same type, with
+    an amount within SAME_STEP of that row's first)."""
+    seen, amount, row = clock
+    return bool(story.device) and story.device[-1] is row and kind == seen and abs(_amount(fields) - amount) < SAME_STEP.total_seconds()
+
+
+def _amount(fields: dict[str, Any]) -> float:
+    return float(fields.get("seconds", 0))
 
 
 def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> None:
@@ -122,18 +144,9 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
     elif kind == "identity.exported":
         story.exports.append(Event(when, _owner(story, fields), f"key exported: opens {fields['sessions']} recording(s)", "for checking"))
     elif kind == "forget.requested":
-        if fields.get("resumed"):  # the same request again, after a crash or power cut stopped its first run
-            what = f"finished the request to forget {fields['selector']} that a power cut or crash interrupted"
-        else:
-            what = f"asked to forget {fields['selector']}"
-        story.forgets.append(Event(when, "", what, f"{fields['sessions']} session(s)"))
+        _asked(story, fields, when)
     elif kind == "forget.fulfilled":
-        for session in fields["sessions"]:
-            if session in story.sessions:
-                ended = story.sessions[session].ended
-                for data_kind in DataKind:
-                    ended[data_kind] = ended[data_kind] or when
-        story.forgets.append(Event(when, "", "done: nothing of it opens any more", f"{len(fields['sessions'])} session(s)"))
+        _fulfilled(story, fields, when)
     elif kind == "clock.set_back":
         story.device.append(
             Event(
@@ -175,10 +188,66 @@ def _refused(story: Story, fields: dict[str, Any], when: datetime) -> None:
     key = (_owner(story, fields), what, reason)
     seen = story.refusals.get(key)
     if seen is None:
-        story.refusals[key] = Refusals(*key, first=when, last=when)
+        story.refusals[key] = Event(when, *key)
     else:
-        seen.count += 1
-        seen.last = when
+        seen.again(when)
+
+
+def _asked(story: Story, fields: dict[str, Any], when: datetime) -> None:
+    """A forget request's row: whose data (one session of a profile, a profile, everyone),
+    what it named and how many sessions, and who asked (resumed: after a power cut)."""
+    whose, named, command = _forgetting(story, str(fields["selector"]))
+    sessions = int(fields["sessions"])
+    count = "" if command == VOICES_FORGET else f": {plural(sessions, 'session') if sessions else 'none was kept'}"
+    why = _who_asked(command)
+    if fields.get("resumed"):  # the same request again, after a crash or power cut stopped its first run
+        row = Event(when, whose, f"finished the request to forget {named} that a power cut or crash interrupted{count}", why)
+    else:
+        row = Event(when, whose, f"asked to forget {named}{count}", why)
+    story.forgets.append(row)
+    story.asked.setdefault(str(fields["request"]), (str(fields["selector"]), []))[1].append(row)
+
+
+def _fulfilled(story: Story, fields: dict[str, Any], when: datetime) -> None:
+    """Marks the sessions forgotten; the row (and the request's) names whose they were."""
+    sessions = [s for s in fields["sessions"] if isinstance(s, str)]
+    profiles = sorted({story.sessions[s].profile for s in sessions if s in story.sessions})
+    for session in sessions:
+        if session in story.sessions:
+            ended = story.sessions[session].ended
+            for data_kind in DataKind:
+                ended[data_kind] = ended[data_kind] or when
+    selector, asked = story.asked.get(str(fields["request"]), ("", []))
+    if selector.startswith("everything before ") and profiles:
+        for row in asked:
+            row.profile = ", ".join(profiles)
+    whose, why = (asked[-1].profile, asked[-1].why) if asked else (", ".join(profiles), "")
+    what = f"done: nothing of {plural(len(sessions), 'session')} opens any more" if sessions else "done: nothing of it opens any more"
+    story.forgets.append(Event(when, whose, what, why))
+
+
+FORGET, VOICES_FORGET = "edge-agent forget", "edge-agent voices forget"
+
+
+def _who_asked(command: str) -> str:
+    return f"a parent asked ({command})" if command == VOICES_FORGET else f"a parent asked ({command}, or the control socket)"
+
+
+def _forgetting(story: Story, selector: str) -> tuple[str, str, str]:
+    """A forget request's selector (as the shredder describes it) as (whose, what it names,
+    the command that asks for it), every time in local time."""
+    word, _, rest = selector.partition(" ")
+    if word == "session":
+        session = story.sessions.get(rest)
+        return (f"one session of {session.profile}" if session else "one session"), selector, FORGET
+    if word == "profile":
+        return rest, f"every session of {rest}", FORGET
+    if selector.startswith("the voiceprint of "):
+        return selector.removeprefix("the voiceprint of "), selector, VOICES_FORGET
+    if selector.startswith("everything before "):
+        before = aware(datetime.fromisoformat(selector.removeprefix("everything before ")))
+        return "everyone", f"everything before {local(before)}", FORGET  # until its fulfilment names them
+    return ("everyone" if selector == "everything" else ""), selector, FORGET
 
 
 def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:
@@ -226,6 +295,11 @@ def _time(text: object) -> datetime | None:
     return aware(datetime.fromisoformat(text))
 
 
+def plural(count: int, noun: str) -> str:
+    """A count and its noun as a person writes them: "1 session", "3 sessions"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def human(duration: timedelta) -> str:
     """A duration as a person says it: "3 days 4 hours", "12 minutes", "40 seconds"."""
     seconds = abs(duration.total_seconds())
@@ -242,5 +316,9 @@ def human(duration: timedelta) -> str:
 
 
 def local(instant: datetime) -> str:
-    """The device's local time, as a person reads it (the zone is shown once, in the header)."""
-    return instant.astimezone().strftime("%a %d %b %Y %H:%M")
+    """The device's local time, as a person reads it. The header names the zone once; a time
+    whose offset differs from the header's (summer time, winter time) names its own."""
+    here = instant.astimezone()
+    if here.utcoffset() != datetime.now().astimezone().utcoffset():
+        return here.strftime("%a %d %b %Y %H:%M %Z")
+    return here.strftime("%a %d %b %Y %H:%M")

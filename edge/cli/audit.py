@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -92,16 +93,32 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """The page into a file, or with `--html -` onto stdout (nothing else is written there:
+    `ssh speaker sudo edge-agent audit report --html - > report.html` gives the parent a
+    file of their own, where a file written on the speaker would be root's, 0600)."""
+    to_stdout = args.html == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError(
+            "--html - writes the page to standard output, which is this terminal: send it to a file, e.g. "
+            "`edge-agent audit report --html - > report.html` (over ssh: `ssh SPEAKER sudo edge-agent audit report --html - "
+            "> report.html`), or name the file: --html report.html"
+        )
     config = config_of(args)
     from edge.audit.report import render
     from edge.crypto.vault import open_vault
 
-    check_output(Path(args.html), config.device.data_dir)
+    if not to_stdout:
+        check_output(Path(args.html), config.device.data_dir)
     result = wiring.verification(config)
     level = open_vault(config.vault, config.device.data_dir).level
     page = render(list(AuditLog(config.device.data_dir).entries()), config, level, result, wiring.trusted_now(config))
-    write_output(Path(args.html), page.encode("utf-8"), config.device.data_dir)
-    print(f"report written to {args.html}" + ("" if result.ok else " (the audit log did NOT verify: see the page)"))
+    said = "" if result.ok else " (the audit log did NOT verify: see the page)"
+    if to_stdout:
+        sys.stdout.buffer.write(page.encode("utf-8"))
+        log.info("report written to standard output%s", said)
+    else:
+        write_output(Path(args.html), page.encode("utf-8"), config.device.data_dir)
+        print(f"report written to {args.html}{said}")
     return 0
 
 
@@ -156,9 +173,13 @@ COMMANDS = (
                 "report",
                 "write a self-contained HTML page for parents",
                 "One HTML file with no external scripts, fonts or images: what each profile keeps and until when, "
-                "a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level.",
+                "a timeline of sessions kept and shredded, lateness, forget requests, the guarantee level. "
+                "--html - writes it to standard output (never a terminal), e.g. from a headless speaker: "
+                "ssh SPEAKER sudo edge-agent audit report --html - > report.html",
                 _report,
-                lambda parser: parser.add_argument("--html", required=True, metavar="FILE"),
+                lambda parser: parser.add_argument(
+                    "--html", required=True, metavar="FILE", help="the page to write (0600); - for standard output"
+                ),
             ),
         ),
     ),
