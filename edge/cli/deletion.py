@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from datetime import timedelta
 
 from edge import wiring
 from edge.cli.base import Command, config_of, print_report
 from edge.config import Config
+from edge.durations import ALLOWED, format_duration, parse_duration
 from edge.errors import UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
 from edge.retention.shredder import ForgetRequest, Shredder
+from edge.store.keystore import Access
+
+log = logging.getLogger("edge.cli")
 
 PROGRESS_FROM = 1000
 """Files to delete from which a command shows its progress (fewer go by too fast to read)."""
@@ -24,11 +30,50 @@ def _shredder(config: Config) -> Shredder:
 
 def _purge(args: argparse.Namespace) -> int:
     config = config_of(args)
+    if args.overdue is not None:
+        return _purge_overdue(config, _margin(args.overdue, config))
     report = _shredder(config).sweep()
     if report.empty:
         print(f"nothing is due (at {report.reading.now.isoformat(timespec='seconds')})")
     print_report(report)
     return 0
+
+
+def _margin(text: str, config: Config) -> timedelta:
+    """--overdue's margin: never under two sweep intervals, which a healthy agent may need."""
+    try:
+        margin = parse_duration(text)
+    except ValueError:
+        raise UsageError(f"--overdue {text!r}: must be {ALLOWED}") from None
+    return max(margin, 2 * config.retention.sweep)
+
+
+def _purge_overdue(config: Config, margin: timedelta) -> int:
+    """The installed timer's second path to shredding, independent of the agent: look first
+    with everything read-only (when nothing is `margin` past due, nothing is written at all),
+    and only then sweep as `purge` does, saying that the agent had not."""
+    found = wiring.make_shredder(config, store=wiring.open_store(config, Access.READ)).overdue(margin)
+    if found.empty:
+        return 0
+    report = _shredder(config).sweep(backstop=True)
+    late = found.left_in(report)  # the agent may have woken up meanwhile
+    if not late.empty:
+        log.warning(
+            "the agent had not shredded %s more than %s past due: purge --overdue did (is it running? systemctl status edge-agent)",
+            late.describe(),
+            format_duration(margin),
+        )
+    print_report(report)
+    return 0
+
+
+def _purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overdue",
+        metavar="DURATION",
+        help="only when something is more than DURATION past due (the agent did not shred it): then purge, and say so; "
+        "otherwise write nothing and print nothing. At least twice [retention] sweep. The installed timer runs it",
+    )
 
 
 def _forget(args: argparse.Namespace) -> int:
@@ -78,8 +123,10 @@ COMMANDS = (
         "shred everything that is due now, and say what was shredded",
         "Run what the agent's sweep runs: shred every retention bucket whose expiry has passed (by the clock that "
         "cannot be set back) and every profile unused for its inactive_after, finish interrupted work, delete "
-        "orphaned ciphertext.",
+        "orphaned ciphertext. With --overdue, a second path that does not depend on the agent: it acts only "
+        "when the agent has left something past due.",
         _purge,
+        _purge_arguments,
     ),
     Command(
         "forget",
