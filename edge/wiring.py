@@ -46,15 +46,31 @@ def make_model(config: Config) -> SpeechModel:
     return SpeechModel(find_model(config.device.model, config.device.data_dir))
 
 
-def check_data_dir(config: Config) -> None:
-    """Refuse a data folder that holds things edge did not make: edge deletes what it cannot
-    account for in its own folders, so it must never share one (such as a home folder)."""
+@dataclass(frozen=True)
+class Inventory:
+    """The names at the top of a data folder: edge's own, and anything else."""
+
+    own: tuple[str, ...]
+    foreign: tuple[str, ...]
+
+
+def inventory(config: Config, folder: Path | None = None) -> Inventory:
+    """Sort what the data folder holds (`folder`: where it is when not where the config says,
+    as under `install.sh --root`). The file vault's key is edge's when it lives there."""
     data_dir = config.device.data_dir
     vault_path = config.vault.path
     also: frozenset[str] = frozenset()
     if vault_path is not None and vault_path.parent.resolve() == data_dir.resolve():
         also = frozenset({vault_path.name, vault_path.name + ".next"})
-    foreign = sorted(name for name in entries_in(data_dir) if not is_own_name(name, also))
+    names = sorted(entries_in(folder if folder is not None else data_dir))
+    return Inventory(tuple(n for n in names if is_own_name(n, also)), tuple(n for n in names if not is_own_name(n, also)))
+
+
+def check_data_dir(config: Config) -> None:
+    """Refuse a data folder that holds things edge did not make: edge deletes what it cannot
+    account for in its own folders, so it must never share one (such as a home folder)."""
+    data_dir = config.device.data_dir
+    foreign = inventory(config).foreign
     if foreign:
         shown = ", ".join(repr(name) for name in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise ConfigError(

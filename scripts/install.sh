@@ -13,9 +13,11 @@
 #
 # What it does: apt dependencies; a system user `edge` (group edge, member of audio);
 # the package in a venv under /opt/edge; /etc/edge/household.toml from the example
-# (0640 root:edge, never overwritten); /var/lib/edge (0700 edge); the systemd unit,
-# enabled and started. With --root, the steps that change the running system (apt,
-# users, owners, systemctl) are printed as "skip (--root): ..." instead.
+# (0640 root:edge, never overwritten); /var/lib/edge (0700 edge, and so are edge's own files
+# that a command run as root left there); the systemd unit, enabled and started; a timer
+# that shreds what the agent left overdue (edge-purge-overdue: a second path, README). With
+# --root, the steps that change the running system (apt, users, owners, systemctl) are
+# printed as "skip (--root): ..." instead.
 #
 # --wyoming PORT: the agent never opens a network socket; it serves the Unix socket
 # /run/edge-wyoming/PORT.sock (a [[wyoming]] table appended to household.toml), and a
@@ -30,7 +32,7 @@ ACTION=install
 MODEL=1
 WYOMING=()  # one PORT or PORT:PROFILE per --wyoming, checked by add_wyoming
 TPM=0
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 add_wyoming() {  # add_wyoming PORT[:PROFILE]: check one --wyoming value, or exit 2 saying why
   local spec=$1 port=${1%%:*} profile="" given
   [ "$port" = "$spec" ] || profile=${spec#*:}
@@ -72,6 +74,8 @@ DATA=$ROOT/var/lib/edge
 UNITS=$ROOT/etc/systemd/system
 UNIT=$UNITS/edge-agent.service
 TPM_DROPIN=$UNITS/edge-agent.service.d/tpm.conf
+BACKSTOP=edge-purge-overdue  # a timer and a service: shreds what the agent left overdue
+BACKSTOP_DROPIN=$UNITS/$BACKSTOP.service.d/tpm.conf
 AVAHI=$ROOT/etc/avahi/services
 TMPFILES=$ROOT/etc/tmpfiles.d/edge-wyoming.conf
 BIN=$ROOT/usr/local/bin/edge-agent
@@ -164,6 +168,7 @@ install_edge() {
 
   install -d -m 0700 "$DATA"
   chmod 0700 "$DATA"
+  take_over_data
   system chown edge:edge /var/lib/edge
 
   # Also when the config already names a listener there (say, after --uninstall, which keeps
@@ -173,14 +178,18 @@ install_edge() {
   fi
 
   install -m 0644 "$SRC/configs/edge-agent.service" "$UNIT"
-  if [ "$TPM" = 1 ]; then  # the unit's device policy is closed: open the TPM's resource manager only
-    install -d -m 0755 "$(dirname "$TPM_DROPIN")"
-    write_file 0644 "$TPM_DROPIN" <<'UNIT'
-# Written by scripts/install.sh --tpm: the agent keeps its root key in the TPM.
+  install -m 0644 "$SRC/configs/$BACKSTOP.service" "$SRC/configs/$BACKSTOP.timer" "$UNITS/"
+  if [ "$TPM" = 1 ]; then  # the units' device policy is closed: open the TPM's resource manager only
+    local dropin
+    for dropin in "$TPM_DROPIN" "$BACKSTOP_DROPIN"; do
+      install -d -m 0755 "$(dirname "$dropin")"
+      write_file 0644 "$dropin" <<'UNIT'
+# Written by scripts/install.sh --tpm: edge keeps its root key in the TPM.
 [Service]
 SupplementaryGroups=tss
 DeviceAllow=/dev/tpmrm0 rw
 UNIT
+    done
   fi
   local spec sockets=()
   for spec in "${WYOMING[@]}"; do sockets+=("edge-wyoming-${spec%%:*}.socket"); done
@@ -188,13 +197,87 @@ UNIT
     systemctl daemon-reload
     systemctl enable --now edge-agent.service
     systemctl restart edge-agent.service  # so it binds every Wyoming socket its config names
+    systemctl enable --now "$BACKSTOP.timer"
     for spec in "${sockets[@]}"; do systemctl enable --now "$spec"; done
   else
     system systemctl daemon-reload
     system systemctl enable --now edge-agent.service
+    system systemctl enable --now "$BACKSTOP.timer"
     for spec in "${sockets[@]}"; do system systemctl enable --now "$spec"; done
   fi
   say "done. Check it with: edge-agent doctor; the audit log with: edge-agent audit verify"
+}
+
+# A command run as root before this install (say `sudo edge-agent purge`) leaves edge's files
+# in /var/lib/edge owned by root, where the service (user edge) cannot open them. Give edge's
+# own names there (docs/FORMATS.md, as the installed edge lists them) to edge, folders with
+# all they hold, never through a link and nothing else; refuse, changing nothing and saying
+# how to fix it, when the folder holds what the service could not use.
+take_over_data() {
+  [ -n "$(ls -A "$DATA")" ] || return 0
+  local listing line own=() foreign=() keyring_uid=""
+  listing=$("$OPT/venv/bin/python" - "$ETC/household.toml" "$DATA" <<'PY'
+import sys
+from pathlib import Path
+
+from edge.config import load_config
+from edge.crypto.vault import KeyringMarker
+from edge.disk.layout import KEYSTORE, KEYSTORE_DB
+from edge.errors import EdgeError
+from edge.wiring import inventory
+
+try:
+    found = inventory(load_config(Path(sys.argv[1])), Path(sys.argv[2]))
+    marker = KeyringMarker.load(Path(sys.argv[2]))
+except EdgeError as exc:
+    raise SystemExit(f"install: {exc}") from None
+for name in found.own:
+    if name != "lost+found" and "\n" not in name:  # lost+found: the file system's, not edge's
+        print("own", name)
+for name in [*found.foreign, *(n for n in found.own if "\n" in n)]:
+    print("foreign", repr(name))
+if marker is not None and {KEYSTORE, KEYSTORE_DB} & set(found.own):
+    print("keyring", marker.uid)
+PY
+  ) || exit 1
+  while IFS= read -r line; do
+    case $line in
+      "own "*) own+=("${line#own }") ;;
+      "foreign "*) foreign+=("${line#foreign }") ;;
+      "keyring "*) keyring_uid=${line#keyring } ;;
+    esac
+  done <<< "$listing"
+  if [ ${#foreign[@]} -gt 0 ]; then
+    say "/var/lib/edge holds what edge did not make: ${foreign[*]}. The agent refuses a data folder that holds"
+    say "anything else (it deletes what it cannot account for there), so nothing was changed. Move them out, e.g."
+    say "  sudo mv /var/lib/edge/NAME /root/   (for each name above)"
+    say "then run this script again."
+    exit 1
+  fi
+  if [ -n "$keyring_uid" ] && [ -z "$ROOT" ] && [ "$keyring_uid" != "$(id -u edge)" ]; then
+    local who as="sudo"; who=$(getent passwd "$keyring_uid" | cut -d: -f1 || true)
+    [ "$keyring_uid" = 0 ] || as="sudo -u ${who:-#$keyring_uid}"
+    say "/var/lib/edge holds a keystore whose root key is in the kernel keyring of uid $keyring_uid (${who:-unknown}):"
+    say "an edge-agent command run as that user made it, and the service (user edge) cannot reach that keyring, so"
+    say "it could not open the keystore; no key can be handed over. Nothing was changed. As that user, forget what"
+    say "the keystore holds (audited), destroy its root key, then remove the keystore, so the service begins afresh:"
+    say "  $as edge-agent forget --all --yes"
+    say "  $as /opt/edge/venv/bin/python -c 'from pathlib import Path; from edge.crypto.vault import KeyringVault; v = KeyringVault(Path(\"/var/lib/edge\")); v.erase(\"current\"); v.erase(\"next\")'"
+    say "  sudo rm -f /var/lib/edge/vault /var/lib/edge/keystore.db /var/lib/edge/keystore.db-wal /var/lib/edge/keystore.db-shm"
+    say "then run this script again."
+    exit 1
+  fi
+  [ ${#own[@]} -gt 0 ] || return 0
+  local paths=() name taken
+  for name in "${own[@]}"; do paths+=("/var/lib/edge/$name"); done
+  if [ -n "$ROOT" ]; then
+    say "skip (--root): chown -hPR edge:edge ${paths[*]}"
+    return 0
+  fi
+  # -h: a link's own owner, never its target's; -P: no link is followed into (a symlinked
+  # recordings/ stays a link to wherever it points, and that place is left alone).
+  taken=$(chown -c -hPR edge:edge "${paths[@]}" | wc -l)
+  [ "$taken" = 0 ] || say "gave $taken of edge's own files and folders in /var/lib/edge to the service user edge (a command run as root had made them)"
 }
 
 # Before anything changes: each --wyoming PROFILE must be a profile of the config the agent
@@ -294,9 +377,11 @@ staged_config() {
 
 uninstall_edge() {
   need_root
-  if systemd_running; then
+  if systemd_running; then  # the timer first: its purge must not run while the service goes
+    systemctl disable --now "$BACKSTOP.timer" 2>/dev/null || true
     systemctl disable --now edge-agent.service 2>/dev/null || true
   else
+    system systemctl disable --now "$BACKSTOP.timer"
     system systemctl disable --now edge-agent.service
   fi
   uninstall_wyoming
@@ -322,8 +407,8 @@ uninstall_edge() {
     fi
   fi
   if [ "$config" != /etc/edge/household.toml ]; then rm -f "$config"; fi
-  rm -f "$UNIT" "$TPM_DROPIN" "$BIN"
-  rmdir "$(dirname "$TPM_DROPIN")" 2>/dev/null || true
+  rm -f "$UNIT" "$TPM_DROPIN" "$UNITS/$BACKSTOP.service" "$UNITS/$BACKSTOP.timer" "$BACKSTOP_DROPIN" "$BIN"
+  rmdir "$(dirname "$TPM_DROPIN")" "$(dirname "$BACKSTOP_DROPIN")" 2>/dev/null || true
   rm -rf "$OPT"
   system systemctl daemon-reload
   say "removed the service and the program. Kept: $ETC (your config, [[wyoming]] tables too) and $DATA ($verified)."

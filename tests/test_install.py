@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from edge.doctor import MAX_EXPOSURE, unit_exposure
 from support import ROOT
 
 UNIT = ROOT / "configs" / "edge-agent.service"
+BACKSTOP = ROOT / "configs" / "edge-purge-overdue.service"
+TIMER = ROOT / "configs" / "edge-purge-overdue.timer"
 EXAMPLE = ROOT / "configs" / "household.example.toml"
 SCRIPT = ROOT / "scripts" / "install.sh"
 PROXYD = "/lib/systemd/systemd-socket-proxyd"
@@ -112,10 +115,13 @@ def test_reinstall_is_idempotent_and_keeps_the_household_config(staged):
 def test_the_unit_verifies_cleanly(staged, tmp_path):
     stage, _ = staged
     program = stage / "opt/edge/venv/bin/edge-agent"
-    unit = tmp_path / "edge-agent.service"  # the same unit, with ExecStart at the staged program
-    unit.write_text(UNIT.read_text().replace("/opt/edge/venv/bin/edge-agent", str(program)))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    units = []  # the same units, with ExecStart at the staged program
+    for name in ("edge-agent.service", BACKSTOP.name, TIMER.name):
+        units.append(tmp_path / name)
+        units[-1].write_text((stage / "etc/systemd/system" / name).read_text().replace("/opt/edge/venv/bin/edge-agent", str(program)))
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
+    unit = units[0]
     broken = tmp_path / "broken.service"
     broken.write_text(unit.read_text().replace("UMask=0077", "UMask=0077\nPrivateNetwrk=yes"))
     result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, timeout=60)
@@ -152,6 +158,61 @@ def test_a_weakened_unit_scores_worse(tmp_path):
     assert exposure is not None and exposure > 5
 
 
+def _directives(unit: Path) -> list[str]:
+    return [line for line in unit.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_the_backstop_timer_is_installed_enabled_and_runs_purge_overdue(staged, tmp_path):
+    """Defence in depth (issue 27): a timer runs `purge --overdue` in a service of its own, as
+    the agent's user, as sandboxed as the agent, so a wedged agent cannot keep data past expiry."""
+    stage, log = staged
+    service, timer = stage / "etc/systemd/system" / BACKSTOP.name, stage / "etc/systemd/system" / TIMER.name
+    assert _mode(service) == _mode(timer) == "0o644"
+    assert service.read_bytes() == BACKSTOP.read_bytes() and timer.read_bytes() == TIMER.read_bytes()
+    assert _exec_start(service) == ["/opt/edge/venv/bin/edge-agent", "--config", "/etc/edge/household.toml", "purge", "--overdue", "10m"]
+    assert "skip (--root): systemctl enable --now edge-purge-overdue.timer" in log
+    lines = _directives(service)
+    assert "Type=oneshot" in lines and "WantedBy=multi-user.target" not in lines  # started by its timer only
+    agent = set(_directives(UNIT))
+    shared = agent - {
+        "Type=simple",
+        "SupplementaryGroups=audio",
+        "DeviceAllow=char-alsa rw",
+        "Restart=on-failure",
+        "RestartSec=5s",
+        "TimeoutStopSec=30s",
+        "RuntimeDirectory=edge",
+        "RuntimeDirectoryMode=0750",
+        "ReadWritePaths=-/run/edge-wyoming",
+        "RemoveIPC=yes",
+        "After=sound.target time-sync.target",
+        "Wants=time-sync.target",
+        "WantedBy=multi-user.target",
+        "[Install]",
+    }
+    shared = {line for line in shared if not line.startswith(("Description=", "ExecStart="))}
+    assert shared - set(lines) == set()  # the same user, data folder, network namespace, sandbox and filter
+    assert "RemoveIPC=yes" not in lines  # it would remove the agent's IPC objects too (the same user)
+    exposure = unit_exposure(service)
+    assert exposure is not None and exposure <= MAX_EXPOSURE
+    timing = _directives(timer)
+    assert {"OnActiveSec=5min", "OnUnitActiveSec=5min", "WantedBy=timers.target"} <= set(timing)
+    assert not [line for line in timing if line.startswith("OnCalendar=")]  # the monotonic clock: a wall clock set back skips nothing
+
+    config = tmp_path / "household.toml"  # the installed program, with the tests' config: a look that writes nothing
+    config.write_text(
+        EXAMPLE.read_text()
+        .replace('data_dir = "/var/lib/edge"', f'data_dir = "{tmp_path / "data"}"')
+        .replace('keyring = "persistent"', 'keyring = "session"')
+        .replace('control_socket = "/run/edge/control.sock"', 'control_socket = ""')
+    )
+    command = _exec_start(service)
+    command[2] = str(config)
+    ran = _at_opt_edge(stage, *command)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")
+    assert not (tmp_path / "data").exists()
+
+
 def test_uninstall_forgets_everything_audited_then_removes_the_service(tmp_path_factory, speech):
     stage = tmp_path_factory.mktemp("stage-uninstall") / "root"
     assert _install(stage).returncode == 0
@@ -182,11 +243,13 @@ def test_uninstall_forgets_everything_audited_then_removes_the_service(tmp_path_
     assert "audit log intact" in result.stdout and "nothing past its retention can be opened" in result.stdout
     assert not (stage / "opt/edge").exists()
     assert not (stage / "etc/systemd/system/edge-agent.service").exists()
+    assert not list((stage / "etc/systemd/system").glob("edge-purge-overdue.*"))
     assert not (stage / "usr/local/bin/edge-agent").exists()
     assert config.exists()  # the household's config stays
     assert list((data / "recordings").iterdir()) == []
     assert '"type":"forget.fulfilled"' in (data / "audit.jsonl").read_text()
     assert "skip (--root): systemctl disable --now edge-agent.service" in result.stderr
+    assert "skip (--root): systemctl disable --now edge-purge-overdue.timer" in result.stderr
 
 
 def test_a_staged_uninstall_touches_nothing_outside_its_root_and_claims_nothing(tmp_path_factory):
@@ -213,9 +276,10 @@ def test_tpm_stages_the_extra_the_device_and_a_tpm_config_and_uninstalls_cleanly
     assert {"libtss2-dev", "pkg-config", "tpm-udev"} <= set(apt.split())
     assert "skip (--root): usermod -a -G tss edge" in result.stderr
     dropin = stage / "etc/systemd/system/edge-agent.service.d/tpm.conf"
-    assert _mode(dropin) == "0o644"
-    lines = [line for line in dropin.read_text().splitlines() if line and not line.startswith("#")]
-    assert lines == ["[Service]", "SupplementaryGroups=tss", "DeviceAllow=/dev/tpmrm0 rw"]
+    backstop = stage / "etc/systemd/system/edge-purge-overdue.service.d/tpm.conf"  # the timer's purge opens the same vault
+    assert _mode(dropin) == _mode(backstop) == "0o644"
+    for each in (dropin, backstop):
+        assert _directives(each) == ["[Service]", "SupplementaryGroups=tss", "DeviceAllow=/dev/tpmrm0 rw"]
     config_path = stage / "etc/edge/household.toml"
     vault = parse_config(tomllib.loads(config_path.read_text()), config_path).vault
     assert (vault.backend, vault.tcti, vault.nv_index) == ("tpm", "device:/dev/tpmrm0", 0x0100ED60)
@@ -225,6 +289,7 @@ def test_tpm_stages_the_extra_the_device_and_a_tpm_config_and_uninstalls_cleanly
     assert removed.returncode == 0, removed.stderr
     assert "the persistent keyring or the TPM, is outside" in removed.stderr  # --root never reaches the machine's TPM
     assert not dropin.exists() and not dropin.parent.exists() and config_path.exists()
+    assert not backstop.parent.exists()
 
 
 def test_on_a_kernel_without_persistent_keyrings_the_config_gets_the_file_vault(tmp_path):
@@ -598,3 +663,186 @@ def test_the_bridge_relays_tcp_to_the_unix_socket(wyoming, tmp_path):
         _, errors = bridge.communicate(timeout=10)
         server.close()
     assert f"Listening on 127.0.0.1:{port}" in errors
+
+
+# -- a data folder that a command run as root made before the install (issue 27, item 8) ------
+
+
+class Device:
+    """A Debian machine that install.sh changes for real (useradd, chown, the venv, the units),
+    as root, in mount namespaces of its own: /etc, /var/lib, /usr/local and /opt are overlays
+    of this machine's whose changes all land in `folder`, so this machine is left as it was.
+    Its python3 is Debian's (/usr/bin), which the service user may run. No systemd runs here,
+    so `systemctl` only notes its calls (the one stand-in: the test is about the files). Each
+    `run` is a new namespace on the same state."""
+
+    OVERLAID = ("etc", "var/lib", "usr/local", "opt")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        for place in self.OVERLAID:
+            (folder / "upper" / place).mkdir(parents=True)
+            (folder / "work" / place).mkdir(parents=True)
+        (folder / "bin").mkdir()
+        stub = folder / "bin" / "systemctl"
+        stub.write_text(f'#!/bin/sh\necho "$*" >> {folder / "systemctl.log"}\n')
+        stub.chmod(0o755)
+
+    def run(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        mounts = [
+            f"mount -t overlay overlay -o lowerdir=/{place},upperdir={self.folder}/upper/{place},workdir={self.folder}/work/{place} /{place}"
+            for place in self.OVERLAID
+        ]
+        path = f"{self.folder}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        body = "set -e\n" + "\n".join(mounts) + f'\nexport PATH="{path}"\nunset EDGE_CONFIG\nset +e\n' + script
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", body],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+
+    def path(self, target: str) -> Path:
+        """Where a path the device wrote (or changed) is kept here."""
+        return self.folder / "upper" / target.lstrip("/")
+
+    def uid(self, user: str) -> int:
+        """The device's own user database, which useradd wrote."""
+        passwd = self.path("/etc/passwd").read_text()
+        return next(int(line.split(":")[2]) for line in passwd.splitlines() if line.startswith(f"{user}:"))
+
+
+def _device_config(*, vault: str, model: Path) -> str:
+    """The example config as a household might have it before installing: recording always,
+    a vault of the tests (never a persistent keyring of this machine's)."""
+    text = EXAMPLE.read_text()
+    text = text.replace('model = "auto"', f'model = "{model}"').replace('mode = "wake"', 'mode = "always"')
+    text = text.replace('control_socket = "/run/edge/control.sock"', 'control_socket = ""')
+    text = re.sub(r'(?m)^keyring = "persistent".*$', "", text)
+    return re.sub(r'(?m)^backend = "keyring".*$', vault, text)
+
+
+@pytest.fixture
+def device(tmp_path):
+    return Device(tmp_path / "device")
+
+
+BEFORE_INSTALL = f"cd {ROOT} && {sys.executable} -m edge --config /etc/edge/household.toml"
+"""An edge-agent command run as root from this clone before the install (its scripts/setup.sh venv)."""
+
+
+def _owners(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.lstat().st_uid for path in sorted(folder.rglob("*"))}
+
+
+def test_install_gives_the_service_what_a_command_run_as_root_made_in_its_folder(device, speech, tmp_path):
+    """`edge-agent run` as root before install.sh leaves /var/lib/edge root's, files and all:
+    the install gives edge's own names to edge (through no link), nothing else, and the
+    service user can then do what the service does: forget everything it holds."""
+    from edge.stt.model_path import find_model
+
+    outside = tmp_path / "outside"  # what links inside the folder point at: never changed
+    (outside / "models").mkdir(parents=True)
+    (outside / "target").write_text("not edge's\n")
+    config = _device_config(vault='backend = "file"\npath = "/var/lib/edge/root.key"', model=find_model("auto"))
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"))
+    before = device.run(
+        "mkdir -p /etc/edge && cat > /etc/edge/household.toml <<'TOML'\n" + config + "TOML\n"
+        f"{BEFORE_INSTALL} run --input {clip} --profile child || exit 1\n"
+        "mkdir -m 0700 /var/lib/edge/lost+found && touch /var/lib/edge/lost+found/#1234\n"  # a file system's: not edge's
+        f"ln -s {outside / 'target'} /var/lib/edge/recordings/0123456789abcdef.wav.age\n"
+        f"ln -s {outside / 'models'} /var/lib/edge/models\n"
+    )
+    assert before.returncode == 0, before.stderr
+    data = device.path("/var/lib/edge")
+    assert sorted(p.name for p in data.iterdir()) == [
+        "audit.jsonl",
+        "audit.key",
+        "clock",
+        "keystore.db",
+        "lock",
+        "lost+found",
+        "models",
+        "recordings",
+        "reserve",
+        "root.key",
+        "transcripts",
+    ]
+    assert set(_owners(data).values()) == {0}
+
+    installed = device.run(f"{SCRIPT} --no-model")
+    assert installed.returncode == 0, installed.stderr
+    edge = device.uid("edge")
+    owners = _owners(data)
+    theirs = {"lost+found", "lost+found/#1234"}
+    assert {name: uid for name, uid in owners.items() if name not in theirs} == {name: edge for name in owners if name not in theirs}
+    assert {name: owners[name] for name in theirs} == {name: 0 for name in theirs}
+    assert data.stat().st_uid == edge and len(owners) == 17  # with 2 sessions, a recording and a transcript each
+    assert (outside / "target").stat().st_uid == 0 and (outside / "models").stat().st_uid == 0  # links: never followed
+    assert "gave 15 of edge's own files and folders in /var/lib/edge to the service user edge" in installed.stderr
+    assert "enable --now edge-purge-overdue.timer" in (device.folder / "systemctl.log").read_text()
+
+    service = device.run("runuser -u edge -- /opt/edge/venv/bin/edge-agent forget --all --yes")
+    assert service.returncode == 0, service.stderr
+    assert "forgot 2 session(s)" in service.stdout
+    assert [p.name for p in (data / "recordings").iterdir()] == ["0123456789abcdef.wav.age"]  # a link: left alone
+    again = device.run(f"{SCRIPT} --no-model")  # nothing more to take over
+    assert again.returncode == 0 and "gave" not in again.stderr, again.stderr
+
+
+def test_a_root_key_in_roots_keyring_stops_the_install_with_the_exact_fix(device, tmp_path):
+    """The service could not open a keystore whose root key is in root's kernel keyring (no key
+    can be handed over between users): install.sh changes nothing and prints the commands
+    that forget it; after them the install completes and the service user can use the folder."""
+    config = _device_config(vault='backend = "keyring"\nkeyring = "session"', model=Path("/nonexistent"))  # the tests' keyring
+    before = device.run("mkdir -p /etc/edge && cat > /etc/edge/household.toml <<'TOML'\n" + config + f"TOML\n{BEFORE_INSTALL} purge")
+    assert before.returncode == 0, before.stderr
+    data = device.path("/var/lib/edge")
+    refused = device.run(f"{SCRIPT} --no-model")
+    assert refused.returncode == 1
+    assert "holds a keystore whose root key is in the kernel keyring of uid 0 (root)" in refused.stderr
+    assert set(_owners(data).values()) == {0} and data.stat().st_uid == 0  # nothing was changed
+    assert not device.path("/etc/systemd/system/edge-agent.service").exists()
+    fix = [line.removeprefix("install:   sudo ") for line in refused.stderr.splitlines() if line.startswith("install:   sudo ")]
+    assert [line.split(" ", 1)[0] for line in fix] == ["edge-agent", "/opt/edge/venv/bin/python", "rm"]
+    assert fix[0] == "edge-agent forget --all --yes"
+    fixed = device.run("\n".join(f"{line} || exit 1" for line in fix) + f"\n{SCRIPT} --no-model")
+    assert fixed.returncode == 0, fixed.stderr
+    assert set(_owners(data).values()) == {device.uid("edge")}
+    # as the service: user edge, in a session keyring of its own (systemd gives each service one)
+    own_keyring = "from edge.crypto.keyring import join_new_session_keyring as j; import os, sys; j(); os.execv(sys.argv[1], sys.argv[1:])"
+    service = device.run(f"runuser -u edge -- /opt/edge/venv/bin/python -c '{own_keyring}' /opt/edge/venv/bin/edge-agent purge")
+    assert service.returncode == 0, service.stderr
+    assert json.loads((data / "vault").read_text())["uid"] == device.uid("edge")  # a fresh keystore, its root in edge's keyring
+    # root's old key is gone too: else root, sharing its name, would find it and be told the keystore is damaged
+    by_root = device.run("edge-agent status")
+    assert by_root.returncode != 0 and "which this process (user root (uid 0)) cannot see" in by_root.stderr, by_root.stderr
+
+
+def test_a_data_folder_holding_what_edge_did_not_make_stops_the_install(tmp_path):
+    """The agent refuses such a folder: the install says so, changing nothing there."""
+    stage = tmp_path / "root"
+    data = stage / "var/lib/edge"
+    data.mkdir(parents=True, mode=0o700)
+    (data / "audit.jsonl").write_text("")
+    (data / "notes.txt").write_text("someone's\n")
+    result = _install(stage)
+    assert result.returncode == 1
+    assert "/var/lib/edge holds what edge did not make: 'notes.txt'. The agent refuses" in result.stderr
+    assert "sudo mv /var/lib/edge/NAME /root/" in result.stderr and "chown" not in result.stderr.split("did not make")[1]
+    assert sorted(p.name for p in data.iterdir()) == ["audit.jsonl", "notes.txt"]
+    assert not (stage / "etc/systemd/system/edge-agent.service").exists()
+
+
+def test_a_staged_install_names_the_own_files_it_would_give_the_service(tmp_path):
+    stage = tmp_path / "root"
+    data = stage / "var/lib/edge"
+    for name in ("recordings", "lost+found"):
+        (data / name).mkdir(parents=True, mode=0o700)
+    for name in ("lock", "keystore.db", ".keystore.db.123.tmp"):
+        (data / name).touch(mode=0o600)
+    result = _install(stage)
+    assert result.returncode == 0, result.stderr
+    names = ".keystore.db.123.tmp keystore.db lock recordings"
+    assert f"skip (--root): chown -hPR edge:edge {' '.join('/var/lib/edge/' + n for n in names.split())}" in result.stderr

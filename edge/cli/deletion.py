@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from datetime import timedelta
 
 from edge import wiring
 from edge.audit.story import local
 from edge.cli.base import Command, config_of, print_report
 from edge.cli.whatif import print_forecast, what_if_instant
 from edge.config import Config
+from edge.durations import ALLOWED, format_duration, parse_duration
 from edge.errors import UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
 from edge.retention.forecast import Fate, forecast
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.keystore import Access
+
+log = logging.getLogger("edge.cli")
 
 PROGRESS_FROM = 1000
 """Files to delete from which a command shows its progress (fewer go by too fast to read)."""
@@ -31,10 +36,14 @@ def _purge(args: argparse.Namespace) -> int:
     if args.at is not None and not args.dry_run:
         raise UsageError("--at goes with --dry-run: a purge shreds what is due now, by the trusted clock")
     if args.dry_run:
+        if args.overdue is not None:
+            raise UsageError("--dry-run lists everything due (or due --at WHEN); --overdue does not go with it")
         store, _audit = wiring.open_store(config, Access.READ)
         now = wiring.trusted_now(config)
         print_forecast(forecast(config, store.read(), now), now, what_if_instant(args.at, now, "--at") if args.at else now)
         return 0
+    if args.overdue is not None:
+        return _purge_overdue(config, _margin(args.overdue, config))
     shredder = _shredder(config)
     report = shredder.sweep()
     if report.empty:
@@ -48,6 +57,45 @@ def _purge(args: argparse.Namespace) -> int:
 def _next(fate: Fate) -> str:
     """The next shred, in words: when, whose, what and why (`status --at` lists them all)."""
     return f"{fate.profile}'s {fate.what} at {local(fate.at)} ({fate.reason}); `status --at +7d` shows what follows"
+
+
+def _margin(text: str, config: Config) -> timedelta:
+    """--overdue's margin: never under two sweep intervals, which a healthy agent may need."""
+    try:
+        margin = parse_duration(text)
+    except ValueError:
+        raise UsageError(f"--overdue {text!r}: must be {ALLOWED}") from None
+    return max(margin, 2 * config.retention.sweep)
+
+
+def _purge_overdue(config: Config, margin: timedelta) -> int:
+    """The installed timer's second path to shredding, independent of the agent: look first
+    with everything read-only (when nothing is `margin` past due, nothing is written at all),
+    and only then sweep as `purge` does, saying that the agent had not."""
+    found = wiring.make_shredder(config, store=wiring.open_store(config, Access.READ)).overdue(margin)
+    if found.empty:
+        return 0
+    report = _shredder(config).sweep(backstop=True)
+    late = found.left_in(report)  # the agent may have woken up meanwhile
+    if not late.empty:
+        log.warning(
+            "the agent had not shredded %s more than %s past due: purge --overdue did (is it running? systemctl status edge-agent)",
+            late.describe(),
+            format_duration(margin),
+        )
+    print_report(report)
+    return 0
+
+
+def _purge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overdue",
+        metavar="DURATION",
+        help="only when something is more than DURATION past due (the agent did not shred it): then purge, and say so; "
+        "otherwise write nothing and print nothing. At least twice [retention] sweep. The installed timer runs it",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list what would be shredded and why; change and write nothing")
+    parser.add_argument("--at", metavar="WHEN", help="with --dry-run: as of WHEN (+25h, +7d, or an ISO 8601 date or time) instead of now")
 
 
 def _forget(args: argparse.Namespace) -> int:
@@ -81,11 +129,6 @@ def _forget(args: argparse.Namespace) -> int:
     return 0
 
 
-def _purge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true", help="list what would be shredded and why; change and write nothing")
-    parser.add_argument("--at", metavar="WHEN", help="with --dry-run: as of WHEN (+25h, +7d, or an ISO 8601 date or time) instead of now")
-
-
 def _forget_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--session", metavar="ID", help="one session")
@@ -101,7 +144,9 @@ COMMANDS = (
         "shred everything that is due now, and say what was shredded",
         "Run what the agent's sweep runs: shred every retention bucket whose expiry has passed (by the clock that "
         "cannot be set back) and every profile unused for its inactive_after, finish interrupted work, delete "
-        "orphaned ciphertext. With --dry-run, list what a purge would shred (now, or --at WHEN) and why, changing nothing.",
+        "orphaned ciphertext. With --dry-run, list what a purge would shred (now, or --at WHEN) and why, changing "
+        "nothing. With --overdue, a second path that does not depend on the agent: it acts only when the agent has "
+        "left something past due.",
         _purge,
         _purge_arguments,
     ),

@@ -68,7 +68,11 @@ class ShredReport:
     """Buckets given a new key because some (not all) of their sessions were forgotten."""
     voices: list[str] = field(default_factory=list)
     """Profiles whose voiceprint was shredded (forgotten, or the profile went inactive)."""
+    resumed: list[str] = field(default_factory=list)
+    """Forget requests a crash had interrupted, finished by this run."""
     files_deleted: int = 0
+    backstop: bool = False
+    """Run by `purge --overdue`, the installed timer's second path: its shreds say so in the log."""
 
     @property
     def empty(self) -> bool:
@@ -112,6 +116,37 @@ class ShredReport:
             "voices": list(self.voices),
             "files_deleted": self.files_deleted,
         }
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """What should have been gone more than a margin ago: what a running agent would have
+    shredded long before (`purge --overdue` acts only on this)."""
+
+    buckets: tuple[str, ...] = ()
+    voices: tuple[str, ...] = ()
+    """Profiles whose voiceprint outlived their inactive_after."""
+    forgets: tuple[str, ...] = ()
+    """Forget requests a crash left unfinished."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.buckets or self.voices or self.forgets)
+
+    def left_in(self, report: ShredReport) -> Overdue:
+        """What of this a sweep did shred (the rest was done by someone else meanwhile)."""
+        shredded = {item.bucket for item in report.buckets}
+        return Overdue(
+            tuple(b for b in self.buckets if b in shredded),
+            tuple(v for v in self.voices if v in report.voices),
+            tuple(f for f in self.forgets if f in report.resumed),
+        )
+
+    def describe(self) -> str:
+        parts = [f"{len(self.buckets)} bucket(s)"] if self.buckets else []
+        parts += [f"the voiceprint of {profile}" for profile in self.voices]
+        parts += [f"{len(self.forgets)} interrupted forget request(s)"] if self.forgets else []
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -198,9 +233,10 @@ class Shredder:
         files take seconds here and longer on an SD card. The keys are destroyed by then."""
         self._logged_set_back = timedelta(0)
 
-    def sweep(self) -> ShredReport:
+    def sweep(self, backstop: bool = False) -> ShredReport:
         """Shred every bucket that is due (or whose profile went inactive), finish any
-        interrupted forget or re-key, delete orphaned ciphertext."""
+        interrupted forget or re-key, delete orphaned ciphertext. `backstop`: run by
+        `purge --overdue` because the agent had left something overdue (logged with each shred)."""
 
         def due_now(data: KeystoreData) -> Callable[[SessionEntry, str], bool]:
             due = self._due(data, self.clock.read().now)
@@ -208,7 +244,7 @@ class Shredder:
 
         freed = self._make_room(due_now)
         with self.keystore.transaction() as data:
-            report = ShredReport(self.clock.persist())
+            report = ShredReport(self.clock.persist(), backstop=backstop)
             report.files_deleted += freed
             self._resume_forgets(data, report)
             now = report.reading.now
@@ -228,16 +264,33 @@ class Shredder:
         """The buckets to shred now: expired, or of a profile not heard for too long."""
         return due(self.config, data, now)
 
+    def _stale_voices(self, data: KeystoreData, now: datetime) -> list[str]:
+        """The profiles whose voiceprint is due: not heard for their inactive_after. A profile
+        the config no longer has is held to the strictest policy's inactive_after: nothing can
+        use its voiceprint, and nothing may keep it for ever."""
+        return [profile for profile, voice in sorted(data.voices.items()) if voice_expires(self.config, profile, voice.heard) <= now]
+
     def _shred_stale_voices(self, data: KeystoreData, now: datetime, report: ShredReport) -> None:
-        """Drop the voiceprints of profiles not heard for their inactive_after (logged
-        write-ahead; destroyed by the ratchet that follows in the same commit). A profile the
-        config no longer has is held to the strictest policy's inactive_after: nothing can use
-        its voiceprint, and nothing may keep it for ever."""
-        for profile, voice in sorted(data.voices.items()):
-            if voice_expires(self.config, profile, voice.heard) <= now:
-                self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.INACTIVE, heard=voice.heard.isoformat())
-                del data.voices[profile]
-                report.voices.append(profile)
+        """Drop the due voiceprints (logged write-ahead; destroyed by the ratchet that follows
+        in the same commit)."""
+        for profile in self._stale_voices(data, now):
+            heard = data.voices[profile].heard
+            self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.INACTIVE, heard=heard.isoformat())
+            del data.voices[profile]
+            report.voices.append(profile)
+
+    def overdue(self, margin: timedelta) -> Overdue:
+        """What is due since more than `margin` ago, by the trusted clock. With a read-only
+        keystore and audit log (`wiring.open_store(config, Access.READ)`) this writes nothing
+        at all, so a check that finds nothing leaves no trace."""
+        data = self.keystore.read()
+        then = self.clock.read().now - margin
+        stuck = data.last_forget is None or data.last_forget <= then  # a forget is fulfilled in the same command
+        return Overdue(
+            tuple(sorted(self._due(data, then))),
+            tuple(self._stale_voices(data, then)),
+            tuple(sorted(data.forgets)) if stuck else (),
+        )
 
     def matching(self, request: ForgetRequest) -> list[SessionEntry]:
         """The sessions a forget would remove now, oldest first (to ask before forgetting:
@@ -311,6 +364,8 @@ class Shredder:
         )
         report.forgotten.extend(pending.sessions)
         report.voices.extend(pending.voices)
+        if resumed:
+            report.resumed.append(pending.request)
         for profile in pending.voices:  # write-ahead: the ratchet below makes it true
             self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.FORGET, request=pending.request)
         alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
@@ -346,10 +401,11 @@ class Shredder:
         if events or not report.empty:
             self.audit.append_many(events, checkpoint=True)
 
-    def _log_shreds(self, items: list[ShreddedBucket], reading: Reading) -> None:
+    def _log_shreds(self, items: list[ShreddedBucket], reading: Reading, backstop: bool = False) -> None:
         """Write-ahead, and signed in the same write: a crash after this and before the keys
         are gone leaves a log that claims a shred the next sweep finishes (and `audit verify`
-        flags until then); the other order could leave a shred that happened but was never logged."""
+        flags until then); the other order could leave a shred that happened but was never logged.
+        `backstop`: `purge --overdue` shreds it, because the agent had not (a parent sees that)."""
         self.audit.append_many(
             [
                 (
@@ -364,6 +420,7 @@ class Shredder:
                         "late_seconds": round(item.late.total_seconds(), 3),
                         "clock_synced": reading.synced,
                         "set_back_seconds": round(reading.set_back.total_seconds(), 3),
+                        **({"backstop": True} if backstop else {}),
                     },
                 )
                 for item in items
@@ -391,7 +448,7 @@ class Shredder:
             ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(members.get(b.id, ())), reason, now - b.expires)
             for b, reason in ((data.buckets[i], r) for i, r in sorted(reasons.items()))
         ]
-        self._log_shreds(items, report.reading)
+        self._log_shreds(items, report.reading, report.backstop)
         report.buckets.extend(items)
         heard = {b.profile for b in data.buckets.values() if b.id not in reasons}
         for profile in [p for p in data.last_seen if p not in heard]:  # nothing of it is left: gone in the ratchet's commit
