@@ -28,6 +28,7 @@ set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
 ROOT=""
+SYSTEM_PYTHON=${EDGE_SYSTEM_PYTHON:-/usr/bin/python3}  # tests point it at a missing file to see the refusal
 ACTION=install
 MODEL=1
 WYOMING=()  # one PORT or PORT:PROFILE per --wyoming, checked by add_wyoming
@@ -126,7 +127,10 @@ install_edge() {
 
   umask 022  # the program and the model are readable by the service user; data is not
   mkdir -p "$OPT" "$(dirname "$UNIT")" "$(dirname "$BIN")"
-  [ -x "$OPT/venv/bin/python" ] || python3 -m venv "$OPT/venv"
+  # The system's interpreter, never the first python3 on PATH: a pyenv or conda one lives in
+  # a home folder, which the unit's ProtectHome=yes hides from the service.
+  [ -x "$SYSTEM_PYTHON" ] || { echo "install: $SYSTEM_PYTHON is missing: apt-get install python3 python3-venv, then run this again" >&2; exit 1; }
+  [ -x "$OPT/venv/bin/python" ] || "$SYSTEM_PYTHON" -m venv "$OPT/venv"
   local extras=()
   [ "$MODEL" = 1 ] && extras+=(model)
   [ "$TPM" = 1 ] && extras+=(tpm)
@@ -135,6 +139,12 @@ install_edge() {
   "$OPT/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$spec" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   "$OPT/venv/bin/python" -c "import edge" || { echo "install: the package did not install; see above" >&2; exit 1; }
+  # The speaker encoder's weights (household voices) ship in resemblyzer's wheel; --no-deps
+  # keeps torch and librosa out: edge reads only the weights file and checks its digest.
+  "$OPT/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4 2>&1 \
+    | grep -v "^WARNING: Location" >&2 || true
+  "$OPT/venv/bin/python" -c "from edge.voice.weights import load_weights; load_weights()" \
+    || { echo "install: the speaker encoder's weights did not install (household voices need them); see above" >&2; exit 1; }
   [ -z "$ROOT" ] || relocate_venv
   install -m 0644 "$SRC/README.md" "$OPT/README.md"
   ln -sfn /opt/edge/venv/bin/edge-agent "$BIN"

@@ -87,6 +87,26 @@ def _at_opt_edge(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_installed_venv_has_voices_and_the_systems_python(staged, tmp_path):
+    """Household voices work on an installed device (the speaker encoder's weights come with
+    the install), and the venv is the system interpreter's, never a pyenv one from PATH."""
+    stage, _ = staged
+    loaded = _at_opt_edge(
+        stage, "/opt/edge/venv/bin/python", "-c", "from edge.voice.weights import load_weights; print(len(load_weights()))"
+    )
+    assert loaded.returncode == 0 and int(loaded.stdout) > 0, loaded.stderr
+    home = dict(line.split(" = ", 1) for line in (stage / "opt/edge/venv/pyvenv.cfg").read_text().splitlines() if " = " in line)
+    assert home["home"] == "/usr/bin", home
+    missing = subprocess.run(
+        [str(SCRIPT), "--root", str(tmp_path / "stage"), "--no-model"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "EDGE_SYSTEM_PYTHON": str(tmp_path / "no-python3")},
+    )
+    assert missing.returncode == 1 and "no-python3 is missing: apt-get install python3 python3-venv" in missing.stderr
+
+
 def test_install_under_root_only_shows_what_would_change_the_system(staged):
     _, log = staged
     for action in (
