@@ -34,7 +34,7 @@ def program() -> str:
     """`edge-agent`, or the path to type where PATH does not find this one."""
     mine = _beside_python()
     found = shutil.which(PROGRAM)
-    if found is not None and (not mine.exists() or os.path.samefile(found, mine)):
+    if found is not None and (not mine.exists() or _same(found, mine)):
         return PROGRAM
     return _typed(mine) if mine.exists() else f"{python()} -m edge"
 
@@ -42,9 +42,16 @@ def program() -> str:
 def python() -> str:
     """This interpreter, as typed (the venv's, whose packages edge uses)."""
     found = shutil.which("python3")
-    if found is not None and os.path.samefile(found, sys.executable):
+    if found is not None and _same(found, sys.executable):
         return "python3"
     return _typed(Path(sys.executable))
+
+
+def _same(one: str, other: str | Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def pip_install(requirement: str) -> str:

