@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from edge.durations import human as human  # re-exported: the report words durations alike
 from edge.values import DataKind
 
 LATE = timedelta(minutes=2)
@@ -46,12 +47,15 @@ class Story:
     shreds: list[Event] = field(default_factory=list)
     forgets: list[Event] = field(default_factory=list)
     device: list[Event] = field(default_factory=list)
-    """Clock set-backs, lost root keys, recovered writes, migrations."""
+    """The clock (set back, ran ahead, brought back, impossible readings), lost root keys,
+    recovered writes, migrations."""
     voices: list[Event] = field(default_factory=list)
     enrolled: dict[str, bool] = field(default_factory=dict)
     """Per profile: whether its voiceprint is held, by the last voice event."""
     off: list[tuple[datetime, datetime | None]] = field(default_factory=list)
     """When the agent was not running: (stopped, started again; None: not since)."""
+    ahead: timedelta = timedelta(0)
+    """The most the clock was found to have run ahead (a shred that late was early, not late)."""
 
 
 _REFUSED = {
@@ -127,6 +131,39 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
                 "retention still counts from the trusted clock",
             )
         )
+    elif kind == "clock.ran_ahead":
+        ahead = timedelta(seconds=float(fields["seconds"]))
+        story.ahead = max(story.ahead, ahead)
+        story.device.append(
+            Event(
+                when,
+                "",
+                f"the clock ran ahead of the synchronised time by {human(ahead)}",
+                "data was shredded early, never late; `edge-agent clock rewind` brings the clock back",
+            )
+        )
+    elif kind == "clock.rewound":
+        back = timedelta(seconds=float(fields["seconds"]))
+        story.ahead = max(story.ahead, back)
+        story.device.append(
+            Event(
+                when,
+                "",
+                f"the clock was brought back by {human(back)} to the synchronised time",
+                f"{fields['buckets']} bucket(s) of {fields['sessions']} session(s) kept the time they had left; nothing is kept longer",
+            )
+        )
+    elif kind == "clock.impossible":
+        claimed, allowed = float(fields["claimed_seconds"]), float(fields["allowed_seconds"])
+        story.device.append(
+            Event(
+                when,
+                "",
+                "an impossible reading of the monotonic clock was ignored",
+                f"it claimed {human(timedelta(seconds=claimed))} {'before' if claimed < 0 else 'since'} the last trusted time; "
+                f"the kernel counted {human(timedelta(seconds=max(0.0, allowed)))} since",
+            )
+        )
     elif kind == "root.lost":
         story.enrolled.clear()  # voiceprints live under the root too
         story.device.append(
@@ -169,13 +206,15 @@ def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:
 
 
 def lateness_reason(story: Story, due: datetime, done: datetime, fields: dict[str, Any]) -> str:
+    if story.ahead / 2 < done - due <= story.ahead + LATE:  # about as late as the clock was found ahead
+        return f"the clock had run {human(story.ahead)} ahead, so this was early, not late"
     for stopped, started in story.off:
         if stopped <= done and (started is None or started >= due):
             if started is None or started > done:
                 return f"edge was not running from {local(stopped)}: the next purge shredded it"
             return f"the device was off from {local(stopped)} to {local(started)}"
     if abs(float(fields.get("set_back_seconds", 0))) > 2:
-        return "the clock had been set back"
+        return "the clock had run ahead" if fields.get("clock_synced") else "the clock had been set back"
     return "no agent was running to shred it on time; the next purge or start did" if not story.off else "no reason was recorded"
 
 
@@ -196,21 +235,6 @@ def _time(text: object) -> datetime | None:
     if not isinstance(text, str):
         raise ValueError("not a date")
     return aware(datetime.fromisoformat(text))
-
-
-def human(duration: timedelta) -> str:
-    """A duration as a person says it: "3 days 4 hours", "12 minutes", "40 seconds"."""
-    seconds = abs(duration.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            whole, rest = divmod(int(seconds), size)
-            text = f"{whole} {unit}{'s' if whole != 1 else ''}"
-            smaller = {"day": ("hour", 3600), "hour": ("minute", 60)}.get(unit)
-            if smaller and rest >= smaller[1]:
-                count = rest // smaller[1]
-                text += f" {count} {smaller[0]}{'s' if count != 1 else ''}"
-            return text
-    return f"{seconds:.0f} second{'s' if round(seconds) != 1 else ''}"
 
 
 def local(instant: datetime) -> str:
