@@ -57,7 +57,7 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
         lambda: _speaker(config),
         lambda: _microphone(config, open_mic),
         lambda: _vault(config),
-        _clock,
+        lambda: _clock(config),
         _swap,
         lambda: _permissions(config),
         lambda: _free_space(config),
@@ -259,17 +259,31 @@ def _vault(config: Config) -> Finding:
     return Finding("vault", "ok", f"{level.backend} ({config.vault.keyring}): {level.summary}")
 
 
-def _clock() -> Finding:
-    from edge.retention.clock import clock_synced
+def _clock(config: Config) -> Finding:
+    """NTP sync, and whether the trusted clock ran ahead, was set back, or read a monotonic
+    clock that lied (or cannot be checked): retention counts from it."""
+    from edge.retention.clock import TrustedClock, read_uptime
 
-    if clock_synced():
-        return Finding("clock", "ok", "synchronised (NTP)")
-    return Finding(
-        "clock",
-        "warn",
-        "the clock is not NTP-synchronised: a clock set back never delays a shred, but one set forward shreds early",
-        "enable time sync: systemctl enable --now systemd-timesyncd",
-    )
+    try:
+        reading = TrustedClock(config.device.data_dir).read()
+    except EdgeError as exc:
+        return Finding("clock", "fail", str(exc), "update edge: the clock's mark was written by a newer one")
+    notes = reading.notes()
+    uptime = read_uptime()
+    if uptime is not None and time.monotonic() > uptime + 1.0:
+        notes.append(
+            f"the monotonic clock ({time.monotonic():.0f} s) is ahead of the kernel's uptime ({uptime:.0f} s): /proc/uptime "
+            "is virtualised (a container) or the monotonic clock is faked; the clock checks the time since its mark "
+            "against the uptime, so a restart of the container counts as a reboot (the mark alone is the floor then)"
+        )
+    if reading.ran_ahead:
+        return Finding("clock", "warn", "; ".join(notes), "edge-agent clock rewind (stop the agent first)")
+    if not reading.synced:
+        notes.insert(0, "the clock is not NTP-synchronised: a clock set back never delays a shred, but one set forward shreds early")
+        return Finding("clock", "warn", "; ".join(notes), "enable time sync: systemctl enable --now systemd-timesyncd")
+    if notes:
+        return Finding("clock", "warn", "synchronised (NTP); " + "; ".join(notes), "see docs/FORMATS.md section 8")
+    return Finding("clock", "ok", "synchronised (NTP)")
 
 
 def _swap() -> Finding:

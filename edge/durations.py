@@ -1,4 +1,5 @@
-"""Durations as written in the household config: "0s", "800ms", "90m", "24h", "7d"."""
+"""Durations as written in the household config ("0s", "800ms", "90m", "24h", "7d"), and as a
+person reads them ("3 days 4 hours")."""
 
 import re
 from datetime import timedelta
@@ -32,3 +33,18 @@ def format_duration(value: timedelta) -> str:
         if ms and ms % factor == 0:
             return f"{ms // factor}{unit}"
     return f"{ms}ms" if ms else "0s"
+
+
+def human(duration: timedelta) -> str:
+    """A duration as a person says it: "57 years 3 days", "3 days 4 hours", "12 minutes", "40 seconds"."""
+    seconds = abs(duration.total_seconds())
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            whole, rest = divmod(int(seconds), size)
+            text = f"{whole} {unit}{'s' if whole != 1 else ''}"
+            smaller = {"year": ("day", 86400), "day": ("hour", 3600), "hour": ("minute", 60)}.get(unit)
+            if smaller and rest >= smaller[1]:
+                count = rest // smaller[1]
+                text += f" {count} {smaller[0]}{'s' if count != 1 else ''}"
+            return text
+    return f"{seconds:.0f} second{'s' if round(seconds) != 1 else ''}"

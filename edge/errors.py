@@ -70,6 +70,11 @@ class KeystoreError(EdgeError):
     """The keystore cannot be opened with the vault's root key; nothing was changed."""
 
 
+class ClockError(EdgeError):
+    """The trusted clock cannot be changed as asked (e.g. a rewind while NTP has not
+    synchronised the wall clock); nothing was changed."""
+
+
 class AgeError(EdgeError):
     """A sealed file could not be opened. Deliberately says nothing about why."""
 

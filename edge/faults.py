@@ -22,6 +22,8 @@ POINTS = (
     "audit.torn",  # half an audit line written (a torn write)
     "migrate.filled",  # a v1 keystore converted into a temporary v2 file, not yet published
     "migrate.moved",  # `vault migrate`: the keystore sealed under the TPM's root, the old root not yet destroyed
+    "rewind.dated",  # `clock rewind`: the keystore's instants moved back and committed, the clock's mark not yet
+    "rewind.marked",  # the clock's mark moved back, the rewind not yet recorded as finished
 )
 
 _armed: dict[str, int] = {}

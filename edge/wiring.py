@@ -25,7 +25,7 @@ from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.errors import ConfigError, UsageError
 from edge.progress import Meter, Progress
-from edge.retention.clock import TrustedClock
+from edge.retention.clock import TrustedClock, read_uptime
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
@@ -110,9 +110,10 @@ def make_clock(
     wall: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     boot: Callable[[], str] = boot_id,
+    uptime: Callable[[], float | None] = read_uptime,
 ) -> TrustedClock:
-    """The clock that cannot be set back; tests pass their own wall and monotonic clocks."""
-    return TrustedClock(config.device.data_dir, wall=wall, monotonic=monotonic, boot=boot)
+    """The clock that cannot be set back; tests pass their own wall, monotonic and uptime clocks."""
+    return TrustedClock(config.device.data_dir, wall=wall, monotonic=monotonic, boot=boot, uptime=uptime)
 
 
 def trusted_now(config: Config) -> datetime:

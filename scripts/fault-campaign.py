@@ -1,4 +1,5 @@
-"""The long kill -9 campaign: random crash points while recording and while shredding,
+"""The long kill -9 campaign: random crash points while recording and while shredding, and
+monotonic jumps (a purge whose monotonic clock is faked decades ahead),
 until N faults were injected; after each, restart, purge and check the promises
 (tests/campaign.py says which). The quick version runs in CI (tests/test_faults.py).
 

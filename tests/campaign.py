@@ -7,7 +7,12 @@ the process reaches it), then restarts as a device would (`purge`), waits until 
 that trial recorded is due, purges again, and checks the promises:
 - no plaintext audio (any 1 KiB window of the spoken PCM) and no transcript word in any file;
 - nothing past its retention opens with a key the device holds, and nothing overdue is held;
-- the audit chain verifies, and what the log says agrees with the data.
+- the audit chain verifies, and what the log says agrees with the data;
+- the trusted clock is no further ahead of the real time than the last jump asked.
+
+A "monotonic jump" trial runs a purge under libfaketime with its monotonic clock faked too
+(Debian's default: `faketime -f +Ns` puts CLOCK_MONOTONIC at the faked epoch, decades past
+the kernel's uptime): the trusted clock must refuse that delta and move N s at most.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.faults import POINTS
+from edge.retention.clock import TrustedClock
 
-from support import ROOT, WORDS, Retention, household_toml, pcm_of, plaintext_files
+from support import ROOT, WORDS, Retention, faketime, household_toml, pcm_of, plaintext_files
 
 HITS = {
     "audio.chunk": 70,  # one per 30 ms frame written: two phrases are about 80
@@ -37,13 +43,20 @@ HITS = {
     "audit.torn": 6,
 }
 """For each crash point, the armed hit is drawn from 1..this (a trial may not reach it)."""
-RECORDING_POINTS = tuple(point for point in POINTS if point not in ("migrate.filled", "migrate.moved"))
+RECORDING_POINTS = tuple(point for point in POINTS if not point.startswith(("migrate.", "rewind.")))
 """What recording and starting reach (migrate.filled only on a v1 folder: tests/test_keystore.py;
-migrate.moved only in `vault migrate`: tests/test_tpm.py)."""
+migrate.moved only in `vault migrate`: tests/test_tpm.py; rewind.* only in `clock rewind`:
+tests/test_clock.py)."""
 SHRED_POINTS = ("replace.temp", "replace.renamed", "ratchet.staged", "shred.keys", "shred.files", "audit.torn")
 """The crash points a purge of due data reaches."""
 KEEP = 2.0
 """Seconds the campaign's profile keeps transcripts (audio: half of that)."""
+
+JUMP = "monotonic jump"
+"""The fault of a purge whose monotonic clock lies (counted beside the crash points)."""
+JUMP_MOST = 600
+"""Seconds a jump moves the wall clock at most (`faketime -f +10m`)."""
+PHASES = ("record", "shred", "jump")
 
 PROFILES = {"child": Retention("child", "1s", "2s")}
 """The campaign's household: one child profile that keeps audio 1 s and transcripts 2 s."""
@@ -94,8 +107,12 @@ class Campaign:
         return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
     def trial(self, point: str | None = None, hit: int | None = None, phase: str | None = None) -> None:
-        """One crash: while recording (the agent on speech) or while shredding (a purge of due data)."""
-        phase = phase or self.random.choice(("record", "shred"))
+        """One crash: while recording (the agent on speech) or while shredding (a purge of due
+        data); or one monotonic jump (a purge whose monotonic clock is faked)."""
+        phase = phase or self.random.choice(PHASES)
+        if phase == "jump":
+            self.jump()
+            return
         point = point or self.random.choice(RECORDING_POINTS if phase == "record" else SHRED_POINTS)
         hit = hit or self.random.randint(1, HITS[point])
         label = f"trial {self.tally.trials + 1} ({phase}, {point}:{hit})"
@@ -114,6 +131,21 @@ class Campaign:
             self.tally.by_point[point] = self.tally.by_point.get(point, 0) + 1
         elif crashed.returncode != 0 or "Traceback" in crashed.stderr:
             self.tally.failures.append(f"{label}: failed without a crash: {crashed.stderr[-800:]}")
+        self.recover(label)
+
+    def jump(self, seconds: int | None = None) -> None:
+        """A recording, then `faketime -f +Ns edge-agent purge` with the monotonic clock faked."""
+        seconds = seconds or self.random.randint(1, JUMP_MOST)
+        label = f"trial {self.tally.trials + 1} (jump +{seconds}s)"
+        self.tally.trials += 1
+        clean = self.edge("run", "--input", str(self.clip), "--profile", "child")
+        if clean.returncode != 0:
+            self.tally.failures.append(f"{label}: the agent failed: {clean.stderr[-800:]}")
+        jumped = faketime(f"+{seconds}s", "purge", config=self.config, monotonic=True)
+        self.tally.faults += 1
+        self.tally.by_point[JUMP] = self.tally.by_point.get(JUMP, 0) + 1
+        if jumped.returncode != 0 or "Traceback" in jumped.stderr:
+            self.tally.failures.append(f"{label}: the purge failed: {jumped.stderr[-800:]}")
         self.recover(label)
 
     def recover(self, label: str) -> None:
@@ -142,6 +174,9 @@ class Campaign:
             for kind in ("audio_expires", "transcript_expires"):
                 if session[kind] and datetime.fromisoformat(session[kind]) < now:
                     problems.append(f"session {session['session']} is held past its {kind} {session[kind]}")
+        ahead = (TrustedClock(self.data).now() - now).total_seconds()
+        if ahead > JUMP_MOST + 5:
+            problems.append(f"the trusted clock is {ahead:.0f} s ahead of the real time (a jump moves it {JUMP_MOST} s at most)")
         verify = self.edge("audit", "verify", "--json")
         result = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [{"message": verify.stderr}]}
         if not result["ok"]:

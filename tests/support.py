@@ -244,7 +244,7 @@ def audit_types(data: Path) -> list[str]:
 # -- time travel --------------------------------------------------------------------------
 
 
-def libfaketime_env(**variables: str) -> dict[str, str]:
+def libfaketime_env(monotonic: bool = False, **variables: str) -> dict[str, str]:
     """Variables that run a process under Debian's libfaketime (preloaded directly).
 
     Not the `faketime` wrapper: its library (0.9.10) makes /dev/shm/faketime_{shm,sem}_PID
@@ -252,12 +252,36 @@ def libfaketime_env(**variables: str) -> dict[str, str]:
     run gets the same PID (once in CI, after thousands of processes); the library carries
     on. Callers remove the pair with `remove_faketime_leftovers(pid)`. The thread-safe (MT)
     build, because the agent reads the clock from several threads at once.
-    `DONT_FAKE_MONOTONIC=1`: a real clock change never moves the monotonic clock.
+    `DONT_FAKE_MONOTONIC=1`: a real clock change never moves the monotonic clock. With
+    `monotonic`, the monotonic clock is faked too (Debian's default: `faketime -f +10m CMD`
+    moves it to the faked epoch, decades ahead of the kernel's uptime).
     """
     libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
     if not libraries:
         raise RuntimeError("libfaketime is missing: run scripts/setup.sh test")
-    return {"LD_PRELOAD": str(libraries[0]), "DONT_FAKE_MONOTONIC": "1", **variables}
+    return {"LD_PRELOAD": str(libraries[0]), **({} if monotonic else {"DONT_FAKE_MONOTONIC": "1"}), **variables}
+
+
+NTP_SHIM = r"""
+#include <sys/timex.h>
+int adjtimex(struct timex *buf) { buf->status = SYNCED ? 0 : STA_UNSYNC; return SYNCED ? TIME_OK : TIME_ERROR; }
+"""
+
+
+def ntp_env(synced: bool, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (or this process's environment) with the kernel seeming NTP-synchronised, or
+    not, to edge: a preloaded adjtimex (built here with gcc) answers instead of the kernel.
+    Whether this machine runs an NTP daemon is not the tests' to choose or to change, and
+    edge only asks the kernel (read-only), so the answer is the boundary faked."""
+    assert SCRATCH is not None, "conftest sets the scratch folder"
+    library = SCRATCH / f"ntp-{'synced' if synced else 'unsynced'}.so"
+    if not library.exists():
+        source = library.with_suffix(".c")
+        source.write_text(NTP_SHIM)
+        run_tool(["gcc", "-shared", "-fPIC", f"-DSYNCED={int(synced)}", "-o", str(library), str(source)])
+    out = dict(os.environ if env is None else env)
+    out["LD_PRELOAD"] = " ".join(filter(None, (out.get("LD_PRELOAD", ""), str(library))))
+    return out
 
 
 def remove_faketime_leftovers(pid: int) -> None:
@@ -265,9 +289,14 @@ def remove_faketime_leftovers(pid: int) -> None:
         Path("/dev/shm", leftover).unlink(missing_ok=True)
 
 
-def faketime(offset: str, *args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    """Run edge-agent with its wall clock moved by `offset` (e.g. "+2h", "-1y")."""
-    env = {**os.environ, **libfaketime_env(FAKETIME=offset), "EDGE_CONFIG": str(config)}
+def faketime(
+    offset: str, *args: str, config: Path, monotonic: bool = False, synced: bool | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run edge-agent with its wall clock moved by `offset` (e.g. "+2h", "-1y"); `monotonic`
+    fakes the monotonic clock too, `synced` says whether the kernel seems NTP-synchronised."""
+    env = {**os.environ, **libfaketime_env(monotonic, FAKETIME=offset), "EDGE_CONFIG": str(config)}
+    if synced is not None:
+        env = ntp_env(synced, env)
     with subprocess.Popen(
         [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
     ) as process:
@@ -284,7 +313,8 @@ START = datetime(2026, 11, 28, 12, 0, 7, tzinfo=timezone.utc)
 
 
 class FakeWall:
-    """The wall clock and the monotonic clock, moved by hand (the `*_at_time` idea)."""
+    """The wall clock and the monotonic clock, moved by hand (the `*_at_time` idea); the
+    monotonic clock is also the kernel's uptime (a boot that began at mono 0)."""
 
     def __init__(self, start: datetime = START) -> None:
         self.wall = start.timestamp()
@@ -407,7 +437,7 @@ def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
     """(clock, keystore, shredder) for `config`, the clock moved by `wall`."""
     from edge import wiring
 
-    clock = wiring.make_clock(config, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1")
+    clock = wiring.make_clock(config, wall=lambda: wall.wall, monotonic=lambda: wall.mono, boot=lambda: "boot-1", uptime=lambda: wall.mono)
     store = wiring.open_store(config)
     return clock, store[0], wiring.make_shredder(config, store=store, clock=clock)
 

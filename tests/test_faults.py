@@ -30,7 +30,7 @@ from edge.crypto.age import Identity, decrypt, encrypt
 from edge.errors import AgeError, ControlError, EdgeError
 from edge.store.keystore import Access, Keystore
 
-from campaign import RECORDING_POINTS, SHRED_POINTS, Campaign, Tally, make_clip
+from campaign import JUMP, JUMP_MOST, RECORDING_POINTS, SHRED_POINTS, Campaign, Tally, make_clip
 from support import (
     FakeWall,
     MicAgent,
@@ -38,6 +38,7 @@ from support import (
     ServeAgent,
     edge_agent,
     libfaketime_env,
+    ntp_env,
     play,
     record_in_process,
     remove_faketime_leftovers,
@@ -69,6 +70,19 @@ def test_kill_9_at_every_crash_point(tmp_path, clip):
     assert campaign.tally.failures == [], "\n".join(campaign.tally.failures)
     # Every point was reached at least once: a campaign that injects nothing proves nothing.
     assert set(campaign.tally.by_point) == set(RECORDING_POINTS), campaign.tally.summary()
+
+
+def test_a_monotonic_jump_moves_the_clock_no_further_than_the_wall_clock(tmp_path, clip):
+    """The campaign's "monotonic jump": purges whose monotonic clock is faked decades ahead
+    (as `faketime -f +10m` does), the longest first; after each, the usual checks and a
+    trusted clock no further ahead than that jump's wall clock."""
+    campaign = Campaign(tmp_path, clip, seed=27)
+    campaign.trial(phase="record", point="session.finish", hit=1)  # a mark for the jump to start from
+    for seconds in (JUMP_MOST, 30):
+        campaign.jump(seconds)
+    TALLIES.append(("monotonic jump campaign (quick)", campaign.tally))
+    assert campaign.tally.failures == [], "\n".join(campaign.tally.failures)
+    assert campaign.tally.by_point[JUMP] == 2
 
 
 # -- power cut in a keystore write --------------------------------------------------------
@@ -386,7 +400,7 @@ def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tm
         os.replace(tmp_path / "offset.new", clock)
 
     step_wall_clock("+0")
-    env = {**virtual_mic, **libfaketime_env(FAKETIME_TIMESTAMP_FILE=str(clock), FAKETIME_NO_CACHE="1")}
+    env = ntp_env(False, {**virtual_mic, **libfaketime_env(FAKETIME_TIMESTAMP_FILE=str(clock), FAKETIME_NO_CACHE="1")})  # by hand
     agent = MicAgent(env, config, "--profile", "child")
     try:
         play(virtual_mic, speech.say("메시지"))

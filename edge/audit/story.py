@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from edge.durations import human as human  # re-exported: the report words durations alike
 from edge.values import DataKind
 
 LATE = timedelta(minutes=2)
@@ -69,12 +70,15 @@ class Story:
     """Each forget request's selector and rows, by its id: its fulfilment names whose
     sessions went (for `everything before`) and says again who asked."""
     device: list[Event] = field(default_factory=list)
-    """Clock set-backs, lost root keys, recovered writes, migrations."""
+    """The clock (set back, ran ahead, brought back, impossible readings), lost root keys,
+    recovered writes, migrations."""
     voices: list[Event] = field(default_factory=list)
     enrolled: dict[str, bool] = field(default_factory=dict)
     """Per profile: whether its voiceprint is held, by the last voice event."""
     off: list[tuple[datetime, datetime | None]] = field(default_factory=list)
     """When the agent was not running: (stopped, started again; None: not since)."""
+    ahead: timedelta = timedelta(0)
+    """The most the clock was found to have run ahead (a shred that late was early, not late)."""
 
 
 _REFUSED = {
@@ -154,6 +158,39 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
                 "",
                 f"the clock was set back by {human(timedelta(seconds=float(fields['seconds'])))}",
                 "retention still counts from the trusted clock",
+            )
+        )
+    elif kind == "clock.ran_ahead":
+        ahead = timedelta(seconds=float(fields["seconds"]))
+        story.ahead = max(story.ahead, ahead)
+        story.device.append(
+            Event(
+                when,
+                "",
+                f"the clock ran ahead of the synchronised time by {human(ahead)}",
+                "data was shredded early, never late; `edge-agent clock rewind` brings the clock back",
+            )
+        )
+    elif kind == "clock.rewound":
+        back = timedelta(seconds=float(fields["seconds"]))
+        story.ahead = max(story.ahead, back)
+        story.device.append(
+            Event(
+                when,
+                "",
+                f"the clock was brought back by {human(back)} to the synchronised time",
+                f"{fields['buckets']} bucket(s) of {fields['sessions']} session(s) kept the time they had left; nothing is kept longer",
+            )
+        )
+    elif kind == "clock.impossible":
+        claimed, allowed = float(fields["claimed_seconds"]), float(fields["allowed_seconds"])
+        story.device.append(
+            Event(
+                when,
+                "",
+                "an impossible reading of the monotonic clock was ignored",
+                f"it claimed {human(timedelta(seconds=claimed))} {'before' if claimed < 0 else 'since'} the last trusted time; "
+                f"the kernel counted {human(timedelta(seconds=max(0.0, allowed)))} since",
             )
         )
     elif kind == "root.lost":
@@ -266,13 +303,15 @@ def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:
 
 
 def lateness_reason(story: Story, due: datetime, done: datetime, fields: dict[str, Any]) -> str:
+    if story.ahead / 2 < done - due <= story.ahead + LATE:  # about as late as the clock was found ahead
+        return f"the clock had run {human(story.ahead)} ahead, so this was early, not late"
     for stopped, started in story.off:
         if stopped <= done and (started is None or started >= due):
             if started is None or started > done:
                 return f"edge was not running from {local(stopped)}: the next purge shredded it"
             return f"the device was off from {local(stopped)} to {local(started)}"
     if abs(float(fields.get("set_back_seconds", 0))) > 2:
-        return "the clock had been set back"
+        return "the clock had run ahead" if fields.get("clock_synced") else "the clock had been set back"
     return "no agent was running to shred it on time; the next purge or start did" if not story.off else "no reason was recorded"
 
 
@@ -298,21 +337,6 @@ def _time(text: object) -> datetime | None:
 def plural(count: int, noun: str) -> str:
     """A count and its noun as a person writes them: "1 session", "3 sessions"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def human(duration: timedelta) -> str:
-    """A duration as a person says it: "3 days 4 hours", "12 minutes", "40 seconds"."""
-    seconds = abs(duration.total_seconds())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            whole, rest = divmod(int(seconds), size)
-            text = f"{whole} {unit}{'s' if whole != 1 else ''}"
-            smaller = {"day": ("hour", 3600), "hour": ("minute", 60)}.get(unit)
-            if smaller and rest >= smaller[1]:
-                count = rest // smaller[1]
-                text += f" {count} {smaller[0]}{'s' if count != 1 else ''}"
-            return text
-    return f"{seconds:.0f} second{'s' if round(seconds) != 1 else ''}"
 
 
 def local(instant: datetime) -> str:

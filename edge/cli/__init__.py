@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import audit, data, deletion, doctor, init, live, model, speech, vault, voices
+from edge.cli import audit, clock, data, deletion, doctor, init, live, model, speech, vault, voices
 from edge.cli.base import Command, Parser, add_commands
 from edge.errors import EdgeError
 
@@ -26,6 +26,7 @@ COMMANDS: tuple[Command, ...] = (
     + deletion.COMMANDS
     + voices.COMMANDS
     + vault.COMMANDS
+    + clock.COMMANDS
     + live.COMMANDS
     + audit.COMMANDS
     + model.COMMANDS

@@ -15,10 +15,12 @@ from typing import NoReturn
 
 from edge.agent import SessionRecord
 from edge.config import BUILTIN_CONFIG, Config, load_config, resolve_config_path
-from edge.errors import UsageError
+from edge.errors import AgentNotRunning, ControlError, EdgeError, UsageError
 from edge.instants import iso_utc
+from edge.retention.clock import Reading, TrustedClock
 from edge.retention.shredder import ShredReport
 from edge.store.keystore import Keystore
+from edge.store.tables import KeystoreData
 
 log = logging.getLogger("edge.cli")
 
@@ -64,6 +66,21 @@ def _help_of(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return show
+
+
+def refuse_running_agent(config: Config, error: type[EdgeError]) -> None:
+    """For changes a running agent would undo or miss (it holds the keystore's root and the
+    clock in memory): raise `error` when an agent answers on the control socket, or when
+    nobody can tell."""
+    from edge.control.protocol import call  # only the commands that talk to the agent import the protocol
+
+    try:
+        call(config.device.control_socket, "status")
+    except AgentNotRunning:
+        return
+    except ControlError as exc:
+        raise error(f"cannot tell whether the agent is running ({exc}); stop it first (systemctl stop edge-agent)") from None
+    raise error("the agent is running: stop it first (systemctl stop edge-agent), then run this again")
 
 
 def config_of(args: argparse.Namespace, quiet: bool = False) -> Config:
@@ -122,10 +139,25 @@ def print_report(report: ShredReport) -> None:
         print(line, flush=True)
 
 
+def clock_state(store: Keystore, data: KeystoreData) -> tuple[Reading | None, list[str]]:
+    """The trusted clock as it reads now (None when its mark cannot be read) and what is
+    wrong with it, in sentences (`status`)."""
+    notes = []
+    if data.rewind is not None and not data.rewind.finished:
+        notes.append("a rewind of the clock was cut short; the next purge, forget or agent start finishes it")
+    try:
+        reading = TrustedClock(store.data_dir).read()
+    except EdgeError as exc:
+        return None, [*notes, str(exc)]
+    return reading, notes + reading.notes()
+
+
 def print_status(store: Keystore) -> None:
     level = store.vault.level
     data = store.read()
     print(f"vault: {level.backend}: {level.summary}")
+    for note in clock_state(store, data)[1]:
+        print(f"clock: {note}")
     if store.root_lost:
         print(f"root key lost: {store.root_lost}; nothing retained before can be opened (the agent records this at its next start)")
     if not data.sessions:

@@ -10,12 +10,13 @@ from typing import Any
 
 from edge import wiring
 from edge.audit.history import fate_of
-from edge.cli.base import Command, config_of, log, print_status
+from edge.cli.base import Command, clock_state, config_of, log, print_status
 from edge.cli.whatif import print_forecast, what_if_instant
 from edge.config import Config
 from edge.disk.outputs import check_output
 from edge.errors import AgentNotRunning, ControlError, UsageError
 from edge.instants import iso_utc
+from edge.retention.clock import Reading
 from edge.retention.forecast import forecast
 from edge.store.keystore import Access
 from edge.values import Purpose
@@ -96,8 +97,10 @@ def _status(args: argparse.Namespace) -> int:
         }
         for s in sorted(data.sessions.entries(), key=lambda s: s.created)
     ]
+    reading, notes = clock_state(store, data)
     document = {
         "vault": store.vault.level.to_json(),
+        "clock": _clock_json(reading, notes),
         "root_lost": store.root_lost,
         "agent": agent,
         "buckets": len(data.buckets),
@@ -106,6 +109,21 @@ def _status(args: argparse.Namespace) -> int:
     }
     print(json.dumps(document))
     return 0
+
+
+def _clock_json(reading: Reading | None, notes: list[str]) -> dict[str, Any]:
+    if reading is None:
+        return {"notes": notes}
+    return {
+        "now": iso_utc(reading.now),
+        "wall": iso_utc(reading.wall),
+        "synced": reading.synced,
+        "ahead_seconds": round(reading.set_back.total_seconds(), 3),
+        "ran_ahead": reading.ran_ahead,
+        "monotonic_refused": reading.impossible is not None,
+        "uptime_known": reading.uptime_known,
+        "notes": notes,
+    }
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -140,7 +158,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--json", action="store_true", help='print {"vault": {...}, "sessions": [...]} (with --at: {"shredded": [...], "kept": [...]})'
+        "--json",
+        action="store_true",
+        help='print {"vault": {...}, "clock": {...}, "sessions": [...]} (with --at: {"shredded": [...], "kept": [...]})',
     )
     parser.add_argument(
         "--at",
@@ -163,7 +183,7 @@ COMMANDS = (
     Command(
         "status",
         "the vault's guarantee level and the retained sessions",
-        "Show where the root key lives and what that guarantees, and every retained session with when its audio "
+        "Show where the root key lives and what that guarantees, what is wrong with the clock, and every retained session with when its audio "
         "and transcript will be shredded. Read-only: it writes nothing.",
         _status,
         _status_arguments,

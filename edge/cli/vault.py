@@ -11,31 +11,22 @@ import argparse
 from dataclasses import replace
 
 from edge import wiring
-from edge.cli.base import Command, config_of
+from edge.cli.base import Command, config_of, refuse_running_agent
 from edge.config import DEFAULT_NV_INDEX, DEFAULT_TCTI, NV_INDEX_FIRST, NV_INDEX_LAST, TCTI_KINDS, Config
 from edge.crypto.guarantee import Vault
 from edge.crypto.vault import open_vault
 from edge.disk.files import exists_in
 from edge.disk.layout import TPM_MARKER
-from edge.errors import AgentNotRunning, ControlError, KeystoreError, UsageError, VaultError
+from edge.errors import KeystoreError, UsageError, VaultError
 from edge.store.keystore import Keystore
 from edge.values import VaultBackend
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from edge.control.protocol import call
-
     config = config_of(args)
     if config.vault.backend == VaultBackend.TPM:
         raise UsageError(f'{config.path}: [vault] backend is "tpm" already; there is nothing to move')
-    try:
-        call(config.device.control_socket, "status")
-    except AgentNotRunning:
-        pass
-    except ControlError as exc:
-        raise VaultError(f"cannot tell whether the agent is running ({exc}); stop it first (systemctl stop edge-agent)") from None
-    else:
-        raise VaultError("the agent is running: stop it first (systemctl stop edge-agent), then run this again")
+    refuse_running_agent(config, VaultError)
     target_settings = replace(config.vault, backend=VaultBackend.TPM, path=None, tcti=args.tcti, nv_index=args.nv_index)
     target = open_vault(target_settings, config.device.data_dir)  # a missing TPM fails here, before anything changes
     store, audit = wiring.open_store(config)

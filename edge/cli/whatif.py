@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from edge.audit.story import human, local
-from edge.durations import parse_duration
+from edge.audit.story import local
+from edge.durations import human, parse_duration
 from edge.errors import UsageError
 from edge.instants import parse_instant
 from edge.retention.forecast import Fate

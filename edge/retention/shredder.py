@@ -21,6 +21,7 @@ can be opened any more.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -35,13 +36,16 @@ from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_i
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
 from edge.progress import Progress
-from edge.retention.clock import Reading, TrustedClock
+from edge.retention.clock import SET_BACK_TOLERANCE, Reading, TrustedClock
 from edge.retention.forecast import due, voice_expires
+from edge.retention.rewind import adopt
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
 from edge.store.records import PendingForget, SessionEntry
 from edge.store.tables import KeystoreData
 from edge.values import DataKind, ShredReason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,11 @@ class ShredReport:
             out.append(f"deleted {self.files_deleted} ciphertext file(s)")
         if not self.empty:
             note = "" if self.reading.synced else " (clock not NTP-synced)"
-            if self.reading.set_back.total_seconds() > 2:
-                note += f" (wall clock is {self.reading.set_back.total_seconds():.0f}s behind the trusted clock: set back?)"
+            behind = self.reading.set_back.total_seconds()
+            if self.reading.ran_ahead:
+                note += f" (the trusted clock ran {behind:.0f}s ahead of the NTP-synced wall clock: `edge-agent clock rewind`)"
+            elif behind > SET_BACK_TOLERANCE.total_seconds():
+                note += f" (wall clock is {behind:.0f}s behind the trusted clock: set back?)"
             out.append(f"at {self.reading.now.isoformat(timespec='seconds')}{note}")
         return out
 
@@ -232,6 +239,7 @@ class Shredder:
         """Told (files deleted, files to delete) as the ciphertext of a shred goes: 200,000
         files take seconds here and longer on an SD card. The keys are destroyed by then."""
         self._logged_set_back = timedelta(0)
+        self._logged_impossible = False
 
     def sweep(self, backstop: bool = False) -> ShredReport:
         """Shred every bucket that is due (or whose profile went inactive), finish any
@@ -242,8 +250,9 @@ class Shredder:
             due = self._due(data, self.clock.read().now)
             return lambda session, bucket_id: bucket_id in due
 
-        freed = self._make_room(due_now)
+        freed = self._make_room(due_now)  # by the clock as it reads: a rewind not yet taken up only errs toward deletion
         with self.keystore.transaction() as data:
+            self._trusted_floor(data)
             report = ShredReport(self.clock.persist(), backstop=backstop)
             report.files_deleted += freed
             self._resume_forgets(data, report)
@@ -259,6 +268,13 @@ class Shredder:
             report.files_deleted += self._delete_orphans(data)
             self._log(report)
         return report
+
+    def _trusted_floor(self, data: KeystoreData) -> None:
+        """Before the clock decides anything: follow a rewind of it (finish one a crash cut
+        short, or one made since this process read the clock), and never read earlier than
+        the latest retained session's start (the mark may have been lost)."""
+        adopt(data, self.clock, self.audit)
+        self.clock.at_least(max(data.last_seen.values(), default=None))
 
     def _due(self, data: KeystoreData, now: datetime) -> dict[str, ShredReason]:
         """The buckets to shred now: expired, or of a profile not heard for too long."""
@@ -302,6 +318,7 @@ class Shredder:
         """Forget the matching sessions now (ask first: this does not)."""
         freed = self._make_room(lambda data: lambda s, bucket_id: request.matches(s))
         with self.keystore.transaction() as data:
+            self._trusted_floor(data)
             report = ShredReport(self.clock.persist())
             report.files_deleted += freed
             self._resume_forgets(data, report)
@@ -393,9 +410,18 @@ class Shredder:
         the log's new head."""
         reading = report.reading
         events: list[tuple[str, dict[str, Any]]] = []
-        if abs(reading.set_back - self._logged_set_back) > timedelta(seconds=2):
+        if reading.set_back <= SET_BACK_TOLERANCE:
+            self._logged_set_back = timedelta(0)
+        elif abs(reading.set_back - self._logged_set_back) > SET_BACK_TOLERANCE:
             self._logged_set_back = reading.set_back
-            events.append(("clock.set_back", {"seconds": round(reading.set_back.total_seconds(), 3), "wall": reading.wall.isoformat()}))
+            # NTP vouches for the wall clock: then it is the trusted clock that is wrong (it ran ahead)
+            kind = "clock.ran_ahead" if reading.synced else "clock.set_back"
+            events.append((kind, {"seconds": round(reading.set_back.total_seconds(), 3), "wall": reading.wall.isoformat()}))
+        if reading.impossible is not None and not self._logged_impossible:  # once per process: said, not repeated
+            self._logged_impossible = True
+            log.warning("%s", reading.impossible.describe())
+            claimed, allowed = reading.impossible.claimed, reading.impossible.allowed
+            events.append(("clock.impossible", {"claimed_seconds": round(claimed, 3), "allowed_seconds": round(allowed, 3)}))
         if report.files_deleted and not report.buckets:
             events.append(("cleanup", {"files": report.files_deleted}))
         if events or not report.empty:

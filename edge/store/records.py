@@ -1,8 +1,8 @@
 """The keystore's records: what exists and when it dies.
 
 A session (profile, tagging rule, creation, absolute expiry instants, buckets), a
-bucket (its public key and private identity), an enrolled voice, and a forget request
-not yet fulfilled.
+bucket (its public key and private identity), an enrolled voice, a forget request
+not yet fulfilled, and the latest rewind of the trusted clock.
 How they are stored and sealed is edge.store.rows' and edge.store.tables'.
 """
 
@@ -145,4 +145,58 @@ class Voiceprint:
             consent=bool(document["consent"]),
             encoder=str(document["encoder"]),
             vector=base64.b64decode(document["vector"], validate=True),
+        )
+
+
+@dataclass(frozen=True)
+class ClockRewind:
+    """The latest `edge-agent clock rewind` (edge.retention.rewind): every instant in the
+    keystore moved back by `seconds` in the commit that recorded this. `finished` once the
+    clock's mark was moved back too and the rewind logged; a crash before that is finished
+    by the next purge, forget or agent start, from this record. Kept afterwards, so a
+    process whose clock still reads ahead (it started before the rewind) finds out at its
+    next sweep."""
+
+    request: str
+    seconds: int
+    before: datetime
+    """The trusted time it was brought back from."""
+    to: datetime
+    """The trusted time it was brought back to: the wall clock's, NTP-synchronised."""
+    monotonic: float
+    """time.monotonic(), the boot and the kernel's uptime at `to`: the clock's new mark."""
+    boot: str
+    uptime: float | None
+    buckets: int
+    sessions: int
+    finished: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": self.request,
+            "seconds": self.seconds,
+            "from": iso_utc(self.before),
+            "to": iso_utc(self.to),
+            "monotonic": self.monotonic,
+            "boot": self.boot,
+            "uptime": self.uptime,
+            "buckets": self.buckets,
+            "sessions": self.sessions,
+            "finished": self.finished,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> ClockRewind:
+        uptime = document["uptime"]
+        return cls(
+            request=str(document["request"]),
+            seconds=int(document["seconds"]),
+            before=datetime.fromisoformat(document["from"]),
+            to=datetime.fromisoformat(document["to"]),
+            monotonic=float(document["monotonic"]),
+            boot=str(document["boot"]),
+            uptime=float(uptime) if uptime is not None else None,
+            buckets=int(document["buckets"]),
+            sessions=int(document["sessions"]),
+            finished=bool(document["finished"]),
         )

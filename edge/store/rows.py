@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.instants import iso_utc
-from edge.store.records import Bucket, PendingForget, SessionEntry, Voiceprint
+from edge.store.buckets import bucket_id
+from edge.store.records import Bucket, ClockRewind, PendingForget, SessionEntry, Voiceprint
 from edge.values import DataKind, TagRule
 
 NONCE = 12
@@ -124,6 +125,9 @@ _TIMES = ("created", "audio_expires", "transcript_expires")
 
 def session_document(entry: SessionEntry) -> bytes:
     document = {name: getattr(entry, name) for name in _SESSION_FIELDS}
+    for kind, shredded in ((DataKind.AUDIO, entry.audio_shredded), (DataKind.TRANSCRIPT, entry.transcript_shredded)):
+        if document[f"{kind}_bucket"] is None and shredded is not None:  # a row sealed again keeps saying so
+            document[f"{kind}_bucket"], document[f"{kind}_expires"] = bucket_id(entry.profile, kind, shredded), shredded
     for name in _TIMES:
         document[name] = iso_utc(document[name])
     document["rule"] = str(entry.rule)
@@ -149,9 +153,9 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
     return SessionEntry(id=session_id, **document)
 
 
-State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None]
+State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None, ClockRewind | None]
 """The state row: when each profile was last heard, pending forgets, voiceprints by profile,
-and when the latest forget was requested."""
+when the latest forget was requested, and the latest rewind of the trusted clock."""
 
 
 def state_document(
@@ -159,15 +163,17 @@ def state_document(
     forgets: dict[str, PendingForget],
     voices: dict[str, Voiceprint] | None = None,
     last_forget: datetime | None = None,
+    rewind: ClockRewind | None = None,
 ) -> bytes:
-    return _json(
-        {
-            "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
-            "forgets": [pending.to_json() for _, pending in sorted(forgets.items())],
-            "voices": [voice.to_json() for _, voice in sorted((voices or {}).items())],
-            "last_forget": iso_utc(last_forget),
-        }
-    )
+    document: dict[str, Any] = {
+        "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
+        "forgets": [pending.to_json() for _, pending in sorted(forgets.items())],
+        "voices": [voice.to_json() for _, voice in sorted((voices or {}).items())],
+        "last_forget": iso_utc(last_forget),
+    }
+    if rewind is not None:  # absent until the first rewind
+        document["rewind"] = rewind.to_json()
+    return _json(document)
 
 
 def state_from(plaintext: bytes) -> State:
@@ -177,7 +183,8 @@ def state_from(plaintext: bytes) -> State:
     voices = [Voiceprint.from_json(v) for v in document.get("voices", ())]  # absent before voices existed
     last_forget = document.get("last_forget")  # absent before voices existed
     forgot = datetime.fromisoformat(last_forget) if last_forget else None
-    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot
+    rewind = ClockRewind.from_json(document["rewind"]) if document.get("rewind") else None
+    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind
 
 
 def _json(document: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge.errors import KeystoreError
-from edge.store.records import Bucket, PendingForget, SessionEntry, Voiceprint
+from edge.store.records import Bucket, ClockRewind, PendingForget, SessionEntry, Voiceprint
 from edge.store.rows import RootKeys, seal, session_context, session_document, session_from, session_key, state_document, state_from, unseal
 
 CHUNK = 500
@@ -44,7 +44,9 @@ class KeystoreData:
         ratcheted (every shred and forget does that)."""
         self.last_forget: datetime | None
         """When the latest forget was requested: a session held in memory since before then is not kept."""
-        self.last_seen, self.forgets, self.voices, self.last_forget = state_from(state)
+        self.rewind: ClockRewind | None
+        """The latest rewind of the trusted clock (edge.retention.rewind), if any."""
+        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind = state_from(state)
         self.buckets = BucketTable(self)
         self.sessions = SessionTable(self)
 
@@ -63,7 +65,7 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget)
+        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind)
         if state != self._state or self._state_dirty:
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
             self._state, self._state_dirty = state, False
@@ -189,6 +191,22 @@ class BucketTable(MutableMapping[str, Bucket]):
 
     def __contains__(self, bucket_id: object) -> bool:
         return isinstance(bucket_id, str) and self.get(bucket_id) is not None
+
+    def rename(self, bucket_id: str, bucket: Bucket) -> None:
+        """Give a bucket another id (a clock rewind moved its expiry, which its id names),
+        keeping its row: the session rows it seals are bound to the row's handle. The new
+        lookup tag is written at once, so renaming several buckets of one profile and kind to
+        earlier instants must go earliest first (lookup tags are unique)."""
+        handle = self.handle_of(bucket_id)
+        if handle is None:
+            raise KeyError(bucket_id)  # a bucket not yet in the database has nothing to rename
+        if bucket.id in self._known:
+            raise KeystoreError(f"bucket {bucket_id}: cannot be renamed {bucket.id}, which another bucket has (a bug in edge)")
+        del self._known[bucket_id], self._handles[bucket_id]
+        self._dirty.discard(bucket_id)
+        self._owner.db.execute("UPDATE buckets SET lookup = ? WHERE handle = ?", (self._owner.keys.lookup(bucket.id), handle))
+        self._known[bucket.id], self._handles[bucket.id], self._ids[handle] = bucket, handle, bucket.id
+        self._dirty.add(bucket.id)
 
     def by_handle(self, handle: int) -> Bucket | None:
         bucket_id = self._ids.get(handle)
