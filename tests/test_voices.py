@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,6 +58,15 @@ class Voices:
             raw.unlink()
         return out
 
+    def altered(self, clip: Path, effects: tuple[str, ...]) -> Path:
+        """`clip` through sox effects (e.g. ("pitch", "-300")): how a voice differs from its enrolment."""
+        if not effects:
+            return clip
+        out = self.folder / f"{clip.stem}-{'_'.join(effects)}.wav"
+        if not out.exists():
+            run_tool(["sox", "-D", str(clip), str(out), *effects])
+        return out
+
     def joined(self, parts: list[Path], gap: float = 1.5) -> Path:
         out = self.folder / f"joined-{abs(hash(tuple(map(str, parts)))) % 10**10}.wav"
         silence = self.folder / f"silence-{gap}.wav"
@@ -83,8 +93,13 @@ def household(write_config, voices, encoder):
     return enrolled_household(write_config, voices, encoder, FakeWall())
 
 
-def enrolled_household(write_config, voices: Voices, encoder: SpeakerEncoder, wall: FakeWall) -> tuple:
-    config = load_config(write_config(others={"guest": GUEST}, child=replace(CHILD, inactive_after="2d")))
+def household_config(write_config, **template) -> Path:
+    """The household's config file: parent, child and guest (`template`: household_toml's keywords)."""
+    return write_config(others={"guest": GUEST}, child=replace(CHILD, inactive_after="2d"), **template)
+
+
+def enrolled_household(write_config, voices: Voices, encoder: SpeakerEncoder, wall: FakeWall, **template) -> tuple:
+    config = load_config(household_config(write_config, **template))
     clock, store, shredder = retention_parts(config, wall)
     for profile, voice in HOUSEHOLD.items():
         clips = [Clip(text, pcm_of(voices.say(voice, text))) for text in ENROL]
@@ -547,3 +562,240 @@ def test_a_source_that_fails_mid_session_leaves_no_held_audio(household, voices,
         agent.run(failing_source())
     assert wiped == [0]  # abandoned, its buffer overwritten and emptied
     assert not list(store.read().sessions.entries())  # nothing of it was registered or sealed
+
+
+# -- checking the voices on the household's own recordings (`voices check`) --------------------
+
+ALTERED = {
+    "as enrolled": (),
+    "higher (+300 cents)": ("pitch", "300"),
+    "lower (-300 cents)": ("pitch", "-300"),
+    "much lower (-600 cents)": ("pitch", "-600"),
+    "slower (0.8x)": ("tempo", "0.8"),
+    "faster (1.25x)": ("tempo", "1.25"),
+    "a cold (low-pass 3 kHz)": ("lowpass", "3000"),
+    "a bad cold (low-pass 2 kHz)": ("lowpass", "2000"),
+    "a cold, slower (2.5 kHz, 0.85x)": ("lowpass", "2500", "tempo", "0.85"),
+}
+"""How a child's voice strays from the day it was enrolled (a pitch that moves as the child
+grows or shouts, speed, a cold), played by sox on the child's espeak-ng voice."""
+ADULTS = ("parent", "guest")
+
+
+def voices_check(config: Path, *args: str) -> tuple[int, dict]:
+    ran = edge_agent("--config", str(config), "voices", "check", "--json", *args)
+    assert ran.returncode in (0, 1), ran.stderr
+    assert "Traceback" not in ran.stderr
+    return ran.returncode, json.loads(ran.stdout)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def agent_tags(config, model, clip: Path) -> list[tuple[str, str]]:
+    """(profile, rule) of each session the real agent makes of `clip`, nobody named."""
+    records, store = run_sealed(config, model, clip, None)
+    store.close()
+    return [(r.profile, str(r.rule)) for r in records]
+
+
+def test_voices_check_reports_what_the_tagger_does_on_altered_child_voices(household, voices, model):
+    """Held-out phrases of every enrolled voice, the child's altered the ways a child's voice
+    varies, a stranger (`_unknown`) and one recording of two sentences: the check's decision for
+    each session is the real agent's, its totals follow from them, and it writes nothing."""
+    config, _wall, _clock, store, _shredder = household
+    store.close()
+    clips: list[tuple[str, str, Path]] = []
+    for text in HELD_OUT:
+        clips += [(adult, "", voices.say(HOUSEHOLD[adult], text)) for adult in ADULTS]
+        clips += [("child", how, voices.altered(voices.say(HOUSEHOLD["child"], text), effects)) for how, effects in ALTERED.items()]
+        clips.append(("_unknown", STRANGERS[0][0], voices.say(STRANGERS[0], text)))
+    two = voices.joined([voices.say(HOUSEHOLD["child"], text) for text in HELD_OUT])
+    data_dir = config.device.data_dir
+    before, config_before = folder_bytes(data_dir), config.path.read_bytes()
+    code, report = voices_check(config.path, "--input", *(f"{label}={path}" for label, _how, path in clips), f"child={two}")
+    assert folder_bytes(data_dir) == before and config.path.read_bytes() == config_before  # nothing written, not even the audit log
+    judged: dict[str, list[dict]] = {}
+    for clip in report["clips"]:
+        judged.setdefault(clip["source"], []).append(clip)
+    assert set(judged) == {str(path) for _label, _how, path in clips} | {str(two)} and not report["silent"]
+    assert [len(judged[str(path)]) for _label, _how, path in clips] == [1] * len(clips)
+    assert len(judged[str(two)]) == 2  # one recording, two sessions: cut at the pause as the agent cuts it
+    # The real agent on the same recordings, nobody named: the same tag for every session.
+    expected = {"right": 0, "strictest": 0, "child_as_adult": 0}
+    rows = []
+    for label, how, path in [*clips, ("child", "two sentences", two)]:
+        tags = agent_tags(config, model, path)
+        assert [(c["profile"], c["rule"]) for c in judged[str(path)]] == tags, path
+        for clip, (profile, rule) in zip(judged[str(path)], tags, strict=True):
+            by_voice = rule == TagRule.VOICE
+            expected["right"] += (by_voice and profile == label) if label in HOUSEHOLD else not by_voice
+            expected["strictest"] += rule == TagRule.STRICTEST
+            expected["child_as_adult"] += label in ("child", "_unknown") and by_voice and profile in ADULTS
+            scores = {s["profile"]: s["score"] for s in clip["scores"]}
+            best_adult = max(ADULTS, key=lambda a: scores[a])
+            rows.append(
+                f"{label:9} {how or '-':33} own {scores.get(label, float('nan')):.3f}  best adult {best_adult} {scores[best_adult]:.3f}  -> {profile} ({rule})"
+            )
+    totals = report["totals"]
+    print("\n" + "\n".join(rows) + f"\ntotals {totals}\nclosest {report['suggestion']['closest']}")
+    assert {k: totals[k] for k in expected} == expected
+    assert totals["clips"] == len(clips) + 2 and totals["child_clips"] == 2 * (len(ALTERED) + 1) + 2
+    # With the defaults no altered child voice is anybody's adult; the suggestion says how far the closest is.
+    assert code == 0 and totals["child_as_adult"] == 0
+    suggestion = report["suggestion"]
+    assert suggestion["changed"] is False and suggestion["speaker"] == report["speaker"]
+    assert suggestion["closest"]["score"] + report["headroom"] <= config.speaker.adult_threshold
+    assert suggestion["closest"]["profile"] in ADULTS
+
+
+LOWERED = "[speaker]\nthreshold = 0.5\nadult_threshold = 0.5\nmargin = 0"
+"""A household that lowered the thresholds (to have its children recognised more often)."""
+
+
+def test_a_child_tagged_as_an_adult_is_counted_and_the_suggestion_prevents_it(write_config, voices, encoder, model):
+    config, _wall, _clock, store, _shredder = enrolled_household(write_config, voices, encoder, FakeWall(), household=LOWERED)
+    store.close()
+    lower = ALTERED["much lower (-600 cents)"]
+    children = [voices.altered(voices.say(HOUSEHOLD["child"], text), lower) for text in HELD_OUT]
+    children += [voices.say(HOUSEHOLD["child"], text) for text in HELD_OUT]
+    adults = [voices.say(HOUSEHOLD["parent"], text) for text in HELD_OUT]
+    inputs = ["--input", *(f"child={p}" for p in children), *(f"parent={p}" for p in adults)]
+    written = config.path.read_bytes()
+    code, report = voices_check(config.path, *inputs)
+    tags = {path: agent_tags(config, model, path)[0] for path in children + adults}
+    assert {c["source"]: (c["profile"], c["rule"]) for c in report["clips"]} == {str(p): tag for p, tag in tags.items()}
+    as_adult = [p for p in children if tags[p][0] in ADULTS]
+    assert as_adult, "the lowered thresholds give some lower-pitched child clip to an adult"
+    assert code == 1 and report["totals"]["child_as_adult"] == len(as_adult)
+    assert [c["child_as_adult"] for c in report["clips"]] == [p in as_adult for p in map(Path, (c["source"] for c in report["clips"]))]
+    suggestion = report["suggestion"]
+    closest = suggestion["closest"]
+    assert suggestion["changed"] and closest["profile"] in ADULTS and closest["clip"].startswith(tuple(map(str, children)))
+    adult_threshold = suggestion["speaker"]["adult_threshold"]
+    assert closest["score"] + report["headroom"] <= adult_threshold < closest["score"] + report["headroom"] + 0.011  # rounded up
+    assert (suggestion["speaker"]["threshold"], suggestion["speaker"]["margin"]) == (0.5, 0.0)
+    assert suggestion["totals"]["child_as_adult"] == 0
+    print(f"\nlowered: totals {report['totals']}\nsuggested {suggestion}")
+    assert config.path.read_bytes() == written  # the config is never changed by the check
+    # The household takes the suggestion: the check and the real agent agree that no child clip is an adult's now.
+    tuned = load_config(
+        household_config(
+            write_config, name="tuned.toml", household=f"[speaker]\nthreshold = 0.5\nadult_threshold = {adult_threshold}\nmargin = 0"
+        )
+    )
+    assert tuned.speaker.adult_threshold == adult_threshold and tuned.device.data_dir == config.device.data_dir
+    code, again = voices_check(tuned.path, *inputs)
+    assert code == 0 and again["totals"] == suggestion["totals"]  # what it said the suggestion would give
+    assert again["suggestion"]["changed"] is False
+    for path in children:
+        assert agent_tags(tuned, model, path)[0][0] not in ADULTS
+    assert [agent_tags(tuned, model, p)[0] for p in adults] == [("parent", "voice")] * 2  # the parents' voices still decide
+
+
+def test_voices_check_keeps_no_audio_and_no_voiceprint_of_a_clip(household, voices, monkeypatch):
+    from edge.audio.wavfile import open_wav, read_pipeline_chunks
+    from edge.tagging.voice import tagging_encoder
+    from edge.voice import check as voice_check
+
+    config, _wall, _clock, store, _shredder = household
+    prints: list[np.ndarray] = []
+    heard: list = []
+    embed, cut = SpeakerEncoder.embed, voice_check.utterances
+
+    def spy_embed(self, pcm):
+        prints.append(embed(self, pcm))
+        return prints[-1]
+
+    def spy_cut(config, chunks):
+        for utterance in cut(config, chunks):
+            heard.append(utterance)
+            yield utterance
+
+    monkeypatch.setattr(SpeakerEncoder, "embed", spy_embed)
+    monkeypatch.setattr(voice_check, "utterances", spy_cut)
+    clip = voices.joined([voices.say(HOUSEHOLD["child"], text) for text in HELD_OUT])
+    sources = [voice_check.Source("child", str(clip), read_pipeline_chunks(open_wav(clip)))]
+    report = voice_check.check(config, store.read().voices, tagging_encoder(), sources, 0.05)
+    assert report.totals.clips == len(heard) == len(prints) == 2 and report.totals.right == 2
+    assert all(not u.pcm for u in heard)  # each session's audio overwritten and dropped once embedded
+    assert all(not vector.any() for vector in prints)  # and every clip's embedding once the report was made
+
+
+def test_voices_check_takes_folders_and_names_what_is_wrong(household, voices, tmp_path, write_config):
+    config, _wall, _clock, store, _shredder = household
+    store.close()
+    folder = tmp_path / "clips" / "child"
+    folder.mkdir(parents=True)
+    for text in HELD_OUT:
+        shutil.copy(voices.say(HOUSEHOLD["child"], text), folder / f"{abs(hash(text))}.wav")
+    (folder / "notes.txt").write_text("not audio")
+    silence = tmp_path / "clips" / "silence.wav"
+    run_tool(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "2"])
+    code, report = voices_check(config.path, "--input", f"child={folder}", "--input", f"guest={silence}")
+    assert code == 0 and report["totals"]["clips"] == 2 and report["totals"]["right"] == 2
+    assert {c["source"] for c in report["clips"]} == {str(p) for p in folder.glob("*.wav")}
+    assert report["silent"] == [str(silence)]
+    shown = edge_agent("--config", str(config.path), "voices", "check", "--input", f"child={folder}")
+    assert shown.returncode == 0, shown.stderr
+    assert "CHILD CLIPS TAGGED AS AN ADULT: 0 of 2" in shown.stdout and "nothing was changed" in shown.stdout
+    assert "identify = false" not in shown.stdout
+    off = household_config(write_config, name="off.toml", household="[speaker]\nidentify = false")  # the same data folder
+    shown = edge_agent("--config", str(off), "voices", "check", "--input", f"child={folder}")
+    assert shown.returncode == 0 and "identify = false: sessions are not tagged by voice now" in shown.stdout
+    assert "tagged right: 2 of 2" in shown.stdout
+    for args, code, message in [
+        (["--input", str(silence)], 2, "expected PROFILE=FILE or PROFILE=FOLDER"),
+        (["--input", f"grandma={silence}"], 2, "'grandma' is not a profile"),
+        (["--input", f"child={tmp_path / 'missing.wav'}"], 1, "missing.wav: audio file not found"),
+        (["--input", f"child={tmp_path}"], 1, "holds no audio file"),
+        (["--mic", "child"], 2, "needs --seconds"),
+        (["--input", f"child={silence}", "--headroom", "0.7"], 2, "--headroom 0.7"),
+        ([], 2, "needs recordings"),
+    ]:
+        ran = edge_agent("--config", str(config.path), "voices", "check", *args)
+        assert (ran.returncode, "Traceback" in ran.stderr) == (code, False), ran.stderr
+        assert message in ran.stderr, ran.stderr
+
+
+def test_voices_check_needs_an_enrolled_voice(write_config, voices):
+    config = write_config()
+    ran = edge_agent("--config", str(config), "voices", "check", "--input", f"child={voices.say(HOUSEHOLD['child'], HELD_OUT[0])}")
+    assert ran.returncode == 2 and "nothing to check" in ran.stderr and "voices enroll" in ran.stderr
+    assert not (config.parent / "data").exists()  # nothing was made
+
+
+def test_voices_are_checked_from_the_microphone(virtual_mic, household, voices):
+    """One recording from the microphone, cut into sessions at its pauses, each judged."""
+    import subprocess
+    import sys
+
+    from support import ROOT, play
+
+    config, _wall, _clock, store, _shredder = household
+    store.close()
+    clip = voices.joined([voices.say(HOUSEHOLD["child"], text) for text in HELD_OUT])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config.path), "voices", "check", "--mic", "child", "--seconds", "12", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=virtual_mic,
+        cwd=ROOT,
+    )
+    assert process.stderr is not None
+    said = ""
+    while "recording 12 s from the microphone" not in said:  # printed as the microphone opens
+        line = process.stderr.readline()
+        assert line, said
+        said += line
+    time.sleep(0.5)
+    play(virtual_mic, clip)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 0, err
+    report = json.loads(out)
+    assert [(c["source"], c["label"], c["profile"], c["rule"]) for c in report["clips"]] == [
+        ("the microphone", "child", "child", "voice")
+    ] * 2
+    assert report["totals"]["right"] == 2

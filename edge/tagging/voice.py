@@ -22,7 +22,8 @@ from edge.store.records import Voiceprint
 from edge.values import TagRule
 
 if TYPE_CHECKING:  # numpy and the weights load with the first voice, not with every command
-    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
+    from edge.voice.encoder import Embedding, EncoderSettings, SpeakerEncoder
+    from edge.voice.identify import Match
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,23 @@ def tagging_settings() -> EncoderSettings:
     return EncoderSettings(rate=TAGGING_RATE)
 
 
-def _tagging_encoder() -> SpeakerEncoder:
+def tagging_encoder() -> SpeakerEncoder:
+    """The speaker encoder as tagging runs it (ModelError when its weights are missing)."""
     from edge.voice.encoder import SpeakerEncoder
 
     return SpeakerEncoder.load(settings=tagging_settings())
+
+
+def session_voice(encoder: SpeakerEncoder, pcm: bytes | bytearray) -> Embedding:
+    """The embedding a session is judged by: its first EMBED_SECONDS (AudioError when there is
+    too little speech). The caller overwrites it once the decision is made."""
+    return encoder.embed(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))
+
+
+def tag_by_match(config: Config, base: Tag, match: Match) -> Tag:
+    """The session's tag once its voice's match is known: the one rule tagging and
+    `voices check` both apply."""
+    return with_voice(config, base, config.profile(match.profile) if match.profile else None)
 
 
 def with_voice(config: Config, base: Tag, voice: Profile | None) -> Tag:
@@ -77,7 +91,7 @@ class VoiceTagger:
     The encoder loads on first need; if it cannot, tagging falls back to the configuration
     (logged once), which is the strict direction."""
 
-    def __init__(self, config: Config, keystore: Keystore, make_encoder: Callable[[], SpeakerEncoder] = _tagging_encoder) -> None:
+    def __init__(self, config: Config, keystore: Keystore, make_encoder: Callable[[], SpeakerEncoder] = tagging_encoder) -> None:
         self.config = config
         self.keystore = keystore
         self._make_encoder = make_encoder
@@ -105,7 +119,7 @@ class VoiceTagger:
         if encoder is None:
             return base
         try:
-            embedding = encoder.embed(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))
+            embedding = session_voice(encoder, pcm)
         except AudioError:
             return base  # too little speech to tell: as if no voice were enrolled
         except Exception as exc:  # noqa: BLE001 - fail closed: no decision is the configured tag, never a lost session
@@ -120,7 +134,7 @@ class VoiceTagger:
             return base
         finally:
             embedding.fill(0)
-        return with_voice(self.config, base, self.config.profile(match.profile) if match.profile else None)
+        return tag_by_match(self.config, base, match)
 
     def _loaded(self) -> SpeakerEncoder | None:
         with self._loading:

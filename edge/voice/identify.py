@@ -35,6 +35,8 @@ class Match:
     """Its cosine similarity (-1 to 1); -1 when nothing was compared."""
     runner_up: float
     """The best score of any other profile; -1 when there is none."""
+    ranked: tuple[tuple[str, float], ...] = ()
+    """Every compared profile with its score, best first (what `voices check` shows)."""
 
 
 def vector_of(voice: Voiceprint) -> Embedding:
@@ -65,4 +67,4 @@ def identify(embedding: Embedding, voices: Mapping[str, Voiceprint], config: Con
     speaker = config.speaker
     needed = speaker.threshold if config.profile(best).is_child else speaker.adult_threshold
     chosen = best if score >= needed and score - runner_up >= speaker.margin else None
-    return Match(chosen, best, score, runner_up)
+    return Match(chosen, best, score, runner_up, tuple(ranked))
