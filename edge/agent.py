@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from edge.audio.segmenter import Segmenter, SegmenterSettings
-from edge.config import Config, TriggerSettings
+from edge.audio.segmenter import Segmenter, segmenter_settings
+from edge.config import Config
 from edge.instants import iso_utc
 from edge.pcm import FRAME_BYTES
 from edge.session import Session, SessionParts
@@ -59,19 +59,6 @@ class RunSummary:
     seconds: float = 0.0
     """Seconds of audio processed."""
     wake_count: int = 0
-
-
-def segmenter_settings(trigger: TriggerSettings) -> SegmenterSettings:
-    """The segmenter's settings (seconds) from the config's trigger table."""
-    return SegmenterSettings(
-        mode=trigger.mode,
-        silence_end=trigger.silence_end.total_seconds(),
-        max_session=trigger.max_session.total_seconds(),
-        wake_timeout=trigger.wake_timeout.total_seconds(),
-        wake_phrase=trigger.wake_phrase,
-        wake_confidence=trigger.wake_confidence,
-        vad_aggressiveness=trigger.vad_aggressiveness,
-    )
 
 
 def session_grammar(config: Config) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import webrtcvad
 
+from edge.config import TriggerSettings
 from edge.pcm import FRAME_BYTES, FRAME_SECONDS, PIPELINE_RATE, SAMPLE_BYTES
 from edge.values import EndReason, TriggerMode
 
@@ -348,3 +349,16 @@ def _find_phrase(words: list[str], phrase: list[str]) -> int | None:
         if words[index : index + len(phrase)] == phrase:
             return index
     return None
+
+
+def segmenter_settings(trigger: TriggerSettings) -> SegmenterSettings:
+    """The segmenter's settings (seconds) from the config's trigger table."""
+    return SegmenterSettings(
+        mode=trigger.mode,
+        silence_end=trigger.silence_end.total_seconds(),
+        max_session=trigger.max_session.total_seconds(),
+        wake_timeout=trigger.wake_timeout.total_seconds(),
+        wake_phrase=trigger.wake_phrase,
+        wake_confidence=trigger.wake_confidence,
+        vad_aggressiveness=trigger.vad_aggressiveness,
+    )

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from edge.agent import segmenter_settings
-from edge.audio.segmenter import Segmenter
+from edge.audio.segmenter import Segmenter, segmenter_settings
 from edge.config import Config
 from edge.pcm import FRAME_BYTES
 from edge.values import EndReason, TriggerMode

@@ -116,8 +116,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 
 def _check(args: argparse.Namespace) -> int:
     from edge.hardening import make_non_dumpable
+    from edge.tagging.check import Source, check, check_labels, enrolled_for_check
     from edge.tagging.voice import tagging_encoder  # numpy and the weights: only when checking
-    from edge.voice.check import Source, check, check_labels, enrolled_for_check
 
     make_non_dumpable()  # it holds the household's speech and voiceprints: no core dump may keep them
     config = config_of(args)

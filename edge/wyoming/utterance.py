@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import webrtcvad
 
-from edge.agent import segmenter_settings
+from edge.audio.segmenter import segmenter_settings
 from edge.config import Config, ListenerSettings
 from edge.pcm import FRAME_BYTES, PIPELINE_RATE, SAMPLE_BYTES
 from edge.policy import Tag
