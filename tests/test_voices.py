@@ -696,8 +696,8 @@ def test_a_child_tagged_as_an_adult_is_counted_and_the_suggestion_prevents_it(wr
 
 def test_voices_check_keeps_no_audio_and_no_voiceprint_of_a_clip(household, voices, monkeypatch):
     from edge.audio.wavfile import open_wav, read_pipeline_chunks
-    from edge.tagging.voice import tagging_encoder
     from edge.tagging import check as voice_check
+    from edge.tagging.voice import tagging_encoder
 
     config, _wall, _clock, store, _shredder = household
     prints: list[np.ndarray] = []
