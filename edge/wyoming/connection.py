@@ -211,6 +211,7 @@ class Connection:
             seconds=utterance.seconds,
             characters=characters,
             end_reason=reason,
+            checkpoint=True,  # a Wyoming session's last event: signed in the same write
         )
         log.info(
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",
