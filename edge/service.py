@@ -126,6 +126,7 @@ def _started(runtime: wiring.Runtime, source: str) -> None:
         vault=level.backend,
         level=level.to_json()["level"],
         survives_reboot=level.survives_reboot,
+        checkpoint=True,  # what the start logged is signed before any session begins
     )
     runtime.retention.start()
 

@@ -294,6 +294,27 @@ def write_log(data_dir: Path, entries: int) -> None:
         seq = log.append_many(batch)[-1]["seq"]
 
 
+def write_signed_log(data_dir: Path, entries: int) -> None:
+    """A valid audit log of about `entries` lines as edge writes it since issue 27: each
+    session's session.created, then its session.sealed signed in the same write (a checkpoint
+    per session, three lines in all). Written in batches through the log's own chaining and
+    signing (one append per session would take an fsync each)."""
+    log = AuditLog(data_dir)
+    log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64, checkpoint=True)
+    last, _torn = log._last_entry()
+    assert last is not None
+    lines: list[bytes] = []
+    number = 1
+    while last["seq"] < entries:
+        batch = [_session_event(number), _session_event(number + 1)]
+        chained, last = log._chained(last, batch, True, [])
+        lines += chained
+        number += 2
+        if len(lines) >= 10_000 or last["seq"] >= entries:
+            log._persist(lines)
+            lines = []
+
+
 def _session_event(number: int) -> tuple[str, dict[str, object]]:
     if number % 2:
         return "session.created", {
@@ -309,13 +330,15 @@ def _session_event(number: int) -> tuple[str, dict[str, object]]:
     return "session.sealed", {"session": f"{number - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}
 
 
-def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
+def verify_scale(work: Path, sizes: list[int], signed_sizes: list[int]) -> list[Row]:
+    """`sizes`: logs with a checkpoint every 100 lines (as edge wrote them before issue 27);
+    `signed_sizes`: a checkpoint per session as well (as it writes them now)."""
     from edge.audit.verify import verify
 
     rows = []
-    for entries in sizes:
+    for entries, signed in [(n, False) for n in sizes] + [(n, True) for n in signed_sizes]:
         data_dir = work / f"verify-{entries}"
-        write_log(data_dir, entries)
+        (write_signed_log if signed else write_log)(data_dir, entries)
         start = time.perf_counter()
         result = verify(AuditLog(data_dir), None, datetime.now(timezone.utc), timedelta(seconds=62))
         seconds = time.perf_counter() - start
@@ -323,7 +346,7 @@ def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
         target = "< 10 s" if entries == 1_000_000 else ""
         rows.append(
             Row(
-                f"audit verify: {entries:,} entries",
+                f"audit verify: {entries:,} entries" + (", a checkpoint per session" if signed else ""),
                 round(seconds, 3),
                 "s",
                 target,
@@ -333,6 +356,37 @@ def verify_scale(work: Path, sizes: list[int]) -> list[Row]:
         )
         shutil.rmtree(data_dir)
     return rows
+
+
+def verify_cpu_ratio(work: Path, entries: int, pairs: int) -> Row:
+    """What a checkpoint per session costs `audit verify`: its CPU per entry on a log written
+    so against one with a checkpoint every 100 lines, in one process, in alternating pairs."""
+    from edge.audit.verify import Parallel, verify
+
+    logs = {False: work / "verify-every-100", True: work / "verify-per-session"}
+    write_log(logs[False], entries)
+    write_signed_log(logs[True], entries)
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    checkpoints = {}
+    for pair in range(pairs):
+        for signed in (False, True) if pair % 2 == 0 else (True, False):
+            start = time.process_time()
+            result = verify(AuditLog(logs[signed]), None, datetime.now(timezone.utc), timedelta(seconds=62), parallel=Parallel(workers=1))
+            cpu[signed].append((time.process_time() - start) / result.entries)
+            checkpoints[signed] = result.checkpoints
+            assert result.ok, result.problems[:1]
+    for folder in logs.values():
+        shutil.rmtree(folder)
+    ratios = [new / old for old, new in zip(cpu[False], cpu[True], strict=True)]
+    return Row(
+        f"audit verify CPU per entry: a checkpoint per session / one every 100 lines ({entries:,} entries)",
+        round(statistics.median(ratios), 2),
+        "x",
+        "",
+        None,
+        f"{pairs} pairs in one process, spread {min(ratios):.2f}-{max(ratios):.2f}; {statistics.median(cpu[False]) * 1e6:.1f} vs "
+        f"{statistics.median(cpu[True]) * 1e6:.1f} us/entry, {checkpoints[False]:,} vs {checkpoints[True]:,} signatures checked",
+    )
 
 
 # -- 5. memory, 6. sealing, 7. latency ---------------------------------------------------
@@ -1030,6 +1084,73 @@ def voice_rss(work: Path, pcm: bytes) -> list[Row]:
     return rows
 
 
+# -- 10. signing the audit log at the end of every session and command ---------------------------
+
+
+def tail_signing(work: Path, sessions: int, commands: int) -> list[Row]:
+    """What signing the audit log's tail costs (docs/FORMATS.md section 6, "The tail"): the CPU
+    of the signature a session's last event carries (session.sealed, in its own write: the
+    key, the log's id, Ed25519, the checkpoint's line), against the CPU per session of the same
+    in-process run, on short commands as a satellite sends them (the worst case: the shorter
+    the session, the larger the share); and against the CPU of a short command (`edge-agent
+    status`), as one signature is what a command that wrote something pays at its end."""
+    folder = work / "tail"
+    folder.mkdir()
+    config = load_config(write_config(folder, folder / "data"))
+    keystore, audit = wiring.open_store(config)
+    clock = wiring.make_clock(config)
+    signatures: list[float] = []
+    signed = audit._signed
+
+    def timed(last: dict[str, object]) -> object:
+        start = time.process_time()
+        try:
+            return signed(last)
+        finally:
+            signatures.append(time.process_time() - start)
+
+    audit._signed = timed  # type: ignore[method-assign,assignment]
+    ended: list[float] = []
+    recorder = wiring.make_recorder(keystore, audit, clock)
+    agent = wiring.make_agent(
+        config, wiring.make_model(config), lambda _record: ended.append(time.process_time()), recorder, "parent", clock
+    )
+    utterance = wav_pcm(make_utterance(folder, config.trigger.silence_end.total_seconds()))
+    pcm = joined_utterances(utterance, sessions + 1)
+    agent.run(iter([pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]))
+    if len(ended) != sessions + 1 or len(signatures) < sessions + 1:
+        raise SystemExit(f"bench: {len(ended)} sessions and {len(signatures)} signatures, not {sessions + 1} of each")
+    per_session = (ended[-1] - ended[0]) / sessions  # steady state: not the first session's warm-up
+    signature = statistics.median(signatures[1:])
+    edge_agent = str(Path(sys.executable).parent / "edge-agent")
+    command = statistics.median(child_cpu([edge_agent, "--config", str(config.path), "status"])[0] for _ in range(commands))
+    keystore.close()
+    shutil.rmtree(folder)
+    share, command_share = signature / per_session * 100, signature / command * 100
+    return [
+        Row(
+            "audit: signing each session's end / the session's CPU",
+            round(share, 3),
+            "%",
+            "<= 1%",
+            share <= 1,
+            f"{signature * 1e6:.0f} us CPU a signature (median of {len(signatures) - 1}; in the write of the session's last "
+            f"event: no second write or fsync), {per_session * 1e3:.0f} ms CPU a session of "
+            f"{len(utterance) / (2 * PIPELINE_RATE):.1f} s ({sessions} sessions in process); a Wyoming utterance signs twice "
+            "(session.sealed, session.served)",
+        ),
+        Row(
+            "audit: signing a command's end / a short command's CPU",
+            round(command_share, 3),
+            "%",
+            "<= 1%",
+            command_share <= 1,
+            f"`edge-agent status`: {command * 1e3:.0f} ms CPU (median of {commands}), mostly Python's start and imports; "
+            "a command that wrote something pays one signature (and one fsync) at its end",
+        ),
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -1072,12 +1193,23 @@ def main() -> int:
             ("commit scale", lambda: commit_scale(work, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])),
             ("shred scale", lambda: shred_scale(work, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])),
             ("boot catch-up", lambda: [boot_catch_up(work, 10_000)]),
-            ("verify scale", lambda: verify_scale(work, [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])),
+            (
+                "verify scale",
+                lambda: (
+                    verify_scale(
+                        work,
+                        [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000],
+                        [100_000] if args.quick else [100_000, 1_000_000],
+                    )
+                    + [verify_cpu_ratio(work, 100_000, pairs)]
+                ),
+            ),
             ("memory", lambda: memory(work, speech())),
             ("sealing", lambda: sealing(work)),
             ("latency", lambda: latency(work, speech())),
             ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
             ("voice: speaker encoder", lambda: voice(work, pairs)),
+            ("tail signing", lambda: tail_signing(work, utterances, pairs)),
         ]
         for name, step in steps:
             if args.only and args.only not in name:

@@ -241,6 +241,23 @@ def audit_types(data: Path) -> list[str]:
     return [json.loads(line)["type"] for line in (data / "audit.jsonl").read_text().splitlines()]
 
 
+def deleted_and_rechained(lines: list[bytes], index: int) -> list[bytes]:
+    """Audit line `index` deleted and the log re-chained without the key, as anyone can: every
+    later line renumbered, re-linked and re-hashed, the checkpoints that no longer verify dropped."""
+    from edge.audit.log import canonical, entry_hash
+
+    out = lines[:index]
+    for raw in lines[index + 1 :]:
+        entry = json.loads(raw)
+        if entry["type"] == "checkpoint":
+            continue
+        previous = json.loads(out[-1])
+        entry.update(seq=previous["seq"] + 1, prev=previous["hash"])
+        entry["hash"] = entry_hash(entry)
+        out.append(canonical(entry))
+    return out
+
+
 # -- time travel --------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
 from edge.errors import AuditError
 
-from support import ROOT, Retention, edge_agent, faketime, pcm_of, png_pixels, record
+from support import ROOT, Retention, deleted_and_rechained, edge_agent, faketime, pcm_of, png_pixels, record
 from support import plaintext_files as plaintext_found
 
 GRACE = timedelta(seconds=62)
@@ -110,15 +110,122 @@ def test_line_edits_are_named(household, edit, expected_line):
 
 
 def test_tail_truncation_needs_a_witness(household, tmp_path):
+    """A cut just after a checkpoint leaves a valid, signed, shorter log: only a witness shows
+    it. A cut anywhere else leaves lines no checkpoint signs, with no writer left to sign them."""
     config, data_dir, _, _ = household
     witness = tmp_path / "witness.txt"
     assert edge_agent("--config", str(config), "audit", "checkpoint", "--out", str(witness)).returncode == 0
     log = data_dir / "audit.jsonl"
     lines = log.read_bytes().splitlines(keepends=True)
-    log.write_bytes(b"".join(lines[:-3]))  # a clean cut: the shorter chain is still valid
+    stopped = next(i for i, raw in enumerate(lines) if json.loads(raw)["type"] == "agent.stopped")
+    assert json.loads(lines[stopped - 1])["type"] == "checkpoint"  # the last session's end
+    log.write_bytes(b"".join(lines[:stopped]))  # a clean cut: the stop and everything after it
     assert edge_agent("--config", str(config), "audit", "verify").returncode == 0
     result = edge_agent("--config", str(config), "audit", "verify", "--witness", str(witness))
     assert result.returncode == 1 and "witness" in result.stdout and "truncated" in result.stdout
+    log.write_bytes(b"".join(lines[: stopped - 1]))  # the session's signature cut off too
+    result = edge_agent("--config", str(config), "audit", "verify")
+    assert result.returncode == 1 and f"line {stopped - 2}: the last 2 line(s)" in result.stdout, result.stdout  # the session
+
+
+# -- the tail: signed at the end of every session and command ------------------------------------
+
+
+@pytest.mark.parametrize("deleted", ["export", "export.refused"])
+def test_an_export_or_refusal_deleted_and_the_log_rechained_without_the_key_is_caught(household, tmp_path, deleted):
+    """Three commands after the agent stopped: an export, a refused one, another export. The
+    attacker deletes the first or the second and re-chains the log without the key."""
+    config, data_dir, sessions, _ = household
+    exports = [
+        (sessions[0], "playback", 0),
+        (sessions[0], "training", 1),  # a child's session: refused, and logged as such
+        (sessions[1], "playback", 0),
+    ]
+    for number, (session, purpose, code) in enumerate(exports):
+        out = tmp_path / f"{number}.wav"
+        ran = edge_agent("--config", str(config), "export", "--session", session, "--out", str(out), "--purpose", purpose)
+        assert ran.returncode == code, ran.stderr
+    entries = list(AuditLog(data_dir).entries())
+    assert check(data_dir).ok
+    log = data_dir / "audit.jsonl"
+    lines = log.read_bytes().splitlines()
+    index = next(i for i, e in enumerate(entries) if e["type"] == deleted)
+    log.write_bytes(b"\n".join(deleted_and_rechained(lines, index)) + b"\n")
+    result = edge_agent("--config", str(config), "audit", "verify")
+    assert result.returncode == 1, result.stdout
+    assert f"line {index + 1}: the last " in result.stdout and "no running edge process will sign them" in result.stdout
+    # every command ended signed: only the attack left lines no checkpoint follows
+    assert [e["type"] for e in entries[-6:]] == ["export", "checkpoint", "export.refused", "checkpoint", "export", "checkpoint"]
+
+
+def test_a_writer_killed_before_it_signed_is_named_then_signed_late_by_the_next_command(write_config, speech):
+    """kill -9 mid-session: its lines stay unsigned. verify says so (it cannot tell this from
+    an attack); the next command that writes signs them and logs that it found them unsigned."""
+    config = write_config(mode="always")
+    clip = speech.join(speech.say("메시지"), 1.0, speech.say("아버지"))
+    killed = edge_agent(
+        "--config", str(config), "run", "--input", str(clip), "--profile", "child", env={"EDGE_CRASH_AT": "session.finish:2"}
+    )
+    assert killed.returncode == -9, killed.stderr
+    data_dir = config.parent / "data"
+    result = edge_agent("--config", str(config), "audit", "verify", "--json")
+    document = json.loads(result.stdout)
+    assert result.returncode == 1 and not document["ok"], result.stdout
+    types = [e["type"] for e in AuditLog(data_dir).entries()]
+    last_checkpoint = max(i for i, t in enumerate(types, 1) if t == "checkpoint")
+    assert types[last_checkpoint:] == ["session.created"]  # the first session signed at its end, the second never ended
+    [problem] = document["problems"]
+    assert problem["line"] == last_checkpoint + 1 and "no running edge process will sign them" in problem["message"]
+    assert "killed before it could sign them" in problem["message"] and document["unsigned"] == 0
+
+    assert edge_agent("--config", str(config), "purge").returncode == 0
+    entries = list(AuditLog(data_dir).entries())
+    [note] = [e for e in entries if e["type"] == "log.unsigned"]
+    assert note["fields"] == {"first": last_checkpoint + 1, "lines": 1} and note["seq"] == last_checkpoint + 2
+    assert entries[note["seq"]]["type"] == "checkpoint"  # signed in the same write
+    result = edge_agent("--config", str(config), "audit", "verify")
+    assert result.returncode == 0, result.stdout
+    assert "signed late: 1 line(s) were left unsigned by a writer that was killed" in result.stdout
+
+
+def test_a_tail_still_being_written_is_reported_not_failed(write_config):
+    """A writer holds its unsigned lines until it signs them: verify (another process) reports
+    them in progress; another writer meanwhile does not take them for a dead writer's."""
+    config = write_config()
+    writer = AuditLog(config.parent / "data")  # in this process, as a running agent's
+    writer.append("profile.active", profile="child")
+    result = edge_agent("--config", str(config), "audit", "verify", "--json")
+    document = json.loads(result.stdout)
+    assert result.returncode == 0 and document["ok"] and document["unsigned"] == 2, result.stdout  # log.created too
+    text = edge_agent("--config", str(config), "audit", "verify").stdout
+    assert "in progress: the last 2 line(s) belong to a session or command still running" in text
+    assert edge_agent("--config", str(config), "purge").returncode == 0  # another writer, meanwhile
+    assert "log.unsigned" not in [e["type"] for e in writer.entries()]
+    writer.sign()
+    assert [e["type"] for e in writer.entries()] == ["log.created", "profile.active", "checkpoint"]
+    writer.sign()  # nothing more to sign
+    document = json.loads(edge_agent("--config", str(config), "audit", "verify", "--json").stdout)
+    assert document["ok"] and document["unsigned"] == 0 and document["entries"] == 3
+
+
+def test_verify_counts_a_tail_as_in_progress_when_the_log_grew_after_it_was_read(tmp_path):
+    """A writer that signed and let go between verify's read and its check: not a dead writer."""
+    from edge.audit.tail import still_written
+
+    log = AuditLog(tmp_path)
+    log.append("profile.active", profile="child", checkpoint=True)
+    fd = os.open(log.path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        assert not still_written(fd, size)
+        assert still_written(fd, size - 10)
+        holder = AuditLog(tmp_path)
+        holder.append("profile.active", profile="parent")
+        assert still_written(fd, os.fstat(fd).st_size)
+        holder.sign()
+        assert not still_written(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def test_rewritten_chain_is_caught_by_its_checkpoints(household):
@@ -136,7 +243,7 @@ def test_rewritten_chain_is_caught_by_its_checkpoints(household):
         previous = entry["hash"]
     log.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
     result = check(data_dir)
-    checkpoint_line = next(i for i, e in enumerate(entries, 1) if e["type"] == "checkpoint")
+    checkpoint_line = next(i for i, e in enumerate(entries, 1) if e["type"] == "checkpoint" and e["seq"] > created["seq"])
     assert first_bad_line(result) == checkpoint_line and "signature" in str(result.problems[0])
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from edge import wiring
 
-from support import ROOT, WORDS, MicAgent, Retention, edge_agent, forget_in_a_terminal, play, record, status
+from support import ROOT, WORDS, MicAgent, Retention, deleted_and_rechained, edge_agent, forget_in_a_terminal, play, record, status
 
 
 @pytest.fixture
@@ -109,19 +109,6 @@ def test_an_absurd_retention_is_a_config_error(write_config, clip):
 # -- 14. what verify checks ----------------------------------------------------------------------
 
 
-def _rechained(lines: list[bytes], drop: int) -> list[bytes]:
-    """The log with line `drop` (1-based) deleted and everything after re-hashed, the
-    checkpoints after it (which would no longer verify) left out."""
-    from edge.audit.log import canonical, entry_hash
-
-    entries = [json.loads(line) for line in lines]
-    kept = entries[: drop - 1] + [e for e in entries[drop:] if e["type"] != "checkpoint"]
-    for index, entry in enumerate(kept[drop - 1 :], start=drop):
-        entry["seq"], entry["prev"] = index, kept[index - 2]["hash"]
-        entry["hash"] = entry_hash(entry)
-    return [canonical(e) for e in kept]
-
-
 def test_a_line_deleted_from_the_middle_and_rechained_is_caught(write_config, clip, tmp_path):
     """Someone hides an export of a child's audio: its line deleted, the rest re-hashed
     (the hashes are unkeyed), the checkpoints that no longer verify dropped."""
@@ -135,7 +122,7 @@ def test_a_line_deleted_from_the_middle_and_rechained_is_caught(write_config, cl
     log = config.parent / "data" / "audit.jsonl"
     lines = log.read_bytes().splitlines()
     middle = next(i for i, line in enumerate(lines, start=1) if b'"type":"export"' in line)
-    log.write_bytes(b"".join(line + b"\n" for line in _rechained(lines, middle)))
+    log.write_bytes(b"".join(line + b"\n" for line in deleted_and_rechained(lines, middle - 1)))
     verified = edge_agent("--config", str(config), "audit", "verify")
     assert verified.returncode == 1 and "checkpoint" in verified.stdout and "line " in verified.stdout, verified.stdout
 

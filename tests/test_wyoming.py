@@ -37,6 +37,7 @@ from support import (
     MicAgent,
     Retention,
     ServeAgent,
+    deleted_and_rechained,
     edge_agent,
     file_vault,
     household_toml,
@@ -747,3 +748,65 @@ def test_an_utterance_in_which_nothing_was_recognised_keeps_nothing_unless_the_l
     assert [s["kept"] for s in _served(data)] == [True]
     [session] = json.loads(edge_agent("--config", str(kept_too / "household.toml"), "status", "--json").stdout)["sessions"]
     assert session["profile"] == "child" and session["seconds"] == 2.0
+
+
+def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs_is_caught(household, clip):
+    """The agent runs for months: an utterance's lines are signed in the write of its last
+    event, so deleting one (and re-chaining the log without the key) is caught while the agent
+    still runs; an utterance in progress is reported as such, not failed (FORMATS section 6)."""
+    config, folder = household
+    log = folder / "data" / "audit.jsonl"
+    kids = f"unix://{folder / 'kids.sock'}"
+    pcm = pcm_of(clip)
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return edge_agent("--config", str(config), "audit", "verify", "--json")
+
+    async def halfway_verified() -> tuple[subprocess.CompletedProcess[str], Event]:
+        """verify while an utterance is half sent, then the rest of it."""
+        client = AsyncClient.from_uri(kids)
+        await client.connect()
+        try:
+            await client.write_event(START)
+            for index in range(0, len(pcm), 320):
+                if index == len(pcm) // 640 * 320:
+                    while json.loads(log.read_bytes().splitlines()[-1])["type"] != "session.created":
+                        await asyncio.sleep(0.05)
+                    verified = await asyncio.to_thread(verify)
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 320]).event())
+            await client.write_event(AudioStop().event())
+            return verified, await asyncio.wait_for(client.read_event(), 60)
+        finally:
+            await client.disconnect()
+
+    agent = ServeAgent(config)
+    try:
+        assert [_text(asyncio.run(wyoming_utterance(kids, clip))) for _ in range(2)] == [SAID] * 2
+        original = log.read_bytes()
+        lines = original.splitlines()
+        types = [json.loads(raw)["type"] for raw in lines]
+        started = max(i for i, kind in enumerate(types) if kind == "agent.started")
+        first = types.index("session.served", started)
+        log.write_bytes(b"\n".join(deleted_and_rechained(lines, first)) + b"\n")
+        attacked = verify()
+        log.write_bytes(original)
+        assert attacked.returncode == 1, attacked.stdout
+        [problem] = json.loads(attacked.stdout)["problems"]
+        assert problem["line"] == first + 1, problem  # where the deleted line stood: the checkpoints before it still verify
+        assert "no running edge process will sign them" in problem["message"]
+
+        verified, answer = asyncio.run(halfway_verified())
+        assert _text(answer) == SAID
+        document = json.loads(verified.stdout)
+        assert verified.returncode == 0 and document["unsigned"] == 1, verified.stdout  # its session.created
+    finally:
+        out, err, code = agent.stop()
+    assert code == 0, err
+    types = [e["type"] for e in (json.loads(raw) for raw in log.read_bytes().splitlines())]
+    assert types[started : started + 2] == ["agent.started", "checkpoint"]
+    assert types[started + 2 :] == ["session.created", "session.sealed", "checkpoint", "session.served", "checkpoint"] * 3 + [
+        "agent.stopped",
+        "checkpoint",
+    ]
+    document = json.loads(verify().stdout)
+    assert document["ok"] and document["unsigned"] == 0

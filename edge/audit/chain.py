@@ -121,6 +121,8 @@ Requested = tuple[Literal["requested"], int, str]
 Fulfilled = tuple[Literal["fulfilled"], str]
 """request"""
 Recovered = tuple[Literal["recovered"]]
+Unsigned = tuple[Literal["unsigned"], int]
+"""lines found unsigned, their writer gone, and signed by a later one"""
 RootLost = tuple[Literal["root lost"]]
 TrainingExport = tuple[Literal["training export"], int, str | int | float | bool | None]
 """line, the exported session as logged (any hashable JSON value)"""
@@ -128,7 +130,7 @@ Malformed = tuple[Literal["malformed"], int, str]
 """line, message"""
 Voice = tuple[Literal["voice"], int, str, bool]
 """line, profile, whether its voiceprint is held from then on (enrolled) or not (forgotten)"""
-ScanOp = Created | Gone | Shredded | Requested | Fulfilled | Recovered | RootLost | TrainingExport | Voice | Malformed
+ScanOp = Created | Gone | Shredded | Requested | Fulfilled | Recovered | Unsigned | RootLost | TrainingExport | Voice | Malformed
 Sink = Callable[[ScanOp], None]
 _SCANNED = frozenset(
     {
@@ -137,6 +139,7 @@ _SCANNED = frozenset(
         "forget.requested",
         "forget.fulfilled",
         "log.recovered",
+        "log.unsigned",
         "root.lost",
         "export",
         "voice.enrolled",
@@ -178,6 +181,11 @@ def _scan(line: int, kind: str, fields: dict[str, Any], sink: Sink) -> None:
         sink(("gone", sessions, None))
     elif kind == "log.recovered":
         sink(("recovered",))
+    elif kind == "log.unsigned":
+        first, lines = fields["first"], fields["lines"]
+        if type(first) is not int or type(lines) is not int or lines < 1 or first + lines != line:
+            raise ValueError("first and lines do not name the lines just before it")
+        sink(("unsigned", lines))
     elif kind == "root.lost":
         sink(("root lost",))
     elif kind in ("voice.enrolled", "voice.forgotten"):

@@ -7,6 +7,11 @@ line's hash (64 zeros for the first). Checkpoints are Ed25519 signatures over a
 short text naming the log, its length and its head hash (see docs/FORMATS.md);
 `openssl pkeyutl -verify -rawin` checks them with the exported public key.
 
+A writer signs what it wrote by the end of every session and command (`sign`, and
+`sign_open_tails` when a command ends); until then it holds the tail (tail.py), so that
+`audit verify` can tell a tail still being written from one whose writer is gone. The
+first writer to find such an orphaned tail records it (`log.unsigned`) and signs it.
+
 The log outlives the data it describes, so it must never become the leak:
 events carry ids, profile names, times and counts, never audio, transcript text
 or key material. `append` refuses fields whose names say otherwise.
@@ -28,14 +33,17 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge.audit.tail import TailHold
 from edge.boot import boot_id
 from edge.disk.files import open_in, read_in, why, write_atomic_in
 from edge.disk.layout import AUDIT_KEY, AUDIT_LOG
 from edge.disk.lock import DataLock
-from edge.errors import AuditError, StorageError
+from edge.errors import AuditError, EdgeError, StorageError
 from edge.faults import armed, crash_point
 
 ZERO_HASH = "0" * 64
+_FIRST_LINE_AT_MOST = 4096
+"""log.created is about 250 bytes."""
 CHECKPOINT_EVERY = 100
 """A checkpoint follows every entry whose seq is a multiple of this (and the shreds, forgets
 and stops that must be signed at once: see NEEDS_CHECKPOINT)."""
@@ -45,6 +53,7 @@ EVENT_TYPES = frozenset(
     {
         "log.created",
         "log.recovered",
+        "log.unsigned",
         "checkpoint",
         "config.loaded",
         "agent.started",
@@ -112,6 +121,23 @@ class Checkpoint:
             raise AuditError("not an edge audit checkpoint (expected 4 lines: version, log, entries, head)") from None
 
 
+_UNSIGNED: set[AuditLog] = set()
+"""The logs this process wrote lines to that no checkpoint follows yet."""
+
+
+def sign_open_tails() -> None:
+    """The end of a command: every log this process left unsigned gets its checkpoint (all
+    are tried; the first failure is raised)."""
+    failed: EdgeError | None = None
+    for log in list(_UNSIGNED):
+        try:
+            log.sign()
+        except EdgeError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+
+
 class AuditLog:
     """Appends events; one writer at a time (the data-folder lock)."""
 
@@ -119,6 +145,7 @@ class AuditLog:
         self.data_dir = data_dir
         self.path = data_dir / AUDIT_LOG
         self.key_path = data_dir / AUDIT_KEY
+        self._hold = TailHold(data_dir)
 
     # -- writing -------------------------------------------------------------------
 
@@ -142,14 +169,25 @@ class AuditLog:
         with DataLock(self.data_dir):
             last = self._head()
             written: list[dict[str, Any]] = []
-            lines = self._chained(last, events, checkpoint, written)
-            self._persist(lines)
+            lines, last = self._chained(last, events, checkpoint, written)
+            self._write(lines, last)
             return written
+
+    def sign(self) -> None:
+        """The end of a session or command: a checkpoint follows the log's last line, unless
+        one is that line already (and without a log there is nothing to sign)."""
+        with DataLock(self.data_dir):
+            last = self._tip(create=False)
+            if last is not None and last["type"] != "checkpoint":
+                last, _ = self._signed(last)
+                self._write([canonical(last)], last)
+            self._release()
 
     def _chained(
         self, last: dict[str, Any], events: list[tuple[str, dict[str, Any]]], checkpoint: bool, written: list[dict[str, Any]]
-    ) -> list[bytes]:
-        """The lines for `events` after `last`, with the checkpoints the format requires."""
+    ) -> tuple[list[bytes], dict[str, Any]]:
+        """The lines for `events` after `last`, with the checkpoints the format requires, and
+        the last of them."""
         lines = []
         for event_type, fields in events:
             last = self._entry(last, event_type, fields)
@@ -161,13 +199,14 @@ class AuditLog:
         if (checkpoint or any(event_type in NEEDS_CHECKPOINT for event_type, _ in events)) and last["type"] != "checkpoint":
             last, _ = self._signed(last)
             lines.append(canonical(last))
-        return lines
+        return lines, last
 
     def recover(self) -> None:
-        """Cut off (and log) a final line torn by a crash mid-write, if there is one. Every
-        command that opens the data folder does this, so the log is whole before it is used."""
+        """Cut off (and log) a final line torn by a crash mid-write, and sign (and log) lines
+        their writer left unsigned, if there are any. Every command that opens the data folder
+        to write does this, so the log is whole and signed before it is used."""
         with DataLock(self.data_dir):
-            self._last_entry()
+            self._tip(create=False)
 
     def ends_torn(self) -> bool:
         """Whether the log ends in a line cut off mid-write (read-only)."""
@@ -182,7 +221,7 @@ class AuditLog:
         """Sign the current head and record the signature in the log itself."""
         with DataLock(self.data_dir):
             entry, checkpoint = self._signed(self._head())
-            self._persist([canonical(entry)])
+            self._write([canonical(entry)], entry)
             return checkpoint
 
     def _signed(self, last: dict[str, Any]) -> tuple[dict[str, Any], Checkpoint]:
@@ -224,23 +263,69 @@ class AuditLog:
             yield entry
 
     def log_id(self) -> str:
-        for entry in self.entries():
-            log = entry["fields"].get("log") if isinstance(entry["fields"], dict) else None
+        """What line 1 names (read alone: every checkpoint needs it, and the log may be long)."""
+        try:
+            with os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDONLY), "rb", buffering=0) as handle:
+                first = handle.read(_FIRST_LINE_AT_MOST).partition(b"\n")[0]
+        except FileNotFoundError:
+            first = b""
+        if not first:
+            raise AuditError(f"{self.path}: the audit log is empty")
+        try:
+            entry = json.loads(first)
+            log = entry["fields"]["log"]
             if entry["type"] != "log.created" or not isinstance(log, str):
-                raise AuditError(f"{self.path}: line 1 is not the log.created entry; `edge-agent audit verify` explains")
+                raise ValueError
             return log
-        raise AuditError(f"{self.path}: the audit log is empty")
+        except (ValueError, TypeError, KeyError):
+            raise AuditError(f"{self.path}: line 1 is not the log.created entry; `edge-agent audit verify` explains") from None
 
     # -- internals -----------------------------------------------------------------
 
     def _head(self) -> dict[str, Any]:
         """The last entry; a new log starts with "log.created" naming its id and public key."""
-        last = self._last_entry()
+        last = self._tip(create=True)
+        assert last is not None
+        return last
+
+    def _tip(self, create: bool) -> dict[str, Any] | None:
+        """The last entry, after what must precede any new line: a new log's first line (with
+        `create`); a torn last line cut off; lines whose writer is gone without signing them
+        recorded as such. The two records are signed at once, in one write."""
+        last, torn = self._last_entry()
         if last is None:
+            if not create:
+                return None
             public = self._signing_key().public_key().public_bytes_raw().hex()
             last = self._entry(None, "log.created", {"log": secrets.token_hex(8), "public_key": public, "format": 1})
-            self._persist([canonical(last)])
+            self._write([canonical(last)], last)
+            return last
+        records: list[tuple[str, dict[str, Any]]] = []
+        if last["type"] != "checkpoint" and not self._hold.held and self._hold.nobody_writing():
+            first = self._first_unsigned(last)
+            records.append(("log.unsigned", {"first": first, "lines": last["seq"] - first + 1}))
+        if torn is not None:
+            records.append(("log.recovered", torn))
+        if records:
+            lines, last = self._chained(last, records, True, [])
+            self._write(lines, last)
         return last
+
+    def _first_unsigned(self, last: dict[str, Any]) -> int:
+        """The first line after the last checkpoint, read back from the end (the tail is
+        short: a checkpoint follows every 100th line)."""
+        unsigned = 0
+        with os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDONLY), "rb") as handle:
+            for raw in _lines_back(handle, handle.seek(0, os.SEEK_END)):
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    break  # damage `audit verify` names; the record still says where its tail ends
+                if not isinstance(entry, dict) or entry.get("type") == "checkpoint":
+                    break
+                unsigned += 1
+        first: int = last["seq"] - unsigned + 1
+        return first
 
     def _signing_key(self) -> Ed25519PrivateKey:
         try:
@@ -260,33 +345,33 @@ class AuditLog:
             raise AuditError(f"{self.key_path}: is not an audit signing key (expected 32 bytes)")
         return Ed25519PrivateKey.from_private_bytes(raw)
 
-    def _last_entry(self) -> dict[str, Any] | None:
-        """The last line, read from the end of the file (appends stay O(1)). A line cut off
-        by a power cut during a write (no final newline) is recovered: see _recover."""
+    def _last_entry(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The last line, read from the end of the file (appends stay O(1)), and what a line
+        cut off by a power cut during a write (no final newline) was, if one was: see _cut."""
         try:
             with os.fdopen(open_in(self.data_dir, AUDIT_LOG, os.O_RDWR), "r+b") as handle:
                 size = handle.seek(0, os.SEEK_END)
                 if size == 0:
-                    return None
+                    return None, None
                 start, last_line, complete = _last_line(handle, size)
                 if not complete:
-                    return self._recover(handle, start, last_line)
+                    return self._cut(handle, start, last_line)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {exc.strerror}") from None
         try:
             last = json.loads(last_line)
             if not isinstance(last, dict) or type(last.get("seq")) is not int or not isinstance(last.get("hash"), str):
                 raise ValueError
-            return last
+            return last, None
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
 
-    def _recover(self, handle: BinaryIO, start: int, torn: bytes) -> dict[str, Any] | None:
-        """Cut a torn final line off (it was never complete, so nothing signed it) and log
-        that it happened, with its length and digest: recovered and reported, never silent.
-        A whole entry that only lacks its newline is kept and given one."""
+    def _cut(self, handle: BinaryIO, start: int, torn: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Cut a torn final line off (it was never complete, so nothing signed it); the caller
+        logs that it happened, with its length and digest: recovered and reported, never
+        silent. A whole entry that only lacks its newline is kept and given one."""
         try:
             whole = json.loads(torn)
         except ValueError:
@@ -296,20 +381,14 @@ class AuditLog:
             handle.write(b"\n")
             handle.flush()
             os.fsync(handle.fileno())
-            return whole
+            return whole, None
         handle.truncate(start)
         handle.flush()
         os.fsync(handle.fileno())
-        last = self._last_entry() if start else None
-        if last is None:
-            return None
-        written: list[dict[str, Any]] = []  # signed at once: what the torn write lost may have been a checkpoint
-        lines = self._chained(
-            last, [("log.recovered", {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()})], True, written
-        )
-        self._persist(lines)
-        recovered: dict[str, Any] = json.loads(lines[-1])
-        return recovered
+        if not start:
+            return None, None
+        last, _ = self._last_entry()  # signed at once by the caller: what the torn write lost may have been a checkpoint
+        return last, {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()}
 
     def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -323,6 +402,21 @@ class AuditLog:
         }
         entry["hash"] = entry_hash(entry)
         return entry
+
+    def _write(self, lines: list[bytes], last: dict[str, Any]) -> None:
+        """Persist `lines`, ending in `last`: holding the tail first if no checkpoint ends
+        them, letting go of it after if one does."""
+        if last["type"] != "checkpoint":
+            self._hold.take()
+            _UNSIGNED.add(self)
+        if lines:
+            self._persist(lines)
+        if last["type"] == "checkpoint":
+            self._release()
+
+    def _release(self) -> None:
+        self._hold.release()
+        _UNSIGNED.discard(self)
 
     def _persist(self, lines: list[bytes]) -> None:
         """Append whole lines with one write and one fsync."""
@@ -361,6 +455,20 @@ def _last_line(handle: BinaryIO, size: int) -> tuple[int, bytes, bool]:
             break
         chunks.append(block)
     return position, b"".join(reversed(chunks))[: end - position], complete
+
+
+def _lines_back(handle: BinaryIO, size: int) -> Iterator[bytes]:
+    """The lines of a file that ends in a newline, last first, read in blocks from the end."""
+    position, rest = size - 1, b""
+    while position > 0:
+        step = min(position, 64 * 1024)
+        position -= step
+        handle.seek(position)
+        lines = (handle.read(step) + rest).split(b"\n")
+        rest = lines[0]
+        yield from reversed(lines[1:])
+    if rest:
+        yield rest
 
 
 def public_key_from_hex(text: str) -> Ed25519PublicKey:

@@ -1,8 +1,11 @@
 """`audit verify`: prove the log is intact and that the data agrees with it.
 
 Read-only. The chain check stops at the first bad line and names it: nothing
-after a broken link can be trusted. A tail cut off cleanly leaves a valid
-shorter chain; only a witness (a checkpoint saved elsewhere) reveals that.
+after a broken link can be trusted. A writer signs the tail at the end of every
+session and command, so lines after the last checkpoint are either still being
+written (a writer holds them: tail.py) or a problem. A log cut off cleanly just
+after one of its checkpoints leaves a valid shorter chain; only a witness (a
+checkpoint saved elsewhere) reveals that.
 The data check then asks, for every session the log knows: is anything past
 its expiry still held, or still openable with a key the device holds?
 """
@@ -10,6 +13,7 @@ its expiry still held, or still openable with a key the device holds?
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from edge.audit.chain import Chain, Problem, ScanOp, check_range
 from edge.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, public_key_from_hex
 from edge.audit.parallel import Parallel, check_chunks
+from edge.audit.tail import still_written
 from edge.crypto.age import read_header, unwrap_file_key
 from edge.disk import layout
 from edge.disk.files import open_in, reader_in
@@ -47,6 +52,12 @@ class Verification:
     torn_tail: bool = False
     """The log ends in a line cut off mid-write, not yet recovered: a failure until the next
     command that opens the data folder cuts it off and logs log.recovered."""
+    unsigned: int = 0
+    """Lines after the last checkpoint that a running session or command wrote and signs
+    when it ends (not yet protected: not a failure). Without a writer, they are a problem."""
+    signed_late: int = 0
+    """Lines a later command found unsigned, their writer gone (killed, a power cut), and
+    signed (log.unsigned): nothing proves that none was removed before then."""
     witness: str | None = None
     """What the witness check found, when a witness was given."""
 
@@ -76,14 +87,19 @@ def verify(
     result = Verification()
     scan = _DataScan(result, on_time)
     result.torn_tail = log.ends_torn()
-    chain = _check_chain(log, result, scan, parallel or Parallel(), progress)
-    if result.torn_tail and result.problems and result.problems[0].line == chain.verified() + 1:
-        result.problems[0].message += (
-            "; it is the last line and has no newline: cut off by a crash or power cut? The next "
-            "edge-agent command that writes (e.g. purge, or the agent's start) cuts it off and logs log.recovered"
-        )
-    if not result.problems:
-        _check_unsigned_tail(chain, result)
+    fd = _open(log)
+    try:
+        chain, size = _check_chain(fd, log, result, scan, parallel or Parallel(), progress)
+        if result.torn_tail and result.problems and result.problems[0].line == chain.verified() + 1:
+            result.problems[0].message += (
+                "; it is the last line and has no newline: cut off by a crash or power cut? The next "
+                "edge-agent command that writes (e.g. purge, or the agent's start) cuts it off and logs log.recovered"
+            )
+        if not result.problems and fd is not None:
+            _check_unsigned_tail(chain, result, lambda: still_written(fd, size))
+    finally:
+        if fd is not None:
+            os.close(fd)
     if result.problems:
         return result
     if witness is not None:
@@ -94,25 +110,24 @@ def verify(
     return result
 
 
-def _check_chain(log: AuditLog, result: Verification, scan: _DataScan, parallel: Parallel, progress: Progress | None) -> Chain:
-    """Check every line in order; stop at the first bad one and name it."""
-    chain, problem = Chain(), None
-    fd = _open(log)
+def _check_chain(
+    fd: int | None, log: AuditLog, result: Verification, scan: _DataScan, parallel: Parallel, progress: Progress | None
+) -> tuple[Chain, int]:
+    """Check every line in order; stop at the first bad one and name it. Also: how many
+    bytes were checked."""
+    chain, problem, size = Chain(), None, 0
     if fd is not None:
-        try:
-            size = os.fstat(fd).st_size
-            if parallel.applies(size):
-                chain, problem = check_chunks(fd, size, parallel, scan.apply, progress)
-            else:
-                problem = check_range(fd, 0, size, chain, scan.apply)
-        finally:
-            os.close(fd)
+        size = os.fstat(fd).st_size
+        if parallel.applies(size):
+            chain, problem = check_chunks(fd, size, parallel, scan.apply, progress)
+        else:
+            problem = check_range(fd, 0, size, chain, scan.apply)
     if problem is not None:
         result.problems.append(problem)
     result.entries, result.checkpoints = chain.verified(), chain.checkpoints
     if not result.problems and not result.entries:
         result.problems.append(Problem(f"{log.path}: the audit log is missing or empty"))
-    return chain
+    return chain, size
 
 
 def _open(log: AuditLog) -> int | None:
@@ -125,11 +140,12 @@ def _open(log: AuditLog) -> int | None:
         raise AuditError(f"{log.path}: cannot read the audit log: {exc.strerror}") from None
 
 
-def _check_unsigned_tail(chain: Chain, result: Verification) -> None:
+def _check_unsigned_tail(chain: Chain, result: Verification, still_written: Callable[[], bool]) -> None:
     """The writer signs every CHECKPOINT_EVERY entries and right after every shred, forget and
     stop, in the same write. So an unsigned tail that is that long, or holds such an event,
     means checkpoints were removed: lines in the middle were deleted or edited and the log
-    re-chained, or the signing was skipped."""
+    re-chained, or the signing was skipped. Any other unsigned tail is signed when the session
+    or command writing it ends: it is a problem unless its writer is still there."""
     if chain.must_sign is not None:
         result.problems.append(
             Problem(
@@ -145,6 +161,21 @@ def _check_unsigned_tail(chain: Chain, result: Verification) -> None:
                 f"{CHECKPOINT_EVERY} entries in a row without a signed checkpoint (the last is at line "
                 f"{chain.last_checkpoint or 'none'}): checkpoints were removed (lines deleted or edited, and the log re-chained)",
                 line,
+            )
+        )
+    elif chain.verified() > chain.last_checkpoint:
+        unsigned = chain.verified() - chain.last_checkpoint
+        if still_written():
+            result.unsigned = unsigned
+            return
+        result.problems.append(
+            Problem(
+                f"the last {unsigned} line(s), from here, are signed by no checkpoint and no running edge process will "
+                "sign them: lines were deleted (with the checkpoints that signed them) and the log re-chained, or "
+                "their writer was killed before it could sign them (kill -9, a power cut). The next edge-agent "
+                "command that writes (e.g. purge, or the agent's start) signs them and logs that it found them "
+                "unsigned (log.unsigned)",
+                chain.last_checkpoint + 1,
             )
         )
 
@@ -209,6 +240,8 @@ class _DataScan:
                 self.open_requests.pop(request, None)
             case ("recovered",):
                 result.recovered += 1
+            case ("unsigned", lines):
+                result.signed_late += lines
             case ("root lost",):
                 self.gone.update((s, k) for s in self.created for k in DataKind)
                 self.voices = {profile: (line, False) for profile, (line, _held) in self.voices.items()}

@@ -15,8 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
+from edge.audit.log import sign_open_tails
 from edge.cli import audit, clock, data, deletion, doctor, init, live, model, speech, vault, voices
-from edge.cli.base import Command, Parser, add_commands
+from edge.cli.base import Command, Parser, add_commands, log
 from edge.errors import EdgeError
 
 COMMANDS: tuple[Command, ...] = (
@@ -45,7 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        code: int = args.handler(args)
+        try:
+            code: int = args.handler(args)
+        except BaseException:
+            _sign_after_failure()
+            raise
+        sign_open_tails()  # the end of every command: what it logged is signed (docs/FORMATS.md section 6)
         sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
         return code
     except EdgeError as exc:
@@ -63,6 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-agent status | head -1`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
+
+
+def _sign_after_failure() -> None:
+    """A failed command's lines are signed too; if that fails as well, the first error is the
+    one reported (and `audit verify` names the unsigned lines)."""
+    try:
+        sign_open_tails()
+    except EdgeError as exc:
+        log.error("could not sign the audit log: %s", exc)
 
 
 def build_parser() -> argparse.ArgumentParser:

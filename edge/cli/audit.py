@@ -32,6 +32,16 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
     if result.recovered:
         print(f"recovered: {result.recovered} write(s) cut off by a crash or power cut (see `audit show --type log.recovered`)")
+    if result.signed_late:
+        print(
+            f"signed late: {result.signed_late} line(s) were left unsigned by a writer that was killed (or a power cut) and "
+            "signed by a later command; nothing proves none was removed before that (see `audit show --type log.unsigned`)"
+        )
+    if result.unsigned:
+        print(
+            f"in progress: the last {result.unsigned} line(s) belong to a session or command still running; "
+            "they are signed when it ends (until then they are not protected)"
+        )
     if result.witness:
         print(f"witness: {result.witness}")
     print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")

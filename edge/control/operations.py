@@ -56,7 +56,7 @@ def agent_operations(
         if name is not None:
             config.profile(name)  # ConfigError names the profiles there are
         agent.active_profile = name  # beats the run's --profile: who speaks now
-        audit.append("profile.active", profile=name or "")
+        audit.append("profile.active", profile=name or "", checkpoint=True)  # an operation's end is signed
         return {"active_profile": speaking()}
 
     def push(_args: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class Recorder:
                 transcript_expires=iso_utc(entry.transcript_expires),
                 audio_bucket=entry.audio_bucket,
                 transcript_bucket=entry.transcript_bucket,
+                checkpoint=not (audio or transcript),  # keeping nothing, the session logs nothing more: signed now
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
 
@@ -191,4 +192,5 @@ class SealedSession:
                 seconds=seconds,
                 audio_sealed=self._writer is not None,
                 transcript_sealed=bucket is not None,
+                checkpoint=True,  # the session's end: signed in the same write (docs/FORMATS.md section 6)
             )

@@ -292,6 +292,7 @@ class Connection:
             characters=characters,
             end_reason=reason,
             kept=utterance.kept,
+            checkpoint=True,  # a Wyoming session's last event: signed in the same write
         )
         log.info(
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",
