@@ -754,7 +754,9 @@ def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs
     """The agent runs for months: an utterance's lines are signed in the write of its last
     event, so deleting one (and re-chaining the log without the key) is caught while the agent
     still runs; an utterance in progress is reported as such, not failed (FORMATS section 6)."""
-    config, folder = household
+    household_config, folder = household
+    config = folder / "sealed-as-it-arrives.toml"  # so an utterance has lines in the log before its end
+    config.write_text(household_config.read_text().replace('profile = "child"\n', KEEP_UNRECOGNISED), encoding="utf-8")
     log = folder / "data" / "audit.jsonl"
     kids = f"unix://{folder / 'kids.sock'}"
     pcm = pcm_of(clip)
@@ -770,7 +772,9 @@ def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs
             await client.write_event(START)
             for index in range(0, len(pcm), 320):
                 if index == len(pcm) // 640 * 320:
+                    deadline = time.monotonic() + 30
                     while json.loads(log.read_bytes().splitlines()[-1])["type"] != "session.created":
+                        assert time.monotonic() < deadline, "the utterance's session.created never came"
                         await asyncio.sleep(0.05)
                     verified = await asyncio.to_thread(verify)
                 await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[index : index + 320]).event())
