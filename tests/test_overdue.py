@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -47,8 +48,8 @@ def test_only_what_is_past_due_by_more_than_the_margin_is_shredded_and_a_look_wr
 
     def purge(late: timedelta, margin: str, config: Path = config) -> tuple[str, str, int]:
         """`purge --overdue MARGIN` run when the recording is `late` past due."""
-        offset = (expires + late - datetime.now(timezone.utc)).total_seconds()
-        ran = faketime(f"{offset:+.0f}s", "--config", str(config), "purge", "--overdue", margin, config=config)
+        offset = math.ceil((expires + late - datetime.now(timezone.utc)).total_seconds())  # never less late than asked
+        ran = faketime(f"{offset:+d}s", "--config", str(config), "purge", "--overdue", margin, config=config)
         return ran.stdout, ran.stderr, ran.returncode
 
     before = _state(tmp_path)
