@@ -202,8 +202,10 @@ class WyomingServer:
                 pass  # the server stops: this client's session ended as "stopped" on the way out
             finally:
                 self._clients.discard(task)
-                await close(writer, self.settings.close_grace)
-                self._open -= 1
+                try:
+                    await close(writer, self.settings.close_grace)
+                finally:
+                    self._open -= 1  # whatever closing raised: a socket never counts for ever
 
         return client
 
