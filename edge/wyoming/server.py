@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 
@@ -37,7 +36,10 @@ from edge.wyoming.utterance import Household
 log = logging.getLogger(__name__)
 
 BACKLOG = 16
-"""Connections the kernel queues per listener before edge accepts them."""
+"""Connections the kernel queues per listener before edge accepts them (not edge's files)."""
+
+_ACCEPT_RETRY = 0.1
+"""Seconds an accept loop rests after the process ran out of descriptors, rather than spin."""
 
 
 class WyomingServer:
@@ -63,7 +65,7 @@ class WyomingServer:
         """Utterances ended so far (counted on the loop thread)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[asyncio.Task[None]] = []
         self._clients: set[asyncio.Task[None]] = set()
         self._open = 0
         """Client sockets open now (counted until each is closed, not until its task ends)."""
@@ -94,9 +96,9 @@ class WyomingServer:
 
     def start(self) -> None:
         """Bind every listener (refusing a socket another agent serves) and serve on a thread."""
-        # asyncio accepts up to BACKLOG connections a listener before a client over the cap is
-        # turned away: those are kept free too.
-        self.cap = descriptors.connection_cap(self.settings.max_clients, descriptors.RESERVED + BACKLOG * len(self.listeners))
+        # edge accepts one connection at a time per listener and closes one over the cap before
+        # accepting the next: one descriptor per listener is kept free for that.
+        self.cap = descriptors.connection_cap(self.settings.max_clients, descriptors.RESERVED + len(self.listeners))
         if self.cap < 1:
             raise WyomingError(
                 f"this process may open only {descriptors.limit()} files ({descriptors.in_use()} are open): too few to serve "
@@ -166,7 +168,6 @@ class WyomingServer:
     def _run(self, sockets: list[socket.socket], started: concurrent.futures.Future[None]) -> None:
         assert self._loop is not None
         asyncio.set_event_loop(self._loop)
-        self._loop.set_exception_handler(self._loop_error)
         try:
             self._loop.run_until_complete(self._listen(sockets))
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
@@ -178,44 +179,50 @@ class WyomingServer:
 
     async def _listen(self, sockets: list[socket.socket]) -> None:
         unix = [listener for listener in self.listeners if listener.socket is not None]
+        loop = asyncio.get_running_loop()
         for listener, bound in zip(unix, sockets, strict=True):
-            self._servers.append(
-                await asyncio.start_unix_server(self._client_of(listener), sock=bound, limit=self.limits.header_bytes, backlog=BACKLOG)
-            )
+            self._acceptors.append(loop.create_task(self._accept(listener, bound)))
         for listener in self.listeners:
             if listener.transport == ListenerTransport.STDIO:
                 await self._serve_stdio(listener)
 
-    def _client_of(self, listener: ListenerSettings) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self._open >= self.cap:
-                writer.transport.abort()  # at once: nothing to say, no descriptor held
-                self._turned_away.count(self._open)
+    async def _accept(self, listener: ListenerSettings, bound: socket.socket) -> None:
+        """Accept clients one at a time. asyncio's own server accepts a batch per wake-up and
+        closes a turned-away socket a few loop turns later, so a flood held many more
+        descriptors than the cap; here a socket over the cap is closed before the next accept."""
+        loop = asyncio.get_running_loop()
+        with bound:
+            while True:
+                try:
+                    accepted, _address = await loop.sock_accept(bound)
+                except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: what the reserve is for
+                    self._out_of_descriptors.count(exc.strerror)
+                    await asyncio.sleep(_ACCEPT_RETRY)
+                    continue
+                if self._open >= self.cap:
+                    accepted.close()  # at once: nothing to say, no descriptor held
+                    self._turned_away.count(self._open)
+                    continue
+                self._open += 1
+                task = loop.create_task(self._serve(listener, accepted))
+                self._clients.add(task)
+                task.add_done_callback(self._clients.discard)
+
+    async def _serve(self, listener: ListenerSettings, accepted: socket.socket) -> None:
+        try:
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=accepted, limit=self.limits.header_bytes)
+            except OSError:
+                accepted.close()
                 return
-            self._open += 1
-            task = asyncio.current_task()
-            assert task is not None
-            self._clients.add(task)
             try:
                 await Connection(self, listener, reader, writer).run()
             except asyncio.CancelledError:
                 pass  # the server stops: this client's session ended as "stopped" on the way out
             finally:
-                self._clients.discard(task)
-                try:
-                    await close(writer, self.settings.close_grace)
-                finally:
-                    self._open -= 1  # whatever closing raised: a socket never counts for ever
-
-        return client
-
-    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """asyncio reports an accept that failed for want of descriptors as often as it retries
-        (many times a second): said once per burst here, never in a loop."""
-        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            self._out_of_descriptors.count(context.get("exception"))
-            return
-        loop.default_exception_handler(context)
+                await close(writer, self.settings.close_grace)
+        finally:
+            self._open -= 1  # whatever closing raised: a socket never counts for ever
 
     async def _serve_stdio(self, listener: ListenerSettings) -> None:
         """One client for the process's life: the program that started it (Rhasspy 3)."""
@@ -237,13 +244,12 @@ class WyomingServer:
         task.add_done_callback(self._clients.discard)
 
     async def _shutdown(self) -> None:
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        await asyncio.gather(*self._acceptors, return_exceptions=True)
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
 
 
 async def close(writer: asyncio.StreamWriter, grace: float) -> None:
@@ -255,6 +261,9 @@ async def close(writer: asyncio.StreamWriter, grace: float) -> None:
         await asyncio.wait_for(writer.wait_closed(), grace)
     except (TimeoutError, OSError):
         writer.transport.abort()
+        # the descriptor is closed on the loop's next turn: until then the socket still counts
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(writer.wait_closed(), grace)
 
 
 def _info(listener: ListenerSettings, model_name: str, language: str) -> Event:
