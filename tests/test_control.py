@@ -120,6 +120,22 @@ def test_no_agent_is_explained(tmp_path):
     assert status.returncode == 0 and "agent: not running" in status.stdout
 
 
+def test_status_says_a_hung_agent_did_not_answer_rather_than_wait(write_config, tmp_path):
+    """A stopped agent (SIGSTOP, a deadlock) still has its socket: the kernel accepts and
+    nothing answers. status says so within seconds and shows what the data folder holds;
+    push refuses with the same reason."""
+    config = write_config()
+    (tmp_path / "data").mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.bind(str(tmp_path / "data" / "control.sock"))
+        silent.listen(4)  # never accepts: the kernel queues the clients, as for a stopped process
+        status = edge_agent("--config", str(config), "status", timeout=30)
+        push = edge_agent("--config", str(config), "push", timeout=30)
+    assert status.returncode == 0 and "agent: not answering" in status.stdout and "no retained sessions" in status.stdout, status
+    assert "did not answer within 5 s: it may be hung" in status.stderr, status.stderr
+    assert push.returncode == 1 and "did not answer within 5 s" in push.stderr, push.stderr
+
+
 def _edge(config: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return edge_agent("--config", str(config), *args, env=env)
 

@@ -22,17 +22,20 @@ from edge.store.keystore import Access
 from edge.values import Purpose
 
 
-def _agent_state(config: Config) -> dict[str, Any] | None:
-    """The running agent's own view, or None when no agent answers."""
+def _agent_state(config: Config) -> tuple[dict[str, Any] | None, str]:
+    """The running agent's own view, or None and why there is none ("not running", or
+    what kept it from answering: a hung agent is not called stopped)."""
     from edge.control.protocol import call  # only the commands that talk to the agent import the protocol
 
     try:
-        return call(config.device.control_socket, "status")
+        answer = call(config.device.control_socket, "status")
     except AgentNotRunning:
-        return None
-    except ControlError as exc:  # e.g. not in group edge: the rest of status still helps
+        return None, "not running"
+    except ControlError as exc:  # e.g. not in group edge, or hung: the rest of status still helps
         log.warning("cannot ask the running agent: %s", exc)
-        return None
+        return None, "not answering (see above)"
+    answer.pop("ok", None)
+    return answer, ""
 
 
 def describe_agent(agent: dict[str, Any]) -> str:
@@ -70,14 +73,9 @@ def _status(args: argparse.Namespace) -> int:
         else:
             print_forecast(fates, now, at)
         return 0
-    agent = _agent_state(config)
-    if agent is not None:
-        agent.pop("ok", None)
+    agent, absent = _agent_state(config)
     if not args.json:
-        if agent is None:
-            print("agent: not running")
-        else:
-            print(f"agent: {describe_agent(agent)}")
+        print(f"agent: {describe_agent(agent) if agent is not None else absent}")
         print_status(store)
         return 0
     data = store.read()

@@ -183,10 +183,19 @@ class ControlServer:
             return {"ok": False, "error": "the agent could not do that (an internal error; see its log)"}
 
 
+QUICK_OPS = {"status": 5.0, "profile": 5.0, "push": 5.0}
+"""Seconds a live agent answers these in: they touch no data. Past that it is hung, and
+the caller says so rather than wait."""
+
+SLOW_OP = 60.0
+"""Seconds for anything else: a forget of many buckets takes a while."""
+
+
 def call(path: Path, op: str, **args: Any) -> dict[str, Any]:
     """Send one request to the agent listening on `path`; return its answer or raise."""
+    within = QUICK_OPS.get(op, SLOW_OP)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(60)  # a forget of many buckets takes a while
+    client.settimeout(within)
     try:
         client.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):
@@ -199,6 +208,11 @@ def call(path: Path, op: str, **args: Any) -> dict[str, Any]:
         try:
             client.sendall(_encode({"op": op, **args}))
             raw = _read_line(client)
+        except TimeoutError:
+            raise ControlError(
+                f"{path}: the agent did not answer within {within:g} s: it may be hung (its log says why; "
+                "restart it: sudo systemctl restart edge-agent)"
+            ) from None
         except OSError as exc:
             raise ControlError(f"{path}: the agent did not answer: {exc.strerror or exc}") from None
     try:
