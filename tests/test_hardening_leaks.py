@@ -142,6 +142,20 @@ def test_another_user_cannot_wipe_the_data(write_config, clip):
     _unchanged_after(config, "run", "--input", str(clip), expect="uid 65534")
 
 
+def test_a_key_of_the_same_name_in_this_users_keyring_is_not_taken_for_anothers(write_config, clip):
+    """The marker names uid 65534, and root's own keyring still holds a key of the same name
+    (an earlier install ran as root): root is told whose keyring holds the root, never that
+    the keystore is damaged, and nothing is changed."""
+    config = write_config(mode="always")
+    record(config, clip)
+    data = config.parent / "data"
+    marker = json.loads((data / "vault").read_text())
+    (data / "vault").write_text(json.dumps({**marker, "uid": 65534}))
+    _unchanged_after(config, "status", expect="uid 65534")
+    _unchanged_after(config, "run", "--input", str(clip), expect="uid 65534")
+    assert json.loads((data / "vault").read_text())["uid"] == 65534
+
+
 def test_a_moved_data_folder_keeps_its_key(write_config, clip, tmp_path):
     config = write_config(mode="always")
     kept = record(config, clip)

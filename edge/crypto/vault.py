@@ -114,10 +114,12 @@ class KeyringVault:
         return keyring.persistent_keyring() if ring == KeyringKind.PERSISTENT else keyring.SESSION_KEYRING
 
     def read(self, slot: str) -> bytes | None:
+        self._refuse_other_user()
         serial = keyring.find(f"{self._key()}:{slot}", self._ring())
         return None if serial is None else keyring.read(serial)
 
     def write(self, slot: str, root: bytes) -> None:
+        self._refuse_other_user()
         ring = self._marker.ring if self._marker is not None else self._new_ring
         wanted = KeyringMarker(self._key(), ring, os.geteuid(), boot_id())
         if wanted != self._marker:  # first, so a crash never leaves a key the marker misdescribes
@@ -126,12 +128,25 @@ class KeyringVault:
         keyring.add(f"{self._key()}:{slot}", root, self._ring())
 
     def erase(self, slot: str) -> None:
+        self._refuse_other_user()
         serial = keyring.find(f"{self._key()}:{slot}", self._ring())
         if serial is not None:
             keyring.invalidate(serial)
 
     def scrub(self) -> None:
         """Nothing to scrub: no copy of a kernel key is ever on disk."""
+
+    def _refuse_other_user(self) -> None:
+        """The root is in another user's keyring: a key of the same name in this user's own
+        (left by an earlier install, say) is not it, and must neither be read (the keystore
+        would look damaged) nor replaced (the marker would then name the wrong user)."""
+        marker = self._marker
+        if marker is not None and marker.uid != os.geteuid():
+            raise VaultError(
+                f"{self.data_dir}: its root key is in the kernel keyring of {_user(marker.uid)}, which this "
+                f"process ({_user(os.geteuid())}) cannot see. Run the command as that user "
+                "(e.g. `sudo -u USER edge-agent ...`). Nothing was changed."
+            )
 
     def why_missing(self) -> str:
         """Why the root is *gone*, when neither slot holds it although a keystore exists; raises
@@ -140,12 +155,7 @@ class KeyringVault:
         marker = self._marker
         if marker is None:
             return "the root key is not in the kernel keyring (a power cut or restart clears it)"
-        if marker.uid != os.geteuid():
-            raise VaultError(
-                f"{self.data_dir}: its root key is in the kernel keyring of {_user(marker.uid)}, which this "
-                f"process ({_user(os.geteuid())}) cannot see. Run the command as that user "
-                "(e.g. `sudo -u USER edge-agent ...`). Nothing was changed."
-            )
+        self._refuse_other_user()
         if marker.boot != boot_id():
             return "the device restarted since the root key was made, and the kernel keyring does not survive a restart"
         if marker.ring == KeyringKind.PERSISTENT:
