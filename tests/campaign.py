@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,8 @@ SHRED_POINTS = ("replace.temp", "replace.renamed", "ratchet.staged", "shred.keys
 KEEP = 2.0
 """Seconds the campaign's profile keeps transcripts (audio: half of that)."""
 
+HUNG = 120
+"""Seconds after which a command of a trial is taken for hung (they take a few)."""
 JUMP = "monotonic jump"
 """The fault of a purge whose monotonic clock lies (counted beside the crash points)."""
 JUMP_MOST = 600
@@ -104,7 +107,17 @@ class Campaign:
         env.pop("EDGE_CRASH_AT", None)
         if crash:
             env["EDGE_CRASH_AT"] = crash
-        return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        env["PYTHONFAULTHANDLER"] = "1"  # a hung command is made to say where it hung (below)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=HUNG)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"edge-agent {' '.join(args)} hung for {HUNG} s:\n{stderr[-6000:]}") from None
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def trial(self, point: str | None = None, hit: int | None = None, phase: str | None = None) -> None:
         """One crash: while recording (the agent on speech) or while shredding (a purge of due

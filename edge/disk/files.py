@@ -184,12 +184,17 @@ def create_in(root: Path, relative: str) -> BinaryIO:
     return os.fdopen(fd, "wb", buffering=0)
 
 
-def write_atomic_in(root: Path, relative: str, data: bytes, tighten: bool = True) -> None:
+LOCKED = 0
+"""The temp files' number for a writer holding the data-folder lock (no other writer can
+share it): their names are then known, so a shred deletes them by name."""
+
+
+def write_atomic_in(root: Path, relative: str, data: bytes, tighten: bool = True, writer: int | None = None) -> None:
     """Replace root/relative with `data`: a 0600 temp file, fsync, rename, fsync the folder.
-    A crash leaves either the old or the new content, never a mix (and maybe the temp file,
-    which `destroy_temps` removes)."""
+    A crash leaves either the old or the new content, never a mix (and maybe the temp file
+    ".NAME.N.tmp", N the process id or `writer`, which `destroy_temps` removes)."""
     folders, name = _split(relative)
-    temp = f".{name}.{os.getpid()}.tmp"
+    temp = f".{name}.{os.getpid() if writer is None else writer}.tmp"
     try:
         with folder_fd(root, folders, create=True, tighten=tighten) as folder:
             try:
@@ -275,6 +280,17 @@ def unlink_each_in(root: Path, folder: str, names: Iterable[str], each: Callable
     except OSError as exc:
         raise StorageError(f"{root / folder}: cannot delete: {why(exc)}", path=root / folder) from None
     return deleted
+
+
+def sync_folder_in(root: Path, folder: str) -> None:
+    """Make the deletions and renames done in root/folder durable (nothing when it is missing)."""
+    try:
+        with folder_fd(root, [folder]) as fd:
+            os.fsync(fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"{root / folder}: cannot sync: {why(exc)}", path=root / folder) from None
 
 
 def files_in(root: Path, folder: str = "") -> list[str]:

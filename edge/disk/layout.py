@@ -31,6 +31,10 @@ CONTROL_SOCKET = "control.sock"
 MODELS = "models"
 RECORDINGS = "recordings"
 TRANSCRIPTS = "transcripts"
+FILES_CLEAN = "files-clean"
+"""Present: every ciphertext file belongs to a kept session, so a sweep deletes what it shreds
+by name. Removed (durably) before any commit that drops a session's data, made again once its
+files are gone: a folder without it (a crash, an older edge) gets one full scan for orphans."""
 RECORDING_SUFFIX = ".wav.age"
 TRANSCRIPT_SUFFIX = ".json.age"
 
@@ -49,6 +53,7 @@ OWN_NAMES = frozenset(
         MODELS,
         RECORDINGS,
         TRANSCRIPTS,
+        FILES_CLEAN,
         "lost+found",
     }
 )

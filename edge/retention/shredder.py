@@ -3,10 +3,12 @@
 Order, always under the data-folder lock:
   1. the keystore drops the buckets' identities and the root is ratcheted
      (from then on no key on the device opens that data, nor any old copy of it);
-  2. ciphertext files no live session refers to are deleted (hygiene);
+  2. the ciphertext files of what was shredded are deleted by name (hygiene);
   3. the caller records the event.
-Each step is idempotent and a crash between steps is finished by the next sweep:
-files left behind are orphans that step 2 of any later run deletes.
+Each step is idempotent and a crash between steps is finished by the next sweep: a
+marker (layout.FILES_CLEAN) is removed before step 1 and made again after step 2, so a
+folder without it gets one full scan that deletes every file no live session refers to.
+A sweep in a clean folder never lists the folders (100,000 sessions are 200,000 files).
 
 Forgetting some sessions of a bucket (but not all) re-keys the bucket: its files
 get headers for a fresh identity, then the old identity is destroyed with a
@@ -32,7 +34,7 @@ from typing import Any
 from edge.config import Config
 from edge.crypto.age import Recipient, rekey_in_place
 from edge.disk import layout, reserve
-from edge.disk.files import files_in, open_in, size_in, unlink_each_in, unlink_in
+from edge.disk.files import LOCKED, create_in, exists_in, files_in, open_in, size_in, sync_folder_in, unlink_each_in, unlink_in
 from edge.errors import AgeError, UsageError
 from edge.faults import crash_point
 from edge.progress import Progress
@@ -252,6 +254,7 @@ class Shredder:
 
         freed = self._make_room(due_now)  # by the clock as it reads: a rewind not yet taken up only errs toward deletion
         with self.keystore.transaction() as data:
+            clean = exists_in(self.keystore.data_dir, layout.FILES_CLEAN)
             self._trusted_floor(data)
             report = ShredReport(self.clock.persist(), backstop=backstop)
             report.files_deleted += freed
@@ -265,7 +268,7 @@ class Shredder:
             rekeyed = self._rekey_files(data, report)
             if rekeyed:
                 self.keystore.finish_rekey(data, rekeyed)
-            report.files_deleted += self._delete_orphans(data)
+            report.files_deleted += self._delete_files(data, report, clean)
             self._log(report)
         return report
 
@@ -318,6 +321,7 @@ class Shredder:
         """Forget the matching sessions now (ask first: this does not)."""
         freed = self._make_room(lambda data: lambda s, bucket_id: request.matches(s))
         with self.keystore.transaction() as data:
+            clean = exists_in(self.keystore.data_dir, layout.FILES_CLEAN)
             self._trusted_floor(data)
             report = ShredReport(self.clock.persist())
             report.files_deleted += freed
@@ -341,6 +345,7 @@ class Shredder:
             }
             voices = request.voices(data)
             if doomed or whole or voices:
+                self._owe_scan()
                 pending = PendingForget(
                     request=os.urandom(6).hex(),
                     selector=request.describe(),
@@ -360,7 +365,7 @@ class Shredder:
                 data.forgets[pending.request] = pending
                 self.keystore.save(data)  # write-ahead: the request and the new identities are durable first
                 self._fulfil(data, pending, report, resumed=False)
-                report.files_deleted += self._delete_orphans(data)
+            report.files_deleted += self._delete_files(data, report, clean)
             self._log(report)
         return report
 
@@ -469,6 +474,7 @@ class Shredder:
         `members`: who was in each bucket, when the sessions are already gone (a forget)."""
         if not reasons:
             return
+        self._owe_scan()
         members = members if members is not None else data.members_of(reasons)
         items = [
             ShreddedBucket(b.id, b.profile, b.kind, b.expires, tuple(members.get(b.id, ())), reason, now - b.expires)
@@ -528,17 +534,55 @@ class Shredder:
             report.rekeyed.append(bucket.id)
         return [b.id for b in rekeying]
 
-    def _delete_orphans(self, data: KeystoreData) -> int:
-        """Delete ciphertext that no live session refers to (what a shred leaves, or a crash).
-        Only files edge names (ID.wav.age, ID.json.age, their temporary copies) are touched:
-        a folder or anything else someone put there is left alone."""
+    def _owe_scan(self) -> None:
+        """Before a commit that drops sessions' data: should the deletions after it not all
+        happen (a crash), the next sweep scans for what they left."""
+        if unlink_in(self.keystore.data_dir, layout.FILES_CLEAN):
+            sync_folder_in(self.keystore.data_dir, "")
+
+    def _delete_files(self, data: KeystoreData, report: ShredReport, clean: bool) -> int:
+        """Delete the files of what this run shredded or forgot, by name; in a folder that was
+        not clean when the run began, every file no live session refers to. Then mark it clean."""
+        root = self.keystore.data_dir
+        if clean and exists_in(root, layout.FILES_CLEAN):
+            return 0  # nothing was dropped: nothing to delete
+        if clean:
+            named = self._named(report)
+            deleted = self._unlink(named)
+            temps = [f".{name}.{LOCKED}.tmp" for name in named[layout.TRANSCRIPTS]]  # a write a crash cut short
+            deleted += unlink_each_in(root, layout.TRANSCRIPTS, temps)
+        else:
+            deleted = self._unlink(self._orphans(data))
+        for folder in (layout.RECORDINGS, layout.TRANSCRIPTS):
+            sync_folder_in(root, folder)
+        create_in(root, layout.FILES_CLEAN).close()
+        return deleted
+
+    @staticmethod
+    def _named(report: ShredReport) -> dict[str, list[str]]:
+        """The file names of the data this run dropped, per folder."""
+        forgotten = set(report.forgotten)
+        audio = {s for b in report.buckets if b.kind == DataKind.AUDIO for s in b.sessions} | forgotten
+        text = {s for b in report.buckets if b.kind == DataKind.TRANSCRIPT for s in b.sessions} | forgotten
+        return {
+            layout.RECORDINGS: [s + layout.RECORDING_SUFFIX for s in sorted(audio)],
+            layout.TRANSCRIPTS: [s + layout.TRANSCRIPT_SUFFIX for s in sorted(text)],
+        }
+
+    def _orphans(self, data: KeystoreData) -> dict[str, list[str]]:
+        """Ciphertext that no live session refers to (what a shred leaves, or a crash). Only
+        files edge names (ID.wav.age, ID.json.age, their temporary copies) are touched: a
+        folder or anything else someone put there is left alone."""
         root = self.keystore.data_dir
         live = {layout.RECORDINGS: data.sessions.kept("audio"), layout.TRANSCRIPTS: data.sessions.kept("transcript")}
-        orphans = {
+        return {
             folder: [name for name in files_in(root, folder) if _orphan(name, suffix, live[folder])]
             for folder, suffix in ((layout.RECORDINGS, layout.RECORDING_SUFFIX), (layout.TRANSCRIPTS, layout.TRANSCRIPT_SUFFIX))
         }
-        total, done = sum(map(len, orphans.values())), 0
+
+    def _unlink(self, doomed: dict[str, list[str]]) -> int:
+        root = self.keystore.data_dir
+        total, done = sum(map(len, doomed.values())), 0
 
         def each() -> None:
             nonlocal done
@@ -547,7 +591,7 @@ class Shredder:
             if self.deleting is not None:
                 self.deleting(done, total)
 
-        deleted = sum(unlink_each_in(root, folder, names, each) for folder, names in orphans.items())
+        deleted = sum(unlink_each_in(root, folder, names, each) for folder, names in doomed.items())
         if self.deleting is not None and done < total:
             self.deleting(total, total)  # files someone else removed first count as done
         return deleted

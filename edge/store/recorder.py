@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from edge.crypto.age import Recipient, StreamWriter, encrypt
 from edge.disk import layout
-from edge.disk.files import create_in, unlink_in, why, write_atomic_in
+from edge.disk.files import LOCKED, create_in, unlink_in, why, write_atomic_in
 from edge.disk.layout import recording_path
 from edge.disk.lock import DataLock
 from edge.errors import StorageError
@@ -183,7 +183,7 @@ class SealedSession:
             if bucket is not None:  # sealed to the bucket's key as it is *now* (it may have been re-keyed)
                 document = {"session": entry.id, **transcript.to_json()}
                 sealed = encrypt(json.dumps(document, ensure_ascii=False).encode(), Recipient.parse(bucket.recipient))
-                write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed)
+                write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed, writer=LOCKED)  # in the transaction's lock
             seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
             self._audit.append(
