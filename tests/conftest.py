@@ -40,7 +40,7 @@ import pytest
 import support
 from support import CHILD, PARENT, ROOT, Retention, Speech, household_toml
 
-support.SCRATCH = Path(tempfile.mkdtemp(prefix="edge-tests-"))
+SCRATCH = support.SCRATCH = Path(tempfile.mkdtemp(prefix="edge-tests-"))
 
 
 def pytest_configure(config):
@@ -55,7 +55,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(support.SCRATCH, ignore_errors=True)
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -422,7 +422,7 @@ def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
     return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
 
 
-async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict | None = None) -> Event:
+async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None) -> Event:
     """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
     audio-stop; the one event that answers."""
     pcm, rate, width, channels = wav_pcm(path)
@@ -465,9 +465,10 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
     from edge.audit.log import AuditLog
     from edge.policy import Tag
     from edge.transcript import Transcript, Word
+    from edge.values import TagRule
 
     session_id = os.urandom(8).hex()
-    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), "given"))
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule.GIVEN))
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
@@ -549,7 +550,7 @@ def openable(store: Any, files: list[Path]) -> list[bool]:
     return results
 
 
-def run_sealed(config: Any, model: Any, path: Path, profile: str) -> tuple[list[Any], Any]:
+def run_sealed(config: Any, model: Any, path: Path, profile: str | None) -> tuple[list[Any], Any]:
     """The real pipeline on a WAV file, sealing what `profile` keeps: (session records, keystore)."""
     from edge import wiring
     from edge.audio.wavfile import open_wav, read_pipeline_chunks
@@ -692,18 +693,18 @@ def png_pixels(data: bytes) -> Any:
     pixels = np.zeros((height, stride), np.uint8)
     above = np.zeros(stride, np.int64)
     for y in range(height):
-        kind, line = int(raw[y, 0]), raw[y, 1:].astype(np.int64)
-        if kind == 0:
+        method, line = int(raw[y, 0]), raw[y, 1:].astype(np.int64)
+        if method == 0:
             row = line
-        elif kind == 1:  # Sub: a running sum along each channel
+        elif method == 1:  # Sub: a running sum along each channel
             row = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) % 256
-        elif kind == 2:  # Up
+        elif method == 2:  # Up
             row = (line + above) % 256
         else:  # Average and Paeth depend on the byte just decoded: one at a time
             values, up, out = line.tolist(), above.tolist(), [0] * stride
             for i in range(stride):
                 left = out[i - channels] if i >= channels else 0
-                if kind == 3:
+                if method == 3:
                     out[i] = (values[i] + (left + up[i]) // 2) & 255
                     continue
                 corner = up[i - channels] if i >= channels else 0
