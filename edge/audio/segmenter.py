@@ -163,6 +163,11 @@ class Segmenter:
         self._trigger = _TRIGGERS[settings.mode](self, make_spotter)
 
     @property
+    def sink(self) -> SessionSink:
+        """Where sessions go (the benchmarks time its calls)."""
+        return self._sink
+
+    @property
     def offset(self) -> float:
         """Seconds of audio processed so far."""
         return self._frames * FRAME_SECONDS
