@@ -38,6 +38,8 @@ from edge.crypto.vault import FileVault
 from edge.pcm import FRAME_BYTES, PIPELINE_RATE
 from edge.policy import Tag
 from edge.stt.model_path import find_model
+from edge.testing import file_vault, household_toml
+from edge.testing import populate as populate_keystore
 from edge.transcript import Transcript
 from edge.values import TagRule
 
@@ -45,11 +47,6 @@ if TYPE_CHECKING:
     from edge.stt.recognizer import SpeechModel
     from edge.voice.encoder import SpeakerEncoder
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the config template the tests use
-
-from support import file_vault, household_toml  # noqa: E402
-from support import populate as support_populate  # noqa: E402
 
 PHRASES = ["라디오", "메시지", "아버지", "위치", "보안"]
 
@@ -180,10 +177,10 @@ def populate(
     files: bool = True,
     before_end: timedelta = timedelta(days=30),
 ) -> int:
-    """`sessions` sessions (support.populate; overdue at `end` unless `before_end` says otherwise)
+    """`sessions` sessions (edge.testing.populate; overdue at `end` unless `before_end` says otherwise)
     in the config's data folder. Returns the bucket count."""
     keystore, _audit = wiring.open_store(config, vault=vault)
-    buckets = support_populate(keystore, sessions, span, end, config.device.data_dir if files else None, before_end)
+    buckets = populate_keystore(keystore, sessions, span, end, config.device.data_dir if files else None, before_end)
     keystore.close()
     return buckets
 

@@ -5,20 +5,22 @@ Real-part markers (MARKERS), set here and never by hand, so that `scripts/test.s
 (pytest's `--quick`, added here: the edit loop) runs only the tests that need none of them.
 The rule has two halves:
 
-1. Found (at collection): a test is marked by what it uses, read from its code. The code is
-   the test function and every fixture it requests (transitively), followed through every
-   function and class they name that is defined in tests/ or edge/ (names resolved in the
-   code's globals, `module.name` included, classes with their methods and bases). Marks:
-   a fixture named in REAL_FIXTURES, or one of the objects in `_real_parts()` anywhere in
-   that code (`subprocess`, `pty` or a spawning `os` call: subprocess; `vosk.Model`: model;
-   `support.Speech`: speech; `support.Swtpm`: swtpm; `os.geteuid`: root).
+1. Found (at collection): a test is marked by what its code reaches: the test function and
+   every fixture it requests, followed through every function and class they name that is
+   defined in tests/ or edge/ (names resolved in the code's globals and the modules it
+   imports, `module.name` included, classes with their methods and bases, closures and
+   nested code). Marks: a fixture in REAL_FIXTURES by name, or an object of `_real_parts()`
+   anywhere on the way (`subprocess`, `pty`, `multiprocessing`, a process pool or a spawning
+   `os` call: subprocess; `vosk.Model`: model; `support.Speech`: speech; `support.Swtpm`:
+   swtpm; `os.geteuid` in a test's own code: root). It over-marks rather than under-marks.
 2. Checked (at run time, in every run, CI's full one included): while an unmarked test sets
    up and runs, an audit hook (`sys.addaudithook`) watches for a process being started
-   (subprocess, fork, exec, spawn, system; not `ldconfig -p`, ctypes' library lookup) and
-   `vosk.Model` is watched for a model being loaded; either makes the test fail, naming
-   what it did. So a test the reading misses
-   (say, edge code reached through a dispatch table) fails everywhere instead of running
-   in the quick loop unmarked: fix the reading (REAL_FIXTURES or `_real_parts`), not the test.
+   (subprocess, fork, exec, spawn, system; not `ldconfig`, which ctypes runs to find a C
+   library) and `vosk.Model` for a model being loaded; either fails the test, naming what it
+   did. So a test the reading misses (say, edge code reached through a dispatch table)
+   fails everywhere instead of running unmarked in the quick loop: extend the reading
+   (REAL_FIXTURES, `_real_parts`, HOLDERS), not the test. Root-only tests need no check:
+   run unmarked without root, they fail visibly.
 """
 
 from __future__ import annotations
