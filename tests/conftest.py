@@ -387,5 +387,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = (
             f"{item.nodeid} has no real-part marker but {'; '.join(sorted(set(_Watch.used)))}: "
             "conftest's reading of what a test uses missed it (see conftest's docstring: "
-            "extend REAL_FIXTURES or _real_parts)"
+            "extend REAL_FIXTURES, _real_parts or HOLDERS)"
         )
