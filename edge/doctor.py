@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,26 @@ MAX_EXPOSURE = 2.5
 LOW_FREE = 1 << 30
 
 
+class Status(StrEnum):
+    """What a check found (printed upper-case, and as is in --json)."""
+
+    OK = "ok"
+    WARN = "warn"
+    """Works, but a guarantee is weaker than it could be."""
+    FAIL = "fail"
+    """The agent will not work, or a promise is broken."""
+    SKIP = "skip"
+    """Not checked, as asked (or nothing to check it with)."""
+
+    def fails(self, strict: bool) -> bool:
+        """Whether the finding makes `doctor` exit 1 (`--strict`: warnings too)."""
+        return self is Status.FAIL or (strict and self is Status.WARN)
+
+
 @dataclass(frozen=True)
 class Finding:
     check: str
-    status: str
-    """"ok", "warn", "fail", or "skip" (not checked, as asked)."""
+    status: Status
     detail: str
     fix: str = ""
 
@@ -48,7 +64,7 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
     try:
         config = load_config(config_path)
     except EdgeError as exc:
-        return [Finding("config", "fail", str(exc), "fix the file, or pass --config with a valid one")]
+        return [Finding("config", Status.FAIL, str(exc), "fix the file, or pass --config with a valid one")]
     findings = [_config_file(config)]
     checks: list[Callable[[], Finding | list[Finding]]] = [
         lambda: _model(config),
@@ -73,7 +89,7 @@ def _config_file(config: Config) -> Finding:
     if config.path == BUILTIN_CONFIG:
         return Finding(
             "config",
-            "warn",
+            Status.WARN,
             f"no household config: using the built-in example ({config.path})",
             f"scripts/install.sh, or copy it to {SYSTEM_CONFIG} and set each profile's retention",
         )
@@ -81,11 +97,11 @@ def _config_file(config: Config) -> Finding:
     if mode & stat.S_IROTH:
         return Finding(
             "config",
-            "warn",
+            Status.WARN,
             f"{config.path} is readable by every user (mode {mode & 0o777:04o})",
             f"chmod 640 {config.path} (root:edge): profile names and retention are the household's business",
         )
-    return Finding("config", "ok", f"{config.path}")
+    return Finding("config", Status.OK, f"{config.path}")
 
 
 def _model(config: Config) -> Finding:
@@ -95,9 +111,9 @@ def _model(config: Config) -> Finding:
         path = find_model(config.device.model, config.device.data_dir)
     except EdgeError as exc:
         return Finding(
-            "model", "fail", str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)"
+            "model", Status.FAIL, str(exc), "edge-agent model fetch vosk-model-small-en-us-0.15 (or another from `edge-agent model list`)"
         )
-    return Finding("model", "ok", f"{path}")
+    return Finding("model", Status.OK, f"{path}")
 
 
 def _vocabulary(config: Config) -> Finding:
@@ -108,20 +124,20 @@ def _vocabulary(config: Config) -> Finding:
     try:
         path = find_model(config.device.model, config.device.data_dir)
     except EdgeError:
-        return Finding("vocabulary", "skip", "no model found (see the model check)")
+        return Finding("vocabulary", Status.SKIP, "no model found (see the model check)")
     try:
         table = read_word_table(path)
     except EdgeError as exc:
-        return Finding("vocabulary", "warn", f"{exc}; the agent checks the words when it loads the model")
+        return Finding("vocabulary", Status.WARN, f"{exc}; the agent checks the words when it loads the model")
     try:
         check_trigger_words(config, table, path)
     except EdgeError as exc:
-        return Finding("vocabulary", "fail", str(exc), f"edit {config.path}: choose words `{search_command()} PREFIX` lists")
+        return Finding("vocabulary", Status.FAIL, str(exc), f"edit {config.path}: choose words `{search_command()} PREFIX` lists")
     checked = [_what(key, phrases) for key, _shown, phrases in trigger_phrases(config)]
     if not checked:
-        return Finding("vocabulary", "ok", f"nothing to check: no wake phrase ({config.trigger.mode} mode) and no grammar")
+        return Finding("vocabulary", Status.OK, f"nothing to check: no wake phrase ({config.trigger.mode} mode) and no grammar")
     known = f"{len(table.words):,} words in {table.source}"
-    return Finding("vocabulary", "ok", f"the model knows every word of {' and '.join(checked)} ({known})")
+    return Finding("vocabulary", Status.OK, f"the model knows every word of {' and '.join(checked)} ({known})")
 
 
 def _what(key: str, phrases: tuple[str, ...]) -> str:
@@ -143,16 +159,16 @@ def memory_finding(model: Path, meminfo: Path = Path("/proc/meminfo")) -> Findin
     needed = int(size * MODEL_RSS_PER_DISK_BYTE) + AGENT_RSS
     total = _mem_total(meminfo)
     if total is None:
-        return Finding("memory", "skip", f"{meminfo} gives no MemTotal; the agent needs about {needed >> 20} MB with this model")
+        return Finding("memory", Status.SKIP, f"{meminfo} gives no MemTotal; the agent needs about {needed >> 20} MB with this model")
     text = f"the agent needs about {needed >> 20} MB with this model ({size >> 20} MB on disk); this machine has {total >> 20} MB"
     if needed > total * MEMORY_SHARE:
         return Finding(
             "memory",
-            "warn" if needed < total else "fail",
+            Status.WARN if needed < total else Status.FAIL,
             text + ": it may not fit, and edge discourages swap (it would put audio on the card)",
             "a smaller model: edge-agent model fetch vosk-model-small-en-us-0.15 (the one for 1 GB boards), then set [device] model",
         )
-    return Finding("memory", "ok", text)
+    return Finding("memory", Status.OK, text)
 
 
 def _mem_total(meminfo: Path) -> int | None:
@@ -171,7 +187,7 @@ def _memory(config: Config) -> Finding:
     try:
         return memory_finding(find_model(config.device.model, config.device.data_dir))
     except EdgeError:
-        return Finding("memory", "skip", "no model found (see the model check)")
+        return Finding("memory", Status.SKIP, "no model found (see the model check)")
 
 
 def _speaker(config: Config) -> Finding:
@@ -179,12 +195,12 @@ def _speaker(config: Config) -> Finding:
     from edge.voice.weights import find_weights, install_command, load_weights
 
     if not config.speaker.identify:
-        return Finding("speaker", "ok", "tagging by voice is off ([speaker] identify = false)")
+        return Finding("speaker", Status.OK, "tagging by voice is off ([speaker] identify = false)")
     try:
         load_weights()
     except EdgeError as exc:
-        return Finding("speaker", "warn", f"{exc}; sessions are tagged by configuration only", install_command())
-    return Finding("speaker", "ok", f"speaker encoder weights verified ({find_weights()})")
+        return Finding("speaker", Status.WARN, f"{exc}; sessions are tagged by configuration only", install_command())
+    return Finding("speaker", Status.OK, f"speaker encoder weights verified ({find_weights()})")
 
 
 def _microphone(config: Config, open_mic: bool) -> Finding:
@@ -199,13 +215,13 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
         inputs = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
     except (EdgeError, OSError) as exc:
         if not open_mic:
-            return Finding("microphone", "skip", f"not checked (--no-mic); PortAudio is not usable: {exc}")
-        return Finding("microphone", "fail", f"PortAudio is not usable: {exc}", "install libportaudio2")
+            return Finding("microphone", Status.SKIP, f"not checked (--no-mic); PortAudio is not usable: {exc}")
+        return Finding("microphone", Status.FAIL, f"PortAudio is not usable: {exc}", "install libportaudio2")
     if not open_mic:  # asked not to: a Wyoming-only speaker may have no microphone at all
         listed = "inputs: " + ", ".join(inputs) if inputs else "no input device listed"
-        return Finding("microphone", "skip", f"not checked (--no-mic); {listed}")
+        return Finding("microphone", Status.SKIP, f"not checked (--no-mic); {listed}")
     if not inputs:
-        return Finding("microphone", "fail", "no input device at all", fix)
+        return Finding("microphone", Status.FAIL, "no input device at all", fix)
     listed = "inputs: " + ", ".join(inputs)
     try:
         with MicSource(config.device.sample_rate, config.device.input_device) as mic:
@@ -214,11 +230,11 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
                 time.sleep(0.05)
             blocks = mic.stats.blocks
     except EdgeError as exc:
-        return Finding("microphone", "fail", f"{exc} ({listed})", fix)
+        return Finding("microphone", Status.FAIL, f"{exc} ({listed})", fix)
     if blocks == 0:
-        return Finding("microphone", "fail", f"the input opened but delivered no audio in 3 s ({listed})", fix)
+        return Finding("microphone", Status.FAIL, f"the input opened but delivered no audio in 3 s ({listed})", fix)
     where = config.device.input_device or "the default input"
-    return Finding("microphone", "ok", f"{where} delivers audio at {config.device.sample_rate} Hz (nothing kept); {listed}")
+    return Finding("microphone", Status.OK, f"{where} delivers audio at {config.device.sample_rate} Hz (nothing kept); {listed}")
 
 
 def _vault(config: Config) -> Finding:
@@ -232,7 +248,7 @@ def _vault(config: Config) -> Finding:
             level = vault.level
             return Finding(
                 "vault",
-                "ok",
+                Status.OK,
                 f"{level.backend}: the root key is in the kernel keyring of uid {marker.uid}, which this user "
                 f"cannot see (expected when checking with sudo; run doctor as that user to check the key): {level.summary}",
             )
@@ -241,22 +257,24 @@ def _vault(config: Config) -> Finding:
             reason = vault.why_missing()  # VaultError when it may only be invisible from here
             return Finding(
                 "vault",
-                "fail",
+                Status.FAIL,
                 f"{reason}: nothing retained before can be opened",
                 "start the agent (systemctl start edge-agent): it records the loss and starts afresh",
             )
     except EdgeError as exc:
-        return Finding("vault", "fail", str(exc), "see [vault] in the config and the README's guarantee levels")
+        return Finding("vault", Status.FAIL, str(exc), "see [vault] in the config and the README's guarantee levels")
     level = vault.level
     if config.vault.backend == VaultBackend.FILE:
         assert config.vault.path is not None
         problem = _too_open(config.vault.path, 0o600)
         if problem:
-            return Finding("vault", "fail", problem, f"chmod 600 {config.vault.path}")
-        return Finding("vault", "warn", f"{level.backend}: {level.summary}", 'backend = "keyring" gives crypto-erase at power-off')
+            return Finding("vault", Status.FAIL, problem, f"chmod 600 {config.vault.path}")
+        return Finding("vault", Status.WARN, f"{level.backend}: {level.summary}", 'backend = "keyring" gives crypto-erase at power-off')
     if config.vault.backend == VaultBackend.TPM:
-        return Finding("vault", "ok", f"{level.backend} ({config.vault.tcti}, NV index {config.vault.nv_index:#010x}): {level.summary}")
-    return Finding("vault", "ok", f"{level.backend} ({config.vault.keyring}): {level.summary}")
+        return Finding(
+            "vault", Status.OK, f"{level.backend} ({config.vault.tcti}, NV index {config.vault.nv_index:#010x}): {level.summary}"
+        )
+    return Finding("vault", Status.OK, f"{level.backend} ({config.vault.keyring}): {level.summary}")
 
 
 def _clock(config: Config) -> Finding:
@@ -267,7 +285,7 @@ def _clock(config: Config) -> Finding:
     try:
         reading = TrustedClock(config.device.data_dir).read()
     except EdgeError as exc:
-        return Finding("clock", "fail", str(exc), "update edge: the clock's mark was written by a newer one")
+        return Finding("clock", Status.FAIL, str(exc), "update edge: the clock's mark was written by a newer one")
     notes = reading.notes()
     uptime = read_uptime()
     if uptime is not None and time.monotonic() > uptime + 1.0:
@@ -277,27 +295,27 @@ def _clock(config: Config) -> Finding:
             "against the uptime, so a restart of the container counts as a reboot (the mark alone is the floor then)"
         )
     if reading.ran_ahead:
-        return Finding("clock", "warn", "; ".join(notes), "edge-agent clock rewind (stop the agent first)")
+        return Finding("clock", Status.WARN, "; ".join(notes), "edge-agent clock rewind (stop the agent first)")
     if not reading.synced:
         notes.insert(0, "the clock is not NTP-synchronised: a clock set back never delays a shred, but one set forward shreds early")
-        return Finding("clock", "warn", "; ".join(notes), "enable time sync: systemctl enable --now systemd-timesyncd")
+        return Finding("clock", Status.WARN, "; ".join(notes), "enable time sync: systemctl enable --now systemd-timesyncd")
     if notes:
-        return Finding("clock", "warn", "synchronised (NTP); " + "; ".join(notes), "see docs/FORMATS.md section 8")
-    return Finding("clock", "ok", "synchronised (NTP)")
+        return Finding("clock", Status.WARN, "synchronised (NTP); " + "; ".join(notes), "see docs/FORMATS.md section 8")
+    return Finding("clock", Status.OK, "synchronised (NTP)")
 
 
 def _swap() -> Finding:
     try:
         lines = Path("/proc/swaps").read_text().splitlines()[1:]
     except OSError:
-        return Finding("swap", "ok", "no /proc/swaps: no swap")
+        return Finding("swap", Status.OK, "no /proc/swaps: no swap")
     devices = [line.split()[0] for line in lines if line.strip()]
     on_disk = [d for d in devices if not d.startswith("/dev/zram")]
     if not on_disk:
-        return Finding("swap", "ok", "no swap on disk" + (f" (zram only: {', '.join(devices)})" if devices else ""))
+        return Finding("swap", Status.OK, "no swap on disk" + (f" (zram only: {', '.join(devices)})" if devices else ""))
     return Finding(
         "swap",
-        "warn",
+        Status.WARN,
         f"swap on disk is on ({', '.join(on_disk)}): audio and keys held in RAM could be written to it",
         "swapoff -a and disable it (Raspberry Pi OS: systemctl disable --now dphys-swapfile), or use zram",
     )
@@ -322,7 +340,7 @@ def _too_open(path: Path, allowed: int, owner: int | None = None) -> str | None:
 def _permissions(config: Config) -> Finding:
     data_dir = config.device.data_dir
     if not data_dir.exists():
-        return Finding("permissions", "ok", f"{data_dir} does not exist yet; the agent creates it 0700")
+        return Finding("permissions", Status.OK, f"{data_dir} does not exist yet; the agent creates it 0700")
     # The agent's user owns the folder (root may check it for them); everything inside is theirs.
     owner = data_dir.stat().st_uid if os.geteuid() == 0 else os.geteuid()
     problems: list[str] = []
@@ -335,11 +353,11 @@ def _permissions(config: Config) -> Finding:
     if problems:
         return Finding(
             "permissions",
-            "fail",
+            Status.FAIL,
             "; ".join(problems[:5]),
             f"chown -R <agent user> {data_dir} && chmod -R go-rwx {data_dir}",
         )
-    return Finding("permissions", "ok", f"{data_dir} and everything in it is private to uid {owner}")
+    return Finding("permissions", Status.OK, f"{data_dir} and everything in it is private to uid {owner}")
 
 
 def _private_paths(data_dir: Path) -> Iterator[tuple[Path, int]]:
@@ -364,29 +382,29 @@ def _free_space(config: Config) -> Finding:
     if free < FLOOR_BYTES:
         return Finding(
             "free space",
-            "fail",
+            Status.FAIL,
             text + f": Wyoming utterances are refused below {FLOOR_BYTES >> 20} MiB",
             "free space or move [device] data_dir",
         )
     if free < LOW_FREE:
-        return Finding("free space", "warn", text, "free space or move [device] data_dir")
-    return Finding("free space", "ok", text)
+        return Finding("free space", Status.WARN, text, "free space or move [device] data_dir")
+    return Finding("free space", Status.OK, text)
 
 
 def _unit(unit_path: Path) -> Finding:
     if not unit_path.exists():
-        return Finding("service", "warn", f"{unit_path} is not installed: nothing hardens or restarts the agent", "scripts/install.sh")
+        return Finding("service", Status.WARN, f"{unit_path} is not installed: nothing hardens or restarts the agent", "scripts/install.sh")
     exposure = unit_exposure(unit_path)
     if exposure is None:
-        return Finding("service", "warn", f"{unit_path}: systemd-analyze could not rate it", "install systemd 252 or newer")
+        return Finding("service", Status.WARN, f"{unit_path}: systemd-analyze could not rate it", "install systemd 252 or newer")
     if exposure > MAX_EXPOSURE:
         return Finding(
             "service",
-            "fail",
+            Status.FAIL,
             f"{unit_path}: exposure {exposure} is above {MAX_EXPOSURE}",
             "restore the unit from configs/edge-agent.service (scripts/install.sh)",
         )
-    return Finding("service", "ok", f"{unit_path}: exposure {exposure} (systemd-analyze security)")
+    return Finding("service", Status.OK, f"{unit_path}: exposure {exposure} (systemd-analyze security)")
 
 
 def unit_exposure(unit_path: Path) -> float | None:

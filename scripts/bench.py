@@ -38,6 +38,8 @@ from edge.crypto.vault import FileVault
 from edge.pcm import FRAME_BYTES, PIPELINE_RATE
 from edge.policy import Tag
 from edge.stt.model_path import find_model
+from edge.testing import file_vault, household_toml
+from edge.testing import populate as populate_keystore
 from edge.transcript import Transcript
 from edge.values import TagRule
 
@@ -45,11 +47,6 @@ if TYPE_CHECKING:
     from edge.stt.recognizer import SpeechModel
     from edge.voice.encoder import SpeakerEncoder
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the config template the tests use
-
-from support import file_vault, household_toml  # noqa: E402
-from support import populate as support_populate  # noqa: E402
 
 PHRASES = ["라디오", "메시지", "아버지", "위치", "보안"]
 
@@ -62,6 +59,20 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+
+
+class BenchError(SystemExit):
+    """A measurement whose result is wrong: the bench stops and says which, exit 1 (never an
+    `assert`, which `python -O` removes and which says nothing to the reader)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"bench: {message}")
+
+
+def expect(holds: bool, message: str) -> None:
+    """Stop the bench with `message` unless the result `holds`."""
+    if not holds:
+        raise BenchError(message)
 
 
 # -- inputs -----------------------------------------------------------------------
@@ -166,10 +177,10 @@ def populate(
     files: bool = True,
     before_end: timedelta = timedelta(days=30),
 ) -> int:
-    """`sessions` sessions (support.populate; overdue at `end` unless `before_end` says otherwise)
+    """`sessions` sessions (edge.testing.populate; overdue at `end` unless `before_end` says otherwise)
     in the config's data folder. Returns the bucket count."""
     keystore, _audit = wiring.open_store(config, vault=vault)
-    buckets = support_populate(keystore, sessions, span, end, config.device.data_dir if files else None, before_end)
+    buckets = populate_keystore(keystore, sessions, span, end, config.device.data_dir if files else None, before_end)
     keystore.close()
     return buckets
 
@@ -188,8 +199,12 @@ def shred_scale(work: Path, sizes: list[int]) -> list[Row]:
             start = time.perf_counter()
             report = shredder.sweep()
             seconds = time.perf_counter() - start
-            assert sum(len(b.sessions) for b in report.buckets) == 2 * sessions, "not everything was shredded"
-            assert report.files_deleted == (2 * sessions if files else 0)
+            shredded = sum(len(b.sessions) for b in report.buckets)
+            expect(shredded == 2 * sessions, f"purge of {sessions:,} sessions shredded {shredded:,} of {2 * sessions:,} session keys")
+            deleted = 2 * sessions if files else 0
+            expect(
+                report.files_deleted == deleted, f"purge of {sessions:,} sessions deleted {report.files_deleted:,} files, not {deleted:,}"
+            )
             what = f"+ deleting {report.files_deleted:,} files" if files else "keys destroyed (crypto-shred)"
             target = "< 1 s" if sessions == 100_000 and not files else ""
             rows.append(
@@ -276,7 +291,7 @@ def boot_catch_up(work: Path, sessions: int) -> Row:
     service.catch_up()
     seconds = time.perf_counter() - start
     left = wiring.open_store(config, vault=vault)[0].read().sessions
-    assert not left, f"{len(left)} sessions survived the catch-up"
+    expect(not left, f"boot catch-up: {len(left):,} of {sessions:,} overdue sessions survived it")
     shutil.rmtree(data_dir)
     return Row(f"boot catch-up: {sessions:,} overdue sessions shredded before the mic opens", round(seconds, 3), "s", "< 1 s", seconds < 1)
 
@@ -302,7 +317,8 @@ def write_signed_log(data_dir: Path, entries: int) -> None:
     log = AuditLog(data_dir)
     log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64, checkpoint=True)
     last, _torn = log._last_entry()
-    assert last is not None
+    if last is None:
+        raise BenchError(f"{data_dir}: the audit log has no entry after its first append")
     lines: list[bytes] = []
     number = 1
     while last["seq"] < entries:
@@ -342,7 +358,8 @@ def verify_scale(work: Path, sizes: list[int], signed_sizes: list[int]) -> list[
         start = time.perf_counter()
         result = verify(AuditLog(data_dir), None, datetime.now(timezone.utc), timedelta(seconds=62))
         seconds = time.perf_counter() - start
-        assert result.ok and result.entries >= entries, (result.entries, result.problems[:1])
+        expect(result.ok, f"audit verify of the {entries:,}-entry log found {result.problems[:1]}")
+        expect(result.entries >= entries, f"audit verify read {result.entries:,} entries of {entries:,}")
         target = "< 10 s" if entries == 1_000_000 else ""
         rows.append(
             Row(
@@ -374,7 +391,7 @@ def verify_cpu_ratio(work: Path, entries: int, pairs: int) -> Row:
             result = verify(AuditLog(logs[signed]), None, datetime.now(timezone.utc), timedelta(seconds=62), parallel=Parallel(workers=1))
             cpu[signed].append((time.process_time() - start) / result.entries)
             checkpoints[signed] = result.checkpoints
-            assert result.ok, result.problems[:1]
+            expect(result.ok, f"audit verify of {logs[signed]} found {result.problems[:1]}")
     for folder in logs.values():
         shutil.rmtree(folder)
     ratios = [new / old for old, new in zip(cpu[False], cpu[True], strict=True)]
@@ -499,7 +516,7 @@ def latency(work: Path, speech: Path) -> list[Row]:
     agent = wiring.make_agent(
         config, wiring.make_model(config), lambda record: events.append(time.perf_counter()), recorder, "child", clock
     )
-    runner = agent.segmenter._sink
+    runner = agent.segmenter.sink
     original_end = runner.end
     ends: list[float] = []
 
@@ -588,7 +605,8 @@ def make_utterance(folder: Path, trail: float) -> Path:
 
 def wav_pcm(path: Path) -> bytes:
     with wave.open(str(path), "rb") as wav:
-        assert (wav.getframerate(), wav.getsampwidth(), wav.getnchannels()) == (PIPELINE_RATE, 2, 1), path
+        shape = (wav.getframerate(), wav.getsampwidth(), wav.getnchannels())
+        expect(shape == (PIPELINE_RATE, 2, 1), f"{path}: {shape[0]} Hz, {shape[1]} bytes, {shape[2]} channels, not 16 kHz 16-bit mono")
         return wav.readframes(wav.getnframes())
 
 
@@ -627,7 +645,8 @@ def file_per_session(folder: Path, utterance: bytes, count: int) -> tuple[float,
     texts, marks = [], []
     with (folder / "run.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
-    assert process.stdout is not None
+    if process.stdout is None:
+        raise BenchError(f"{' '.join(command)}: no standard output to read")
     for line in process.stdout:
         marks.append(process_cpu(process.pid))
         texts.append(json.loads(line)["text"])

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Style and types: ruff (lint and format) and mypy (strict) on edge, zero findings.
+# Style and types: ruff (lint and format) and mypy (strict) on edge and tests, zero findings
+# (pyproject.toml says which files mypy reads and how test functions are relaxed).
 # Sets up the test tools first (scripts/setup.sh test). CI runs this before the tests.
 #   scripts/check.sh          check
 #   scripts/check.sh --fix    let ruff fix what it can and format, then check

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from edge.faults import POINTS
 from edge.retention.clock import TrustedClock
@@ -102,7 +103,7 @@ class Campaign:
         self.random = random.Random(seed)
         self.tally = Tally()
 
-    def edge(self, *args: str, crash: str | None = None) -> subprocess.CompletedProcess:
+    def edge(self, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "EDGE_CONFIG": str(self.config)}
         env.pop("EDGE_CRASH_AT", None)
         if crash:
@@ -191,7 +192,9 @@ class Campaign:
         if ahead > JUMP_MOST + 5:
             problems.append(f"the trusted clock is {ahead:.0f} s ahead of the real time (a jump moves it {JUMP_MOST} s at most)")
         verify = self.edge("audit", "verify", "--json")
-        result = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [{"message": verify.stderr}]}
+        result: dict[str, Any] = (
+            json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [{"message": verify.stderr}]}
+        )
         if not result["ok"]:
             problems += [f"audit verify: {p['message']}" for p in result["problems"]]
         return problems

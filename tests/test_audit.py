@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.audit import parallel
+from edge.audit import chain, parallel
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
 from edge.audit.verify import Parallel, verify
 from edge.errors import AuditError
@@ -291,6 +291,7 @@ def test_old_data_folder_put_back_after_a_purge_names_the_overdue_session(househ
     settings = load_config(config)
     vault = open_vault(settings.vault, data_dir)
     old_root = vault.read("current")
+    assert old_root is not None
     image = tmp_path / "image"
     shutil.copytree(data_dir, image)
     purged = faketime("+2h", "purge", config=config)
@@ -331,7 +332,9 @@ def test_log_holds_no_audio_no_words_no_keys(household):
     settings = load_config(config)
     vault = open_vault(settings.vault, data_dir)
     store = Keystore(data_dir, vault)
-    secrets = [vault.read("current").hex()] + [i.secret.hex() for b in store.read().buckets.values() for i in store.identities(b)]
+    root = vault.read("current")
+    assert root is not None
+    secrets = [root.hex()] + [i.secret.hex() for b in store.read().buckets.values() for i in store.identities(b)]
     assert secrets and not any(secret in text for secret in secrets)
     assert (data_dir / "audit.key").read_bytes().hex() not in text
     with pytest.raises(Exception, match="could carry private data"):
@@ -991,7 +994,7 @@ def test_chunks_agree_with_one_process_on_random_damage(tmp_path, valid_log, chu
 def test_a_log_that_changes_while_it_is_verified_is_not_passed(tmp_path, valid_log, chunks, monkeypatch):
     """The planner reads the line before each chunk, the worker of the chunk before verifies it:
     if they differ (the file was rewritten meanwhile), the chunks do not link."""
-    seed_of = parallel.seed_of
+    seed_of = chain.seed_of
     calls = iter(range(1_000))
     monkeypatch.setattr(parallel, "seed_of", lambda raw: seed_of(raw.replace(b'"seq":', b'"seq": ')) if next(calls) == 30 else seed_of(raw))
     result = verify(AuditLog(written(tmp_path, valid_log.splitlines())), None, _now(), GRACE, parallel=TINY_CHUNKS)

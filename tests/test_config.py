@@ -5,6 +5,7 @@ import pytest
 
 from edge.config import BUILTIN_CONFIG, load_config
 from edge.errors import ConfigError
+from edge.values import TriggerMode
 
 from support import ROOT, edge_agent
 
@@ -100,7 +101,7 @@ def test_base_config_values(tmp_path):
     assert config.trigger.silence_end == timedelta(milliseconds=800)
     assert config.household.active_profile is None
     with pytest.raises(AttributeError):
-        config.trigger.mode = "always"  # frozen
+        config.trigger.mode = TriggerMode.ALWAYS  # type: ignore[misc]  # frozen: what the test checks
 
 
 # (name, how to change BASE, strings the error must contain: the key path and what is allowed)

@@ -48,9 +48,14 @@ def test_well_formed_requests_parse():
 @pytest.fixture
 def served(tmp_path):
     seen = []
+
+    def profile(args):
+        seen.append(args)
+        return {"active_profile": args["name"]}
+
     handlers = {
         "status": lambda args: {"state": "listening"},
-        "profile": lambda args: seen.append(args) or {"active_profile": args["name"]},
+        "profile": profile,
         "purge": lambda args: (_ for _ in ()).throw(ControlError("the keystore is busy")),
     }
     server = ControlServer(tmp_path / "run" / "control.sock", handlers)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from edge import wiring
+from edge.values import TagRule
 
 from support import ROOT, WORDS, MicAgent, Retention, deleted_and_rechained, edge_agent, forget_in_a_terminal, play, record, status
 
@@ -454,6 +455,7 @@ def test_a_reader_that_stops_early_is_no_error(write_config, clip, command):
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
+    assert process.stdout is not None
     process.stdout.close()  # like `| head -1` exiting before edge writes
     stderr = process.communicate(timeout=60)[1].decode()
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
@@ -489,7 +491,9 @@ def test_a_recording_stopped_by_a_full_disk_is_closed(small_disk, write_config):
     config = load_config(path)
     data = config.device.data_dir
     store, audit = wiring.open_store(config)
-    sealed = wiring.make_recorder(store, audit, wiring.make_clock(config)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
+    sealed = wiring.make_recorder(store, audit, wiring.make_clock(config)).begin(
+        "0123456789abcdef", Tag(config.profile("child"), TagRule.GIVEN)
+    )
     with pytest.raises(StorageError, match="the disk is full"):
         while True:
             sealed.write(os.urandom(65536))
@@ -509,5 +513,5 @@ def test_a_full_disk_at_the_header_is_a_clear_error(write_config, monkeypatch):
     store, audit = wiring.open_store(config)
     monkeypatch.setattr(recorder, "create_in", lambda root, relative: open("/dev/full", "wb", buffering=0))
     with pytest.raises(StorageError, match="the disk is full"):
-        wiring.make_recorder(store, audit, wiring.make_clock(config)).begin("0123456789abcdef", Tag(config.profile("child"), "given"))
+        wiring.make_recorder(store, audit, wiring.make_clock(config)).begin("0123456789abcdef", Tag(config.profile("child"), TagRule.GIVEN))
     assert not (data / "recordings" / "0123456789abcdef.wav.age").exists()

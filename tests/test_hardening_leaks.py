@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.values import KeyringKind, Purpose
+
 from support import (
     ROOT,
     WORDS,
@@ -135,7 +137,7 @@ def test_another_user_cannot_wipe_the_data(write_config, clip):
     record(config, clip)
     data = config.parent / "data"
     marker = json.loads((data / "vault").read_text())
-    KeyringVault(data, "session").erase("current")  # it lives in that user's keyring, not ours
+    KeyringVault(data, KeyringKind.SESSION).erase("current")  # it lives in that user's keyring, not ours
     (data / "vault").write_text(json.dumps({**marker, "uid": 65534}))
     _unchanged_after(config, "status", expect="uid 65534")
     _unchanged_after(config, "purge", expect="uid 65534")
@@ -173,7 +175,7 @@ def test_after_a_power_cut_only_the_agent_records_the_loss(write_config, clip):
     record(config, clip)
     data = config.parent / "data"
     marker = json.loads((data / "vault").read_text())
-    KeyringVault(data, "session").erase("current")  # the kernel keyring is empty after a restart...
+    KeyringVault(data, KeyringKind.SESSION).erase("current")  # the kernel keyring is empty after a restart...
     (data / "vault").write_text(json.dumps({**marker, "boot": "0" * 36}))  # ...and the boot id is new
     before = keystore_rows(data)
     shown = status(config)
@@ -334,7 +336,7 @@ def test_a_planted_partial_file_never_owns_the_plaintext(load, model, speech, tm
     os.chown(planted, 65534, 65534)
     planted.chmod(0o666)
     out = shared / "x.wav"
-    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, out, "playback", datetime.now(timezone.utc))
+    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, out, Purpose.PLAYBACK, datetime.now(timezone.utc))
     info = out.stat()
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.geteuid(), 0o600)
     assert planted.read_bytes() == b"mine" and planted.stat().st_uid == 65534

@@ -88,8 +88,13 @@ def test_a_commit_opens_only_the_rows_it_touches(tmp_path, write_config, monkeyp
     clock, store, _ = retention_parts(config, FakeWall())
     populate(store, 2_000, span=timedelta(hours=48), end=START)
     opened = []
-    real = tables.session_from
-    monkeypatch.setattr(tables, "session_from", lambda *args: opened.append(args[0]) or real(*args))
+    real = session_from
+
+    def counted(*args):
+        opened.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(tables, "session_from", counted)
     session = record_in_process(store, clock, config, "child")
     assert opened == [session]  # the finish reads the row the begin wrote; nothing else is opened
     with pytest.raises(LookupError), store.transaction() as data:  # a damaged row is named when touched, and only then
@@ -315,6 +320,7 @@ def _store(config_path: Path):
     from edge import wiring
 
     config = load_config(config_path)
+    assert config.vault.path is not None
     return wiring.open_store(config, vault=FileVault(config.vault.path))[0]
 
 

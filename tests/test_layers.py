@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
     {"edge.policy"},  # the strictest policy, the tag a session carries
     {"edge.crypto"},  # age, the kernel keyring, vaults
     {"edge.store"},  # keystore, records, buckets, recorder, export
+    {"edge.testing"},  # the tests' and the benchmarks' household config template and bulk keystore
     {"edge.retention", "edge.audit"},  # siblings: shredding on time; the log that proves it
     {"edge.audio", "edge.stt", "edge.voice"},  # the pipeline's sources, its recognizer, its speaker encoder
     {"edge.tagging"},

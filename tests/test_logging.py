@@ -6,6 +6,7 @@ import logging
 import time
 
 from edge import service, wiring
+from edge.agent import SessionRecord
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 
 from support import WORDS, Retention, edge_agent
@@ -17,7 +18,7 @@ def test_a_whole_session_logs_no_word_said(caplog, load, model, speech):
     caplog.set_level(logging.DEBUG)
     config = load(mode="always", child=Retention("child", "1s", "2s"))
     clip = speech.join(speech.say(WORDS[0]), 1.0, speech.say(WORDS[1]), 1.0)
-    records = []
+    records: list[SessionRecord] = []
     runtime = wiring.build_runtime(config, records.append, service.log_report, profile="child", model=model)
     runtime.keystore.read()
     runtime.retention.catch_up()

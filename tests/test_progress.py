@@ -98,6 +98,7 @@ def overdue_folder(tmp_path: Path, write_config, sessions: int) -> tuple[Path, P
     """A config (file vault) whose data folder holds `sessions` overdue sessions, each with its two files."""
     config = write_config(vault=file_vault(tmp_path / "root.key"))
     loaded = load_config(config)
+    assert loaded.vault.path is not None
     store, _audit = wiring.open_store(loaded, vault=FileVault(loaded.vault.path, loaded.device.data_dir))
     populate(store, sessions, timedelta(hours=2), datetime.now(timezone.utc), files_in=loaded.device.data_dir)
     return config, loaded.device.data_dir

@@ -20,7 +20,7 @@ import pytest
 from edge import wiring
 from edge.audit.log import AuditLog
 from edge.config import load_config
-from edge.crypto.age import decrypt
+from edge.crypto.age import decrypt, rekey_in_place
 from edge.disk.layout import recording_path, transcript_path
 from edge.errors import KeystoreError
 from edge.policy import Tag
@@ -29,6 +29,7 @@ from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
 from edge.store.keystore import Keystore
 from edge.transcript import Transcript, Word
+from edge.values import TagRule
 
 from support import (
     CHILD,
@@ -49,9 +50,9 @@ from support import (
 )
 
 
-def setup(tmp_path: Path, write_config, **config):
+def setup(tmp_path: Path, write_config, **template):
     """A config, a wall clock moved by hand, and the retention parts the composition root makes."""
-    config = load_config(write_config(mode="always", **config))
+    config = load_config(write_config(mode="always", **template))
     wall = FakeWall()
     clock, store, shredder = retention_parts(config, wall)
     return config, wall, clock, store, shredder
@@ -282,7 +283,7 @@ def test_crash_in_the_middle_of_a_rekey_is_finished_by_next_sweep(tmp_path, writ
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
     sessions = [record(store, clock, config, "child") for _ in range(4)]
     calls = []
-    real = module.rekey_in_place
+    real = rekey_in_place
 
     def crash_on_third(handle, identities, recipient):
         calls.append(1)
@@ -322,7 +323,7 @@ def test_bucket_job_fires_at_expiry(tmp_path, write_config):
     try:
         recorder = wiring.make_recorder(store, audit, clock, service)
         session = os.urandom(8).hex()
-        sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
+        sealed = recorder.begin(session, Tag(config.profile("child"), TagRule.GIVEN))
         sealed.write(PCM)
         sealed.finish(Transcript("", ()))
         path = recording_path(config.device.data_dir, session)
@@ -352,7 +353,7 @@ def test_scheduler_does_not_wait_on_a_clock_set_back(tmp_path, write_config):
     try:
         session = os.urandom(8).hex()
         recorder = wiring.make_recorder(store, audit, clock, service)
-        sealed = recorder.begin(session, Tag(config.profile("child"), "given"))
+        sealed = recorder.begin(session, Tag(config.profile("child"), TagRule.GIVEN))
         sealed.finish(Transcript("", ()))
         assert wait_for(lambda: not recording_path(data_dir, session).exists(), 12)
     finally:
@@ -380,7 +381,7 @@ def test_the_watch_survives_a_failing_clock_and_keeps_sweeping(tmp_path, write_c
         failing.clear()
         recorder = wiring.make_recorder(store, audit, clock)  # no date job: only the periodic sweep
         session = os.urandom(8).hex()
-        recorder.begin(session, Tag(config.profile("child"), "given")).finish(Transcript("", ()))
+        recorder.begin(session, Tag(config.profile("child"), TagRule.GIVEN)).finish(Transcript("", ()))
         assert wait_for(lambda: not recording_path(config.device.data_dir, session).exists(), 8), "the periodic sweep stopped"
     finally:
         service.stop()
@@ -546,7 +547,7 @@ def test_session_open_during_a_rekey_stays_whole(tmp_path, write_config):
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
     recorder = wiring.make_recorder(store, shredder.audit, clock)
     live_id = os.urandom(8).hex()
-    live = recorder.begin(live_id, Tag(config.profile("child"), "given"))
+    live = recorder.begin(live_id, Tag(config.profile("child"), TagRule.GIVEN))
     live.write(PCM)
     doomed = record(store, clock, config, "child")  # same buckets
     report = shredder.forget(ForgetRequest(session=doomed))

@@ -23,6 +23,7 @@ from edge.disk.layout import recording_path, transcript_path
 from edge.errors import AgeError, PolicyError, UsageError
 from edge.store.export import export_audio
 from edge.store.keystore import Keystore
+from edge.values import Purpose
 
 from support import PHRASES, ROOT, MicAgent, edge_agent, pcm_of, run_sealed
 from support import plaintext_files as plaintext_found
@@ -65,7 +66,9 @@ def test_the_scan_can_fail(load, model, two_phrases, tmp_path):
     config = load(mode="always")
     records, store = run_sealed(config, model, two_phrases, "child")
     exported = tmp_path / "exported.wav"
-    export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, exported, "playback", datetime.now(timezone.utc))
+    export_audio(
+        store, AuditLog(config.device.data_dir), config, records[0].session, exported, Purpose.PLAYBACK, datetime.now(timezone.utc)
+    )
     out = config.device.data_dir / "leak.wav"  # edge refuses to export into its data folder: put it there by hand
     out.write_bytes(exported.read_bytes())
     assert plaintext_found(config.device.data_dir, pcm_of(two_phrases), []) == [str(out)]
@@ -86,7 +89,9 @@ def test_export_is_the_exact_audio_of_the_session(load, model, two_phrases, tmp_
     config = load(mode="always")
     records, store = run_sealed(config, model, two_phrases, "child")
     out = tmp_path / "out.wav"
-    exported = export_audio(store, AuditLog(config.device.data_dir), config, records[1].session, out, "review", datetime.now(timezone.utc))
+    exported = export_audio(
+        store, AuditLog(config.device.data_dir), config, records[1].session, out, Purpose.REVIEW, datetime.now(timezone.utc)
+    )
     info = open_wav(out)
     assert (info.rate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     session_pcm = out.read_bytes()[44:]
@@ -103,9 +108,9 @@ def test_training_is_refused_for_children_and_non_consenting_adults(load, model,
     parent, _ = run_sealed(config, model, two_phrases, "parent")
     now = datetime.now(timezone.utc)
     with pytest.raises(PolicyError, match="child profile"):
-        export_audio(store, AuditLog(config.device.data_dir), config, child[0].session, tmp_path / "a.wav", "training", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, child[0].session, tmp_path / "a.wav", Purpose.TRAINING, now)
     with pytest.raises(PolicyError, match="has not consented"):
-        export_audio(store, AuditLog(config.device.data_dir), config, parent[0].session, tmp_path / "b.wav", "training", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, parent[0].session, tmp_path / "b.wav", Purpose.TRAINING, now)
     assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists()
 
 
@@ -115,7 +120,13 @@ def test_training_allowed_only_with_consent(write_config, model, two_phrases, tm
     config = load_config(path)
     records, store = run_sealed(config, model, two_phrases, "donor")
     export_audio(
-        store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "ok.wav", "training", datetime.now(timezone.utc)
+        store,
+        AuditLog(config.device.data_dir),
+        config,
+        records[0].session,
+        tmp_path / "ok.wav",
+        Purpose.TRAINING,
+        datetime.now(timezone.utc),
     )
     assert open_wav(tmp_path / "ok.wav").frames > 0
 
@@ -125,17 +136,23 @@ def test_unknown_expired_and_damaged_sessions_are_clear_errors(load, model, two_
     records, store = run_sealed(config, model, two_phrases, "child")
     now = datetime.now(timezone.utc)
     with pytest.raises(UsageError, match="no retained session 'nope'"):
-        export_audio(store, AuditLog(config.device.data_dir), config, "nope", tmp_path / "x.wav", "playback", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, "nope", tmp_path / "x.wav", Purpose.PLAYBACK, now)
     with pytest.raises(PolicyError, match="expired"):
         export_audio(
-            store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now + timedelta(hours=2)
+            store,
+            AuditLog(config.device.data_dir),
+            config,
+            records[0].session,
+            tmp_path / "x.wav",
+            Purpose.PLAYBACK,
+            now + timedelta(hours=2),
         )
     sealed = recording_path(config.device.data_dir, records[0].session)
     blob = bytearray(sealed.read_bytes())
     blob[-100] ^= 1
     sealed.write_bytes(bytes(blob))
     with pytest.raises(AgeError, match="damaged or incomplete"):
-        export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", "playback", now)
+        export_audio(store, AuditLog(config.device.data_dir), config, records[0].session, tmp_path / "x.wav", Purpose.PLAYBACK, now)
     assert list(tmp_path.glob("*x.wav*")) == []  # no partial output left behind
 
 

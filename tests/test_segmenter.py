@@ -3,15 +3,17 @@
 import pytest
 
 from edge import wiring
-from edge.audio.segmenter import Segmenter, SegmenterSettings
+from edge.agent import SessionRecord
+from edge.audio.segmenter import Segmenter, SegmenterSettings, WakeTrigger
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.pcm import FRAME_BYTES
+from edge.values import TriggerMode
 
 from support import PHRASES
 
 
 def run_file(config, model, path, push=False, profile=None):
-    records = []
+    records: list[SessionRecord] = []
     agent = wiring.make_agent(config, model, records.append, profile=profile)
     if push:
         agent.push_to_talk()
@@ -188,7 +190,7 @@ class _Recorder:
 
 def test_held_utterance_is_wiped_from_ram(speech, model):
     """Wake mode keeps an utterance only until the spotter has seen it, then overwrites it."""
-    settings = SegmenterSettings(mode="wake", silence_end=0.8, max_session=15, wake_timeout=5, wake_phrase="라디오")
+    settings = SegmenterSettings(mode=TriggerMode.WAKE, silence_end=0.8, max_session=15, wake_timeout=5, wake_phrase="라디오")
     sink = _Recorder()
     held_buffers = []
     segmenter = Segmenter(settings, sink, make_spotter=lambda: model.decoder(["라디오", "메시지", "보안"]))
@@ -196,8 +198,10 @@ def test_held_utterance_is_wiped_from_ram(speech, model):
     pcm = pcm[: len(pcm) - len(pcm) % FRAME_BYTES]
     for index in range(0, len(pcm), FRAME_BYTES):
         segmenter.feed(pcm[index : index + FRAME_BYTES])
-        if segmenter._trigger._held:  # the wake trigger holds the utterance
-            held_buffers.append(segmenter._trigger._held)
+        trigger = segmenter._trigger
+        assert isinstance(trigger, WakeTrigger)
+        if trigger._held:  # the wake trigger holds the utterance
+            held_buffers.append(trigger._held)
     assert held_buffers, "the utterance was held while it was spoken"
     assert all(len(buffer) == 0 for buffer in held_buffers)
     assert sink.calls == []
@@ -220,7 +224,7 @@ class _Heard:
 
 @pytest.mark.parametrize("conf,wakes", [(0.5, 0), (0.79, 0), (0.8, 1), (1.0, 1)])
 def test_wake_needs_confidence(speech, conf, wakes):
-    settings = SegmenterSettings(mode="wake", silence_end=0.8, max_session=15, wake_timeout=5, wake_phrase="라디오")
+    settings = SegmenterSettings(mode=TriggerMode.WAKE, silence_end=0.8, max_session=15, wake_timeout=5, wake_phrase="라디오")
     segmenter = Segmenter(settings, _Recorder(), make_spotter=lambda: _Heard(conf))
     pcm = b"".join(read_pipeline_chunks(open_wav(speech.say("라디오"))))
     for index in range(0, len(pcm) - FRAME_BYTES, FRAME_BYTES):

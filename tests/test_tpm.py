@@ -18,6 +18,7 @@ from edge.crypto.vault import KeyringVault, open_vault
 from edge.disk.layout import recording_path, transcript_path
 from edge.errors import ConfigError, KeystoreError, VaultError
 from edge.store.keystore import Keystore
+from edge.values import KeyringKind
 
 from support import FakeWall, MicAgent, edge_agent, faketime, keystore_rows, openable, pcm_of, record, record_in_process, retention_parts
 
@@ -372,7 +373,7 @@ def _recorded_on_keyring(tmp_path, write_config):
 def test_migrate_moves_the_root_into_the_tpm_and_destroys_the_keyring_key(tmp_path, write_config, swtpm):
     config, session = _recorded_on_keyring(tmp_path, write_config)
     data_dir = config.device.data_dir
-    keyring = KeyringVault(data_dir, "session")
+    keyring = KeyringVault(data_dir, KeyringKind.SESSION)
     assert keyring.read("current") is not None
     ran = edge_agent("--config", str(config.path), "vault", "migrate", "--to", "tpm", "--tcti", swtpm.tcti)
     assert ran.returncode == 0, ran.stderr
@@ -406,7 +407,7 @@ def test_an_interrupted_migrate_loses_nothing_and_runs_again(tmp_path, write_con
     assert crashed.returncode == -9, crashed.stderr
     again = edge_agent(*args)
     assert again.returncode == 0, again.stderr
-    assert KeyringVault(config.device.data_dir, "session").read("current") is None
+    assert KeyringVault(config.device.data_dir, KeyringKind.SESSION).read("current") is None
     moved = load_config(write_config("moved.toml", vault=swtpm.vault_toml()))
     clock, store, _ = retention_parts(moved, FakeWall())
     data_dir = config.device.data_dir
@@ -420,7 +421,7 @@ def test_migrate_without_a_tpm_changes_nothing(tmp_path, write_config, swtpm):
     ran = edge_agent("--config", str(config.path), "vault", "migrate", "--to", "tpm", "--tcti", swtpm.tcti)
     assert ran.returncode == 1 and "no TPM answers there" in ran.stderr
     assert keystore_rows(config.device.data_dir) == before
-    assert KeyringVault(config.device.data_dir, "session").read("current") is not None
+    assert KeyringVault(config.device.data_dir, KeyringKind.SESSION).read("current") is not None
     assert not (config.device.data_dir / "tpm-vault").exists()
 
 
@@ -436,7 +437,7 @@ def test_migrate_refuses_while_the_agent_runs(tmp_path, write_config, swtpm, vir
     assert code == 0, log
     assert ran.returncode == 1 and "the agent is running: stop it first" in ran.stderr
     assert nv_indices(swtpm) == [] and not (tmp_path / "data" / "tpm-vault").exists()
-    assert KeyringVault(tmp_path / "data", "session").read("current") is not None
+    assert KeyringVault(tmp_path / "data", KeyringKind.SESSION).read("current") is not None
 
 
 def test_migrate_refuses_a_tcti_of_no_known_kind(tmp_path, write_config, swtpm):

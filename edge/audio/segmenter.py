@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import webrtcvad
@@ -85,8 +86,16 @@ class Spotter(Protocol):
     def finish(self) -> Sequence[SpottedWord]: ...
 
 
-# The detector's per-frame verdicts.
-IDLE, START, CONTINUE, END = "idle", "start", "continue", "end"
+class Verdict(StrEnum):
+    """The detector's verdict on one frame."""
+
+    IDLE = "idle"
+    """No utterance, and none begins."""
+    START = "start"
+    """An utterance begins (its frames: the pre-roll up to this one)."""
+    CONTINUE = "continue"
+    END = "end"
+    """The utterance ends with this frame (why: `UtteranceDetector.end_reason`)."""
 
 
 class UtteranceDetector:
@@ -106,26 +115,26 @@ class UtteranceDetector:
         """The VAD's verdict on the latest frame."""
         self.end_reason = EndReason.SILENCE
 
-    def push(self, frame: bytes) -> tuple[str, list[bytes]]:
+    def push(self, frame: bytes) -> tuple[Verdict, list[bytes]]:
         """Classify one frame; returns (verdict, frames that belong to the utterance now)."""
         speech = self.speech = self._vad.is_speech(frame, PIPELINE_RATE)
         if not self.active:
             self._pre_roll.append(frame)
             self._speech_run = self._speech_run + 1 if speech else 0
             if self._speech_run < self._start_frames:
-                return IDLE, []
+                return Verdict.IDLE, []
             self.active, self._silence_run = True, 0
             frames = list(self._pre_roll)
             self._pre_roll.clear()
             self._length = len(frames)
-            return START, frames
+            return Verdict.START, frames
         self._length += 1
         self._silence_run = 0 if speech else self._silence_run + 1
         if self._silence_run >= self._end_frames or self._length >= self._max_frames:
             self.end_reason = EndReason.SILENCE if self._silence_run >= self._end_frames else EndReason.MAX_LENGTH
             self.active, self._speech_run = False, 0
-            return END, [frame]
-        return CONTINUE, [frame]
+            return Verdict.END, [frame]
+        return Verdict.CONTINUE, [frame]
 
     @property
     def length_seconds(self) -> float:
@@ -152,6 +161,11 @@ class Segmenter:
         self.wake_count = 0
         """How many times the wake phrase was heard."""
         self._trigger = _TRIGGERS[settings.mode](self, make_spotter)
+
+    @property
+    def sink(self) -> SessionSink:
+        """Where sessions go (the benchmarks time its calls)."""
+        return self._sink
 
     @property
     def offset(self) -> float:
@@ -198,7 +212,7 @@ class Trigger(Protocol):
     def before(self, start_offset: float) -> None:
         """Called before the detector sees a frame that starts at `start_offset`."""
 
-    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+    def frame(self, verdict: Verdict, frames: list[bytes], frame: bytes) -> None:
         """The detector's verdict on one frame, and the frames that belong to the utterance now."""
 
     def finish(self, reason: EndReason) -> None:
@@ -217,13 +231,13 @@ class AlwaysTrigger:
     def before(self, start_offset: float) -> None:
         pass
 
-    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+    def frame(self, verdict: Verdict, frames: list[bytes], frame: bytes) -> None:
         segmenter = self.segmenter
-        if verdict == START:
+        if verdict == Verdict.START:
             segmenter.open(segmenter.offset - len(frames) * FRAME_SECONDS)
         if segmenter.in_session and frames:  # an onset with its pre-roll, or one frame
-            segmenter.send(b"".join(frames), silent=verdict != START and not segmenter.detector.speech)
-        if verdict == END:
+            segmenter.send(b"".join(frames), silent=verdict != Verdict.START and not segmenter.detector.speech)
+        if verdict == Verdict.END:
             segmenter.close(segmenter.detector.end_reason)
 
     def finish(self, reason: EndReason) -> None:
@@ -248,25 +262,25 @@ class WakeTrigger(AlwaysTrigger):
         self._held_start = 0.0
         self._spotter: Spotter | None = None
 
-    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+    def frame(self, verdict: Verdict, frames: list[bytes], frame: bytes) -> None:
         segmenter = self.segmenter
-        if self._armed_until is not None and not segmenter.in_session and verdict == IDLE and segmenter.offset > self._armed_until:
+        if self._armed_until is not None and not segmenter.in_session and verdict == Verdict.IDLE and segmenter.offset > self._armed_until:
             self._armed_until = None  # the wake phrase was not followed by speech in time
-        if verdict == START and self._armed_until is not None:
+        if verdict == Verdict.START and self._armed_until is not None:
             self._armed_until = None
             super().frame(verdict, frames, frame)
             return
         if segmenter.in_session:
             super().frame(verdict, frames, frame)
             return
-        if verdict == START:
+        if verdict == Verdict.START:
             self._spotter = self._make_spotter()
             self._held_start = segmenter.offset - len(frames) * FRAME_SECONDS
         if self._spotter is not None and frames:
             pcm = b"".join(frames)
             self._held += pcm
             self._spotter.feed(pcm)
-        if verdict == END:
+        if verdict == Verdict.END:
             self._spot_held(segmenter.detector.end_reason)
 
     def finish(self, reason: EndReason) -> None:
@@ -321,15 +335,15 @@ class PushToTalkTrigger(AlwaysTrigger):
             segmenter.open(start_offset)
             self._heard_speech = segmenter.detector.active
 
-    def frame(self, verdict: str, frames: list[bytes], frame: bytes) -> None:
+    def frame(self, verdict: Verdict, frames: list[bytes], frame: bytes) -> None:
         segmenter = self.segmenter
         if not segmenter.in_session:
             return
         segmenter.send(frame, silent=not segmenter.detector.speech)  # every frame since the push, speech or not
-        if verdict in (START, CONTINUE):
+        if verdict in (Verdict.START, Verdict.CONTINUE):
             self._heard_speech = True
         length = segmenter.offset - segmenter.session_start
-        if verdict == END and self._heard_speech:
+        if verdict == Verdict.END and self._heard_speech:
             segmenter.close(segmenter.detector.end_reason)
         elif length >= segmenter.settings.max_session:
             segmenter.close(EndReason.MAX_LENGTH)

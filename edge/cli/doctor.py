@@ -10,7 +10,7 @@ from edge.config import resolve_config_path
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from edge.doctor import run_checks  # it imports sounddevice: only when asked
+    from edge.doctor import Status, run_checks  # it imports sounddevice: only when asked
 
     findings = run_checks(resolve_config_path(args.config), open_mic=not args.no_mic)
     if args.json:
@@ -18,10 +18,9 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         for finding in findings:
             print(f"{finding.status.upper():5} {finding.check:12} {finding.detail}")
-            if finding.fix and finding.status != "ok":
+            if finding.fix and finding.status is not Status.OK:
                 print(f"{'':18} fix: {finding.fix}")
-    failing = {"fail", "warn"} if args.strict else {"fail"}
-    return 1 if any(f.status in failing for f in findings) else 0
+    return 1 if any(f.status.fails(args.strict) for f in findings) else 0
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
