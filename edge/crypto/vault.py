@@ -25,9 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.boot import boot_id
-from edge.config import VaultSettings
 from edge.crypto import keyring
-from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel, Vault
+from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel
 from edge.disk.files import atomic_write, destroy_temps, exists_in, folder_fd, open_in, read_in, unlink_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER, VAULT_MARKER
 from edge.errors import KeyringError, StorageError, VaultError
@@ -99,7 +98,15 @@ class KeyringVault:
         self._new_ring = ring
         """Where a folder's first root goes; an existing root stays in the ring its marker names."""
         self._marker = KeyringMarker.load(data_dir)
-        self._ring()  # fail now, with a clear error, if the keyring is unavailable
+        try:
+            self._ring()  # fail now, with a clear error, if the keyring is unavailable
+        except KeyringError as exc:
+            if ring == KeyringKind.PERSISTENT and not _persistent_keyrings():
+                raise VaultError(NO_PERSISTENT_KEYRINGS) from None
+            raise VaultError(
+                f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
+                '(some containers block it); use backend = "file" with a path.'
+            ) from None
 
     def _key(self) -> str:
         if self._marker is not None:
@@ -279,24 +286,3 @@ def refuse_if_moved_to_tpm(data_dir: Path) -> None:
             'Set [vault] backend = "tpm" in the config. If that migration was interrupted, run it again. '
             "Nothing was changed."
         )
-
-
-def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
-    """The vault [vault] names (the demo makes its MemoryVault itself)."""
-    if settings.backend == VaultBackend.TPM:
-        from edge.crypto.tpm import TpmVault
-
-        return TpmVault(data_dir, settings.tcti, settings.nv_index)
-    if settings.backend == VaultBackend.KEYRING:
-        try:
-            return KeyringVault(data_dir, settings.keyring)
-        except KeyringError as exc:
-            if settings.keyring == KeyringKind.PERSISTENT and not _persistent_keyrings():
-                raise VaultError(NO_PERSISTENT_KEYRINGS) from None
-            raise VaultError(
-                f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
-                '(some containers block it); use backend = "file" with a path.'
-            ) from None
-    if settings.backend == VaultBackend.FILE and settings.path is not None:
-        return FileVault(settings.path, data_dir)
-    raise VaultError(f'[vault] backend = "{settings.backend}" is not available in this version of edge')
