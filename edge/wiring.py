@@ -26,6 +26,7 @@ from edge.crypto.guarantee import Vault
 from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
+from edge.disk.versioned import KEYSTORE_V2
 from edge.errors import ConfigError, UsageError, VaultError
 from edge.progress import Meter, Progress
 from edge.retention.clock import Reading, TrustedClock, read_uptime
@@ -122,7 +123,7 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
         audit.append("root.lost", backend=level.backend, reason=reason)
 
     def migrated(sessions: int, buckets: int) -> None:
-        audit.append("keystore.migrated", version=2, sessions=sessions, buckets=buckets)
+        audit.append("keystore.migrated", version=KEYSTORE_V2.writes, sessions=sessions, buckets=buckets)
 
     converting = Meter("converting the keystore from format 1", "sessions", least=MIGRATION_CHUNK)  # silent off a terminal
     store = Keystore(

@@ -18,7 +18,6 @@ the keystore is re-sealed under it, then it becomes "current".
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pwd
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from edge.crypto import keyring
 from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel
 from edge.disk.files import atomic_write, destroy_temps, exists_in, folder_fd, open_in, read_in, unlink_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER, VAULT_MARKER
+from edge.disk.versioned import KEYRING_MARKER
 from edge.errors import KeyringError, StorageError, VaultError
 from edge.values import KeyringKind, VaultBackend
 
@@ -53,26 +53,21 @@ class KeyringMarker:
     """The kernel boot id when it was put there."""
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": "edge-vault", "version": 1, "backend": VaultBackend.KEYRING, **asdict(self)}).encode()
+        return KEYRING_MARKER.dump(asdict(self))
 
     @classmethod
     def load(cls, data_dir: Path) -> KeyringMarker | None:
         raw = read_in(data_dir, VAULT_MARKER)
         if raw is None:
             return None
+        _version, document = KEYRING_MARKER.load(raw, data_dir / VAULT_MARKER)
         try:
-            document = json.loads(raw)
-            if document.get("format") != "edge-vault" or document.get("version") != 1:
-                raise ValueError
             marker = cls(str(document["key"]), KeyringKind(document["ring"]), int(document["uid"]), str(document["boot"]))
             if not marker.key.startswith("edge:"):
                 raise ValueError
             return marker
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise VaultError(
-                f"{data_dir / VAULT_MARKER}: is not an edge vault marker (version 1); it says which kernel key "
-                "holds the root. Nothing was changed."
-            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise KEYRING_MARKER.malformed(data_dir / VAULT_MARKER) from None
 
 
 def _user(uid: int) -> str:
