@@ -238,11 +238,12 @@ def _microphone(config: Config, open_mic: bool) -> Finding:
 
 
 def _vault(config: Config) -> Finding:
-    from edge.crypto.vault import KeyringMarker, open_vault
+    from edge import wiring
+    from edge.crypto.vault import KeyringMarker
 
     data_dir = config.device.data_dir
     try:
-        vault = open_vault(config.vault, data_dir)
+        vault = wiring.open_vault(config.vault, data_dir)
         marker = KeyringMarker.load(data_dir) if config.vault.backend == VaultBackend.KEYRING else None
         if marker is not None and marker.uid != os.geteuid():
             level = vault.level
@@ -280,10 +281,11 @@ def _vault(config: Config) -> Finding:
 def _clock(config: Config) -> Finding:
     """NTP sync, and whether the trusted clock ran ahead, was set back, or read a monotonic
     clock that lied (or cannot be checked): retention counts from it."""
-    from edge.retention.clock import TrustedClock, read_uptime
+    from edge import wiring
+    from edge.retention.clock import read_uptime
 
     try:
-        reading = TrustedClock(config.device.data_dir).read()
+        reading = wiring.read_clock(config.device.data_dir)
     except EdgeError as exc:
         return Finding("clock", Status.FAIL, str(exc), "update edge: the clock's mark was written by a newer one")
     notes = reading.notes()

@@ -152,7 +152,7 @@ def _start_sockets(
     runtime: wiring.Runtime, listeners: tuple[ListenerSettings, ...], microphone: bool
 ) -> tuple[ControlServer, WyomingServer | None]:
     """The control socket, then the Wyoming listeners (if any); nothing left open if one fails."""
-    server = _make_listeners(runtime, listeners) if listeners else None
+    server = wiring.make_listeners(runtime, listeners) if listeners else None
     control = _start_control(runtime, microphone, server)
     try:
         if server is not None:
@@ -163,35 +163,12 @@ def _start_sockets(
         raise
 
 
-def _make_listeners(runtime: wiring.Runtime, listeners: tuple[ListenerSettings, ...]) -> WyomingServer:
-    """The Wyoming listeners (not started), sharing the model, recorder, keystore and audit log."""
-    from edge.wyoming.server import WyomingServer  # asyncio and the protocol: the listeners' alone
-    from edge.wyoming.utterance import Household
-
-    agent = runtime.agent
-    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile, agent.tagger)
-    return WyomingServer(household, listeners)
-
-
 def _start_control(runtime: wiring.Runtime, microphone: bool, listeners: WyomingServer | None) -> ControlServer:
-    """A long-running agent's control socket (only it pays for the imports): its status
-    names what the agent serves and counts the sessions of each."""
-    from edge.control.operations import agent_operations
-    from edge.control.protocol import ControlServer
+    """A long-running agent's control socket, started under the data-folder lock."""
     from edge.disk.lock import DataLock
 
-    config = runtime.config
-    operations = agent_operations(
-        config,
-        runtime.agent,
-        runtime.shredder,
-        runtime.audit,
-        microphone=microphone,
-        listeners=tuple(listener.name for listener in listeners.listeners) if listeners else (),
-        wyoming_sessions=(lambda: listeners.served) if listeners else (lambda: 0),
-    )
-    control = ControlServer(config.device.control_socket, operations)
-    with DataLock(config.device.data_dir):  # two agents starting at once: one gets the socket
+    control = wiring.make_control(runtime, microphone, listeners)
+    with DataLock(runtime.config.device.data_dir):  # two agents starting at once: one gets the socket
         control.start()
     return control
 

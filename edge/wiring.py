@@ -1,9 +1,12 @@
 """The composition root: the one place where edge's parts are built from a config.
 
 The service, the command line, the tests and the benchmarks all assemble what they
-need here, so each part is made the same way everywhere. Every `make_*` builds one
-part, and everything it depends on can be passed in, so a test (or the demo, with
-its in-memory vault) swaps exactly one edge: the clock, the vault, the model.
+need here, so each part is made the same way everywhere. Every `make_*` (and `open_*`)
+builds one part, and everything it depends on can be passed in, so a test (or the demo,
+with its in-memory vault) swaps exactly one edge: the clock, the vault, the model.
+Outside tests, edge's core classes (vaults, keystore, audit log, clock, shredder,
+scheduler, recorder, agent, listeners, control socket) are constructed here and nowhere
+else; `tests/test_layers.py` checks it.
 """
 
 from __future__ import annotations
@@ -18,24 +21,28 @@ from typing import TYPE_CHECKING
 from edge.agent import Agent, SessionRecord
 from edge.audit.log import AuditLog, Checkpoint
 from edge.boot import boot_id
-from edge.config import Config
+from edge.config import Config, ListenerSettings, VaultSettings
 from edge.crypto.guarantee import Vault
-from edge.crypto.vault import open_vault
+from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
-from edge.errors import ConfigError, UsageError
+from edge.disk.versioned import KEYSTORE_V2
+from edge.errors import ConfigError, UsageError, VaultError
 from edge.progress import Meter, Progress
-from edge.retention.clock import TrustedClock, read_uptime
+from edge.retention.clock import Reading, TrustedClock, read_uptime
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
 from edge.store.recorder import Recorder
 from edge.stt.vocabulary import check_trigger_words
 from edge.tagging.voice import VoiceTagger
+from edge.values import VaultBackend
 
 if TYPE_CHECKING:
     from edge.audit.verify import Verification
+    from edge.control.protocol import ControlServer
     from edge.stt.recognizer import SpeechModel
+    from edge.wyoming.server import WyomingServer
 
 
 def make_model(config: Config) -> SpeechModel:
@@ -82,6 +89,28 @@ def check_data_dir(config: Config) -> None:
         )
 
 
+def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
+    """The vault [vault] names; `VaultBackend.RAM` (never configured: the demo's) gives a
+    fresh one in this process's memory. Each backend's own module says what fails and why."""
+    if settings.backend == VaultBackend.TPM:
+        from edge.crypto.tpm import TpmVault  # tpm2-pytss: an optional extra, the TPM vault's alone
+
+        return TpmVault(data_dir, settings.tcti, settings.nv_index)
+    if settings.backend == VaultBackend.KEYRING:
+        return KeyringVault(data_dir, settings.keyring)
+    if settings.backend == VaultBackend.FILE and settings.path is not None:
+        return FileVault(settings.path, data_dir)
+    if settings.backend == VaultBackend.RAM:
+        return MemoryVault()
+    raise VaultError(f'[vault] backend = "{settings.backend}" is not available in this version of edge')
+
+
+def open_audit(config: Config) -> AuditLog:
+    """The audit log alone, without the keystore or the vault: for the commands that only
+    read it or sign its head (show, report, checkpoint, export-key)."""
+    return AuditLog(config.device.data_dir)
+
+
 def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | None = None) -> tuple[Keystore, AuditLog]:
     """The data folder's keystore and audit log; a lost root key is audited when the agent finds it.
     Read-only access (status, verify, report) writes nothing at all."""
@@ -94,7 +123,7 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
         audit.append("root.lost", backend=level.backend, reason=reason)
 
     def migrated(sessions: int, buckets: int) -> None:
-        audit.append("keystore.migrated", version=2, sessions=sessions, buckets=buckets)
+        audit.append("keystore.migrated", version=KEYSTORE_V2.writes, sessions=sessions, buckets=buckets)
 
     converting = Meter("converting the keystore from format 1", "sessions", least=MIGRATION_CHUNK)  # silent off a terminal
     store = Keystore(
@@ -119,6 +148,12 @@ def make_clock(
 def trusted_now(config: Config) -> datetime:
     """Now, by the clock that cannot be set back."""
     return make_clock(config).now()
+
+
+def read_clock(data_dir: Path) -> Reading:
+    """What the trusted clock of `data_dir` reads now, and what is wrong with it (status,
+    doctor); StorageError when its mark is of another version."""
+    return TrustedClock(data_dir).read()
 
 
 def make_shredder(
@@ -199,6 +234,35 @@ def build_runtime(
     recorder = make_recorder(keystore, audit, clock, retention)
     agent = make_agent(config, model, on_session, recorder, profile, clock)
     return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent)
+
+
+def make_listeners(runtime: Runtime, listeners: tuple[ListenerSettings, ...]) -> WyomingServer:
+    """The Wyoming listeners (not started), sharing the runtime's model, recorder, keystore,
+    audit log and voice tagger; each session is tagged by the agent's active profile."""
+    from edge.wyoming.server import WyomingServer  # asyncio and the protocol: the listeners' alone
+    from edge.wyoming.utterance import Household
+
+    agent = runtime.agent
+    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile, agent.tagger)
+    return WyomingServer(household, listeners)
+
+
+def make_control(runtime: Runtime, microphone: bool, listeners: WyomingServer | None) -> ControlServer:
+    """A long-running agent's control socket (not started; only it pays for the imports):
+    its status names what the agent serves and counts the sessions of each."""
+    from edge.control.operations import agent_operations
+    from edge.control.protocol import ControlServer
+
+    operations = agent_operations(
+        runtime.config,
+        runtime.agent,
+        runtime.shredder,
+        runtime.audit,
+        microphone=microphone,
+        listeners=tuple(listener.name for listener in listeners.listeners) if listeners else (),
+        wyoming_sessions=(lambda: listeners.served) if listeners else (lambda: 0),
+    )
+    return ControlServer(runtime.config.device.control_socket, operations)
 
 
 def verification(

@@ -286,7 +286,7 @@ def test_openssl_verifies_a_checkpoint_and_rejects_a_forged_one(household, tmp_p
 def test_old_data_folder_put_back_after_a_purge_names_the_overdue_session(household, tmp_path):
     config, data_dir, sessions, _ = household
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
+    from edge.wiring import open_vault
 
     settings = load_config(config)
     vault = open_vault(settings.vault, data_dir)
@@ -326,8 +326,8 @@ def test_log_holds_no_audio_no_words_no_keys(household):
     text = log.read_text()
     assert "AGE-SECRET-KEY" not in text and "\\uba54" not in text  # no identities, no escaped Hangul
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
     from edge.store.keystore import Keystore
+    from edge.wiring import open_vault
 
     settings = load_config(config)
     vault = open_vault(settings.vault, data_dir)

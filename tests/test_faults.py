@@ -123,7 +123,7 @@ def test_a_commit_cut_short_in_the_wal_is_whole_or_absent(recorded, tmp_path):
     """A power cut while SQLite appends a commit to the WAL, at every frame boundary and
     inside frames: the keystore then opens as before the commit or after it, never a mix."""
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
+    from edge.wiring import open_vault
 
     config_path, data, _ = recorded
     config = load_config(config_path)

@@ -195,8 +195,8 @@ def test_after_a_power_cut_only_the_agent_records_the_loss(write_config, clip):
 def test_a_forget_killed_in_the_ratchet_is_finished(write_config, clip, tmp_path, selector):
 
     from edge.config import load_config
-    from edge.crypto.vault import open_vault
     from edge.store.keystore import Keystore
+    from edge.wiring import open_vault
 
     config = write_config(mode="always")
     first, second = record(config, clip)

@@ -43,8 +43,8 @@ LAYERS: list[set[str]] = [
     {"edge.tagging"},
     {"edge.session"},  # one session's life: tag, decoder, where its audio goes (held or sealed)
     {"edge.agent"},  # the pipeline
-    {"edge.wiring"},  # the composition root
     {"edge.control", "edge.wyoming"},  # siblings: the control socket; the Wyoming speech-to-text listeners
+    {"edge.wiring"},  # the composition root: builds all of the above
     {"edge.service", "edge.doctor"},
     {"edge.cli"},
     {"edge.__main__"},
@@ -206,3 +206,85 @@ def test_the_readme_map_names_every_unit():
         if not named:
             missing.append(f"edge/{short}/" if package else short)
     assert missing == [], f"README.md's Development map does not name: {', '.join(missing)}"
+
+
+BUILT_IN_WIRING = frozenset(
+    {
+        "KeyringVault",
+        "FileVault",
+        "MemoryVault",
+        "TpmVault",
+        "Keystore",
+        "AuditLog",
+        "TrustedClock",
+        "Shredder",
+        "RetentionService",
+        "Recorder",
+        "Agent",
+        "VoiceTagger",
+        "Household",
+        "WyomingServer",
+        "ControlServer",
+    }
+)
+"""edge's core parts: outside tests, only the composition root (edge/wiring.py) constructs them."""
+
+
+def constructions(path: Path, classes: frozenset[str]) -> list[str]:
+    """Where `path` calls one of `classes` ("LINE: Name"), by name, as `module.Name` or under
+    an alias of its import."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {name: name for name in classes}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names |= {alias.asname: alias.name for alias in node.names if alias.name in classes and alias.asname}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if called in names:
+                found.append((node.lineno, names[called]))
+    return [f"{line}: {name}" for line, name in sorted(found)]
+
+
+def test_core_parts_are_built_only_in_wiring():
+    """One composition root: a command or the service that builds a vault, a keystore, an
+    audit log or a server itself builds it differently from everyone else; wiring has a
+    `make_*` or `open_*` for each."""
+    wrong = [
+        f"{path.relative_to(EDGE.parent)}:{where}"
+        for name, path in edge_modules().items()
+        if name != "edge.wiring"
+        for where in constructions(path, BUILT_IN_WIRING)
+    ]
+    assert wrong == [], "build these through edge/wiring.py:\n" + "\n".join(wrong)
+
+
+def test_the_core_parts_are_classes_of_edge():
+    """A part renamed must be renamed here too, or the check above would look for nothing."""
+    defined = {
+        node.name
+        for path in edge_modules().values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert BUILT_IN_WIRING - defined == set()
+    assert constructions(EDGE / "wiring.py", BUILT_IN_WIRING), "wiring builds them"
+
+
+def test_the_construction_check_can_fail(tmp_path):
+    """Positive control: a direct call, a call through its module, and one under an alias."""
+    path = tmp_path / "command.py"
+    path.write_text(
+        "from edge.audit.log import AuditLog as Log\nfrom edge.store import keystore\n"
+        "def f(d):\n    Log(d)\n    keystore.Keystore(d, None)\n    return AuditLog(d)\n"
+    )
+    assert constructions(path, BUILT_IN_WIRING) == ["4: AuditLog", "5: Keystore", "6: AuditLog"]
+
+
+def test_the_vault_module_does_not_choose_a_backend():
+    """Which vault a folder uses is the config's choice, made in wiring: crypto/vault.py knows
+    how its backends keep a root, never reads the config nor reaches for the TPM's module."""
+    modules = edge_modules()
+    assert {"edge.config", "edge.crypto.tpm"} & imports_of(modules["edge.crypto.vault"], "edge.crypto.vault") == set()

@@ -228,7 +228,6 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     """Once a sweep has left the folder clean, the next shred deletes its sessions' files by
     name (100,000 retained sessions are 200,000 files: listing them cost every start half a
     second), including the temp copy a power cut left of a transcript being written."""
-    from edge.disk import files
     from edge.retention import shredder as module
 
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
@@ -243,7 +242,7 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
             raise SystemExit("power cut")
         real_replace(source, target, **kwargs)
 
-    monkeypatch.setattr(files.os, "replace", power_cut_before_the_rename)
+    monkeypatch.setattr(os, "replace", power_cut_before_the_rename)
     with pytest.raises(SystemExit):
         record(store, clock, config, "child")
     monkeypatch.undo()

@@ -14,11 +14,12 @@ import pytest
 
 from edge.config import load_config
 from edge.crypto.tpm import TpmVault
-from edge.crypto.vault import KeyringVault, open_vault
+from edge.crypto.vault import KeyringVault
 from edge.disk.layout import recording_path, transcript_path
 from edge.errors import ConfigError, KeystoreError, VaultError
 from edge.store.keystore import Keystore
 from edge.values import KeyringKind
+from edge.wiring import open_vault
 
 from support import FakeWall, MicAgent, edge_agent, faketime, keystore_rows, openable, pcm_of, record, record_in_process, retention_parts
 

@@ -38,6 +38,7 @@ from edge.boot import boot_id
 from edge.disk.files import open_in, read_in, why, write_atomic_in
 from edge.disk.layout import AUDIT_KEY, AUDIT_LOG
 from edge.disk.lock import DataLock
+from edge.disk.versioned import AUDIT_HEADER
 from edge.errors import AuditError, EdgeError, StorageError
 from edge.faults import armed, crash_point
 
@@ -276,6 +277,7 @@ class AuditLog:
             log = entry["fields"]["log"]
             if entry["type"] != "log.created" or not isinstance(log, str):
                 raise ValueError
+            AUDIT_HEADER.check(entry["fields"], self.path)  # a newer edge's log is never signed as this one's
             return log
         except (ValueError, TypeError, KeyError):
             raise AuditError(f"{self.path}: line 1 is not the log.created entry; `edge-agent audit verify` explains") from None

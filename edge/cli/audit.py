@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edge import wiring
-from edge.audit.log import EVENT_TYPES, AuditLog
+from edge.audit.log import EVENT_TYPES
 from edge.cli.base import Command, config_of, log
 from edge.disk.outputs import check_output, write_output
 from edge.errors import UsageError
@@ -57,7 +57,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     signature_out = out.with_name(out.name + ".sig")
     check_output(out, data_dir)
     check_output(signature_out, data_dir)
-    checkpoint = AuditLog(data_dir).checkpoint()
+    checkpoint = wiring.open_audit(config).checkpoint()
     write_output(out, checkpoint.text, data_dir)
     write_output(signature_out, checkpoint.signature, data_dir)
     print(f"checkpoint of {checkpoint.entries} entries written to {out} and {out.name}.sig")
@@ -67,7 +67,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 def _export_key(args: argparse.Namespace) -> int:
     config = config_of(args)
     check_output(Path(args.out), config.device.data_dir)
-    write_output(Path(args.out), AuditLog(config.device.data_dir).public_key_pem(), config.device.data_dir)
+    write_output(Path(args.out), wiring.open_audit(config).public_key_pem(), config.device.data_dir)
     print(f"public key written to {args.out}")
     return 0
 
@@ -82,7 +82,7 @@ def _show(args: argparse.Namespace) -> int:
     config = config_of(args)
     since = parse_instant(args.since, "--since")
     undated = 0
-    for entry in AuditLog(config.device.data_dir).entries():
+    for entry in wiring.open_audit(config).entries():
         if types and entry["type"] not in types:
             continue
         if since:
@@ -115,13 +115,12 @@ def _report(args: argparse.Namespace) -> int:
         )
     config = config_of(args)
     from edge.audit.report import render
-    from edge.crypto.vault import open_vault
 
     if not to_stdout:
         check_output(Path(args.html), config.device.data_dir)
     result = wiring.verification(config)
-    level = open_vault(config.vault, config.device.data_dir).level
-    page = render(list(AuditLog(config.device.data_dir).entries()), config, level, result, wiring.trusted_now(config))
+    level = wiring.open_vault(config.vault, config.device.data_dir).level
+    page = render(list(wiring.open_audit(config).entries()), config, level, result, wiring.trusted_now(config))
     said = "" if result.ok else " (the audit log did NOT verify: see the page)"
     if to_stdout:
         sys.stdout.buffer.write(page.encode("utf-8"))

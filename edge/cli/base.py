@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NoReturn
 
+from edge import wiring
 from edge.agent import SessionRecord
 from edge.config import BUILTIN_CONFIG, Config, load_config, resolve_config_path
 from edge.errors import AgentNotRunning, ControlError, EdgeError, UsageError
 from edge.instants import iso_utc
-from edge.retention.clock import Reading, TrustedClock
+from edge.retention.clock import Reading
 from edge.retention.shredder import ShredReport
 from edge.store.keystore import Keystore
 from edge.store.tables import KeystoreData
@@ -146,7 +147,7 @@ def clock_state(store: Keystore, data: KeystoreData) -> tuple[Reading | None, li
     if data.rewind is not None and not data.rewind.finished:
         notes.append("a rewind of the clock was cut short; the next purge, forget or agent start finishes it")
     try:
-        reading = TrustedClock(store.data_dir).read()
+        reading = wiring.read_clock(store.data_dir)
     except EdgeError as exc:
         return None, [*notes, str(exc)]
     return reading, notes + reading.notes()

@@ -12,7 +12,6 @@ from edge import wiring
 from edge.audio.wavfile import open_wav, read_pipeline_chunks
 from edge.cli.base import Command, config_of, print_status, refuse_text_into_journal, session_printer
 from edge.config import LISTENER_URIS, check_listeners, default_audio_per_minute, make_listener
-from edge.crypto.vault import MemoryVault
 from edge.errors import UsageError
 from edge.service import run_agent, serve
 from edge.store.keystore import Access
@@ -107,11 +106,11 @@ def _demo(args: argparse.Namespace) -> int:
     data folder and control socket, and a root key that lives only in this process."""
     refuse_text_into_journal("demo")
     config = config_of(args, quiet=True)
-    vault = MemoryVault()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch:
         data_dir = Path(scratch) / "data"
         device = replace(config.device, data_dir=data_dir, control_socket=Path(scratch) / "control.sock")
         config = replace(config, device=device, vault=replace(config.vault, backend=VaultBackend.RAM, path=None))
+        vault = wiring.open_vault(config.vault, data_dir)  # in this process's memory only
         trigger = config.trigger
         profile = next((p for p in config.profiles if p.is_child and p.keep_audio), config.profiles[0])
         print(f"edge demo: config {config.path}")

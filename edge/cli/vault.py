@@ -14,7 +14,6 @@ from edge import wiring
 from edge.cli.base import Command, config_of, refuse_running_agent
 from edge.config import DEFAULT_NV_INDEX, DEFAULT_TCTI, NV_INDEX_FIRST, NV_INDEX_LAST, TCTI_KINDS, Config
 from edge.crypto.guarantee import Vault
-from edge.crypto.vault import open_vault
 from edge.disk.files import exists_in
 from edge.disk.layout import TPM_MARKER
 from edge.errors import KeystoreError, UsageError, VaultError
@@ -28,7 +27,7 @@ def _migrate(args: argparse.Namespace) -> int:
         raise UsageError(f'{config.path}: [vault] backend is "tpm" already; there is nothing to move')
     refuse_running_agent(config, VaultError)
     target_settings = replace(config.vault, backend=VaultBackend.TPM, path=None, tcti=args.tcti, nv_index=args.nv_index)
-    target = open_vault(target_settings, config.device.data_dir)  # a missing TPM fails here, before anything changes
+    target = wiring.open_vault(target_settings, config.device.data_dir)  # a missing TPM fails here, before anything changes
     store, audit = wiring.open_store(config)
     old = store.vault.level
     sessions = _move(store, target, config)

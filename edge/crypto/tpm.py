@@ -32,7 +32,6 @@ process (a `purge` beside the agent) may have swapped the slots since.
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from edge.crypto.guarantee import GuaranteeLevel
 from edge.disk.files import read_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER
+from edge.disk.versioned import TPM_VAULT_MARKER
 from edge.errors import VaultError
 from edge.values import VaultBackend
 
@@ -53,7 +53,6 @@ ROOT_BYTES = 32
 AUTH_BYTES = 32
 EMPTY = bytes(ROOT_BYTES)
 """What an erased slot holds (a random root is never all zeros)."""
-MARKER_VERSION = 2
 OWNER_NV_FIRST = 0x01000000
 OWNER_NV_LAST = 0x013FFFFF
 """The NV index range the TCG reserves for the TPM's owner (edge uses INDEX and INDEX + 1)."""
@@ -85,15 +84,7 @@ class TpmMarker:
     """Which index is the "current" slot: index + current (0 or 1); "next" is the other."""
 
     def to_json(self) -> bytes:
-        document = {
-            "format": "edge-vault",
-            "version": MARKER_VERSION,
-            "backend": "tpm",
-            "index": self.index,
-            "auth": self.auth.hex(),
-            "current": self.current,
-        }
-        return json.dumps(document).encode()
+        return TPM_VAULT_MARKER.dump({"index": self.index, "auth": self.auth.hex(), "current": self.current})
 
     def index_of(self, slot: str) -> int:
         return self.index + (self.current if slot == "current" else 1 - self.current)
@@ -103,11 +94,8 @@ class TpmMarker:
         raw = read_in(data_dir, TPM_MARKER)
         if raw is None:
             return None
+        version, document = TPM_VAULT_MARKER.load(raw, data_dir / TPM_MARKER)
         try:
-            document = json.loads(raw)
-            version = document.get("version")
-            if document.get("format") != "edge-vault" or version not in (1, MARKER_VERSION) or document.get("backend") != "tpm":
-                raise ValueError
             current = 0 if version == 1 else document["current"]
             if current not in (0, 1) or isinstance(current, bool):
                 raise ValueError
@@ -115,11 +103,8 @@ class TpmMarker:
             if not OWNER_NV_FIRST <= marker.index < OWNER_NV_LAST or len(marker.auth) != AUTH_BYTES:
                 raise ValueError
             return marker
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise VaultError(
-                f"{data_dir / TPM_MARKER}: is not an edge TPM vault marker (versions 1 and {MARKER_VERSION}); it says "
-                "which TPM NV index holds the root. Nothing was changed."
-            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise TPM_VAULT_MARKER.malformed(data_dir / TPM_MARKER) from None
 
 
 def _library() -> Any:

@@ -18,18 +18,17 @@ the keystore is re-sealed under it, then it becomes "current".
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pwd
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.boot import boot_id
-from edge.config import VaultSettings
 from edge.crypto import keyring
-from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel, Vault
+from edge.crypto.guarantee import ROOT_BYTES, SLOTS, GuaranteeLevel
 from edge.disk.files import atomic_write, destroy_temps, exists_in, folder_fd, open_in, read_in, unlink_in, write_atomic_in
 from edge.disk.layout import TPM_MARKER, VAULT_MARKER
+from edge.disk.versioned import KEYRING_MARKER
 from edge.errors import KeyringError, StorageError, VaultError
 from edge.values import KeyringKind, VaultBackend
 
@@ -54,26 +53,21 @@ class KeyringMarker:
     """The kernel boot id when it was put there."""
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": "edge-vault", "version": 1, "backend": VaultBackend.KEYRING, **asdict(self)}).encode()
+        return KEYRING_MARKER.dump(asdict(self))
 
     @classmethod
     def load(cls, data_dir: Path) -> KeyringMarker | None:
         raw = read_in(data_dir, VAULT_MARKER)
         if raw is None:
             return None
+        _version, document = KEYRING_MARKER.load(raw, data_dir / VAULT_MARKER)
         try:
-            document = json.loads(raw)
-            if document.get("format") != "edge-vault" or document.get("version") != 1:
-                raise ValueError
             marker = cls(str(document["key"]), KeyringKind(document["ring"]), int(document["uid"]), str(document["boot"]))
             if not marker.key.startswith("edge:"):
                 raise ValueError
             return marker
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise VaultError(
-                f"{data_dir / VAULT_MARKER}: is not an edge vault marker (version 1); it says which kernel key "
-                "holds the root. Nothing was changed."
-            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise KEYRING_MARKER.malformed(data_dir / VAULT_MARKER) from None
 
 
 def _user(uid: int) -> str:
@@ -99,7 +93,15 @@ class KeyringVault:
         self._new_ring = ring
         """Where a folder's first root goes; an existing root stays in the ring its marker names."""
         self._marker = KeyringMarker.load(data_dir)
-        self._ring()  # fail now, with a clear error, if the keyring is unavailable
+        try:
+            self._ring()  # fail now, with a clear error, if the keyring is unavailable
+        except KeyringError as exc:
+            if ring == KeyringKind.PERSISTENT and not _persistent_keyrings():
+                raise VaultError(NO_PERSISTENT_KEYRINGS) from None
+            raise VaultError(
+                f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
+                '(some containers block it); use backend = "file" with a path.'
+            ) from None
 
     def _key(self) -> str:
         if self._marker is not None:
@@ -289,24 +291,3 @@ def refuse_if_moved_to_tpm(data_dir: Path) -> None:
             'Set [vault] backend = "tpm" in the config. If that migration was interrupted, run it again. '
             "Nothing was changed."
         )
-
-
-def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
-    """The vault [vault] names (the demo makes its MemoryVault itself)."""
-    if settings.backend == VaultBackend.TPM:
-        from edge.crypto.tpm import TpmVault
-
-        return TpmVault(data_dir, settings.tcti, settings.nv_index)
-    if settings.backend == VaultBackend.KEYRING:
-        try:
-            return KeyringVault(data_dir, settings.keyring)
-        except KeyringError as exc:
-            if settings.keyring == KeyringKind.PERSISTENT and not _persistent_keyrings():
-                raise VaultError(NO_PERSISTENT_KEYRINGS) from None
-            raise VaultError(
-                f'[vault] backend = "keyring": {exc}. The kernel keyring is unavailable here '
-                '(some containers block it); use backend = "file" with a path.'
-            ) from None
-    if settings.backend == VaultBackend.FILE and settings.path is not None:
-        return FileVault(settings.path, data_dir)
-    raise VaultError(f'[vault] backend = "{settings.backend}" is not available in this version of edge')

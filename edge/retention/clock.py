@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,10 +32,10 @@ from pathlib import Path
 from edge.boot import boot_id
 from edge.disk.files import read_in, write_atomic_in
 from edge.disk.layout import CLOCK
+from edge.disk.versioned import CLOCK_MARK, decode
 from edge.durations import human
 from edge.errors import StorageError
 
-CLOCK_VERSION = 1
 SET_BACK_TOLERANCE = timedelta(seconds=2)
 """A wall clock this far behind the trusted time counts as set back (an anomaly)."""
 RAN_AHEAD = timedelta(minutes=1)
@@ -231,7 +230,6 @@ class TrustedClock:
     def _write(self, mark: Mark, required: bool) -> None:
         self._mark = mark
         document: dict[str, object] = {
-            "version": CLOCK_VERSION,
             "wall": mark.wall.isoformat(),
             "monotonic": mark.monotonic,
             "boot": mark.boot,
@@ -241,7 +239,7 @@ class TrustedClock:
         if mark.rewind is not None:
             document["rewind"] = mark.rewind
         try:
-            write_atomic_in(self.data_dir, CLOCK, json.dumps(document).encode())
+            write_atomic_in(self.data_dir, CLOCK, CLOCK_MARK.dump(document))
         except StorageError:
             if required:
                 raise
@@ -251,17 +249,10 @@ class TrustedClock:
         raw = read_in(self.data_dir, CLOCK)  # StorageError names the file when it cannot be read
         if raw is None:
             return None
-        try:
-            document = json.loads(raw)
-            version = document.get("version")
-        except (ValueError, AttributeError):
+        document = decode(raw)
+        if document is None:
             return None  # a damaged mark only loses protection against a set-back (see FORMATS section 8)
-        if version != CLOCK_VERSION:
-            raise StorageError(
-                f"{self.path}: the clock's high-water mark is version {version!r}; this edge reads version "
-                f"{CLOCK_VERSION} (written by a newer edge? update edge; without the file, a clock set back would "
-                "lengthen retention)"
-            )
+        CLOCK_MARK.check(document, self.path)
         try:
             uptime, rewind = document.get("uptime"), document.get("rewind")
             return Mark(

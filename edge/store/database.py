@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 from edge.disk.files import create_in, folder_fd
 from edge.disk.layout import KEYSTORE_DB, KEYSTORE_DB_FILES
+from edge.disk.versioned import KEYSTORE_V2
 from edge.errors import KeystoreError, StorageError
 
-FORMAT_VERSION = 2
 PAGE_BYTES = 2048
 """Small pages: a session commit changes a handful of them (its row, three index entries, the
 state), so each page written is mostly what changed (bytes per commit, flash wear); 2048
@@ -174,7 +174,7 @@ def initialise(connection: sqlite3.Connection) -> None:
         if statement.strip():
             connection.execute(statement)
     connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    connection.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+    connection.execute(f"PRAGMA user_version = {KEYSTORE_V2.writes}")
 
 
 def check_version(connection: sqlite3.Connection, path: Path) -> None:
@@ -182,12 +182,13 @@ def check_version(connection: sqlite3.Connection, path: Path) -> None:
         connection.execute("PRAGMA application_id").fetchone()[0],
         connection.execute("PRAGMA user_version").fetchone()[0],
     )
-    if application != APPLICATION_ID or version != FORMAT_VERSION:
+    if application != APPLICATION_ID:
         raise KeystoreError(
-            f"{path}: not an edge keystore of version {FORMAT_VERSION} (application id {application:#x}, version {version}); "
-            "nothing was changed",
+            f"{path}: is not an edge keystore (its SQLite application id is {application:#x}, not {APPLICATION_ID:#x}). "
+            "Nothing was changed.",
             path=path,
         )
+    KEYSTORE_V2.require(version, path)
 
 
 def failed(path: Path, exc: sqlite3.Error) -> StorageError | KeystoreError:

@@ -17,13 +17,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge.crypto.age import Identity
+from edge.disk.layout import KEYSTORE
+from edge.disk.versioned import KEYSTORE_V1
 from edge.errors import KeystoreError
 from edge.store.records import Bucket, PendingForget, SessionEntry
 from edge.store.rows import derive, unseal
 from edge.values import DataKind, TagRule
 
 MAGIC = b"edge-keystore/v1\n"
-VERSION = 1
 
 
 @dataclass
@@ -46,8 +47,7 @@ def open_v1(root: bytes, sealed: bytes) -> LegacyKeystore:
 
 
 def _records(root: bytes, document: dict[str, Any]) -> LegacyKeystore:
-    if document.get("format") != "edge-keystore" or document.get("version") != VERSION:
-        raise KeystoreError(f"the keystore is version {document.get('version')!r}; this edge reads versions 1 and 2")
+    KEYSTORE_V1.check(document, KEYSTORE)
     identities = ChaCha20Poly1305(derive(root, b"edge/v1 bucket identity"))
     buckets = [_bucket(identities, b) for b in document["buckets"]]
     sessions = [_session(s) for s in document["sessions"]]
