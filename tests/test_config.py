@@ -1,9 +1,11 @@
+import re
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from edge.config import BUILTIN_CONFIG, load_config
+from edge.config import BUILTIN_CONFIG, allowed_keys, load_config, parse_config
 from edge.errors import ConfigError
 from edge.values import TriggerMode
 
@@ -43,36 +45,84 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_example_config_is_valid_and_documents_every_key():
+def test_example_config_is_valid():
     config = load_config(ROOT / "configs" / "household.example.toml")
     assert [p.name for p in config.profiles] == ["parent", "child", "guest"]
     assert config.profile("child").is_child and not config.profile("child").allow_training
     assert config.trigger.mode == "wake" and config.trigger.wake_phrase == "라디오"
-    text = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
-    for key in (
-        "data_dir",
-        "model",
-        "sample_rate",
-        "input_device",
-        "backend",
-        "path",
-        "mode",
-        "wake_phrase",
-        "grammar",
-        "silence_end",
-        "max_session",
-        "wake_timeout",
-        "vad_aggressiveness",
-        "active_profile",
-        "kind",
-        "keep_audio",
-        "keep_transcript",
-        "allow_training",
-        "inactive_after",
-        "uri",
-        "name",
-    ):
-        assert f"{key} =" in text, key
+
+
+EXAMPLE_HEADERS = {
+    **{table: f"[{table}]" for table in ("device", "vault", "trigger", "household", "retention", "speaker")},
+    "profiles.NAME": "[profiles.parent]",
+    "wyoming": "[[wyoming]]",
+}
+"""Where in the example each table's keys are shown (a profile's: in the first profile)."""
+
+
+def undocumented_in_example(text: str) -> list[str]:
+    """The keys the parser allows that the example config does not show (set, or commented
+    out as `# key =`) in their own table."""
+    missing = []
+    for table, keys in allowed_keys().items():
+        if table == "":
+            missing += [name for name in keys if not re.search(rf"^(# )?\[\[?{name}[].]", text, re.MULTILINE)]
+            continue
+        header = re.search(rf"^(# )?{re.escape(EXAMPLE_HEADERS[table])}", text, re.MULTILINE)
+        assert header is not None, f"the example config has no {EXAMPLE_HEADERS[table]} table"
+        section = re.split(r"^(?:# )?\[", text[header.end() :], maxsplit=1, flags=re.MULTILINE)[0]
+        missing += [f"{table}.{key}" for key in keys if not re.search(rf"^(# )?{key} =", section, re.MULTILINE)]
+    return missing
+
+
+def undocumented_in_readme(text: str) -> list[str]:
+    """The keys the parser allows that README's Configuration table has no row for."""
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        found = re.match(r"^\| `(\[\[?[a-zA-Z.]+\]\]?) ([^|]*)\|", line)
+        if found:
+            rows.setdefault(found[1], set()).update(re.findall(r"`([a-z_]+)`", f"`{found[2]}"))
+    missing = []
+    for table, keys in allowed_keys().items():
+        if table != "":
+            header = f"[[{table}]]" if table == "wyoming" else f"[{table}]"
+            missing += [f"{table}.{key}" for key in keys if key not in rows.get(header, set())]
+    return missing
+
+
+def test_allowed_keys_are_the_parsers():
+    """allowed_keys is what the reader enforces: each table's unknown-key error lists exactly
+    those keys, and a few keys known to be there are."""
+    keys = allowed_keys()
+    assert {"data_dir", "control_socket"} <= set(keys["device"]) and "keep_unrecognised" in keys["wyoming"]
+    assert set(keys[""]) == {"device", "vault", "trigger", "household", "retention", "speaker", "profiles", "wyoming"}
+    for table in ("device", "vault", "household", "retention", "speaker"):
+        data = tomllib.loads(BASE)
+        data.setdefault(table, {})["no_such_key"] = 1
+        with pytest.raises(ConfigError) as caught:
+            parse_config(data, Path("/x/household.toml"))
+        assert str(caught.value).endswith(f"the keys allowed there are: {', '.join(keys[table])}"), str(caught.value)
+
+
+def test_example_config_documents_every_key():
+    """A key added to the parser and not to the example config fails here: the list of keys
+    is the parser's own (allowed_keys), not one kept by hand beside it."""
+    assert undocumented_in_example((ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")) == []
+
+
+def test_readme_documents_every_key():
+    assert undocumented_in_readme((ROOT / "README.md").read_text(encoding="utf-8")) == []
+
+
+def test_a_key_left_out_is_named():
+    """Positive control: removing a key's line (one the old hand-written list did not have)
+    from the example or README's row is caught, in its table."""
+    example = (ROOT / "configs" / "household.example.toml").read_text(encoding="utf-8")
+    assert undocumented_in_example(example.replace("wake_confidence = 0.8", "")) == ["trigger.wake_confidence"]
+    assert undocumented_in_example(example.replace("# keep_unrecognised = false", "")) == ["wyoming.keep_unrecognised"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert undocumented_in_readme(readme.replace(", `margin` |", " |")) == ["speaker.margin"]
 
 
 def test_wyoming_listeners(tmp_path):

@@ -10,13 +10,14 @@ without opening any of them.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge.errors import KeystoreError
+from edge.store.lazy import LazyTable
 from edge.store.records import Bucket, ClockRewind, PendingForget, SessionEntry, Voiceprint
 from edge.store.rows import RootKeys, seal, session_context, session_document, session_from, session_key, state_document, state_from, unseal
 
@@ -122,17 +123,15 @@ class KeystoreData:
         return index
 
 
-class BucketTable(MutableMapping[str, Bucket]):
+class BucketTable(LazyTable[Bucket]):
     """Buckets by id. One is found by its lookup tag (a keyed hash of the id) without opening
     any other; iterating opens them all (O(live buckets): the sweep, the ratchet, status)."""
 
     def __init__(self, owner: KeystoreData) -> None:
+        super().__init__()
         self._owner = owner
-        self._known: dict[str, Bucket] = {}
         self._handles: dict[str, int] = {}
         self._ids: dict[int, str] = {}
-        self._dirty: set[str] = set()
-        self._gone: set[str] = set()
         self._complete = False
 
     def _remember(self, handle: int, sealed: bytes) -> Bucket:
@@ -152,34 +151,32 @@ class BucketTable(MutableMapping[str, Bucket]):
                     self._remember(handle, sealed)
             self._complete = True
 
-    def __getitem__(self, bucket_id: str) -> Bucket:
-        if bucket_id in self._gone:
-            raise KeyError(bucket_id)
-        found = self._known.get(bucket_id)
-        if found is not None or self._complete:
-            if found is None:
-                raise KeyError(bucket_id)
-            return found
-        row = self._owner.db.execute(
-            "SELECT handle, sealed FROM buckets WHERE lookup = ?", (self._owner.keys.lookup(bucket_id),)
-        ).fetchone()
+    def _load(self, key: str) -> Bucket | None:
+        if self._complete:  # every row is known already
+            return None
+        row = self._owner.db.execute("SELECT handle, sealed FROM buckets WHERE lookup = ?", (self._owner.keys.lookup(key),)).fetchone()
         if row is None:
-            raise KeyError(bucket_id)
+            return None
         bucket = self._remember(*row)
-        if bucket.id != bucket_id:
+        if bucket.id != key:
             raise KeystoreError(f"bucket row {row[0]}: its lookup tag names another bucket (keystore damaged)")
         return bucket
 
-    def __setitem__(self, bucket_id: str, bucket: Bucket) -> None:
-        self._known[bucket_id] = bucket
-        self._dirty.add(bucket_id)
-        self._gone.discard(bucket_id)
+    def _seal(self, key: str, value: Bucket) -> None:
+        db, keys = self._owner.db, self._owner.keys
+        handle = self._handles.get(key)
+        if handle is None:  # the row's handle is bound into its seal, so it is made first
+            cursor = db.execute("INSERT INTO buckets (lookup, sealed) VALUES (?, x'')", (keys.lookup(key),))
+            handle = cursor.lastrowid
+            assert handle is not None
+            self._handles[key], self._ids[handle] = handle, key
+        db.execute("UPDATE buckets SET sealed = ? WHERE handle = ?", (keys.seal_bucket(handle, value), handle))
 
-    def __delitem__(self, bucket_id: str) -> None:
-        self[bucket_id]  # KeyError if there is none
-        del self._known[bucket_id]
-        self._dirty.discard(bucket_id)
-        self._gone.add(bucket_id)
+    def _delete(self, key: str) -> None:
+        handle = self._handles.pop(key, None)
+        if handle is not None:
+            self._owner.db.execute("DELETE FROM buckets WHERE handle = ?", (handle,))
+            del self._ids[handle]
 
     def __iter__(self) -> Iterator[str]:
         self._load_all()
@@ -188,9 +185,6 @@ class BucketTable(MutableMapping[str, Bucket]):
     def __len__(self) -> int:
         self._load_all()
         return len(self._known)
-
-    def __contains__(self, bucket_id: object) -> bool:
-        return isinstance(bucket_id, str) and self.get(bucket_id) is not None
 
     def rename(self, bucket_id: str, bucket: Bucket) -> None:
         """Give a bucket another id (a clock rewind moved its expiry, which its id names),
@@ -230,25 +224,6 @@ class BucketTable(MutableMapping[str, Bucket]):
             self._load_all()
         return self._ids.get(handle)
 
-    def flush(self) -> None:
-        db, keys = self._owner.db, self._owner.keys
-        for bucket_id in sorted(self._gone):
-            handle = self._handles.pop(bucket_id, None)
-            if handle is not None:
-                db.execute("DELETE FROM buckets WHERE handle = ?", (handle,))
-                del self._ids[handle]
-        self._gone.clear()
-        for bucket_id in sorted(self._dirty):
-            bucket = self._known[bucket_id]
-            handle = self._handles.get(bucket_id)
-            if handle is None:  # the row's handle is bound into its seal, so it is made first
-                cursor = db.execute("INSERT INTO buckets (lookup, sealed) VALUES (?, x'')", (keys.lookup(bucket_id),))
-                handle = cursor.lastrowid
-                assert handle is not None
-                self._handles[bucket_id], self._ids[handle] = handle, bucket_id
-            db.execute("UPDATE buckets SET sealed = ? WHERE handle = ?", (keys.seal_bucket(handle, bucket), handle))
-        self._dirty.clear()
-
     def reseal(self, keys: RootKeys) -> None:
         self._load_all()
         self.flush()
@@ -260,14 +235,12 @@ class BucketTable(MutableMapping[str, Bucket]):
             )
 
 
-class SessionTable(MutableMapping[str, SessionEntry]):
+class SessionTable(LazyTable[SessionEntry]):
     """Sessions by id; each row is opened when first asked for."""
 
     def __init__(self, owner: KeystoreData) -> None:
+        super().__init__()
         self._owner = owner
-        self._known: dict[str, SessionEntry] = {}
-        self._dirty: set[str] = set()
-        self._gone: set[str] = set()
         self._keys: dict[bytes, ChaCha20Poly1305] = {}
         """Row keys by identity secret (a handful of buckets seal thousands of rows)."""
 
@@ -299,34 +272,36 @@ class SessionTable(MutableMapping[str, SessionEntry]):
             key = self._keys[secret] = session_key(secret)
         return key
 
-    def __getitem__(self, session_id: str) -> SessionEntry:
-        if session_id in self._gone:
-            raise KeyError(session_id)
-        found = self._known.get(session_id)
-        if found is None:
-            row = self._owner.db.execute("SELECT sealer, audio, transcript, sealed FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            if row is None:
-                raise KeyError(session_id)
-            found = self._known[session_id] = self._open(session_id, *row)
-        return found
+    def _load(self, key: str) -> SessionEntry | None:
+        row = self._owner.db.execute("SELECT sealer, audio, transcript, sealed FROM sessions WHERE id = ?", (key,)).fetchone()
+        return None if row is None else self._open(key, *row)
 
-    def __setitem__(self, session_id: str, entry: SessionEntry) -> None:
-        self._known[session_id] = entry
-        self._dirty.add(session_id)
-        self._gone.discard(session_id)
+    def _stored(self, key: str) -> bool:
+        return self._owner.db.execute("SELECT 1 FROM sessions WHERE id = ?", (key,)).fetchone() is not None
 
-    def __delitem__(self, session_id: str) -> None:
-        self[session_id]  # KeyError if there is none
-        del self._known[session_id]
-        self._dirty.discard(session_id)
-        self._gone.add(session_id)
+    def _seal(self, key: str, value: SessionEntry) -> None:
+        db, buckets = self._owner.db, self._owner.buckets
+        audio = buckets.handle_of(value.audio_bucket) if value.audio_bucket else None
+        transcript = buckets.handle_of(value.transcript_bucket) if value.transcript_bucket else None
+        sealer_id = _sealer(value, audio, transcript)
+        if sealer_id is None:  # nothing of it is kept
+            self._delete(key)
+            return
+        sealer = buckets.handle_of(sealer_id)
+        bucket = buckets[sealer_id]
+        assert sealer is not None
+        sealed = seal(self._key(bucket.secret), session_document(value), session_context(key, sealer))
+        db.execute(
+            "INSERT OR REPLACE INTO sessions (id, sealer, audio, transcript, sealed) VALUES (?, ?, ?, ?, ?)",
+            (key, sealer, audio, transcript, sealed),
+        )
 
-    def __contains__(self, session_id: object) -> bool:
-        if not isinstance(session_id, str) or session_id in self._gone:
-            return False
-        if session_id in self._known:
-            return True
-        return self._owner.db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+    def _delete(self, key: str) -> None:
+        self._owner.db.execute("DELETE FROM sessions WHERE id = ?", (key,))
+
+    def flush(self) -> None:
+        self._owner.buckets.flush()  # a new session's buckets need their handles
+        super().flush()
 
     def __iter__(self) -> Iterator[str]:
         self._owner.flush()
@@ -367,30 +342,6 @@ class SessionTable(MutableMapping[str, SessionEntry]):
         rows = self._owner.db.execute("SELECT id FROM sessions WHERE sealer = ?", (handle,)).fetchall()
         for (session_id,) in rows:
             self[session_id] = self[session_id]
-
-    def flush(self) -> None:
-        db, buckets = self._owner.db, self._owner.buckets
-        buckets.flush()  # a new session's buckets need their handles
-        for session_id in sorted(self._gone):
-            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-        self._gone.clear()
-        for session_id in sorted(self._dirty):
-            entry = self._known[session_id]
-            audio = buckets.handle_of(entry.audio_bucket) if entry.audio_bucket else None
-            transcript = buckets.handle_of(entry.transcript_bucket) if entry.transcript_bucket else None
-            sealer_id = _sealer(entry, audio, transcript)
-            if sealer_id is None:  # nothing of it is kept
-                db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-                continue
-            sealer = buckets.handle_of(sealer_id)
-            bucket = buckets[sealer_id]
-            assert sealer is not None
-            sealed = seal(self._key(bucket.secret), session_document(entry), session_context(session_id, sealer))
-            db.execute(
-                "INSERT OR REPLACE INTO sessions (id, sealer, audio, transcript, sealed) VALUES (?, ?, ?, ?, ?)",
-                (session_id, sealer, audio, transcript, sealed),
-            )
-        self._dirty.clear()
 
 
 def _sealer(entry: SessionEntry, audio: int | None, transcript: int | None) -> str | None:
