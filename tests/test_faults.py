@@ -58,6 +58,7 @@ def clip(tmp_path_factory):
 # -- kill -9 at every crash point -------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)  # 14 trials of about 20 s each; a hung command fails its trial after campaign.HUNG
 def test_kill_9_at_every_crash_point(tmp_path, clip):
     """Each crash point at least once, while recording and while shredding; after each,
     restart and purge: no plaintext, nothing overdue, the log verifies."""
