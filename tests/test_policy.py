@@ -208,6 +208,12 @@ def test_a_profile_near_its_inactivity_purge_is_listed_kept_by_a_parent_and_then
     [finding] = [f for f in doctor if f["check"] == "inactive profiles"]
     assert finding["status"] == "warn" and "parent" in finding["detail"] and "profile keep parent" in finding["fix"]
 
+    report = config.parent / "report.html"
+    made = faketime("+90m", "--config", str(config), "audit", "report", "--html", str(report), config=config)
+    assert made.returncode == 0, made.stderr
+    coming = report.read_text().split("<h2>Inactive profiles</h2>")[1].split("<h2>")[0]
+    assert "<td>parent</td>" in coming and "<code>edge-agent profile keep parent</code>" in coming and "1 session(s)" in coming
+
     kept = faketime("+90m", "--config", str(config), "profile", "keep", "parent", config=config)
     assert kept.returncode == 0, kept.stderr
     [logged] = _of(data, "profile.kept")
@@ -220,7 +226,6 @@ def test_a_profile_near_its_inactivity_purge_is_listed_kept_by_a_parent_and_then
     purged = faketime("+4h", "--config", str(config), "purge", config=config)
     assert purged.returncode == 0, purged.stderr
     assert {(s["profile"], s["reason"]) for s in _of(data, "shred")} == {("parent", "inactive")}
-    report = config.parent / "report.html"
     made = faketime("+4h", "--config", str(config), "audit", "report", "--html", str(report), config=config)
     assert made.returncode == 0, made.stderr
     section = report.read_text().split("<h2>Inactive profiles</h2>")[1].split("<h2>")[0]
