@@ -13,7 +13,7 @@ import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from support import Retention, edge_agent, faketime, record
+from support import Retention, edge_agent, faketime, file_vault, record
 
 LISTENER = '\n[[wyoming]]\nuri = "unix:///tmp/edge-policy-test.sock"\nprofile = "child"\nname = "kids speaker"\n'
 
@@ -87,6 +87,12 @@ def test_the_policy_is_written_from_the_config_in_text_html_and_json(write_confi
     assert refused.returncode == 2 and "symbolic link" in refused.stderr and "Traceback" not in refused.stderr
     inside = edge_agent("--config", str(config), "policy", "--out", str(tmp_path / "data" / "p.txt"))
     assert inside.returncode != 0 and "Traceback" not in inside.stderr
+    on_file = write_config("file.toml", vault=file_vault(tmp_path / "root.key"))
+    said = edge_agent("--config", str(on_file), "policy", "--format", "json")
+    assert said.returncode == 0, said.stderr
+    file_terms = json.loads(said.stdout)
+    assert file_terms["terms"]["vault"] == {"backend": "file", "crypto_erase": False, "survives_reboot": True}
+    assert "deletion is logical only" in file_terms["clauses"][0]["deletion"] and file_terms["version"] != document["version"]
     bad = edge_agent("--config", str(config), "policy", "--format", "pdf")
     assert bad.returncode == 2 and "text" in bad.stderr and "html" in bad.stderr
 

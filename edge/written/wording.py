@@ -52,13 +52,17 @@ def _span(seconds: int) -> str:
 
 def _erase(level: GuaranteeLevel) -> str:
     """How deletion works on this device, and what it is worth, in plain words."""
-    how = (
+    return (
         "Cryptographic erase: its key (one per profile, kind and expiry window) is destroyed and the device's root "
-        "key replaced, so nothing left on the device opens it; the encrypted file is then deleted. "
+        "key replaced, so nothing left on the device opens it; the encrypted file is then deleted. " + _where(level)
     )
+
+
+def _where(level: GuaranteeLevel) -> str:
+    """What the vault's guarantee level makes of an erase."""
     if level.crypto_erase:
-        return how + f"The root key lives in the {level.backend} vault, off the memory card, so this holds even against a copy of the card."
-    return how + (
+        return f"The root key lives in the {level.backend} vault, off the memory card, so this holds even against a copy of the card."
+    return (
         f"The root key lives in a file ({level.backend} vault) on the memory card, which may keep old copies of it: deletion is "
         "logical only, not proof against someone who copied the card."
     )
@@ -136,11 +140,7 @@ def _audio(
                 if kept
                 else "It is not kept: never written to storage."
             ),
-            "how_long": (
-                f"At most {_span(seconds)} from the session's start; {heard}.{cap}"
-                if kept
-                else f"Never stored (0 s).{cap}"
-            ),
+            "how_long": (f"At most {_span(seconds)} from the session's start; {heard}.{cap}" if kept else f"Never stored (0 s).{cap}"),
             "deletion": _erase(level),
             "never": training + " Audio never leaves the device except by `edge-agent export` (audited, with its purpose).",
             "who_sees": "Nobody, unless a parent with access to the device exports it (`edge-agent export --purpose playback|review`); every export and refusal is audited.",
@@ -182,11 +182,7 @@ def _transcript(
                 if kept
                 else "It is not kept: never written to storage."
             ),
-            "how_long": (
-                f"At most {_span(seconds)} from the session's start; {heard}.{cap}"
-                if kept
-                else f"Never stored (0 s).{cap}"
-            ),
+            "how_long": (f"At most {_span(seconds)} from the session's start; {heard}.{cap}" if kept else f"Never stored (0 s).{cap}"),
             "deletion": _erase(level) + " Forgetting a session deletes its audio and its transcript together.",
             "never": training + " " + handed,
             "who_sees": "No edge command shows a kept transcript's text; it is sealed on the device. The program that receives it at the time (a Wyoming client, or `run --json`'s reader) sees it then.",
@@ -209,7 +205,7 @@ def _voiceprint(name: str, profile: dict[str, Any], level: GuaranteeLevel) -> Cl
             "purpose": "256 numbers describing the voice, to tell who is speaking and so which retention applies; only if enrolled.",
             "why_kept": f"Kept only after `edge-agent voices enroll {name}`; the enrolment audio is never kept.{consent}",
             "how_long": f"Until {name} is unheard for {span}, or until it is forgotten.",
-            "deletion": "Sealed under the root key; destroyed by replacing the root key. " + _erase(level).split(". ", 1)[1],
+            "deletion": "Sealed under the root key; destroyed by replacing the root key. " + _where(level),
             "never": "Never used for training, never exported, never leaves the device.",
             "who_sees": "Nobody: `edge-agent voices list` names who is enrolled, never the numbers.",
             "ask_deletion": f"`edge-agent voices forget {name}`, `edge-agent forget --profile {name}` or `--all`. By voice: {VOICE_REQUESTS}",
