@@ -113,6 +113,10 @@ def test_each_version_is_adopted_once_sessions_carry_it_and_verify_holds_them_to
 
     record(config, speech.say("보안"), profile="parent")  # same config: no new version
     assert len(_of(data, "policy.adopted")) == 1
+    (data / "policy.json").unlink()  # the cache lost: the version in force is read back from the log, and remembered
+    assert edge_agent("--config", str(config), "purge").returncode == 0
+    assert len(_of(data, "policy.adopted")) == 1 and json.loads((data / "policy.json").read_text())["version"] == first
+    assert stat.S_IMODE((data / "policy.json").stat().st_mode) == 0o600
     status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     assert status["policy"]["version"] == first and status["policy"]["since"]
 

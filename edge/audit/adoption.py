@@ -40,6 +40,8 @@ def adopt(audit: AuditLog, terms: Terms) -> bool:
         log_id = _log_id(audit)
         last = last_adopted(audit, log_id)
         if last is not None and last.version == terms.version:
+            if remembered(audit) != last:  # read back from the log: remember it, so that the next command need not
+                remember(audit, last)
             return False
         entry = audit.append(
             ADOPTED,
