@@ -74,6 +74,7 @@ def run_checks(config_path: Path, unit_path: Path = UNIT_PATH, open_mic: bool = 
         lambda: _microphone(config, open_mic),
         lambda: _vault(config),
         lambda: _clock(config),
+        lambda: _inactive(config),
         _swap,
         lambda: _permissions(config),
         lambda: _free_space(config),
@@ -304,6 +305,23 @@ def _clock(config: Config) -> Finding:
     if notes:
         return Finding("clock", Status.WARN, "synchronised (NTP); " + "; ".join(notes), "see docs/FORMATS.md section 8")
     return Finding("clock", Status.OK, "synchronised (NTP)")
+
+
+def _inactive(config: Config) -> Finding:
+    """Profiles near their purge for inactivity (the Alexa order's notice), with what keeps them."""
+    from edge.retention.inactivity import notices
+    from edge.store.keystore import Access
+    from edge.wiring import open_store, trusted_now
+
+    try:
+        store, _audit = open_store(config, Access.READ)
+        found = notices(config, store.read(), trusted_now(config))
+    except EdgeError as exc:
+        return Finding("inactive profiles", Status.SKIP, f"the keystore cannot be read here: {exc}")
+    if not found:
+        return Finding("inactive profiles", Status.OK, "no profile is near its purge for inactivity")
+    keep = "; ".join(f"edge-agent profile keep {n.profile}" for n in found)
+    return Finding("inactive profiles", Status.WARN, "; ".join(n.sentence() for n in found), f"if they are to be kept: {keep}")
 
 
 def _swap() -> Finding:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.agent import Agent, SessionRecord
+from edge.audit.adoption import adopt
 from edge.audit.log import AuditLog, Checkpoint
 from edge.boot import boot_id
 from edge.config import Config, ListenerSettings, VaultSettings
@@ -37,6 +38,7 @@ from edge.store.recorder import Recorder
 from edge.stt.vocabulary import check_trigger_words
 from edge.tagging.voice import VoiceTagger
 from edge.values import VaultBackend
+from edge.written.terms import terms_of
 
 if TYPE_CHECKING:
     from edge.audit.verify import Verification
@@ -131,6 +133,7 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     )
     if access is not Access.READ:
         audit.recover()
+        adopt(audit, terms_of(config, level))  # the policy every command and the agent run under is in the log first
     return store, audit
 
 
@@ -172,9 +175,12 @@ def make_retention(shredder: Shredder, config: Config, on_report: Callable[[Shre
     return RetentionService(shredder, shredder.clock, config.retention.sweep, on_report)
 
 
-def make_recorder(keystore: Keystore, audit: AuditLog, clock: TrustedClock, retention: RetentionService | None = None) -> Recorder:
-    """Seals what profiles keep; each new bucket gets its expiry job when `retention` runs."""
-    return Recorder(keystore, clock.now, audit, on_new_bucket=retention.add_bucket if retention else None)
+def make_recorder(
+    keystore: Keystore, audit: AuditLog, clock: TrustedClock, retention: RetentionService | None = None, policy: str | None = None
+) -> Recorder:
+    """Seals what profiles keep; each new bucket gets its expiry job when `retention` runs;
+    each session records `policy`, the version of the written policy it is taken under."""
+    return Recorder(keystore, clock.now, audit, on_new_bucket=retention.add_bucket if retention else None, policy=policy)
 
 
 def make_agent(
@@ -231,7 +237,7 @@ def build_runtime(
     clock = make_clock(config)
     shredder = make_shredder(config, store=(keystore, audit), clock=clock)
     retention = make_retention(shredder, config, on_report)
-    recorder = make_recorder(keystore, audit, clock, retention)
+    recorder = make_recorder(keystore, audit, clock, retention, terms_of(config, keystore.vault.level).version)
     agent = make_agent(config, model, on_session, recorder, profile, clock)
     return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent)
 

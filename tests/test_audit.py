@@ -60,7 +60,7 @@ def test_real_log_verifies(household):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit log intact" in result.stdout and "live: 2 session(s)" in result.stdout
     types = [e["type"] for e in AuditLog(data_dir).entries()]
-    assert types[:3] == ["log.created", "config.loaded", "agent.started"]
+    assert types[:4] == ["log.created", "policy.adopted", "config.loaded", "agent.started"]
     assert types.count("session.created") == 2 and types[-2:] == ["agent.stopped", "checkpoint"]
 
 
@@ -202,10 +202,11 @@ def test_a_tail_still_being_written_is_reported_not_failed(write_config):
     assert edge_agent("--config", str(config), "purge").returncode == 0  # another writer, meanwhile
     assert "log.unsigned" not in [e["type"] for e in writer.entries()]
     writer.sign()
-    assert [e["type"] for e in writer.entries()] == ["log.created", "profile.active", "checkpoint"]
+    # the purge was the first command under the household's policy: it adopted it, and signed
+    assert [e["type"] for e in writer.entries()] == ["log.created", "profile.active", "policy.adopted", "checkpoint"]
     writer.sign()  # nothing more to sign
     document = json.loads(edge_agent("--config", str(config), "audit", "verify", "--json").stdout)
-    assert document["ok"] and document["unsigned"] == 0 and document["entries"] == 3
+    assert document["ok"] and document["unsigned"] == 0 and document["entries"] == 4
 
 
 def test_verify_counts_a_tail_as_in_progress_when_the_log_grew_after_it_was_read(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from support import ROOT, edge_agent
 
 COMMANDS = [[], ["transcribe"], ["run"], ["demo"], ["voices"], ["voices", "enroll"], ["voices", "list"], ["voices", "forget"]]
-COMMANDS += [["voices", "check"]]
+COMMANDS += [["voices", "check"], ["policy"], ["profile"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")

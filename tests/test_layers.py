@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"edge.config"},
     {"edge.policy"},  # the strictest policy, the tag a session carries
     {"edge.crypto"},  # age, the kernel keyring, vaults
+    {"edge.written"},  # what the household is told: the written policy's terms and words, inactivity notices
     {"edge.store"},  # keystore, records, buckets, recorder, export
     {"edge.testing"},  # the tests' and the benchmarks' household config template and bulk keystore
     {"edge.retention", "edge.audit"},  # siblings: shredding on time; the log that proves it

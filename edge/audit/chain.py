@@ -130,7 +130,25 @@ Malformed = tuple[Literal["malformed"], int, str]
 """line, message"""
 Voice = tuple[Literal["voice"], int, str, bool]
 """line, profile, whether its voiceprint is held from then on (enrolled) or not (forgotten)"""
-ScanOp = Created | Gone | Shredded | Requested | Fulfilled | Recovered | Unsigned | RootLost | TrainingExport | Voice | Malformed
+Adopted = tuple[Literal["adopted"], int, str, dict[str, tuple[int, int]]]
+"""line, policy version, per profile (audio seconds, transcript seconds) it allows"""
+Taken = tuple[Literal["taken"], int, str, str, str, str, str | None, str | None]
+"""line, session, policy version, profile, created, audio_expires, transcript_expires (as in Created)"""
+ScanOp = (
+    Created
+    | Gone
+    | Shredded
+    | Requested
+    | Fulfilled
+    | Recovered
+    | Unsigned
+    | RootLost
+    | TrainingExport
+    | Voice
+    | Adopted
+    | Taken
+    | Malformed
+)
 Sink = Callable[[ScanOp], None]
 _SCANNED = frozenset(
     {
@@ -144,6 +162,7 @@ _SCANNED = frozenset(
         "export",
         "voice.enrolled",
         "voice.forgotten",
+        "policy.adopted",
     }
 )
 
@@ -165,6 +184,13 @@ def _scan(line: int, kind: str, fields: dict[str, Any], sink: Sink) -> None:
         session = _text(fields, "session")
         audio, transcript = _instant(fields, "audio_expires"), _instant(fields, "transcript_expires")
         sink(("created", line, session, audio, transcript, bool(fields.get("child"))))
+        if "policy" in fields:  # sessions logged before the written policy carry none
+            created = _instant(fields, "created")
+            if created is None:
+                raise ValueError("created is missing")
+            sink(("taken", line, session, _text(fields, "policy"), _text(fields, "profile"), created, audio, transcript))
+    elif kind == "policy.adopted":
+        sink(("adopted", line, _text(fields, "version"), _limits(fields["terms"])))
     elif kind == "shred":
         sessions = _texts(fields, "sessions")
         if sessions:
@@ -194,6 +220,17 @@ def _scan(line: int, kind: str, fields: dict[str, Any], sink: Sink) -> None:
         exported = fields.get("session")
         hash(exported)  # a list or an object cannot name a session (TypeError: unhashable)
         sink(("training export", line, exported))
+
+
+def _limits(terms: Any) -> dict[str, tuple[int, int]]:
+    """Per profile of an adopted policy's terms: how long it may keep audio and transcripts (s)."""
+    limits = {}
+    for name, profile in terms["profiles"].items():
+        audio, transcript = profile["audio_seconds"], profile["transcript_seconds"]
+        if type(audio) is not int or type(transcript) is not int or not isinstance(name, str):
+            raise ValueError("a profile's audio_seconds or transcript_seconds is not a whole number")
+        limits[name] = (audio, transcript)
+    return limits
 
 
 def _text(fields: dict[str, Any], name: str) -> str:

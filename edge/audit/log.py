@@ -77,6 +77,8 @@ EVENT_TYPES = frozenset(
         "keystore.unreadable",
         "keystore.migrated",
         "profile.active",
+        "profile.kept",
+        "policy.adopted",
         "voice.enrolled",
         "voice.forgotten",
         "vault.migrated",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,8 @@ from edge.audit.verify import Verification
 from edge.config import Config
 from edge.crypto.guarantee import GuaranteeLevel
 from edge.values import DataKind
+from edge.written.notice import Notice
+from edge.written.terms import terms_of
 
 TIMELINE_SESSIONS = 40
 """Sessions drawn on the timeline (the most recent); the page says how many it leaves out."""
@@ -49,7 +51,16 @@ OVERDUE = "#e08a1e"
 """Kept past its expiry by more than LATE (not yet shredded, or shredded late)."""
 
 
-def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel, verification: Verification, now: datetime) -> str:
+def render(
+    entries: list[dict[str, Any]],
+    config: Config,
+    level: GuaranteeLevel,
+    verification: Verification,
+    now: datetime,
+    notices: Sequence[Notice] = (),
+) -> str:
+    """`notices`: the profiles whose inactivity purge is near (from the keystore, which the
+    log does not describe)."""
     story = read_story(entries)
     zone = now.astimezone().strftime("%Z (UTC%z)")
     integrity = (
@@ -58,8 +69,10 @@ def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel,
         else f"<b class=bad>The audit log did NOT verify</b>: {html.escape(str(verification.problems[0]))}. What follows may be incomplete."
     )
     sections = [
+        ("The retention policy in force", _policy_in_force(config, level, story)),
         ("What this device promises", f"<p>{html.escape(promise(level))}</p>"),
         ("What each person's data is kept for", _policy_table(config, story, now)),
+        ("Inactive profiles", _inactive(notices, story)),
         ("Timeline", _timeline(list(story.sessions.values()), now)),
         ("Who looked at kept recordings", _events(story.exports, "No recording or key was exported.")),
         ("Refused exports", _refusals(list(story.refusals.values()))),
@@ -84,6 +97,48 @@ def render(entries: list[dict[str, Any]], config: Config, level: GuaranteeLevel,
         f"<style>{_CSS}</style></head><body><h1>What this device keeps, and what it destroyed</h1>"
         f"<p class=meta>Made {html.escape(local(now))}; all times are this device's local time, {html.escape(zone)}. {integrity}</p>"
         f"{body}</body></html>"
+    )
+
+
+def _policy_in_force(config: Config, level: GuaranteeLevel, story: Story) -> str:
+    """The version this config and vault make, since when it is in force, and every change."""
+    terms = terms_of(config, level)
+    since = story.adopted.get(terms.version)
+    if since is None:
+        said = (
+            f"The config now makes policy <code>{terms.short}</code>, which is not adopted yet: the agent's next start (or the "
+            "next command that writes) adopts it. Until then the latest version below is in force."
+        )
+    else:
+        changed = f" It changed {len(story.policies) - 1} time(s) before." if len(story.policies) > 1 else ""
+        said = f"Policy <code>{terms.short}</code> is in force since {html.escape(local(since))}.{changed}"
+    full = "<code>edge-agent policy --format html --out policy.html</code> writes it in full: per person and kind of data, what it is for, how long it is kept, how it is deleted and who can see it."
+    changes = _events(
+        story.policies,
+        "No version of the policy is recorded in the log (it was written by an older edge).",
+        f"{SHOW} --type policy.adopted",
+    )
+    return f"<p>{said}</p><p class=meta>Version {html.escape(terms.version)}. {full}</p>{changes}"
+
+
+def _inactive(notices: Sequence[Notice], story: Story) -> str:
+    """Purges for inactivity coming soon (and what stops them), then those that happened."""
+    coming = "".join(
+        f"<tr><td>{html.escape(n.profile)}</td><td>{html.escape(local(n.heard))}</td><td><b>{html.escape(local(n.purge))}</b></td>"
+        f"<td>{n.sessions} session(s){' and the voiceprint' if n.voiceprint else ''}</td>"
+        f"<td>{html.escape(n.profile)} speaking, or <code>edge-agent profile keep {html.escape(n.profile)}</code></td></tr>"
+        for n in notices
+    )
+    upcoming = (
+        "<table><tr><th>profile</th><th>last heard</th><th>purged at</th><th>what goes</th><th>what keeps it</th></tr>"
+        + coming
+        + "</table>"
+        if notices
+        else "<p>No profile is near its inactivity purge (listed 7 days before, or half its inactive_after when shorter).</p>"
+    )
+    past = sorted(story.inactive, key=lambda e: e.at)
+    return upcoming + _events(
+        past, "No profile was purged for inactivity.", f"{SHOW} --type shred --type voice.forgotten --type profile.kept"
     )
 
 

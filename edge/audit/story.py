@@ -79,6 +79,12 @@ class Story:
     """When the agent was not running: (stopped, started again; None: not since)."""
     ahead: timedelta = timedelta(0)
     """The most the clock was found to have run ahead (a shred that late was early, not late)."""
+    policies: list[Event] = field(default_factory=list)
+    """Each adoption of a version of the written policy (`what` names it, `why` what changed)."""
+    adopted: dict[str, datetime] = field(default_factory=dict)
+    """Policy version -> when it was first adopted."""
+    inactive: list[Event] = field(default_factory=list)
+    """Purges for inactivity (data and voiceprints) and a parent's `profile keep`."""
 
 
 _REFUSED = {
@@ -208,6 +214,20 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
                 when, "", f"the root key moved into the {fields['backend']} vault", f"the {fields['previous']} vault's root was destroyed"
             )
         )
+    elif kind == "policy.adopted":
+        version, changed = str(fields["version"]), [str(c) for c in fields.get("changed") or []]
+        story.adopted.setdefault(version, when)
+        why = "the first policy this log records" if fields.get("previous") is None else "changed: " + (", ".join(changed) or "nothing")
+        story.policies.append(Event(when, "", f"policy {version[:12]} adopted", why))
+    elif kind == "profile.kept":
+        story.inactive.append(
+            Event(
+                when,
+                str(fields["profile"]),
+                "kept from its inactivity purge by a parent (`profile keep`)",
+                f"unheard since {local(aware(datetime.fromisoformat(str(fields['heard']))))}; now kept until {local(aware(datetime.fromisoformat(str(fields['until']))))} unless it speaks",
+            )
+        )
     elif kind == "voice.enrolled":
         consent = "with a parent's consent" if fields.get("consent") else ""
         story.voices.append(Event(when, str(fields["profile"]), f"voice enrolled from {fields['seconds']} s of speech", consent))
@@ -216,6 +236,8 @@ def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> No
         if story.enrolled.get(str(fields["profile"])) is False:
             return  # written ahead again by the run that finished an interrupted forget
         story.voices.append(Event(when, str(fields["profile"]), "voiceprint shredded", _SHRED_WHY.get(str(fields.get("reason")), "")))
+        if fields.get("reason") == "inactive":
+            story.inactive.append(Event(when, str(fields["profile"]), "voiceprint purged for inactivity", _SHRED_WHY["inactive"]))
         story.enrolled[str(fields["profile"])] = False
 
 
@@ -300,6 +322,10 @@ def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:
     elif late >= timedelta(0):
         why += "; on time"
     story.shreds.append(Event(when, str(fields.get("profile", "")), f"{kind} of {len(sessions)} session(s) shredded", why))
+    if fields.get("reason") == "inactive":
+        story.inactive.append(
+            Event(when, str(fields.get("profile", "")), f"{kind} of {len(sessions)} session(s) purged for inactivity", why)
+        )
 
 
 def lateness_reason(story: Story, due: datetime, done: datetime, fields: dict[str, Any]) -> str:

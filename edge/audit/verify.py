@@ -218,6 +218,8 @@ class _DataScan:
         self.open_requests: dict[str, int] = {}
         self.voices: dict[str, tuple[int, bool]] = {}
         """profile -> (line, held) of the last voice event: enrolled, or forgotten"""
+        self.policies: dict[str, dict[str, tuple[int, int]]] = {}
+        """policy version -> what each profile may keep (s), for every version adopted so far"""
         self.problems: list[Problem] = []
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
@@ -249,8 +251,49 @@ class _DataScan:
                 self.voices[profile] = (line, held)
             case ("training export", line, str() as session) if session in self.children:
                 self.problems.append(Problem(f"a child's session {session} was exported for training", line, session))
+            case ("adopted", line, version, limits):
+                self.policies[version] = limits
+            case ("taken", line, session, version, profile, created, audio_expires, transcript_expires):
+                self.problems.extend(
+                    _within_policy(line, session, self.policies.get(version), version, profile, created, audio_expires, transcript_expires)
+                )
             case ("malformed", line, message):
                 self.problems.append(Problem(message, line))
+
+
+def _within_policy(
+    line: int,
+    session: str,
+    limits: dict[str, tuple[int, int]] | None,
+    version: str,
+    profile: str,
+    created: str,
+    audio_expires: str | None,
+    transcript_expires: str | None,
+) -> list[Problem]:
+    """A session taken under a policy adopted before it, and kept no longer than that policy
+    lets its profile keep each kind (an expiry is rounded down to its bucket, never up)."""
+    if limits is None:
+        return [Problem(f"session {session} was taken under policy {version[:12]}, which no policy.adopted before it names", line, session)]
+    if profile not in limits:
+        return [Problem(f"session {session} is {profile}'s, a profile policy {version[:12]} does not have", line, session)]
+    start, problems = datetime.fromisoformat(created), []
+    for kind, expires, seconds in (
+        (DataKind.AUDIO, audio_expires, limits[profile][0]),
+        (DataKind.TRANSCRIPT, transcript_expires, limits[profile][1]),
+    ):
+        end = _instant(expires)
+        if end is not None and end > start + timedelta(seconds=seconds):
+            allowed = "nothing" if seconds <= 0 else f"{seconds} s"
+            problems.append(
+                Problem(
+                    f"session {session}: its {kind} is kept until {end.isoformat()}, longer than policy {version[:12]} lets {profile} "
+                    f"keep it ({allowed} from {start.isoformat()})",
+                    line,
+                    session,
+                )
+            )
+    return problems
 
 
 def _instant(value: str | None) -> datetime | None:

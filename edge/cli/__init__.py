@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from edge import __version__
 from edge.audit.log import sign_open_tails
-from edge.cli import audit, clock, data, deletion, doctor, init, live, model, speech, vault, voices
+from edge.cli import audit, clock, data, deletion, doctor, init, live, model, policy, speech, vault, voices
 from edge.cli.base import Command, Parser, add_commands, log
 from edge.errors import EdgeError
 
@@ -24,6 +24,7 @@ COMMANDS: tuple[Command, ...] = (
     speech.COMMANDS[:3]
     + init.COMMANDS
     + data.COMMANDS
+    + policy.COMMANDS
     + deletion.COMMANDS
     + voices.COMMANDS
     + vault.COMMANDS

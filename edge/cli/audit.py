@@ -12,10 +12,13 @@ from pathlib import Path
 from edge import wiring
 from edge.audit.log import EVENT_TYPES
 from edge.cli.base import Command, config_of, log
+from edge.config import Config
 from edge.disk.outputs import check_output, write_output
-from edge.errors import UsageError
+from edge.errors import EdgeError, UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
+from edge.store.keystore import Access
+from edge.written.notice import Notice
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -120,7 +123,8 @@ def _report(args: argparse.Namespace) -> int:
         check_output(Path(args.html), config.device.data_dir)
     result = wiring.verification(config)
     level = wiring.open_vault(config.vault, config.device.data_dir).level
-    page = render(list(wiring.open_audit(config).entries()), config, level, result, wiring.trusted_now(config))
+    now = wiring.trusted_now(config)
+    page = render(list(wiring.open_audit(config).entries()), config, level, result, now, _notices(config, now))
     said = "" if result.ok else " (the audit log did NOT verify: see the page)"
     if to_stdout:
         sys.stdout.buffer.write(page.encode("utf-8"))
@@ -129,6 +133,19 @@ def _report(args: argparse.Namespace) -> int:
         write_output(Path(args.html), page.encode("utf-8"), config.device.data_dir)
         print(f"report written to {args.html}{said}")
     return 0
+
+
+def _notices(config: Config, now: datetime) -> list[Notice]:
+    """The profiles near their inactivity purge, for the report (none when the keystore
+    cannot be read here: the page still says what the log holds)."""
+    from edge.retention.inactivity import notices
+
+    try:
+        store, _audit = wiring.open_store(config, Access.READ)
+        return notices(config, store.read(), now)
+    except EdgeError as exc:
+        log.warning("the report lists no coming inactivity purge: %s", exc)
+        return []
 
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:

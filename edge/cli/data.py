@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import wiring
+from edge.audit.adoption import remembered
 from edge.audit.history import fate_of
 from edge.cli.base import Command, clock_state, config_of, log, print_status
 from edge.cli.whatif import print_forecast, what_if_instant
@@ -18,8 +19,11 @@ from edge.errors import AgentNotRunning, ControlError, UsageError
 from edge.instants import iso_utc
 from edge.retention.clock import Reading
 from edge.retention.forecast import forecast
-from edge.store.keystore import Access
+from edge.retention.inactivity import notices
+from edge.store.keystore import Access, Keystore
 from edge.values import Purpose
+from edge.written.notice import Notice
+from edge.written.terms import terms_of
 
 
 def _agent_state(config: Config) -> tuple[dict[str, Any] | None, str]:
@@ -77,6 +81,13 @@ def _status(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"agent: {describe_agent(agent) if agent is not None else absent}")
         print_status(store)
+        policy, inactive = _policy_and_notices(config, store)
+        print(
+            f"policy: {policy['version'][:12]} "
+            + (f"(in force since {policy['since']})" if policy["since"] else "(not adopted yet: the agent's next start adopts it)")
+        )
+        for notice in inactive:
+            print(f"inactive: {notice.sentence()}")
         return 0
     data = store.read()
     sessions = [
@@ -96,7 +107,7 @@ def _status(args: argparse.Namespace) -> int:
         for s in sorted(data.sessions.entries(), key=lambda s: s.created)
     ]
     reading, notes = clock_state(store, data)
-    document = {
+    document: dict[str, Any] = {
         "vault": store.vault.level.to_json(),
         "clock": _clock_json(reading, notes),
         "root_lost": store.root_lost,
@@ -105,8 +116,20 @@ def _status(args: argparse.Namespace) -> int:
         "sessions": sessions,
         "voices": sorted(data.voices),
     }
+    policy, inactive = _policy_and_notices(config, store)
+    document["policy"] = policy
+    document["inactive"] = [n.to_json() for n in inactive]
     print(json.dumps(document))
     return 0
+
+
+def _policy_and_notices(config: Config, store: Keystore) -> tuple[dict[str, Any], list[Notice]]:
+    """The written policy this config makes and since when it is in force (None: not adopted
+    yet), and the profiles near their inactivity purge."""
+    terms = terms_of(config, store.vault.level)
+    adopted = remembered(wiring.open_audit(config))
+    since = iso_utc(adopted.at) if adopted is not None and adopted.version == terms.version else None
+    return {"version": terms.version, "since": since}, notices(config, store.read(), wiring.trusted_now(config))
 
 
 def _clock_json(reading: Reading | None, notes: list[str]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ RESERVE = "reserve"
 CLOCK = "clock"
 AUDIT_LOG = "audit.jsonl"
 AUDIT_KEY = "audit.key"
+POLICY = "policy.json"
+"""The written policy last adopted in the audit log (a cache: the log is the record)."""
 CONTROL_SOCKET = "control.sock"
 MODELS = "models"
 RECORDINGS = "recordings"
@@ -49,6 +51,7 @@ OWN_NAMES = frozenset(
         CLOCK,
         AUDIT_LOG,
         AUDIT_KEY,
+        POLICY,
         CONTROL_SOCKET,
         MODELS,
         RECORDINGS,

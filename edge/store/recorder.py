@@ -43,12 +43,15 @@ class Recorder:
         clock: Callable[[], datetime],
         audit: AuditSink,
         on_new_bucket: Callable[[Bucket], None] | None = None,
+        policy: str | None = None,
     ) -> None:
         self.keystore = keystore
         self.clock = clock
         self.audit = audit
         self.on_new_bucket = on_new_bucket
         """Called for each new bucket (the scheduler adds its expiry job)."""
+        self.policy = policy
+        """The version of the written policy sessions are taken under (adopted in the log first)."""
 
     def begin(self, session_id: str, tag: Tag) -> SealedSession:
         """Register the session and open its sealed recording, under the data-folder lock, so
@@ -101,6 +104,7 @@ class Recorder:
                 transcript_expires=iso_utc(entry.transcript_expires),
                 audio_bucket=entry.audio_bucket,
                 transcript_bucket=entry.transcript_bucket,
+                **({"policy": self.policy, "created": iso_utc(now)} if self.policy is not None else {}),
                 checkpoint=not (audio or transcript),  # keeping nothing, the session logs nothing more: signed now
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
