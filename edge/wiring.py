@@ -24,6 +24,7 @@ from edge.crypto.vault import open_vault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.errors import ConfigError, UsageError
+from edge.events import KeystoreMigrated, RootLost
 from edge.progress import Meter, Progress
 from edge.retention.clock import TrustedClock, read_uptime
 from edge.retention.scheduler import RetentionService
@@ -91,10 +92,10 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     level = vault.level
 
     def root_lost(reason: str) -> None:
-        audit.append("root.lost", backend=level.backend, reason=reason)
+        audit.append(RootLost(backend=level.backend, reason=reason))
 
     def migrated(sessions: int, buckets: int) -> None:
-        audit.append("keystore.migrated", version=2, sessions=sessions, buckets=buckets)
+        audit.append(KeystoreMigrated(version=2, sessions=sessions, buckets=buckets))
 
     converting = Meter("converting the keystore from format 1", "sessions", least=MIGRATION_CHUNK)  # silent off a terminal
     store = Keystore(

@@ -21,6 +21,7 @@ from edge.disk.files import create_in, unlink_in, why, write_atomic_in
 from edge.disk.layout import recording_path
 from edge.disk.lock import DataLock
 from edge.errors import StorageError
+from edge.events import SessionCreated, SessionSealed
 from edge.faults import crash_point
 from edge.instants import iso_utc
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
@@ -91,17 +92,17 @@ class Recorder:
                     data.sessions[session_id] = entry
             # Logged after the keystore holds it: a crash in between leaves a session the log
             # learns of when it is shredded, never a logged session that could not be shredded.
-            self.audit.append(
-                "session.created",
-                session=session_id,
-                profile=profile.name,
-                rule=tag.rule,
-                child=profile.is_child,
-                audio_expires=iso_utc(entry.audio_expires),
-                transcript_expires=iso_utc(entry.transcript_expires),
-                audio_bucket=entry.audio_bucket,
-                transcript_bucket=entry.transcript_bucket,
-                checkpoint=not (audio or transcript),  # keeping nothing, the session logs nothing more: signed now
+            self.audit.append(  # keeping nothing, the session logs nothing more: then signed in its write
+                SessionCreated(
+                    session=session_id,
+                    profile=profile.name,
+                    rule=tag.rule,
+                    child=profile.is_child,
+                    audio_expires=iso_utc(entry.audio_expires),
+                    transcript_expires=iso_utc(entry.transcript_expires),
+                    audio_bucket=entry.audio_bucket,
+                    transcript_bucket=entry.transcript_bucket,
+                )
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
 
@@ -186,11 +187,8 @@ class SealedSession:
                 write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed)
             seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
-            self._audit.append(
-                "session.sealed",
-                session=entry.id,
-                seconds=seconds,
-                audio_sealed=self._writer is not None,
-                transcript_sealed=bucket is not None,
-                checkpoint=True,  # the session's end: signed in the same write (docs/FORMATS.md section 6)
+            self._audit.append(  # the session's end: signed in the same write (docs/FORMATS.md section 6)
+                SessionSealed(
+                    session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None
+                )
             )
