@@ -4,10 +4,15 @@ ISO 8601 in, where a time without a zone is the device's local time."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import overload
 
 from edge.errors import UsageError
 
 
+@overload
+def iso_utc(instant: datetime) -> str: ...
+@overload
+def iso_utc(instant: datetime | None) -> str | None: ...
 def iso_utc(instant: datetime | None) -> str | None:
     """ISO 8601 in UTC, or None."""
     return instant.astimezone(timezone.utc).isoformat() if instant is not None else None

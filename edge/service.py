@@ -26,6 +26,7 @@ from edge.agent import Agent, RunSummary, SessionRecord
 from edge.audio.wavfile import WavInfo, open_wav, read_pipeline_chunks
 from edge.config import Config, ListenerSettings
 from edge.errors import EdgeError, KeystoreError
+from edge.events import AgentStarted, AgentStopped, ConfigLoaded, KeystoreUnreadable
 from edge.hardening import make_non_dumpable
 from edge.values import ListenerTransport, TriggerMode
 
@@ -103,11 +104,11 @@ def serve(config: Config, listeners: tuple[ListenerSettings, ...], vault: Vault 
 def _catch_up(runtime: wiring.Runtime) -> None:
     """Before any audio is heard: the vault and keystore open, and everything due is shredded."""
     config, keystore, audit = runtime.config, runtime.keystore, runtime.audit
-    audit.append("config.loaded", path=str(config.path.absolute()), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest())
+    audit.append(ConfigLoaded(path=str(config.path.absolute()), sha256=hashlib.sha256(config.path.read_bytes()).hexdigest()))
     try:
         keystore.read()
     except KeystoreError as exc:  # fail closed: record nothing we could not account for
-        audit.append("keystore.unreadable", reason=str(exc)[:300])
+        audit.append(KeystoreUnreadable(reason=str(exc)[:300]))
         raise
     if keystore.root_lost:
         log.warning(
@@ -119,14 +120,14 @@ def _catch_up(runtime: wiring.Runtime) -> None:
 
 def _started(runtime: wiring.Runtime, source: str) -> None:
     level = runtime.keystore.vault.level
-    runtime.audit.append(
-        "agent.started",
-        version=__version__,
-        source=source,
-        vault=level.backend,
-        level=level.to_json()["level"],
-        survives_reboot=level.survives_reboot,
-        checkpoint=True,  # what the start logged is signed before any session begins
+    runtime.audit.append(  # signed in its write: what the start logged, before any session begins
+        AgentStarted(
+            version=__version__,
+            source=source,
+            vault=level.backend,
+            level=level.to_json()["level"],
+            survives_reboot=level.survives_reboot,
+        )
     )
     runtime.retention.start()
 
@@ -143,7 +144,7 @@ def _stop(runtime: wiring.Runtime, control: ControlServer | None, listeners: Wyo
         agent = runtime.agent
         sessions = agent.summary.sessions + (listeners.served if listeners is not None else 0)
         try:
-            runtime.audit.append("agent.stopped", sessions=sessions, seconds=round(agent.segmenter.offset, 3), checkpoint=True)
+            runtime.audit.append(AgentStopped(sessions=sessions, seconds=round(agent.segmenter.offset, 3)))
         except EdgeError as exc:  # e.g. a full disk: say so, but let the first error be the one reported
             log.error("could not log the stop: %s", exc)
 

@@ -29,6 +29,7 @@ from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.disk.versioned import KEYSTORE_V2
 from edge.errors import ConfigError, UsageError, VaultError
+from edge.events import KeystoreMigrated, RootLost
 from edge.progress import Meter, Progress
 from edge.retention.clock import Reading, TrustedClock, read_uptime
 from edge.retention.scheduler import RetentionService
@@ -122,10 +123,10 @@ def open_store(config: Config, access: Access = Access.WRITE, vault: Vault | Non
     level = vault.level
 
     def root_lost(reason: str) -> None:
-        audit.append("root.lost", backend=level.backend, reason=reason)
+        audit.append(RootLost(backend=level.backend, reason=reason))
 
     def migrated(sessions: int, buckets: int) -> None:
-        audit.append("keystore.migrated", version=KEYSTORE_V2.writes, sessions=sessions, buckets=buckets)
+        audit.append(KeystoreMigrated(version=KEYSTORE_V2.written(), sessions=sessions, buckets=buckets))
 
     converting = Meter("converting the keystore from format 1", "sessions", least=MIGRATION_CHUNK)  # silent off a terminal
     store = Keystore(

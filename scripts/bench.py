@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +35,7 @@ from edge.audit.log import AuditLog
 from edge.config import Config, load_config
 from edge.crypto.age import Identity, StreamWriter
 from edge.crypto.vault import FileVault
+from edge.events import AuditEvent, ConfigLoaded, SessionCreated, SessionSealed
 from edge.pcm import FRAME_BYTES, PIPELINE_RATE
 from edge.policy import Tag
 from edge.stt.model_path import find_model
@@ -224,10 +225,10 @@ def shred_scale(work: Path, sizes: list[int]) -> list[Row]:
 class NullAudit:
     """The audit log is not what the commit benchmark measures (it has its own rows)."""
 
-    def append(self, event_type: str, *, checkpoint: bool = False, **fields: object) -> dict[str, object]:
+    def append(self, event: AuditEvent) -> dict[str, object]:
         return {}
 
-    def append_many(self, events: list[tuple[str, dict[str, object]]], checkpoint: bool = False) -> list[dict[str, object]]:
+    def append_many(self, events: Sequence[AuditEvent], checkpoint: bool = False) -> list[dict[str, object]]:
         return []
 
 
@@ -303,7 +304,7 @@ def write_log(data_dir: Path, entries: int) -> None:
     """A valid audit log of about `entries` lines (sessions created and sealed, and the
     checkpoint the log itself adds every 100), written through AuditLog in batches."""
     log = AuditLog(data_dir)
-    seq = log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64)["seq"]  # creates the log and its key
+    seq = log.append(ConfigLoaded(path="/etc/edge/household.toml", sha256="0" * 64))["seq"]  # creates the log and its key
     while seq < entries:
         batch = [_session_event(number) for number in range(seq + 1, min(entries, seq + 10_000) + 1)]
         seq = log.append_many(batch)[-1]["seq"]
@@ -315,7 +316,7 @@ def write_signed_log(data_dir: Path, entries: int) -> None:
     per session, three lines in all). Written in batches through the log's own chaining and
     signing (one append per session would take an fsync each)."""
     log = AuditLog(data_dir)
-    log.append("config.loaded", path="/etc/edge/household.toml", sha256="0" * 64, checkpoint=True)
+    log.append_many([ConfigLoaded(path="/etc/edge/household.toml", sha256="0" * 64)], checkpoint=True)
     last, _torn = log._last_entry()
     if last is None:
         raise BenchError(f"{data_dir}: the audit log has no entry after its first append")
@@ -323,7 +324,7 @@ def write_signed_log(data_dir: Path, entries: int) -> None:
     number = 1
     while last["seq"] < entries:
         batch = [_session_event(number), _session_event(number + 1)]
-        chained, last = log._chained(last, batch, True, [])
+        chained, last = log._chained(last, [(e.event_type, e.to_fields(), e.needs_checkpoint) for e in batch], True, [])
         lines += chained
         number += 2
         if len(lines) >= 10_000 or last["seq"] >= entries:
@@ -331,19 +332,19 @@ def write_signed_log(data_dir: Path, entries: int) -> None:
             lines = []
 
 
-def _session_event(number: int) -> tuple[str, dict[str, object]]:
+def _session_event(number: int) -> SessionCreated | SessionSealed:
     if number % 2:
-        return "session.created", {
-            "session": f"{number:016x}",
-            "profile": "child",
-            "rule": "active",
-            "child": True,
-            "audio_expires": "2099-11-28T21:00:00+00:00",
-            "transcript_expires": "2099-12-05T20:00:00+00:00",
-            "audio_bucket": "child.audio.20991128T210000Z",
-            "transcript_bucket": "child.transcript.20991205T200000Z",
-        }
-    return "session.sealed", {"session": f"{number - 1:016x}", "seconds": 3.2, "audio_sealed": True, "transcript_sealed": True}
+        return SessionCreated(
+            session=f"{number:016x}",
+            profile="child",
+            rule="active",
+            child=True,
+            audio_expires="2099-11-28T21:00:00+00:00",
+            transcript_expires="2099-12-05T20:00:00+00:00",
+            audio_bucket="child.audio.20991128T210000Z",
+            transcript_bucket="child.transcript.20991205T200000Z",
+        )
+    return SessionSealed(session=f"{number - 1:016x}", seconds=3.2, audio_sealed=True, transcript_sealed=True)
 
 
 def verify_scale(work: Path, sizes: list[int], signed_sizes: list[int]) -> list[Row]:

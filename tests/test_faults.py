@@ -28,6 +28,7 @@ from edge.config import parse_config
 from edge.control.protocol import parse_request
 from edge.crypto.age import Identity, decrypt, encrypt
 from edge.errors import AgeError, ControlError, EdgeError
+from edge.events import SessionCreated
 from edge.store.keystore import Access, Keystore
 
 from campaign import JUMP, JUMP_MOST, RECORDING_POINTS, SHRED_POINTS, Campaign, Tally, make_clip
@@ -322,17 +323,7 @@ def real_log(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-log")
     log = AuditLog(folder)
     for index in range(30):
-        log.append(
-            "session.created",
-            session=f"{index:016x}",
-            profile="child",
-            rule="given",
-            child=True,
-            audio_expires=None,
-            transcript_expires=None,
-            audio_bucket=None,
-            transcript_bucket=None,
-        )
+        log.append(SessionCreated(f"{index:016x}", "child", "given", True, None, None, None, None))  # keeps nothing: signed
     return folder, log.path.read_bytes()
 
 

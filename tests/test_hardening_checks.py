@@ -170,21 +170,13 @@ def test_an_edited_witness_is_caught_by_its_signature(write_config, clip, tmp_pa
 @pytest.mark.parametrize("audio_expires", ["yesterday", 5, "2026-11-01T00:00:00"])
 def test_a_chain_valid_line_with_a_bad_date_is_a_problem_not_a_crash(write_config, clip, tmp_path, audio_expires):
     from edge.audit.log import AuditLog
+    from edge.events import SessionCreated
 
     config = write_config(mode="always")
     record(config, clip)
     data = config.parent / "data"
-    AuditLog(data).append(  # the hashes are unkeyed: anyone can chain a well-formed line
-        "session.created",
-        session="feedfeedfeedfeed",
-        profile="child",
-        rule="given",
-        child=True,
-        audio_expires=audio_expires,
-        transcript_expires=None,
-        audio_bucket=None,
-        transcript_bucket=None,
-    )
+    forged = SessionCreated("feedfeedfeedfeed", "child", "given", True, audio_expires, None, "child.audio.x", None)  # not type-checked
+    AuditLog(data).append(forged)  # the hashes are unkeyed: anyone can chain a well-formed line
     line = len((data / "audit.jsonl").read_text().splitlines())
     verified = edge_agent("--config", str(config), "audit", "verify")
     assert verified.returncode == 1 and f"line {line}" in verified.stdout, verified.stdout

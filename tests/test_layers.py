@@ -24,14 +24,14 @@ LAYERS: list[set[str]] = [
         "edge.faults",
         "edge.boot",
         "edge.pcm",
-        "edge.sink",
         "edge.transcript",
         "edge.hardening",
         "edge.progress",
         "edge.burst",
         "edge.invocation",
     },
-    {"edge.instants"},
+    {"edge.events"},  # every audit event type (the writers below audit build them)
+    {"edge.instants", "edge.sink"},
     {"edge.disk"},  # private files, no links followed, the data folder's layout and lock
     {"edge.config"},
     {"edge.policy"},  # the strictest policy, the tag a session carries

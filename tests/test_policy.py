@@ -13,6 +13,8 @@ import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from edge.events import SessionCreated
+
 from support import Retention, edge_agent, faketime, file_vault, record
 
 LISTENER = '\n[[wyoming]]\nuri = "unix:///tmp/edge-policy-test.sock"\nprofile = "child"\nname = "kids speaker"\n'
@@ -148,18 +150,18 @@ def test_verify_names_a_session_taken_under_no_adopted_policy_or_kept_longer_tha
 
     def created(session: str, policy: str, transcript: timedelta) -> None:  # as a faulty edge would log it
         AuditLog(data).append(
-            "session.created",
-            session=session,
-            profile="child",
-            rule="given",
-            child=True,
-            audio_expires=None,
-            transcript_expires=(now + transcript).isoformat(),
-            audio_bucket=None,
-            transcript_bucket=None,
-            policy=policy,
-            created=now.isoformat(),
-            checkpoint=True,
+            SessionCreated(
+                session=session,
+                profile="child",
+                rule="given",
+                child=True,
+                audio_expires=None,
+                transcript_expires=(now + transcript).isoformat(),
+                audio_bucket=None,
+                transcript_bucket=None,
+                policy=policy,
+                created=now.isoformat(),
+            )
         )
 
     created("00000000000000aa", "f" * 64, timedelta(days=1))
@@ -182,16 +184,16 @@ def test_an_old_log_whose_sessions_carry_no_policy_still_verifies(write_config, 
     data = config.parent / "data"
     record(config, speech.say("메시지"), profile="child")
     AuditLog(data).append(
-        "session.created",
-        session="00000000000000dd",
-        profile="gone-profile",
-        rule="given",
-        child=False,
-        audio_expires=None,
-        transcript_expires=None,
-        audio_bucket=None,
-        transcript_bucket=None,
-        checkpoint=True,
+        SessionCreated(
+            session="00000000000000dd",
+            profile="gone-profile",
+            rule="given",
+            child=False,
+            audio_expires=None,
+            transcript_expires=None,
+            audio_bucket=None,
+            transcript_bucket=None,
+        )
     )
     verified = edge_agent("--config", str(config), "audit", "verify", "--json")
     assert verified.returncode == 0, verified.stdout

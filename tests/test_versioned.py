@@ -15,6 +15,7 @@ from edge.crypto.tpm import TpmMarker
 from edge.crypto.vault import FileVault, KeyringMarker
 from edge.disk.versioned import AUDIT_HEADER, KEYSTORE_V1, TPM_VAULT_MARKER, VERSIONED_FILES, VersionedFile
 from edge.errors import AuditError, KeystoreError, StorageError, VaultError
+from edge.events import ProfileActive
 from edge.retention.clock import TrustedClock
 from edge.store.legacy import open_v1
 from edge.values import KeyringKind
@@ -149,7 +150,7 @@ def test_a_v1_keystore_of_another_version_is_refused_in_words():
 
 def test_an_audit_log_of_a_newer_edge_is_never_signed(tmp_path):
     log = AuditLog(tmp_path)
-    log.append("profile.active", profile="child")
+    log.append(ProfileActive(profile="child"))
     lines = (tmp_path / "audit.jsonl").read_bytes().splitlines(keepends=True)
     first = json.loads(lines[0])
     assert first["fields"][AUDIT_HEADER.version_key] == AUDIT_HEADER.writes

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from edge import wiring
 from edge.config import load_config
 from edge.errors import AudioError, ConfigError, KeystoreError, ModelError, UsageError
+from edge.events import VoiceForgotten
 from edge.policy import Tag
 from edge.retention.shredder import ForgetRequest
 from edge.store.keystore import Keystore
@@ -468,7 +469,7 @@ def test_wyoming_utterances_are_tagged_by_voice_too(household, voices, model, ro
 def test_audit_verify_checks_every_voiceprint_against_the_log(household):
     config, _wall, _clock, store, shredder = household
     assert wiring.verification(config).ok
-    shredder.audit.append("voice.forgotten", profile="guest", reason="forget", request="forged")  # a claim the device belies
+    shredder.audit.append(VoiceForgotten(profile="guest", reason="forget", request="forged"))  # a claim the device belies
     problems = [p.message for p in wiring.verification(config).problems]
     assert problems == ["the voiceprint of guest is logged as shredded but the device still holds it; the next purge finishes it"]
     shredder.forget(ForgetRequest.checked(config, store.read(), voice="guest"))

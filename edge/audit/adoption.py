@@ -19,9 +19,8 @@ from edge.disk.files import exists_in, read_in, write_atomic_in
 from edge.disk.layout import AUDIT_LOG, POLICY
 from edge.disk.lock import DataLock
 from edge.errors import EdgeError
+from edge.events import EventError, PolicyAdopted
 from edge.written.terms import Terms, canonical, changed
-
-ADOPTED = "policy.adopted"
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,12 @@ def adopt(audit: AuditLog, terms: Terms) -> bool:
                 remember(audit, last)
             return False
         entry = audit.append(
-            ADOPTED,
-            version=terms.version,
-            previous=last.version if last is not None else None,
-            changed=changed(last.terms if last is not None else None, terms.terms),
-            terms=terms.terms,
+            PolicyAdopted(
+                version=terms.version,
+                previous=last.version if last is not None else None,
+                changed=changed(last.terms if last is not None else None, terms.terms),
+                terms=terms.terms,
+            )
         )
         remember(audit, Adopted(log_id or audit.log_id(), terms.version, terms.terms, datetime.fromisoformat(entry["wall"])))
         return True
@@ -79,19 +79,22 @@ def last_adopted(audit: AuditLog, log_id: str | None) -> Adopted | None:
     cached = remembered(audit)
     if cached is not None and cached.log == log_id:
         return cached
-    entry = adopted_entries(audit)
-    if entry is None:
+    found = last_adoption(audit)
+    if found is None:
         return None
-    fields = entry["fields"]
-    return Adopted(log_id, str(fields["version"]), dict(fields.get("terms") or {}), datetime.fromisoformat(entry["wall"]))
+    event, wall = found
+    return Adopted(log_id, event.version, event.terms, wall)
 
 
-def adopted_entries(audit: AuditLog) -> dict[str, Any] | None:
-    """The last well-formed `policy.adopted` entry of the log, or None."""
+def last_adoption(audit: AuditLog) -> tuple[PolicyAdopted, datetime] | None:
+    """The log's last well-formed `policy.adopted` and when it was written, or None."""
     last = None
     for entry in audit.entries():
-        if entry["type"] == ADOPTED and isinstance(entry["fields"].get("version"), str):
-            last = entry
+        if entry["type"] == PolicyAdopted.event_type:
+            try:
+                last = PolicyAdopted.parse(entry["fields"]), datetime.fromisoformat(entry["wall"])
+            except EventError:
+                continue  # a malformed line is verify's to report
     return last
 
 

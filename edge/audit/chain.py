@@ -14,12 +14,28 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 
-from edge.audit.log import NEEDS_CHECKPOINT, ZERO_HASH, canonical, checkpoint_text, public_key_from_hex
+from edge.audit.log import ZERO_HASH, canonical, checkpoint_text, public_key_from_hex
+from edge.events import (
+    MUST_BE_SIGNED,
+    AuditEvent,
+    CheckpointSigned,
+    EventError,
+    Export,
+    ForgetFulfilled,
+    ForgetRequested,
+    LogRecovered,
+    LogUnsigned,
+    PolicyAdopted,
+    RootLost,
+    SessionCreated,
+    Shred,
+    VoiceEnrolled,
+    VoiceForgotten,
+)
 from edge.values import Purpose
 
 _KEYS = {"seq", "wall", "mono", "boot", "type", "fields", "prev", "hash"}
@@ -123,7 +139,7 @@ Fulfilled = tuple[Literal["fulfilled"], str]
 Recovered = tuple[Literal["recovered"]]
 Unsigned = tuple[Literal["unsigned"], int]
 """lines found unsigned, their writer gone, and signed by a later one"""
-RootLost = tuple[Literal["root lost"]]
+LostRoot = tuple[Literal["root lost"]]
 TrainingExport = tuple[Literal["training export"], int, str | int | float | bool | None]
 """line, the exported session as logged (any hashable JSON value)"""
 Malformed = tuple[Literal["malformed"], int, str]
@@ -142,7 +158,7 @@ ScanOp = (
     | Fulfilled
     | Recovered
     | Unsigned
-    | RootLost
+    | LostRoot
     | TrainingExport
     | Voice
     | Adopted
@@ -150,113 +166,95 @@ ScanOp = (
     | Malformed
 )
 Sink = Callable[[ScanOp], None]
-_SCANNED = frozenset(
-    {
-        "session.created",
-        "shred",
-        "forget.requested",
-        "forget.fulfilled",
-        "log.recovered",
-        "log.unsigned",
-        "root.lost",
-        "export",
-        "voice.enrolled",
-        "voice.forgotten",
-        "policy.adopted",
-    }
-)
+_SCANNED: dict[str, type[AuditEvent]] = {
+    cls.event_type: cls
+    for cls in (
+        SessionCreated,
+        Shred,
+        ForgetRequested,
+        ForgetFulfilled,
+        LogRecovered,
+        LogUnsigned,
+        RootLost,
+        Export,
+        VoiceEnrolled,
+        VoiceForgotten,
+        PolicyAdopted,
+    )
+}
+"""The events the data check follows (the others are checked for their place in the chain only)."""
 
 
 def scan(line: int, entry: dict[str, Any], sink: Sink) -> None:
     """Hand `sink` what `entry` tells the data check. Hashes are unkeyed, so anyone can chain
     a line: a missing or malformed field is a problem named by its line, never a crash."""
     kind = entry["type"]
-    if kind not in _SCANNED:
+    cls = _SCANNED.get(kind)
+    if cls is None:
         return
     try:
-        _scan(line, kind, entry["fields"], sink)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        _scan(line, cls.parse(entry["fields"]), sink)
+    except EventError as exc:
         sink(("malformed", line, f"a {kind!r} event with missing or malformed fields ({exc})"))
 
 
-def _scan(line: int, kind: str, fields: dict[str, Any], sink: Sink) -> None:
-    if kind == "session.created":
-        session = _text(fields, "session")
-        audio, transcript = _instant(fields, "audio_expires"), _instant(fields, "transcript_expires")
-        sink(("created", line, session, audio, transcript, bool(fields.get("child"))))
-        if "policy" in fields:  # sessions logged before the written policy carry none
-            created = _instant(fields, "created")
-            if created is None:
-                raise ValueError("created is missing")
-            sink(("taken", line, session, _text(fields, "policy"), _text(fields, "profile"), created, audio, transcript))
-    elif kind == "policy.adopted":
-        sink(("adopted", line, _text(fields, "version"), _limits(fields["terms"])))
-    elif kind == "shred":
-        sessions = _texts(fields, "sessions")
-        if sessions:
-            sink(("gone", sessions, _text(fields, "kind")))
-        late = fields.get("late_seconds", 0)
-        if type(late) not in (int, float):
-            raise ValueError("late_seconds is not a number")  # after "gone": the data is gone all the same
-        sink(("shredded", late))
-    elif kind == "forget.requested":
-        sink(("requested", line, _text(fields, "request")))
-    elif kind == "forget.fulfilled":
-        sessions = _texts(fields, "sessions")
-        sink(("fulfilled", _text(fields, "request")))
-        sink(("gone", sessions, None))
-    elif kind == "log.recovered":
-        sink(("recovered",))
-    elif kind == "log.unsigned":
-        first, lines = fields["first"], fields["lines"]
-        if type(first) is not int or type(lines) is not int or lines < 1 or first + lines != line:
-            raise ValueError("first and lines do not name the lines just before it")
-        sink(("unsigned", lines))
-    elif kind == "root.lost":
-        sink(("root lost",))
-    elif kind in ("voice.enrolled", "voice.forgotten"):
-        sink(("voice", line, _text(fields, "profile"), kind == "voice.enrolled"))
-    elif kind == "export" and fields.get("purpose") == Purpose.TRAINING:
-        exported = fields.get("session")
-        hash(exported)  # a list or an object cannot name a session (TypeError: unhashable)
-        sink(("training export", line, exported))
+def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
+    match event:
+        case SessionCreated():
+            sink(("created", line, event.session, event.audio_expires, event.transcript_expires, event.child))
+            if event.policy is not None:  # sessions logged before the written policy carry none
+                if event.created is None:
+                    raise EventError(event.event_type, "created", "'created'")
+                sink(
+                    (
+                        "taken",
+                        line,
+                        event.session,
+                        event.policy,
+                        event.profile,
+                        event.created,
+                        event.audio_expires,
+                        event.transcript_expires,
+                    )
+                )
+        case PolicyAdopted(version=version, terms=terms):
+            sink(("adopted", line, version, _limits(terms)))
+        case Shred(sessions=sessions, kind=kind, late_seconds=late):
+            if sessions:
+                sink(("gone", sessions, kind))
+            sink(("shredded", late))
+        case ForgetRequested(request=request):
+            sink(("requested", line, request))
+        case ForgetFulfilled(request=request, sessions=sessions):
+            sink(("fulfilled", request))
+            sink(("gone", sessions, None))
+        case LogRecovered():
+            sink(("recovered",))
+        case LogUnsigned(first=first, lines=lines):
+            if lines < 1 or first + lines != line:
+                raise EventError(event.event_type, "first", "first and lines do not name the lines just before it")
+            sink(("unsigned", lines))
+        case RootLost():
+            sink(("root lost",))
+        case VoiceEnrolled(profile=profile) | VoiceForgotten(profile=profile):
+            sink(("voice", line, profile, isinstance(event, VoiceEnrolled)))
+        case Export(purpose=Purpose.TRAINING, session=session):
+            sink(("training export", line, session))
 
 
-def _limits(terms: Any) -> dict[str, tuple[int, int]]:
+def _limits(terms: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """Per profile of an adopted policy's terms: how long it may keep audio and transcripts (s)."""
     limits = {}
-    for name, profile in terms["profiles"].items():
-        audio, transcript = profile["audio_seconds"], profile["transcript_seconds"]
-        if type(audio) is not int or type(transcript) is not int or not isinstance(name, str):
-            raise ValueError("a profile's audio_seconds or transcript_seconds is not a whole number")
+    profiles = terms.get("profiles")
+    if not isinstance(profiles, dict):
+        raise EventError(PolicyAdopted.event_type, "terms", "terms has no profiles object")
+    for name, profile in profiles.items():
+        audio = profile.get("audio_seconds") if isinstance(profile, dict) else None
+        transcript = profile.get("transcript_seconds") if isinstance(profile, dict) else None
+        if type(audio) is not int or type(transcript) is not int:
+            raise EventError(PolicyAdopted.event_type, "terms", "a profile's audio_seconds or transcript_seconds is not a whole number")
         limits[name] = (audio, transcript)
     return limits
-
-
-def _text(fields: dict[str, Any], name: str) -> str:
-    value = fields[name]
-    if not isinstance(value, str):
-        raise ValueError(f"{name} is not a string")
-    return value
-
-
-def _texts(fields: dict[str, Any], name: str) -> list[str]:
-    value = fields[name]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{name} is not a list of strings")
-    return value
-
-
-def _instant(fields: dict[str, Any], name: str) -> str | None:
-    """An ISO 8601 instant with a zone, or None (not kept)."""
-    value = fields.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{name} is not a date")
-    if datetime.fromisoformat(value).tzinfo is None:
-        raise ValueError(f"{name} has no time zone")
-    return value
 
 
 # -- the chain -------------------------------------------------------------------------------
@@ -405,7 +403,7 @@ def _check_entry(number: int, raw: bytes, entry: dict[str, Any], chain: Chain) -
             return Problem("checkpoint signature does not verify: forged or damaged", number)
         chain.checkpoints += 1
         chain.last_checkpoint, chain.must_sign = number, None
-    elif kind in NEEDS_CHECKPOINT and chain.must_sign is None:
+    elif kind in MUST_BE_SIGNED and chain.must_sign is None:
         chain.must_sign = number
     chain.hashes += digest
     chain.previous = entry["hash"]
@@ -414,15 +412,14 @@ def _check_entry(number: int, raw: bytes, entry: dict[str, Any], chain: Chain) -
 
 def _checkpoint_ok(chain: Chain, entry: dict[str, Any], number: int) -> bool:
     """A checkpoint signs the line just before it, with the log's own key."""
-    fields = entry["fields"]
     try:
-        covered = fields["entries"]
-        if type(covered) is not int or covered != number - 1 or chain.hash_of(covered) != fields["head"]:
+        signed = CheckpointSigned.parse(entry["fields"])
+        if signed.entries != number - 1 or chain.hash_of(signed.entries) != signed.head:
             return False
-        text = checkpoint_text(chain.log_id or "", covered, fields["head"])
-        public_key_from_hex(chain.public_key or "").verify(bytes.fromhex(fields["signature"]), text)
+        text = checkpoint_text(chain.log_id or "", signed.entries, signed.head)
+        public_key_from_hex(chain.public_key or "").verify(bytes.fromhex(signed.signature), text)
         return True
-    except (KeyError, ValueError, TypeError, InvalidSignature):
+    except (ValueError, InvalidSignature):  # EventError is a ValueError, as a bad hex key or signature is
         return False
 
 

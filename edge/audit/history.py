@@ -7,21 +7,28 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from edge.events import EventError, ForgetFulfilled, ForgetRequested, Shred, read
+
 
 def fate_of(entries: Iterable[dict[str, Any]], session: str) -> str | None:
-    """A sentence on how `session` left the keystore, or None when the log never saw it go."""
+    """A sentence on how `session` left the keystore, or None when the log never saw it go.
+    A malformed event is passed over (`audit verify` names it)."""
     selectors: dict[str, str] = {}
     shredded: list[str] = []
     for entry in entries:
-        fields, kind = entry["fields"], entry["type"]
+        try:
+            event = read(entry["type"], entry["fields"])
+        except EventError:
+            continue
         when = _when(entry)
-        if kind == "forget.requested":
-            selectors[str(fields.get("request"))] = str(fields.get("selector"))
-        elif kind == "forget.fulfilled" and session in fields.get("sessions", ()):
-            asked = selectors.get(str(fields.get("request")), "a forget request")
-            return f"it was forgotten at {when} (the request to forget {asked}; `edge-agent audit show --type forget.fulfilled`)"
-        elif kind == "shred" and session in fields.get("sessions", ()):
-            shredded.append(f"its {fields.get('kind')} was shredded at {when} ({fields.get('reason')})")
+        match event:
+            case ForgetRequested():
+                selectors[event.request] = event.selector
+            case ForgetFulfilled() if session in event.sessions:
+                asked = selectors.get(event.request, "a forget request")
+                return f"it was forgotten at {when} (the request to forget {asked}; `edge-agent audit show --type forget.fulfilled`)"
+            case Shred() if session in event.sessions:
+                shredded.append(f"its {event.kind} was shredded at {when} ({event.reason})")
     return "; ".join(shredded) or None
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,51 +40,17 @@ from edge.disk.layout import AUDIT_KEY, AUDIT_LOG
 from edge.disk.lock import DataLock
 from edge.disk.versioned import AUDIT_HEADER
 from edge.errors import AuditError, EdgeError, StorageError
+from edge.events import EVENTS, AuditEvent, CheckpointSigned, LogCreated, LogRecovered, LogUnsigned
 from edge.faults import armed, crash_point
 
 ZERO_HASH = "0" * 64
 _FIRST_LINE_AT_MOST = 4096
 """log.created is about 250 bytes."""
 CHECKPOINT_EVERY = 100
-"""A checkpoint follows every entry whose seq is a multiple of this (and the shreds, forgets
-and stops that must be signed at once: see NEEDS_CHECKPOINT)."""
-NEEDS_CHECKPOINT = frozenset({"shred", "forget.fulfilled", "agent.stopped"})
-"""Events that MUST be covered by a checkpoint: none may stand after the last one."""
-EVENT_TYPES = frozenset(
-    {
-        "log.created",
-        "log.recovered",
-        "log.unsigned",
-        "checkpoint",
-        "config.loaded",
-        "agent.started",
-        "agent.stopped",
-        "session.created",
-        "session.sealed",
-        "session.served",
-        "export",
-        "export.refused",
-        "identity.exported",
-        "shred",
-        "forget.requested",
-        "forget.fulfilled",
-        "cleanup",
-        "clock.set_back",
-        "clock.ran_ahead",
-        "clock.impossible",
-        "clock.rewound",
-        "root.lost",
-        "keystore.unreadable",
-        "keystore.migrated",
-        "profile.active",
-        "profile.kept",
-        "policy.adopted",
-        "voice.enrolled",
-        "voice.forgotten",
-        "vault.migrated",
-    }
-)
-"""Every event type edge writes (docs/FORMATS.md section 6): `append` refuses any other."""
+"""A checkpoint follows every entry whose seq is a multiple of this (and every event that
+is signed at once: AuditEvent.needs_checkpoint)."""
+EVENT_TYPES = frozenset(EVENTS)
+"""Every event type edge writes (edge/events.py; docs/FORMATS.md section 6)."""
 _FORBIDDEN_FIELDS = ("text", "words", "transcript", "audio", "pcm", "key", "identity", "secret", "root")
 
 
@@ -152,27 +118,28 @@ class AuditLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append(self, event_type: str, *, checkpoint: bool = False, **fields: Any) -> dict[str, Any]:
-        """Append one event (fsynced); `checkpoint` signs it in the same write."""
-        return self.append_many([(event_type, fields)], checkpoint=checkpoint)[0]
+    def append(self, event: AuditEvent) -> dict[str, Any]:
+        """Append one event (fsynced), signed in the same write if it needs a checkpoint."""
+        return self.append_many([event])[0]
 
-    def append_many(self, events: list[tuple[str, dict[str, Any]]], checkpoint: bool = False) -> list[dict[str, Any]]:
+    def append_many(self, events: Sequence[AuditEvent], checkpoint: bool = False) -> list[dict[str, Any]]:
         """Append events in order with one write and one fsync (a purge of many buckets).
-        A checkpoint follows every entry whose seq is a multiple of CHECKPOINT_EVERY, and with
-        `checkpoint` the batch ends with one: in the same write, so no crash can separate a
-        shred from its signature."""
-        for event_type, fields in events:
+        A checkpoint follows every entry whose seq is a multiple of CHECKPOINT_EVERY, and the
+        batch ends with one if an event needs it or with `checkpoint` (a purge's end): in the
+        same write, so no crash can separate a shred from its signature."""
+        batch = _lines_of(events)
+        for event_type, fields, _ in batch:
             for name in fields:
                 if name.lower() in _FORBIDDEN_FIELDS:
                     raise AuditError(f"audit event {event_type!r}: field {name!r} could carry private data; refused")
             if event_type not in EVENT_TYPES:
                 raise AuditError(f"audit event {event_type!r}: not a type the log knows (a bug in edge)")
-        if not events and not checkpoint:
+        if not batch and not checkpoint:
             return []
         with DataLock(self.data_dir):
             last = self._head()
             written: list[dict[str, Any]] = []
-            lines, last = self._chained(last, events, checkpoint, written)
+            lines, last = self._chained(last, batch, checkpoint, written)
             self._write(lines, last)
             return written
 
@@ -187,19 +154,19 @@ class AuditLog:
             self._release()
 
     def _chained(
-        self, last: dict[str, Any], events: list[tuple[str, dict[str, Any]]], checkpoint: bool, written: list[dict[str, Any]]
+        self, last: dict[str, Any], batch: list[tuple[str, dict[str, Any], bool]], checkpoint: bool, written: list[dict[str, Any]]
     ) -> tuple[list[bytes], dict[str, Any]]:
-        """The lines for `events` after `last`, with the checkpoints the format requires, and
-        the last of them."""
+        """The lines for `batch` (type, fields, whether it needs a checkpoint) after `last`,
+        with the checkpoints the format requires, and the last of them."""
         lines = []
-        for event_type, fields in events:
+        for event_type, fields, _ in batch:
             last = self._entry(last, event_type, fields)
             written.append(last)
             lines.append(canonical(last))
             if last["seq"] % CHECKPOINT_EVERY == 0:
                 last, _ = self._signed(last)
                 lines.append(canonical(last))
-        if (checkpoint or any(event_type in NEEDS_CHECKPOINT for event_type, _ in events)) and last["type"] != "checkpoint":
+        if (checkpoint or any(needs for _, _, needs in batch)) and last["type"] != "checkpoint":
             last, _ = self._signed(last)
             lines.append(canonical(last))
         return lines, last
@@ -231,7 +198,8 @@ class AuditLog:
         """The checkpoint entry that signs `last`, and the checkpoint itself."""
         log_id = self.log_id()
         signature = self._signing_key().sign(checkpoint_text(log_id, last["seq"], last["hash"]))
-        entry = self._entry(last, "checkpoint", {"entries": last["seq"], "head": last["hash"], "signature": signature.hex()})
+        signed = CheckpointSigned(entries=last["seq"], head=last["hash"], signature=signature.hex())
+        entry = self._entry(last, signed.event_type, signed.to_fields())
         return entry, Checkpoint(log_id, last["seq"], last["hash"], signature)
 
     def public_key_pem(self) -> bytes:
@@ -301,17 +269,18 @@ class AuditLog:
             if not create:
                 return None
             public = self._signing_key().public_key().public_bytes_raw().hex()
-            last = self._entry(None, "log.created", {"log": secrets.token_hex(8), "public_key": public, "format": 1})
+            created = LogCreated(log=secrets.token_hex(8), public_key=public, format=1)
+            last = self._entry(None, created.event_type, created.to_fields())
             self._write([canonical(last)], last)
             return last
-        records: list[tuple[str, dict[str, Any]]] = []
+        records: list[AuditEvent] = []
         if last["type"] != "checkpoint" and not self._hold.held and self._hold.nobody_writing():
             first = self._first_unsigned(last)
-            records.append(("log.unsigned", {"first": first, "lines": last["seq"] - first + 1}))
+            records.append(LogUnsigned(first=first, lines=last["seq"] - first + 1))
         if torn is not None:
-            records.append(("log.recovered", torn))
+            records.append(torn)
         if records:
-            lines, last = self._chained(last, records, True, [])
+            lines, last = self._chained(last, _lines_of(records), True, [])
             self._write(lines, last)
         return last
 
@@ -349,7 +318,7 @@ class AuditLog:
             raise AuditError(f"{self.key_path}: is not an audit signing key (expected 32 bytes)")
         return Ed25519PrivateKey.from_private_bytes(raw)
 
-    def _last_entry(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def _last_entry(self) -> tuple[dict[str, Any] | None, LogRecovered | None]:
         """The last line, read from the end of the file (appends stay O(1)), and what a line
         cut off by a power cut during a write (no final newline) was, if one was: see _cut."""
         try:
@@ -372,7 +341,7 @@ class AuditLog:
         except ValueError:
             raise AuditError(f"{self.path}: the last line is damaged; run `edge-agent audit verify`") from None
 
-    def _cut(self, handle: BinaryIO, start: int, torn: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def _cut(self, handle: BinaryIO, start: int, torn: bytes) -> tuple[dict[str, Any] | None, LogRecovered | None]:
         """Cut a torn final line off (it was never complete, so nothing signed it); the caller
         logs that it happened, with its length and digest: recovered and reported, never
         silent. A whole entry that only lacks its newline is kept and given one."""
@@ -392,7 +361,7 @@ class AuditLog:
         if not start:
             return None, None
         last, _ = self._last_entry()  # signed at once by the caller: what the torn write lost may have been a checkpoint
-        return last, {"torn_bytes": len(torn), "torn_sha256": hashlib.sha256(torn).hexdigest()}
+        return last, LogRecovered(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest())
 
     def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -438,6 +407,11 @@ class AuditLog:
                 os.close(fd)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot append to the audit log: {why(exc)}") from None
+
+
+def _lines_of(events: Sequence[AuditEvent]) -> list[tuple[str, dict[str, Any], bool]]:
+    """What the log writes of each event: its type, its fields, whether it needs a checkpoint."""
+    return [(event.event_type, event.to_fields(), event.needs_checkpoint) for event in events]
 
 
 def _last_line(handle: BinaryIO, size: int) -> tuple[int, bytes, bool]:

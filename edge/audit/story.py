@@ -8,8 +8,9 @@ last time, so a flood of them hides nothing. Clock events are counted the same w
 one follows another with the same amount: a clock stepped once is seen again by every
 command that runs after it, and that is one row, not one per command.
 
-A malformed event (anyone can chain a line) is left out: the report's header says the log
-did not verify, and `audit verify` names the line.
+A malformed event (anyone can chain a line: edge.events.EventError) is left out, and so is
+a type this edge does not know: the report's header says the log did not verify, and
+`audit verify` names the line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,32 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from edge.durations import human as human  # re-exported: the report words durations alike
+from edge.events import (
+    AgentStarted,
+    AgentStopped,
+    AuditEvent,
+    ClockImpossible,
+    ClockRanAhead,
+    ClockRewound,
+    ClockSetBack,
+    Export,
+    ExportRefused,
+    ForgetFulfilled,
+    ForgetRequested,
+    IdentityExported,
+    KeystoreMigrated,
+    LogRecovered,
+    PolicyAdopted,
+    ProfileKept,
+    RootLost,
+    SessionCreated,
+    Shred,
+    UnknownEvent,
+    VaultMigrated,
+    VoiceEnrolled,
+    VoiceForgotten,
+    read,
+)
 from edge.values import DataKind
 
 LATE = timedelta(minutes=2)
@@ -100,151 +127,151 @@ _SHRED_WHY = {"expired": "its retention ended", "inactive": "the profile was unu
 def read_story(entries: list[dict[str, Any]]) -> Story:
     story = Story()
     stopped: datetime | None = None
-    pending: list[tuple[dict[str, Any], datetime]] = []
-    clock: tuple[str, float, Event] | None = None  # the latest clock row: its type and amount
+    pending: list[tuple[Shred, datetime]] = []
+    clock: tuple[type[AuditEvent], float, Event] | None = None  # the latest clock row: its type and amount
     for entry in entries:
         try:
             when = aware(datetime.fromisoformat(entry["wall"]))
-            kind, fields = entry["type"], entry["fields"]
-            if kind == "agent.stopped":
-                stopped = when
-            elif kind == "agent.started" and stopped is not None:
-                story.off.append((stopped, when))
-                stopped = None
-            if kind == "shred":
-                pending.append((fields, when))  # explained once every stop and start is known
-            elif kind.startswith("clock.") and clock is not None and _same_step(story, clock, kind, fields):
-                clock[2].again(when)
-            else:
-                rows = len(story.device)
-                _take(story, kind, fields, when)
-                if kind.startswith("clock.") and len(story.device) > rows:
-                    clock = (kind, _amount(fields), story.device[-1])
-        except (KeyError, TypeError, ValueError, AttributeError):
+            event = read(entry["type"], entry["fields"])
+        except (KeyError, TypeError, ValueError):  # not an entry (audit verify names it), or an EventError
             continue
+        if isinstance(event, AgentStopped):
+            stopped = when
+        elif isinstance(event, AgentStarted) and stopped is not None:
+            story.off.append((stopped, when))
+            stopped = None
+        if isinstance(event, Shred):
+            pending.append((event, when))  # explained once every stop and start is known
+        elif isinstance(event, _CLOCK) and clock is not None and _same_step(story, clock, event):
+            clock[2].again(when)
+        else:
+            rows = len(story.device)
+            _take(story, event, when)
+            if isinstance(event, _CLOCK) and len(story.device) > rows:
+                clock = (type(event), _amount(event), story.device[-1])
     if stopped is not None:
         story.off.append((stopped, None))
-    for fields, when in pending:
-        try:
-            _shred(story, fields, when)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
+    for shred, when in pending:
+        _shred(story, shred, when)
     return story
 
 
-def _same_step(story: Story, clock: tuple[str, float, Event], kind: str, fields: dict[str, Any]) -> bool:
+_CLOCK = (ClockSetBack, ClockRanAhead, ClockRewound, ClockImpossible)
+
+
+def _same_step(story: Story, clock: tuple[type[AuditEvent], float, Event], event: AuditEvent) -> bool:
     """Whether a clock event repeats the device table's last row (of the same type, with
     an amount within SAME_STEP of that row's first)."""
     seen, amount, row = clock
-    return bool(story.device) and story.device[-1] is row and kind == seen and abs(_amount(fields) - amount) < SAME_STEP.total_seconds()
+    return (
+        bool(story.device) and story.device[-1] is row and type(event) is seen and abs(_amount(event) - amount) < SAME_STEP.total_seconds()
+    )
 
 
-def _amount(fields: dict[str, Any]) -> float:
-    return float(fields.get("seconds", 0))
+def _amount(event: AuditEvent) -> float:
+    return float(event.seconds) if isinstance(event, (ClockSetBack, ClockRanAhead, ClockRewound)) else 0.0
 
 
-def _take(story: Story, kind: str, fields: dict[str, Any], when: datetime) -> None:
-    if kind == "session.created":
-        expires = {k: _time(fields.get(f"{k}_expires")) for k in DataKind}
-        story.sessions[str(fields["session"])] = Session(str(fields["session"]), str(fields["profile"]), when, expires)
-    elif kind == "export":
-        story.exports.append(Event(when, _owner(story, fields), f"recording exported for {fields['purpose']}", ""))
-    elif kind == "export.refused":
-        _refused(story, fields, when)
-    elif kind == "identity.exported":
-        story.exports.append(Event(when, _owner(story, fields), f"key exported: opens {fields['sessions']} recording(s)", "for checking"))
-    elif kind == "forget.requested":
-        _asked(story, fields, when)
-    elif kind == "forget.fulfilled":
-        _fulfilled(story, fields, when)
-    elif kind == "clock.set_back":
-        story.device.append(
-            Event(
-                when,
-                "",
-                f"the clock was set back by {human(timedelta(seconds=float(fields['seconds'])))}",
-                "retention still counts from the trusted clock",
+def _take(story: Story, event: AuditEvent | UnknownEvent, when: datetime) -> None:
+    match event:
+        case SessionCreated():
+            expires = {DataKind.AUDIO: _time(event.audio_expires), DataKind.TRANSCRIPT: _time(event.transcript_expires)}
+            story.sessions[event.session] = Session(event.session, event.profile, when, expires)
+        case Export():
+            story.exports.append(Event(when, _owner(story, event.session), f"recording exported for {event.purpose}", ""))
+        case ExportRefused():
+            _refused(story, event, when)
+        case IdentityExported():
+            story.exports.append(
+                Event(when, _owner(story, event.session), f"key exported: opens {event.sessions} recording(s)", "for checking")
             )
-        )
-    elif kind == "clock.ran_ahead":
-        ahead = timedelta(seconds=float(fields["seconds"]))
-        story.ahead = max(story.ahead, ahead)
-        story.device.append(
-            Event(
-                when,
-                "",
-                f"the clock ran ahead of the synchronised time by {human(ahead)}",
-                "data was shredded early, never late; `edge-agent clock rewind` brings the clock back",
+        case ForgetRequested():
+            _asked(story, event, when)
+        case ForgetFulfilled():
+            _fulfilled(story, event, when)
+        case ClockSetBack():
+            story.device.append(
+                Event(
+                    when,
+                    "",
+                    f"the clock was set back by {human(timedelta(seconds=event.seconds))}",
+                    "retention still counts from the trusted clock",
+                )
             )
-        )
-    elif kind == "clock.rewound":
-        back = timedelta(seconds=float(fields["seconds"]))
-        story.ahead = max(story.ahead, back)
-        story.device.append(
-            Event(
-                when,
-                "",
-                f"the clock was brought back by {human(back)} to the synchronised time",
-                f"{fields['buckets']} bucket(s) of {fields['sessions']} session(s) kept the time they had left; nothing is kept longer",
+        case ClockRanAhead():
+            ahead = timedelta(seconds=event.seconds)
+            story.ahead = max(story.ahead, ahead)
+            story.device.append(
+                Event(
+                    when,
+                    "",
+                    f"the clock ran ahead of the synchronised time by {human(ahead)}",
+                    "data was shredded early, never late; `edge-agent clock rewind` brings the clock back",
+                )
             )
-        )
-    elif kind == "clock.impossible":
-        claimed, allowed = float(fields["claimed_seconds"]), float(fields["allowed_seconds"])
-        story.device.append(
-            Event(
-                when,
-                "",
-                "an impossible reading of the monotonic clock was ignored",
-                f"it claimed {human(timedelta(seconds=claimed))} {'before' if claimed < 0 else 'since'} the last trusted time; "
-                f"the kernel counted {human(timedelta(seconds=max(0.0, allowed)))} since",
+        case ClockRewound():
+            back = timedelta(seconds=event.seconds)
+            story.ahead = max(story.ahead, back)
+            story.device.append(
+                Event(
+                    when,
+                    "",
+                    f"the clock was brought back by {human(back)} to the synchronised time",
+                    f"{event.buckets} bucket(s) of {event.sessions} session(s) kept the time they had left; nothing is kept longer",
+                )
             )
-        )
-    elif kind == "root.lost":
-        story.enrolled.clear()  # voiceprints live under the root too
-        story.device.append(
-            Event(when, "", "the root key was lost: everything kept before is unreadable for good", str(fields.get("reason", "")))
-        )
-    elif kind == "log.recovered":
-        story.device.append(Event(when, "", "a write cut off by a power cut was cleaned up", ""))
-    elif kind == "keystore.migrated":
-        story.device.append(Event(when, "", f"storage converted to version {fields['version']}", f"{fields['sessions']} session(s)"))
-    elif kind == "vault.migrated":
-        story.device.append(
-            Event(
-                when, "", f"the root key moved into the {fields['backend']} vault", f"the {fields['previous']} vault's root was destroyed"
+        case ClockImpossible(claimed_seconds=claimed, allowed_seconds=allowed):
+            story.device.append(
+                Event(
+                    when,
+                    "",
+                    "an impossible reading of the monotonic clock was ignored",
+                    f"it claimed {human(timedelta(seconds=claimed))} {'before' if claimed < 0 else 'since'} the last trusted time; "
+                    f"the kernel counted {human(timedelta(seconds=max(0.0, allowed)))} since",
+                )
             )
-        )
-    elif kind == "policy.adopted":
-        version, changed = str(fields["version"]), [str(c) for c in fields.get("changed") or []]
-        story.adopted.setdefault(version, when)
-        why = "the first policy this log records" if fields.get("previous") is None else "changed: " + (", ".join(changed) or "nothing")
-        story.policies.append(Event(when, "", f"policy {version[:12]} adopted", why))
-    elif kind == "profile.kept":
-        story.inactive.append(
-            Event(
-                when,
-                str(fields["profile"]),
-                "kept from its inactivity purge by a parent (`profile keep`)",
-                f"unheard since {local(aware(datetime.fromisoformat(str(fields['heard']))))}; now kept until {local(aware(datetime.fromisoformat(str(fields['until']))))} unless it speaks",
+        case PolicyAdopted():
+            story.adopted.setdefault(event.version, when)
+            why = "the first policy this log records" if event.previous is None else "changed: " + (", ".join(event.changed) or "nothing")
+            story.policies.append(Event(when, "", f"policy {event.version[:12]} adopted", why))
+        case ProfileKept():
+            heard, until = local(aware(datetime.fromisoformat(event.heard))), local(aware(datetime.fromisoformat(event.until)))
+            story.inactive.append(
+                Event(
+                    when,
+                    event.profile,
+                    "kept from its inactivity purge by a parent (`profile keep`)",
+                    f"unheard since {heard}; now kept until {until} unless it speaks",
+                )
             )
-        )
-    elif kind == "voice.enrolled":
-        consent = "with a parent's consent" if fields.get("consent") else ""
-        story.voices.append(Event(when, str(fields["profile"]), f"voice enrolled from {fields['seconds']} s of speech", consent))
-        story.enrolled[str(fields["profile"])] = True
-    elif kind == "voice.forgotten":
-        if story.enrolled.get(str(fields["profile"])) is False:
-            return  # written ahead again by the run that finished an interrupted forget
-        story.voices.append(Event(when, str(fields["profile"]), "voiceprint shredded", _SHRED_WHY.get(str(fields.get("reason")), "")))
-        if fields.get("reason") == "inactive":
-            story.inactive.append(Event(when, str(fields["profile"]), "voiceprint purged for inactivity", _SHRED_WHY["inactive"]))
-        story.enrolled[str(fields["profile"])] = False
+        case RootLost():
+            story.enrolled.clear()  # voiceprints live under the root too
+            story.device.append(Event(when, "", "the root key was lost: everything kept before is unreadable for good", event.reason))
+        case LogRecovered():
+            story.device.append(Event(when, "", "a write cut off by a power cut was cleaned up", ""))
+        case KeystoreMigrated():
+            story.device.append(Event(when, "", f"storage converted to version {event.version}", f"{event.sessions} session(s)"))
+        case VaultMigrated():
+            story.device.append(
+                Event(when, "", f"the root key moved into the {event.backend} vault", f"the {event.previous} vault's root was destroyed")
+            )
+        case VoiceEnrolled():
+            consent = "with a parent's consent" if event.consent else ""
+            story.voices.append(Event(when, event.profile, f"voice enrolled from {event.seconds} s of speech", consent))
+            story.enrolled[event.profile] = True
+        case VoiceForgotten():
+            if story.enrolled.get(event.profile) is False:
+                return  # written ahead again by the run that finished an interrupted forget
+            story.voices.append(Event(when, event.profile, "voiceprint shredded", _SHRED_WHY.get(event.reason, "")))
+            if event.reason == "inactive":
+                story.inactive.append(Event(when, event.profile, "voiceprint purged for inactivity", _SHRED_WHY["inactive"]))
+            story.enrolled[event.profile] = False
 
 
-def _refused(story: Story, fields: dict[str, Any], when: datetime) -> None:
-    reason = _REFUSED.get(str(fields.get("reason")), str(fields.get("reason")))
-    what = "key export refused" if fields.get("purpose") == "identity" else f"export for {fields['purpose']} refused"
-    key = (_owner(story, fields), what, reason)
+def _refused(story: Story, event: ExportRefused, when: datetime) -> None:
+    reason = _REFUSED.get(event.reason, event.reason)
+    what = "key export refused" if event.purpose == "identity" else f"export for {event.purpose} refused"
+    key = (_owner(story, event.session), what, reason)
     seen = story.refusals.get(key)
     if seen is None:
         story.refusals[key] = Event(when, *key)
@@ -252,31 +279,31 @@ def _refused(story: Story, fields: dict[str, Any], when: datetime) -> None:
         seen.again(when)
 
 
-def _asked(story: Story, fields: dict[str, Any], when: datetime) -> None:
+def _asked(story: Story, event: ForgetRequested, when: datetime) -> None:
     """A forget request's row: whose data (one session of a profile, a profile, everyone),
     what it named and how many sessions, and who asked (resumed: after a power cut)."""
-    whose, named, command = _forgetting(story, str(fields["selector"]))
-    sessions = int(fields["sessions"])
+    whose, named, command = _forgetting(story, event.selector)
+    sessions = event.sessions
     count = "" if command == VOICES_FORGET else f": {plural(sessions, 'session') if sessions else 'none was kept'}"
     why = _who_asked(command)
-    if fields.get("resumed"):  # the same request again, after a crash or power cut stopped its first run
+    if event.resumed:  # the same request again, after a crash or power cut stopped its first run
         row = Event(when, whose, f"finished the request to forget {named} that a power cut or crash interrupted{count}", why)
     else:
         row = Event(when, whose, f"asked to forget {named}{count}", why)
     story.forgets.append(row)
-    story.asked.setdefault(str(fields["request"]), (str(fields["selector"]), []))[1].append(row)
+    story.asked.setdefault(event.request, (event.selector, []))[1].append(row)
 
 
-def _fulfilled(story: Story, fields: dict[str, Any], when: datetime) -> None:
+def _fulfilled(story: Story, event: ForgetFulfilled, when: datetime) -> None:
     """Marks the sessions forgotten; the row (and the request's) names whose they were."""
-    sessions = [s for s in fields["sessions"] if isinstance(s, str)]
+    sessions = event.sessions
     profiles = sorted({story.sessions[s].profile for s in sessions if s in story.sessions})
     for session in sessions:
         if session in story.sessions:
             ended = story.sessions[session].ended
             for data_kind in DataKind:
                 ended[data_kind] = ended[data_kind] or when
-    selector, asked = story.asked.get(str(fields["request"]), ("", []))
+    selector, asked = story.asked.get(event.request, ("", []))
     if selector.startswith("everything before ") and profiles:
         for row in asked:
             row.profile = ", ".join(profiles)
@@ -304,31 +331,30 @@ def _forgetting(story: Story, selector: str) -> tuple[str, str, str]:
     if selector.startswith("the voiceprint of "):
         return selector.removeprefix("the voiceprint of "), selector, VOICES_FORGET
     if selector.startswith("everything before "):
-        before = aware(datetime.fromisoformat(selector.removeprefix("everything before ")))
+        try:
+            before = aware(datetime.fromisoformat(selector.removeprefix("everything before ")))
+        except ValueError:  # not as the shredder words it: shown as written
+            return "everyone", selector, FORGET
         return "everyone", f"everything before {local(before)}", FORGET  # until its fulfilment names them
     return ("everyone" if selector == "everything" else ""), selector, FORGET
 
 
-def _shred(story: Story, fields: dict[str, Any], when: datetime) -> None:
-    kind = DataKind(fields["kind"])
-    sessions = [s for s in fields["sessions"] if isinstance(s, str)]
-    for session in sessions:
+def _shred(story: Story, shred: Shred, when: datetime) -> None:
+    for session in shred.sessions:
         if session in story.sessions:
-            story.sessions[session].ended[kind] = when
-    late = timedelta(seconds=float(fields.get("late_seconds", 0)))
-    why = _SHRED_WHY.get(str(fields.get("reason")), str(fields.get("reason")))
+            story.sessions[session].ended[shred.kind] = when
+    late = timedelta(seconds=shred.late_seconds)
+    why = _SHRED_WHY.get(shred.reason, shred.reason)
     if late > LATE:
-        why += f"; {human(late)} late: {lateness_reason(story, when - late, when, fields)}"
+        why += f"; {human(late)} late: {lateness_reason(story, when - late, when, shred)}"
     elif late >= timedelta(0):
         why += "; on time"
-    story.shreds.append(Event(when, str(fields.get("profile", "")), f"{kind} of {len(sessions)} session(s) shredded", why))
-    if fields.get("reason") == "inactive":
-        story.inactive.append(
-            Event(when, str(fields.get("profile", "")), f"{kind} of {len(sessions)} session(s) purged for inactivity", why)
-        )
+    story.shreds.append(Event(when, shred.profile, f"{shred.kind} of {len(shred.sessions)} session(s) shredded", why))
+    if shred.reason == "inactive":
+        story.inactive.append(Event(when, shred.profile, f"{shred.kind} of {len(shred.sessions)} session(s) purged for inactivity", why))
 
 
-def lateness_reason(story: Story, due: datetime, done: datetime, fields: dict[str, Any]) -> str:
+def lateness_reason(story: Story, due: datetime, done: datetime, shred: Shred) -> str:
     if story.ahead / 2 < done - due <= story.ahead + LATE:  # about as late as the clock was found ahead
         return f"the clock had run {human(story.ahead)} ahead, so this was early, not late"
     for stopped, started in story.off:
@@ -336,13 +362,13 @@ def lateness_reason(story: Story, due: datetime, done: datetime, fields: dict[st
             if started is None or started > done:
                 return f"edge was not running from {local(stopped)}: the next purge shredded it"
             return f"the device was off from {local(stopped)} to {local(started)}"
-    if abs(float(fields.get("set_back_seconds", 0))) > 2:
-        return "the clock had run ahead" if fields.get("clock_synced") else "the clock had been set back"
+    if abs(shred.set_back_seconds) > 2:
+        return "the clock had run ahead" if shred.clock_synced else "the clock had been set back"
     return "no agent was running to shred it on time; the next purge or start did" if not story.off else "no reason was recorded"
 
 
-def _owner(story: Story, fields: dict[str, Any]) -> str:
-    session = story.sessions.get(str(fields.get("session")))
+def _owner(story: Story, session_id: str) -> str:
+    session = story.sessions.get(session_id)
     return session.profile if session is not None else ""
 
 
@@ -352,12 +378,9 @@ def aware(instant: datetime) -> datetime:
     return instant
 
 
-def _time(text: object) -> datetime | None:
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ValueError("not a date")
-    return aware(datetime.fromisoformat(text))
+def _time(text: str | None) -> datetime | None:
+    """An instant SessionCreated.parse checked (ISO 8601 with a zone), or None (not kept)."""
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def plural(count: int, noun: str) -> str:

@@ -17,6 +17,7 @@ from edge.crypto.guarantee import Vault
 from edge.disk.files import exists_in
 from edge.disk.layout import TPM_MARKER
 from edge.errors import KeystoreError, UsageError, VaultError
+from edge.events import VaultMigrated
 from edge.store.keystore import Keystore
 from edge.values import VaultBackend
 
@@ -31,7 +32,7 @@ def _migrate(args: argparse.Namespace) -> int:
     store, audit = wiring.open_store(config)
     old = store.vault.level
     sessions = _move(store, target, config)
-    audit.append("vault.migrated", backend=target.level.backend, previous=old.backend, sessions=sessions)
+    audit.append(VaultMigrated(backend=target.level.backend, previous=old.backend, sessions=sessions))
     print(
         f"moved the root key of {config.device.data_dir} from the {old.backend} vault into the TPM ({args.tcti}, "
         f"NV index {args.nv_index:#010x}); {sessions} retained session(s) still open, and the old root is destroyed"

@@ -13,6 +13,7 @@ from edge.agent import Agent
 from edge.config import Config
 from edge.control.protocol import Handler
 from edge.errors import ControlError
+from edge.events import ProfileActive
 from edge.instants import parse_instant
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.sink import AuditSink
@@ -56,7 +57,7 @@ def agent_operations(
         if name is not None:
             config.profile(name)  # ConfigError names the profiles there are
         agent.active_profile = name  # beats the run's --profile: who speaks now
-        audit.append("profile.active", profile=name or "", checkpoint=True)  # an operation's end is signed
+        audit.append(ProfileActive(profile=name or ""))  # an operation's end: signed in its write
         return {"active_profile": speaking()}
 
     def push(_args: dict[str, Any]) -> dict[str, Any]:

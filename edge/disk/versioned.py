@@ -45,6 +45,11 @@ class VersionedFile:
     newer: str = "written by a newer edge? update edge"
     """What a version above the newest read most likely means, and what to do."""
 
+    def written(self) -> int:
+        """The version this edge writes (for a file it writes)."""
+        assert self.writes is not None, f"edge does not write {self.file}"
+        return self.writes
+
     def dump(self, fields: Mapping[str, Any]) -> bytes:
         """The document in the version this edge writes: its format, version, fixed members, then `fields`."""
         assert self.writes is not None, f"edge does not write {self.file}"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from edge.config import Config
 from edge.errors import UsageError
+from edge.events import ProfileKept
 from edge.instants import iso_utc
 from edge.retention.forecast import forecast
 from edge.sink import AuditSink
@@ -61,7 +62,7 @@ def keep(store: Keystore, audit: AuditSink, config: Config, name: str, now: date
         if heard > now:
             raise UsageError(f"profile keep {name}: it was heard at {iso_utc(heard)}, later than now by the trusted clock; nothing changed")
         until = now + profile.inactive_after
-        audit.append("profile.kept", profile=name, heard=iso_utc(heard), until=iso_utc(until), source="command")
+        audit.append(ProfileKept(profile=name, heard=iso_utc(heard), until=iso_utc(until), source="command"))
         if name in data.last_seen:
             data.last_seen[name] = now
         if voice is not None:

@@ -29,6 +29,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from edge.errors import ClockError, KeystoreError, StorageError
+from edge.events import ClockRewound
 from edge.faults import crash_point
 from edge.progress import Progress
 from edge.retention.clock import Mark, TrustedClock
@@ -88,15 +89,16 @@ def adopt(data: KeystoreData, clock: TrustedClock, audit: AuditSink, *, resumed:
         clock.reload()
     if clock.rewind != done.request:  # not moved back yet (cut short, or written over by a process that read it before)
         if not done.finished:  # logged before the mark is moved: a mark that follows the rewind means it is logged
-            audit.append(
-                "clock.rewound",
-                request=done.request,
-                seconds=done.seconds,
-                **{"from": done.before.isoformat(), "to": done.to.isoformat()},
-                buckets=done.buckets,
-                sessions=done.sessions,
-                **({"resumed": True} if resumed else {}),
-                checkpoint=True,
+            audit.append(  # signed in its write
+                ClockRewound(
+                    request=done.request,
+                    seconds=done.seconds,
+                    from_=done.before.isoformat(),
+                    to=done.to.isoformat(),
+                    buckets=done.buckets,
+                    sessions=done.sessions,
+                    resumed=resumed,
+                )
             )
         try:
             clock.rewind_to(Mark(done.to, done.monotonic, done.boot, done.uptime, done.request))

@@ -36,6 +36,17 @@ from edge.crypto.age import Recipient, rekey_in_place
 from edge.disk import layout, reserve
 from edge.disk.files import LOCKED, create_in, exists_in, files_in, open_in, size_in, sync_folder_in, unlink_each_in, unlink_in
 from edge.errors import AgeError, UsageError
+from edge.events import (
+    AuditEvent,
+    Cleanup,
+    ClockImpossible,
+    ClockRanAhead,
+    ClockSetBack,
+    ForgetFulfilled,
+    ForgetRequested,
+    Shred,
+    VoiceForgotten,
+)
 from edge.faults import crash_point
 from edge.progress import Progress
 from edge.retention.clock import SET_BACK_TOLERANCE, Reading, TrustedClock
@@ -294,7 +305,7 @@ class Shredder:
         in the same commit)."""
         for profile in self._stale_voices(data, now):
             heard = data.voices[profile].heard
-            self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.INACTIVE, heard=heard.isoformat())
+            self.audit.append(VoiceForgotten(profile=profile, reason=ShredReason.INACTIVE, heard=heard.isoformat()))
             del data.voices[profile]
             report.voices.append(profile)
 
@@ -378,18 +389,14 @@ class Shredder:
         """Destroy what a forget named, re-key what it shares, ratchet once, log it fulfilled,
         then drop the request from the keystore (a crash before that only repeats the log lines)."""
         self.audit.append(
-            "forget.requested",
-            request=pending.request,
-            selector=pending.selector,
-            sessions=len(pending.sessions),
-            **({"resumed": True} if resumed else {}),
+            ForgetRequested(request=pending.request, selector=pending.selector, sessions=len(pending.sessions), resumed=resumed)
         )
         report.forgotten.extend(pending.sessions)
         report.voices.extend(pending.voices)
         if resumed:
             report.resumed.append(pending.request)
         for profile in pending.voices:  # write-ahead: the ratchet below makes it true
-            self.audit.append("voice.forgotten", profile=profile, reason=ShredReason.FORGET, request=pending.request)
+            self.audit.append(VoiceForgotten(profile=profile, reason=ShredReason.FORGET, request=pending.request))
         alive = {b: members for b, members in pending.buckets.items() if b in data.buckets}
         for bucket_id, members in data.members_of(list(alive)).items():
             if set(members) - set(pending.sessions):  # joined after the request (a crash delayed it): re-key instead
@@ -397,13 +404,10 @@ class Shredder:
                 self.keystore.start_rekey(data, bucket_id)
         self._destroy(data, {b: ShredReason.FORGET for b in alive}, report.reading.now, report, alive, ratchet=False)
         rekeyed = self._rekey_files(data, report)
-        self.audit.append(  # write-ahead, like a shred: the commit below makes it true
-            "forget.fulfilled",
-            request=pending.request,
-            sessions=list(pending.sessions),
-            buckets=sorted(pending.buckets),
-            rekeyed=list(pending.rekeyed),
-            checkpoint=True,
+        self.audit.append(  # write-ahead, like a shred: the commit below makes it true (signed in its write)
+            ForgetFulfilled(
+                request=pending.request, sessions=list(pending.sessions), buckets=sorted(pending.buckets), rekeyed=list(pending.rekeyed)
+            )
         )
         # The request names sessions and buckets (profiles, expiries): it leaves the keystore
         # in the same commit as the ratchet, so no copy of it opens with the new root.
@@ -414,21 +418,21 @@ class Shredder:
         """Audit the rest of what happened (shreds are logged before they happen), then sign
         the log's new head."""
         reading = report.reading
-        events: list[tuple[str, dict[str, Any]]] = []
+        events: list[AuditEvent] = []
         if reading.set_back <= SET_BACK_TOLERANCE:
             self._logged_set_back = timedelta(0)
         elif abs(reading.set_back - self._logged_set_back) > SET_BACK_TOLERANCE:
             self._logged_set_back = reading.set_back
             # NTP vouches for the wall clock: then it is the trusted clock that is wrong (it ran ahead)
-            kind = "clock.ran_ahead" if reading.synced else "clock.set_back"
-            events.append((kind, {"seconds": round(reading.set_back.total_seconds(), 3), "wall": reading.wall.isoformat()}))
+            step = ClockRanAhead if reading.synced else ClockSetBack
+            events.append(step(seconds=round(reading.set_back.total_seconds(), 3), wall=reading.wall.isoformat()))
         if reading.impossible is not None and not self._logged_impossible:  # once per process: said, not repeated
             self._logged_impossible = True
             log.warning("%s", reading.impossible.describe())
             claimed, allowed = reading.impossible.claimed, reading.impossible.allowed
-            events.append(("clock.impossible", {"claimed_seconds": round(claimed, 3), "allowed_seconds": round(allowed, 3)}))
+            events.append(ClockImpossible(claimed_seconds=round(claimed, 3), allowed_seconds=round(allowed, 3)))
         if report.files_deleted and not report.buckets:
-            events.append(("cleanup", {"files": report.files_deleted}))
+            events.append(Cleanup(files=report.files_deleted))
         if events or not report.empty:
             self.audit.append_many(events, checkpoint=True)
 
@@ -439,20 +443,17 @@ class Shredder:
         `backstop`: `purge --overdue` shreds it, because the agent had not (a parent sees that)."""
         self.audit.append_many(
             [
-                (
-                    "shred",
-                    {
-                        "bucket": item.bucket,
-                        "kind": item.kind,
-                        "profile": item.profile,
-                        "reason": item.reason,
-                        "sessions": list(item.sessions),
-                        "expires": item.expires.isoformat(),
-                        "late_seconds": round(item.late.total_seconds(), 3),
-                        "clock_synced": reading.synced,
-                        "set_back_seconds": round(reading.set_back.total_seconds(), 3),
-                        **({"backstop": True} if backstop else {}),
-                    },
+                Shred(
+                    bucket=item.bucket,
+                    kind=item.kind,
+                    profile=item.profile,
+                    reason=item.reason,
+                    sessions=list(item.sessions),
+                    expires=item.expires.isoformat(),
+                    late_seconds=round(item.late.total_seconds(), 3),
+                    clock_synced=reading.synced,
+                    set_back_seconds=round(reading.set_back.total_seconds(), 3),
+                    backstop=backstop,
                 )
                 for item in items
             ],

@@ -18,6 +18,7 @@ from edge.disk import layout
 from edge.disk.files import reader_in
 from edge.disk.outputs import check_output, output_file, write_secret
 from edge.errors import AgeError, PolicyError, UsageError
+from edge.events import Export, ExportRefused, IdentityExported
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
@@ -94,11 +95,11 @@ def export_audio(
             check_purpose(config, entry, purpose)
             check_available(entry, now)
         except PolicyError as refusal:
-            audit.append("export.refused", session=session_id, purpose=purpose, reason=refusal.reason)
+            audit.append(ExportRefused(session=session_id, purpose=purpose, reason=refusal.reason))
             raise
         identities = keystore.identities(data.buckets[entry.audio_bucket])  # type: ignore[index]
         seconds = _write_wav(keystore.data_dir, session_id, identities, out)
-        audit.append("export", session=session_id, purpose=purpose, seconds=round(seconds, 3))
+        audit.append(Export(session=session_id, purpose=purpose, seconds=round(seconds, 3)))
     return Exported(session_id, entry.profile, purpose, out, seconds)
 
 
@@ -112,12 +113,12 @@ def export_identity(keystore: Keystore, audit: AuditSink, session_id: str, out: 
         try:
             check_available(entry, now)
         except PolicyError as refusal:
-            audit.append("export.refused", session=session_id, purpose="identity", reason=refusal.reason)
+            audit.append(ExportRefused(session=session_id, purpose="identity", reason=refusal.reason))
             raise
         bucket = data.buckets[entry.audio_bucket]  # type: ignore[index]
         identity = keystore.identity(bucket)
         members = len(data.members_of([bucket.id]).get(bucket.id, ()))
-        audit.append("identity.exported", session=session_id, bucket=bucket.id, sessions=members)
+        audit.append(IdentityExported(session=session_id, bucket=bucket.id, sessions=members))
         text = (
             f"# edge bucket {bucket.id}: opens every recording in it until {bucket.expires.isoformat()}\n"
             f"# public key: {bucket.recipient}\n{identity.encode()}\n"

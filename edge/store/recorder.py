@@ -21,6 +21,7 @@ from edge.disk.files import LOCKED, create_in, unlink_in, why, write_atomic_in
 from edge.disk.layout import recording_path
 from edge.disk.lock import DataLock
 from edge.errors import StorageError
+from edge.events import SessionCreated, SessionSealed
 from edge.faults import crash_point
 from edge.instants import iso_utc
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
@@ -94,18 +95,19 @@ class Recorder:
                     data.sessions[session_id] = entry
             # Logged after the keystore holds it: a crash in between leaves a session the log
             # learns of when it is shredded, never a logged session that could not be shredded.
-            self.audit.append(
-                "session.created",
-                session=session_id,
-                profile=profile.name,
-                rule=tag.rule,
-                child=profile.is_child,
-                audio_expires=iso_utc(entry.audio_expires),
-                transcript_expires=iso_utc(entry.transcript_expires),
-                audio_bucket=entry.audio_bucket,
-                transcript_bucket=entry.transcript_bucket,
-                **({"policy": self.policy, "created": iso_utc(now)} if self.policy is not None else {}),
-                checkpoint=not (audio or transcript),  # keeping nothing, the session logs nothing more: signed now
+            self.audit.append(  # keeping nothing, the session logs nothing more: then signed in its write
+                SessionCreated(
+                    session=session_id,
+                    profile=profile.name,
+                    rule=tag.rule,
+                    child=profile.is_child,
+                    audio_expires=iso_utc(entry.audio_expires),
+                    transcript_expires=iso_utc(entry.transcript_expires),
+                    audio_bucket=entry.audio_bucket,
+                    transcript_bucket=entry.transcript_bucket,
+                    policy=self.policy,
+                    created=iso_utc(now) if self.policy is not None else None,
+                )
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
 
@@ -190,11 +192,8 @@ class SealedSession:
                 write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed, writer=LOCKED)  # in the transaction's lock
             seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
-            self._audit.append(
-                "session.sealed",
-                session=entry.id,
-                seconds=seconds,
-                audio_sealed=self._writer is not None,
-                transcript_sealed=bucket is not None,
-                checkpoint=True,  # the session's end: signed in the same write (docs/FORMATS.md section 6)
+            self._audit.append(  # the session's end: signed in the same write (docs/FORMATS.md section 6)
+                SessionSealed(
+                    session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None
+                )
             )

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.config import Config, Profile
 from edge.errors import AudioError, UsageError
+from edge.events import VoiceEnrolled
 from edge.policy import UNKNOWN_PROFILE
 from edge.sink import AuditSink
 from edge.store.keystore import Keystore
@@ -80,13 +81,14 @@ def enroll(
             raise UsageError("a forget is not finished yet: run `edge-agent purge` first (it finishes it), then enrol again")
         replaced = profile_name in data.voices
         audit.append(  # write-ahead: a crash before the commit leaves a logged consent and no voiceprint, never the reverse
-            "voice.enrolled",
-            profile=profile_name,
-            child=profile.is_child,
-            consent=consent,
-            seconds=voiceprint.seconds,
-            utterances=voiceprint.utterances,
-            replaced=replaced,
+            VoiceEnrolled(
+                profile=profile_name,
+                child=profile.is_child,
+                consent=consent,
+                seconds=voiceprint.seconds,
+                utterances=voiceprint.utterances,
+                replaced=replaced,
+            )
         )
         data.voices[profile_name] = voiceprint
         if replaced:

@@ -24,6 +24,7 @@ from wyoming.ping import Ping, Pong
 from edge.config import ListenerSettings
 from edge.disk.space import FLOOR_BYTES, below_floor
 from edge.errors import EdgeError, WyomingError
+from edge.events import SessionServed
 from edge.values import EndReason
 from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.audio import WireFormat
@@ -282,17 +283,17 @@ class Connection:
 
     def _served(self, utterance: Utterance, reason: EndReason, characters: int) -> None:
         """Audited before the text is handed out: the log never claims less than left the device."""
-        self._server.household.audit.append(
-            "session.served",
-            session=utterance.session,
-            source="wyoming",
-            listener=self._listener.name,
-            profile=utterance.tag.profile.name,
-            seconds=utterance.seconds,
-            characters=characters,
-            end_reason=reason,
-            kept=utterance.kept,
-            checkpoint=True,  # a Wyoming session's last event: signed in the same write
+        self._server.household.audit.append(  # a Wyoming session's last event: signed in the same write
+            SessionServed(
+                session=utterance.session,
+                source="wyoming",
+                listener=self._listener.name,
+                profile=utterance.tag.profile.name,
+                seconds=utterance.seconds,
+                characters=characters,
+                end_reason=reason,
+                kept=utterance.kept,
+            )
         )
         log.info(
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",
