@@ -210,18 +210,24 @@ def test_matching_shows_what_a_forget_would_remove_and_changes_nothing(tmp_path,
 # -- crashes between the steps --------------------------------------------------------
 
 
-def test_crash_after_ratchet_before_delete_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch):
+@pytest.mark.parametrize("clean", [False, True], ids=["a folder never swept", "a clean folder"])
+def test_crash_after_ratchet_before_delete_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch, clean):
+    """A power cut after the keys are gone and before the files are: the next sweep deletes
+    them (in a clean folder, the marker was removed first, so it scans)."""
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    data_dir = config.device.data_dir
+    if clean:
+        shredder.sweep()
     session = record(store, clock, config, "child")
     wall.advance(3600)
     monkeypatch.setattr(Shredder, "_unlink", lambda self, doomed: (_ for _ in ()).throw(SystemExit("power cut")))
     with pytest.raises(SystemExit):
         shredder.sweep()
     monkeypatch.undo()
-    path = recording_path(config.device.data_dir, session)
-    assert path.exists() and openable(store, [path]) == [False]  # keys gone already
+    path = recording_path(data_dir, session)
+    assert path.exists() and openable(store, [path]) == [False] and not (data_dir / "files-clean").exists()  # keys gone already
     report = shredder.sweep()
-    assert report.files_deleted == 1 and not path.exists()
+    assert report.files_deleted == 1 and not path.exists() and (data_dir / "files-clean").exists()
 
 
 def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files(tmp_path, write_config, monkeypatch):
@@ -258,22 +264,6 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     assert not temp.exists() and not recording_path(data_dir, cut.id).exists()
     assert not recording_path(data_dir, kept).exists() and transcript_path(data_dir, kept).exists()
     assert stray.exists() and (data_dir / "files-clean").exists()
-
-
-def test_a_crash_between_the_keys_and_the_files_in_a_clean_folder_owes_a_full_scan(tmp_path, write_config, monkeypatch):
-    config, wall, clock, store, shredder = setup(tmp_path, write_config)
-    data_dir = config.device.data_dir
-    shredder.sweep()
-    session = record(store, clock, config, "child")
-    wall.advance(3600)
-    monkeypatch.setattr(Shredder, "_unlink", lambda self, doomed: (_ for _ in ()).throw(SystemExit("power cut")))
-    with pytest.raises(SystemExit):
-        shredder.sweep()
-    monkeypatch.undo()
-    path = recording_path(data_dir, session)
-    assert path.exists() and openable(store, [path]) == [False] and not (data_dir / "files-clean").exists()
-    report = shredder.sweep()
-    assert report.files_deleted == 1 and not path.exists() and (data_dir / "files-clean").exists()
 
 
 def test_crash_in_the_middle_of_a_rekey_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch):
