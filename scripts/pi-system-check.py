@@ -318,7 +318,7 @@ class SystemCheck:
         return datetime.fromtimestamp(float(self.console.ok("date +%s.%N")), timezone.utc)
 
     def status(self) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.console.ok(f"{AGENT} status --json", 300).splitlines()[-1])
+        document: dict[str, Any] = json.loads(self.console.ok(f"{AGENT} status --json 2>/dev/null", 300).splitlines()[-1])
         return document
 
     def wait_for_listener(self, timeout: float) -> float:
@@ -385,7 +385,8 @@ class SystemCheck:
         )
         self.checks.check(
             "users edge (groups edge, audio, tss) and edge-wyoming (not in edge)",
-            c.run("id -nG edge | grep -qw tss && id -nG edge | grep -qw audio && ! id -nG edge-wyoming | grep -qw edge")[0] == 0,
+            c.run("id -nG edge | grep -qw tss && id -nG edge | grep -qw audio && ! id -nG edge-wyoming | tr ' ' '\\n' | grep -qx edge")[0]
+            == 0,
             c.run("id edge; id edge-wyoming")[1],
         )
         self.checks.check(

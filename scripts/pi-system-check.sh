@@ -132,7 +132,8 @@ project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join([*project["dependencies"], *project["optional-dependencies"]["model"], "setuptools>=61", "wheel"]))' \
     "$SRC/pyproject.toml" > "$WHEELS/requirements.txt"
   tpm=$("$SRC/.venv/bin/python" -c 'import sys, tomllib; print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["tpm"])' "$SRC/pyproject.toml")
-  pip=("$SRC/.venv/bin/python" -m pip)
+  pip=(pip_quiet "$SRC/.venv/bin/python" -m pip)
+  pip_quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } >&2; return "${PIPESTATUS[0]}"; }  # (this machine's pip.conf)
   quiet=(-q --disable-pip-version-check)
   "${pip[@]}" wheel "${quiet[@]}" --no-deps -w "$WHEELS" srt >&2
   "${pip[@]}" download "${quiet[@]}" --only-binary=:all: --platform manylinux_2_36_aarch64 --platform manylinux2014_aarch64 \
