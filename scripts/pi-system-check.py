@@ -401,7 +401,7 @@ class SystemCheck:
         self.checks.check(
             "edge-agent.service runs as user edge",
             c.ok("systemctl show -P ActiveState edge-agent") == "active"
-            and c.ok("ps -o user= -p $(systemctl show -P MainPID edge-agent)") == "edge",
+            and c.ok("stat -c %U /proc/$(systemctl show -P MainPID edge-agent)") == "edge",
         )
         self.checks.check(
             "the sandbox allows /dev/tpmrm0 only",
