@@ -43,14 +43,11 @@ exec 9>"$HA_ROOT.lock"  # one run at a time per root: another waits here
 flock 9
 
 source "$SRC/scripts/apt-packages.sh"
+source "$SRC/scripts/chroot-root.sh"
 # debootstrap builds the root; espeak-ng and sox make the speech; systemd has the bridge
 apt_ensure ha-check debootstrap espeak-ng sox systemd
 [ -x "$SRC/.venv/bin/python" ] || "$SRC/scripts/setup.sh" test
 
-unmount_root() {  # everything mounted under the root, innermost first
-  local target
-  findmnt -rn -o TARGET | { grep -F "$HA_ROOT/" || true; } | sort -r | while read -r target; do umount -l "$target" 2>/dev/null || true; done
-}
 stop_root_processes() {  # whatever still runs inside the root (a Home Assistant left by a killed run)
   local proc
   for proc in /proc/[0-9]*; do
@@ -58,7 +55,7 @@ stop_root_processes() {  # whatever still runs inside the root (a Home Assistant
   done
   return 0
 }
-cleanup() { stop_root_processes; sleep 1; unmount_root; }
+cleanup() { stop_root_processes; sleep 1; unmount_root "$HA_ROOT"; }
 DRIVER=""
 driver() {  # driver ARGS...: scripts/ha-check.py, in the background so that a signal reaches it at once
   "$SRC/.venv/bin/python" "$SRC/scripts/ha-check.py" --root "$HA_ROOT" "${ENV_ARGS[@]}" "$@" &
@@ -74,7 +71,7 @@ stopped() {  # let the driver stop what it started (edge, the bridges, Home Assi
 }
 trap cleanup EXIT
 trap stopped INT TERM
-unmount_root  # a run killed before its cleanup
+unmount_root "$HA_ROOT"  # a run killed before its cleanup
 
 started=$SECONDS
 if [ "$FRESH" = 1 ] || [ "$(cat "$HA_ROOT/.edge-ha-root" 2>/dev/null)" != "$HA_SUITE" ]; then
@@ -91,22 +88,11 @@ else
   say "reusing the $HA_SUITE root in $HA_ROOT (--fresh builds a new one)"
 fi
 
-cp /etc/resolv.conf "$HA_ROOT/etc/resolv.conf"
-# This machine's way out (its proxies, and the CA bundle they need): what pip, and Home
-# Assistant when it installs an integration's requirements, must use here.
-NETWORK_ENV=()
-for name in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-  [ -z "${!name:-}" ] || NETWORK_ENV+=("$name=${!name}")
-done
-if [ -r /etc/ssl/certs/ca-certificates.crt ]; then
-  cp /etc/ssl/certs/ca-certificates.crt "$HA_ROOT/etc/ssl/certs/host-ca-certificates.crt"
-  bundle=/etc/ssl/certs/host-ca-certificates.crt
-  NETWORK_ENV+=("PIP_CERT=$bundle" "SSL_CERT_FILE=$bundle" "REQUESTS_CA_BUNDLE=$bundle")
-fi
-for fs in proc sys dev; do
-  mount --rbind "/$fs" "$HA_ROOT/$fs" && mount --make-rslave "$HA_ROOT/$fs"
-done
-in_root() { chroot "$HA_ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "${NETWORK_ENV[@]}" "$@"; }
+# This machine's way out: what pip, and Home Assistant when it installs an integration's
+# requirements, must use here.
+host_network "$HA_ROOT"
+bind_system "$HA_ROOT"
+in_root() { in_chroot "$HA_ROOT" "$@"; }
 ENV_ARGS=()
 for pair in "${NETWORK_ENV[@]}"; do ENV_ARGS+=(--env "$pair"); done
 

@@ -8,6 +8,8 @@
 #   sudo scripts/pi-check.sh            build the root (or reuse it), check, clean up mounts
 #   sudo scripts/pi-check.sh --fresh    build a new root first
 #   PI_ROOT=DIR                         where the root lives (default /var/tmp/edge-pi-root)
+#   sudo scripts/pi-check.sh --system   boot an arm64 machine instead: a real arm64 kernel,
+#                                       systemd and a TPM device (scripts/pi-system-check.sh)
 #
 # Needs root, the network (Debian's archive and PyPI) and binfmt_misc; says so and exits 1
 # when the machine cannot provide it. Not part of .ci/run: it takes 20-40 minutes. Run it
@@ -17,10 +19,16 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 PI_ROOT=${PI_ROOT:-/var/tmp/edge-pi-root}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 FRESH=0
+for arg in "$@"; do  # --system: the booted machine's check takes the other options
+  if [ "$arg" = --system ]; then
+    rest=(); for arg in "$@"; do [ "$arg" = --system ] || rest+=("$arg"); done
+    exec "$SRC/scripts/pi-system-check.sh" "${rest[@]}"
+  fi
+done
 for arg in "$@"; do
   case $arg in
     --fresh) FRESH=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "pi-check: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,21 +36,13 @@ say() { echo "pi-check: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "run as root (sudo $0): debootstrap, chroot and binfmt_misc need it"; exit 1; }
 
 source "$SRC/scripts/apt-packages.sh"
+source "$SRC/scripts/chroot-root.sh"
 apt_ensure pi-check qemu-user-static binfmt-support debootstrap
 
-MOUNTED=()
-cleanup() {  # unmount what this script mounted, innermost first
-  local i
-  for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTED[$i]}" 2>/dev/null || true; done
-}
+cleanup() { unmount_root "$PI_ROOT"; unmount_binfmt; }
 trap cleanup EXIT
-if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
-    || { say "cannot mount binfmt_misc (a container without that privilege?): arm64 programs cannot run here"; exit 1; }
-  MOUNTED+=(/proc/sys/fs/binfmt_misc)
-fi
-update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { say "binfmt_misc has no qemu-aarch64 entry (update-binfmts failed)"; exit 1; }
+enable_arm64 pi-check
+unmount_root "$PI_ROOT"  # a run killed before its cleanup
 
 if [ "$FRESH" = 1 ]; then rm -rf "$PI_ROOT"; fi
 if [ ! -x "$PI_ROOT/usr/bin/bash" ] || [ ! -e "$PI_ROOT/.edge-pi-root" ]; then
@@ -53,35 +53,15 @@ if [ ! -x "$PI_ROOT/usr/bin/bash" ] || [ ! -e "$PI_ROOT/.edge-pi-root" ]; then
 else
   say "reusing the arm64 root in $PI_ROOT (--fresh builds a new one)"
 fi
-cp /etc/resolv.conf "$PI_ROOT/etc/resolv.conf"
-# This machine's way out (its proxies, and the CA bundle they need): what the root's pip and
-# apt must use here, where a Pi would use its own.
-NETWORK_ENV=()
-for name in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-  [ -z "${!name:-}" ] || NETWORK_ENV+=("$name=${!name}")
-done
-if [ -r /etc/ssl/certs/ca-certificates.crt ]; then
-  mkdir -p "$PI_ROOT/etc/ssl/certs"
-  cp /etc/ssl/certs/ca-certificates.crt "$PI_ROOT/etc/ssl/certs/host-ca-certificates.crt"
-  bundle=/etc/ssl/certs/host-ca-certificates.crt
-  NETWORK_ENV+=("PIP_CERT=$bundle" "SSL_CERT_FILE=$bundle" "REQUESTS_CA_BUNDLE=$bundle")
-fi
-for fs in proc sys dev; do
-  mkdir -p "$PI_ROOT/$fs"
-  mount --rbind "/$fs" "$PI_ROOT/$fs" && mount --make-rslave "$PI_ROOT/$fs"
-  MOUNTED+=("$PI_ROOT/$fs")
-done
-
-# The working tree as it is (committed or not), without a venv or anything git ignores.
-rm -rf "$PI_ROOT/src/edge" && mkdir -p "$PI_ROOT/src/edge"
-(cd "$SRC" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$PI_ROOT/src/edge"
+host_network "$PI_ROOT"
+bind_system "$PI_ROOT"
+copy_worktree "$SRC" "$PI_ROOT/src/edge"
 
 results=()
 check() {  # check NAME COMMAND...: run COMMAND in the arm64 root, record PASS or FAIL
   local name=$1; shift
   say "running in the arm64 root: $name"
-  if chroot "$PI_ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "${NETWORK_ENV[@]}" \
-      bash -c "cd /src/edge && $*" >&2; then
+  if in_chroot "$PI_ROOT" bash -c "cd /src/edge && $*" >&2; then
     results+=("PASS  $name")
   else
     results+=("FAIL  $name")

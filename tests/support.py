@@ -352,9 +352,9 @@ def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
     return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
 
 
-async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None) -> Event:
+async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None, timeout: float = 60) -> Event:
     """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
-    audio-stop; the one event that answers."""
+    audio-stop; the one event that answers (within `timeout` seconds of audio-stop)."""
     pcm, rate, width, channels = wav_pcm(path)
     step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
     client = AsyncClient.from_uri(uri)
@@ -367,7 +367,7 @@ async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dic
         for index in range(0, len(pcm), step):
             await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
         await client.write_event(AudioStop().event())
-        event = await asyncio.wait_for(client.read_event(), 60)
+        event = await asyncio.wait_for(client.read_event(), timeout)
         assert event is not None, "the server closed the connection without an answer"
         return event
     finally:
