@@ -226,6 +226,8 @@ def test_a_profile_near_its_inactivity_purge_is_listed_kept_by_a_parent_and_then
     coming = report.read_text().split("<h2>Inactive profiles</h2>")[1].split("<h2>")[0]
     assert "<td>parent</td>" in coming and "<code>edge-agent profile keep parent</code>" in coming and "1 session(s)" in coming
 
+    late = faketime("+150m", "--config", str(config), "profile", "keep", "parent", config=config)  # due at +2h: too late
+    assert late.returncode != 0 and "was due at" in late.stderr and not _of(data, "profile.kept"), late
     kept = faketime("+90m", "--config", str(config), "profile", "keep", "parent", config=config)
     assert kept.returncode == 0, kept.stderr
     [logged] = _of(data, "profile.kept")

@@ -266,6 +266,56 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     assert stray.exists() and (data_dir / "files-clean").exists()
 
 
+def test_the_marker_is_gone_for_good_before_data_is_dropped(tmp_path, write_config, monkeypatch):
+    """`files-clean` is removed and the data folder fsynced before the shred's commit, so no
+    power cut can keep the commit and bring the marker back."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    data_dir = config.device.data_dir.resolve()
+    shredder.sweep()
+    record(store, clock, config, "child")
+    wall.advance(3600)
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (data_dir / "files-clean").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(Keystore, "destroy_buckets", lambda *args: (_ for _ in ()).throw(SystemExit("power cut")))
+    with pytest.raises(SystemExit):
+        shredder.sweep()
+    assert (str(data_dir), False) in synced  # the folder itself, with the marker gone
+
+
+@pytest.mark.parametrize("lost", ["the root key", "the keystore"])
+def test_files_left_by_a_lost_root_or_keystore_are_deleted_from_a_clean_folder(tmp_path, write_config, lost):
+    """A power cut takes the kernel keyring's root (the agent starts afresh), or a damaged
+    keystore is moved aside as its error advises: every file kept before is an orphan, and the
+    next sweep finds them although the folder was clean."""
+    from edge.crypto.vault import KeyringVault
+    from edge.store.keystore import Access
+    from edge.values import KeyringKind
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    data_dir = config.device.data_dir
+    shredder.sweep()
+    session = record(store, clock, config, "parent")
+    store.close()
+    if lost == "the root key":
+        KeyringVault(data_dir, KeyringKind.SESSION).erase("current")  # a restart empties the kernel keyring...
+        marker = json.loads((data_dir / "vault").read_text())
+        (data_dir / "vault").write_text(json.dumps({**marker, "boot": "0" * 36}))  # ...and the boot id is new
+    else:
+        for name in ("keystore.db", "keystore.db-wal", "keystore.db-shm"):
+            if (data_dir / name).exists():
+                (data_dir / name).rename(data_dir / f"{name}.damaged")
+    fresh = wiring.open_store(config, Access.AGENT)
+    report = wiring.make_shredder(config, store=fresh, clock=clock).sweep()
+    assert report.files_deleted == 2
+    assert not recording_path(data_dir, session).exists() and not transcript_path(data_dir, session).exists()
+
+
 def test_crash_in_the_middle_of_a_rekey_is_finished_by_next_sweep(tmp_path, write_config, monkeypatch):
     from edge.retention import shredder as module
 

@@ -39,7 +39,8 @@ def _keep(args: argparse.Namespace, name: str) -> int:
         print(f"nothing of {name} is kept (no session, no voiceprint): there is nothing to keep")
     else:
         print(
-            f"{name} counts as heard now: its data and voiceprint are kept until {iso_utc(until)} unless it speaks again before (profile.kept)"
+            f"{name} counts as heard now: its purge for inactivity moves to {iso_utc(until)}, if it stays unheard until then "
+            "(each kept session still goes at its own expiry; profile.kept)"
         )
     return 0
 

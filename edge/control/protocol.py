@@ -183,9 +183,9 @@ class ControlServer:
             return {"ok": False, "error": "the agent could not do that (an internal error; see its log)"}
 
 
-QUICK_OPS = {"status": 5.0, "profile": 5.0, "push": 5.0}
-"""Seconds a live agent answers these in: they touch no data. Past that it is hung, and
-the caller says so rather than wait."""
+QUICK_OPS = {"status": 5.0, "push": 5.0}
+"""Seconds a live agent answers these in: they wait for no lock (`profile` is audited, so it
+waits its turn behind a sweep). Past that it is hung, and the caller says so rather than wait."""
 
 SLOW_OP = 60.0
 """Seconds for anything else: a forget of many buckets takes a while."""

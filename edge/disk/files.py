@@ -282,15 +282,23 @@ def unlink_each_in(root: Path, folder: str, names: Iterable[str], each: Callable
     return deleted
 
 
-def sync_folder_in(root: Path, folder: str) -> None:
-    """Make the deletions and renames done in root/folder durable (nothing when it is missing)."""
+def sync_folder_in(root: Path, folder: str = "") -> None:
+    """Make the deletions and renames done in root/folder (root itself for "") durable
+    (nothing when it is missing)."""
     try:
-        with folder_fd(root, [folder]) as fd:
+        with folder_fd(root, [folder] if folder else []) as fd:
             os.fsync(fd)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise StorageError(f"{root / folder}: cannot sync: {why(exc)}", path=root / folder) from None
+
+
+def unlink_durably_in(root: Path, name: str) -> None:
+    """Delete root/name, if there, and make that durable before returning (a marker whose
+    absence a later commit relies on)."""
+    if unlink_in(root, name):
+        sync_folder_in(root)
 
 
 def files_in(root: Path, folder: str = "") -> list[str]:

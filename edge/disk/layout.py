@@ -35,8 +35,9 @@ RECORDINGS = "recordings"
 TRANSCRIPTS = "transcripts"
 FILES_CLEAN = "files-clean"
 """Present: every ciphertext file belongs to a kept session, so a sweep deletes what it shreds
-by name. Removed (durably) before any commit that drops a session's data, made again once its
-files are gone: a folder without it (a crash, an older edge) gets one full scan for orphans."""
+by name. Removed (durably) before any commit that drops a session's data (a shred, a forget,
+a lost root, a new keystore), made again once its files are gone: a folder without it (a
+crash, an older edge) gets one full scan for orphans."""
 RECORDING_SUFFIX = ".wav.age"
 TRANSCRIPT_SUFFIX = ".json.age"
 

@@ -61,6 +61,12 @@ def keep(store: Keystore, audit: AuditSink, config: Config, name: str, now: date
             return None
         if heard > now:
             raise UsageError(f"profile keep {name}: it was heard at {iso_utc(heard)}, later than now by the trusted clock; nothing changed")
+        due = min(t + profile.inactive_after for t in (data.last_seen.get(name), voice.heard if voice else None) if t is not None)
+        if due <= now:  # an objection comes before the purge, never after
+            raise UsageError(
+                f"profile keep {name}: its purge for inactivity was due at {iso_utc(due)}; what it kept is shredded "
+                "at the next sweep (`edge-agent purge` now). Nothing changed"
+            )
         until = now + profile.inactive_after
         audit.append(ProfileKept(profile=name, heard=iso_utc(heard), until=iso_utc(until), source="command"))
         if name in data.last_seen:

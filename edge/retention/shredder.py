@@ -23,6 +23,7 @@ can be opened any more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -34,8 +35,20 @@ from typing import Any
 from edge.config import Config
 from edge.crypto.age import Recipient, rekey_in_place
 from edge.disk import layout, reserve
-from edge.disk.files import LOCKED, create_in, exists_in, files_in, open_in, size_in, sync_folder_in, unlink_each_in, unlink_in
-from edge.errors import AgeError, UsageError
+from edge.disk.files import (
+    LOCKED,
+    create_in,
+    exists_in,
+    files_in,
+    folder_fd,
+    open_in,
+    size_in,
+    sync_folder_in,
+    unlink_durably_in,
+    unlink_each_in,
+    unlink_in,
+)
+from edge.errors import AgeError, StorageError, UsageError
 from edge.events import (
     AuditEvent,
     Cleanup,
@@ -538,15 +551,17 @@ class Shredder:
     def _owe_scan(self) -> None:
         """Before a commit that drops sessions' data: should the deletions after it not all
         happen (a crash), the next sweep scans for what they left."""
-        if unlink_in(self.keystore.data_dir, layout.FILES_CLEAN):
-            sync_folder_in(self.keystore.data_dir, "")
+        unlink_durably_in(self.keystore.data_dir, layout.FILES_CLEAN)
 
     def _delete_files(self, data: KeystoreData, report: ShredReport, clean: bool) -> int:
         """Delete the files of what this run shredded or forgot, by name; in a folder that was
         not clean when the run began, every file no live session refers to. Then mark it clean."""
         root = self.keystore.data_dir
-        if clean and exists_in(root, layout.FILES_CLEAN):
-            return 0  # nothing was dropped: nothing to delete
+        if clean and exists_in(root, layout.FILES_CLEAN):  # nothing was dropped: nothing to delete
+            for folder in (layout.RECORDINGS, layout.TRANSCRIPTS):  # a folder swapped for a link is refused now
+                with contextlib.suppress(FileNotFoundError), folder_fd(root, [folder]):
+                    pass
+            return 0
         if clean:
             named = self._named(report)
             deleted = self._unlink(named)
@@ -556,7 +571,10 @@ class Shredder:
             deleted = self._unlink(self._orphans(data))
         for folder in (layout.RECORDINGS, layout.TRANSCRIPTS):
             sync_folder_in(root, folder)
-        create_in(root, layout.FILES_CLEAN).close()
+        try:
+            create_in(root, layout.FILES_CLEAN).close()
+        except StorageError as exc:  # the shred stands; without the marker the next sweep scans again
+            log.warning("%s", exc)
         return deleted
 
     @staticmethod

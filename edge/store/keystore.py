@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidTag
 from edge.crypto.age import Identity
 from edge.crypto.guarantee import ROOT_BYTES, Vault
 from edge.disk import reserve
-from edge.disk.files import destroy_temps, private_dir, publish_in, read_in, unlink_in
-from edge.disk.layout import KEYSTORE, KEYSTORE_DB
+from edge.disk.files import destroy_temps, private_dir, publish_in, read_in, unlink_durably_in, unlink_in
+from edge.disk.layout import FILES_CLEAN, KEYSTORE, KEYSTORE_DB
 from edge.disk.lock import DataLock
 from edge.errors import KeystoreError, VaultError
 from edge.faults import crash_point
@@ -277,6 +277,7 @@ class Keystore:
         """DATA_DIR/keystore.db, made whole in a temporary file and renamed into place: empty,
         or converted from v1 (audited, counts only). A crash before the rename leaves v1 as it
         was and the next open tries again; after it, v1 is deleted."""
+        unlink_durably_in(self.data_dir, FILES_CLEAN)  # files beside a new keystore (one moved aside, say) owe a scan
         found, records = self._legacy(v1, current, staged) if v1 is not None else (None, None)
         if found is not None:
             root = found
@@ -398,6 +399,7 @@ class Keystore:
             )
         if self.on_root_lost is not None:
             self.on_root_lost(reason)  # write-ahead: a crash below only repeats it at the next start
+        unlink_durably_in(self.data_dir, FILES_CLEAN)  # every session's files are orphans now: the next sweep scans
         connection.execute("DELETE FROM sessions")
         connection.execute("DELETE FROM buckets")
         root = os.urandom(ROOT_BYTES)
