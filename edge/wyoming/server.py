@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -206,23 +207,23 @@ class WyomingServer:
                 self._open += 1
                 task = loop.create_task(self._serve(listener, accepted))
                 self._clients.add(task)
-                task.add_done_callback(self._clients.discard)
+                task.add_done_callback(functools.partial(self._gone, client=accepted))
+
+    def _gone(self, task: asyncio.Task[None], client: socket.socket) -> None:
+        """A client's task ended, however (even cancelled before it began): its socket is
+        closed (again, harmlessly, if closing finished) and no longer counts."""
+        self._clients.discard(task)
+        client.close()
+        self._open -= 1
 
     async def _serve(self, listener: ListenerSettings, accepted: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=accepted, limit=self.limits.header_bytes)
         try:
-            try:
-                reader, writer = await asyncio.open_unix_connection(sock=accepted, limit=self.limits.header_bytes)
-            except OSError:
-                accepted.close()
-                return
-            try:
-                await Connection(self, listener, reader, writer).run()
-            except asyncio.CancelledError:
-                pass  # the server stops: this client's session ended as "stopped" on the way out
-            finally:
-                await close(writer, self.settings.close_grace)
+            await Connection(self, listener, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # the server stops: this client's session ended as "stopped" on the way out
         finally:
-            self._open -= 1  # whatever closing raised: a socket never counts for ever
+            await close(writer, self.settings.close_grace)
 
     async def _serve_stdio(self, listener: ListenerSettings) -> None:
         """One client for the process's life: the program that started it (Rhasspy 3)."""
