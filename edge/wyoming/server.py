@@ -215,6 +215,8 @@ class WyomingServer:
         self._clients.discard(task)
         client.close()
         self._open -= 1
+        if not task.cancelled() and (error := task.exception()) is not None:  # its type only: never what was said
+            log.warning("wyoming: a connection ended on an error (%s)", type(error).__name__)
 
     async def _serve(self, listener: ListenerSettings, accepted: socket.socket) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=accepted, limit=self.limits.header_bytes)
