@@ -448,7 +448,7 @@ class SystemCheck:
         absent = c.ok(f"/usr/bin/python3 /root/no-persistent.py {py} absent /root/kr-pi")
         self.checks.check(
             "without persistent keyrings (as on a Pi's kernel): refused with a clear error; a session keyring works",
-            absent.splitlines() == ["persistent False", "refused KeyringError", "session True"],
+            absent.splitlines() == ["persistent False", "refused VaultError", "session True"],  # NO_PERSISTENT_KEYRINGS
             absent,
         )
         self.checks.note(f"without persistent keyrings: {' / '.join(absent.splitlines())}")
