@@ -130,10 +130,12 @@ def _started(runtime: wiring.Runtime, source: str) -> None:
         )
     )
     runtime.retention.start()
+    runtime.notifier.ready()  # systemd (Type=notify): everything due is shredded, the sockets are up
 
 
 def _stop(runtime: wiring.Runtime, control: ControlServer | None, listeners: WyomingServer | None) -> None:
     """Listeners first (their sessions end as "stopped" and are sealed), then the rest."""
+    runtime.notifier.stopping()
     try:
         if listeners is not None:
             listeners.stop()

@@ -37,6 +37,7 @@ from edge.retention.shredder import Shredder, ShredReport
 from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
 from edge.store.recorder import Recorder
 from edge.stt.vocabulary import check_trigger_words
+from edge.systemd import Notifier
 from edge.tagging.voice import VoiceTagger
 from edge.values import VaultBackend
 from edge.written.terms import terms_of
@@ -171,9 +172,12 @@ def make_shredder(
     return Shredder(keystore, clock or make_clock(config), config, audit, deleting)
 
 
-def make_retention(shredder: Shredder, config: Config, on_report: Callable[[ShredReport], None]) -> RetentionService:
-    """Shredding on schedule: a job per bucket, a periodic sweep, a clock watch."""
-    return RetentionService(shredder, shredder.clock, config.retention.sweep, on_report)
+def make_retention(
+    shredder: Shredder, config: Config, on_report: Callable[[ShredReport], None], notifier: Notifier | None = None
+) -> RetentionService:
+    """Shredding on schedule: a job per bucket, a periodic sweep, a clock watch, and (under
+    systemd's watchdog) heartbeats that prove the scheduler runs and the data lock is free."""
+    return RetentionService(shredder, shredder.clock, config.retention.sweep, on_report, notifier)
 
 
 def make_recorder(
@@ -218,6 +222,7 @@ class Runtime:
     retention: RetentionService
     recorder: Recorder
     agent: Agent
+    notifier: Notifier
 
 
 def build_runtime(
@@ -237,10 +242,11 @@ def build_runtime(
     keystore, audit = open_store(config, Access.AGENT, vault)
     clock = make_clock(config)
     shredder = make_shredder(config, store=(keystore, audit), clock=clock)
-    retention = make_retention(shredder, config, on_report)
+    notifier = Notifier.from_environment()
+    retention = make_retention(shredder, config, on_report, notifier)
     recorder = make_recorder(keystore, audit, clock, retention, terms_of(config, keystore.vault.level).version)
     agent = make_agent(config, model, on_session, recorder, profile, clock)
-    return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent)
+    return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent, notifier)
 
 
 def make_listeners(runtime: Runtime, listeners: tuple[ListenerSettings, ...]) -> WyomingServer:

@@ -14,6 +14,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -336,6 +337,34 @@ class ServeAgent(MicAgent):
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None) -> None:
         super().__init__(env or dict(os.environ), config, *args, as_json=False, preexec_fn=preexec_fn)
+
+
+class NotifySocket:
+    """systemd's side of sd_notify: the datagram socket an agent under `Type=notify` sends
+    its states to (READY=1, WATCHDOG=1, STOPPING=1)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def env(self, watchdog_seconds: float) -> dict[str, str]:
+        """What systemd sets for a service with `WatchdogSec=`."""
+        return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(int(watchdog_seconds * 1_000_000))}
+
+    def states(self, seconds: float) -> list[str]:
+        """Every state that arrives within `seconds`."""
+        got, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def play(env: dict[str, str], path: Path) -> None:

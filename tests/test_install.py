@@ -195,7 +195,10 @@ def test_the_backstop_timer_is_installed_enabled_and_runs_purge_overdue(staged, 
     assert "Type=oneshot" in lines and "WantedBy=multi-user.target" not in lines  # started by its timer only
     agent = set(_directives(UNIT))
     shared = agent - {
-        "Type=simple",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=5min",
+        "TimeoutStartSec=15min",
         "SupplementaryGroups=audio",
         "DeviceAllow=char-alsa rw",
         "Restart=on-failure",

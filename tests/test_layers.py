@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "edge.progress",
         "edge.burst",
         "edge.invocation",
+        "edge.systemd",
     },
     {"edge.events"},  # every audit event type (the writers below audit build them)
     {"edge.instants", "edge.sink"},

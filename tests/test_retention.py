@@ -22,12 +22,14 @@ from edge.audit.log import AuditLog
 from edge.config import load_config
 from edge.crypto.age import decrypt, rekey_in_place
 from edge.disk.layout import recording_path, transcript_path
+from edge.disk.lock import DataLock
 from edge.errors import KeystoreError
 from edge.policy import Tag
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
 from edge.store.keystore import Keystore
+from edge.systemd import Notifier
 from edge.transcript import Transcript, Word
 from edge.values import TagRule
 
@@ -39,6 +41,7 @@ from support import (
     START,
     FakeWall,
     MicAgent,
+    NotifySocket,
     Retention,
     edge_agent,
     faketime,
@@ -597,3 +600,35 @@ def test_session_open_during_a_rekey_stays_whole(tmp_path, write_config):
     assert openable(store, [recording_path(data_dir, live_id), transcript_path(data_dir, live_id)]) == [True, True]
     identities = [i for b in store.read().buckets.values() for i in store.identities(b)]
     assert decrypt(recording_path(data_dir, live_id).read_bytes(), identities)[44:] == PCM + PCM
+
+
+def test_the_watchdog_hears_the_agent_only_while_a_shred_could_take_the_data_lock(tmp_path, write_config):
+    """A writer hung holding the data folder's lock stops every shred: the heartbeats that
+    systemd's watchdog waits for stop with it (so systemd restarts the agent), and resume
+    once the lock is free."""
+    config = load_config(write_config(mode="always"))
+    (store, _audit), service = _scheduled(config, wiring.make_clock(config), [])
+    systemd = NotifySocket(tmp_path / "notify")
+    service.notifier = Notifier.from_environment(systemd.env(watchdog_seconds=0.4))
+    service.start()
+    hung, release = threading.Event(), threading.Event()
+
+    def hang_holding_the_lock() -> None:
+        with DataLock(config.device.data_dir):
+            hung.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hang_holding_the_lock)
+    try:
+        assert "WATCHDOG=1" in systemd.states(3), "no heartbeat while the lock is free"
+        holder.start()
+        assert hung.wait(5)
+        systemd.states(0.5)  # a heartbeat already past the lock
+        assert systemd.states(2.5) == [], "a heartbeat while a writer holds the data lock"
+        release.set()
+        assert "WATCHDOG=1" in systemd.states(5), "the heartbeats did not resume once the lock was free"
+    finally:
+        release.set()
+        holder.join(5) if holder.is_alive() else None
+        service.stop()
+        systemd.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from support import (
     PARENT,
     ROOT,
     MicAgent,
+    NotifySocket,
     Retention,
     ServeAgent,
     deleted_and_rechained,
@@ -211,6 +213,26 @@ def test_wyoming_bench_gets_exact_transcripts_over_tcp_through_the_real_bridge(h
     assert report.count("WER=0.0%") == 3 and "CER=0.0%" in report, report  # each sample, then the summary
     served = [s for s in _served(folder / "data") if s["listener"] == "edge (kids' room)"]
     assert sum(1 for s in served if s["characters"] == len(SAID)) >= 2
+
+
+def test_under_systemd_the_agent_says_ready_alive_and_stopping(tmp_path):
+    """`Type=notify` with `WatchdogSec=` (the unit install.sh installs): READY=1 once the
+    listeners accept clients, WATCHDOG=1 while retention can run, STOPPING=1 on SIGTERM."""
+    config = tmp_path / "household.toml"
+    config.write_text(household_toml(tmp_path / "data") + _listener_toml(tmp_path / "kids.sock", "child", "kids"), encoding="utf-8")
+    systemd = NotifySocket(tmp_path / "notify")
+    try:
+        agent = ServeAgent(config, env={**os.environ, **systemd.env(watchdog_seconds=2)})
+        try:
+            started = systemd.states(3)
+        finally:
+            out, err, code = agent.stop(signal.SIGTERM)
+        stopped = systemd.states(0.5)
+    finally:
+        systemd.close()
+    assert code == 0, err
+    assert started[0].startswith("READY=1\n") and "WATCHDOG=1" in started[1:], started
+    assert "STOPPING=1" in stopped, stopped  # a last heartbeat may come either side of it
 
 
 def test_a_stdio_listener_serves_the_process_that_started_it(household, clip, tmp_path):

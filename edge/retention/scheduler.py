@@ -12,6 +12,11 @@ sweep is paced by that thread too, on the monotonic clock: an interval job would
 not only follow the wall clock, APScheduler also lists every run an interval job
 missed before it coalesces them, so a clock stepped forward by years (a Pi without
 a real-time clock syncing NTP) kept its scheduler busy for seconds to hours.
+
+Under systemd's watchdog the same thread asks the scheduler for a heartbeat job that
+takes the data folder's lock and only then tells systemd the agent is alive: a stuck
+scheduler, a dead watch thread or a writer hung holding the lock (which would stop every
+shred, the backstop's too) all end the heartbeats, and systemd restarts the agent.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from datetime import datetime, timedelta, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from edge.disk.lock import DataLock
 from edge.errors import EdgeError
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import Shredder, ShredReport
 from edge.store.records import Bucket
+from edge.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ class RetentionService:
         clock: TrustedClock,
         sweep_every: timedelta,
         on_report: Callable[[ShredReport], None],
+        notifier: Notifier | None = None,
     ) -> None:
         self.shredder = shredder
         self.clock = clock
@@ -61,6 +69,8 @@ class RetentionService:
         self._watch_thread = threading.Thread(target=self._watch, name="edge-clock-watch", daemon=True)
         self._offset = timedelta(0)
         self._drift = 0.0
+        self.notifier = notifier or Notifier(None, None)
+        self._beating = threading.Event()  # a heartbeat job is queued or running
 
     def catch_up(self) -> ShredReport:
         """Shred everything already due, synchronously (before the microphone opens)."""
@@ -111,10 +121,24 @@ class RetentionService:
         """The wall-clock instant at which the trusted clock will read `trusted`."""
         return trusted - self._offset
 
+    def _heartbeat(self) -> None:
+        """Run by the scheduler: alive only if the data folder's lock can be taken now."""
+        try:
+            with DataLock(self.shredder.keystore.data_dir):
+                pass
+            self.notifier.alive()
+        finally:
+            self._beating.clear()
+
     def _watch(self) -> None:
         next_sweep, said = time.monotonic() + self.sweep_every.total_seconds(), ""
-        while not self._stop.wait(WATCH_SECONDS):  # Event.wait runs on the monotonic clock
+        beat_every, next_beat = self.notifier.beat_every, time.monotonic()
+        while not self._stop.wait(min(WATCH_SECONDS, beat_every or WATCH_SECONDS)):  # monotonic
             try:
+                if beat_every is not None and time.monotonic() >= next_beat and not self._beating.is_set():
+                    next_beat = time.monotonic() + beat_every
+                    self._beating.set()  # a heartbeat stuck behind a hung lock holder is never doubled
+                    self._scheduler.add_job(self._heartbeat, id="heartbeat", replace_existing=True)
                 jumped = abs(self.clock.read().drift - self._drift) > JUMP
                 if jumped:
                     self._replace_jobs()
