@@ -8,9 +8,12 @@ socket-activated, SIGPIPE ignored as systemd does). In the root: Home Assistant 
 fresh config folder, HTTP on 127.0.0.1 only. Then onboarding over HTTP, the Wyoming
 integration through the config-entries flow, an Assist pipeline per listener, and
 `assist_pipeline/run` (stt to stt) over the websocket with espeak-ng speech as binary
-frames. Prints PASS/FAIL lines (and NOTE lines: what Home Assistant keeps); exit 1 on a FAIL.
+frames. Last, discovery: all of it runs in a network and mount namespace of its own, with
+loopback and one private link on which this machine's avahi-daemon publishes the records
+install.sh writes and Home Assistant's zeroconf finds them. Prints PASS/FAIL lines (and NOTE
+lines: what Home Assistant keeps); exit 1 on a FAIL.
 
-    .venv/bin/python scripts/ha-check.py --root DIR [--env NAME=VALUE ...]
+    unshare --net --mount -- .venv/bin/python scripts/ha-check.py --root DIR [--env NAME=VALUE ...]
     .venv/bin/python scripts/ha-check.py --root DIR --warm-up   start HA once and stop it
 """
 
@@ -21,6 +24,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,8 +33,9 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +116,11 @@ class Run:
 class HomeAssistant:
     """The hass process in the root, its HTTP API (urllib) and its websocket API."""
 
-    def __init__(self, root: Path, env: list[str], log: Path) -> None:
+    def __init__(self, root: Path, env: list[str], log: Path, zeroconf: bool = False) -> None:
         self.root = root
         self.env = env
         self.log = log
+        self.zeroconf = zeroconf
         self.port = free_port()
         self.config = root / INSIDE.lstrip("/")
         self.process: subprocess.Popen[bytes] | None = None
@@ -125,8 +131,9 @@ class HomeAssistant:
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def write_config(self, settings: bool = False) -> None:
-        """Only what the check needs (no default_config: no discovery on the network), the
-        recorder as a household has it, HTTP on loopback. `settings`: the two settings the
+        """Only what the check needs (no default_config), the recorder as a household has it,
+        HTTP on loopback; with `zeroconf` (only on the check's private link, see Avahi) the
+        discovery a household has through default_config. `settings`: the two settings the
         README names, to see what each does: debug_recording_dir (keeps every run's audio)
         and the recorder's exclude (keeps no time of any utterance)."""
         lines = [
@@ -149,6 +156,7 @@ class HomeAssistant:
             "conversation:",
             "logger:",
             "  default: info",
+            *(["zeroconf:"] if self.zeroconf else []),
             "assist_pipeline:",
         ]
         if settings:
@@ -245,6 +253,24 @@ class HomeAssistant:
         result: dict[str, Any] = self.http(f"/api/config/config_entries/flow/{flow['flow_id']}", {"host": "127.0.0.1", "port": port})
         return result
 
+    def entry_data(self, entry_id: str) -> dict[str, Any] | None:
+        """A config entry's data (host and port, for Wyoming) as Home Assistant stores it: its
+        APIs do not show it. Home Assistant writes the file within a second or so."""
+        store = self.config / ".storage" / "core.config_entries"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                entries = json.loads(store.read_text(encoding="utf-8"))["data"]["entries"]
+            except (FileNotFoundError, ValueError, KeyError):
+                entries = []
+            for entry in entries:
+                if entry["entry_id"] == entry_id:
+                    data: dict[str, Any] = entry["data"]
+                    return data
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+
     # websocket
 
     def ws(self, work: Callable[[Socket], Awaitable[Any]]) -> Any:
@@ -325,6 +351,117 @@ class Socket:
         await self.connection.send(prefix)
 
 
+# -- discovery -------------------------------------------------------------------------------------
+
+
+LINK = "edge-mdns"
+"""The check's one network link: a veth pair in its own network namespace (the kernel here may
+have no dummy links), its peer up and unused, so multicast has somewhere to go."""
+ADDRESS = "192.0.2.1"
+"""The link's address: TEST-NET-1 (RFC 5737), for documentation, routed nowhere."""
+AVAHI_HOST = "edge-ha-check"
+"""avahi-daemon's host name, what it puts for %h in a record's name."""
+FLOW_WAIT = 90
+"""Seconds Home Assistant may take to discover a record and start the Wyoming flow."""
+
+
+def private_namespaces() -> None:
+    """Refuse to run outside a network and a mount namespace of its own: the check sets up a
+    link, mounts over /etc/avahi/services and runs a second avahi-daemon, none of which may
+    touch this machine (scripts/ha-check.sh runs it under `unshare --net --mount`)."""
+    for kind in ("net", "mnt"):  # the parent's: PID 1's may not be readable in a container
+        if os.readlink(f"/proc/self/ns/{kind}") == os.readlink(f"/proc/{os.getppid()}/ns/{kind}"):
+            raise SystemExit(
+                f"ha-check: not in a {kind} namespace of its own: run it as scripts/ha-check.sh does, "
+                "`unshare --net --mount -- .venv/bin/python scripts/ha-check.py --root DIR`"
+            )
+
+
+def set_up_link() -> None:
+    """Loopback, and LINK with ADDRESS and a route for multicast only: mDNS has a way out,
+    and anything else meant for the internet fails at once."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "link", "add", LINK, "type", "veth", "peer", "name", f"{LINK}-peer"], check=True)
+    for name in (LINK, f"{LINK}-peer"):  # IPv4 only: one address in each record Avahi publishes
+        Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1\n")
+    subprocess.run(["ip", "link", "set", f"{LINK}-peer", "up"], check=True)
+    subprocess.run(["ip", "link", "set", LINK, "multicast", "on", "up"], check=True)
+    subprocess.run(["ip", "address", "add", f"{ADDRESS}/24", "dev", LINK], check=True)
+    subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", LINK], check=True)
+
+
+def avahi_record(port: int, profile: str | None) -> str:
+    """The Avahi service file install.sh writes for a listener on `port`, made by install.sh's
+    own code (scripts/wyoming-templates.sh), not a copy of it."""
+    script = 'SRC=$1; source "$SRC/scripts/wyoming-templates.sh"; avahi_record "$2" "$3"'
+    made = subprocess.run(["bash", "-c", script, "ha-check", str(ROOT), str(port), profile or ""], capture_output=True, text=True)
+    if made.returncode != 0 or not made.stdout:
+        raise RuntimeError(f"scripts/wyoming-templates.sh did not make the Avahi record: {made.stderr.strip()}")
+    return made.stdout
+
+
+def advertised_name(record: str) -> str:
+    """The service instance name Home Assistant sees: the record's name, %h as Avahi fills it."""
+    name = ET.fromstring(record).findtext("name") or ""
+    return f"{name.replace('%h', AVAHI_HOST)}._wyoming._tcp.local."
+
+
+@dataclass
+class Avahi:
+    """This machine's avahi-daemon on LINK only, without D-Bus, its pid file and socket in a
+    private /run/avahi-daemon, publishing the check's records as /etc/avahi/services (both
+    mounts in the check's own mount namespace)."""
+
+    work: Path
+    process: subprocess.Popen[bytes] | None = None
+    mounted: list[str] = field(default_factory=list)
+    made_run_folder: bool = False
+
+    def start(self, records: dict[str, str]) -> None:
+        """Publish `records` (file name -> content) and wait until avahi-daemon says each is
+        established."""
+        if not Path("/etc/avahi/services").is_dir() or not shutil.which("avahi-daemon"):
+            raise RuntimeError("avahi-daemon is not installed (apt-get install avahi-daemon; scripts/ha-check.sh does)")
+        services = self.work / "services"
+        services.mkdir(parents=True)
+        for name, record in records.items():
+            (services / name).write_text(record, encoding="utf-8")
+        config = self.work / "avahi-daemon.conf"
+        config.write_text(
+            f"[server]\nhost-name={AVAHI_HOST}\nuse-ipv4=yes\nuse-ipv6=no\nallow-interfaces={LINK}\nenable-dbus=no\n"
+            "[wide-area]\nenable-wide-area=no\n[publish]\npublish-hinfo=no\npublish-workstation=no\n",
+            encoding="utf-8",
+        )
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)  # nothing mounted here reaches the machine
+        run = Path("/run/avahi-daemon")
+        self.made_run_folder = not run.exists()
+        run.mkdir(mode=0o755, exist_ok=True)
+        for mount in (["-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", str(run)], ["--bind", str(services), "/etc/avahi/services"]):
+            subprocess.run(["mount", *mount], check=True)
+            self.mounted.append(mount[-1])
+        log = self.work / "avahi-daemon.log"
+        with log.open("ab") as out:
+            command = ["avahi-daemon", "-f", str(config), "--no-drop-root", "--no-chroot", "--no-rlimits", "--no-proc-title"]
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wanted = [f"/etc/avahi/services/{name}) successfully established" for name in records]
+        deadline = time.monotonic() + 30
+        while not all(line in log.read_text(encoding="utf-8", errors="replace") for line in wanted):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"avahi-daemon did not establish {sorted(records)}; its log: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        for target in reversed(self.mounted):
+            subprocess.run(["umount", target], check=False)
+        self.mounted.clear()
+        if self.made_run_folder:
+            Path("/run/avahi-daemon").rmdir()
+            self.made_run_folder = False
+
+
 # -- edge's side -----------------------------------------------------------------------------------
 
 
@@ -342,6 +479,12 @@ class Listener:
     entry: str = ""
     entity: str = ""
     pipeline: str = ""
+    via: str = ""
+    """How Home Assistant found it, when not by hand (its PASS lines say so)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}{self.via}"
 
     def toml(self) -> str:
         lines = ["", "[[wyoming]]", f'uri = "unix://{self.socket}"', f'name = "{self.name}"']
@@ -349,8 +492,10 @@ class Listener:
 
     def start_bridge(self, log: Path) -> None:
         """What install.sh's edge-wyoming-PORT.socket/.service do, by hand: systemd-socket-proxyd
-        socket-activated on the TCP port, SIGPIPE ignored (a systemd service ignores it)."""
-        command = f"trap '' PIPE; exec systemd-socket-activate -l 127.0.0.1:{self.port} /lib/systemd/systemd-socket-proxyd {self.socket}"
+        socket-activated on the TCP port (every address, as ListenStream=PORT: the check's
+        private network has loopback and its one link, see Avahi), SIGPIPE ignored (a systemd
+        service ignores it)."""
+        command = f"trap '' PIPE; exec systemd-socket-activate -l {self.port} /lib/systemd/systemd-socket-proxyd {self.socket}"
         with log.open("ab") as out:
             self.bridge = subprocess.Popen(["bash", "-c", command], stdout=out, stderr=subprocess.STDOUT)
 
@@ -403,7 +548,8 @@ class Check:
     def __init__(self, root: Path, env: list[str], work: Path) -> None:
         self.work = work
         self.checks = Checks()
-        self.ha = HomeAssistant(root, env, work / "home-assistant.log")
+        self.ha = HomeAssistant(root, env, work / "home-assistant.log", zeroconf=True)
+        self.avahi = Avahi(work / "avahi")
         (work / "speech").mkdir()
         self.speech = Speech(work / "speech")
         self.data = work / "data"
@@ -420,6 +566,8 @@ class Check:
         )
         config.write_text(text + "".join(listener.toml() for listener in self.listeners), encoding="utf-8")
         self.edge = Edge(config)
+        self.records: dict[int, str] = {}
+        """Port -> the Avahi record install.sh writes for a listener there (--wyoming PORT[:PROFILE])."""
         self.utterances: list[Utterance] = []
         self.restarted = 0.0
         """Wall-clock time of Home Assistant's restart."""
@@ -428,6 +576,9 @@ class Check:
         started = time.monotonic()
         print(f"ha-check: Home Assistant {self.ha.version()} in {self.ha.root}; edge from {ROOT}", flush=True)
         try:
+            set_up_link()
+            self.records = {listener.port: avahi_record(listener.port, listener.profile) for listener in self.listeners}
+            self.avahi.start({f"edge-wyoming-{port}.service": record for port, record in self.records.items()})
             for listener in self.listeners:
                 listener.start_bridge(self.work / "bridges.log")
             self.edge.start()
@@ -440,6 +591,7 @@ class Check:
                 self.speak()
                 self.restart_edge()
                 self.restart_home_assistant()
+                self.discover()
         except Exception as error:  # a step that cannot go on: one FAIL line, then cleanup
             self.checks.check("the check ran to its end", False, f"{type(error).__name__}: {error}")
         finally:
@@ -450,6 +602,7 @@ class Check:
                 if listener.bridge is not None:
                     listener.bridge.terminate()
                     listener.bridge.wait(timeout=30)
+            self.avahi.stop()
         if self.utterances:
             self.check_edge()
             self.what_home_assistant_keeps()
@@ -471,59 +624,74 @@ class Check:
                 listener.entry = result["result"]["entry_id"]
         self.ha.ws(self._set_up_pipelines)
 
-    async def _set_up_pipelines(self, ws: Socket) -> None:
-        check = self.checks.check
+    async def _set_up_pipelines(self, ws: Socket, listeners: list[Listener] | None = None) -> None:
+        """For each listener (all by default): its entry loaded, its entity named and its
+        languages as edge's info says, and an Assist pipeline with it as speech-to-text."""
         entries = await self._loaded_entries(ws)
         registry = await ws.call("config/entity_registry/list")
         states = {state["entity_id"]: state for state in await ws.call("get_states")}
         engines = {engine["engine_id"]: engine for engine in (await ws.call("stt/engine/list"))["providers"]}
         titles = {e["entry_id"]: e["title"] for e in await ws.call("config_entries/get", domain="wyoming")}
-        for listener in self.listeners:
-            info = await listener.describe()
-            asr = info.asr[0]
-            languages = sorted({language for model in asr.models if model.installed for language in model.languages})
-            entities = [e["entity_id"] for e in registry if e["config_entry_id"] == listener.entry and e["entity_id"].startswith("stt.")]
-            check(
-                f"{listener.name}: Home Assistant loads the entry and makes one speech-to-text entity",
-                entries.get(listener.entry) == "loaded" and len(entities) == 1,
-                (entries, entities),
-            )
-            if len(entities) != 1:
-                continue
-            listener.entity = entities[0]
-            shown = (titles.get(listener.entry), states[listener.entity]["attributes"].get("friendly_name"))
-            check(
-                f"{listener.name}: Home Assistant shows edge's name (entry title, entity name) as edge's info says",
-                shown == (asr.name, asr.name) == (listener.name, listener.name),
-                shown,
-            )
-            shown_languages = sorted(engines.get(listener.entity, {}).get("supported_languages", []))
-            check(
-                f"{listener.name}: Home Assistant offers the languages edge's info says ({', '.join(languages)})",
-                shown_languages == languages != [],
-                shown_languages,
-            )
-            pipeline = await ws.call(
-                "assist_pipeline/pipeline/create",
-                name=f"edge check: {listener.name}",
-                language=languages[0],
-                stt_engine=listener.entity,
-                stt_language=languages[0],
-                conversation_engine="conversation.home_assistant",
-                conversation_language=languages[0],
-                tts_engine=None,
-                tts_language=None,
-                tts_voice=None,
-                wake_word_entity=None,
-                wake_word_id=None,
-            )
-            listener.pipeline = pipeline["id"]
-            check(
-                f"{listener.name}: an Assist pipeline with edge as its speech-to-text ({languages[0]})",
-                pipeline["stt_engine"] == listener.entity,
-            )
-        info = await self.listeners[0].describe()
-        self.checks.note(f"edge's info as Home Assistant reads it: {info.event().data['asr']}")
+        for listener in self.listeners if listeners is None else listeners:
+            await self._set_up_pipeline(ws, listener, entries, registry, states, engines, titles)
+        if listeners is None:
+            info = await self.listeners[0].describe()
+            self.checks.note(f"edge's info as Home Assistant reads it: {info.event().data['asr']}")
+
+    async def _set_up_pipeline(
+        self,
+        ws: Socket,
+        listener: Listener,
+        entries: dict[str, str],
+        registry: list[dict[str, Any]],
+        states: dict[str, dict[str, Any]],
+        engines: dict[str, dict[str, Any]],
+        titles: dict[str, str],
+    ) -> None:
+        check = self.checks.check
+        info = await listener.describe()
+        asr = info.asr[0]
+        languages = sorted({language for model in asr.models if model.installed for language in model.languages})
+        entities = [e["entity_id"] for e in registry if e["config_entry_id"] == listener.entry and e["entity_id"].startswith("stt.")]
+        check(
+            f"{listener.label}: Home Assistant loads the entry and makes one speech-to-text entity",
+            entries.get(listener.entry) == "loaded" and len(entities) == 1,
+            (entries, entities),
+        )
+        if len(entities) != 1:
+            return
+        listener.entity = entities[0]
+        shown = (titles.get(listener.entry), states[listener.entity]["attributes"].get("friendly_name"))
+        check(
+            f"{listener.label}: Home Assistant shows edge's name (entry title, entity name) as edge's info says",
+            shown == (asr.name, asr.name) == (listener.name, listener.name),
+            shown,
+        )
+        shown_languages = sorted(engines.get(listener.entity, {}).get("supported_languages", []))
+        check(
+            f"{listener.label}: Home Assistant offers the languages edge's info says ({', '.join(languages)})",
+            shown_languages == languages != [],
+            shown_languages,
+        )
+        pipeline = await ws.call(
+            "assist_pipeline/pipeline/create",
+            name=f"edge check: {listener.label}",
+            language=languages[0],
+            stt_engine=listener.entity,
+            stt_language=languages[0],
+            conversation_engine="conversation.home_assistant",
+            conversation_language=languages[0],
+            tts_engine=None,
+            tts_language=None,
+            tts_voice=None,
+            wake_word_entity=None,
+            wake_word_id=None,
+        )
+        listener.pipeline = pipeline["id"]
+        check(
+            f"{listener.label}: an Assist pipeline with edge as its speech-to-text ({languages[0]})",
+            pipeline["stt_engine"] == listener.entity,
+        )
 
     async def _loaded_entries(self, ws: Socket) -> dict[str, str]:
         """Entry id -> state, once every Wyoming entry has left the setup states."""
@@ -544,7 +712,7 @@ class Check:
         if check:
             self.utterances.append(utterance)
             if said is not None:
-                self.checks.check(f"{listener.name}: Home Assistant's stt-end text is {said!r}", run.text == said, run)
+                self.checks.check(f"{listener.label}: Home Assistant's stt-end text is {said!r}", run.text == said, run)
         return utterance
 
     def speak(self) -> None:
@@ -636,6 +804,65 @@ class Check:
                 )
                 runs[listener.pipeline].append(Run(debug["events"]).text)
         return runs
+
+    # discovery
+
+    def discover(self) -> None:
+        """What a household sees: Home Assistant's zeroconf finds the records install.sh has
+        Avahi publish and starts the Wyoming integration's zeroconf flow for each (its own
+        config_flow: it reads the name, host and port, asks edge for `info`, and waits for the
+        user to confirm); confirming adds an entry for the address and port Avahi published,
+        which then transcribes like one added by hand."""
+        check = self.checks.check
+        network = self.ha.ws(lambda ws: ws.call("network"))
+        enabled = [adapter["name"] for adapter in network["adapters"] if adapter["enabled"]]
+        check(f"Home Assistant's zeroconf runs on the check's private link only ({LINK}, {ADDRESS})", enabled == [LINK], network)
+        names = {listener.port: advertised_name(self.records[listener.port]) for listener in self.listeners}
+        wanted = {f"{names[listener.port]}_{listener.name}" for listener in self.listeners}
+        flows = self.ha.ws(lambda ws: self._zeroconf_flows(ws, wanted))
+        discovered: list[Listener] = []
+        for listener in self.listeners:
+            flow = flows.get(f"{names[listener.port]}_{listener.name}")
+            check(
+                f"{listener.name}: Home Assistant discovers install.sh's Avahi record {names[listener.port]!r} and starts "
+                "the Wyoming flow (source zeroconf), named as edge's info says",
+                flow is not None
+                and flow["step_id"] == "zeroconf_confirm"
+                and flow["context"].get("title_placeholders") == {"name": listener.name},
+                flow if flow is not None else flows,
+            )
+            if flow is None:
+                continue
+            result = self.ha.http(f"/api/config/config_entries/flow/{flow['flow_id']}", {})
+            entry = result.get("result", {}) if result.get("type") == "create_entry" else {}
+            data = self.ha.entry_data(entry["entry_id"]) if entry else None
+            check(
+                f"{listener.name}: confirming the discovered flow adds an entry for {ADDRESS}:{listener.port} (what Avahi published), "
+                "titled as edge's info says",
+                (entry.get("source"), entry.get("title"), data) == ("zeroconf", listener.name, {"host": ADDRESS, "port": listener.port}),
+                (result, data),
+            )
+            if entry:
+                discovered.append(replace(listener, entry=entry["entry_id"], entity="", pipeline="", via=" (discovered)"))
+        if discovered:
+            self.ha.ws(lambda ws: self._set_up_pipelines(ws, discovered))
+            for listener, phrase in zip(discovered, (PHRASES[1], PHRASES[3]), strict=False):
+                if listener.pipeline:
+                    self.say(listener, phrase)
+
+    async def _zeroconf_flows(self, ws: Socket, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """Unique id -> the Wyoming flows zeroconf started, once every `wanted` one is there
+        (or FLOW_WAIT has passed). The flow's unique id is the service's name and edge's."""
+        deadline = time.monotonic() + FLOW_WAIT
+        while True:
+            flows = {
+                flow["context"].get("unique_id"): flow
+                for flow in await ws.call("config_entries/flow/progress")
+                if flow["handler"] == "wyoming" and flow["context"].get("source") == "zeroconf"
+            }
+            if wanted <= set(flows) or time.monotonic() > deadline:
+                return flows
+            await asyncio.sleep(1)
 
     # what edge kept
 
@@ -745,6 +972,8 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.warm_up:
+        private_namespaces()
     work = Path(tempfile.mkdtemp(prefix="edge-ha-check-"))
     support.SCRATCH = work
     if args.warm_up:

@@ -5,7 +5,9 @@
 # 2026.2), in a venv there, headless, with a fresh config folder, HTTP on 127.0.0.1 only.
 # edge runs on the host from this working tree's .venv, behind the same TCP bridge
 # install.sh sets up. scripts/ha-check.py then drives both with scripts only and prints
-# PASS/FAIL lines; exit 1 on a FAIL.
+# PASS/FAIL lines; exit 1 on a FAIL. The check runs in a network and mount namespace of its
+# own (unshare): loopback and one private link, on which this machine's avahi-daemon
+# publishes the records install.sh writes, for Home Assistant's zeroconf to discover.
 #
 #   sudo scripts/ha-check.sh             build the root (or reuse it), check, clean up
 #   sudo scripts/ha-check.sh --fresh     build a new root first
@@ -30,7 +32,7 @@ for arg in "$@"; do
     --fresh) FRESH=1 ;;
     --upgrade) UPGRADE=1 ;;
     --keep) KEEP=(--keep) ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ha-check: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,8 +46,9 @@ flock 9
 
 source "$SRC/scripts/apt-packages.sh"
 source "$SRC/scripts/chroot-root.sh"
-# debootstrap builds the root; espeak-ng and sox make the speech; systemd has the bridge
-apt_ensure ha-check debootstrap espeak-ng sox systemd
+# debootstrap builds the root; espeak-ng and sox make the speech; systemd has the bridge;
+# avahi-daemon publishes what install.sh has it publish; iproute2 makes the private link
+apt_ensure ha-check debootstrap espeak-ng sox systemd avahi-daemon iproute2
 [ -x "$SRC/.venv/bin/python" ] || "$SRC/scripts/setup.sh" test
 
 stop_root_processes() {  # whatever still runs inside the root (a Home Assistant left by a killed run)
@@ -56,9 +59,9 @@ stop_root_processes() {  # whatever still runs inside the root (a Home Assistant
   return 0
 }
 cleanup() { stop_root_processes; sleep 1; unmount_root "$HA_ROOT"; }
-DRIVER=""
+DRIVER="" WRAP=()
 driver() {  # driver ARGS...: scripts/ha-check.py, in the background so that a signal reaches it at once
-  "$SRC/.venv/bin/python" "$SRC/scripts/ha-check.py" --root "$HA_ROOT" "${ENV_ARGS[@]}" "$@" &
+  "${WRAP[@]}" "$SRC/.venv/bin/python" "$SRC/scripts/ha-check.py" --root "$HA_ROOT" "${ENV_ARGS[@]}" "$@" &
   DRIVER=$!
   local code=0
   wait "$DRIVER" || code=$?
@@ -110,7 +113,7 @@ if [ "$UPGRADE" = 1 ] || [ "$(cat "$HA_ROOT/opt/ha/.edge-ha-venv" 2>/dev/null)" 
   in_root /opt/ha/bin/python - > "$HA_ROOT/opt/ha/check-requirements.txt" <<'EOF'
 import json, pathlib, homeassistant
 components = pathlib.Path(homeassistant.__file__).parent / "components"
-todo, seen, requirements = ["wyoming", "assist_pipeline", "conversation", "recorder", "stt"], set(), set()
+todo, seen, requirements = ["wyoming", "assist_pipeline", "conversation", "recorder", "stt", "zeroconf"], set(), set()
 while todo:
     domain = todo.pop()
     if domain not in seen:
@@ -128,4 +131,7 @@ EOF
   say "Home Assistant ready in $((SECONDS - step)) s; the root took $((SECONDS - started)) s in all"
 fi
 
+# The check itself: no network but loopback and its private link (Home Assistant has what it
+# needs by now); what it mounts there (Avahi's) stays there. unshare execs: $DRIVER is the driver.
+WRAP=(unshare --net --mount --propagation private --)
 driver "${KEEP[@]}"

@@ -104,8 +104,8 @@ need_root() {
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 # write_file MODE FILE: stdin becomes FILE (replaced whole, so a re-run leaves one copy).
 write_file() { cat > "$2.new" && chmod "$1" "$2.new" && mv -f "$2.new" "$2"; }
-# from_template TEMPLATE PORT WHO NAME: configs/TEMPLATE with its @PORT@, @WHO@, @NAME@ filled in.
-from_template() { sed -e "s|@PORT@|$2|g" -e "s|@WHO@|$3|g" -e "s|@NAME@|$4|g" "$SRC/configs/$1"; }
+# from_template TEMPLATE PORT WHO NAME, avahi_record PORT [PROFILE]: the files made from configs/*.in
+source "$SRC/scripts/wyoming-templates.sh"
 
 install_edge() {
   need_root
@@ -329,7 +329,7 @@ d /run/edge-wyoming 2750 edge edge-wyoming -
 EOF
   system systemd-tmpfiles --create /etc/tmpfiles.d/edge-wyoming.conf
 
-  local spec port profile who name config=$ETC/household.toml
+  local spec port profile who config=$ETC/household.toml
   install -d -m 0755 "$UNITS" "$AVAHI"
   for spec in "${WYOMING[@]}"; do
     port=${spec%%:*}; profile=""
@@ -352,9 +352,7 @@ EOF
 
     from_template edge-wyoming.socket.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.socket"
     from_template edge-wyoming.service.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.service"
-    if [ -n "$profile" ]; then name="edge speech-to-text ($profile, port $port) on %h"
-    else name="edge speech-to-text (port $port) on %h"; fi
-    from_template edge-wyoming.avahi.in "$port" "$who" "$name" | write_file 0644 "$AVAHI/edge-wyoming-$port.service"
+    avahi_record "$port" "$profile" | write_file 0644 "$AVAHI/edge-wyoming-$port.service"
     say "Wyoming on TCP port $port${who}: edge-wyoming-$port.socket relays to /run/edge-wyoming/$port.sock; Avahi advertises it"
   done
 }

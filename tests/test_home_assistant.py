@@ -14,8 +14,9 @@ import pytest
 
 from support import ROOT
 
-STT_RUNS = 12
-"""Utterances whose text Home Assistant must report: 5 + 3, then 2 after edge's restart and 2 after its own."""
+STT_RUNS = 14
+"""Utterances whose text Home Assistant must report: 5 + 3, then 2 after edge's restart, 2 after its own
+and 2 through the entries its zeroconf discovery added."""
 
 
 @pytest.mark.timeout(3600)
@@ -35,5 +36,13 @@ def test_an_unmodified_home_assistant_transcribes_through_edge_and_edge_keeps_it
         "each utterance is a session in `edge-agent status`, tagged by its listener's profile",
         "`edge-agent audit verify` passes",
         "no transcript text in edge's stdout or stderr",
+        "Home Assistant's zeroconf runs on the check's private link only (edge-mdns, 192.0.2.1)",
     ):
         assert phase in passed, report
+    # discovery: install.sh's Avahi record for each listener, found by Home Assistant's zeroconf
+    for listener, record in (("edge (kids' room)", "edge speech-to-text (child, port "), ("edge (hall)", "edge speech-to-text (port ")):
+        found = f"{listener}: Home Assistant discovers install.sh's Avahi record '{record}"
+        assert any(line.startswith(found) and "starts the Wyoming flow (source zeroconf)" in line for line in passed), report
+        added = f"{listener}: confirming the discovered flow adds an entry for 192.0.2.1:"
+        assert any(line.startswith(added) for line in passed), report
+        assert f"{listener} (discovered): Home Assistant loads the entry and makes one speech-to-text entity" in passed, report
