@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_voices import encoder, enrolled_household, voices  # noqa: F401 (fixtures: the real encoder and speech)
 
-from edge.audit.certificate import FORMAT, encode
+from edge import wiring
+from edge.audit.certificate import FORMAT, Scope, build, check, encode
+from edge.retention.shredder import ForgetRequest
 
-from support import edge_agent, faketime, record
+from support import FakeWall, edge_agent, faketime, record
 
 
 @pytest.fixture
@@ -121,6 +125,13 @@ def test_a_session_still_kept_is_refused_saying_until_when(write_config, speech,
     assert "its transcript is kept until" in refused.stderr and not (tmp_path / "c.json").exists()
     unknown = edge_agent("--config", str(config), "audit", "certificate", "--request", "feedbeef", "--out", str(tmp_path / "c.json"))
     assert unknown.returncode == 1 and "no forget request feedbeef in the audit log" in unknown.stderr
+    for args, said in (
+        (["audit", "certificate", "--since", "yesterday", "--out", str(tmp_path / "c.json")], "--since 'yesterday' is not an ISO 8601"),
+        (["audit", "certificate", "--session", session, "--request", "x", "--out", "c.json"], "not allowed with argument"),
+        (["audit", "verify", "--certificate", str(tmp_path / "none.json")], "none.json: cannot read the certificate"),
+    ):
+        wrong = edge_agent("--config", str(config), *args)
+        assert wrong.returncode == 2 and said in wrong.stderr and "Traceback" not in wrong.stderr, wrong.stderr
 
 
 def test_an_edited_certificate_fails_its_signature(forgotten_and_shredded, tmp_path):
@@ -169,3 +180,30 @@ def test_a_log_cut_short_before_the_certified_lines_fails(forgotten_and_shredded
     failed = _verify(config, document)
     assert failed.returncode == 1, failed.stdout
     assert f"it certifies line {first}, but the log has only {cut} entries: the log was truncated" in failed.stdout
+
+
+def test_voiceprints_forgotten_by_a_command_and_purged_for_inactivity_are_certified(write_config, voices, encoder):  # noqa: F811
+    """A household with three enrolled voices: the guest's voiceprint forgotten (as `voices
+    forget` asks), then the child's purged by the schedule, unheard for its inactive_after."""
+    start = datetime.now(timezone.utc)
+    config, wall, clock, store, shredder = enrolled_household(write_config, voices, encoder, FakeWall(start))
+    shredder.forget(ForgetRequest.checked(config, store.read(), voice="guest"))
+    wall.advance(2 * 86400 + 60)  # the child's inactive_after
+    assert "child" in shredder.sweep().voices
+    log, levels = shredder.audit, wiring.guarantee_levels()
+    issued = clock.now().isoformat()
+    (request,) = {e["fields"]["request"] for e in log.entries() if e["type"] == "forget.requested"}
+    asked = build(log.entries(), Scope(request=request), issued, levels)
+    (forget,) = asked["deletions"]
+    assert forget["asked"]["by"] == "command" and forget["asked"]["selector"] == "the voiceprint of guest"
+    assert forget["destroyed"]["voiceprints"] == ["guest"] and forget["destroyed"]["sessions"] == []
+    every = build(log.entries(), Scope(since=start), issued, levels)
+    assert [d["asked"]["reason"] for d in every["deletions"]] == ["forget", "inactive"]
+    purged = every["deletions"][1]
+    assert purged["asked"]["by"] == "schedule" and purged["asked"]["selector"] == "the voiceprint of child"
+    assert purged["destroyed"]["voiceprints"] == ["child"] and every["totals"]["voiceprints"] == 2
+    assert [line["type"] for line in purged["lines"]] == ["voice.forgotten"]
+    for body in (asked, every):
+        document = encode(body)
+        assert check(document, log.sign_document(document), log.entries(), levels) == []
+        assert b"vector" not in document

@@ -420,10 +420,20 @@ def _select(reading: _Reading, scope: Scope) -> tuple[list[dict[str, Any]], list
         return _for_session(reading, scope.session)
     assert scope.since is not None
     since = scope.since
-    chosen = [d for d in done if d.done is not None and datetime.fromisoformat(d.done) >= since]
+    chosen = [d for d in done if (at := _instant(d.done)) is not None and at >= since]
     if not chosen:
         raise CertificateError(f"nothing was deleted at or after {since.isoformat()}: there is nothing to certify")
     return [d.to_json() for d in chosen], None
+
+
+def _instant(text: str | None) -> datetime | None:
+    """A line's `wall` as an instant; None when it is not one with a zone (anyone can chain a
+    line: such a deletion is in no period)."""
+    try:
+        instant = datetime.fromisoformat(text) if text is not None else None
+    except ValueError:
+        return None
+    return instant if instant is not None and instant.tzinfo is not None else None
 
 
 def _for_session(reading: _Reading, session: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
