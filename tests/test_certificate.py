@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_voices import encoder, enrolled_household, voices  # noqa: F401 (fixtures: the real encoder and speech)
 
 from edge import wiring
-from edge.audit.certificate import FORMAT, Scope, build, check, encode
+from edge.audit.certificate import FORMAT, CertificateError, Scope, build, check, encode
+from edge.audit.log import AuditLog
+from edge.events import RootLost, SessionCreated
 from edge.retention.shredder import ForgetRequest
 
 from support import FakeWall, edge_agent, faketime, record
@@ -207,3 +209,13 @@ def test_voiceprints_forgotten_by_a_command_and_purged_for_inactivity_are_certif
         document = encode(body)
         assert check(document, log.sign_document(document), log.entries(), levels) == []
         assert b"vector" not in document
+
+
+def test_a_session_whose_root_was_lost_is_refused_not_certified(tmp_path):
+    """Data made unreadable by a lost root (a power cut with the keyring vault) was never
+    deleted by anyone: a certificate would claim what the log does not say."""
+    log = AuditLog(tmp_path)
+    kept = SessionCreated("5e551011", "child", "active", True, "2099-11-28T21:00:00+00:00", None, "child.audio.x", None)
+    log.append_many([kept, RootLost(backend="keyring", reason="the device restarted")], checkpoint=True)
+    with pytest.raises(CertificateError, match=r"session 5e551011 was not deleted: .* the vault's root key was lost \(line 3, "):
+        build(log.entries(), Scope(session="5e551011"), "2026-12-07T00:00:00+00:00", wiring.guarantee_levels())

@@ -34,6 +34,7 @@ from edge.events import (
     ForgetRequested,
     LogCreated,
     PolicyAdopted,
+    RootLost,
     SessionCreated,
     Shred,
     UnknownEvent,
@@ -152,6 +153,8 @@ class _Reading:
     gone: set[tuple[str, DataKind]] = field(default_factory=set)
     checkpoints: list[tuple[int, CheckpointSigned]] = field(default_factory=list)
     root: dict[str, Any] | None = None
+    lost: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """session -> (line, wall) of the root.lost that made what it kept unreadable."""
 
 
 def build(entries: Iterable[Mapping[str, Any]], scope: Scope, issued: str, levels: Mapping[str, GuaranteeLevel]) -> dict[str, Any]:
@@ -332,6 +335,11 @@ def _take(reading: _Reading, entry: Mapping[str, Any], event: AuditEvent | Unkno
                 reading.root = _root(vault.get("backend"), vault.get("crypto_erase"), vault.get("survives_reboot"))
         case AgentStarted():
             reading.root = _root(event.vault, event.level == "crypto-erase", event.survives_reboot)
+        case RootLost():
+            for session, kept in reading.sessions.items():
+                if any(e is not None and (session, k) not in reading.gone for k, e in kept.expires.items()):
+                    reading.lost.setdefault(session, (entry["seq"], entry["wall"]))
+                    reading.gone.update((session, kind) for kind in DataKind)
         case VaultMigrated():
             reading.root = None  # the next start or policy says what the new vault guarantees
         case SessionCreated():
@@ -447,6 +455,12 @@ def _for_session(reading: _Reading, session: str) -> tuple[list[dict[str, Any]],
         if expires is not None and (session, kind) not in reading.gone
     ]
     if not chosen:
+        if session in reading.lost:
+            line, wall = reading.lost[session]
+            raise CertificateError(
+                f"session {session} was not deleted: what it kept became unreadable when the vault's root key was lost "
+                f"(line {line}, {wall}: root.lost), which no deletion certificate covers"
+            )
         if not pending:
             raise CertificateError(f"session {session} kept nothing: there is nothing to certify")
         until = ", ".join(f"its {p['kind']} is kept until {p['expires']}" for p in pending)
