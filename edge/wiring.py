@@ -23,7 +23,7 @@ from edge.audit.adoption import adopt
 from edge.audit.log import AuditLog, Checkpoint
 from edge.boot import boot_id
 from edge.config import Config, ListenerSettings, VaultSettings
-from edge.crypto.guarantee import Vault
+from edge.crypto.guarantee import GuaranteeLevel, Vault
 from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
@@ -107,6 +107,14 @@ def open_vault(settings: VaultSettings, data_dir: Path) -> Vault:
     if settings.backend == VaultBackend.RAM:
         return MemoryVault()
     raise VaultError(f'[vault] backend = "{settings.backend}" is not available in this version of edge')
+
+
+def guarantee_levels() -> dict[str, GuaranteeLevel]:
+    """Every vault backend's guarantee level, by name (for certificates, which name the
+    backend the log says held the root)."""
+    from edge.crypto.tpm import TpmVault  # its module imports tpm2-pytss only when a TPM is used
+
+    return {str(cls.level.backend): cls.level for cls in (KeyringVault, FileVault, MemoryVault, TpmVault)}
 
 
 def open_audit(config: Config) -> AuditLog:

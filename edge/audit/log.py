@@ -214,6 +214,23 @@ class AuditLog:
         with DataLock(self.data_dir):
             return self._signing_key().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
+    def sign_document(self, document: bytes) -> bytes:
+        """A raw Ed25519 signature of `document` (a deletion certificate) with the log's key,
+        checkable like a checkpoint's (`openssl pkeyutl -verify -rawin`). Refused unless the
+        log exists and names this key: a document is never signed for a log it is not of.
+        A document must not begin as a checkpoint's text does (it could pass for one)."""
+        if document.startswith(b"edge-audit-checkpoint/"):
+            raise AuditError("refusing to sign a document that reads as a checkpoint")
+        with DataLock(self.data_dir, create=False):
+            try:
+                first = next(self.entries())
+            except StopIteration:
+                raise AuditError(f"{self.path}: the audit log is empty") from None
+            key = self._signing_key()
+            if first["fields"].get("public_key") != key.public_key().public_bytes_raw().hex():
+                raise AuditError(f"{self.key_path}: not the key line 1 of {self.path} names; refusing to sign with it")
+            return key.sign(document)
+
     # -- reading -------------------------------------------------------------------
 
     def lines(self) -> Iterator[tuple[int, bytes]]:

@@ -7,6 +7,7 @@ import difflib
 import json
 import sys
 from datetime import datetime
+from itertools import takewhile
 from pathlib import Path
 
 from edge import wiring
@@ -14,7 +15,7 @@ from edge.audit.log import EVENT_TYPES
 from edge.cli.base import Command, config_of, log
 from edge.config import Config
 from edge.disk.outputs import check_output, write_output
-from edge.errors import EdgeError, UsageError
+from edge.errors import AuditError, EdgeError, UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
 from edge.store.keystore import Access
@@ -23,14 +24,28 @@ from edge.written.notice import Notice
 
 def _verify(args: argparse.Namespace) -> int:
     config = config_of(args)
+    certificate = _read_certificate(Path(args.certificate)) if args.certificate else None
     result = wiring.verification(config, args.witness, progress=Meter("checking the audit log", "bytes"))
+    problems = None if certificate is None else _certificate_problems(config, certificate, result.ok)
     if args.json:
-        print(json.dumps(result.to_json()))
-        return 0 if result.ok else 1
+        out = result.to_json()
+        if problems is not None:
+            out["certificate"] = {"ok": not problems, "problems": problems}
+        print(json.dumps(out))
+        return 0 if result.ok and not problems else 1
     if not result.ok:
         print(f"audit verify FAILED: {result.problems[0]}")
         for problem in result.problems[1:]:
             print(f"  also: {problem}")
+        for difference in problems or ():
+            print(f"certificate {args.certificate} FAILED: {difference}")
+        return 1
+    if problems:
+        print(f"certificate {args.certificate} FAILED: {problems[0]}")
+        for difference in problems[1:4]:
+            print(f"  also: {difference}")
+        if len(problems) > 4:
+            print(f"  and {len(problems) - 4} more difference(s)")
         return 1
     print(f"audit log intact: {result.entries} entries, {result.checkpoints} signed checkpoint(s)")
     if result.recovered:
@@ -50,7 +65,68 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")
     print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
     print("nothing past its retention can be opened with any key this device holds")
+    if problems is not None:
+        print(f"certificate {args.certificate}: valid: signed with this log's key, and every claim agrees with the lines it names")
     return 0
+
+
+def _certificate(args: argparse.Namespace) -> int:
+    from edge.audit import certificate
+
+    config = config_of(args)
+    data_dir = config.device.data_dir
+    out = Path(args.out)
+    signature_out = out.with_name(out.name + ".sig")
+    check_output(out, data_dir)
+    check_output(signature_out, data_dir)
+    since = parse_instant(args.since, "--since")
+    scope = certificate.Scope(request=args.request, session=args.session, since=since)
+    result = wiring.verification(config, progress=Meter("checking the audit log", "bytes"))
+    if not result.ok:
+        raise AuditError(
+            f"the audit log does not verify ({result.problems[0]}): no certificate is issued; `edge-agent audit verify` explains"
+        )
+    audit = wiring.open_audit(config)
+    issued = wiring.trusted_now(config).isoformat()
+    levels = wiring.guarantee_levels()
+    try:
+        bound = certificate.build(audit.entries(), scope, issued, levels)["checkpoint"]["line"]
+        # derived from the lines up to its checkpoint only, exactly as `verify --certificate` derives it again
+        body = certificate.build(takewhile(lambda entry: entry["seq"] <= bound, audit.entries()), scope, issued, levels)
+    except certificate.CertificateError as exc:
+        raise AuditError(f"no certificate: {exc}") from None
+    document = certificate.encode(body)
+    signature = audit.sign_document(document)
+    write_output(out, document, data_dir)
+    write_output(signature_out, signature, data_dir)
+    totals = body["totals"]
+    print(
+        f"certificate of {totals['deletions']} deletion(s) ({totals['sessions']} session(s), {totals['audio']} recording(s), "
+        f"{totals['transcripts']} transcript(s), {totals['buckets']} bucket(s), {totals['voiceprints']} voiceprint(s)), "
+        f"anchored to the checkpoint at line {body['checkpoint']['line']}, written to {out} and {out.name}.sig"
+    )
+    for pending in body.get("pending", ()):
+        print(f"still kept: its {pending['kind']}, until {pending['expires']}")
+    return 0
+
+
+def _read_certificate(path: Path) -> tuple[bytes, bytes]:
+    signature_path = path.with_name(path.name + ".sig")
+    try:
+        return path.read_bytes(), signature_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{exc.filename}: cannot read the certificate: {exc.strerror} (it needs FILE and FILE.sig)", path=path) from None
+
+
+def _certificate_problems(config: Config, certificate_files: tuple[bytes, bytes], log_ok: bool) -> list[str]:
+    """Why the certificate does not hold against this device's log (empty: it holds)."""
+    from edge.audit import certificate
+
+    document, signature = certificate_files
+    problems = certificate.check(document, signature, wiring.open_audit(config).entries(), wiring.guarantee_levels())
+    if not log_ok:
+        problems.insert(0, "the audit log does not verify, so nothing it says can certify a deletion (see above)")
+    return problems
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
@@ -156,8 +232,17 @@ def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON event per line, as stored")
 
 
+def _certificate_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--request", metavar="ID", help="a forget request (`audit show --type forget.requested` lists them)")
+    which.add_argument("--session", metavar="ID", help="a session whose data was shredded or forgotten")
+    which.add_argument("--since", metavar="ISO8601", help="every deletion done at or after this instant")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the certificate (0600); its signature goes to FILE.sig")
+
+
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    parser.add_argument("--certificate", metavar="FILE", help="also check a deletion certificate (FILE and FILE.sig) against this log")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -174,7 +259,8 @@ COMMANDS = (
                 "Read-only. Checks the hash chain, every signed checkpoint and where checkpoints stand, then "
                 "cross-checks the data folder: every session past its expiry has a shred logged and opens with no "
                 "key the device holds; every forget request was fulfilled; no child session was exported for "
-                "training. On failure exits 1 and names the first bad line.",
+                "training. On failure exits 1 and names the first bad line. --certificate FILE also checks a deletion "
+                "certificate against the log: its signature, the lines it names, its checkpoint, and every claim.",
                 _verify,
                 _verify_arguments,
             ),
@@ -186,6 +272,17 @@ COMMANDS = (
                 "or replaced.",
                 _checkpoint,
                 lambda parser: parser.add_argument("--out", required=True, metavar="FILE"),
+            ),
+            Command(
+                "certificate",
+                "write a signed deletion certificate (FILE, and its signature FILE.sig) for a forget, a session or a period",
+                "States what was asked (by a command, by voice or by the retention schedule), what was destroyed (sessions, "
+                "recordings, transcripts, buckets, voiceprints), when, how (crypto-erase and root ratchet), where the root "
+                "key lives and the guarantee level, and the audit-log lines and checkpoint it rests on. Derived from the "
+                "audit log alone, which must verify. Check it with `edge-agent audit verify --certificate FILE`, or its "
+                "signature with openssl like a checkpoint's (docs/FORMATS.md section 6b).",
+                _certificate,
+                _certificate_arguments,
             ),
             Command(
                 "export-key",
