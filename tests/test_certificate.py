@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_voices import encoder, enrolled_household, voices  # noqa: F401 (fixtures: the real encoder and speech)
 
 from edge import wiring
 from edge.audit.certificate import FORMAT, CertificateError, Scope, build, check, encode
@@ -20,7 +19,7 @@ from edge.audit.log import AuditLog
 from edge.events import RootLost, SessionCreated
 from edge.retention.shredder import ForgetRequest
 
-from support import FakeWall, edge_agent, faketime, record
+from support import FakeWall, edge_agent, enrolled_household, faketime, record
 
 
 @pytest.fixture
