@@ -21,8 +21,10 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
+from edge.audit import transparency
 from edge.audit.chain import Chain, Problem, ScanOp, check_range
 from edge.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, public_key_from_hex
+from edge.audit.note import SignedNote, parse_tree_head
 from edge.audit.parallel import Parallel, check_chunks
 from edge.audit.tail import still_written
 from edge.crypto.age import read_header, unwrap_file_key
@@ -77,11 +79,12 @@ def verify(
     keystore: Keystore | None,
     now: datetime,
     on_time: timedelta,
-    witness: Checkpoint | None = None,
+    witness: Checkpoint | SignedNote | None = None,
     parallel: Parallel | None = None,
     progress: Progress | None = None,
 ) -> Verification:
-    """`parallel` says when to use worker processes (by default: on every core, for a log of
+    """`witness`: a checkpoint kept elsewhere, edge's own (v1) or a C2SP signed note.
+    `parallel` says when to use worker processes (by default: on every core, for a log of
     more than about 50,000 lines); the result is the same either way. `progress` hears how far
     a long (parallel) check has come."""
     result = Verification()
@@ -97,12 +100,18 @@ def verify(
             )
         if not result.problems and fd is not None:
             _check_unsigned_tail(chain, result, lambda: still_written(fd, size))
+            if isinstance(witness, SignedNote):
+                leaves = transparency.leaves_in(fd, size, chain.verified())
     finally:
         if fd is not None:
             os.close(fd)
     if result.problems:
         return result
-    if witness is not None:
+    if isinstance(witness, SignedNote):
+        _check_tree_witness(chain, witness, leaves, result)
+        if result.problems:
+            return result
+    elif witness is not None:
         _check_witness(chain, witness, result)
         if result.problems:
             return result
@@ -201,6 +210,20 @@ def _check_witness(chain: Chain, witness: Checkpoint, result: Verification) -> N
         result.problems.append(Problem("witness: this entry differs from what the witness saw", witness.entries))
     if not result.problems:
         result.witness = f"consistent with the witness ({witness.entries} entries)"
+
+
+def _check_tree_witness(chain: Chain, witness: SignedNote, leaves: list[bytes], result: Verification) -> None:
+    """A C2SP checkpoint: its tree must be a prefix of the log's, by a consistency proof."""
+    try:
+        public_key = bytes.fromhex(chain.public_key or "")
+    except ValueError:
+        public_key = b""
+    problem = transparency.witness_problem(witness, chain.log_id or "", public_key, leaves)
+    if problem is not None:
+        result.problems.append(Problem(problem))
+        return
+    size = parse_tree_head(witness.text).size
+    result.witness = f"consistent with the witness's C2SP checkpoint ({size} entries; RFC 6962 consistency proof to {len(leaves)})"
 
 
 class _DataScan:
