@@ -6,13 +6,19 @@ and proves the log consistent with it, or names what it is not."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.server
 import json
 import os
+import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.audit import merkle, note
 from edge.audit.log import AuditLog, canonical, checkpoint_text, entry_hash
@@ -186,3 +192,182 @@ def _resigned(lines: list[bytes], index: int, private: bytes) -> list[bytes]:
         entry["hash"] = entry_hash(entry)
         out.append(canonical(entry) + b"\n")
     return out
+
+
+# -- a witness: C2SP tlog-witness on loopback ---------------------------------------------------
+
+
+class LoopbackWitness:
+    """A minimal C2SP tlog-witness written here from c2sp.org/tlog-witness, signed-note and
+    tlog-cosignature (Ed25519, type 0x04), sharing no code with edge's log: its own note
+    parsing, its own RFC 9162 consistency check, its own cosignatures."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key = Ed25519PrivateKey.generate()
+        public = self.key.public_key().public_bytes_raw()
+        self.key_id = hashlib.sha256(name.encode() + b"\n\x04" + public).digest()[:4]
+        material = base64.b64encode(bytes([4]) + public).decode()
+        self.vkey = f"{name}+{self.key_id.hex()}+{material}"
+        self.logs: dict[str, bytes] = {}
+        """origin -> the log's Ed25519 public key (from its vkey)"""
+        self.latest: dict[str, tuple[int, bytes]] = {}
+        self.answers: list[int] = []
+        self.lock = threading.Lock()
+
+    def trust(self, log_vkey: str) -> None:
+        name, _id, material = log_vkey.split("+", 2)
+        assert base64.b64decode(material)[0] == 1
+        self.logs[name] = base64.b64decode(material)[1:]
+
+    def add_checkpoint(self, body: bytes) -> tuple[int, bytes]:
+        with self.lock:  # the check of the old size and the update are one step (the spec's race)
+            status, answer = self._add(body)
+            self.answers.append(status)
+            return status, answer
+
+    def _add(self, body: bytes) -> tuple[int, bytes]:
+        head, _, checkpoint = body.partition(b"\n\n")
+        lines = head.decode().split("\n")
+        if not lines[0].startswith("old "):
+            return 400, b""
+        old, proof = int(lines[0][4:]), [base64.b64decode(line) for line in lines[1:]]
+        text, _, signatures = checkpoint.decode().rpartition("\n\n")
+        text += "\n"
+        origin, size_line, root_line = text.split("\n")[:3]
+        if origin not in self.logs:
+            return 404, b""
+        public = self.logs[origin]
+        wanted = hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]
+        theirs = [base64.b64decode(s.split(" ")[2]) for s in signatures.splitlines() if s.split(" ")[1] == origin]
+        theirs = [raw[4:] for raw in theirs if raw[:4] == wanted]
+        try:
+            assert theirs
+            for signature in theirs:
+                Ed25519PublicKey.from_public_bytes(public).verify(signature, text.encode())
+        except (AssertionError, InvalidSignature):
+            return 403, b""
+        size, root = int(size_line), base64.b64decode(root_line)
+        if old > size:
+            return 400, b""
+        seen_size, seen_root = self.latest.get(origin, (0, b""))
+        if old != seen_size:
+            return 409, b"%d\n" % seen_size
+        if size == 0 and root != hashlib.sha256(b"").digest():
+            return 422, b""
+        if old == 0 and proof or old == size and root != seen_root or 0 < old < size and not _consistent(old, size, seen_root, root, proof):
+            return 422, b""
+        self.latest[origin] = (size, root)
+        when = int(time.time())
+        signed = self.key.sign(b"cosignature/v1\ntime %d\n" % when + text.encode())
+        line = base64.b64encode(self.key_id + struct.pack(">Q", when) + signed).decode()
+        return 200, f"\u2014 {self.name} {line}\n".encode()
+
+    def serve(self) -> tuple[str, http.server.ThreadingHTTPServer]:
+        witness = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, answer = witness.add_checkpoint(body) if self.path == "/w1/add-checkpoint" else (404, b"")
+                self.send_response(status)
+                self.send_header("Content-Type", "text/x.tlog.size" if status == 409 else "text/plain")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}/w1", server
+
+
+def _consistent(old: int, size: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
+    """RFC 9162 2.1.4.2, written out again for the witness."""
+
+    def node(left: bytes, right: bytes) -> bytes:
+        return hashlib.sha256(b"\x01" + left + right).digest()
+
+    if not proof:
+        return False
+    path = [old_root, *proof] if old & (old - 1) == 0 else list(proof)
+    fn, sn = old - 1, size - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+def test_a_witness_on_loopback_cosigns_as_the_log_grows_refuses_a_rewritten_log_and_verify_checks_its_cosignatures(write_config, tmp_path):
+    config = write_config()
+    data_dir = config.parent / "data"
+    log = AuditLog(data_dir)
+    for number in range(3):
+        log.append(ConfigLoaded(path=f"/etc/edge/{number}.toml", sha256="0" * 64))
+    witness = LoopbackWitness("witness.example/w1")
+    witness.trust(cli(config, "export-key", "--format", "note").stdout.strip())
+    url, server = witness.serve()
+    try:
+        first = cli(config, "witness", "push", url, "--key", witness.vkey, "--out", tmp_path / "cosigned.note")
+        assert first.returncode == 0, first.stderr
+        size = witness.latest[f"edge.local/audit/{log.log_id()}"][0]
+        assert f"the witness witness.example/w1 cosigned the log's tree of {size} entries" in first.stdout
+        assert (tmp_path / "cosigned.note").read_text().count("\u2014 ") == 2  # the log's signature and the witness's
+        for number in range(120):
+            log.append(ConfigLoaded(path=f"/etc/edge/later{number}.toml", sha256="1" * 64))
+        second = cli(config, "witness", "push", url, "--key", witness.vkey)
+        assert second.returncode == 0, second.stderr
+        assert witness.answers == [200, 200]  # the second from the size the log recorded, with a consistency proof
+        grown = witness.latest[f"edge.local/audit/{log.log_id()}"][0]
+        assert grown > size + 120
+        verified = cli(config, "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert f"cosigned by witness witness.example/w1+{witness.key_id.hex()}: {grown} entries" in verified.stdout
+
+        witness.latest[f"edge.local/audit/{log.log_id()}"] = _first_state(witness, size, data_dir)
+        conflict = cli(config, "witness", "push", url, "--key", witness.vkey)  # it knows an older size than the log says
+        assert conflict.returncode == 0 and witness.answers[-2:] == [409, 200], (conflict.stderr, witness.answers)
+
+        whole = (data_dir / "audit.jsonl").read_bytes()
+        lines = whole.splitlines(keepends=True)
+        (data_dir / "audit.jsonl").write_bytes(b"".join(_resigned(lines, 2, (data_dir / "audit.key").read_bytes())))
+        named = cli(config, "verify")  # its own cosignatures no longer fit the rewritten log
+        first_cosigned = next(n for n, raw in enumerate(lines, start=1) if b'"type":"witness.cosigned"' in raw)
+        assert named.returncode == 1 and f"line {first_cosigned}: the witness witness.example/w1 cosigned a tree of" in named.stdout
+        refused = cli(config, "witness", "push", url, "--key", witness.vkey)
+        assert refused.returncode == 1 and witness.answers[-1] == 422
+        assert "is NOT consistent with what it cosigned before for this log: the log was rewritten" in refused.stderr
+        (data_dir / "audit.jsonl").write_bytes(whole)
+
+        other = write_config("other.toml", data_dir=tmp_path / "other")
+        AuditLog(tmp_path / "other").append(ConfigLoaded(path="/etc/edge/x.toml", sha256="0" * 64))
+        unknown = cli(other, "witness", "push", url, "--key", witness.vkey)
+        assert unknown.returncode == 1 and "(HTTP 404): it does not know this log's origin" in unknown.stderr
+        impostor = LoopbackWitness("witness.example/w1")
+        wrong_key = cli(config, "witness", "push", url, "--key", impostor.vkey)
+        assert wrong_key.returncode == 1 and "no cosignature of witness.example/w1's key that verifies" in wrong_key.stderr
+        assert "not a witness's URL" in cli(config, "witness", "push", "file:///etc/passwd", "--key", witness.vkey).stderr
+        assert "--key: not a verifier key" in cli(config, "witness", "push", url, "--key", "nonsense").stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    unreachable = cli(config, "witness", "push", url, "--key", witness.vkey)
+    assert unreachable.returncode == 1 and "cannot reach the witness at" in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+
+def _first_state(witness: LoopbackWitness, size: int, data_dir: Path) -> tuple[int, bytes]:
+    """The witness's record as it was after the first push: the log's tree of `size` lines."""
+    lines = (data_dir / "audit.jsonl").read_bytes().splitlines()[:size]
+    return size, merkle.root([merkle.leaf_hash(line) for line in lines])

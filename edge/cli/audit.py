@@ -7,7 +7,7 @@ import base64
 import difflib
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edge import wiring
@@ -50,6 +50,8 @@ def _verify(args: argparse.Namespace) -> int:
         )
     if result.witness:
         print(f"witness: {result.witness}")
+    for cosigned in result.cosigned:
+        print(f"cosigned by witness {cosigned}")
     print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")
     print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
     print("nothing past its retention can be opened with any key this device holds")
@@ -124,6 +126,29 @@ def _prove_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--inclusion", type=int, metavar="SEQ", help="prove that line SEQ is entry SEQ of the tree")
     which.add_argument("--consistency", type=int, metavar="OLD_SIZE", help="prove that the tree of OLD_SIZE entries is a prefix")
     parser.add_argument("--size", type=int, metavar="N", help="the tree proven in: its first N lines (default: every line)")
+
+
+def _witness_push(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    from edge.audit.witness import push  # only this command speaks HTTP
+
+    if args.out:
+        check_output(Path(args.out), config.device.data_dir)
+    pushed = push(wiring.open_audit(config), args.url, args.key)
+    if args.out:
+        write_output(Path(args.out), pushed.cosigned.encode(), config.device.data_dir)
+    event = pushed.event
+    when = datetime.fromtimestamp(event.time, timezone.utc).isoformat()
+    print(f"the witness {event.witness} cosigned the log's tree of {event.size} entries at {when} (kept in the log: witness.cosigned)")
+    if args.out:
+        print(f"the cosigned checkpoint is in {args.out}")
+    return 0
+
+
+def _witness_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", help="the witness's submission prefix (POST URL/add-checkpoint)")
+    parser.add_argument("--key", required=True, metavar="VKEY", help="the witness's cosigning key: NAME+KEYID+BASE64 (type 0x04)")
+    parser.add_argument("--out", metavar="FILE", help="also write the checkpoint with its cosignature here")
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -220,7 +245,9 @@ def _export_key_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    parser.add_argument(
+        "--witness", metavar="FILE", help="a checkpoint saved earlier: edge's (FILE, and FILE.sig if present) or a C2SP one"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -269,6 +296,25 @@ COMMANDS = (
                 "--consistency OLD_SIZE, in the tree of --size N lines (default: all of them).",
                 _prove,
                 _prove_arguments,
+            ),
+            Command(
+                "witness",
+                "have a C2SP witness cosign the log's tree",
+                "A witness (anything that speaks C2SP tlog-witness: a household server, a phone, a fleet service) "
+                "keeps the last checkpoint of this log it cosigned and cosigns a new one only if the log grew from it.",
+                subcommands=(
+                    Command(
+                        "push",
+                        "send the latest checkpoint with its consistency proof; keep the cosignature in the log",
+                        "Run by a person (the agent stays offline): signs a C2SP checkpoint of the log, POSTs it to "
+                        "URL/add-checkpoint with a consistency proof from the size this witness last cosigned, checks the "
+                        "cosignature it returns with --key and appends it to the log (witness.cosigned), where `audit "
+                        "verify` checks it. A witness that refuses because the log is not consistent with what it saw "
+                        "(HTTP 422) is evidence the log was rewritten: exit 1.",
+                        _witness_push,
+                        _witness_push_arguments,
+                    ),
+                ),
             ),
             Command("show", "list the log's events", "List audit events, oldest first.", _show, _show_arguments),
             Command(
