@@ -86,6 +86,14 @@ def test_every_proof_of_every_small_tree_verifies_and_no_altered_one_does() -> N
                 assert not merkle.verify_consistency(old, size, roots[old], roots[size], proof[:-1])
 
 
+def test_the_roots_of_many_sizes_in_one_pass_are_those_of_each() -> None:
+    leaves = [merkle.leaf_hash(str(n).encode()) for n in range(70)]
+    assert merkle.roots(leaves, range(71)) == {size: merkle.root(leaves, size) for size in range(71)}
+    assert merkle.roots(HASHES, [3, 8]) == {3: bytes.fromhex(ROOTS[3]), 8: bytes.fromhex(ROOTS[8])}
+    with pytest.raises(ValueError, match="there are 8"):
+        merkle.roots(HASHES, [9])
+
+
 def test_sizes_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match="not in a tree of 3"):
         merkle.inclusion_proof(HASHES, 3, 3)

@@ -10,7 +10,7 @@ follows RFC 9162's iterative algorithms, so the two check each other.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -32,6 +32,29 @@ def root(leaves: Sequence[bytes], size: int | None = None) -> bytes:
     size = len(leaves) if size is None else size
     _check_size(leaves, size)
     return _subtree(leaves, 0, size) if size else EMPTY_ROOT
+
+
+def roots(leaves: Iterable[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """The roots of the trees of several sizes in one pass over the leaves: the perfect
+    subtrees so far are kept on a stack (at most log2 of the count), and a root is them folded
+    from the right, as MTH splits (what `audit verify` needs for every cosignature kept)."""
+    wanted = set(sizes)
+    found = {0: EMPTY_ROOT} if 0 in wanted else {}
+    stack: list[tuple[bytes, int]] = []  # (hash, height), left to right, heights decreasing
+    count = 0
+    for count, leaf in enumerate(leaves, start=1):
+        digest, height = leaf, 0
+        while stack and stack[-1][1] == height:
+            digest, height = node_hash(stack.pop()[0], digest), height + 1
+        stack.append((digest, height))
+        if count in wanted:
+            folded = digest
+            for left, _ in reversed(stack[:-1]):
+                folded = node_hash(left, folded)
+            found[count] = folded
+    if any(size < 0 or size > count for size in wanted):
+        raise ValueError(f"a tree of {max(wanted)} leaves, but there are {count}")
+    return found
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int, size: int) -> list[bytes]:

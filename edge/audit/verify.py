@@ -95,6 +95,7 @@ def verify(
     scan = _DataScan(result, on_time)
     result.torn_tail = log.ends_torn()
     fd = _open(log)
+    leaves: list[bytes] = []
     try:
         chain, size = _check_chain(fd, log, result, scan, parallel or Parallel(), progress)
         if result.torn_tail and result.problems and result.problems[0].line == chain.verified() + 1:
@@ -234,6 +235,7 @@ def _check_tree_witness(chain: Chain, witness: SignedNote, leaves: list[bytes], 
 def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]], leaves: list[bytes], result: Verification) -> None:
     """Every witness's cosignature kept in the log: on the log's own tree of the lines before it."""
     latest: dict[str, str] = {}
+    tree = merkle.roots(leaves, {event.size for line, event in cosigned if 0 <= event.size < line})
     for line, event in cosigned:
         head = note.TreeHead(transparency.origin(chain.log_id or ""), event.size, b"")
         try:
@@ -243,7 +245,7 @@ def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]
         except (note.NoteError, ValueError):
             result.problems.append(Problem("a witness.cosigned entry whose key, signature or root is not of the C2SP formats", line))
             continue
-        if name != event.witness or not 0 <= event.size < line or merkle.root(leaves, event.size) != root:
+        if name != event.witness or tree.get(event.size) != root:
             result.problems.append(
                 Problem(f"the witness {event.witness} cosigned a tree of {event.size} entries that is not this log's", line)
             )
