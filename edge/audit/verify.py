@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,6 @@ def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]
     latest: dict[str, str] = {}
     tree = merkle.roots(leaves, {event.size for line, event in cosigned if 0 <= event.size < line})
     for line, event in cosigned:
-        head = note.TreeHead(transparency.origin(chain.log_id or ""), event.size, b"")
         try:
             name, public = note.parse_verifier_key(event.vkey, note.COSIGNATURE)
             signature = note.parse_signature(f"{note.DASH} {event.witness} {event.signature}")
@@ -250,7 +249,7 @@ def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]
                 Problem(f"the witness {event.witness} cosigned a tree of {event.size} entries that is not this log's", line)
             )
             continue
-        text = replace(head, root=root).text
+        text = note.TreeHead(transparency.origin(chain.log_id or ""), event.size, root).text
         if note.cosigned_at(note.SignedNote(text, (signature,)), name, public) != event.time:
             result.problems.append(Problem(f"the cosignature of the witness {event.witness} does not verify", line))
             continue
