@@ -174,6 +174,21 @@ class LogUnsigned(AuditEvent):
     lines: int
 
 
+@dataclass(frozen=True)
+class WitnessCosigned(AuditEvent):
+    """A C2SP witness cosigned the log's tree of its first `size` lines (`audit witness push`):
+    its tlog-cosignature line, kept so that `audit verify` checks it against the log."""
+
+    event_type = "witness.cosigned"
+    signed_at_once = True
+    witness: str
+    vkey: str
+    size: int
+    tree_hash: str
+    time: int
+    signature: str
+
+
 # -- the agent -------------------------------------------------------------------------------
 
 

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 from edge.agent import Agent, SessionRecord
 from edge.audit.adoption import adopt
-from edge.audit.log import AuditLog, Checkpoint
+from edge.audit.log import CHECKPOINT_V1, AuditLog, Checkpoint
+from edge.audit.note import NoteError, SignedNote, parse_tree_head
+from edge.audit.note import parse as parse_note
 from edge.boot import boot_id
 from edge.config import Config, ListenerSettings, VaultSettings
 from edge.crypto.guarantee import GuaranteeLevel, Vault
@@ -299,11 +301,20 @@ def verification(
     return verify(audit, keystore, trusted_now(config), grace, witness, progress=progress)
 
 
-def _read_witness(path: Path) -> Checkpoint:
+def _read_witness(path: Path) -> Checkpoint | SignedNote:
     try:
         text = path.read_bytes()
         signature_path = path.with_name(path.name + ".sig")
         signature = signature_path.read_bytes() if signature_path.exists() else b""
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the witness: {exc.strerror}", path=path) from None
+    if not text.startswith(CHECKPOINT_V1.encode()):
+        try:
+            signed = parse_note(text)
+            parse_tree_head(signed.text)
+            return signed
+        except NoteError as exc:
+            raise UsageError(
+                f"{path}: not a witness: neither an edge audit checkpoint (v1) nor a C2SP checkpoint ({exc})", path=path
+            ) from None
     return Checkpoint.parse(text, signature)

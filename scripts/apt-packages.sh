@@ -6,7 +6,7 @@ APT_RUN=(python3 python3-venv libportaudio2 libsndfile1 libatomic1 libkeyutils1)
 APT_BUILD=(gcc python3-dev)  # only for a dependency that PyPI has no wheel of (tpm2-pytss)
 APT_TPM=("${APT_BUILD[@]}" libtss2-dev pkg-config)  # the "tpm" extra builds against the TPM Software Stack
 APT_WYOMING=(avahi-daemon)  # install.sh --wyoming: advertises each listener to Home Assistant
-APT_TEST=(systemd espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium swtpm python3-seccomp "${APT_TPM[@]}")
+APT_TEST=(systemd espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins age faketime openssl chromium swtpm python3-seccomp golang-go golang-golang-x-mod-dev "${APT_TPM[@]}")
 
 SUPPORTED_ARCHES=(amd64 arm64)
 refuse_unsupported_arch() {  # refuse_unsupported_arch WHO: exit 1 on a Debian architecture edge does not support

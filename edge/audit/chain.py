@@ -35,6 +35,7 @@ from edge.events import (
     Shred,
     VoiceEnrolled,
     VoiceForgotten,
+    WitnessCosigned,
 )
 from edge.values import Purpose
 
@@ -142,6 +143,8 @@ Unsigned = tuple[Literal["unsigned"], int]
 LostRoot = tuple[Literal["root lost"]]
 TrainingExport = tuple[Literal["training export"], int, str | int | float | bool | None]
 """line, the exported session as logged (any hashable JSON value)"""
+Cosigned = tuple[Literal["cosigned"], int, WitnessCosigned]
+"""line, the cosignature a witness returned (checked against the log's tree by verify)"""
 Malformed = tuple[Literal["malformed"], int, str]
 """line, message"""
 Voice = tuple[Literal["voice"], int, str, bool]
@@ -163,6 +166,7 @@ ScanOp = (
     | Voice
     | Adopted
     | Taken
+    | Cosigned
     | Malformed
 )
 Sink = Callable[[ScanOp], None]
@@ -180,6 +184,7 @@ _SCANNED: dict[str, type[AuditEvent]] = {
         VoiceEnrolled,
         VoiceForgotten,
         PolicyAdopted,
+        WitnessCosigned,
     )
 }
 """The events the data check follows (the others are checked for their place in the chain only)."""
@@ -240,6 +245,8 @@ def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
             sink(("voice", line, profile, isinstance(event, VoiceEnrolled)))
         case Export(purpose=Purpose.TRAINING, session=session):
             sink(("training export", line, session))
+        case WitnessCosigned():
+            sink(("cosigned", line, event))
 
 
 def _limits(terms: dict[str, Any]) -> dict[str, tuple[int, int]]:

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge.audit import note, transparency
 from edge.audit.tail import TailHold
 from edge.boot import boot_id
 from edge.disk.files import open_in, read_in, why, write_atomic_in
@@ -62,9 +63,13 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
 
 
+CHECKPOINT_V1 = "edge-audit-checkpoint/v1"
+"""The first line of what a (format 1) checkpoint signs."""
+
+
 def checkpoint_text(log_id: str, entries: int, head: str) -> bytes:
     """What a checkpoint signs: small, line-based, checkable by hand."""
-    return f"edge-audit-checkpoint/v1\nlog {log_id}\nentries {entries}\nhead {head}\n".encode()
+    return f"{CHECKPOINT_V1}\nlog {log_id}\nentries {entries}\nhead {head}\n".encode()
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Checkpoint:
     def parse(cls, text: bytes, signature: bytes = b"") -> Checkpoint:
         lines = text.decode("ascii", errors="replace").splitlines()
         try:
-            if lines[0] != "edge-audit-checkpoint/v1" or len(lines) != 4:
+            if lines[0] != CHECKPOINT_V1 or len(lines) != 4:
                 raise ValueError
             fields = dict(line.split(" ", 1) for line in lines[1:])
             return cls(fields["log"], int(fields["entries"]), fields["head"], signature)
@@ -230,6 +235,29 @@ class AuditLog:
             if first["fields"].get("public_key") != key.public_key().public_bytes_raw().hex():
                 raise AuditError(f"{self.key_path}: not the key line 1 of {self.path} names; refusing to sign with it")
             return key.sign(document)
+
+    def tree_checkpoint(self) -> note.SignedNote:
+        """A C2SP checkpoint of every line, signed by the log's key as a signed note. The log is
+        made to end in a checkpoint of its own first (as `sign` does), so the tree head covers
+        a log whose every line is signed in it too."""
+        with DataLock(self.data_dir):
+            last = self._head()
+            if last["type"] != "checkpoint":
+                last, _ = self._signed(last)
+                self._write([canonical(last)], last)
+            leaves = transparency.leaves_of(self.data_dir)
+            if len(leaves) != last["seq"]:
+                raise AuditError(
+                    f"{self.path}: its last line is numbered {last['seq']} but it has {len(leaves)}; run `edge-agent audit verify`"
+                )
+            head = transparency.tree_head(self.log_id(), leaves)
+            return note.sign(head.text, head.origin, self._signing_key())
+
+    def verifier_key(self) -> str:
+        """The C2SP note verifier key of the log's checkpoints (its name is the log's origin)."""
+        with DataLock(self.data_dir):
+            public = self._signing_key().public_key().public_bytes_raw()
+        return note.verifier_key(transparency.origin(self.log_id()), public)
 
     # -- reading -------------------------------------------------------------------
 

@@ -12,23 +12,27 @@ its expiry still held, or still openable with a key the device holds?
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
+from edge.audit import merkle, note, transparency
 from edge.audit.chain import Chain, Problem, ScanOp, check_range
 from edge.audit.log import CHECKPOINT_EVERY, AuditLog, Checkpoint, public_key_from_hex
+from edge.audit.note import SignedNote, parse_tree_head
 from edge.audit.parallel import Parallel, check_chunks
 from edge.audit.tail import still_written
 from edge.crypto.age import read_header, unwrap_file_key
 from edge.disk import layout
 from edge.disk.files import open_in, reader_in
 from edge.errors import AgeError, AuditError, EdgeError, StorageError
+from edge.events import WitnessCosigned
 from edge.progress import Progress
 from edge.store.keystore import Keystore
 from edge.store.tables import KeystoreData
@@ -60,6 +64,8 @@ class Verification:
     signed (log.unsigned): nothing proves that none was removed before then."""
     witness: str | None = None
     """What the witness check found, when a witness was given."""
+    cosigned: list[str] = field(default_factory=list)
+    """Per witness that cosigned the log's tree (`audit witness push`): its latest cosignature."""
 
     @property
     def ok(self) -> bool:
@@ -77,17 +83,19 @@ def verify(
     keystore: Keystore | None,
     now: datetime,
     on_time: timedelta,
-    witness: Checkpoint | None = None,
+    witness: Checkpoint | SignedNote | None = None,
     parallel: Parallel | None = None,
     progress: Progress | None = None,
 ) -> Verification:
-    """`parallel` says when to use worker processes (by default: on every core, for a log of
+    """`witness`: a checkpoint kept elsewhere, edge's own (v1) or a C2SP signed note.
+    `parallel` says when to use worker processes (by default: on every core, for a log of
     more than about 50,000 lines); the result is the same either way. `progress` hears how far
     a long (parallel) check has come."""
     result = Verification()
     scan = _DataScan(result, on_time)
     result.torn_tail = log.ends_torn()
     fd = _open(log)
+    leaves: list[bytes] = []
     try:
         chain, size = _check_chain(fd, log, result, scan, parallel or Parallel(), progress)
         if result.torn_tail and result.problems and result.problems[0].line == chain.verified() + 1:
@@ -97,12 +105,19 @@ def verify(
             )
         if not result.problems and fd is not None:
             _check_unsigned_tail(chain, result, lambda: still_written(fd, size))
+            if isinstance(witness, SignedNote) or scan.cosigned:
+                leaves = transparency.leaves_in(fd, size, chain.verified())
+                _check_cosignatures(chain, scan.cosigned, leaves, result)
     finally:
         if fd is not None:
             os.close(fd)
     if result.problems:
         return result
-    if witness is not None:
+    if isinstance(witness, SignedNote):
+        _check_tree_witness(chain, witness, leaves, result)
+        if result.problems:
+            return result
+    elif witness is not None:
         _check_witness(chain, witness, result)
         if result.problems:
             return result
@@ -203,6 +218,47 @@ def _check_witness(chain: Chain, witness: Checkpoint, result: Verification) -> N
         result.witness = f"consistent with the witness ({witness.entries} entries)"
 
 
+def _check_tree_witness(chain: Chain, witness: SignedNote, leaves: list[bytes], result: Verification) -> None:
+    """A C2SP checkpoint: its tree must be a prefix of the log's, by a consistency proof."""
+    try:
+        public_key = bytes.fromhex(chain.public_key or "")
+    except ValueError:
+        public_key = b""
+    problem = transparency.witness_problem(witness, chain.log_id or "", public_key, leaves)
+    if problem is not None:
+        result.problems.append(Problem(problem))
+        return
+    size = parse_tree_head(witness.text).size
+    result.witness = f"consistent with the witness's C2SP checkpoint ({size} entries; RFC 6962 consistency proof to {len(leaves)})"
+
+
+def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]], leaves: list[bytes], result: Verification) -> None:
+    """Every witness's cosignature kept in the log: on the log's own tree of the lines before it."""
+    latest: dict[str, str] = {}
+    tree = merkle.roots(leaves, {event.size for line, event in cosigned if 0 <= event.size < line})
+    for line, event in cosigned:
+        try:
+            name, public = note.parse_verifier_key(event.vkey, note.COSIGNATURE)
+            signature = note.parse_signature(f"{note.DASH} {event.witness} {event.signature}")
+            root = base64.b64decode(event.tree_hash, validate=True)
+        except (note.NoteError, ValueError):
+            result.problems.append(Problem("a witness.cosigned entry whose key, signature or root is not of the C2SP formats", line))
+            continue
+        if name != event.witness or tree.get(event.size) != root:
+            result.problems.append(
+                Problem(f"the witness {event.witness} cosigned a tree of {event.size} entries that is not this log's", line)
+            )
+            continue
+        text = note.TreeHead(transparency.origin(chain.log_id or ""), event.size, root).text
+        if note.cosigned_at(note.SignedNote(text, (signature,)), name, public) != event.time:
+            result.problems.append(Problem(f"the cosignature of the witness {event.witness} does not verify", line))
+            continue
+        when = datetime.fromtimestamp(event.time, timezone.utc).isoformat()
+        named = "+".join(event.vkey.split("+", 2)[:2])  # name and key id
+        latest[event.vkey] = f"{named}: {event.size} entries, {when}"
+    result.cosigned = list(latest.values())
+
+
 class _DataScan:
     """What the log says about the data, gathered entry by entry in file order (nothing else
     is kept). Its inputs come from chain.scan, which checked every field for its type."""
@@ -220,6 +276,8 @@ class _DataScan:
         """profile -> (line, held) of the last voice event: enrolled, or forgotten"""
         self.policies: dict[str, dict[str, tuple[int, int]]] = {}
         """policy version -> what each profile may keep (s), for every version adopted so far"""
+        self.cosigned: list[tuple[int, WitnessCosigned]] = []
+        """(line, event) of every witness cosignature kept in the log"""
         self.problems: list[Problem] = []
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
@@ -257,6 +315,8 @@ class _DataScan:
                 self.problems.extend(
                     _within_policy(line, session, self.policies.get(version), version, profile, created, audio_expires, transcript_expires)
                 )
+            case ("cosigned", line, event):
+                self.cosigned.append((line, event))
             case ("malformed", line, message):
                 self.problems.append(Problem(message, line))
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import difflib
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from itertools import takewhile
 from pathlib import Path
 
 from edge import wiring
+from edge.audit import merkle, transparency
 from edge.audit.log import EVENT_TYPES
+from edge.audit.note import parse_tree_head
 from edge.cli.base import Command, config_of, log
 from edge.config import Config
 from edge.disk.outputs import check_output, write_output
@@ -62,6 +65,8 @@ def _verify(args: argparse.Namespace) -> int:
         )
     if result.witness:
         print(f"witness: {result.witness}")
+    for cosigned in result.cosigned:
+        print(f"cosigned by witness {cosigned}")
     print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")
     print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
     print("nothing past its retention can be opened with any key this device holds")
@@ -133,6 +138,13 @@ def _checkpoint(args: argparse.Namespace) -> int:
     config = config_of(args)
     data_dir = config.device.data_dir
     out = Path(args.out)
+    if args.format == "c2sp":
+        check_output(out, data_dir)
+        signed = wiring.open_audit(config).tree_checkpoint()
+        write_output(out, signed.encode(), data_dir)
+        head = parse_tree_head(signed.text)
+        print(f"C2SP checkpoint of {head.size} entries ({head.origin}) written to {out}")
+        return 0
     signature_out = out.with_name(out.name + ".sig")
     check_output(out, data_dir)
     check_output(signature_out, data_dir)
@@ -145,10 +157,74 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def _export_key(args: argparse.Namespace) -> int:
     config = config_of(args)
+    if args.format == "note":
+        vkey = wiring.open_audit(config).verifier_key()
+        if args.out is None:
+            print(vkey)
+            return 0
+        check_output(Path(args.out), config.device.data_dir)
+        write_output(Path(args.out), (vkey + "\n").encode(), config.device.data_dir)
+        print(f"note verifier key written to {args.out}")
+        return 0
+    if args.out is None:
+        raise UsageError("--out FILE.pem is required with --format pem (only --format note prints to standard output)")
     check_output(Path(args.out), config.device.data_dir)
     write_output(Path(args.out), wiring.open_audit(config).public_key_pem(), config.device.data_dir)
     print(f"public key written to {args.out}")
     return 0
+
+
+def _prove(args: argparse.Namespace) -> int:
+    """An RFC 6962 proof over the log's lines, one base64 hash a line (nearest the leaf first),
+    as C2SP tools print and take them; nothing else on stdout."""
+    config = config_of(args)
+    leaves = transparency.leaves_of(config.device.data_dir)
+    if not leaves:
+        raise UsageError(f"{config.device.data_dir / 'audit.jsonl'}: the audit log is missing or empty; there is nothing to prove")
+    size = len(leaves) if args.size is None else args.size
+    if not 1 <= size <= len(leaves):
+        raise UsageError(f"--size {size}: the log's tree has 1 to {len(leaves)} entries (its lines)")
+    if args.inclusion is not None:
+        if not 1 <= args.inclusion <= size:
+            raise UsageError(f"--inclusion {args.inclusion}: not an entry of the tree of {size} (its entries are lines 1 to {size})")
+        proof = merkle.inclusion_proof(leaves, args.inclusion - 1, size)
+    else:
+        if not 0 <= args.consistency <= size:
+            raise UsageError(f"--consistency {args.consistency}: an older tree has 0 to {size} entries (the tree proven to)")
+        proof = merkle.consistency_proof(leaves, args.consistency, size)
+    for digest in proof:
+        print(base64.b64encode(digest).decode())
+    return 0
+
+
+def _prove_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--inclusion", type=int, metavar="SEQ", help="prove that line SEQ is entry SEQ of the tree")
+    which.add_argument("--consistency", type=int, metavar="OLD_SIZE", help="prove that the tree of OLD_SIZE entries is a prefix")
+    parser.add_argument("--size", type=int, metavar="N", help="the tree proven in: its first N lines (default: every line)")
+
+
+def _witness_push(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    from edge.audit.witness import push  # only this command speaks HTTP
+
+    if args.out:
+        check_output(Path(args.out), config.device.data_dir)
+    pushed = push(wiring.open_audit(config), args.url, args.key)
+    if args.out:
+        write_output(Path(args.out), pushed.cosigned.encode(), config.device.data_dir)
+    event = pushed.event
+    when = datetime.fromtimestamp(event.time, timezone.utc).isoformat()
+    print(f"the witness {event.witness} cosigned the log's tree of {event.size} entries at {when} (kept in the log: witness.cosigned)")
+    if args.out:
+        print(f"the cosigned checkpoint is in {args.out}")
+    return 0
+
+
+def _witness_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", help="the witness's submission prefix (POST URL/add-checkpoint)")
+    parser.add_argument("--key", required=True, metavar="VKEY", help="the witness's cosigning key: NAME+KEYID+BASE64 (type 0x04)")
+    parser.add_argument("--out", metavar="FILE", help="also write the checkpoint with its cosignature here")
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -240,8 +316,22 @@ def _certificate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="the certificate (0600); its signature goes to FILE.sig")
 
 
+def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="FILE")
+    parser.add_argument(
+        "--format", choices=("v1", "c2sp"), default="v1", help="v1: edge's text and FILE.sig (default); c2sp: a C2SP signed note"
+    )
+
+
+def _export_key_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="FILE", help="where to write it (required for pem; note prints it without)")
+    parser.add_argument("--format", choices=("pem", "note"), default="pem", help="pem: for openssl (default); note: a C2SP vkey")
+
+
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--witness", metavar="FILE", help="a checkpoint saved earlier (FILE, and FILE.sig if present)")
+    parser.add_argument(
+        "--witness", metavar="FILE", help="a checkpoint saved earlier: edge's (FILE, and FILE.sig if present) or a C2SP one"
+    )
     parser.add_argument("--certificate", metavar="FILE", help="also check a deletion certificate (FILE and FILE.sig) against this log")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -269,9 +359,10 @@ COMMANDS = (
                 "sign the log's current head; write the text to FILE and the signature to FILE.sig",
                 "Writes a checkpoint (log id, entries, head hash) and its raw 64-byte Ed25519 signature. Keep it "
                 "somewhere else (e.g. a phone): `audit verify --witness FILE` then detects a log that was cut short "
-                "or replaced.",
+                "or replaced. --format c2sp writes instead a C2SP tlog checkpoint (origin, size, RFC 6962 root of "
+                "the log's lines) as a signed note, one file, that golang.org/x/mod/sumdb/note and C2SP witnesses read.",
                 _checkpoint,
-                lambda parser: parser.add_argument("--out", required=True, metavar="FILE"),
+                _checkpoint_arguments,
             ),
             Command(
                 "certificate",
@@ -287,9 +378,40 @@ COMMANDS = (
             Command(
                 "export-key",
                 "write the log's public key (PEM) for checking checkpoints with openssl",
-                "Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig",
+                "Then: openssl pkeyutl -verify -pubin -inkey FILE.pem -rawin -in CHECKPOINT -sigfile CHECKPOINT.sig. "
+                "--format note prints (or writes to --out) the C2SP note verifier key of --format c2sp checkpoints: "
+                "NAME+KEYID+BASE64, as note.NewVerifier takes it.",
                 _export_key,
-                lambda parser: parser.add_argument("--out", required=True, metavar="FILE.pem"),
+                _export_key_arguments,
+            ),
+            Command(
+                "prove",
+                "print an RFC 6962 inclusion or consistency proof over the log's lines",
+                "Read-only. The log's lines are the leaves of an RFC 6962 Merkle tree (leaf: SHA-256 of 0x00 and the "
+                "line without its newline), whose root a --format c2sp checkpoint signs. Prints the proof's hashes, "
+                "base64, one a line, as C2SP tlog tools use them: --inclusion SEQ (line SEQ, leaf index SEQ-1) or "
+                "--consistency OLD_SIZE, in the tree of --size N lines (default: all of them).",
+                _prove,
+                _prove_arguments,
+            ),
+            Command(
+                "witness",
+                "have a C2SP witness cosign the log's tree",
+                "A witness (anything that speaks C2SP tlog-witness: a household server, a phone, a fleet service) "
+                "keeps the last checkpoint of this log it cosigned and cosigns a new one only if the log grew from it.",
+                subcommands=(
+                    Command(
+                        "push",
+                        "send the latest checkpoint with its consistency proof; keep the cosignature in the log",
+                        "Run by a person (the agent stays offline): signs a C2SP checkpoint of the log, POSTs it to "
+                        "URL/add-checkpoint with a consistency proof from the size this witness last cosigned, checks the "
+                        "cosignature it returns with --key and appends it to the log (witness.cosigned), where `audit "
+                        "verify` checks it. A witness that refuses because the log is not consistent with what it saw "
+                        "(HTTP 422) is evidence the log was rewritten: exit 1.",
+                        _witness_push,
+                        _witness_push_arguments,
+                    ),
+                ),
             ),
             Command("show", "list the log's events", "List audit events, oldest first.", _show, _show_arguments),
             Command(
