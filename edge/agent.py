@@ -17,6 +17,7 @@ from edge.config import Config
 from edge.instants import iso_utc
 from edge.pcm import FRAME_BYTES
 from edge.session import Session, SessionParts
+from edge.spoken import SpokenCommands
 from edge.store.recorder import Recorder
 from edge.stt.recognizer import SpeechModel
 from edge.stt.vocabulary import check_trigger_words
@@ -128,6 +129,7 @@ class Agent:
         recorder: Recorder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         tagger: VoiceTagger | None = None,
+        spoken: SpokenCommands | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -143,7 +145,7 @@ class Agent:
         if given_profile:
             config.named_profile(given_profile, "--profile")  # fail before any audio is heard
         check_trigger_words(config, model.vocabulary, model.path)  # a word it cannot hear never triggers
-        self.parts = SessionParts(config, model, recorder, tagger, clock)
+        self.parts = SessionParts(config, model, recorder, tagger, clock, spoken)
         """What each session shares (edge.session)."""
         self.grammar = session_grammar(config)
         self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == TriggerMode.WAKE else []

@@ -53,7 +53,7 @@ def test_example_config_is_valid():
 
 
 EXAMPLE_HEADERS = {
-    **{table: f"[{table}]" for table in ("device", "vault", "trigger", "household", "retention", "speaker")},
+    **{table: f"[{table}]" for table in ("device", "vault", "trigger", "household", "retention", "speaker", "voice_commands")},
     "profiles.NAME": "[profiles.parent]",
     "wyoming": "[[wyoming]]",
 }
@@ -80,7 +80,7 @@ def undocumented_in_readme(text: str) -> list[str]:
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, set[str]] = {}
     for line in section.splitlines():
-        found = re.match(r"^\| `(\[\[?[a-zA-Z.]+\]\]?) ([^|]*)\|", line)
+        found = re.match(r"^\| `(\[\[?[a-zA-Z_.]+\]\]?) ([^|]*)\|", line)
         if found:
             rows.setdefault(found[1], set()).update(re.findall(r"`([a-z_]+)`", f"`{found[2]}"))
     missing = []
@@ -96,7 +96,7 @@ def test_allowed_keys_are_the_parsers():
     those keys, and a few keys known to be there are."""
     keys = allowed_keys()
     assert {"data_dir", "control_socket"} <= set(keys["device"]) and "keep_unrecognised" in keys["wyoming"]
-    assert set(keys[""]) == {"device", "vault", "trigger", "household", "retention", "speaker", "profiles", "wyoming"}
+    assert set(keys[""]) == {"device", "vault", "trigger", "household", "retention", "speaker", "profiles", "wyoming", "voice_commands"}
     for table in ("device", "vault", "household", "retention", "speaker"):
         data = tomllib.loads(BASE)
         data.setdefault(table, {})["no_such_key"] = 1

@@ -816,3 +816,71 @@ def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs
     ]
     document = json.loads(verify().stdout)
     assert document["ok"] and document["unsigned"] == 0
+
+
+# -- rights by voice ------------------------------------------------------------------------------
+
+FORGET_LAST, FORGET_TODAY = "마지막 기록 지워", "오늘 기록 지워"
+COMMANDS_TOML = f'\n[voice_commands]\nforget_last = "{FORGET_LAST}"\nforget_today = "{FORGET_TODAY}"\n'
+
+
+def _audit(data: Path) -> list[dict]:
+    return [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
+
+
+def test_a_spoken_forget_reaches_only_the_speakers_own_sessions_and_keeps_nothing_of_itself(speech, tmp_path):
+    """Over Wyoming, as Home Assistant sends it: the parent's room says "forget the last
+    record" and then the child's room "forget today's records"; each forgets its own profile's
+    sessions and no other's, its reply is the text handed back, and its own utterance is not kept."""
+    text = household_toml(tmp_path / "data", vault=file_vault(tmp_path / "root.key"), profiles={"parent": PARENT, "child": CHILD})
+    text += _listener_toml(tmp_path / "hall.sock", "parent", "hall") + _listener_toml(tmp_path / "kids.sock", "child", "kids")
+    config = tmp_path / "household.toml"
+    config.write_text(text + COMMANDS_TOML, encoding="utf-8")
+    hall, kids = f"unix://{tmp_path / 'hall.sock'}", f"unix://{tmp_path / 'kids.sock'}"
+    agent = ServeAgent(config)
+    try:
+        said = [
+            _text(asyncio.run(wyoming_utterance(room, speech.say(words))))
+            for room, words in ((hall, "보안"), (hall, "메시지"), (kids, "아버지"))
+        ]
+        kept = {
+            s["profile"] + ":" + s["session"]
+            for s in json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        }
+        forgot_last = _text(asyncio.run(wyoming_utterance(hall, speech.say(FORGET_LAST))))
+        after_last = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        forgot_today = _text(asyncio.run(wyoming_utterance(kids, speech.say(FORGET_TODAY))))
+    finally:
+        _out, err, code = agent.stop()
+    assert code == 0, err
+    assert said == ["보안", "메시지", "아버지"] and len(kept) == 3
+    assert forgot_last == "Forgot your last request."
+    assert forgot_today == "Forgot what you said today (1 request)."
+    entries = _audit(tmp_path / "data")
+    created = [e["fields"] for e in entries if e["type"] == "session.created"]
+    parent_first, parent_last, child = (c["session"] for c in created)
+    # the parent's latest session went; the parent's earlier one and the child's stayed, then the child's went
+    assert sorted(s["session"] for s in after_last) == sorted([parent_first, child])
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert [s["session"] for s in status["sessions"]] == [parent_first]
+    assert sorted(p.name for p in (tmp_path / "data" / "recordings").iterdir()) == [f"{parent_first}.wav.age"]
+    # audited with source voice, before the forget it made (same request id); the commands keep nothing
+    commands = [e["fields"] for e in entries if e["type"] == "voice.command"]
+    assert [(c["command"], c["outcome"], c["profile"], c["through"], c["source"], c["sessions"]) for c in commands] == [
+        ("forget_last", "forget", "parent", "hall", "voice", 1),
+        ("forget_today", "forget", "child", "kids", "voice", 1),
+    ]
+    requested = [e["fields"] for e in entries if e["type"] == "forget.requested"]
+    fulfilled = [e["fields"] for e in entries if e["type"] == "forget.fulfilled"]
+    assert [r["request"] for r in requested] == [c["request"] for c in commands] == [f["request"] for f in fulfilled]
+    assert [f["sessions"] for f in fulfilled] == [[parent_last], [child]]
+    assert requested[1]["selector"].startswith("profile child since ")
+    assert len(created) == 3  # the commands' utterances were never sessions
+    served = [e["fields"] for e in entries if e["type"] == "session.served"]
+    assert [s["kept"] for s in served] == [True, True, True, False, False]
+    verified = edge_agent("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = edge_agent("--config", str(config), "audit", "report", "--html", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "asked by voice" in html, html
