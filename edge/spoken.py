@@ -95,16 +95,23 @@ class SpokenCommands:
     def narrowed(self, tag: Tag) -> Tag:
         """The tag a session is kept under: the strictest policy while guest mode is on."""
         with self._lock:
-            on = self._guest_until is not None and self._clock() < self._guest_until
+            return self._narrowed(tag)
+
+    def _narrowed(self, tag: Tag) -> Tag:
+        on = self._guest_until is not None and self._clock() < self._guest_until
         return Tag(strictest_policy(self._config), TagRule.GUEST) if on else tag
 
     def run(self, command: str, tag: Tag, began: datetime, through: str) -> str:
-        """Do what `command` asks for `tag`'s profile (audited first); the reply, in words."""
+        """Do what `command` asks (audited first); the reply, in words. `tag` is the utterance's
+        tag as the config and the voice decide it: guest_off is judged by it (whether an adult
+        speaks), every other command acts for the profile the utterance would be kept as (in
+        guest mode: the strictest, so a guest's "forget" reaches the guest sessions only)."""
         with self._lock:
             if command == GUEST_ON:
                 return self._guest_on(tag, through)
             if command == GUEST_OFF:
                 return self._guest_off(tag, through)
+            tag = self._narrowed(tag)
             if command == CONFIRM:
                 return self._confirmed(tag, through)
             return self._forget(command, tag, began, through)
@@ -133,7 +140,7 @@ class SpokenCommands:
             self._awaited[profile] = _Awaited(command, request, count, until)
             self._log(command, "ask", tag, through, sessions=count)
             seconds = round(self.settings.confirm_window.total_seconds())
-            return f"Say {self.settings.confirm!r} within {seconds} seconds to forget {_what(command, count)}."
+            return f'Say "{self.settings.confirm}" within {seconds} seconds to forget {_what(command, count)}.'
         return self._do(command, request, count, tag, through)
 
     def _do(self, command: str, request: ForgetRequest, count: int, tag: Tag, through: str) -> str:
