@@ -317,3 +317,35 @@ def test_a_minimal_config_says_what_it_misses_not_what_it_never_wrote(tmp_path):
     assert "[trigger] wake_phrase is missing" in message and 'mode = "always"' in message and "''" not in message
     path.write_text(path.read_text() + '\n[trigger]\nmode = "always"\n', encoding="utf-8")
     assert load_config(path).trigger.mode == "always"  # every other key has its default
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('forget_last = "메시지"', "voice_commands.forget_last = '메시지' is not allowed; use a phrase no other command, the wake phrase"),
+        ('forget_last = "a  b"\nforget_today = "a b"', "voice_commands.forget_today = 'a b' is not allowed; use a phrase no other"),
+        ('guest_on = "게스트 모드"', "voice_commands.guest_off = '' is not allowed; use a phrase: guest_on and guest_off go together"),
+        ('confirm = "네"', "voice_commands.confirm = '네' is not allowed; use \"\" (no confirmation)"),
+        ('forget_last = "a"\nconfirm_window = "5m"', "voice_commands.confirm_window = '5m' is not allowed; use a duration from 2s to 1m"),
+        (
+            'guest_on = "a"\nguest_off = "b"\nguest_limit = "2d"',
+            "voice_commands.guest_limit = '2d' is not allowed; use a duration from 1m to 24h",
+        ),
+        ("forget_today = 3", "voice_commands.forget_today = 3 is not allowed; use a string"),
+        (
+            'forget_now = "a"',
+            "unknown key 'voice_commands.forget_now' in [voice_commands]; the keys allowed there are: confirm, confirm_window",
+        ),
+    ],
+)
+def test_voice_commands_are_refused_naming_the_key_and_what_is_allowed(tmp_path, table, said):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, BASE + "\n[voice_commands]\n" + table + "\n"))
+    assert str(caught.value).startswith(f"{tmp_path / 'household.toml'}: "), str(caught.value)
+    assert said in str(caught.value), str(caught.value)
+
+
+def test_voice_commands_are_off_unless_a_phrase_is_set(tmp_path):
+    assert not load_config(write(tmp_path, BASE)).voice_commands.enabled
+    spoken = load_config(write(tmp_path, BASE + '\n[voice_commands]\nforget_last = " 마지막  기록 지워 "\n')).voice_commands
+    assert spoken.enabled and spoken.phrases() == {"forget_last": "마지막 기록 지워"}  # as the recognizer writes words

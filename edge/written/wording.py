@@ -246,7 +246,7 @@ def to_json(terms: Terms, level: GuaranteeLevel) -> dict[str, Any]:
         "version": terms.version,
         "terms": terms.terms,
         "vault": level.to_json(),
-        "voice_requests": None,
+        "voice_requests": terms.terms.get("voice_commands"),
         "clauses": [{"profile": c.profile, "kind": c.kind, "seconds": c.seconds, **c.words} for c in clauses(terms, level)],
     }
 
