@@ -119,8 +119,12 @@ class SpokenCommands:
     # -- forgetting ----------------------------------------------------------------------------
 
     def _request(self, command: str, profile: str, began: datetime) -> tuple[ForgetRequest | None, int]:
-        """The request that forgets what `command` names of `profile` (None: nothing is kept)."""
-        mine = [s for s in self._shredder.keystore.read().sessions.entries() if s.profile == profile and s.created <= began]
+        """The request that forgets what `command` names of `profile` (None: nothing is kept).
+        Only the profile's own sessions are opened: those with data in its buckets."""
+        data = self._shredder.keystore.read()
+        buckets = [bucket.id for bucket in data.buckets.values() if bucket.profile == profile]
+        ids = {session for members in data.members_of(buckets).values() for session in members}
+        mine = [s for s in (data.sessions[i] for i in sorted(ids)) if s.profile == profile and s.created <= began]
         if not mine:
             return None, 0
         if command == FORGET_LAST:
