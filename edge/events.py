@@ -373,7 +373,7 @@ class VoiceCommand(AuditEvent):
     """The profile the command's utterance was tagged with: the only one it may reach."""
     rule: str
     through: str
-    """"microphone", or the Wyoming listener's name."""
+    """"microphone", "file" (`run --input`), or the Wyoming listener's name."""
     source: str = "voice"
     request: str | None = absent()
     """The forget request it made (outcome forget)."""
