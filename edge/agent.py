@@ -17,6 +17,7 @@ from edge.config import Config
 from edge.instants import iso_utc
 from edge.pcm import FRAME_BYTES
 from edge.session import Session, SessionParts
+from edge.spoken import MICROPHONE, SpokenCommands
 from edge.store.recorder import Recorder
 from edge.stt.recognizer import SpeechModel
 from edge.stt.vocabulary import check_trigger_words
@@ -81,7 +82,7 @@ class SessionRunner:
     def begin(self, offset: float) -> None:
         agent = self._agent
         tag = tag_session(agent.config, agent.given_profile, agent.active_profile)
-        self._open = Session(agent.parts, tag, agent.grammar, agent.segmenter.settings.padding), offset
+        self._open = Session(agent.parts, tag, agent.grammar, agent.segmenter.settings.padding, through=agent.through), offset
 
     def audio(self, pcm: bytes, silent: bool) -> None:
         if self._open is not None:
@@ -128,6 +129,7 @@ class Agent:
         recorder: Recorder | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         tagger: VoiceTagger | None = None,
+        spoken: SpokenCommands | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -139,11 +141,13 @@ class Agent:
         self.on_session = self._count(on_session)
         self.given_profile = given_profile
         self.active_profile: str | None = None
+        self.through = MICROPHONE
+        """Where its sessions are heard, as a spoken command's audit line says ("file": run --input)."""
         """Set at run time (e.g. by the control socket); overrides [household] active_profile."""
         if given_profile:
             config.named_profile(given_profile, "--profile")  # fail before any audio is heard
         check_trigger_words(config, model.vocabulary, model.path)  # a word it cannot hear never triggers
-        self.parts = SessionParts(config, model, recorder, tagger, clock)
+        self.parts = SessionParts(config, model, recorder, tagger, clock, spoken)
         """What each session shares (edge.session)."""
         self.grammar = session_grammar(config)
         self.wake_tokens = config.trigger.wake_phrase.split() if config.trigger.mode == TriggerMode.WAKE else []

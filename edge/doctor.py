@@ -134,7 +134,11 @@ def _vocabulary(config: Config) -> Finding:
         check_trigger_words(config, table, path)
     except EdgeError as exc:
         return Finding("vocabulary", Status.FAIL, str(exc), f"edit {config.path}: choose words `{search_command()} PREFIX` lists")
-    checked = [_what(key, phrases) for key, _shown, phrases in trigger_phrases(config)]
+    found = trigger_phrases(config)
+    checked = [_what(key, phrases) for key, _shown, phrases in found if not key.startswith("voice_commands.")]
+    commands = [key for key, _shown, _phrases in found if key.startswith("voice_commands.")]
+    if commands:
+        checked.append(f"the {len(commands)} spoken command(s)")
     if not checked:
         return Finding("vocabulary", Status.OK, f"nothing to check: no wake phrase ({config.trigger.mode} mode) and no grammar")
     known = f"{len(table.words):,} words in {table.source}"

@@ -371,6 +371,34 @@ class ForgetFulfilled(AuditEvent):
 
 
 @dataclass(frozen=True)
+class VoiceCommand(AuditEvent):
+    """A spoken command (edge.spoken) about its speaker's own profile, written before what it
+    does (a forget's `forget.requested` follows with the same `request`); the command's own
+    utterance keeps nothing."""
+
+    event_type = "voice.command"
+    signed_at_once = True
+    command: str
+    """forget_last, forget_today, guest_on, guest_off, or confirm."""
+    outcome: str
+    """forget (a request follows), nothing (nothing of the profile's to forget), ask (waits for
+    the confirmation), guest_on, guest_off, refused (a child may not end guest mode), expired
+    (a confirmation came too late or for nothing)."""
+    profile: str
+    """The profile the command's utterance was tagged with: the only one it may reach."""
+    rule: str
+    through: str
+    """"microphone", "file" (`run --input`), or the Wyoming listener's name."""
+    source: str = "voice"
+    request: str | None = absent()
+    """The forget request it made (outcome forget)."""
+    sessions: int = 0
+    """The sessions it names (outcome forget or ask)."""
+    until: Instant | None = absent()
+    """When guest mode ends by itself (outcome guest_on)."""
+
+
+@dataclass(frozen=True)
 class Cleanup(AuditEvent):
     event_type = "cleanup"
     files: int

@@ -61,6 +61,8 @@ def run_agent(
     info = open_wav(Path(input_wav)) if input_wav else None
     runtime = wiring.build_runtime(config, on_session, log_report, profile=profile, vault=vault)
     agent = runtime.agent
+    if info is not None:
+        agent.through = "file"
     _catch_up(runtime)
     # file runs are batch jobs and may overlap: no sockets
     control, listeners = _start_sockets(runtime, config.listeners, microphone=True) if info is None else (None, None)

@@ -10,6 +10,10 @@ goes; the paths only feed it frames (with the VAD's verdict) and end it:
   listener's `keep_unrecognised = false`: Home Assistant's false wakes). A crash meanwhile
   leaves nothing at all, the private direction;
 - sealed from its first byte otherwise: a crash leaves what was sealed, which expires on time.
+
+With spoken commands on ([voice_commands]), every session is held: one that turns out to be a
+command keeps nothing of itself, and guest mode decides the tag it is kept under
+(edge.spoken does what the command asks, for the tag the session was given).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Protocol
 
 from edge.config import Config
 from edge.policy import Tag
+from edge.spoken import MICROPHONE, SpokenCommands, with_commands
 from edge.store.recorder import Recorder, SealedSession
 from edge.store.records import SessionEntry
 from edge.stt.recognizer import Decoder, SpeechModel
@@ -45,6 +50,8 @@ class SessionParts:
     tagger: VoiceTagger | None
     """Tags by voice once a voice is enrolled; None = by configuration only."""
     clock: Callable[[], datetime]
+    spoken: SpokenCommands | None = None
+    """The household's spoken commands; None = off (or nothing is kept: no recorder)."""
 
 
 class _Sink(Protocol):
@@ -54,6 +61,7 @@ class _Sink(Protocol):
     entry: SessionEntry | None
 
     def write(self, pcm: bytes) -> None: ...
+    def decide(self) -> Tag: ...
     def finish(self, transcript: Transcript) -> None: ...
     def abandon(self) -> None: ...
 
@@ -65,6 +73,9 @@ class _NotKept:
 
     def write(self, pcm: bytes) -> None:
         pass
+
+    def decide(self) -> Tag:
+        return self.tag
 
     def finish(self, transcript: Transcript) -> None:
         pass
@@ -81,6 +92,9 @@ class _SealedNow:
     def write(self, pcm: bytes) -> None:
         self._sealed.write(pcm)
 
+    def decide(self) -> Tag:
+        return self.tag
+
     def finish(self, transcript: Transcript) -> None:
         self._sealed.finish(transcript)
         self.entry = self._sealed.entry
@@ -92,10 +106,23 @@ class _SealedNow:
 class Session:
     """Begun when made; `feed` it, then `finish` (or `abandon` after a failure)."""
 
-    def __init__(self, parts: SessionParts, tag: Tag, grammar: tuple[str, ...], padding: float, keep_unrecognised: bool = True) -> None:
+    def __init__(
+        self,
+        parts: SessionParts,
+        tag: Tag,
+        grammar: tuple[str, ...],
+        padding: float,
+        keep_unrecognised: bool = True,
+        through: str = MICROPHONE,
+    ) -> None:
         self.id = secrets.token_hex(8)
         self.began = parts.clock()
         self._keep_unrecognised = keep_unrecognised
+        self._spoken = parts.spoken if parts.recorder is not None else None
+        self._through = through
+        """Where it was heard, as a spoken command's audit line names it."""
+        if self._spoken is not None:
+            grammar = with_commands(parts.config, grammar)
         self._decoder: Decoder = parts.model.decoder(grammar, padding=padding)
         try:
             self._sink: _Sink = self._sink_for(parts, tag)
@@ -108,7 +135,7 @@ class Session:
             return _NotKept(tag)
         tagger = parts.tagger
         voices = tagger.enrolled() if tagger is not None and tag.rule is not TagRule.GIVEN else {}
-        if voices or not self._keep_unrecognised:
+        if voices or not self._keep_unrecognised or self._spoken is not None:
             trigger = parts.config.trigger
             longest = (trigger.max_session + trigger.wake_timeout).total_seconds() + 1  # no session is longer
             return HeldSession(parts.recorder, tagger, self.id, tag, voices, self.began, longest)
@@ -134,6 +161,15 @@ class Session:
         with the audio; nothing is kept when nothing was recognised and that is the rule."""
         try:
             transcript = shape(self._decoder.transcript())
+            spoken = self._spoken
+            command = spoken.command(transcript.text) if spoken is not None else None
+            if spoken is not None and command is not None:
+                tag = self._sink.decide()
+                self._sink.abandon()  # a command, not a session to retain: nothing of it is kept
+                log.info("session %s: a spoken command (%s) of %s; nothing of the utterance is kept", self.id, command, tag.profile.name)
+                return Transcript(text=spoken.run(command, tag, self.began, self._through), words=())
+            if spoken is not None:
+                self._sink.tag = spoken.narrowed(self._sink.decide())
             if not transcript.text and not self._keep_unrecognised:
                 log.info("session %s: nothing was recognised, so nothing of it is kept", self.id)
                 self._sink.abandon()

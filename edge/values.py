@@ -56,6 +56,8 @@ class TagRule(StrEnum):
     """The Wyoming listener the utterance came through names who speaks there."""
     VOICE = "voice"
     """An enrolled voiceprint matched (and nothing stricter said otherwise)."""
+    GUEST = "guest"
+    """Guest mode was on (a spoken command, edge.spoken): the strictest policy."""
 
 
 class ListenerTransport(StrEnum):

@@ -36,6 +36,7 @@ from edge.progress import Meter, Progress
 from edge.retention.clock import Reading, TrustedClock, read_uptime
 from edge.retention.scheduler import RetentionService
 from edge.retention.shredder import Shredder, ShredReport
+from edge.spoken import SpokenCommands
 from edge.store.keystore import MIGRATION_CHUNK, Access, Keystore
 from edge.store.recorder import Recorder
 from edge.stt.vocabulary import check_trigger_words
@@ -205,13 +206,21 @@ def make_agent(
     recorder: Recorder | None = None,
     profile: str | None = None,
     clock: TrustedClock | None = None,
+    spoken: SpokenCommands | None = None,
 ) -> Agent:
     """The pipeline: segmenter, tagger, recognizer and (with a recorder) sealing, tagging by
-    voice once a voice is enrolled."""
+    voice once a voice is enrolled, and the spoken commands (with `spoken`)."""
     tagger = make_tagger(config, recorder.keystore) if recorder is not None else None
     if clock is None:
-        return Agent(config, model, on_session, given_profile=profile, recorder=recorder, tagger=tagger)
-    return Agent(config, model, on_session, given_profile=profile, recorder=recorder, clock=clock.now, tagger=tagger)
+        return Agent(config, model, on_session, given_profile=profile, recorder=recorder, tagger=tagger, spoken=spoken)
+    return Agent(config, model, on_session, given_profile=profile, recorder=recorder, clock=clock.now, tagger=tagger, spoken=spoken)
+
+
+def make_spoken(config: Config, shredder: Shredder) -> SpokenCommands | None:
+    """The household's spoken commands ([voice_commands]); None when none is set."""
+    if not config.voice_commands.enabled:
+        return None
+    return SpokenCommands(config, shredder, shredder.audit, shredder.clock.now)
 
 
 def make_tagger(config: Config, keystore: Keystore) -> VoiceTagger:
@@ -255,7 +264,7 @@ def build_runtime(
     notifier = Notifier.from_environment()
     retention = make_retention(shredder, config, on_report, notifier)
     recorder = make_recorder(keystore, audit, clock, retention, terms_of(config, keystore.vault.level).version)
-    agent = make_agent(config, model, on_session, recorder, profile, clock)
+    agent = make_agent(config, model, on_session, recorder, profile, clock, make_spoken(config, shredder))
     return Runtime(config, model, keystore, audit, clock, shredder, retention, recorder, agent, notifier)
 
 
@@ -266,7 +275,9 @@ def make_listeners(runtime: Runtime, listeners: tuple[ListenerSettings, ...]) ->
     from edge.wyoming.utterance import Household
 
     agent = runtime.agent
-    household = Household(runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile, agent.tagger)
+    household = Household(
+        runtime.config, runtime.model, runtime.recorder, runtime.audit, lambda: agent.active_profile, agent.tagger, agent.parts.spoken
+    )
     return WyomingServer(household, listeners)
 
 

@@ -58,6 +58,20 @@ def test_run_input_json_lines(speech, write_config):
     assert "2 session(s)" in result.stderr
 
 
+def test_a_spoken_command_in_a_file_is_a_command_too(speech, write_config):
+    """`run --input` is the microphone's pipeline: a command in the file forgets the session
+    before it, and its audit line says it was heard in a file."""
+    path = speech.join(speech.say("메시지"), 1.0, speech.say("마지막 기록 지워"))
+    config = write_config(mode="always")
+    config.write_text(config.read_text() + '\n[voice_commands]\nforget_last = "마지막 기록 지워"\n')
+    result = edge_agent("--config", str(config), "run", "--input", str(path), "--json", "--profile", "parent")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in lines] == ["메시지", "Forgot your last request."]
+    entries = [json.loads(line) for line in (config.parent / "data" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["fields"]["through"], e["fields"]["outcome"]) for e in entries if e["type"] == "voice.command"] == [("file", "forget")]
+
+
 def test_run_unknown_profile_fails_before_listening(speech, write_config):
     result = edge_agent("--config", str(write_config()), "run", "--input", str(speech.say("메시지")), "--profile", "grandma")
     assert result.returncode == 2  # a command-line mistake (README)

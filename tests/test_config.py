@@ -53,7 +53,7 @@ def test_example_config_is_valid():
 
 
 EXAMPLE_HEADERS = {
-    **{table: f"[{table}]" for table in ("device", "vault", "trigger", "household", "retention", "speaker")},
+    **{table: f"[{table}]" for table in ("device", "vault", "trigger", "household", "retention", "speaker", "voice_commands")},
     "profiles.NAME": "[profiles.parent]",
     "wyoming": "[[wyoming]]",
 }
@@ -80,7 +80,7 @@ def undocumented_in_readme(text: str) -> list[str]:
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, set[str]] = {}
     for line in section.splitlines():
-        found = re.match(r"^\| `(\[\[?[a-zA-Z.]+\]\]?) ([^|]*)\|", line)
+        found = re.match(r"^\| `(\[\[?[a-zA-Z_.]+\]\]?) ([^|]*)\|", line)
         if found:
             rows.setdefault(found[1], set()).update(re.findall(r"`([a-z_]+)`", f"`{found[2]}"))
     missing = []
@@ -96,7 +96,7 @@ def test_allowed_keys_are_the_parsers():
     those keys, and a few keys known to be there are."""
     keys = allowed_keys()
     assert {"data_dir", "control_socket"} <= set(keys["device"]) and "keep_unrecognised" in keys["wyoming"]
-    assert set(keys[""]) == {"device", "vault", "trigger", "household", "retention", "speaker", "profiles", "wyoming"}
+    assert set(keys[""]) == {"device", "vault", "trigger", "household", "retention", "speaker", "profiles", "wyoming", "voice_commands"}
     for table in ("device", "vault", "household", "retention", "speaker"):
         data = tomllib.loads(BASE)
         data.setdefault(table, {})["no_such_key"] = 1
@@ -317,3 +317,35 @@ def test_a_minimal_config_says_what_it_misses_not_what_it_never_wrote(tmp_path):
     assert "[trigger] wake_phrase is missing" in message and 'mode = "always"' in message and "''" not in message
     path.write_text(path.read_text() + '\n[trigger]\nmode = "always"\n', encoding="utf-8")
     assert load_config(path).trigger.mode == "always"  # every other key has its default
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('forget_last = "메시지"', "voice_commands.forget_last = '메시지' is not allowed; use a phrase no other command, the wake phrase"),
+        ('forget_last = "a  b"\nforget_today = "a b"', "voice_commands.forget_today = 'a b' is not allowed; use a phrase no other"),
+        ('guest_on = "게스트 모드"', "voice_commands.guest_off = '' is not allowed; use a phrase: guest_on and guest_off go together"),
+        ('confirm = "네"', "voice_commands.confirm = '네' is not allowed; use \"\" (no confirmation)"),
+        ('forget_last = "a"\nconfirm_window = "5m"', "voice_commands.confirm_window = '5m' is not allowed; use a duration from 2s to 1m"),
+        (
+            'guest_on = "a"\nguest_off = "b"\nguest_limit = "2d"',
+            "voice_commands.guest_limit = '2d' is not allowed; use a duration from 1m to 24h",
+        ),
+        ("forget_today = 3", "voice_commands.forget_today = 3 is not allowed; use a string"),
+        (
+            'forget_now = "a"',
+            "unknown key 'voice_commands.forget_now' in [voice_commands]; the keys allowed there are: confirm, confirm_window",
+        ),
+    ],
+)
+def test_voice_commands_are_refused_naming_the_key_and_what_is_allowed(tmp_path, table, said):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, BASE + "\n[voice_commands]\n" + table + "\n"))
+    assert str(caught.value).startswith(f"{tmp_path / 'household.toml'}: "), str(caught.value)
+    assert said in str(caught.value), str(caught.value)
+
+
+def test_voice_commands_are_off_unless_a_phrase_is_set(tmp_path):
+    assert not load_config(write(tmp_path, BASE)).voice_commands.enabled
+    spoken = load_config(write(tmp_path, BASE + '\n[voice_commands]\nforget_last = " 마지막  기록 지워 "\n')).voice_commands
+    assert spoken.enabled and spoken.phrases() == {"forget_last": "마지막 기록 지워"}  # as the recognizer writes words

@@ -187,6 +187,7 @@ def test_which_events_are_signed_in_their_write():
         "session.sealed",
         "session.served",
         "shred",
+        "voice.command",
         "witness.cosigned",
     }
     assert MUST_BE_SIGNED == {"shred", "forget.fulfilled", "agent.stopped"}

@@ -43,6 +43,7 @@ LAYERS: list[set[str]] = [
     {"edge.retention", "edge.audit"},  # siblings: shredding on time; the log that proves it
     {"edge.audio", "edge.stt", "edge.voice"},  # the pipeline's sources, its recognizer, its speaker encoder
     {"edge.tagging"},
+    {"edge.spoken"},  # rights by voice: what a spoken command does (forget, guest mode)
     {"edge.session"},  # one session's life: tag, decoder, where its audio goes (held or sealed)
     {"edge.agent"},  # the pipeline
     {"edge.control", "edge.wyoming"},  # siblings: the control socket; the Wyoming speech-to-text listeners

@@ -3,6 +3,7 @@ while `paplay` speaks into it, driving a running `edge-agent run --mic`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from support import MicAgent, play
+from support import MicAgent, edge_agent, play, record, sessions_of
 
 pytestmark = pytest.mark.mic
 
@@ -106,3 +107,33 @@ def test_missing_input_device_is_explained(virtual_mic, write_config):
     assert result.returncode == 1 and "no-such-mic" in result.stderr and "python -m sounddevice" in result.stderr
     assert "Traceback" not in result.stderr
     assert os.environ.get("PULSE_SERVER")
+
+
+def test_a_spoken_forget_on_the_microphone_forgets_the_speakers_last_session_only(virtual_mic, speech, write_config):
+    """Rights by voice on the microphone path: "forget the last record" after a session forgets
+    that session (keystore, files), leaves another profile's session alone, keeps nothing of
+    itself, prints what it did as the session's text, and is audited with source voice."""
+    config = write_config(mode="always")
+    config.write_text(config.read_text() + '\n[voice_commands]\nforget_last = "마지막 기록 지워"\n', encoding="utf-8")
+    childs = record(config, speech.say("아버지"), profile="child")
+    agent = MicAgent(virtual_mic, config, "--profile", "parent")
+    play(virtual_mic, speech.join(speech.say("메시지"), 1.0, speech.say("마지막 기록 지워")))
+    time.sleep(1.5)  # trailing silence ends the command's session
+    sessions, stderr, code = agent.stop()
+    assert code == 0, stderr
+    assert [(s["text"], s["profile"]) for s in sessions] == [("메시지", "parent"), ("Forgot your last request.", "parent")], stderr
+    kept, command = sessions
+    assert kept["audio_expires"] is not None and command["audio_expires"] is None and command["transcript_expires"] is None
+    assert sessions_of(config) == childs  # the child's session survives; the parent's is gone
+    data = config.parent / "data"
+    assert sorted(p.name for p in (data / "recordings").iterdir()) == [f"{childs[0]}.wav.age"]
+    entries = [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
+    spoken = [e["fields"] for e in entries if e["type"] == "voice.command"]
+    assert [(c["command"], c["outcome"], c["profile"], c["through"], c["source"]) for c in spoken] == [
+        ("forget_last", "forget", "parent", "microphone", "voice")
+    ]
+    fulfilled = [e["fields"] for e in entries if e["type"] == "forget.fulfilled"]
+    assert [(f["request"], f["sessions"]) for f in fulfilled] == [(spoken[0]["request"], [kept["session"]])]
+    assert command["session"] not in {e["fields"].get("session") for e in entries}  # the command was never a session
+    verified = edge_agent("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -47,7 +47,7 @@ def test_the_policy_is_written_from_the_config_in_text_html_and_json(write_confi
     assert "Never stored (0 s)" in words  # the parent keeps no audio
     assert '"kids speaker"' in words  # the only place text leaves the device, named
     assert "Never used for training and never exported for it: the profile is a child's." in words
-    assert "Not yet" in words  # spoken deletion requests: honest
+    assert "By voice: Not offered" in words  # no [voice_commands]: no spoken deletion requests, honestly
     assert "keyring vault, off the memory card" in words  # the guarantee level in plain words
     assert "not adopted yet" in text.stderr  # nothing ran under it yet, and `policy` writes nothing
     assert not (tmp_path / "data" / "audit.jsonl").exists()
@@ -252,3 +252,29 @@ def test_a_profile_near_its_inactivity_purge_is_listed_kept_by_a_parent_and_then
     assert nothing.returncode == 0 and "nothing of child is kept" in nothing.stdout
     assert len(_of(data, "profile.kept")) == 1
     assert os.path.exists(data / "policy.json")
+
+
+def test_the_policy_says_what_can_be_asked_by_voice_from_the_config(write_config):
+    """[voice_commands] is in the terms (a new version when it changes) and the words name the
+    phrases; without it the terms are as before (an existing household's version stays)."""
+    config = write_config()
+    before = json.loads(edge_agent("--config", str(config), "policy", "--format", "json").stdout)
+    assert "voice_commands" not in before["terms"]
+    config.write_text(
+        config.read_text()
+        + '\n[voice_commands]\nforget_last = "마지막 기록 지워"\nconfirm = "네"\nguest_on = "게스트 모드"\nguest_off = "게스트 모드 꺼"\n'
+    )
+    after = json.loads(edge_agent("--config", str(config), "policy", "--format", "json").stdout)
+    assert after["version"] != before["version"]
+    assert after["terms"]["voice_commands"] == {
+        "forget_last": "마지막 기록 지워",
+        "confirm": "네",
+        "guest_on": "게스트 모드",
+        "guest_off": "게스트 모드 꺼",
+        "guest_limit_seconds": 7200,
+        "confirm_window_seconds": 10,
+    }
+    words = edge_agent("--config", str(config), "policy").stdout
+    assert 'By voice: Say "마지막 기록 지워" to forget your own latest kept session. Each waits for "네"' in words, words
+    assert '"게스트 모드" keeps every session to the strictest policy for at most 2 hours' in words
+    assert "Not offered" not in words

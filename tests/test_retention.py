@@ -632,3 +632,23 @@ def test_the_watchdog_hears_the_agent_only_while_a_shred_could_take_the_data_loc
         holder.join(5) if holder.is_alive() else None
         service.stop()
         systemd.close()
+
+
+def test_forgetting_a_profiles_sessions_since_an_instant_leaves_its_older_ones_and_other_profiles(tmp_path, write_config):
+    """A spoken "forget today" is `ForgetRequest(profile, since)`: the profile's sessions from
+    then on go (a bucket they share with an older session is re-keyed, not destroyed); its
+    older sessions and another profile's stay, and open as before."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    old = record(store, clock, config, "child")
+    wall.advance(600)
+    since = clock.now()
+    new = record(store, clock, config, "child")
+    parent = record(store, clock, config, "parent")
+    data_dir = config.device.data_dir
+    report = shredder.forget(ForgetRequest(profile="child", since=since))
+    assert report.forgotten == [new] and report.voices == []
+    assert set(store.read().sessions) == {old, parent}
+    files = [p(data_dir, s) for s in (old, parent) for p in (recording_path, transcript_path)]
+    assert openable(store, files) == [True] * 4
+    assert not recording_path(data_dir, new).exists() and not transcript_path(data_dir, new).exists()
+    assert ForgetRequest(profile="child", since=since).describe() == f"profile child since {since.isoformat()}"

@@ -146,3 +146,18 @@ def test_a_words_txt_model_is_read_like_vosk_reads_it(tmp_path):
     table = read_word_table(tmp_path)
     assert table.source == graph / "words.txt"
     assert table.starting_with("FOO") == ["Foobar", "foo"] and set(table.words) == {"foo", "Foobar", "bar"}
+
+
+def test_a_spoken_command_the_model_cannot_output_is_refused_like_the_wake_phrase(write_config, speech):
+    """[voice_commands] phrases are checked with the trigger's: by doctor and before any audio."""
+    config = write_config(mode="always")
+    config.write_text(config.read_text() + f'\n[voice_commands]\nforget_last = "마지막 {UNKNOWN}"\nforget_today = "오늘 기록 지워"\n')
+    code, found = _doctor(config)
+    assert code == 1 and found["vocabulary"]["status"] == "fail", found.get("vocabulary")
+    _refusal_names(found["vocabulary"]["detail"], f"[voice_commands] forget_last = '마지막 {UNKNOWN}'")
+    assert "forget_today" not in found["vocabulary"]["detail"]
+    run = edge_agent("--config", str(config), "run", "--input", str(speech.say("메시지")))
+    assert run.returncode == 1 and run.stderr.splitlines()[-1] == f"edge-agent: {found['vocabulary']['detail']}"
+    config.write_text(config.read_text().replace(UNKNOWN, "기록 지워"))
+    code, found = _doctor(config)
+    assert found["vocabulary"]["status"] == "ok" and "the 2 spoken command(s)" in found["vocabulary"]["detail"], found["vocabulary"]

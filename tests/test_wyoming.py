@@ -838,3 +838,159 @@ def test_each_utterance_is_signed_at_its_end_so_one_deleted_while_the_agent_runs
     ]
     document = json.loads(verify().stdout)
     assert document["ok"] and document["unsigned"] == 0
+
+
+# -- rights by voice ------------------------------------------------------------------------------
+
+FORGET_LAST, FORGET_TODAY = "마지막 기록 지워", "오늘 기록 지워"
+COMMANDS_TOML = f'\n[voice_commands]\nforget_last = "{FORGET_LAST}"\nforget_today = "{FORGET_TODAY}"\n'
+
+
+def _audit(data: Path) -> list[dict]:
+    return [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
+
+
+def test_a_spoken_forget_reaches_only_the_speakers_own_sessions_and_keeps_nothing_of_itself(speech, tmp_path):
+    """Over Wyoming, as Home Assistant sends it: the parent's room says "forget the last
+    record" and then the child's room "forget today's records"; each forgets its own profile's
+    sessions and no other's, its reply is the text handed back, and its own utterance is not kept."""
+    text = household_toml(tmp_path / "data", vault=file_vault(tmp_path / "root.key"), profiles={"parent": PARENT, "child": CHILD})
+    text += _listener_toml(tmp_path / "hall.sock", "parent", "hall") + _listener_toml(tmp_path / "kids.sock", "child", "kids")
+    config = tmp_path / "household.toml"
+    config.write_text(text + COMMANDS_TOML, encoding="utf-8")
+    hall, kids = f"unix://{tmp_path / 'hall.sock'}", f"unix://{tmp_path / 'kids.sock'}"
+    agent = ServeAgent(config)
+    try:
+        said = [
+            _text(asyncio.run(wyoming_utterance(room, speech.say(words))))
+            for room, words in ((hall, "보안"), (hall, "메시지"), (kids, "아버지"))
+        ]
+        kept = {
+            s["profile"] + ":" + s["session"]
+            for s in json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        }
+        forgot_last = _text(asyncio.run(wyoming_utterance(hall, speech.say(FORGET_LAST))))
+        after_last = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        forgot_today = _text(asyncio.run(wyoming_utterance(kids, speech.say(FORGET_TODAY))))
+    finally:
+        _out, err, code = agent.stop()
+    assert code == 0, err
+    assert said == ["보안", "메시지", "아버지"] and len(kept) == 3
+    assert forgot_last == "Forgot your last request."
+    assert forgot_today == "Forgot what you said today (1 request)."
+    entries = _audit(tmp_path / "data")
+    created = [e["fields"] for e in entries if e["type"] == "session.created"]
+    parent_first, parent_last, child = (c["session"] for c in created)
+    # the parent's latest session went; the parent's earlier one and the child's stayed, then the child's went
+    assert sorted(s["session"] for s in after_last) == sorted([parent_first, child])
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert [s["session"] for s in status["sessions"]] == [parent_first]
+    assert sorted(p.name for p in (tmp_path / "data" / "recordings").iterdir()) == [f"{parent_first}.wav.age"]
+    # audited with source voice, before the forget it made (same request id); the commands keep nothing
+    commands = [e["fields"] for e in entries if e["type"] == "voice.command"]
+    assert [(c["command"], c["outcome"], c["profile"], c["through"], c["source"], c["sessions"]) for c in commands] == [
+        ("forget_last", "forget", "parent", "hall", "voice", 1),
+        ("forget_today", "forget", "child", "kids", "voice", 1),
+    ]
+    requested = [e["fields"] for e in entries if e["type"] == "forget.requested"]
+    fulfilled = [e["fields"] for e in entries if e["type"] == "forget.fulfilled"]
+    assert [r["request"] for r in requested] == [c["request"] for c in commands] == [f["request"] for f in fulfilled]
+    assert [f["sessions"] for f in fulfilled] == [[parent_last], [child]]
+    assert requested[1]["selector"].startswith("profile child since ")
+    assert len(created) == 3  # the commands' utterances were never sessions
+    served = [e["fields"] for e in entries if e["type"] == "session.served"]
+    assert [s["kept"] for s in served] == [True, True, True, False, False]
+    verified = edge_agent("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = edge_agent("--config", str(config), "audit", "report", "--html", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "asked by voice" in html, html
+
+
+def test_guest_mode_by_voice_keeps_sessions_strictest_and_a_child_cannot_end_it(speech, tmp_path):
+    """ "게스트 모드" (guest mode) tags every session with the strictest policy (here: the guest
+    profile, which keeps nothing); the child's room saying "게스트 모드 꺼" (off) is refused,
+    since it would lengthen what is kept; the parent's room ends it."""
+    profiles = {"parent": PARENT, "child": CHILD, "guest": Retention("adult", "0s", "0s")}
+    text = household_toml(tmp_path / "data", vault=file_vault(tmp_path / "root.key"), profiles=profiles)
+    text += _listener_toml(tmp_path / "hall.sock", "parent", "hall") + _listener_toml(tmp_path / "kids.sock", "child", "kids")
+    config = tmp_path / "household.toml"
+    config.write_text(text + '\n[voice_commands]\nguest_on = "게스트 모드"\nguest_off = "게스트 모드 꺼"\n', encoding="utf-8")
+    hall, kids = f"unix://{tmp_path / 'hall.sock'}", f"unix://{tmp_path / 'kids.sock'}"
+    agent = ServeAgent(config)
+    try:
+        replies = [
+            _text(asyncio.run(wyoming_utterance(room, speech.say(words))))
+            for room, words in (
+                (hall, "게스트 모드"),
+                (hall, "메시지"),
+                (kids, "게스트 모드 꺼"),
+                (kids, "아버지"),
+                (hall, "게스트 모드 꺼"),
+                (hall, "위치"),
+            )
+        ]
+    finally:
+        _out, err, code = agent.stop()
+    assert code == 0, err
+    assert replies == [
+        "Guest mode is on for 2 hours: nothing is kept longer than the strictest policy allows.",
+        "메시지",
+        "Only an adult can end guest mode; it ends by itself.",
+        "아버지",
+        "Guest mode is off.",
+        "위치",
+    ]
+    entries = _audit(tmp_path / "data")
+    served = [e["fields"]["profile"] for e in entries if e["type"] == "session.served"]
+    # in guest mode both rooms' sessions were the guest profile's, which keeps nothing; after it, the parent's again
+    assert served == ["parent", "guest", "child", "guest", "parent", "parent"]
+    created = [
+        (e["fields"]["profile"], e["fields"]["rule"], e["fields"]["audio_bucket"]) for e in entries if e["type"] == "session.created"
+    ]
+    assert [(profile, rule) for profile, rule, _ in created] == [("guest", "guest"), ("guest", "guest"), ("parent", "listener")]
+    assert [bucket is None for _, _, bucket in created] == [True, True, False]
+    commands = [(e["fields"]["command"], e["fields"]["outcome"], e["fields"]["profile"]) for e in entries if e["type"] == "voice.command"]
+    assert commands == [("guest_on", "guest_on", "parent"), ("guest_off", "refused", "child"), ("guest_off", "guest_off", "parent")]
+    status = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
+    assert [(s["profile"], s["rule"]) for s in status["sessions"]] == [("parent", "listener")]
+    verified = edge_agent("--config", str(config), "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_spoken_forget_waits_for_the_same_profiles_yes(speech, tmp_path):
+    """With `confirm`, "forget the last record" only asks; a "네" (yes) from another room (another
+    profile) confirms nothing, the speaker's own "네" within the window forgets."""
+    text = household_toml(tmp_path / "data", vault=file_vault(tmp_path / "root.key"), profiles={"parent": PARENT, "child": CHILD})
+    text += _listener_toml(tmp_path / "hall.sock", "parent", "hall") + _listener_toml(tmp_path / "kids.sock", "child", "kids")
+    config = tmp_path / "household.toml"
+    config.write_text(
+        text + f'\n[voice_commands]\nforget_last = "{FORGET_LAST}"\nconfirm = "네"\nconfirm_window = "1m"\n', encoding="utf-8"
+    )
+    hall, kids = f"unix://{tmp_path / 'hall.sock'}", f"unix://{tmp_path / 'kids.sock'}"
+    agent = ServeAgent(config)
+    try:
+        replies = [
+            _text(asyncio.run(wyoming_utterance(room, speech.say(words))))
+            for room, words in ((hall, "메시지"), (hall, FORGET_LAST), (kids, "네"))
+        ]
+        waiting = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"]
+        replies.append(_text(asyncio.run(wyoming_utterance(hall, speech.say("네")))))
+    finally:
+        _out, err, code = agent.stop()
+    assert code == 0, err
+    assert replies == [
+        "메시지",
+        'Say "네" within 60 seconds to forget your last request.',
+        "There was nothing to confirm.",
+        "Forgot your last request.",
+    ]
+    assert len(waiting) == 1  # asked, not yet confirmed: nothing was forgotten
+    assert json.loads(edge_agent("--config", str(config), "status", "--json").stdout)["sessions"] == []
+    commands = [
+        (e["fields"]["command"], e["fields"]["outcome"], e["fields"]["profile"])
+        for e in _audit(tmp_path / "data")
+        if e["type"] == "voice.command"
+    ]
+    assert commands == [("forget_last", "ask", "parent"), ("confirm", "expired", "child"), ("forget_last", "forget", "parent")]

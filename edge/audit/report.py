@@ -82,6 +82,10 @@ def render(
             _events(story.forgets, "No one asked to forget anything.", f"{SHOW} --type forget.requested --type forget.fulfilled"),
         ),
         (
+            "Spoken commands",
+            _events(story.spoken, "No one used a spoken command.", f"{SHOW} --type voice.command"),
+        ),
+        (
             "Voices",
             _events(
                 story.voices,

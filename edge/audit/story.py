@@ -42,6 +42,7 @@ from edge.events import (
     Shred,
     UnknownEvent,
     VaultMigrated,
+    VoiceCommand,
     VoiceEnrolled,
     VoiceForgotten,
     read,
@@ -112,6 +113,10 @@ class Story:
     """Policy version -> when it was first adopted."""
     inactive: list[Event] = field(default_factory=list)
     """Purges for inactivity (data and voiceprints) and a parent's `profile keep`."""
+    spoken: list[Event] = field(default_factory=list)
+    """Every spoken command (rights by voice) and what came of it."""
+    by_voice: dict[str, str] = field(default_factory=dict)
+    """Forget request id -> who asked for it by voice, and where (its rows say so)."""
 
 
 _REFUSED = {
@@ -185,6 +190,8 @@ def _take(story: Story, event: AuditEvent | UnknownEvent, when: datetime) -> Non
             story.exports.append(
                 Event(when, _owner(story, event.session), f"key exported: opens {event.sessions} recording(s)", "for checking")
             )
+        case VoiceCommand():
+            _spoken(story, event, when)
         case ForgetRequested():
             _asked(story, event, when)
         case ForgetFulfilled():
@@ -285,7 +292,7 @@ def _asked(story: Story, event: ForgetRequested, when: datetime) -> None:
     whose, named, command = _forgetting(story, event.selector)
     sessions = event.sessions
     count = "" if command == VOICES_FORGET else f": {plural(sessions, 'session') if sessions else 'none was kept'}"
-    why = _who_asked(command)
+    why = story.by_voice.get(event.request) or _who_asked(command)
     if event.resumed:  # the same request again, after a crash or power cut stopped its first run
         row = Event(when, whose, f"finished the request to forget {named} that a power cut or crash interrupted{count}", why)
     else:
@@ -327,6 +334,12 @@ def _forgetting(story: Story, selector: str) -> tuple[str, str, str]:
         session = story.sessions.get(rest)
         return (f"one session of {session.profile}" if session else "one session"), selector, FORGET
     if word == "profile":
+        name, _, since = rest.partition(" since ")
+        if since:
+            try:
+                return name, f"every session of {name} since {local(aware(datetime.fromisoformat(since)))}", FORGET
+            except ValueError:
+                return name, selector, FORGET
         return rest, f"every session of {rest}", FORGET
     if selector.startswith("the voiceprint of "):
         return selector.removeprefix("the voiceprint of "), selector, VOICES_FORGET
@@ -337,6 +350,38 @@ def _forgetting(story: Story, selector: str) -> tuple[str, str, str]:
             return "everyone", selector, FORGET
         return "everyone", f"everything before {local(before)}", FORGET  # until its fulfilment names them
     return ("everyone" if selector == "everything" else ""), selector, FORGET
+
+
+_SPOKEN = {
+    "forget_last": "forget my last request",
+    "forget_today": "forget what I said today",
+    "guest_on": "guest mode on",
+    "guest_off": "guest mode off",
+    "confirm": "yes (confirming a forget)",
+}
+_OUTCOME = {
+    "forget": "done: see the forget request it made",
+    "nothing": "nothing of theirs was kept, so nothing was forgotten",
+    "ask": "waited for a spoken yes",
+    "expired": "nothing was waiting to be confirmed (or it came too late)",
+    "guest_off": "every session is tagged by the household config again",
+    "refused": "refused: ending guest mode widens retention, which a child's (or an unknown) voice may not",
+}
+
+
+def _spoken(story: Story, event: VoiceCommand, when: datetime) -> None:
+    """A spoken command's row, in the speaker's own words' meaning; a forget it made says
+    who asked for it by voice."""
+    where = f"by voice ({event.through})"
+    if event.request is not None:
+        story.by_voice[event.request] = f"{event.profile} asked {where}"
+    said = _SPOKEN.get(event.command, event.command)
+    count = f": {plural(event.sessions, 'session')}" if event.outcome in ("forget", "ask") else ""
+    if event.outcome == "guest_on" and event.until is not None:
+        why = f"every session is kept as the strictest policy allows until {local(aware(datetime.fromisoformat(event.until)))}"
+    else:
+        why = _OUTCOME.get(event.outcome, event.outcome)
+    story.spoken.append(Event(when, event.profile, f'said "{said}" {where}{count}', why))
 
 
 def _shred(story: Story, shred: Shred, when: datetime) -> None:

@@ -20,6 +20,7 @@ from edge.config.settings import (
     SpeakerSettings,
     TriggerSettings,
     VaultSettings,
+    VoiceCommandSettings,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SpeakerSettings",
     "TriggerSettings",
     "VaultSettings",
+    "VoiceCommandSettings",
     "allowed_keys",
     "check_listeners",
     "default_audio_per_minute",

@@ -28,6 +28,7 @@ from edge.config.settings import (
     SpeakerSettings,
     TriggerSettings,
     VaultSettings,
+    VoiceCommandSettings,
 )
 from edge.config.table import REQUIRED, Table
 from edge.durations import format_duration
@@ -52,7 +53,7 @@ _PROBE: dict[str, Any] = {"trigger": {"wake_phrase": "x"}, "profiles": {"name": 
 """The least config with one table of each kind, for allowed_keys."""
 _PROBE_TABLES = {
     "": "",
-    **{table: table for table in ("device", "vault", "trigger", "household", "retention", "speaker")},
+    **{table: table for table in ("device", "vault", "trigger", "household", "retention", "speaker", "voice_commands")},
     "profiles.name": "profiles.NAME",
     "wyoming[0]": "wyoming",
 }
@@ -79,6 +80,7 @@ def _parse(data: dict[str, Any], path: Path, allowed: dict[str, tuple[str, ...]]
     profiles_table = root.table("profiles")
     listener_tables = root.tables("wyoming")
     speaker = _parse_speaker(root.table("speaker"))
+    voice_commands = _parse_voice_commands(root.table("voice_commands"), trigger)
     root.finish()
 
     profiles = tuple(_parse_profile(name, profiles_table.table(name)) for name in list(profiles_table.keys()))
@@ -109,6 +111,7 @@ def _parse(data: dict[str, Any], path: Path, allowed: dict[str, tuple[str, ...]]
         profiles=profiles,
         listeners=listeners,
         speaker=speaker,
+        voice_commands=voice_commands,
     )
 
 
@@ -183,6 +186,38 @@ def _parse_speaker(table: Table) -> SpeakerSettings:
         table.fail("margin", margin, "a number from 0 to below 1 (0.06 by default)")
     table.finish()
     return SpeakerSettings(identify=identify, threshold=float(threshold), adult_threshold=float(adult), margin=float(margin))
+
+
+_COMMAND_KEYS = ("forget_last", "forget_today", "guest_on", "guest_off", "confirm")
+
+
+def _parse_voice_commands(table: Table, trigger: TriggerSettings) -> VoiceCommandSettings:
+    """Phrases are compared with what the recognizer outputs: words one space apart. None may
+    be another command's, the wake phrase or a grammar phrase (one utterance, one meaning)."""
+    phrases: dict[str, str] = {}
+    for key in _COMMAND_KEYS:
+        written = table.get(key, str, "")
+        phrase = " ".join(written.split())
+        if phrase and (phrase in phrases.values() or phrase == trigger.wake_phrase or phrase in trigger.grammar):
+            table.fail(
+                key, written, "a phrase no other command, the wake phrase or a [trigger] grammar phrase uses (one utterance, one meaning)"
+            )
+        phrases[key] = phrase
+    if bool(phrases["guest_on"]) != bool(phrases["guest_off"]):
+        key = "guest_off" if phrases["guest_on"] else "guest_on"
+        table.fail(key, phrases[key], "a phrase: guest_on and guest_off go together (guest mode must be something a voice can end)")
+    if phrases["confirm"] and not (phrases["forget_last"] or phrases["forget_today"]):
+        table.fail(
+            "confirm", phrases["confirm"], '"" (no confirmation): confirm is the reply to forget_last or forget_today, and neither is set'
+        )
+    guest_limit = table.duration("guest_limit", "2h")
+    if not timedelta(minutes=1) <= guest_limit <= timedelta(hours=24):
+        table.fail("guest_limit", guest_limit, "a duration from 1m to 24h")
+    confirm_window = table.duration("confirm_window", "10s")
+    if not timedelta(seconds=2) <= confirm_window <= timedelta(minutes=1):
+        table.fail("confirm_window", confirm_window, "a duration from 2s to 1m")
+    table.finish()
+    return VoiceCommandSettings(**phrases, guest_limit=guest_limit, confirm_window=confirm_window)
 
 
 def _parse_device(table: Table, path: Path) -> DeviceSettings:

@@ -136,6 +136,41 @@ class ListenerSettings:
 
 
 @dataclass(frozen=True)
+class VoiceCommandSettings:
+    """[voice_commands]: rights by voice. Each phrase, said as a whole utterance, is a command
+    about the speaker's own profile (the one the utterance is tagged with); "" = that command
+    is off. An utterance that is a command keeps nothing of itself."""
+
+    forget_last: str = ""
+    """Forgets the speaker's profile's latest kept session before the command."""
+    forget_today: str = ""
+    """Forgets the speaker's profile's sessions since local midnight."""
+    guest_on: str = ""
+    """Tags every session with the strictest policy until `guest_off` or `guest_limit`."""
+    guest_off: str = ""
+    guest_limit: timedelta = timedelta(hours=2)
+    """Guest mode ends by itself this long after it began."""
+    confirm: str = ""
+    """A forget waits for this reply (a "yes") within `confirm_window`; "" = done at once."""
+    confirm_window: timedelta = timedelta(seconds=10)
+
+    def phrases(self) -> dict[str, str]:
+        """Each command that is on, by its key, and its phrase."""
+        found = {
+            "forget_last": self.forget_last,
+            "forget_today": self.forget_today,
+            "guest_on": self.guest_on,
+            "guest_off": self.guest_off,
+            "confirm": self.confirm,
+        }
+        return {key: phrase for key, phrase in found.items() if phrase}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.forget_last or self.forget_today or self.guest_on)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     device: DeviceSettings
@@ -147,6 +182,8 @@ class Config:
     listeners: tuple[ListenerSettings, ...] = ()
     """Wyoming listeners served by `serve` and `run --mic`."""
     speaker: SpeakerSettings = SpeakerSettings(identify=True, threshold=0.80, adult_threshold=0.86, margin=0.06)
+    voice_commands: VoiceCommandSettings = VoiceCommandSettings()
+    """Off unless [voice_commands] sets a phrase."""
 
     def profile(self, name: str) -> Profile:
         for profile in self.profiles:

@@ -193,6 +193,9 @@ class ForgetRequest:
     before: datetime | None = None
     voice: str | None = None
     """Only this profile's voiceprint (`voices forget`): no session."""
+    since: datetime | None = None
+    """With `profile`: only its sessions created at or after this instant ("forget today" by
+    voice); its voiceprint and its older sessions stay."""
 
     def matches(self, entry: SessionEntry) -> bool:
         if self.voice is not None:
@@ -202,7 +205,7 @@ class ForgetRequest:
         if self.session is not None:
             return entry.id == self.session
         if self.profile is not None:
-            return entry.profile == self.profile
+            return entry.profile == self.profile and (self.since is None or entry.created >= self.since)
         return self.before is not None and entry.created < self.before
 
     @classmethod
@@ -233,7 +236,7 @@ class ForgetRequest:
         """The profiles whose voiceprint this request forgets."""
         if self.everything:
             return sorted(data.voices)
-        chosen = self.voice if self.voice is not None else self.profile
+        chosen = self.voice if self.voice is not None else self.profile if self.since is None else None
         return [chosen] if chosen is not None and chosen in data.voices else []
 
     def describe(self) -> str:
@@ -244,7 +247,7 @@ class ForgetRequest:
         if self.session is not None:
             return f"session {self.session}"
         if self.profile is not None:
-            return f"profile {self.profile}"
+            return f"profile {self.profile}" + (f" since {self.since.isoformat()}" if self.since is not None else "")
         return f"everything before {self.before.isoformat() if self.before else '?'}"
 
 
@@ -341,8 +344,9 @@ class Shredder:
         data = self.keystore.read()
         return sorted((s for s in data.sessions.entries() if request.matches(s)), key=lambda s: s.created)
 
-    def forget(self, request: ForgetRequest) -> ShredReport:
-        """Forget the matching sessions now (ask first: this does not)."""
+    def forget(self, request: ForgetRequest, request_id: str | None = None) -> ShredReport:
+        """Forget the matching sessions now (ask first: this does not). `request_id`: the id
+        the request is logged under, when the caller logged it first (a spoken command)."""
         freed = self._make_room(lambda data: lambda s, bucket_id: request.matches(s))
         with self.keystore.transaction() as data:
             clean = exists_in(self.keystore.data_dir, layout.FILES_CLEAN)
@@ -362,7 +366,7 @@ class Shredder:
                 whole = set(data.buckets)
             else:
                 whole = {b for b, members in index.items() if all(m in doomed for m in members)}
-                if request.profile is not None:
+                if request.profile is not None and request.since is None:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
                 bucket_id for entry in doomed.values() for bucket_id in entry.buckets() if bucket_id is not None and bucket_id not in whole
@@ -371,7 +375,7 @@ class Shredder:
             if doomed or whole or voices:
                 self._owe_scan()
                 pending = PendingForget(
-                    request=os.urandom(6).hex(),
+                    request=request_id or os.urandom(6).hex(),
                     selector=request.describe(),
                     sessions=tuple(sorted(doomed)),
                     buckets={b: tuple(index.get(b, ())) for b in sorted(whole)},

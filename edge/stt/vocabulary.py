@@ -108,13 +108,16 @@ def _spelled_otherwise(word: str, known: KnownWords) -> str | None:
 
 def trigger_phrases(config: Config) -> list[tuple[str, str, tuple[str, ...]]]:
     """What the trigger asks the model to hear: (key, the key as written, phrases). The wake
-    phrase only in wake mode: the other modes never listen for it."""
+    phrase only in wake mode: the other modes never listen for it. The spoken commands too:
+    a command the model cannot output is never heard."""
     trigger = config.trigger
     found: list[tuple[str, str, tuple[str, ...]]] = []
     if trigger.mode == TriggerMode.WAKE:
         found.append((WAKE_PHRASE, f"[trigger] wake_phrase = {trigger.wake_phrase!r}", (trigger.wake_phrase,)))
     if trigger.grammar:
         found.append((GRAMMAR, "[trigger] grammar", trigger.grammar))
+    for key, phrase in config.voice_commands.phrases().items():
+        found.append((f"voice_commands.{key}", f"[voice_commands] {key} = {phrase!r}", (phrase,)))
     return found
 
 

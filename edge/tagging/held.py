@@ -47,19 +47,28 @@ class HeldSession:
         self._audio = bytearray()
         self._limit = round(max_seconds * PIPELINE_RATE) * SAMPLE_BYTES
         self.tag = base
-        """The tag the session carries: the configured one until finished, then the winner."""
+        """The tag the session carries: the configured one until decided, then the winner (or a
+        stricter one its owner sets before `finish`: guest mode)."""
         self.entry: SessionEntry | None = None
         """The keystore's record, once finished."""
+        self._decided = False
 
     def write(self, pcm: bytes) -> None:
         room = self._limit - len(self._audio)
         self._audio += pcm[: max(room, 0)]
 
+    def decide(self) -> Tag:
+        """Judge the voice (once): the tag that wins, before anything is kept or dropped."""
+        if not self._decided:
+            self._decided = True
+            if self._tagger is not None:
+                self.tag = self._tagger.decide(self._audio, self._base, self._voices)
+        return self.tag
+
     def finish(self, transcript: Transcript) -> None:
         """Judge the voice, register the session under the tag that wins, seal it whole."""
         try:
-            if self._tagger is not None:
-                self.tag = self._tagger.decide(self._audio, self._base, self._voices)
+            self.decide()
             sealed = self._recorder.begin_held(self._session, self.tag, self._started)
             if sealed is None:
                 log.info("session %s: a forget ran while it was spoken; nothing of it is kept", self._session)

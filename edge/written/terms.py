@@ -77,6 +77,13 @@ def terms_of(config: Config, level: GuaranteeLevel) -> Terms:
             key=lambda listener: str(listener["name"]),
         ),
     }
+    spoken = config.voice_commands
+    if spoken.enabled:  # absent when off: a config without spoken commands keeps its version
+        terms["voice_commands"] = {
+            **spoken.phrases(),
+            "guest_limit_seconds": int(spoken.guest_limit.total_seconds()) if spoken.guest_on else None,
+            "confirm_window_seconds": int(spoken.confirm_window.total_seconds()) if spoken.confirm else None,
+        }
     return Terms(terms, hashlib.sha256(canonical(terms)).hexdigest())
 
 

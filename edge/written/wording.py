@@ -29,7 +29,34 @@ LABELS = {
     "who_sees": "who can see it",
     "ask_deletion": "how to ask for deletion",
 }
-VOICE_REQUESTS = "Not yet: this version of edge takes no spoken deletion requests; use the commands."
+
+
+def by_voice(terms: Terms) -> str:
+    """What a household member can say to have their data forgotten ([voice_commands])."""
+    spoken = terms.terms.get("voice_commands")
+    if not spoken:
+        return "Not offered: this household's config sets no spoken commands ([voice_commands]); use the commands."
+    asks = []
+    if "forget_last" in spoken:
+        asks.append(f'say "{spoken["forget_last"]}" to forget your own latest kept session')
+    if "forget_today" in spoken:
+        asks.append(f'say "{spoken["forget_today"]}" to forget your own sessions since midnight')
+    said = (" or ".join(asks)[:1].upper() + " or ".join(asks)[1:] + ". ") if asks else ""
+    confirm = (
+        f'Each waits for "{spoken["confirm"]}" from the same voice within {_span(spoken["confirm_window_seconds"])}. '
+        if spoken.get("confirm") and asks
+        else ""
+    )
+    guest = (
+        f'"{spoken["guest_on"]}" keeps every session to the strictest policy for at most {_span(spoken["guest_limit_seconds"])}, '
+        f'until an adult says "{spoken["guest_off"]}". '
+        if "guest_on" in spoken
+        else ""
+    )
+    return (
+        f"{said}{confirm}{guest}A spoken command reaches only the profile its words were taken as, a child's never lengthens "
+        "what is kept, and the command itself is not kept; each is audited."
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +171,7 @@ def _audio(
             "deletion": _erase(level),
             "never": training + " Audio never leaves the device except by `edge-agent export` (audited, with its purpose).",
             "who_sees": "Nobody, unless a parent with access to the device exports it (`edge-agent export --purpose playback|review`); every export and refusal is audited.",
-            "ask_deletion": f"{forget}. By voice: {VOICE_REQUESTS}",
+            "ask_deletion": f"{forget}. By voice: {by_voice(terms)}",
         },
     )
 
@@ -186,7 +213,7 @@ def _transcript(
             "deletion": _erase(level) + " Forgetting a session deletes its audio and its transcript together.",
             "never": training + " " + handed,
             "who_sees": "No edge command shows a kept transcript's text; it is sealed on the device. The program that receives it at the time (a Wyoming client, or `run --json`'s reader) sees it then.",
-            "ask_deletion": f"{forget}. By voice: {VOICE_REQUESTS}",
+            "ask_deletion": f"{forget}. By voice: {by_voice(terms)}",
         },
     )
 
@@ -208,7 +235,7 @@ def _voiceprint(name: str, profile: dict[str, Any], level: GuaranteeLevel) -> Cl
             "deletion": "Sealed under the root key; destroyed by replacing the root key. " + _where(level),
             "never": "Never used for training, never exported, never leaves the device.",
             "who_sees": "Nobody: `edge-agent voices list` names who is enrolled, never the numbers.",
-            "ask_deletion": f"`edge-agent voices forget {name}`, `edge-agent forget --profile {name}` or `--all`. By voice: {VOICE_REQUESTS}",
+            "ask_deletion": f"`edge-agent voices forget {name}`, `edge-agent forget --profile {name}` or `--all`. By voice: no spoken command forgets a voiceprint.",
         },
     )
 
@@ -219,7 +246,7 @@ def to_json(terms: Terms, level: GuaranteeLevel) -> dict[str, Any]:
         "version": terms.version,
         "terms": terms.terms,
         "vault": level.to_json(),
-        "voice_requests": None,
+        "voice_requests": terms.terms.get("voice_commands"),
         "clauses": [{"profile": c.profile, "kind": c.kind, "seconds": c.seconds, **c.words} for c in clauses(terms, level)],
     }
 

@@ -17,6 +17,7 @@ from edge.pcm import FRAME_BYTES, PIPELINE_RATE, SAMPLE_BYTES
 from edge.policy import Tag
 from edge.session import Session, SessionParts
 from edge.sink import AuditSink
+from edge.spoken import SpokenCommands
 from edge.store.recorder import Recorder
 from edge.stt.recognizer import SpeechModel
 from edge.tagging import tag_listener_session
@@ -38,9 +39,11 @@ class Household:
     """Who speaks now, as set at run time (`edge-agent profile`); None = not set."""
     tagger: VoiceTagger | None = None
     """Tags utterances by voice once a voice is enrolled; None = by configuration only."""
+    spoken: SpokenCommands | None = None
+    """The household's spoken commands (the microphone's too); None = off."""
 
     def parts(self) -> SessionParts:
-        return SessionParts(self.config, self.model, self.recorder, self.tagger, self.recorder.clock)
+        return SessionParts(self.config, self.model, self.recorder, self.tagger, self.recorder.clock, self.spoken)
 
 
 class Utterance:
@@ -59,7 +62,7 @@ class Utterance:
         self._frame = bytearray()
         """Pipeline audio taken but not yet judged by the VAD (less than one frame)."""
         padding = segmenter_settings(config.trigger).padding
-        self._session = Session(household.parts(), tag, config.trigger.grammar, padding, listener.keep_unrecognised)
+        self._session = Session(household.parts(), tag, config.trigger.grammar, padding, listener.keep_unrecognised, listener.name)
         self.session = self._session.id
         self._bytes = 0
         self.cut = False
