@@ -118,24 +118,31 @@ class SpokenCommands:
 
     # -- forgetting ----------------------------------------------------------------------------
 
-    def _request(self, command: str, profile: str, began: datetime) -> tuple[ForgetRequest | None, int]:
+    def _request(self, command: str, profile: str, identified: bool, began: datetime) -> tuple[ForgetRequest | None, int]:
         """The request that forgets what `command` names of `profile` (None: nothing is kept).
-        Only the profile's own sessions are opened: those with data in its buckets."""
+        Only the profile's own sessions are opened: those with data in its buckets. A speaker
+        the tag named reaches that profile's sessions that named their speaker; an unknown
+        voice (the strictest fallback, guest mode) only the sessions that named nobody, so a
+        visitor's "forget today" never reaches the strictest profile's own (a child's, say)."""
         data = self._shredder.keystore.read()
         buckets = [bucket.id for bucket in data.buckets.values() if bucket.profile == profile]
         ids = {session for members in data.members_of(buckets).values() for session in members}
-        mine = [s for s in (data.sessions[i] for i in sorted(ids)) if s.profile == profile and s.created <= began]
+        mine = [
+            s
+            for s in (data.sessions[i] for i in sorted(ids))
+            if s.profile == profile and s.created <= began and s.rule.identifies == identified
+        ]
         if not mine:
             return None, 0
         if command == FORGET_LAST:
             return ForgetRequest(session=max(mine, key=lambda s: s.created).id), 1
         since = local_midnight(began)
         today = sum(1 for s in mine if s.created >= since)
-        return (ForgetRequest(profile=profile, since=since), today) if today else (None, 0)
+        return (ForgetRequest(profile=profile, since=since, identified=identified), today) if today else (None, 0)
 
     def _forget(self, command: str, tag: Tag, began: datetime, through: str) -> str:
         profile = tag.profile.name
-        request, count = self._request(command, profile, began)
+        request, count = self._request(command, profile, tag.rule.identifies, began)
         if request is None:
             self._log(command, "nothing", tag, through)
             return "There was nothing of yours to forget." if command == FORGET_LAST else "Nothing of yours was kept today."
@@ -169,7 +176,7 @@ class SpokenCommands:
         return f"Guest mode is on for {human(self.settings.guest_limit)}: nothing is kept longer than the strictest policy allows."
 
     def _guest_off(self, tag: Tag, through: str) -> str:
-        if tag.profile.is_child:  # ending guest mode widens retention: never a child's (or an unknown voice's) call
+        if tag.profile.is_child or not tag.rule.identifies:  # it widens retention: never a child's or an unknown voice's call
             self._log(GUEST_OFF, "refused", tag, through)
             return "Only an adult can end guest mode; it ends by itself."
         self._guest_until = None

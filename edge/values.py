@@ -59,6 +59,11 @@ class TagRule(StrEnum):
     GUEST = "guest"
     """Guest mode was on (a spoken command, edge.spoken): the strictest policy."""
 
+    @property
+    def identifies(self) -> bool:
+        """Whether the rule names who speaks (the strictest fallback and guest mode do not)."""
+        return self not in (TagRule.STRICTEST, TagRule.GUEST)
+
 
 class ListenerTransport(StrEnum):
     """Where a Wyoming listener accepts clients (never TCP: see edge.config)."""

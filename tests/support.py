@@ -419,8 +419,9 @@ def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
     return clock, store[0], wiring.make_shredder(config, store=store, clock=clock)
 
 
-def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
-    """One real sealed session: audio sealed in chunks, transcript sealed at the end."""
+def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: str = "given") -> str:
+    """One real sealed session: audio sealed in chunks, transcript sealed at the end; `rule`:
+    how its profile was chosen (a TagRule's value)."""
     from edge import wiring
     from edge.audit.log import AuditLog
     from edge.policy import Tag
@@ -428,7 +429,7 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str) -> str:
     from edge.values import TagRule
 
     session_id = os.urandom(8).hex()
-    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule.GIVEN))
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule(rule)))
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id

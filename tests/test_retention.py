@@ -24,7 +24,7 @@ from edge.crypto.age import decrypt, rekey_in_place
 from edge.disk.layout import recording_path, transcript_path
 from edge.disk.lock import DataLock
 from edge.errors import KeystoreError
-from edge.policy import Tag
+from edge.policy import Tag, strictest_policy
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
@@ -652,3 +652,43 @@ def test_forgetting_a_profiles_sessions_since_an_instant_leaves_its_older_ones_a
     assert openable(store, files) == [True] * 4
     assert not recording_path(data_dir, new).exists() and not transcript_path(data_dir, new).exists()
     assert ForgetRequest(profile="child", since=since).describe() == f"profile child since {since.isoformat()}"
+
+
+VOICE_COMMANDS = '[voice_commands]\nforget_today = "오늘 기록 지워"\nguest_on = "게스트 모드"\nguest_off = "게스트 모드 꺼"'
+
+
+def test_an_unknown_voices_spoken_forget_never_reaches_a_known_speakers_sessions(tmp_path, write_config):
+    """The child is the strictest profile here, so an unknown voice is tagged as the child
+    too: its "forget today" reaches the sessions that named nobody, never the child's own."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, household=VOICE_COMMANDS)
+    spoken = wiring.make_spoken(config, shredder)
+    assert spoken is not None
+    stranger = Tag(strictest_policy(config), TagRule.STRICTEST)
+    assert stranger.profile.name == "child"
+    childs = record(store, clock, config, "child")
+    strangers = record_in_process(store, clock, config, "child", rule="strictest")
+    wall.advance(1)
+    reply = spoken.run("forget_today", stranger, clock.now(), "microphone")
+    assert reply.startswith("Forgot what you said today (1 ")
+    assert set(store.read().sessions) == {childs}
+    wall.advance(1)
+    assert spoken.run("forget_today", Tag(config.profile("child"), TagRule.LISTENER), clock.now(), "kids").startswith("Forgot")
+    assert store.read().sessions == {} and strangers not in store.read().sessions
+
+
+def test_an_unknown_voice_cannot_end_guest_mode_even_when_the_strictest_profile_is_an_adults(tmp_path, write_config):
+    """Ending guest mode widens retention: an adult must be named (by listener, voice, the
+    active profile), whatever profile the strictest policy is."""
+    config, _wall, clock, _store, shredder = setup(
+        tmp_path, write_config, others={"guest": Retention("adult", "0s", "0s")}, household=VOICE_COMMANDS
+    )
+    spoken = wiring.make_spoken(config, shredder)
+    assert spoken is not None
+    stranger = Tag(strictest_policy(config), TagRule.STRICTEST)
+    assert stranger.profile.name == "guest" and not stranger.profile.is_child
+    parent = Tag(config.profile("parent"), TagRule.LISTENER)
+    spoken.run("guest_on", stranger, clock.now(), "microphone")
+    assert spoken.run("guest_off", stranger, clock.now(), "microphone").startswith("Only an adult")
+    assert spoken.narrowed(parent).rule == TagRule.GUEST
+    assert spoken.run("guest_off", parent, clock.now(), "hall") == "Guest mode is off."
+    assert spoken.narrowed(parent) == parent

@@ -906,6 +906,14 @@ def test_a_spoken_forget_reaches_only_the_speakers_own_sessions_and_keeps_nothin
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "asked by voice" in html, html
+    # its deletion certificate says it was asked by voice, and rests on the voice.command line too
+    certificate = tmp_path / "voice.cert"
+    issued = edge_agent("--config", str(config), "audit", "certificate", "--request", commands[0]["request"], "--out", str(certificate))
+    assert issued.returncode == 0, issued.stderr
+    (deletion,) = json.loads(certificate.read_text())["deletions"]
+    assert deletion["asked"]["by"] == "voice" and deletion["lines"][0]["type"] == "voice.command", deletion
+    checked = edge_agent("--config", str(config), "audit", "verify", "--certificate", str(certificate))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_guest_mode_by_voice_keeps_sessions_strictest_and_a_child_cannot_end_it(speech, tmp_path):

@@ -39,6 +39,7 @@ from edge.events import (
     Shred,
     UnknownEvent,
     VaultMigrated,
+    VoiceCommand,
     VoiceForgotten,
     read,
 )
@@ -155,6 +156,8 @@ class _Reading:
     root: dict[str, Any] | None = None
     lost: dict[str, tuple[int, str]] = field(default_factory=dict)
     """session -> (line, wall) of the root.lost that made what it kept unreadable."""
+    spoken: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """request -> the line of the `voice.command` that made it (a forget asked by voice)."""
 
 
 def build(entries: Iterable[Mapping[str, Any]], scope: Scope, issued: str, levels: Mapping[str, GuaranteeLevel]) -> dict[str, Any]:
@@ -344,12 +347,15 @@ def _take(reading: _Reading, entry: Mapping[str, Any], event: AuditEvent | Unkno
             reading.root = None  # the next start or policy says what the new vault guarantees
         case SessionCreated():
             reading.sessions[event.session] = _Kept({DataKind.AUDIO: event.audio_expires, DataKind.TRANSCRIPT: event.transcript_expires})
+        case VoiceCommand(request=str() as request):
+            reading.spoken[request] = line  # its forget.requested follows, with the same request
         case ForgetRequested():
             deletion = reading.open_forgets.get(event.request)
             if deletion is None:
-                source = getattr(event, "source", None)  # "voice" when asked by voice (else a command or the control socket)
-                by = source if isinstance(source, str) else "command"
+                spoken = reading.spoken.pop(event.request, None)
+                by = "voice" if spoken is not None else "command"  # a command or the control socket
                 deletion = _Deletion(by, "forget", event.request, event.selector, entry["wall"], reading.root)
+                deletion.lines.extend([spoken] if spoken is not None else [])
                 reading.open_forgets[event.request] = deletion
             deletion.lines.append(line)
         case VoiceForgotten(reason="forget", request=str() as request) if request in reading.open_forgets:

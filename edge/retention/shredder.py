@@ -196,6 +196,11 @@ class ForgetRequest:
     since: datetime | None = None
     """With `profile`: only its sessions created at or after this instant ("forget today" by
     voice); its voiceprint and its older sessions stay."""
+    identified: bool | None = None
+    """With `profile` (a spoken forget): only its sessions whose tag named who spoke (True),
+    or only those that fell to the strictest policy or guest mode (False): an unknown voice
+    never reaches a known speaker's sessions of the same profile, nor the other way round.
+    Its voiceprint stays."""
 
     def matches(self, entry: SessionEntry) -> bool:
         if self.voice is not None:
@@ -205,7 +210,11 @@ class ForgetRequest:
         if self.session is not None:
             return entry.id == self.session
         if self.profile is not None:
-            return entry.profile == self.profile and (self.since is None or entry.created >= self.since)
+            return (
+                entry.profile == self.profile
+                and (self.since is None or entry.created >= self.since)
+                and (self.identified is None or entry.rule.identifies == self.identified)
+            )
         return self.before is not None and entry.created < self.before
 
     @classmethod
@@ -236,8 +245,13 @@ class ForgetRequest:
         """The profiles whose voiceprint this request forgets."""
         if self.everything:
             return sorted(data.voices)
-        chosen = self.voice if self.voice is not None else self.profile if self.since is None else None
+        chosen = self.voice if self.voice is not None else self.profile if self.whole_profile else None
         return [chosen] if chosen is not None and chosen in data.voices else []
+
+    @property
+    def whole_profile(self) -> bool:
+        """Every session of `profile` and its voiceprint (its buckets go whole)."""
+        return self.profile is not None and self.since is None and self.identified is None
 
     def describe(self) -> str:
         if self.voice is not None:
@@ -247,7 +261,9 @@ class ForgetRequest:
         if self.session is not None:
             return f"session {self.session}"
         if self.profile is not None:
-            return f"profile {self.profile}" + (f" since {self.since.isoformat()}" if self.since is not None else "")
+            since = f" since {self.since.isoformat()}" if self.since is not None else ""
+            who = {None: "", True: ", identified speakers", False: ", unidentified speakers"}[self.identified]
+            return f"profile {self.profile}{since}{who}"
         return f"everything before {self.before.isoformat() if self.before else '?'}"
 
 
@@ -366,7 +382,7 @@ class Shredder:
                 whole = set(data.buckets)
             else:
                 whole = {b for b, members in index.items() if all(m in doomed for m in members)}
-                if request.profile is not None and request.since is None:
+                if request.whole_profile:
                     whole |= {b.id for b in data.buckets.values() if b.profile == request.profile}
             partial = {
                 bucket_id for entry in doomed.values() for bucket_id in entry.buckets() if bucket_id is not None and bucket_id not in whole
