@@ -18,9 +18,9 @@ request (crypto-erase, write-ahead) logged under the id the command's line names
 is the text a Wyoming client is handed (Home Assistant shows or speaks it) and what
 `run --json` prints as the session's text.
 
-One `SpokenCommands` serves a running agent: guest mode and a confirmation still awaited are
-the household's, in memory only (a restart ends both: a forget is asked again, and guest
-mode ends early, which the policy's own retention then governs).
+One `SpokenCommands` serves a running agent. Guest mode is kept in the keystore's state, so a
+restart (or a crash, or the watchdog's restart) never ends it early; a confirmation still
+awaited is in memory only (a restart drops it: the forget is asked again).
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class SpokenCommands:
         self._clock = clock
         self._lock = threading.Lock()
         self._guest_until: datetime | None = None
+        self._guest_read = False
+        """Whether `_guest_until` was read from the keystore yet (on first need: the agent
+        opens and checks the keystore itself before anything is heard)."""
         self._awaited: dict[str, _Awaited] = {}
         """By profile: the forget waiting for its confirmation."""
 
@@ -98,6 +101,8 @@ class SpokenCommands:
             return self._narrowed(tag)
 
     def _narrowed(self, tag: Tag) -> Tag:
+        if not self._guest_read:  # guest mode survives a restart
+            self._guest_until, self._guest_read = self._shredder.keystore.read().guest_until, True
         on = self._guest_until is not None and self._clock() < self._guest_until
         return Tag(strictest_policy(self._config), TagRule.GUEST) if on else tag
 
@@ -171,17 +176,23 @@ class SpokenCommands:
 
     def _guest_on(self, tag: Tag, through: str) -> str:
         until = self._clock() + self.settings.guest_limit
-        self._guest_until = until
         self._log(GUEST_ON, "guest_on", tag, through, until=until.isoformat())
+        self._keep_guest_until(until)
         return f"Guest mode is on for {human(self.settings.guest_limit)}: nothing is kept longer than the strictest policy allows."
 
     def _guest_off(self, tag: Tag, through: str) -> str:
         if tag.profile.is_child or not tag.rule.identifies:  # it widens retention: never a child's or an unknown voice's call
             self._log(GUEST_OFF, "refused", tag, through)
             return "Only an adult can end guest mode; it ends by itself."
-        self._guest_until = None
         self._log(GUEST_OFF, "guest_off", tag, through)
+        self._keep_guest_until(None)
         return "Guest mode is off."
+
+    def _keep_guest_until(self, until: datetime | None) -> None:
+        """In the keystore first (so a restart or a crash never ends guest mode early), then here."""
+        with self._shredder.keystore.transaction() as data:
+            data.guest_until = until
+        self._guest_until, self._guest_read = until, True
 
     def _log(
         self, command: str, outcome: str, tag: Tag, through: str, sessions: int = 0, request: str | None = None, until: str | None = None

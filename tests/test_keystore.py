@@ -78,7 +78,7 @@ def test_rows_round_trip_every_field_shape():
         both, audio_bucket=None, audio_expires=None, audio_shredded=when
     )
     pending = PendingForget("r1", "session c", ("c",), {"b1": ("c",)}, ("b2",))
-    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {}, None, None)
+    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {}, None, None, None)
 
 
 def test_a_commit_opens_only_the_rows_it_touches(tmp_path, write_config, monkeypatch):

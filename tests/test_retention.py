@@ -692,3 +692,18 @@ def test_an_unknown_voice_cannot_end_guest_mode_even_when_the_strictest_profile_
     assert spoken.narrowed(parent).rule == TagRule.GUEST
     assert spoken.run("guest_off", parent, clock.now(), "hall") == "Guest mode is off."
     assert spoken.narrowed(parent) == parent
+
+
+def test_guest_mode_outlives_a_restart_and_ends_at_its_limit(tmp_path, write_config):
+    """Guest mode narrows retention: a restart (a crash, the watchdog's) must not end it early,
+    so it is kept in the keystore; it still ends by itself at guest_limit."""
+    config, wall, clock, _store, shredder = setup(tmp_path, write_config, household=VOICE_COMMANDS)
+    parent = Tag(config.profile("parent"), TagRule.LISTENER)
+    before = wiring.make_spoken(config, shredder)
+    assert before is not None
+    before.run("guest_on", parent, clock.now(), "hall")
+    after = wiring.make_spoken(config, shredder)  # the agent started again
+    assert after is not None and after.narrowed(parent).rule == TagRule.GUEST
+    wall.advance(config.voice_commands.guest_limit.total_seconds() + 1)
+    assert after.narrowed(parent) == parent
+

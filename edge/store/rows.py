@@ -153,9 +153,10 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
     return SessionEntry(id=session_id, **document)
 
 
-State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None, ClockRewind | None]
+State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None, ClockRewind | None, datetime | None]
 """The state row: when each profile was last heard, pending forgets, voiceprints by profile,
-when the latest forget was requested, and the latest rewind of the trusted clock."""
+when the latest forget was requested, the latest rewind of the trusted clock, and when
+guest mode ends (a spoken command; None: off)."""
 
 
 def state_document(
@@ -164,6 +165,7 @@ def state_document(
     voices: dict[str, Voiceprint] | None = None,
     last_forget: datetime | None = None,
     rewind: ClockRewind | None = None,
+    guest_until: datetime | None = None,
 ) -> bytes:
     document: dict[str, Any] = {
         "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
@@ -173,6 +175,8 @@ def state_document(
     }
     if rewind is not None:  # absent until the first rewind
         document["rewind"] = rewind.to_json()
+    if guest_until is not None:  # absent while guest mode is off
+        document["guest_until"] = iso_utc(guest_until)
     return _json(document)
 
 
@@ -184,7 +188,8 @@ def state_from(plaintext: bytes) -> State:
     last_forget = document.get("last_forget")  # absent before voices existed
     forgot = datetime.fromisoformat(last_forget) if last_forget else None
     rewind = ClockRewind.from_json(document["rewind"]) if document.get("rewind") else None
-    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind
+    guest_until = datetime.fromisoformat(document["guest_until"]) if document.get("guest_until") else None
+    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind, guest_until
 
 
 def _json(document: dict[str, Any]) -> bytes:

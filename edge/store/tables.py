@@ -47,7 +47,10 @@ class KeystoreData:
         """When the latest forget was requested: a session held in memory since before then is not kept."""
         self.rewind: ClockRewind | None
         """The latest rewind of the trusted clock (edge.retention.rewind), if any."""
-        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind = state_from(state)
+        self.guest_until: datetime | None
+        """When guest mode ends (edge.spoken), by the trusted clock; None: off. Kept here so a
+        restart never ends it early: that would lengthen what guests' sessions keep."""
+        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until = state_from(state)
         self.buckets = BucketTable(self)
         self.sessions = SessionTable(self)
 
@@ -66,7 +69,7 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind)
+        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
         if state != self._state or self._state_dirty:
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
             self._state, self._state_dirty = state, False
