@@ -160,6 +160,12 @@ def test_bad_witnesses_and_proof_requests_get_one_clear_sentence(write_config, t
     bad = cli(config, "verify", "--witness", garbage)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "not a witness: neither an edge audit checkpoint (v1) nor a C2SP checkpoint" in bad.stderr
+    for digits in ("9" * 5000, str(1 << 64)):  # past int()'s digit limit; past a uint64 (C2SP tree sizes are)
+        huge = tmp_path / "huge.note"
+        huge.write_text(f"edge.local/audit/0\n{digits}\n{base64.b64encode(bytes(32)).decode()}\n\n\u2014 someone AAAAAAAA\n")
+        refused = cli(config, "verify", "--witness", huge)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+        assert "tree size" in refused.stderr and "not a witness" in refused.stderr
     size = len((config.parent / "data" / "audit.jsonl").read_bytes().splitlines())
     for args, said in (
         (("--inclusion", "0"), "--inclusion 0: not an entry of the tree of"),

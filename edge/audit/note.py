@@ -186,6 +186,8 @@ def parse_tree_head(text: bytes) -> TreeHead:
     origin, size_text, root_text = lines[:3]
     if not size_text.isascii() or not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
         raise NoteError(f"tree size {size_text[:30]!r} is not a decimal number without leading zeros")
+    if len(size_text) > 20 or int(size_text) >= 1 << 64:  # int() alone refuses 4300 digits with a traceback
+        raise NoteError(f"tree size {size_text[:30]!r} is more than a 64-bit number (tlog-checkpoint)")
     try:
         root = base64.b64decode(root_text, validate=True)
     except binascii.Error:
