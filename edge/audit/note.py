@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -169,6 +170,15 @@ def cosigned_at(note: SignedNote, name: str, public_key: bytes) -> int | None:
             return None
         times.append(timestamp)
     return max(times) if times else None
+
+
+def cosigned_instant(timestamp: int) -> datetime | None:
+    """A cosignature's time as an instant; None when no calendar holds it (a valid signature
+    can carry any 63-bit time, and datetime refuses years past 9999)."""
+    try:
+        return datetime.fromtimestamp(timestamp, timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def cosign(text: bytes, name: str, private_key: Ed25519PrivateKey, timestamp: int) -> Signature:

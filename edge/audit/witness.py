@@ -69,6 +69,8 @@ def push(log: AuditLog, url: str, vkey: str) -> Pushed:
         raise AuditError(
             f"the witness answered, but with no cosignature of {name}'s key that verifies (another witness, or the wrong --key?)"
         )
+    if note.cosigned_instant(when) is None:
+        raise AuditError(f"the witness {name} cosigned with the time {when}, which is no date: its cosignature is not kept")
     mine = next(s for s in lines if s.name == name and s.key_id == note.key_id(name, note.COSIGNATURE, public))
     event = WitnessCosigned(
         witness=name,
