@@ -414,3 +414,24 @@ def test_a_cosignature_whose_time_is_no_date_is_not_kept_and_one_in_the_log_is_n
     verified = cli(config, "verify")
     assert verified.returncode == 1 and "Traceback" not in verified.stderr, verified.stderr
     assert f"line {head.size + 1}: the cosignature of the witness witness.example/w1 carries the time {1 << 62}" in verified.stdout
+
+
+class _ConflictingWitness(LoopbackWitness):
+    """Answers every checkpoint 409 Conflict with a "size" no 64-bit number holds."""
+
+    def _add(self, body: bytes) -> tuple[int, bytes]:
+        return 409, b"9" * 5000 + b"\n"
+
+
+def test_a_witness_409_with_a_size_past_64_bits_is_named_not_a_traceback(write_config):
+    config = write_config()
+    AuditLog(config.parent / "data").append(ConfigLoaded(path="/etc/edge/a.toml", sha256="0" * 64))
+    witness = _ConflictingWitness("witness.example/w1")
+    url, server = witness.serve()
+    try:
+        pushed = cli(config, "witness", "push", url, "--key", witness.vkey)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pushed.returncode == 1 and "Traceback" not in pushed.stderr, pushed.stderr
+    assert "answered 409 Conflict without the size it cosigned last" in pushed.stderr
