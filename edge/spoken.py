@@ -89,8 +89,9 @@ class SpokenCommands:
         self._guest_read = False
         """Whether `_guest_until` was read from the keystore yet (on first need: the agent
         opens and checks the keystore itself before anything is heard)."""
-        self._awaited: dict[str, _Awaited] = {}
-        """By profile: the forget waiting for its confirmation."""
+        self._awaited: dict[tuple[str, bool], _Awaited] = {}
+        """By profile and whether the voice was named (the same voice confirms): the forget
+        waiting for its confirmation."""
 
     def command(self, text: str) -> str | None:
         return command_of(self.settings, text)
@@ -153,7 +154,7 @@ class SpokenCommands:
             return "There was nothing of yours to forget." if command == FORGET_LAST else "Nothing of yours was kept today."
         if self.settings.confirm:
             until = self._clock() + self.settings.confirm_window
-            self._awaited[profile] = _Awaited(command, request, count, until)
+            self._awaited[profile, tag.rule.identifies] = _Awaited(command, request, count, until)
             self._log(command, "ask", tag, through, sessions=count)
             seconds = round(self.settings.confirm_window.total_seconds())
             return f'Say "{self.settings.confirm}" within {seconds} seconds to forget {_what(command, count)}.'
@@ -166,7 +167,7 @@ class SpokenCommands:
         return f"Forgot {_what(command, count)}." if report.forgotten else "There was nothing of yours to forget."
 
     def _confirmed(self, tag: Tag, through: str) -> str:
-        awaited = self._awaited.pop(tag.profile.name, None)
+        awaited = self._awaited.pop((tag.profile.name, tag.rule.identifies), None)
         if awaited is None or self._clock() > awaited.until:
             self._log(CONFIRM, "expired", tag, through)
             return "There was nothing to confirm."

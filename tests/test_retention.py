@@ -707,3 +707,25 @@ def test_guest_mode_outlives_a_restart_and_ends_at_its_limit(tmp_path, write_con
     wall.advance(config.voice_commands.guest_limit.total_seconds() + 1)
     assert after.narrowed(parent) == parent
 
+
+def test_a_spoken_forget_waits_for_the_same_voices_yes_not_an_unknown_voice_tagged_as_the_same_profile(tmp_path, write_config):
+    """The written policy says a forget "waits for the confirm phrase from the same voice": an
+    unknown voice, tagged as the strictest profile (the child's here), neither confirms the
+    child's own forget nor has its own confirmed by the child."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config, household=VOICE_COMMANDS + '\nconfirm = "네"')
+    spoken = wiring.make_spoken(config, shredder)
+    assert spoken is not None
+    stranger = Tag(strictest_policy(config), TagRule.STRICTEST)
+    child = Tag(config.profile("child"), TagRule.LISTENER)
+    assert stranger.profile.name == child.profile.name == "child"
+    childs = record(store, clock, config, "child")
+    strangers = record_in_process(store, clock, config, "child", rule="strictest")
+    wall.advance(1)
+    assert spoken.run("forget_today", child, clock.now(), "kids").startswith('Say "네"')
+    assert spoken.run("confirm", stranger, clock.now(), "microphone") == "There was nothing to confirm."
+    assert set(store.read().sessions) == {childs, strangers}
+    assert spoken.run("forget_today", stranger, clock.now(), "microphone").startswith('Say "네"')
+    assert spoken.run("confirm", child, clock.now(), "kids").startswith("Forgot")  # the child's own forget, still awaited
+    assert set(store.read().sessions) == {strangers}
+    assert spoken.run("confirm", stranger, clock.now(), "microphone").startswith("Forgot")
+    assert store.read().sessions == {}

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.audit import merkle, note
 from edge.audit.log import AuditLog, canonical, checkpoint_text, entry_hash
-from edge.events import ConfigLoaded
+from edge.audit.transparency import leaves_of, tree_head
+from edge.events import ConfigLoaded, WitnessCosigned
 
 from support import ROOT, edge_agent, record
 
@@ -160,6 +161,12 @@ def test_bad_witnesses_and_proof_requests_get_one_clear_sentence(write_config, t
     bad = cli(config, "verify", "--witness", garbage)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "not a witness: neither an edge audit checkpoint (v1) nor a C2SP checkpoint" in bad.stderr
+    for digits in ("9" * 5000, str(1 << 64)):  # past int()'s digit limit; past a uint64 (C2SP tree sizes are)
+        huge = tmp_path / "huge.note"
+        huge.write_text(f"edge.local/audit/0\n{digits}\n{base64.b64encode(bytes(32)).decode()}\n\n\u2014 someone AAAAAAAA\n")
+        refused = cli(config, "verify", "--witness", huge)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+        assert "tree size" in refused.stderr and "not a witness" in refused.stderr
     size = len((config.parent / "data" / "audit.jsonl").read_bytes().splitlines())
     for args, said in (
         (("--inclusion", "0"), "--inclusion 0: not an entry of the tree of"),
@@ -214,6 +221,8 @@ class LoopbackWitness:
         self.latest: dict[str, tuple[int, bytes]] = {}
         self.answers: list[int] = []
         self.lock = threading.Lock()
+        self.time: int | None = None
+        """The time its cosignatures carry (None: now)."""
 
     def trust(self, log_vkey: str) -> None:
         name, _id, material = log_vkey.split("+", 2)
@@ -258,7 +267,7 @@ class LoopbackWitness:
         if old == 0 and proof or old == size and root != seen_root or 0 < old < size and not _consistent(old, size, seen_root, root, proof):
             return 422, b""
         self.latest[origin] = (size, root)
-        when = int(time.time())
+        when = int(time.time()) if self.time is None else self.time
         signed = self.key.sign(b"cosignature/v1\ntime %d\n" % when + text.encode())
         line = base64.b64encode(self.key_id + struct.pack(">Q", when) + signed).decode()
         return 200, f"\u2014 {self.name} {line}\n".encode()
@@ -371,3 +380,58 @@ def _first_state(witness: LoopbackWitness, size: int, data_dir: Path) -> tuple[i
     """The witness's record as it was after the first push: the log's tree of `size` lines."""
     lines = (data_dir / "audit.jsonl").read_bytes().splitlines()[:size]
     return size, merkle.root([merkle.leaf_hash(line) for line in lines])
+
+
+def test_a_cosignature_whose_time_is_no_date_is_not_kept_and_one_in_the_log_is_named_not_a_traceback(write_config):
+    config = write_config()
+    data_dir = config.parent / "data"
+    log = AuditLog(data_dir)
+    log.append(ConfigLoaded(path="/etc/edge/a.toml", sha256="0" * 64))
+    witness = LoopbackWitness("witness.example/w1")
+    witness.trust(cli(config, "export-key", "--format", "note").stdout.strip())
+    witness.time = 1 << 62  # a valid signature over a time no calendar holds
+    url, server = witness.serve()
+    try:
+        pushed = cli(config, "witness", "push", url, "--key", witness.vkey)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pushed.returncode == 1 and "Traceback" not in pushed.stderr, pushed.stderr
+    assert f"time {1 << 62}" in pushed.stderr and b"witness.cosigned" not in (data_dir / "audit.jsonl").read_bytes()
+
+    head = tree_head(log.log_id(), leaves_of(data_dir))  # such a line, kept by an older edge
+    signature = note.cosign(head.text, witness.name, witness.key, 1 << 62)
+    log.append(
+        WitnessCosigned(
+            witness=witness.name,
+            vkey=witness.vkey,
+            size=head.size,
+            tree_hash=base64.b64encode(head.root).decode(),
+            time=1 << 62,
+            signature=base64.b64encode(signature.key_id + signature.signature).decode(),
+        )
+    )
+    verified = cli(config, "verify")
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr, verified.stderr
+    assert f"line {head.size + 1}: the cosignature of the witness witness.example/w1 carries the time {1 << 62}" in verified.stdout
+
+
+class _ConflictingWitness(LoopbackWitness):
+    """Answers every checkpoint 409 Conflict with a "size" no 64-bit number holds."""
+
+    def _add(self, body: bytes) -> tuple[int, bytes]:
+        return 409, b"9" * 5000 + b"\n"
+
+
+def test_a_witness_409_with_a_size_past_64_bits_is_named_not_a_traceback(write_config):
+    config = write_config()
+    AuditLog(config.parent / "data").append(ConfigLoaded(path="/etc/edge/a.toml", sha256="0" * 64))
+    witness = _ConflictingWitness("witness.example/w1")
+    url, server = witness.serve()
+    try:
+        pushed = cli(config, "witness", "push", url, "--key", witness.vkey)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pushed.returncode == 1 and "Traceback" not in pushed.stderr, pushed.stderr
+    assert "answered 409 Conflict without the size it cosigned last" in pushed.stderr

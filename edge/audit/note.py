@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -171,6 +172,15 @@ def cosigned_at(note: SignedNote, name: str, public_key: bytes) -> int | None:
     return max(times) if times else None
 
 
+def cosigned_instant(timestamp: int) -> datetime | None:
+    """A cosignature's time as an instant; None when no calendar holds it (a valid signature
+    can carry any 63-bit time, and datetime refuses years past 9999)."""
+    try:
+        return datetime.fromtimestamp(timestamp, timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def cosign(text: bytes, name: str, private_key: Ed25519PrivateKey, timestamp: int) -> Signature:
     """A cosignature line on the note `text` (what a witness returns)."""
     public = private_key.public_key().public_bytes_raw()
@@ -186,6 +196,8 @@ def parse_tree_head(text: bytes) -> TreeHead:
     origin, size_text, root_text = lines[:3]
     if not size_text.isascii() or not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
         raise NoteError(f"tree size {size_text[:30]!r} is not a decimal number without leading zeros")
+    if len(size_text) > 20 or int(size_text) >= 1 << 64:  # int() alone refuses 4300 digits with a traceback
+        raise NoteError(f"tree size {size_text[:30]!r} is more than a 64-bit number (tlog-checkpoint)")
     try:
         root = base64.b64decode(root_text, validate=True)
     except binascii.Error:

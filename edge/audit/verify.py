@@ -16,7 +16,7 @@ import base64
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,13 @@ def _check_cosignatures(chain: Chain, cosigned: list[tuple[int, WitnessCosigned]
         if note.cosigned_at(note.SignedNote(text, (signature,)), name, public) != event.time:
             result.problems.append(Problem(f"the cosignature of the witness {event.witness} does not verify", line))
             continue
-        when = datetime.fromtimestamp(event.time, timezone.utc).isoformat()
+        instant = note.cosigned_instant(event.time)
+        if instant is None:
+            result.problems.append(
+                Problem(f"the cosignature of the witness {event.witness} carries the time {event.time}, which is no date", line)
+            )
+            continue
+        when = instant.isoformat()
         named = "+".join(event.vkey.split("+", 2)[:2])  # name and key id
         latest[event.vkey] = f"{named}: {event.size} entries, {when}"
     result.cosigned = list(latest.values())

@@ -69,6 +69,8 @@ def push(log: AuditLog, url: str, vkey: str) -> Pushed:
         raise AuditError(
             f"the witness answered, but with no cosignature of {name}'s key that verifies (another witness, or the wrong --key?)"
         )
+    if note.cosigned_instant(when) is None:
+        raise AuditError(f"the witness {name} cosigned with the time {when}, which is no date: its cosignature is not kept")
     mine = next(s for s in lines if s.name == name and s.key_id == note.key_id(name, note.COSIGNATURE, public))
     event = WitnessCosigned(
         witness=name,
@@ -104,7 +106,7 @@ def _post(url: str, body: bytes) -> tuple[int, bytes]:
 
 def _conflict_size(body: bytes, name: str) -> int:
     text = body.decode("ascii", errors="replace").strip()
-    if not text.isdigit():
+    if not text.isdigit() or len(text) > 20:  # a tree size is 64 bits; int() of 4300 digits raises
         raise AuditError(f"the witness {name} answered 409 Conflict without the size it cosigned last")
     return int(text)
 
