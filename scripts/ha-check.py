@@ -390,11 +390,11 @@ def set_up_link() -> None:
     subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", LINK], check=True)
 
 
-def avahi_record(port: int, profile: str | None) -> str:
+def avahi_record(port: int) -> str:
     """The Avahi service file install.sh writes for a listener on `port`, made by install.sh's
     own code (scripts/wyoming-templates.sh), not a copy of it."""
-    script = 'SRC=$1; source "$SRC/scripts/wyoming-templates.sh"; avahi_record "$2" "$3"'
-    made = subprocess.run(["bash", "-c", script, "ha-check", str(ROOT), str(port), profile or ""], capture_output=True, text=True)
+    script = 'SRC=$1; source "$SRC/scripts/wyoming-templates.sh"; avahi_record "$2"'
+    made = subprocess.run(["bash", "-c", script, "ha-check", str(ROOT), str(port)], capture_output=True, text=True)
     if made.returncode != 0 or not made.stdout:
         raise RuntimeError(f"scripts/wyoming-templates.sh did not make the Avahi record: {made.stderr.strip()}")
     return made.stdout
@@ -577,7 +577,7 @@ class Check:
         print(f"ha-check: Home Assistant {self.ha.version()} in {self.ha.root}; edge from {ROOT}", flush=True)
         try:
             set_up_link()
-            self.records = {listener.port: avahi_record(listener.port, listener.profile) for listener in self.listeners}
+            self.records = {listener.port: avahi_record(listener.port) for listener in self.listeners}
             self.avahi.start({f"edge-wyoming-{port}.service": record for port, record in self.records.items()})
             for listener in self.listeners:
                 listener.start_bridge(self.work / "bridges.log")

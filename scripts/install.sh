@@ -104,7 +104,7 @@ need_root() {
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 # write_file MODE FILE: stdin becomes FILE (replaced whole, so a re-run leaves one copy).
 write_file() { cat > "$2.new" && chmod "$1" "$2.new" && mv -f "$2.new" "$2"; }
-# from_template TEMPLATE PORT WHO NAME, avahi_record PORT [PROFILE]: the files made from configs/*.in
+# from_template TEMPLATE PORT WHO NAME, avahi_record PORT: the files made from configs/*.in
 source "$SRC/scripts/wyoming-templates.sh"
 
 install_edge() {
@@ -352,7 +352,7 @@ EOF
 
     from_template edge-wyoming.socket.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.socket"
     from_template edge-wyoming.service.in "$port" "$who" "" | write_file 0644 "$UNITS/edge-wyoming-$port.service"
-    avahi_record "$port" "$profile" | write_file 0644 "$AVAHI/edge-wyoming-$port.service"
+    avahi_record "$port" | write_file 0644 "$AVAHI/edge-wyoming-$port.service"
     say "Wyoming on TCP port $port${who}: edge-wyoming-$port.socket relays to /run/edge-wyoming/$port.sock; Avahi advertises it"
   done
 }

@@ -5,12 +5,10 @@
 # from_template TEMPLATE PORT WHO NAME: configs/TEMPLATE with its @PORT@, @WHO@, @NAME@ filled in.
 from_template() { sed -e "s|@PORT@|$2|g" -e "s|@WHO@|$3|g" -e "s|@NAME@|$4|g" "$SRC/configs/$1"; }
 
-# avahi_record PORT [PROFILE]: the Avahi service file that advertises the Wyoming listener on
-# TCP PORT (_wyoming._tcp, what Home Assistant's zeroconf hands to its Wyoming integration);
-# Avahi replaces %h in its name with the host's name.
+# avahi_record PORT: the Avahi service file that advertises the Wyoming listener on TCP PORT
+# (_wyoming._tcp, what Home Assistant's zeroconf hands to its Wyoming integration); Avahi
+# replaces %h in its name with the host's name. The name never says whose listener it is:
+# mDNS tells every device on the LAN, and a profile's name may be a child's.
 avahi_record() {
-  local port=$1 profile=${2:-} name
-  if [ -n "$profile" ]; then name="edge speech-to-text ($profile, port $port) on %h"
-  else name="edge speech-to-text (port $port) on %h"; fi
-  from_template edge-wyoming.avahi.in "$port" "${profile:+ (${profile})}" "$name"
+  from_template edge-wyoming.avahi.in "$1" "" "edge speech-to-text (port $1) on %h"
 }

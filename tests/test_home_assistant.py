@@ -40,7 +40,7 @@ def test_an_unmodified_home_assistant_transcribes_through_edge_and_edge_keeps_it
     ):
         assert phase in passed, report
     # discovery: install.sh's Avahi record for each listener, found by Home Assistant's zeroconf
-    for listener, record in (("edge (kids' room)", "edge speech-to-text (child, port "), ("edge (hall)", "edge speech-to-text (port ")):
+    for listener, record in (("edge (kids' room)", "edge speech-to-text (port "), ("edge (hall)", "edge speech-to-text (port ")):
         found = f"{listener}: Home Assistant discovers install.sh's Avahi record '{record}"
         assert any(line.startswith(found) and "starts the Wyoming flow (source zeroconf)" in line for line in passed), report
         added = f"{listener}: confirming the discovered flow adds an entry for 192.0.2.1:"

@@ -481,7 +481,7 @@ def test_wyoming_stages_a_bridge_and_an_advertisement_per_port(wyoming):
         assert [child.tag for child in group[1]] == ["type", "port"]
         name = group.find("name")
         assert name is not None and name.get("replace-wildcards") == "yes"
-        assert name.text == f"edge speech-to-text ({f'{WYOMING[port]}, ' if WYOMING[port] else ''}port {port}) on %h"
+        assert name.text == f"edge speech-to-text (port {port}) on %h"  # never whose: mDNS tells the whole LAN
         (service_element,) = group.findall("service")
         assert service_element.findtext("type") == "_wyoming._tcp"
         assert service_element.findtext("port") == str(port)
