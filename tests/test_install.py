@@ -781,6 +781,7 @@ def test_install_gives_the_service_what_a_command_run_as_root_made_in_its_folder
         "audit.key",
         "clock",
         "files-clean",
+        "keystore-at-rest",
         "keystore.db",
         "lock",
         "lost+found",
