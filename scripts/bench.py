@@ -675,6 +675,122 @@ def memory(work: Path, speech: Path) -> list[Row]:
     ]
 
 
+def _status_mb(pid: int) -> tuple[float, float]:
+    """(peak, current) RSS in MB of a running process (VmHWM, VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak, current = (int(status.split(key)[1].split()[0]) / 1024 for key in ("VmHWM:", "VmRSS:"))
+    return peak, current
+
+
+@contextlib.contextmanager
+def virtual_mic(work: Path) -> Iterator[dict[str, str]]:
+    """scripts/virtual-mic.sh in a folder of the bench's own (not the tests' default): the
+    environment whose default source is its sink's monitor; stopped after."""
+    script = Path(__file__).parent / "virtual-mic.sh"
+    env = {**os.environ, "VMIC_DIR": str(work / "vmic")}
+    up = subprocess.run([str(script), "up"], env=env, capture_output=True, text=True, check=False)
+    if up.returncode != 0:
+        raise BenchError(f"the virtual microphone did not start: {up.stderr.strip()}")
+    for line in up.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value
+    env["XDG_RUNTIME_DIR"] = str(work / "vmic" / "runtime")
+    try:
+        yield env
+    finally:
+        subprocess.run([str(script), "down"], env=env, capture_output=True, check=False)
+
+
+def rss_of_agent(
+    folder: Path, config: Path, command: list[str], env: dict[str, str], feed: Callable[[], None], ready: list[str]
+) -> tuple[float, float, float]:
+    """(RSS at rest after the start, peak RSS, RSS at rest after the sessions) in MB of a
+    long-running agent: started, left 2 s, fed its sessions, left 2 s, then stopped (SIGINT)."""
+    edge_agent = str(Path(sys.executable).parent / "edge-agent")
+    log, out = folder / "agent.log", folder / "agent.out"
+    with log.open("wb") as err, out.open("wb") as stdout:
+        process = subprocess.Popen([edge_agent, "--config", str(config), *command], stdout=stdout, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not all(word in log.read_text(errors="replace") for word in ready):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{' '.join(command)} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(2)
+        started = _status_mb(process.pid)[1]
+        feed()
+        time.sleep(2)
+        peak, rest = _status_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    return started, peak, rest
+
+
+def memory_table(work: Path) -> list[Row]:
+    """Peak and resting RSS of `run --mic` (a virtual microphone: scripts/virtual-mic.sh),
+    `serve` (one Wyoming listener) and both in one agent (`run --mic` with the listener), each
+    without and with a voice enrolled (the speaker encoder loads only then), for the model
+    here: two sessions each way it listens (the command played twice into the microphone, sent
+    twice over Wyoming)."""
+    folder = work / "memtable"
+    utterance = make_utterance(work, 0.8)
+    pcm = wav_pcm(utterance)
+    sentences = []
+    for number, sentence in enumerate(VOICE_SENTENCES[:3]):
+        raw, wav = work / f"enrol-raw{number}.wav", work / f"enrol{number}.wav"
+        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), sentence], check=True, capture_output=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", str(PIPELINE_RATE), "-c", "1", "-b", "16", str(wav)], check=True, capture_output=True)
+        sentences.append(str(wav))
+    rows = []
+    edge_agent = str(Path(sys.executable).parent / "edge-agent")
+    with virtual_mic(work) as env:
+        for voices in (False, True):
+            for mode in ("run --mic", "serve", "both"):
+                shutil.rmtree(folder, ignore_errors=True)
+                config, uri = listener_config(folder)
+                if voices:
+                    subprocess.run(
+                        [edge_agent, "--config", str(config), "voices", "enroll", "parent", "--input", *sentences],
+                        check=True,
+                        capture_output=True,
+                        env=env,
+                    )
+                mic, wyoming = mode != "serve", mode != "run --mic"
+                if mode == "run --mic":  # the microphone alone: the listener out of the config
+                    config.write_text(config.read_text().split("\n[[wyoming]]")[0] + "\n")
+
+                def feed(mic: bool = mic, wyoming: bool = wyoming, uri: str = uri, mode: str = mode) -> None:
+                    for _ in range(2):
+                        if mic:
+                            subprocess.run(["paplay", str(utterance)], env=env, check=True, timeout=60)
+                        if wyoming:
+                            asyncio.run(send_utterance(uri, pcm, live=False))
+                    if mic:
+                        deadline = time.monotonic() + 120
+                        while (folder / "agent.out").read_text().count("\n") < 2:
+                            if time.monotonic() > deadline:
+                                raise BenchError(f"{mode}: the microphone's sessions never came")
+                            time.sleep(0.2)
+
+                command = ["run", "--mic", "--json"] if mic else ["serve"]  # as the service runs: no --profile, so voices tag
+                ready = (["listening"] if mic else []) + (["wyoming: serving"] if wyoming else [])
+                started, peak, rest = rss_of_agent(folder, config, command, env, feed, ready)
+                rows.append(
+                    Row(
+                        f"memory: {mode}, {'a voice enrolled' if voices else 'no voice'}: peak RSS",
+                        round(peak, 1),
+                        "MB",
+                        "",
+                        None,
+                        f"at rest {started:.0f} MB after the start, {rest:.0f} MB after 2 sessions "
+                        f"({'played into a virtual microphone' if mic else ''}{' and ' if mic and wyoming else ''}{'sent over Wyoming' if wyoming else ''} each)",
+                    )
+                )
+    shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
 def sealing(work: Path) -> list[Row]:
     recipient = Identity.generate().recipient
     pcm = os.urandom(FRAME_BYTES) * 2000  # 60 s of "audio" in 30 ms frames
@@ -1547,6 +1663,7 @@ def main() -> int:
                 ),
             ),
             ("memory", lambda: memory(work, speech())),
+            ("memory table", lambda: memory_table(work)),
             ("sealing", lambda: sealing(work)),
             ("latency", lambda: latency(work, speech())),
             ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
