@@ -151,6 +151,10 @@ def _stop(runtime: wiring.Runtime, control: ControlServer | None, listeners: Wyo
             runtime.audit.append(AgentStopped(sessions=sessions, seconds=round(agent.segmenter.offset, 3)))
         except EdgeError as exc:  # e.g. a full disk: say so, but let the first error be the one reported
             log.error("could not log the stop: %s", exc)
+        try:
+            runtime.keystore.close()  # at rest, marked so: the next start skips the page check
+        except EdgeError as exc:
+            log.error("could not close the keystore: %s", exc)
 
 
 def _start_sockets(

@@ -98,6 +98,10 @@ def household_toml(
 # -- a keystore filled in bulk (the benchmarks' scale) ------------------------------------
 
 
+POPULATE_CHUNK = 20_000
+"""Sessions `populate` seals into its transaction at a time."""
+
+
 def populate(
     store: Keystore, sessions: int, span: timedelta, end: datetime, files_in: Path | None = None, before_end: timedelta = timedelta(days=30)
 ) -> int:
@@ -137,4 +141,6 @@ def populate(
             if files_in is not None:
                 recording_path(files_in, session).touch(mode=0o600)
                 transcript_path(files_in, session).touch(mode=0o600)
+            if index % POPULATE_CHUNK == POPULATE_CHUNK - 1:
+                data.sessions.forget_cache()  # sealed into the transaction: a million entries need not stay in memory
         return len(data.buckets)

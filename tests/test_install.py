@@ -784,6 +784,7 @@ def test_install_gives_the_service_what_a_command_run_as_root_made_in_its_folder
         "audit.key",
         "clock",
         "files-clean",
+        "keystore-at-rest",
         "keystore.db",
         "lock",
         "lost+found",
@@ -803,9 +804,9 @@ def test_install_gives_the_service_what_a_command_run_as_root_made_in_its_folder
     theirs = {"lost+found", "lost+found/#1234"}
     assert {name: uid for name, uid in owners.items() if name not in theirs} == {name: edge for name in owners if name not in theirs}
     assert {name: owners[name] for name in theirs} == {name: 0 for name in theirs}
-    assert data.stat().st_uid == edge and len(owners) == 19  # with 2 sessions, a recording and a transcript each
+    assert data.stat().st_uid == edge and len(owners) == 20  # with 2 sessions, a recording and a transcript each
     assert (outside / "target").stat().st_uid == 0 and (outside / "models").stat().st_uid == 0  # links: never followed
-    assert "gave 17 of edge's own files and folders in /var/lib/edge to the service user edge" in installed.stderr
+    assert "gave 18 of edge's own files and folders in /var/lib/edge to the service user edge" in installed.stderr
     assert "enable --now edge-purge-overdue.timer" in (device.folder / "systemctl.log").read_text()
 
     service = device.run("runuser -u edge -- /opt/edge/venv/bin/edge-agent forget --all --yes")

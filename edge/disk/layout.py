@@ -38,6 +38,12 @@ FILES_CLEAN = "files-clean"
 by name. Removed (durably) before any commit that drops a session's data (a shred, a forget,
 a lost root, a new keystore), made again once its files are gone: a folder without it (a
 crash, an older edge) gets one full scan for orphans."""
+KEYSTORE_AT_REST = "keystore-at-rest"
+"""Present: the agent closed the keystore at rest (no WAL left, no other connection) after its
+pages were checked at that agent's start, and nothing has written to it since, so the next
+agent's start trusts its pages without `PRAGMA quick_check` (0.2-1.3 s at 100,000 sessions).
+Removed (durably) under the lock before any writer's first transaction: a stop that is not
+clean (a crash, a power cut, kill -9), of the agent or of any command, leaves none."""
 RECORDING_SUFFIX = ".wav.age"
 TRANSCRIPT_SUFFIX = ".json.age"
 
@@ -58,6 +64,7 @@ OWN_NAMES = frozenset(
         RECORDINGS,
         TRANSCRIPTS,
         FILES_CLEAN,
+        KEYSTORE_AT_REST,
         "lost+found",
     }
 )

@@ -87,6 +87,29 @@ def inode(data_dir: Path) -> int | None:
     return found
 
 
+def fingerprint(data_dir: Path) -> bytes | None:
+    """What any change to the database file changes (inode, size, mtime and ctime in ns), or
+    None when there is none or only its WAL holds the latest commits (not at rest)."""
+    try:
+        with folder_fd(data_dir) as folder:
+            if any(_exists(name, folder) for name in KEYSTORE_DB_FILES if name != KEYSTORE_DB):
+                return None
+            status = os.stat(KEYSTORE_DB, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return f"{status.st_ino} {status.st_size} {status.st_mtime_ns} {status.st_ctime_ns}\n".encode()
+
+
+def _exists(name: str, folder: int) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def connect(data_dir: Path, readonly: bool) -> sqlite3.Connection:
     """A connection to DATA_DIR/keystore.db (FileNotFoundError: there is none). Autocommit
     mode: transactions are begun and ended explicitly."""

@@ -26,10 +26,10 @@ from cryptography.exceptions import InvalidTag
 from edge.crypto.age import Identity
 from edge.crypto.guarantee import ROOT_BYTES, Vault
 from edge.disk import reserve
-from edge.disk.files import destroy_temps, private_dir, publish_in, read_in, unlink_durably_in, unlink_in
-from edge.disk.layout import FILES_CLEAN, KEYSTORE, KEYSTORE_DB
+from edge.disk.files import create_in, destroy_temps, exists_in, private_dir, publish_in, read_in, unlink_durably_in, unlink_in
+from edge.disk.layout import FILES_CLEAN, KEYSTORE, KEYSTORE_AT_REST, KEYSTORE_DB
 from edge.disk.lock import DataLock
-from edge.errors import KeystoreError, VaultError
+from edge.errors import KeystoreError, StorageError, VaultError
 from edge.faults import crash_point
 from edge.progress import Progress
 from edge.store import database
@@ -89,7 +89,8 @@ class Keystore:
         """Connections of snapshots handed out; closed before the writer, so its close is the
         last and SQLite removes the WAL."""
         self._writer_checked: int | None = None
-        """The inode the agent's start checked page by page (PRAGMA quick_check)."""
+        """The inode the agent's start checked page by page (PRAGMA quick_check), or found at
+        rest (KEYSTORE_AT_REST: checked by the agent that stopped cleanly, written by none since)."""
         self.root_lost: str | None = None
         """Why the root is gone, when the vault had none although a keystore existed (e.g. a
         power-off with the keyring vault): everything retained was shredded by that loss."""
@@ -146,10 +147,42 @@ class Keystore:
                 self._writer_connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        """Checkpoint and close the writer connection (done at exit anyway)."""
+        """Checkpoint and close the writer connection (done at exit anyway). The agent calls
+        this when it stops cleanly: a keystore whose pages its start checked is then marked at
+        rest, and the next start skips the check."""
+        checked = self._writer_file is not None and self._writer_checked == self._writer_file
         if self._closer is not None:
             self._closer()
         self._writer = self._closer = self._writer_file = None
+        if checked and self.access is Access.AGENT:
+            self._mark_at_rest()
+
+    def _mark_at_rest(self) -> None:
+        """KEYSTORE_AT_REST, naming the database file as it is (database.fingerprint), if no
+        connection has it open any more (SQLite removes the WAL when the last one closes,
+        after copying it in and syncing the database). Not made durable: a marker lost to a
+        power cut only costs the next start its check."""
+        with DataLock(self.data_dir):
+            found = database.fingerprint(self.data_dir)
+            if found is None or exists_in(self.data_dir, KEYSTORE_AT_REST):
+                return
+            try:
+                with create_in(self.data_dir, KEYSTORE_AT_REST) as marker:
+                    marker.write(found)
+            except StorageError:
+                unlink_in(self.data_dir, KEYSTORE_AT_REST)  # a full disk, say: the next start checks the pages
+
+    def _leave_rest(self) -> None:
+        """Before a writer's transaction (under the lock): the marker goes, durably, so a stop
+        that is not clean from here on leaves none and the next agent's start checks every
+        page. The agent's first open takes the keystore as checked only if the file is still
+        exactly as the marker names it (anything that changed it since, it did not vouch for)."""
+        marker = read_in(self.data_dir, KEYSTORE_AT_REST)
+        if marker is None:
+            return
+        if self.access is Access.AGENT and self._writer_file is None and marker == database.fingerprint(self.data_dir):
+            self._writer_checked = database.inode(self.data_dir)
+        unlink_durably_in(self.data_dir, KEYSTORE_AT_REST)
 
     # -- buckets -------------------------------------------------------------------
 
@@ -209,6 +242,7 @@ class Keystore:
         destroy_temps(self.data_dir, KEYSTORE)
         destroy_temps(self.data_dir, KEYSTORE_DB)  # a creation or migration a crash interrupted
         reserve.keep(self.data_dir)
+        self._leave_rest()
         current, staged = self.vault.read("current"), self.vault.read("next")
         if database.inode(self.data_dir) is None:
             database.refuse_orphaned_wal(self.data_dir)
