@@ -8,8 +8,8 @@ profile the utterance was tagged with and no other:
 - forget_today: that profile's sessions begun since local midnight are forgotten;
 - guest_on / guest_off: every session is tagged with the strictest policy until guest_off or
   guest_limit; guest_off is refused to a child's voice (or an unknown one): it widens retention;
-- confirm: with a confirm phrase set, a forget waits for it, said by the same profile within
-  confirm_window (a spoken "yes").
+- confirm: with a confirm phrase set, a forget or a guest_off waits for it, said by the same
+  voice within confirm_window (a spoken "yes").
 
 The command's own utterance keeps nothing: it is not a session to retain, so it is held in
 memory while spoken (edge.session) and dropped once recognised. What it does is audited
@@ -67,10 +67,11 @@ def local_midnight(now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class _Awaited:
-    """A forget said with confirmation on: done if its profile says `confirm` by `until`."""
+    """A forget or a guest_off said with confirmation on: done if the same voice says
+    `confirm` by `until` (`request` None: guest_off)."""
 
     command: str
-    request: ForgetRequest
+    request: ForgetRequest | None
     sessions: int
     until: datetime
 
@@ -117,6 +118,9 @@ class SpokenCommands:
                 return self._guest_on(tag, through)
             if command == GUEST_OFF:
                 return self._guest_off(tag, through)
+            awaited = self._awaited.get((tag.profile.name, tag.rule.identifies))
+            if command == CONFIRM and awaited is not None and awaited.command == GUEST_OFF:
+                return self._confirmed(tag, through)  # guest_off is judged by the voice itself, as its command was
             tag = self._narrowed(tag)
             if command == CONFIRM:
                 return self._confirmed(tag, through)
@@ -171,6 +175,8 @@ class SpokenCommands:
         if awaited is None or self._clock() > awaited.until:
             self._log(CONFIRM, "expired", tag, through)
             return "There was nothing to confirm."
+        if awaited.request is None:
+            return self._end_guest_mode(tag, through)
         return self._do(awaited.command, awaited.request, awaited.sessions, tag, through)
 
     # -- guest mode ----------------------------------------------------------------------------
@@ -185,6 +191,14 @@ class SpokenCommands:
         if tag.profile.is_child or not tag.rule.identifies:  # it widens retention: never a child's or an unknown voice's call
             self._log(GUEST_OFF, "refused", tag, through)
             return "Only an adult can end guest mode; it ends by itself."
+        if self.settings.confirm:  # it widens retention: a phrase misheard must not be enough
+            self._awaited[tag.profile.name, True] = _Awaited(GUEST_OFF, None, 0, self._clock() + self.settings.confirm_window)
+            self._log(GUEST_OFF, "ask", tag, through)
+            seconds = round(self.settings.confirm_window.total_seconds())
+            return f'Say "{self.settings.confirm}" within {seconds} seconds to end guest mode.'
+        return self._end_guest_mode(tag, through)
+
+    def _end_guest_mode(self, tag: Tag, through: str) -> str:
         self._log(GUEST_OFF, "guest_off", tag, through)
         self._keep_guest_until(None)
         return "Guest mode is off."

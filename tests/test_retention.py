@@ -729,3 +729,24 @@ def test_a_spoken_forget_waits_for_the_same_voices_yes_not_an_unknown_voice_tagg
     assert set(store.read().sessions) == {strangers}
     assert spoken.run("confirm", stranger, clock.now(), "microphone").startswith("Forgot")
     assert store.read().sessions == {}
+
+
+def test_with_confirm_on_ending_guest_mode_waits_for_the_same_adults_yes(tmp_path, write_config):
+    """Ending guest mode lengthens what is kept: with `confirm` set, guest_off only asks, and
+    only the same named adult's yes within the window ends it (not a guest's, in guest mode)."""
+    config, wall, clock, _store, shredder = setup(tmp_path, write_config, household=VOICE_COMMANDS + '\nconfirm = "네"')
+    spoken = wiring.make_spoken(config, shredder)
+    assert spoken is not None
+    parent = Tag(config.profile("parent"), TagRule.LISTENER)
+    stranger = Tag(strictest_policy(config), TagRule.STRICTEST)
+    spoken.run("guest_on", parent, clock.now(), "hall")
+    assert spoken.run("guest_off", parent, clock.now(), "hall").startswith('Say "네" within 10 seconds to end guest mode')
+    assert spoken.narrowed(parent).rule == TagRule.GUEST  # only asked
+    assert spoken.run("confirm", stranger, clock.now(), "microphone") == "There was nothing to confirm."
+    assert spoken.narrowed(parent).rule == TagRule.GUEST
+    wall.advance(11)
+    assert spoken.run("confirm", parent, clock.now(), "hall") == "There was nothing to confirm."  # too late
+    assert spoken.narrowed(parent).rule == TagRule.GUEST
+    spoken.run("guest_off", parent, clock.now(), "hall")
+    assert spoken.run("confirm", parent, clock.now(), "hall") == "Guest mode is off."
+    assert spoken.narrowed(parent) == parent

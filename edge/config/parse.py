@@ -206,9 +206,11 @@ def _parse_voice_commands(table: Table, trigger: TriggerSettings) -> VoiceComman
     if bool(phrases["guest_on"]) != bool(phrases["guest_off"]):
         key = "guest_off" if phrases["guest_on"] else "guest_on"
         table.fail(key, phrases[key], "a phrase: guest_on and guest_off go together (guest mode must be something a voice can end)")
-    if phrases["confirm"] and not (phrases["forget_last"] or phrases["forget_today"]):
+    if phrases["confirm"] and not (phrases["forget_last"] or phrases["forget_today"] or phrases["guest_off"]):
         table.fail(
-            "confirm", phrases["confirm"], '"" (no confirmation): confirm is the reply to forget_last or forget_today, and neither is set'
+            "confirm",
+            phrases["confirm"],
+            '"" (no confirmation): confirm is the reply to forget_last, forget_today or guest_off, and none is set',
         )
     guest_limit = table.duration("guest_limit", "2h")
     if not timedelta(minutes=1) <= guest_limit <= timedelta(hours=24):

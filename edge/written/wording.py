@@ -49,7 +49,8 @@ def by_voice(terms: Terms) -> str:
     )
     guest = (
         f'"{spoken["guest_on"]}" keeps every session to the strictest policy for at most {_span(spoken["guest_limit_seconds"])}, '
-        f'until an adult says "{spoken["guest_off"]}". '
+        f'until an adult who was recognised says "{spoken["guest_off"]}"'
+        + (f' and then "{spoken["confirm"]}". ' if spoken.get("confirm") else ". ")
         if "guest_on" in spoken
         else ""
     )
