@@ -48,9 +48,10 @@ WYOMING_PORT = 10300
 """The guest's Wyoming port (install.sh --wyoming 10300:child), forwarded from the host's loopback."""
 PHRASE = "메시지"
 """A grammar phrase of the example config (tests/support.py: reliable on espeak-ng speech)."""
-KEEP_AUDIO = 360
+KEEP_AUDIO = 720
 """Seconds the child profile keeps audio in the guest (set after install), so that a shred is
-due a few minutes after the reboot."""
+due a few minutes after the reboot. The expiry is rounded down to its bucket's window, and a
+power cycle under emulation took 2-5 minutes: 360 s once left 49 s, too few for the export."""
 AGENT = "runuser -u edge -- /usr/local/bin/edge-agent --config /etc/edge/household.toml"
 """edge-agent as the service user, whose keyring and TPM group hold the root."""
 SERVE_DROPIN = """# The README's setup for a device without a microphone (sudo systemctl edit edge-agent).
