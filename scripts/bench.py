@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -531,17 +532,22 @@ def write_signed_log(data_dir: Path, entries: int) -> None:
 
 def _session_event(number: int) -> SessionCreated | SessionSealed:
     if number % 2:
-        return SessionCreated(
-            session=f"{number:016x}",
-            profile="child",
-            rule="active",
-            child=True,
-            audio_expires="2099-11-28T21:00:00+00:00",
-            transcript_expires="2099-12-05T20:00:00+00:00",
-            audio_bucket="child.audio.20991128T210000Z",
-            transcript_bucket="child.transcript.20991205T200000Z",
-        )
+        return _session_created(number)
     return SessionSealed(session=f"{number - 1:016x}", seconds=3.2, audio_sealed=True, transcript_sealed=True)
+
+
+def _session_created(number: int) -> SessionCreated:
+    """A child's session.created as an edge before the written policy wrote it."""
+    return SessionCreated(
+        session=f"{number:016x}",
+        profile="child",
+        rule="active",
+        child=True,
+        audio_expires="2099-11-28T21:00:00+00:00",
+        transcript_expires="2099-12-05T20:00:00+00:00",
+        audio_bucket="child.audio.20991128T210000Z",
+        transcript_bucket="child.transcript.20991205T200000Z",
+    )
 
 
 def verify_scale(work: Path, sizes: list[int], signed_sizes: list[int]) -> list[Row]:
@@ -1555,18 +1561,8 @@ def policy_cost(folder: Path, config: Config, pairs: int) -> Cost:
     log = AuditLog(folder)
 
     def event(number: int, policy: str | None) -> SessionCreated:
-        return SessionCreated(
-            session=f"{number:016x}",
-            profile="parent",
-            rule="given",
-            child=False,
-            audio_expires="2026-12-08T00:00:00Z",
-            transcript_expires="2027-01-06T00:00:00Z",
-            audio_bucket="parent.audio.20261208T000000Z",
-            transcript_bucket="parent.transcript.20270106T000000Z",
-            policy=policy,
-            created="2026-12-07T00:00:00Z" if policy is not None else None,
-        )
+        created = "2099-11-21T21:00:00+00:00" if policy is not None else None
+        return dataclasses.replace(_session_created(number), policy=policy, created=created)
 
     start = time.process_time()
     version = terms_of(config, FileVault(folder / "root.key").level).version
