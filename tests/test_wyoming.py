@@ -310,6 +310,7 @@ def _header(**fields) -> bytes:
 
 START = AudioStart(rate=16000, width=2, channels=1).event()
 CHUNK = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3200)).event()
+PAIRS = b'[["rate", 16000], ["width", 2], ["channels", 1]]'
 BAD_INPUTS = {
     "header-too-long": (b"{" + b" " * 10_000, [], "too-large"),
     "data-length-huge": (_header(type="describe", data_length=10**9), [], "too-large"),
@@ -321,6 +322,7 @@ BAD_INPUTS = {
     "no-type": (_header(data={"rate": 1}), [], "bad-frame"),
     "data-not-an-object": (_header(type="audio-start", data_length=3) + b"[1]", [], "bad-frame"),
     "data-not-json": (_header(type="audio-start", data_length=3) + b"{{{", [], "bad-frame"),
+    "data-pairs": (_header(type="audio-start", data_length=len(PAIRS)) + PAIRS, [], "bad-frame"),  # a list dict.update() would take
     "audio-before-start": (b"", [CHUNK], "protocol"),
     "stop-before-start": (b"", [AudioStop().event()], "protocol"),
     "rate-0": (b"", [AudioStart(rate=0, width=2, channels=1).event()], "bad-audio-format"),

@@ -3,10 +3,11 @@
 An event is a JSON header line, then `data_length` bytes of JSON, then `payload_length`
 bytes of audio. The package's reader trusts both lengths (a client could make it
 allocate gigabytes) and turns every malformed event into a silent end of stream. Here
-the package reads each event through a check: the header line is bounded, and its type
-and lengths are checked before the package reads a byte of what it announces; a bad
-event is an error the client is told about, never the end of the stream. So edge frames
-events exactly as Home Assistant does. Writing is the package's own.
+each event is read as the package reads it (data merged into the header's, then the
+payload), but the header line is bounded, and its type and lengths are checked before a
+byte of what it announces is read; a bad event is an error the client is told about, never
+the end of the stream. So edge frames events exactly as Home Assistant does. Writing is the
+package's own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.event import Event, async_write_event
 
 from edge.errors import WyomingError
 
@@ -35,44 +36,39 @@ class Limits:
 
 async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Event | None:
     """The next event, None at a clean end of stream; WyomingError for anything malformed.
-    `reader` must have been made with `limit=limits.header_bytes`."""
-    checked = _CheckedReader(reader, limits)
+    `reader` must have been made with `limit=limits.header_bytes`. Read as the package reads
+    it (header line, data merged into the header's, payload), but each part parsed once: an
+    utterance is hundreds of 10 ms chunks, and the package's reader would parse every header
+    a second time after the check."""
+    line = await _header_line(reader, limits)
+    if not line:
+        return None  # a clean end of stream
+    header = _header(line)
+    data_length = _length(header, "data_length", limits.data_bytes)
+    payload_length = _length(header, "payload_length", limits.payload_bytes)
+    data: dict[str, Any] = header.get("data", {})
     try:
-        event = await async_read_event(checked)  # type: ignore[arg-type]
-    except (TypeError, AttributeError, RecursionError):  # data the package cannot merge (a list, a string), or nested too deep
-        raise WyomingError("an event's data is not a JSON object", "bad-frame") from None
+        if data_length:
+            more = _json(await reader.readexactly(data_length), "data")
+            if not isinstance(more, dict):
+                raise WyomingError("an event's data is not a JSON object", "bad-frame")
+            data.update(more)
+        payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
         raise WyomingError("the connection ended inside an event", "bad-frame") from None
-    if event is None and checked.header is not None:  # the package's word for "malformed"
-        raise WyomingError("an event's data is not a JSON object", "bad-frame")
-    return event
+    return Event(type=header["type"], data=data, payload=payload)
 
 
-class _CheckedReader:
-    """What the package reads through: the header line bounded and checked (type, lengths
-    within limits) before the package reads a byte of what it announces."""
-
-    def __init__(self, reader: asyncio.StreamReader, limits: Limits) -> None:
-        self._reader = reader
-        self._limits = limits
-        self.header: dict[str, Any] | None = None
-
-    async def readline(self) -> bytes:
-        try:
-            line = await self._reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return b""  # a clean end of stream
-            raise WyomingError("the connection ended inside an event header", "bad-frame") from None
-        except asyncio.LimitOverrunError:
-            raise WyomingError(f"an event header is longer than {self._limits.header_bytes} bytes", "too-large") from None
-        self.header = _header(line)
-        _length(self.header, "data_length", self._limits.data_bytes)
-        _length(self.header, "payload_length", self._limits.payload_bytes)
-        return line
-
-    async def readexactly(self, count: int) -> bytes:
-        return await self._reader.readexactly(count)  # never more than the header announced, checked above
+async def _header_line(reader: asyncio.StreamReader, limits: Limits) -> bytes:
+    """The header line, bounded; b"" at a clean end of stream."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return b""
+        raise WyomingError("the connection ended inside an event header", "bad-frame") from None
+    except asyncio.LimitOverrunError:
+        raise WyomingError(f"an event header is longer than {limits.header_bytes} bytes", "too-large") from None
 
 
 def _header(line: bytes) -> dict[str, Any]:
@@ -91,11 +87,13 @@ def _json(raw: bytes, what: str) -> Any:
         raise WyomingError(f"an event {what} is not JSON", "bad-frame") from None
 
 
-def _length(header: dict[str, Any], key: str, cap: int) -> None:
+def _length(header: dict[str, Any], key: str, cap: int) -> int:
+    """The length `key` announces (0 if none), checked before a byte of it is read."""
     value = header.get(key)
     if value is None:
-        return
+        return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise WyomingError(f"{key} is not a whole number of bytes", "bad-frame")
     if value > cap:
         raise WyomingError(f"{key} = {value} is more than the {cap} bytes edge accepts", "too-large")
+    return value
