@@ -382,7 +382,9 @@ def test_a_client_that_stalls_is_disconnected_and_its_session_ends(server, clip)
         await client.connect()
         await client.write_event(START)
         await client.write_event(CHUNK)
-        started = time.monotonic()
+        assert client._writer is not None
+        client._writer.write(_header(type="audio-chunk", data={"rate": 16000, "width": 2, "channels": 1}, payload_length=3200) + bytes(100))
+        started = time.monotonic()  # stalled inside an event: its header read, most of its payload not sent
         events = []
         while (event := await asyncio.wait_for(client.read_event(), 10)) is not None:
             events.append(event)

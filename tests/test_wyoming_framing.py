@@ -13,6 +13,7 @@ Deterministic (one seed), a second or two.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import random
@@ -20,7 +21,7 @@ import random
 from wyoming.event import Event, async_read_event, write_event
 
 from edge.errors import WyomingError
-from edge.wyoming.framing import Limits, read_event
+from edge.wyoming.framing import EventReader, Limits
 
 LIMITS = Limits(header_bytes=256, data_bytes=512, payload_bytes=4096)
 """Small, so that streams meet every limit often."""
@@ -83,10 +84,11 @@ async def read_by_edge(stream: bytes, pieces: list[int], eof: bool) -> tuple[lis
     """Events edge reads from `stream` fed in `pieces` (then the end, if `eof`), and how it ended."""
     reader = asyncio.StreamReader(limit=LIMITS.header_bytes)
     events: list[Event] = []
+    framing = EventReader(reader, LIMITS)
 
     async def read_all() -> str:
-        while (event := await read_event(reader, LIMITS)) is not None:
-            events.append(event)
+        while (event := await framing.read()) is not None:
+            events.append(scribbled(event))
         return END
 
     task = asyncio.ensure_future(read_all())
@@ -111,6 +113,17 @@ async def read_by_edge(stream: bytes, pieces: list[int], eof: bool) -> tuple[lis
         return events, exc.code
 
 
+def scribbled(event: Event) -> Event:
+    """A copy of `event` to compare, and `event` itself scribbled on, as a careless handler
+    might: a reader that shares anything between events makes a later one wrong."""
+    kept = copy.deepcopy(event)
+    for value in event.data.values():
+        if isinstance(value, list | dict):
+            value.clear()
+    event.data["scribbled"] = True
+    return kept
+
+
 async def read_by_package(stream: bytes, most: int) -> list[Event | None]:
     """Up to `most` events as the `wyoming` package reads them (None: its end of stream)."""
     reader = asyncio.StreamReader(limit=LIMITS.header_bytes)
@@ -129,7 +142,7 @@ async def read_by_package(stream: bytes, most: int) -> list[Event | None]:
 
 
 def valid_event(rng: random.Random) -> Event:
-    kind = rng.randrange(6)
+    kind = rng.randrange(7)
     if kind == 0:
         return Event("audio-chunk", {"rate": 16000, "width": 2, "channels": 1}, rng.randbytes(rng.choice([0, 2, 320, 3200, 4096, 4097])))
     if kind == 1:
@@ -140,6 +153,8 @@ def valid_event(rng: random.Random) -> Event:
         return Event(rng.choice(["describe", "audio-stop", "ping", "", "unknown-type"]), {})
     if kind == 4:
         return Event("ping", {"text": rng.choice(["", "안녕", "\n", "\u2028", '"}{'])})
+    if kind == 5:
+        return Event("audio-chunk", {"rate": 16000, "shape": rng.choice([[1, 2], {"a": []}, "flat"])}, rng.randbytes(rng.randrange(1, 64)))
     return Event("audio-chunk", {}, rng.randbytes(rng.randrange(1, 64)))
 
 
@@ -153,7 +168,12 @@ def written(event: Event) -> bytes:
 def mutated(frame: bytes, rng: random.Random) -> bytes:
     """`frame` with its header, data or lengths changed: the hostile client's moves."""
     line, _, rest = frame.partition(b"\n")
-    header = json.loads(line)
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):  # mutated already
+        return varied(frame, rng)
     move = rng.randrange(9)
     if move == 0:
         edges = [LIMITS.data_bytes, LIMITS.data_bytes + 1, LIMITS.payload_bytes, LIMITS.payload_bytes + 1, len(rest) + rng.choice([-1, 1])]
@@ -176,8 +196,17 @@ def mutated(frame: bytes, rng: random.Random) -> bytes:
     elif move == 7:
         return line[: rng.randrange(len(line) + 1)] + rng.choice([b"", b"\n", b"\r\n"]) + rest
     else:
-        header["data"] = {"nested": [[[]]] * rng.randrange(3), "text": "\ud800" if rng.random() < 0.5 else "\u00e9"}
+        header["data"] = {"nested": [[[]]] * rng.randrange(3), "text": "\ud800" if rng.random() < 0.5 else "\u00e9", "deeper": {"a": [1]}}
     return json.dumps(header).encode() + b"\n" + rest
+
+
+def varied(frame: bytes, rng: random.Random) -> bytes:
+    """`frame` with one byte after its header line changed: the same header, other data."""
+    line, _, rest = frame.partition(b"\n")
+    if not rest:
+        return frame
+    at = rng.randrange(min(len(rest), 60))
+    return line + b"\n" + rest[:at] + bytes([rng.choice(b'0123456789 {}[]"a,:')]) + rest[at + 1 :]
 
 
 def damaged(stream: bytes, rng: random.Random) -> bytes:
@@ -207,6 +236,12 @@ def a_stream(rng: random.Random) -> bytes:
     if roll < 0.75:
         which = rng.randrange(len(frames))
         frames[which] = mutated(frames[which], rng)
+    if rng.random() < 0.5:  # one frame again (a chunk's header and data repeat): as it was, or changed
+        which = rng.randrange(len(frames))
+        again = frames[which]
+        if rng.random() < 0.5:
+            again = mutated(again, rng) if rng.random() < 0.5 else varied(again, rng)
+        frames.insert(which + rng.choice([1, len(frames) - which]), again)
     stream = b"".join(frames)
     return damaged(stream, rng) if rng.random() < 0.3 else stream
 
