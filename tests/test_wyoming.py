@@ -310,6 +310,7 @@ def _header(**fields) -> bytes:
 
 START = AudioStart(rate=16000, width=2, channels=1).event()
 CHUNK = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3200)).event()
+PAIRS = b'[["rate", 16000], ["width", 2], ["channels", 1]]'
 BAD_INPUTS = {
     "header-too-long": (b"{" + b" " * 10_000, [], "too-large"),
     "data-length-huge": (_header(type="describe", data_length=10**9), [], "too-large"),
@@ -321,6 +322,7 @@ BAD_INPUTS = {
     "no-type": (_header(data={"rate": 1}), [], "bad-frame"),
     "data-not-an-object": (_header(type="audio-start", data_length=3) + b"[1]", [], "bad-frame"),
     "data-not-json": (_header(type="audio-start", data_length=3) + b"{{{", [], "bad-frame"),
+    "data-pairs": (_header(type="audio-start", data_length=len(PAIRS)) + PAIRS, [], "bad-frame"),  # a list dict.update() would take
     "audio-before-start": (b"", [CHUNK], "protocol"),
     "stop-before-start": (b"", [AudioStop().event()], "protocol"),
     "rate-0": (b"", [AudioStart(rate=0, width=2, channels=1).event()], "bad-audio-format"),
@@ -380,7 +382,9 @@ def test_a_client_that_stalls_is_disconnected_and_its_session_ends(server, clip)
         await client.connect()
         await client.write_event(START)
         await client.write_event(CHUNK)
-        started = time.monotonic()
+        assert client._writer is not None
+        client._writer.write(_header(type="audio-chunk", data={"rate": 16000, "width": 2, "channels": 1}, payload_length=3200) + bytes(100))
+        started = time.monotonic()  # stalled inside an event: its header read, most of its payload not sent
         events = []
         while (event := await asyncio.wait_for(client.read_event(), 10)) is not None:
             events.append(event)

@@ -28,7 +28,7 @@ from edge.events import SessionServed
 from edge.values import EndReason
 from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.audio import WireFormat
-from edge.wyoming.framing import Event, Limits, async_write_event, read_event
+from edge.wyoming.framing import Event, EventReader, Limits, async_write_event
 from edge.wyoming.settings import ServerSettings
 from edge.wyoming.utterance import Household, Utterance
 
@@ -73,7 +73,7 @@ class Connection:
     def __init__(self, server: Serving, listener: ListenerSettings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._server = server
         self._listener = listener
-        self._reader = reader
+        self._events = EventReader(reader, server.limits)
         self._writer = writer
         self._utterance: Utterance | None = None
         self._wire: WireFormat | None = None
@@ -99,7 +99,7 @@ class Connection:
             while True:
                 self._waiting = loop.time()
                 try:
-                    event = await read_event(self._reader, self._server.limits)
+                    event = await self._events.read()
                 except WyomingError as exc:
                     await self._refuse(exc)
                     return
