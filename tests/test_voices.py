@@ -140,13 +140,14 @@ def test_a_clear_voice_is_decided_on_its_first_partials_and_a_stranger_on_all(ho
     lowered = pcm_of(voices.altered(voices.joined([voices.say(HOUSEHOLD["child"], text) for text in ENROL], gap=0.3), ("pitch", "-300")))
     rows = _partials_embedded(monkeypatch)
     for pcm, expected, early in ((parent, "parent", True), (child, "child", True), (stranger, None, False), (lowered, None, False)):
-        total = len(session_prints(encoder, pcm))
+        prints = session_prints(encoder, pcm)
+        total = len(prints)
         assert total > EARLY_PARTIALS
         rows.clear()
         tag = tagger.decide(pcm, base, enrolled)
         assert tag == (Tag(config.profile(expected), TagRule.VOICE) if expected else base)
         assert rows == ([EARLY_PARTIALS] if early else [EARLY_PARTIALS, total - EARLY_PARTIALS])  # early: the rest never ran
-        assert tag == tag_by_match(config, base, judge_prints(session_prints(encoder, pcm), enrolled, config))  # what voices check says
+        assert tag == tag_by_match(config, base, judge_prints(prints, enrolled, config))  # what voices check says
 
 
 def test_an_early_decision_needs_every_first_partial_to_choose_the_profile(household):
