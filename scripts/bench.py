@@ -47,6 +47,7 @@ from edge.transcript import Transcript
 from edge.values import TagRule
 
 if TYPE_CHECKING:
+    from edge.store.records import Voiceprint
     from edge.stt.recognizer import SpeechModel
     from edge.voice.encoder import SpeakerEncoder
 
@@ -1214,16 +1215,16 @@ VOICE_SECONDS = (2, 4, 8)
 """Session lengths the encoder's CPU is measured on."""
 
 
-def voice_speech(work: Path, seconds: int) -> bytes:
-    """`seconds` of espeak-ng -v ko saying VOICE_SENTENCES back to back, as pipeline PCM.
+def voice_speech(work: Path, seconds: float, voice: tuple[str, int] = ("ko", 50), sentences: Sequence[str] = VOICE_SENTENCES) -> bytes:
+    """`seconds` of espeak-ng `voice` (voice, pitch) saying `sentences` back to back, as pipeline PCM.
     Every shorter session of the step is a prefix of it."""
     pcm, raw, out, number = b"", work / "voice-raw.wav", work / "voice.wav", 0
     while len(pcm) < seconds * 2 * PIPELINE_RATE:
-        sentence = VOICE_SENTENCES[number % len(VOICE_SENTENCES)]
-        subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), sentence], check=True, capture_output=True)
+        sentence = sentences[number % len(sentences)]
+        subprocess.run(["espeak-ng", "-v", voice[0], "-p", str(voice[1]), "-w", str(raw), sentence], check=True, capture_output=True)
         subprocess.run(["sox", "-D", str(raw), "-r", str(PIPELINE_RATE), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
         pcm, number = pcm + wav_pcm(out), number + 1
-    return pcm[: seconds * 2 * PIPELINE_RATE]
+    return pcm[: int(seconds * PIPELINE_RATE) * 2]
 
 
 def one_thread() -> None:
@@ -1270,31 +1271,73 @@ class Embedder:
         return len(self.encoder.partial_starts(len(preprocess(pcm[: self.judged]))))
 
 
+VOICE_ENROL = ["라디오에서 메시지를 들려 주세요", "아버지에게 전화해 주세요", "불을 꺼 주세요"]
+"""What the voice step's household is enrolled from: none of VOICE_SENTENCES."""
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A session judged as the agent's tagging judges it (edge.tagging.voice.judge_session:
+    the first partials, the rest only when those are not a clear match) against `voices`."""
+
+    encoder: SpeakerEncoder
+    voices: dict[str, Voiceprint]
+    config: Config
+
+    def __call__(self, pcm: bytes) -> object:
+        from edge.tagging.voice import judge_session
+
+        return judge_session(self.encoder, pcm, self.voices, self.config)
+
+    def partials(self, pcm: bytes) -> int:
+        """How many partials it embeds for `pcm`."""
+        from edge.tagging.voice import session_mels
+        from edge.voice.identify import EARLY_PARTIALS, early_match
+
+        mels = session_mels(self.encoder, pcm)
+        if len(mels) > EARLY_PARTIALS and early_match(self.encoder.embed_partials(mels[:EARLY_PARTIALS]), self.voices, self.config):
+            return EARLY_PARTIALS
+        return len(mels)
+
+
+def household_voices(work: Path, voices: dict[str, tuple[str, int]]) -> dict[str, Voiceprint]:
+    """Voiceprints of the bench config's profiles, each from 6 s of VOICE_ENROL in an espeak-ng
+    voice (the encoder's print, as enrolment stores it; the keystore is not what the step measures)."""
+    from edge.store.records import Voiceprint
+    from edge.voice.encoder import SpeakerEncoder
+    from edge.voice.identify import ENCODER_ID, vector_bytes
+
+    now, encoder = datetime.now(timezone.utc), SpeakerEncoder.load()  # enrolment's settings
+    prints = {}
+    for profile, voice in voices.items():
+        vector = encoder.embed(voice_speech(work, 6, voice, VOICE_ENROL))  # its 6 s judged whole
+        prints[profile] = Voiceprint(profile, now, now, 6.0, len(VOICE_ENROL), True, ENCODER_ID, vector_bytes(vector))
+    return prints
+
+
+def tagged_ways(work: Path) -> dict[str, Tagged]:
+    """What the agent's tagging runs on the step's sessions (spoken by espeak-ng's `ko`): with
+    that voice enrolled as the parent's (a household member's voice), and with a household
+    whose voices are others (a stranger's). The child is `ko+f5` at pitch 95 in both."""
+    from edge.tagging.voice import EMBED_SECONDS, tagging_encoder, tagging_settings
+
+    encoder, config = tagging_encoder(), config_for(work, work / "voice-data")
+    ways = {}
+    for how, parent in (("a household member's voice", ("ko", 50)), ("a stranger's", ("ko+m3", 50))):
+        voices = household_voices(work, {"parent": parent, "child": ("ko+f5", 95)})
+        ways[f"as tagged ({tagging_settings().rate:g}/s, first {EMBED_SECONDS:g} s), {how}"] = Tagged(encoder, voices, config)
+    return ways
+
+
 def embedders() -> dict[str, Embedder]:
-    """resemblyzer's rate, 1.0 partials a second, and, last, what the agent's tagging runs
-    (edge.tagging.voice: its settings, on the first EMBED_SECONDS of a session)."""
-    from edge.tagging.voice import EMBED_SECONDS, tagging_settings
+    """The whole embedding of a session: at resemblyzer's rate, and at 1.0 partials a second
+    (what tagging judges a session of up to EMBED_SECONDS on, when it needs all its partials)."""
     from edge.voice.encoder import EncoderSettings, SpeakerEncoder
 
-    tagging = tagging_settings()
     return {
         f"{EncoderSettings().rate:g} partials/s (resemblyzer's)": Embedder(SpeakerEncoder.load()),
-        "1.0 partials/s": Embedder(SpeakerEncoder.load(settings=EncoderSettings(rate=1.0))),
-        f"as tagged ({tagging.rate:g}/s, first {EMBED_SECONDS:g} s)": Embedder(
-            SpeakerEncoder.load(settings=tagging), int(EMBED_SECONDS * PIPELINE_RATE) * 2
-        ),
+        "1.0 partials/s, all": Embedder(SpeakerEncoder.load(settings=EncoderSettings(rate=1.0))),
     }
-
-
-def distinct(ways: dict[str, Embedder], pcm: bytes) -> dict[str, Embedder]:
-    """The ways that embed `pcm` differently: one that judges the same audio with the same
-    settings as an earlier one (the agent's, on a session shorter than it judges) is left out."""
-    kept: dict[str, Embedder] = {}
-    for how, way in ways.items():
-        same = (way.encoder.settings == other.encoder.settings and pcm[: way.judged] == pcm[: other.judged] for other in kept.values())
-        if not any(same):
-            kept[how] = way
-    return kept
 
 
 @dataclass
@@ -1308,7 +1351,7 @@ class EmbedCost:
         return [embed / vosk for embed, vosk in zip(self.embed[how], self.vosk, strict=True)]
 
 
-def embed_cost(model: SpeechModel, ways: dict[str, Embedder], pcm: bytes, pairs: int) -> EmbedCost:
+def embed_cost(model: SpeechModel, ways: dict[str, Embedder | Tagged], pcm: bytes, pairs: int) -> EmbedCost:
     """`pairs` rounds of Vosk decoding `pcm` and every way embedding it, Vosk first or last
     in turn (the machine's noise then falls on both sides of each ratio)."""
     cost = EmbedCost([], {how: [] for how in ways})
@@ -1328,7 +1371,10 @@ def voice(work: Path, pairs: int) -> list[Row]:
     from edge.stt.recognizer import SpeechModel
 
     one_thread()
-    model, ways = SpeechModel(find_model("auto")), embedders()
+    from edge.tagging.voice import EMBED_SECONDS
+
+    model, full = SpeechModel(find_model("auto")), embedders()
+    ways: dict[str, Embedder | Tagged] = {**full, **tagged_ways(work)}
     speech = voice_speech(work, max(VOICE_SECONDS))
     decode_session(model, speech)  # warm: the recognizer and its graph cache (these sentences), as a running agent's are
     for embed in ways.values():
@@ -1336,12 +1382,11 @@ def voice(work: Path, pairs: int) -> list[Row]:
     rows = []
     for seconds in VOICE_SECONDS:
         pcm = speech[: seconds * 2 * PIPELINE_RATE]
-        kept = distinct(ways, pcm)
-        cost = embed_cost(model, kept, pcm, pairs)
-        rows += [embed_row(seconds, how, cost, ways[how].partials(pcm), pairs) for how in kept]
-    default, *_, tagged = ways.values()
+        cost = embed_cost(model, ways, pcm, pairs)
+        rows += [embed_row(seconds, how, cost, ways[how].partials(pcm), pairs) for how in ways]
+    default = next(iter(full.values()))
     rows.append(embed_split(default.encoder, speech[: 4 * 2 * PIPELINE_RATE], max(pairs, 5)))
-    return rows + voice_rss(work, speech[: tagged.judged])
+    return rows + voice_rss(work, speech[: int(EMBED_SECONDS * PIPELINE_RATE) * 2])
 
 
 def embed_row(seconds: int, how: str, cost: EmbedCost, partials: int, pairs: int) -> Row:

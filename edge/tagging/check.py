@@ -2,8 +2,8 @@
 
 Each labelled recording is cut into the sessions the agent would make of it
 (edge.audio.utterances), and each is judged exactly as the tagger judges a session: the
-same embedding of its first seconds and the same rule (edge.tagging.voice,
-edge.voice.identify), as a session nobody named (no listener, no active profile), so a
+same partials of its first seconds and the same rule, early decision included
+(edge.tagging.voice, edge.voice.identify.judge_prints), as a session nobody named (no listener, no active profile), so a
 clip the voice does not decide falls to the strictest policy. The error that matters is a
 child's clip tagged as an adult: the check counts it, and suggests the adult_threshold that
 keeps every child clip at least `headroom` below every adult's voiceprint, with what that
@@ -19,15 +19,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from edge.audio.utterances import utterances
 from edge.config import Config, SpeakerSettings
 from edge.errors import AudioError, UsageError
 from edge.policy import UNKNOWN_PROFILE, Tag, strictest_policy
 from edge.store.records import Voiceprint
-from edge.tagging.voice import session_voice, tag_by_match
+from edge.tagging.voice import session_prints, tag_by_match
 from edge.values import TagRule
-from edge.voice.encoder import Embedding, SpeakerEncoder
-from edge.voice.identify import comparable, identify
+from edge.voice.encoder import SpeakerEncoder, mean_print
+from edge.voice.identify import EARLY_PARTIALS, comparable, identify, judge_prints
 
 
 @dataclass(frozen=True)
@@ -261,8 +264,8 @@ class _Judged:
     label: str
     start: float
     end: float
-    embedding: Embedding | None
-    """None: too little speech."""
+    prints: NDArray[np.float32] | None
+    """Its partials' prints (partials, 256); None: too little speech."""
 
 
 def check(
@@ -284,20 +287,20 @@ def check(
             for utterance in utterances(config, source.chunks):
                 heard = True
                 try:
-                    embedding: Embedding | None = session_voice(encoder, utterance.pcm)
+                    prints: NDArray[np.float32] | None = session_prints(encoder, utterance.pcm)
                 except AudioError:
-                    embedding = None  # too little speech: the tagger decides nothing either
+                    prints = None  # too little speech: the tagger decides nothing either
                 finally:
                     utterance.drop()
-                judged.append(_Judged(source.name, source.label, utterance.start, utterance.end, embedding))
+                judged.append(_Judged(source.name, source.label, utterance.start, utterance.end, prints))
             if not heard:
                 silent.append(source.name)
         clips = [_clip(config, enrolled, item) for item in judged]
         suggestion, why = _suggest(config, enrolled, judged, clips, headroom)
     finally:
         for item in judged:
-            if item.embedding is not None:
-                item.embedding.fill(0)
+            if item.prints is not None:
+                item.prints.fill(0)
     return CheckReport(
         config=config.path,
         speaker=config.speaker,
@@ -318,11 +321,11 @@ def _is_child(config: Config, label: str) -> bool:
 def _clip(config: Config, enrolled: Mapping[str, Voiceprint], item: _Judged) -> Clip:
     """What the tagger makes of one session with `config`'s [speaker] values: its own functions."""
     base = Tag(strictest_policy(config), TagRule.STRICTEST)
-    if item.embedding is None:
+    if item.prints is None:
         ranked: tuple[tuple[str, float], ...] = ()
         tag = base
     else:
-        match = identify(item.embedding, enrolled, config)
+        match = judge_prints(item.prints, enrolled, config)
         ranked, tag = match.ranked, tag_by_match(config, base, match)
     by_voice = tag.rule is TagRule.VOICE
     child = _is_child(config, item.label)
@@ -339,6 +342,20 @@ def _clip(config: Config, enrolled: Mapping[str, Voiceprint], item: _Judged) -> 
     )
 
 
+def _all_scores(enrolled: Mapping[str, Voiceprint], config: Config, item: _Judged) -> list[tuple[str, float]]:
+    """A clip's scores with every voiceprint, of each print a decision may be made on: the mean
+    of all its partials and, when there are more, the mean of the first EARLY_PARTIALS."""
+    if item.prints is None:
+        return []
+    ways = [item.prints[:EARLY_PARTIALS], item.prints] if len(item.prints) > EARLY_PARTIALS else [item.prints]
+    scores: list[tuple[str, float]] = []
+    for prints in ways:
+        mean = mean_print(prints)
+        scores += identify(mean, enrolled, config).ranked
+        mean.fill(0)
+    return scores
+
+
 def _suggest(
     config: Config, enrolled: Mapping[str, Voiceprint], judged: Sequence[_Judged], clips: Sequence[Clip], headroom: float
 ) -> tuple[Suggestion | None, str]:
@@ -348,7 +365,13 @@ def _suggest(
     adults = {name for name in enrolled if not config.profile(name).is_child}
     if not adults:
         return None, "no adult's voice is enrolled, so no clip can be tagged as an adult by voice"
-    scores = [(clip.name, profile, score) for clip in clips if clip.child for profile, score in clip.ranked if profile in adults]
+    scores = [
+        (clip.name, profile, score)
+        for clip, item in zip(clips, judged, strict=True)
+        if clip.child
+        for profile, score in _all_scores(enrolled, config, item)
+        if profile in adults
+    ]
     if not scores:
         return None, (
             "no child clip with enough speech to judge: label recordings of each child with their profile "

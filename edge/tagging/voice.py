@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from edge.config import Config, Profile
-from edge.errors import AudioError, ModelError
+from edge.errors import AudioError, KeystoreError, ModelError
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.policy import Tag, strictest_policy
 from edge.store.keystore import Keystore
@@ -22,7 +22,10 @@ from edge.store.records import Voiceprint
 from edge.values import TagRule
 
 if TYPE_CHECKING:  # numpy and the weights load with the first voice, not with every command
-    from edge.voice.encoder import Embedding, EncoderSettings, SpeakerEncoder
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from edge.voice.encoder import EncoderSettings, SpeakerEncoder
     from edge.voice.identify import Match
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,46 @@ def tagging_encoder() -> SpeakerEncoder:
     return SpeakerEncoder.load(settings=tagging_settings())
 
 
-def session_voice(encoder: SpeakerEncoder, pcm: bytes | bytearray) -> Embedding:
-    """The embedding a session is judged by: its first EMBED_SECONDS (AudioError when there is
-    too little speech). The caller overwrites it once the decision is made."""
-    return encoder.embed(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))
+def session_mels(encoder: SpeakerEncoder, pcm: bytes | bytearray) -> NDArray[np.float32]:
+    """The mel spectrograms of the partials a session is judged by: of its first EMBED_SECONDS
+    (AudioError when there is too little speech)."""
+    return encoder.partial_mels(bytes(pcm[: int(EMBED_SECONDS * PIPELINE_RATE) * SAMPLE_BYTES]))[0]
+
+
+def session_prints(encoder: SpeakerEncoder, pcm: bytes | bytearray) -> NDArray[np.float32]:
+    """The prints of every partial a session is judged by (what `voices check` keeps, to judge
+    it as judge_session does with any [speaker] values). The caller overwrites them."""
+    mels = session_mels(encoder, pcm)
+    try:
+        return encoder.embed_partials(mels)
+    finally:
+        mels.fill(0)
+
+
+def judge_session(encoder: SpeakerEncoder, pcm: bytes | bytearray, voices: Mapping[str, Voiceprint], config: Config) -> Match:
+    """Who a session's voice is (AudioError when there is too little speech): its first
+    EARLY_PARTIALS partials first, and the rest only when those are not a clear match
+    (edge.voice.identify.judge_prints: the same decision, the CPU of the partials not needed
+    saved). Every print and spectrogram is overwritten before it returns."""
+    import numpy as np
+
+    from edge.voice.identify import EARLY_PARTIALS, early_match, judge_prints
+
+    mels = session_mels(encoder, pcm)
+    prints = encoder.embed_partials(mels[:EARLY_PARTIALS])
+    try:
+        if len(mels) > EARLY_PARTIALS:
+            early = early_match(prints, voices, config)
+            if early is not None:
+                return early
+            rest = encoder.embed_partials(mels[EARLY_PARTIALS:])
+            prints, first = np.concatenate([prints, rest]), prints
+            first.fill(0)
+            rest.fill(0)
+        return judge_prints(prints, voices, config)
+    finally:
+        prints.fill(0)
+        mels.fill(0)
 
 
 def tag_by_match(config: Config, base: Tag, match: Match) -> Tag:
@@ -119,21 +158,15 @@ class VoiceTagger:
         if encoder is None:
             return base
         try:
-            embedding = session_voice(encoder, pcm)
+            match = judge_session(encoder, pcm, voices, self.config)
         except AudioError:
             return base  # too little speech to tell: as if no voice were enrolled
+        except KeystoreError as exc:  # a damaged voiceprint, say
+            log.error("this session is tagged without its voice: the voiceprints could not be compared (%s)", type(exc).__name__)
+            return base
         except Exception as exc:  # noqa: BLE001 - fail closed: no decision is the configured tag, never a lost session
             log.error("this session is tagged without its voice: the speaker encoder failed (%s)", type(exc).__name__)
             return base
-        try:
-            from edge.voice.identify import identify
-
-            match = identify(embedding, voices, self.config)
-        except Exception as exc:  # noqa: BLE001 - a damaged voiceprint, say: the same
-            log.error("this session is tagged without its voice: the voiceprints could not be compared (%s)", type(exc).__name__)
-            return base
-        finally:
-            embedding.fill(0)
         return tag_by_match(self.config, base, match)
 
     def _loaded(self) -> SpeakerEncoder | None:
