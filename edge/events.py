@@ -266,7 +266,11 @@ class SessionCreated(AuditEvent):
     policy: str | None = absent()
     """The written policy's version it was taken under (absent in logs older than the policy)."""
     created: Instant | None = absent()
-    """When it began by the trusted clock (written with `policy`)."""
+    """When it began by the trusted clock (written with `policy`; in `sealed` when `details` is set)."""
+    details: int | None = absent()
+    """1: the personal fields (`created`) are in `sealed` (edge.store.details); absent in older lines."""
+    sealed: str | None = absent()
+    """Base64 age ciphertext of those fields, to the session's longest-lived bucket."""
 
     @property
     def needs_checkpoint(self) -> bool:
@@ -279,9 +283,12 @@ class SessionSealed(AuditEvent):
     event_type = "session.sealed"
     signed_at_once = True
     session: str
-    seconds: float
     audio_sealed: bool
     transcript_sealed: bool
+    seconds: float | None = absent()
+    """The audio's length (in `sealed` when `details` is set; always written by older edges)."""
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ from edge.audit.note import NoteError, SignedNote, parse_tree_head
 from edge.audit.note import parse as parse_note
 from edge.boot import boot_id
 from edge.config import Config, ListenerSettings, VaultSettings
+from edge.crypto.age import Identity
 from edge.crypto.guarantee import GuaranteeLevel, Vault
 from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.disk.versioned import KEYSTORE_V2
-from edge.errors import ConfigError, UsageError, VaultError
+from edge.errors import ConfigError, EdgeError, UsageError, VaultError
 from edge.events import KeystoreMigrated, RootLost
 from edge.progress import Meter, Progress
 from edge.retention.clock import Reading, TrustedClock, read_uptime
@@ -310,6 +311,17 @@ def verification(
     keystore, audit = open_store(config, Access.READ, vault)
     grace = config.retention.sweep + timedelta(seconds=2)  # a sweep may not have run yet
     return verify(audit, keystore, trusted_now(config), grace, witness, progress=progress)
+
+
+def held_identities(config: Config) -> list[Identity]:
+    """Every bucket identity the device holds now (read-only): what opens an audit entry's
+    sealed details; none when the keystore cannot be read (the details then read as forgotten)."""
+    try:
+        keystore, _audit = open_store(config, Access.READ)
+        data = keystore.read()
+    except EdgeError:
+        return []
+    return [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
 
 
 def _read_witness(path: Path) -> Checkpoint | SignedNote:

@@ -419,9 +419,9 @@ def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
     return clock, store[0], wiring.make_shredder(config, store=store, clock=clock)
 
 
-def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: str = "given") -> str:
+def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: str = "given", policy: str | None = None) -> str:
     """One real sealed session: audio sealed in chunks, transcript sealed at the end; `rule`:
-    how its profile was chosen (a TagRule's value)."""
+    how its profile was chosen (a TagRule's value); `policy`: the version it is taken under."""
     from edge import wiring
     from edge.audit.log import AuditLog
     from edge.policy import Tag
@@ -429,10 +429,22 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: s
     from edge.values import TagRule
 
     session_id = os.urandom(8).hex()
-    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule(rule)))
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock, policy=policy).begin(
+        session_id, Tag(config.profile(profile), TagRule(rule))
+    )
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
+
+
+def sealed_details(config: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """A log line's fields with its sealed details opened by the keys the device holds now
+    (docs/FORMATS.md section 6, "Sealed details")."""
+    from edge import wiring
+    from edge.config import load_config
+    from edge.store.details import readable
+
+    return readable(fields, wiring.held_identities(load_config(config)))
 
 
 def keystore_rows(data_dir: Path) -> list[tuple[Any, ...]]:

@@ -1093,3 +1093,114 @@ def test_a_long_verify_says_how_far_it_has_come(tmp_path, valid_log):
     assert result.entries > 1000
     assert len(heard) > 10 and heard[-1] == (len(valid_log), len(valid_log))
     assert [done for done, _ in heard] == sorted({done for done, _ in heard})  # forward only, each chunk once
+
+
+# -- sealed details (docs/FORMATS.md section 6, "Sealed details") ----------------------------
+
+
+def test_sealed_details_are_shown_and_checked_while_kept_and_forgotten_with_the_data(write_config):
+    """A kept session's start and length are sealed to its longest-lived bucket: `audit show`
+    opens them and verify holds the start to the policy while the bucket lives; after its
+    shred both say the details were forgotten, and the log still verifies."""
+    from edge.config import load_config
+    from edge.store.details import FORGOTTEN
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, record_in_process, retention_parts
+
+    path = write_config(mode="always")
+    config = load_config(path)
+    wall = FakeWall(datetime.now(timezone.utc) - timedelta(days=7, hours=2))  # the commands run on the real clock
+    clock, store, shredder = retention_parts(config, wall)
+    version = terms_of(config, store.vault.level).version
+    session = record_in_process(store, clock, config, "child", policy=version)
+    data = config.device.data_dir
+
+    def shown() -> list[str]:
+        out = edge_agent("--config", str(path), "audit", "show", "--type", "session.created", "--type", "session.sealed")
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if session in line]
+
+    created, sealed = shown()
+    assert (
+        "created=20" in created and "seconds=2.4" in sealed and " sealed=" not in created + sealed and " details=" not in created + sealed
+    )
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 0, result.problems
+
+    wall.advance(7 * 86400)  # past both expiries
+    shredder.sweep()
+    assert session not in store.read().sessions
+    created, sealed = shown()
+    assert f"details={FORGOTTEN}" in created and f"details={FORGOTTEN}" in sealed and "seconds" not in sealed
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 1, result.problems
+    verified = edge_agent("--config", str(path), "audit", "verify")
+    assert verified.returncode == 0 and "details of 1 session(s)" in verified.stdout, verified.stdout
+
+
+def test_verify_holds_a_sealed_start_to_the_policy(write_config):
+    """A faulty edge's session whose sealed start is 8 days before its transcript's expiry
+    (the child may keep transcripts 7 days): verify opens the start and names the session."""
+    from edge.config import load_config
+    from edge.store.details import seal
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, record_in_process, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    version = terms_of(config, store.vault.level).version
+    session = record_in_process(store, clock, config, "child", policy=version)
+    data = config.device.data_dir
+    bucket = store.read().buckets[store.read().sessions[session].transcript_bucket]
+
+    def forged(name: str, start: datetime) -> SessionCreated:
+        return SessionCreated(
+            session=name,
+            profile="child",
+            rule="given",
+            child=True,
+            audio_expires=None,
+            transcript_expires=bucket.expires.isoformat(),
+            audio_bucket=None,
+            transcript_bucket=bucket.id,
+            policy=version,
+            details=1,
+            sealed=seal({"created": start.isoformat()}, bucket.recipient),
+        )
+
+    AuditLog(data).append_many(
+        [forged("00000000000000bb", bucket.expires - timedelta(days=8)), forged("00000000000000cc", bucket.expires - timedelta(days=6))],
+        checkpoint=True,
+    )
+    problems = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2)).problems
+    [longer] = [p.message for p in problems]
+    assert "00000000000000bb" in longer and "longer than policy" in longer and "604800 s" in longer
+
+
+def test_a_format_1_session_with_its_details_in_clear_still_verifies_and_shows(write_config):
+    """Lines written before sealed details keep `created` and `seconds` in clear: read as before."""
+    path = write_config()
+    data = path.parent / "data"
+    AuditLog(data).append_many(
+        [
+            SessionCreated(
+                session="00000000000000cc",
+                profile="child",
+                rule="given",
+                child=True,
+                audio_expires=None,
+                transcript_expires=None,
+                audio_bucket=None,
+                transcript_bucket=None,
+            ),
+            SessionSealed(session="00000000000000cc", seconds=3.2, audio_sealed=False, transcript_sealed=False),
+        ],
+        checkpoint=True,
+    )
+    line = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-2])
+    assert line["fields"] == {"session": "00000000000000cc", "seconds": 3.2, "audio_sealed": False, "transcript_sealed": False}
+    out = edge_agent("--config", str(path), "audit", "show", "--type", "session.sealed")
+    assert out.returncode == 0 and "seconds=3.2" in out.stdout, out.stderr
+    assert edge_agent("--config", str(path), "audit", "verify").returncode == 0

@@ -19,15 +19,18 @@ import pytest
 
 from edge import wiring
 from edge.audit.log import AuditLog
+from edge.audit.verify import verify
 from edge.config import load_config
 from edge.crypto.age import decrypt, rekey_in_place
 from edge.disk.layout import recording_path, transcript_path
 from edge.disk.lock import DataLock
 from edge.errors import KeystoreError
+from edge.instants import iso_utc
 from edge.policy import Tag, strictest_policy
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
+from edge.store.details import open_sealed
 from edge.store.keystore import Keystore
 from edge.systemd import Notifier
 from edge.transcript import Transcript, Word
@@ -171,6 +174,43 @@ def test_remnant_after_shred(tmp_path, write_config):
         Keystore(data_dir, store.vault).read()
 
 
+def session_lines(log: bytes, session: str) -> list[dict]:
+    """A session's session.created and session.sealed lines in (a copy of) the audit log."""
+    lines = [json.loads(line) for line in log.splitlines()]
+    return [e for e in lines if e["type"] in ("session.created", "session.sealed") and e["fields"]["session"] == session]
+
+
+def held_keys(store) -> list:
+    """Every bucket identity the device holds now."""
+    return [identity for bucket in store.read().buckets.values() for identity in store.identities(bucket)]
+
+
+def test_remnant_in_the_audit_log_after_shred(tmp_path, write_config):
+    """A kept session's start and length are in the log only sealed to its longest-lived
+    bucket: a copy of the log taken before that bucket's shred opens them with the keys held
+    then, and with none of the keys the device holds after it; the chain still verifies."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    doomed = record(store, clock, config, "child")  # its transcript, kept longest, expires in 7 days
+    wall.advance(6 * 86400)
+    live = record(store, clock, config, "child")
+    copy = (config.device.data_dir / "audit.jsonl").read_bytes()  # taken before the shred
+    mine = {session: session_lines(copy, session) for session in (doomed, live)}
+    for lines in mine.values():
+        assert [e["type"] for e in lines] == ["session.created", "session.sealed"]
+        assert all(e["fields"]["details"] == 1 and not {"created", "seconds"} & e["fields"].keys() for e in lines)
+    assert iso_utc(START).encode() not in copy  # the doomed session's start, by the trusted clock
+    before = held_keys(store)
+    opened = [open_sealed(e["fields"]["sealed"], before) for e in mine[doomed]]
+    assert opened == [{"created": iso_utc(START)}, {"seconds": round(len(PCM) / 32000, 3)}]
+    wall.advance(86400)  # past the first session's transcript expiry, not the second's
+    shredder.sweep()
+    assert doomed not in store.read().sessions and live in store.read().sessions
+    after = held_keys(store)
+    assert [open_sealed(e["fields"]["sealed"], after) for e in mine[doomed]] == [None, None]  # forgotten with the data
+    assert all(open_sealed(e["fields"]["sealed"], after) is not None for e in mine[live])
+    assert verify(AuditLog(config.device.data_dir), store, clock.now(), timedelta(seconds=2)).ok
+
+
 @pytest.mark.parametrize("which", ["session", "profile", "all", "before"])
 def test_remnant_after_forget(tmp_path, write_config, which):
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
@@ -197,6 +237,12 @@ def test_remnant_after_forget(tmp_path, write_config, which):
         assert openable(store, [recording_path(image, session), transcript_path(image, session)]) == [False, False]
     for session in kept:  # everything live still opens
         assert openable(store, [recording_path(data_dir, session), transcript_path(data_dir, session)]) == [True, True]
+    log, keys = (image / "audit.jsonl").read_bytes(), held_keys(store)
+    for session in gone:  # and the log copied before keeps nothing of theirs a key the device holds opens
+        lines = session_lines(log, session)
+        assert len(lines) == 2 and all(open_sealed(e["fields"]["sealed"], keys) is None for e in lines)
+    if parent in kept:  # a session in no bucket a forget re-keyed keeps its details readable
+        assert all(open_sealed(e["fields"]["sealed"], keys) is not None for e in session_lines(log, parent))
     if which in ("session", "before"):
         assert len(report.rekeyed) == 2  # the child's audio and transcript buckets got new keys
         assert all(b.retiring_identity is None for b in store.read().buckets.values())

@@ -151,8 +151,9 @@ Voice = tuple[Literal["voice"], int, str, bool]
 """line, profile, whether its voiceprint is held from then on (enrolled) or not (forgotten)"""
 Adopted = tuple[Literal["adopted"], int, str, dict[str, tuple[int, int]]]
 """line, policy version, per profile (audio seconds, transcript seconds) it allows"""
-Taken = tuple[Literal["taken"], int, str, str, str, str, str | None, str | None]
-"""line, session, policy version, profile, created, audio_expires, transcript_expires (as in Created)"""
+Taken = tuple[Literal["taken"], int, str, str, str, str | None, str | None, str | None, str | None]
+"""line, session, policy version, profile, created (None: sealed, or a session that keeps
+nothing), audio_expires, transcript_expires (as in Created), sealed (its sealed details)"""
 ScanOp = (
     Created
     | Gone
@@ -208,8 +209,9 @@ def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
         case SessionCreated():
             sink(("created", line, event.session, event.audio_expires, event.transcript_expires, event.child))
             if event.policy is not None:  # sessions logged before the written policy carry none
-                if event.created is None:
-                    raise EventError(event.event_type, "created", "'created'")
+                keeps = event.audio_expires is not None or event.transcript_expires is not None
+                if event.created is None and (event.sealed is None) == keeps:  # a kept session's start is in one of them
+                    raise EventError(event.event_type, "created", "'created'" if event.details is None else "'sealed'")
                 sink(
                     (
                         "taken",
@@ -220,6 +222,7 @@ def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
                         event.created,
                         event.audio_expires,
                         event.transcript_expires,
+                        event.sealed,
                     )
                 )
         case PolicyAdopted(version=version, terms=terms):
