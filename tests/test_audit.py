@@ -1204,3 +1204,33 @@ def test_a_format_1_session_with_its_details_in_clear_still_verifies_and_shows(w
     out = edge_agent("--config", str(path), "audit", "show", "--type", "session.sealed")
     assert out.returncode == 0 and "seconds=3.2" in out.stdout, out.stderr
     assert edge_agent("--config", str(path), "audit", "verify").returncode == 0
+
+
+def test_a_session_that_keeps_nothing_logs_no_start_and_verifies(write_config):
+    """Under a written policy, a session that keeps nothing writes neither `created` nor
+    `sealed` (it has no details to forget): verify has nothing to measure and passes."""
+    from edge.config import load_config
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    version = terms_of(config, store.vault.level).version
+    data = config.device.data_dir
+    nothing = SessionCreated(
+        session="00000000000000dd",
+        profile="child",
+        rule="given",
+        child=True,
+        audio_expires=None,
+        transcript_expires=None,
+        audio_bucket=None,
+        transcript_bucket=None,
+        policy=version,
+    )
+    AuditLog(data).append(nothing)
+    fields = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-2])["fields"]
+    assert fields["session"] == "00000000000000dd" and not {"created", "sealed", "details"} & fields.keys()
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 0, result.problems
