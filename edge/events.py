@@ -299,13 +299,16 @@ class SessionServed(AuditEvent):
     signed_at_once = True
     session: str
     source: str
-    listener: str
     profile: str
-    seconds: float
-    characters: int
-    end_reason: str
     kept: bool | None = None
     """None: written by an edge before keep_unrecognised, which did not say."""
+    listener: str | None = absent()
+    """These four are in `sealed` when `details` is set (a kept utterance); else in clear."""
+    seconds: float | None = absent()
+    characters: int | None = absent()
+    end_reason: str | None = absent()
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 # -- access to kept data ---------------------------------------------------------------------
@@ -316,7 +319,10 @@ class Export(AuditEvent):
     event_type = "export"
     session: str
     purpose: str
-    seconds: float
+    seconds: float | None = absent()
+    """The recording's length: in `sealed` when `details` is set; in clear in older lines."""
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from edge.audit.note import NoteError, SignedNote, parse_tree_head
 from edge.audit.note import parse as parse_note
 from edge.boot import boot_id
 from edge.config import Config, ListenerSettings, VaultSettings
-from edge.crypto.age import Identity
 from edge.crypto.guarantee import GuaranteeLevel, Vault
 from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
@@ -313,15 +312,16 @@ def verification(
     return verify(audit, keystore, trusted_now(config), grace, witness, progress=progress)
 
 
-def held_identities(config: Config) -> list[Identity]:
-    """Every bucket identity the device holds now (read-only): what opens an audit entry's
-    sealed details; none when the keystore cannot be read (the details then read as forgotten)."""
+def held_details_keys(config: Config) -> dict[str, str]:
+    """session -> the key its audit lines' sealed details open with, for every session the
+    device holds now (read-only); none when the keystore cannot be read (the details then
+    read as forgotten)."""
     try:
         keystore, _audit = open_store(config, Access.READ)
         data = keystore.read()
     except EdgeError:
-        return []
-    return [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
+        return {}
+    return {entry.id: entry.details for entry in data.sessions.entries() if entry.details is not None}
 
 
 def _read_witness(path: Path) -> Checkpoint | SignedNote:

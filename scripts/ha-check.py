@@ -870,8 +870,22 @@ class Check:
         check = self.checks.check
         log = self.data / "audit.jsonl"
         entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
-        served = [entry["fields"] for entry in entries if entry["type"] == "session.served"]
+        from edge import wiring
+        from edge.config import load_config
+        from edge.store.details import readable
+
+        raw = [entry for entry in entries if entry["type"] == "session.served"]
+        keys = wiring.held_details_keys(load_config(self.edge.config))  # a kept utterance's details are sealed under its own key
+        served = [readable(entry["type"], entry["fields"], keys) for entry in raw]
         expected = [(u.listener.name, u.listener.expect[0], len(u.said or "")) for u in self.utterances]
+        check(
+            "each kept utterance's listener, length and characters are sealed in the log (forgotten with its data)",
+            all(
+                ("sealed" in e["fields"]) == bool(e["fields"].get("kept")) and ("listener" in e["fields"]) != ("sealed" in e["fields"])
+                for e in raw
+            ),
+            [e["fields"] for e in raw],
+        )
         check(
             "each utterance is audited (session.served: listener, profile, characters handed out)",
             [(s["listener"], s["profile"], s["characters"]) for s in served] == expected,

@@ -437,14 +437,30 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: s
     return session_id
 
 
-def sealed_details(config: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def sealed_details(config: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """A log line's fields with its sealed details opened by the keys the device holds now
     (docs/FORMATS.md section 6, "Sealed details")."""
     from edge import wiring
     from edge.config import load_config
     from edge.store.details import readable
 
-    return readable(fields, wiring.held_identities(load_config(config)))
+    return readable(entry["type"], entry["fields"], wiring.held_details_keys(load_config(config)))
+
+
+def opened_fields(data: Path, event_type: str) -> list[dict[str, Any]]:
+    """The fields of every `event_type` line of the data folder's log, their sealed details
+    opened with the keys its device holds now (its config: household.toml beside the folder)."""
+    from edge import wiring
+    from edge.config import load_config
+    from edge.store.details import readable
+
+    log = data / "audit.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    entries = [entry for entry in entries if entry["type"] == event_type]
+    if not any("sealed" in entry["fields"] for entry in entries):
+        return [entry["fields"] for entry in entries]
+    keys = wiring.held_details_keys(load_config(data.parent / "household.toml"))
+    return [readable(event_type, entry["fields"], keys) for entry in entries]
 
 
 def keystore_rows(data_dir: Path) -> list[tuple[Any, ...]]:

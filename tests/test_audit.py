@@ -3,6 +3,7 @@ openssl, the data is cross-checked, the log holds nothing private, the report re
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.audit import chain, parallel
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
@@ -1099,9 +1103,9 @@ def test_a_long_verify_says_how_far_it_has_come(tmp_path, valid_log):
 
 
 def test_sealed_details_are_shown_and_checked_while_kept_and_forgotten_with_the_data(write_config):
-    """A kept session's start and length are sealed to its longest-lived bucket: `audit show`
-    opens them and verify holds the start to the policy while the bucket lives; after its
-    shred both say the details were forgotten, and the log still verifies."""
+    """A kept session's start and length are sealed under its own details key: `audit show`
+    opens them and verify holds the start to the policy while the session lives; after the
+    shred of its last data both say the details were forgotten, and the log still verifies."""
     from edge.config import load_config
     from edge.store.details import FORGOTTEN
     from edge.written.terms import terms_of
@@ -1113,37 +1117,69 @@ def test_sealed_details_are_shown_and_checked_while_kept_and_forgotten_with_the_
     wall = FakeWall(datetime.now(timezone.utc) - timedelta(days=7, hours=2))  # the commands run on the real clock
     clock, store, shredder = retention_parts(config, wall)
     version = terms_of(config, store.vault.level).version
+    from edge.store.export import export_audio
+    from edge.values import Purpose
+
     session = record_in_process(store, clock, config, "child", policy=version)
     data = config.device.data_dir
+    export_audio(store, AuditLog(data), config, session, path.parent / "played.wav", Purpose.PLAYBACK, clock.now())
+    [exported] = [e["fields"] for e in AuditLog(data).entries() if e["type"] == "export"]
+    assert exported["purpose"] == "playback" and "seconds" not in exported and exported["details"] == 1  # its length, sealed
 
     def shown() -> list[str]:
-        out = edge_agent("--config", str(path), "audit", "show", "--type", "session.created", "--type", "session.sealed")
+        out = edge_agent(
+            "--config", str(path), "audit", "show", "--type", "session.created", "--type", "session.sealed", "--type", "export"
+        )
         assert out.returncode == 0, out.stderr
         return [line for line in out.stdout.splitlines() if session in line]
 
-    created, sealed = shown()
-    assert (
-        "created=20" in created and "seconds=2.4" in sealed and " sealed=" not in created + sealed and " details=" not in created + sealed
-    )
+    created, sealed, export = shown()
+    assert "created=20" in created and "seconds=2.4" in sealed and "seconds=2.4" in export and "purpose=playback" in export
+    assert " sealed=" not in created + sealed + export and " details=" not in created + sealed + export
     result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
     assert result.ok and result.details_forgotten == 0, result.problems
 
     wall.advance(7 * 86400)  # past both expiries
     shredder.sweep()
     assert session not in store.read().sessions
-    created, sealed = shown()
-    assert f"details={FORGOTTEN}" in created and f"details={FORGOTTEN}" in sealed and "seconds" not in sealed
+    created, sealed, export = shown()
+    assert all(f"details={FORGOTTEN}" in line for line in (created, sealed, export)) and "seconds" not in sealed + export
     result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
     assert result.ok and result.details_forgotten == 1, result.problems
     verified = edge_agent("--config", str(path), "audit", "verify")
     assert verified.returncode == 0 and "details of 1 session(s)" in verified.stdout, verified.stdout
 
 
+def test_sealed_details_vector_from_formats_opens_and_nothing_else_does():
+    """docs/FORMATS.md's vector, made with pyca's HKDF and ChaCha20-Poly1305 directly (not
+    edge's seal): edge opens it; another key, session or line type, or one byte changed, opens nothing."""
+    from edge.store.details import open_sealed
+
+    vector, key, session = "qqqqqqqqqqqqqqqqqbVpIea6DoLtZXZo5MYrwPHXqrdNjHwJqB88UX8EUw==", bytes(range(32)).hex(), "0011223344556677"
+    assert "`" + vector + "`" in (ROOT / "docs" / "FORMATS.md").read_text(encoding="utf-8")
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"edge/v2 audit details").derive(bytes(range(32)))
+    made = ChaCha20Poly1305(derived).encrypt(b"\xaa" * 12, b'{"seconds":2.5}', f"edge audit details {session} session.sealed".encode())
+    assert base64.b64encode(b"\xaa" * 12 + made).decode() == vector
+    assert open_sealed(vector, key, session, "session.sealed") == {"seconds": 2.5}
+    raw = bytearray(base64.b64decode(vector))
+    raw[20] ^= 1
+    assert open_sealed(base64.b64encode(raw).decode(), key, session, "session.sealed") is None
+    assert open_sealed(vector, "ff" * 32, session, "session.sealed") is None
+    assert open_sealed(vector, key, "0011223344556678", "session.sealed") is None
+    assert open_sealed(vector, key, session, "session.created") is None
+    assert open_sealed(vector, None, session, "session.sealed") is None
+    assert open_sealed("not base64!", key, session, "session.sealed") is None
+
+
 def test_verify_holds_a_sealed_start_to_the_policy(write_config):
     """A faulty edge's session whose sealed start is 8 days before its transcript's expiry
-    (the child may keep transcripts 7 days): verify opens the start and names the session."""
+    (the child may keep transcripts 7 days): verify opens the start with the key the
+    keystore holds for it and names the session."""
+    from dataclasses import replace
+
     from edge.config import load_config
-    from edge.store.details import seal
+    from edge.disk.lock import DataLock
+    from edge.store.details import new_key, seal
     from edge.written.terms import terms_of
 
     from support import FakeWall, record_in_process, retention_parts
@@ -1153,9 +1189,13 @@ def test_verify_holds_a_sealed_start_to_the_policy(write_config):
     version = terms_of(config, store.vault.level).version
     session = record_in_process(store, clock, config, "child", policy=version)
     data = config.device.data_dir
-    bucket = store.read().buckets[store.read().sessions[session].transcript_bucket]
+    real = store.read().sessions[session]
+    bucket = store.read().buckets[real.transcript_bucket]
 
     def forged(name: str, start: datetime) -> SessionCreated:
+        key = new_key()
+        with DataLock(data), store.transaction() as rows:
+            rows.sessions[name] = replace(real, id=name, created=start, details=key)
         return SessionCreated(
             session=name,
             profile="child",
@@ -1167,7 +1207,7 @@ def test_verify_holds_a_sealed_start_to_the_policy(write_config):
             transcript_bucket=bucket.id,
             policy=version,
             details=1,
-            sealed=seal({"created": start.isoformat()}, bucket.recipient),
+            sealed=seal({"created": start.isoformat()}, key, name, "session.created"),
         )
 
     AuditLog(data).append_many(

@@ -180,15 +180,22 @@ def session_lines(log: bytes, session: str) -> list[dict]:
     return [e for e in lines if e["type"] in ("session.created", "session.sealed") and e["fields"]["session"] == session]
 
 
-def held_keys(store) -> list:
-    """Every bucket identity the device holds now."""
-    return [identity for bucket in store.read().buckets.values() for identity in store.identities(bucket)]
+def held_keys(store) -> dict[str, str]:
+    """Every details key the device holds now (session -> key, from the keystore's rows)."""
+    return {entry.id: entry.details for entry in store.read().sessions.entries() if entry.details}
+
+
+def opened(entry: dict, keys: dict[str, str]) -> dict | None:
+    """A line's sealed details, opened with the keys given (None: they do not open)."""
+    session = entry["fields"]["session"]
+    return open_sealed(entry["fields"]["sealed"], keys.get(session), session, entry["type"])
 
 
 def test_remnant_in_the_audit_log_after_shred(tmp_path, write_config):
-    """A kept session's start and length are in the log only sealed to its longest-lived
-    bucket: a copy of the log taken before that bucket's shred opens them with the keys held
-    then, and with none of the keys the device holds after it; the chain still verifies."""
+    """A kept session's start and length are in the log only sealed under its own details
+    key, and its lines say only the hour they were written in: a copy of the log taken before
+    the shred of its last data opens them with the keys held then, and with none of the keys
+    the device holds after it; the chain still verifies."""
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
     doomed = record(store, clock, config, "child")  # its transcript, kept longest, expires in 7 days
     wall.advance(6 * 86400)
@@ -198,16 +205,18 @@ def test_remnant_in_the_audit_log_after_shred(tmp_path, write_config):
     for lines in mine.values():
         assert [e["type"] for e in lines] == ["session.created", "session.sealed"]
         assert all(e["fields"]["details"] == 1 and not {"created", "seconds"} & e["fields"].keys() for e in lines)
+        assert all(e["mono"] is None and e["wall"].endswith(":00:00+00:00") for e in lines)  # the hour, no more
+    signing = [json.loads(line) for line in copy.splitlines()][mine[doomed][-1]["seq"]]  # the checkpoint in its last write
+    assert signing["type"] == "checkpoint" and signing["mono"] is None and signing["wall"].endswith(":00:00+00:00")
     assert iso_utc(START).encode() not in copy  # the doomed session's start, by the trusted clock
     before = held_keys(store)
-    opened = [open_sealed(e["fields"]["sealed"], before) for e in mine[doomed]]
-    assert opened == [{"created": iso_utc(START)}, {"seconds": round(len(PCM) / 32000, 3)}]
+    assert [opened(e, before) for e in mine[doomed]] == [{"created": iso_utc(START)}, {"seconds": round(len(PCM) / 32000, 3)}]
     wall.advance(86400)  # past the first session's transcript expiry, not the second's
     shredder.sweep()
     assert doomed not in store.read().sessions and live in store.read().sessions
     after = held_keys(store)
-    assert [open_sealed(e["fields"]["sealed"], after) for e in mine[doomed]] == [None, None]  # forgotten with the data
-    assert all(open_sealed(e["fields"]["sealed"], after) is not None for e in mine[live])
+    assert [opened(e, after) for e in mine[doomed]] == [None, None]  # forgotten with the data
+    assert all(opened(e, after) is not None for e in mine[live])
     assert verify(AuditLog(config.device.data_dir), store, clock.now(), timedelta(seconds=2)).ok
 
 
@@ -240,9 +249,9 @@ def test_remnant_after_forget(tmp_path, write_config, which):
     log, keys = (image / "audit.jsonl").read_bytes(), held_keys(store)
     for session in gone:  # and the log copied before keeps nothing of theirs a key the device holds opens
         lines = session_lines(log, session)
-        assert len(lines) == 2 and all(open_sealed(e["fields"]["sealed"], keys) is None for e in lines)
-    if parent in kept:  # a session in no bucket a forget re-keyed keeps its details readable
-        assert all(open_sealed(e["fields"]["sealed"], keys) is not None for e in session_lines(log, parent))
+        assert len(lines) == 2 and all(opened(e, keys) is None for e in lines)
+    for session in kept:  # a session that stays keeps its details readable, in a re-keyed bucket too
+        assert all(opened(e, keys) is not None for e in session_lines(log, session))
     if which in ("session", "before"):
         assert len(report.rekeyed) == 2  # the child's audio and transcript buckets got new keys
         assert all(b.retiring_identity is None for b in store.read().buckets.values())

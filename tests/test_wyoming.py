@@ -44,6 +44,7 @@ from support import (
     edge_agent,
     file_vault,
     household_toml,
+    opened_fields,
     pcm_of,
     plaintext_files,
     play,
@@ -84,9 +85,8 @@ def _text(event: Event | None) -> str:
 
 
 def _served(data: Path) -> list[dict]:
-    log = data / "audit.jsonl"
-    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return [entry["fields"] for entry in entries if entry["type"] == "session.served"]
+    """What each session.served line says, its sealed details opened (the sessions are kept)."""
+    return opened_fields(data, "session.served")
 
 
 # -- the real command line ----------------------------------------------------------------------
@@ -136,6 +136,12 @@ def test_home_assistants_client_gets_exact_transcripts_and_every_utterance_is_a_
         ("wyoming", "edge (kids' room)", "child", len(SAID), "end_of_input"),
     ]
     assert all(abs(s["seconds"] - len(pcm_of(clip)) / 32000) < 0.05 for s in served)
+    # as the log holds them: a kept utterance's listener, length and characters only sealed (forgotten with its
+    # data), the guest's, which keeps nothing, in clear; every session line says only its hour
+    lines = [json.loads(line) for line in (folder / "data" / "audit.jsonl").read_text().splitlines()]
+    raw = [e for e in lines if e["type"] == "session.served"]
+    assert [("listener" in e["fields"], "sealed" in e["fields"]) for e in raw] == [(False, True)] * 3 + [(True, False), (False, True)]
+    assert all(e["mono"] is None and e["wall"].endswith(":00:00+00:00") for e in lines if e["type"].startswith("session."))
     assert plaintext_files(folder / "data", pcm_of(clip), SAID.split()) == []
     verified = edge_agent("--config", str(config), "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -381,16 +381,18 @@ def _within_policy(taken: _Taken, created: str | None) -> list[Problem]:
     return problems
 
 
-def _sealed_start(session: str, sealed: str, identities: list[Any], data: KeystoreData | None, result: Verification) -> str | None:
-    """A session's start from its sealed details, else from the keystore while it holds the
-    session (a re-key of its bucket destroys the key they were sealed to); None, counted as
-    forgotten, once neither knows it: it was forgotten with the data."""
-    details = open_sealed(sealed, identities) if identities else None
+def _sealed_start(session: str, sealed: str, data: KeystoreData | None, result: Verification) -> str | None:
+    """A session's start from its sealed details, opened with the key its keystore row holds;
+    None, counted as forgotten, once the row is gone: it was forgotten with the data."""
+    entry = data.sessions.get(session) if data is not None else None
+    details = open_sealed(sealed, entry.details, session, "session.created") if entry is not None else None
     created = details.get("created") if details is not None else None
     if isinstance(created, str) and _instant_or_none(created) is not None:
         return created
-    entry = data.sessions.get(session) if data is not None else None
     if entry is not None:
+        result.problems.append(
+            Problem(f"session {session}: its sealed details do not open with the key the keystore holds for it", None, session)
+        )
         return iso_utc(entry.created)
     result.details_forgotten += 1
     return None
@@ -425,11 +427,11 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
                     f"session {session}: its {kind} expired at {expires.isoformat()} but no shred or forget of it is logged", line, session
                 )
             )
-    identities = [i for b in data.buckets.values() for i in keystore.identities(b)] if data and keystore else []
     for taken, sealed in scan.sealed:
-        result.problems.extend(_within_policy(taken, _sealed_start(taken.session, sealed, identities, data, result)))
+        result.problems.extend(_within_policy(taken, _sealed_start(taken.session, sealed, data, result)))
     if data is None or keystore is None:
         return
+    identities = [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
     if keystore.root_lost:
         result.problems.append(
             Problem(

@@ -17,7 +17,6 @@ from edge.audit.log import EVENT_TYPES
 from edge.audit.note import parse_tree_head
 from edge.cli.base import Command, config_of, log
 from edge.config import Config
-from edge.crypto.age import Identity
 from edge.disk.outputs import check_output, write_output
 from edge.errors import AuditError, EdgeError, UsageError
 from edge.instants import parse_instant
@@ -244,7 +243,7 @@ def _show(args: argparse.Namespace) -> int:
     config = config_of(args)
     since = parse_instant(args.since, "--since")
     undated = 0
-    keys: list[Identity] | None = None  # opened at the first sealed entry: most logs have none
+    keys: dict[str, str] | None = None  # read at the first sealed entry: older logs have none
     for entry in wiring.open_audit(config).entries():
         if types and entry["type"] not in types:
             continue
@@ -259,9 +258,11 @@ def _show(args: argparse.Namespace) -> int:
             print(json.dumps(entry, sort_keys=True))
         else:
             if "sealed" in entry["fields"] and keys is None:
-                keys = wiring.held_identities(config)
+                keys = wiring.held_details_keys(config)
             fields = " ".join(
-                f"{k}={v}" for k, v in sorted(readable(entry["fields"], keys or ()).items()) if k not in ("signature", "public_key")
+                f"{k}={v}"
+                for k, v in sorted(readable(entry["type"], entry["fields"], keys or {}).items())
+                if k not in ("signature", "public_key")
             )
             print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
     if undated:

@@ -1,10 +1,12 @@
 """An audit entry's personal details, sealed so that they are forgotten with the data.
 
-A session's exact start, its length and what it sealed are personal data about whoever
-spoke. The log keeps them only as an age ciphertext (`sealed`) to the recipient of the
-session's longest-lived bucket: when that bucket's key is destroyed (shred, forget, re-key),
-no key the device holds opens them any more, while the line, which commits to the
-ciphertext, keeps verifying (docs/FORMATS.md section 6, "Sealed details").
+A session's exact start, its length, its listener and what it produced are personal data
+about whoever spoke. The log keeps them only as `sealed`: ChaCha20-Poly1305 under a random
+key of the session's own (`details` in its keystore row, which the session's longest-lived
+bucket seals and a re-key of that bucket seals again). When the session's last data is
+shredded or forgotten, its row goes, and with it the only copy of the key: no key the device
+holds opens those details any more, while the line, which commits to the ciphertext, keeps
+verifying (docs/FORMATS.md section 6, "Sealed details").
 """
 
 from __future__ import annotations
@@ -12,41 +14,66 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from edge.crypto.age import Identity, Recipient, decrypt, encrypt
-from edge.errors import AgeError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from edge.store.rows import NONCE, derive
 
 DETAILS = 1
 """The `details` marker of an entry whose personal fields are in `sealed`."""
 
+FORGOTTEN = "details forgotten with the data"
 
-def seal(fields: dict[str, Any], recipient: str) -> str:
-    """The base64 age ciphertext of the canonical JSON of `fields`."""
+KEY_BYTES = 32
+
+
+def new_key() -> str:
+    """A session's details key, as its keystore row holds it (hex)."""
+    return os.urandom(KEY_BYTES).hex()
+
+
+def _aead(key: str) -> ChaCha20Poly1305:
+    return ChaCha20Poly1305(derive(bytes.fromhex(key), b"edge/v2 audit details"))
+
+
+def _context(session: str, event_type: str) -> bytes:
+    """Binds the ciphertext to its session and line type: details moved to another line open nothing."""
+    return f"edge audit details {session} {event_type}".encode()
+
+
+def seal(fields: Mapping[str, Any], key: str, session: str, event_type: str) -> str:
+    """Base64 of nonce12 || ChaCha20-Poly1305 of the canonical JSON of `fields`."""
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    return base64.b64encode(encrypt(text, Recipient.parse(recipient))).decode()
+    nonce = os.urandom(NONCE)
+    return base64.b64encode(nonce + _aead(key).encrypt(nonce, text, _context(session, event_type))).decode()
 
 
-def open_sealed(sealed: str, identities: Iterable[Identity]) -> dict[str, Any] | None:
-    """The sealed fields, or None when no identity opens them (forgotten with the data) or
-    they are not what `seal` writes (an edited line opens nothing: fail closed)."""
+def open_sealed(sealed: str, key: str | None, session: str, event_type: str) -> dict[str, Any] | None:
+    """The sealed fields, or None when there is no key (forgotten with the data) or they do
+    not open with it (an edited line opens nothing: fail closed)."""
+    if key is None:
+        return None
     try:
-        document = json.loads(decrypt(base64.b64decode(sealed, validate=True), identities))
-    except (AgeError, binascii.Error, ValueError):
+        raw = base64.b64decode(sealed, validate=True)
+        if len(raw) < NONCE + 16:
+            return None
+        document = json.loads(_aead(key).decrypt(raw[:NONCE], raw[NONCE:], _context(session, event_type)))
+    except (InvalidTag, binascii.Error, ValueError):
         return None
     return document if isinstance(document, dict) else None
 
 
-FORGOTTEN = "details forgotten with the data"
-
-
-def readable(fields: dict[str, Any], identities: Iterable[Identity]) -> dict[str, Any]:
+def readable(event_type: str, fields: dict[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:
     """An entry's fields as a person reads them: `sealed` replaced by what it holds, or by
-    `details` = FORGOTTEN when no key the device holds opens it any more."""
-    sealed = fields.get("sealed")
-    if not isinstance(sealed, str):
+    `details` = FORGOTTEN when no key the device holds (`keys`: session -> details key)
+    opens it any more."""
+    sealed, session = fields.get("sealed"), fields.get("session")
+    if not isinstance(sealed, str) or not isinstance(session, str):
         return fields
     shown = {k: v for k, v in fields.items() if k not in ("sealed", "details")}
-    details = open_sealed(sealed, identities)
+    details = open_sealed(sealed, keys.get(session), session, event_type)
     return {**shown, **details} if details is not None else {**shown, "details": FORGOTTEN}

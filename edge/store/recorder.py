@@ -28,7 +28,7 @@ from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.policy import Tag
 from edge.sink import AuditSink
 from edge.store.buckets import bucket_id, expiry_for
-from edge.store.details import DETAILS, seal
+from edge.store.details import DETAILS, new_key, seal
 from edge.store.keystore import Keystore
 from edge.store.records import Bucket, SessionEntry
 from edge.store.tables import KeystoreData
@@ -91,15 +91,15 @@ class Recorder:
                     transcript_expires=transcript.expires if transcript else None,
                     audio_bucket=audio.id if audio else None,
                     transcript_bucket=transcript.id if transcript else None,
+                    details=new_key() if audio or transcript else None,
                 )
                 if audio or transcript:
                     data.sessions[session_id] = entry
             # Logged after the keystore holds it: a crash in between leaves a session the log
             # learns of when it is shredded, never a logged session that could not be shredded.
-            # Its start is sealed to its longest-lived bucket (forgotten with the data); a session
-            # that keeps nothing logs no start at all.
-            longest = _longest(audio, transcript)
-            sealed = seal({"created": iso_utc(now)}, longest.recipient) if longest is not None else None
+            # Its start is sealed under its own details key (forgotten with its last data); a
+            # session that keeps nothing logs no start at all.
+            sealed = seal({"created": iso_utc(now)}, entry.details, session_id, SessionCreated.event_type) if entry.details else None
             self.audit.append(  # keeping nothing, the session logs nothing more: then signed in its write
                 SessionCreated(
                     session=session_id,
@@ -198,8 +198,7 @@ class SealedSession:
                 write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed, writer=LOCKED)  # in the transaction's lock
             seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
-            longest = _longest(*(data.buckets.get(b) if b else None for b in entry.buckets()))
-            details = seal({"seconds": seconds}, longest.recipient) if longest is not None else None
+            details = seal({"seconds": seconds}, entry.details, entry.id, SessionSealed.event_type) if entry.details else None
             self._audit.append(  # the session's end: signed in the same write (docs/FORMATS.md section 6)
                 SessionSealed(
                     session=entry.id,
@@ -210,10 +209,3 @@ class SealedSession:
                     sealed=details,
                 )
             )
-
-
-def _longest(*buckets: Bucket | None) -> Bucket | None:
-    """The bucket destroyed last (None: the session keeps nothing): what a session's sealed
-    details are sealed to, so they are forgotten when the last of its data is."""
-    kept = [b for b in buckets if b is not None]
-    return max(kept, key=lambda b: b.expires) if kept else None
