@@ -303,7 +303,7 @@ class Connection:
                 sealed=sealed,
             )
         )
-        log.info(
+        log.debug(  # not at info: the journal would keep it after the session is forgotten
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",
             self._listener.name,
             utterance.session,
