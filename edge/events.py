@@ -50,6 +50,10 @@ def named(key: str) -> Any:
     return field(metadata={_KEY: key})
 
 
+DETAILS = 1
+"""The `details` marker of an entry whose personal fields are in `sealed` (edge.store.details)."""
+
+
 class EventError(ValueError):
     """A known event whose fields are missing or of the wrong type. Its message names the field
     (a missing one as `'name'`, as audit verify has always worded it)."""
@@ -270,7 +274,7 @@ class SessionCreated(AuditEvent):
     details: int | None = absent()
     """1: the personal fields (`created`) are in `sealed` (edge.store.details); absent in older lines."""
     sealed: str | None = absent()
-    """Base64 age ciphertext of those fields, to the session's longest-lived bucket."""
+    """Base64 ChaCha20-Poly1305 of those fields under the session's own details key (docs/FORMATS.md 6)."""
 
     @property
     def needs_checkpoint(self) -> bool:

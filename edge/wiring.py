@@ -30,7 +30,7 @@ from edge.crypto.vault import FileVault, KeyringVault, MemoryVault
 from edge.disk.files import entries_in
 from edge.disk.layout import is_own_name
 from edge.disk.versioned import KEYSTORE_V2
-from edge.errors import ConfigError, EdgeError, UsageError, VaultError
+from edge.errors import ConfigError, UsageError, VaultError
 from edge.events import KeystoreMigrated, RootLost
 from edge.progress import Meter, Progress
 from edge.retention.clock import Reading, TrustedClock, read_uptime
@@ -314,13 +314,10 @@ def verification(
 
 def held_details_keys(config: Config) -> dict[str, str]:
     """session -> the key its audit lines' sealed details open with, for every session the
-    device holds now (read-only); none when the keystore cannot be read (the details then
-    read as forgotten)."""
-    try:
-        keystore, _audit = open_store(config, Access.READ)
-        data = keystore.read()
-    except EdgeError:
-        return {}
+    device holds now (read-only). EdgeError when the keystore cannot be read: the details are
+    then unknown here, not forgotten."""
+    keystore, _audit = open_store(config, Access.READ)
+    data = keystore.read()
     return {entry.id: entry.details for entry in data.sessions.entries() if entry.details is not None}
 
 

@@ -1219,6 +1219,37 @@ def test_verify_holds_a_sealed_start_to_the_policy(write_config):
     assert "00000000000000bb" in longer and "longer than policy" in longer and "604800 s" in longer
 
 
+def test_a_sealed_field_also_in_clear_or_a_details_marker_without_sealed_is_malformed(write_config):
+    """Hashes are unkeyed: a line that gives its start both in clear and sealed, or `details`
+    without `sealed`, is named by verify as malformed, not read one way or the other."""
+    from edge.config import load_config
+
+    from support import FakeWall, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    data = config.device.data_dir
+    base = {
+        "profile": "child",
+        "rule": "given",
+        "child": True,
+        "audio_expires": None,
+        "transcript_expires": None,
+        "audio_bucket": None,
+        "transcript_bucket": None,
+    }
+    AuditLog(data).append_many(
+        [
+            SessionCreated(session="00000000000000e1", **base, created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
+            SessionCreated(session="00000000000000e2", **base, details=1),
+        ],
+        checkpoint=True,
+    )
+    problems = [p.message for p in verify(AuditLog(data), store, clock.now(), timedelta(seconds=2)).problems]
+    assert len(problems) == 2 and all("malformed" in p for p in problems), problems
+    assert "'created' in clear beside 'sealed'" in problems[0] and "'details' must be 1 with 'sealed'" in problems[1], problems
+
+
 def test_a_format_1_session_with_its_details_in_clear_still_verifies_and_shows(write_config):
     """Lines written before sealed details keep `created` and `seconds` in clear: read as before."""
     path = write_config()

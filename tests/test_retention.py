@@ -220,6 +220,27 @@ def test_remnant_in_the_audit_log_after_shred(tmp_path, write_config):
     assert verify(AuditLog(config.device.data_dir), store, clock.now(), timedelta(seconds=2)).ok
 
 
+def test_a_forgotten_session_leaves_no_trace_in_its_voiceprints_heard(tmp_path, write_config):
+    """A voiceprint's `heard` (logged by voice.forgotten and profile.kept) is set by every
+    session: forgetting the latest falls back to the one before, not its exact start."""
+    from edge.disk.lock import DataLock
+    from edge.store.records import Voiceprint
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    with DataLock(config.device.data_dir), store.transaction() as data:
+        data.voices["child"] = Voiceprint("child", START, START, 3.0, 3, True, "test", bytes(1024))
+    wall.advance(60)
+    kept = record(store, clock, config, "child")
+    wall.advance(60)
+    forgotten = record(store, clock, config, "child")
+    assert store.read().voices["child"].heard == START + timedelta(seconds=120)
+    shredder.forget(ForgetRequest(session=forgotten))
+    after = store.read()
+    assert after.voices["child"].heard == after.sessions[kept].created == START + timedelta(seconds=60)
+    shredder.forget(ForgetRequest(session=kept))
+    assert store.read().voices["child"].heard == START  # its enrolment: nothing later stays
+
+
 @pytest.mark.parametrize("which", ["session", "profile", "all", "before"])
 def test_remnant_after_forget(tmp_path, write_config, which):
     config, wall, clock, store, shredder = setup(tmp_path, write_config)

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 
 from edge.audit.log import ZERO_HASH, canonical, checkpoint_text, public_key_from_hex
 from edge.events import (
+    DETAILS,
     MUST_BE_SIGNED,
     AuditEvent,
     CheckpointSigned,
@@ -204,7 +205,17 @@ def scan(line: int, entry: dict[str, Any], sink: Sink) -> None:
         sink(("malformed", line, f"a {kind!r} event with missing or malformed fields ({exc})"))
 
 
+def _sealed_shape(event: AuditEvent) -> None:
+    """`details` is 1 exactly when `sealed` is there, and a sealed field is not also in clear."""
+    sealed, details = getattr(event, "sealed", None), getattr(event, "details", None)
+    if (sealed is None) != (details is None) or details not in (None, DETAILS):
+        raise EventError(event.event_type, "details", f"'details' must be {DETAILS} with 'sealed' and absent without it")
+    if sealed is not None and getattr(event, "created", None) is not None:
+        raise EventError(event.event_type, "created", "'created' in clear beside 'sealed', which holds it")
+
+
 def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
+    _sealed_shape(event)
     match event:
         case SessionCreated():
             sink(("created", line, event.session, event.audio_expires, event.transcript_expires, event.child))

@@ -244,6 +244,7 @@ def _show(args: argparse.Namespace) -> int:
     since = parse_instant(args.since, "--since")
     undated = 0
     keys: dict[str, str] | None = None  # read at the first sealed entry: older logs have none
+    unread = False
     for entry in wiring.open_audit(config).entries():
         if types and entry["type"] not in types:
             continue
@@ -257,11 +258,15 @@ def _show(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(entry, sort_keys=True))
         else:
-            if "sealed" in entry["fields"] and keys is None:
-                keys = wiring.held_details_keys(config)
+            if "sealed" in entry["fields"] and keys is None and not unread:
+                try:
+                    keys = wiring.held_details_keys(config)
+                except EdgeError as exc:  # their details are unknown here, not forgotten
+                    log.warning("sealed details are shown as sealed: %s", exc)
+                    unread = True
             fields = " ".join(
                 f"{k}={v}"
-                for k, v in sorted(readable(entry["type"], entry["fields"], keys or {}).items())
+                for k, v in sorted(readable(entry["type"], entry["fields"], keys).items())
                 if k not in ("signature", "public_key")
             )
             print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
@@ -314,7 +319,11 @@ def _notices(config: Config, now: datetime) -> list[Notice]:
 
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
+    parser.add_argument(
+        "--since",
+        metavar="ISO8601",
+        help="only events at or after this instant (a session's lines say only the hour they were written in)",
+    )
     parser.add_argument(
         "--type", metavar="TYPE", action="append", help="only events of this type (e.g. shred, session.created); repeat for several"
     )

@@ -21,12 +21,11 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from edge.events import DETAILS as DETAILS  # the marker, re-exported for the writers
 from edge.store.rows import NONCE, derive
 
-DETAILS = 1
-"""The `details` marker of an entry whose personal fields are in `sealed`."""
-
 FORGOTTEN = "details forgotten with the data"
+UNREAD = "details sealed (the keystore cannot be read here)"
 
 KEY_BYTES = 32
 
@@ -67,13 +66,15 @@ def open_sealed(sealed: str, key: str | None, session: str, event_type: str) -> 
     return document if isinstance(document, dict) else None
 
 
-def readable(event_type: str, fields: dict[str, Any], keys: Mapping[str, str]) -> dict[str, Any]:
+def readable(event_type: str, fields: dict[str, Any], keys: Mapping[str, str] | None) -> dict[str, Any]:
     """An entry's fields as a person reads them: `sealed` replaced by what it holds, or by
     `details` = FORGOTTEN when no key the device holds (`keys`: session -> details key)
-    opens it any more."""
+    opens it any more; UNREAD when the keys are not known here (`keys` None)."""
     sealed, session = fields.get("sealed"), fields.get("session")
     if not isinstance(sealed, str) or not isinstance(session, str):
         return fields
     shown = {k: v for k, v in fields.items() if k not in ("sealed", "details")}
+    if keys is None:
+        return {**shown, "details": UNREAD}
     details = open_sealed(sealed, keys.get(session), session, event_type)
     return {**shown, **details} if details is not None else {**shown, "details": FORGOTTEN}

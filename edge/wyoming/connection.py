@@ -285,7 +285,8 @@ class Connection:
     def _served(self, utterance: Utterance, reason: EndReason, characters: int) -> None:
         """Audited before the text is handed out: the log never claims less than left the device.
         What the utterance was (listener, length, characters, how it ended) is sealed under the
-        session's details key when anything of it is kept: forgotten with its data."""
+        session's details key when anything of it is kept, so it is forgotten with its data;
+        of an utterance that keeps nothing the log says only that it was served (and whose)."""
         seconds, key = utterance.seconds, utterance.details_key
         personal = {"listener": self._listener.name, "seconds": seconds, "characters": characters, "end_reason": str(reason)}
         sealed = seal(personal, key, utterance.session, SessionServed.event_type) if key is not None else None
@@ -295,10 +296,6 @@ class Connection:
                 source="wyoming",
                 profile=utterance.tag.profile.name,
                 kept=utterance.kept,
-                listener=None if sealed else self._listener.name,
-                seconds=None if sealed else seconds,
-                characters=None if sealed else characters,
-                end_reason=None if sealed else reason,
                 details=DETAILS if sealed else None,
                 sealed=sealed,
             )
