@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -1229,19 +1230,24 @@ def test_a_sealed_field_also_in_clear_or_a_details_marker_without_sealed_is_malf
     config = load_config(write_config(mode="always"))
     clock, store, _shredder = retention_parts(config, FakeWall())
     data = config.device.data_dir
-    base = {
-        "profile": "child",
-        "rule": "given",
-        "child": True,
-        "audio_expires": None,
-        "transcript_expires": None,
-        "audio_bucket": None,
-        "transcript_bucket": None,
-    }
+
+    def line(session: str, **sealing: Any) -> SessionCreated:
+        return SessionCreated(
+            session=session,
+            profile="child",
+            rule="given",
+            child=True,
+            audio_expires=None,
+            transcript_expires=None,
+            audio_bucket=None,
+            transcript_bucket=None,
+            **sealing,
+        )
+
     AuditLog(data).append_many(
         [
-            SessionCreated(session="00000000000000e1", **base, created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
-            SessionCreated(session="00000000000000e2", **base, details=1),
+            line("00000000000000e1", created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
+            line("00000000000000e2", details=1),
         ],
         checkpoint=True,
     )
