@@ -880,7 +880,7 @@ class Check:
         expected = [(u.listener.name, u.listener.expect[0], len(u.said or "")) for u in self.utterances if u.said is not None]
         check(
             "each kept utterance's listener, length and characters are sealed in the log (forgotten with its data); of one that "
-            "keeps nothing the log says only that it was served",
+            "keeps nothing the log says only that it was served, whose, and how it ended",
             all(("sealed" in e["fields"]) == bool(e["fields"].get("kept")) and "listener" not in e["fields"] for e in raw),
             [e["fields"] for e in raw],
         )

@@ -286,7 +286,8 @@ class Connection:
         """Audited before the text is handed out: the log never claims less than left the device.
         What the utterance was (listener, length, characters, how it ended) is sealed under the
         session's details key when anything of it is kept, so it is forgotten with its data;
-        of an utterance that keeps nothing the log says only that it was served (and whose)."""
+        of an utterance that keeps nothing the log says only that it was served, whose, and how
+        the exchange ended."""
         seconds, key = utterance.seconds, utterance.details_key
         personal = {"listener": self._listener.name, "seconds": seconds, "characters": characters, "end_reason": str(reason)}
         sealed = seal(personal, key, utterance.session, SessionServed.event_type) if key is not None else None
@@ -296,6 +297,7 @@ class Connection:
                 source="wyoming",
                 profile=utterance.tag.profile.name,
                 kept=utterance.kept,
+                end_reason=None if sealed else reason,  # how the protocol ended, not who spoke: in clear when nothing is kept
                 details=DETAILS if sealed else None,
                 sealed=sealed,
             )
