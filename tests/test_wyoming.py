@@ -765,7 +765,9 @@ def test_an_utterance_in_which_nothing_was_recognised_keeps_nothing_unless_the_l
         assert _text(asyncio.run(wyoming_utterance(uri, quiet))) == ""
     finally:
         served.stop()
-    assert [(s["kept"], s.get("characters"), s.get("seconds"), s["end_reason"]) for s in _served(data)] == [(False, None, None, "end_of_input")] * 2
+    assert [(s["kept"], s.get("characters"), s.get("seconds"), s["end_reason"]) for s in _served(data)] == [
+        (False, None, None, "end_of_input")
+    ] * 2
     assert json.loads(edge_agent("--config", str(tmp_path / "household.toml"), "status", "--json").stdout)["sessions"] == []
     assert list(data.rglob("*.age")) == []  # no recording, no transcript
 
