@@ -50,6 +50,10 @@ def named(key: str) -> Any:
     return field(metadata={_KEY: key})
 
 
+DETAILS = 1
+"""The `details` marker of an entry whose personal fields are in `sealed` (edge.store.details)."""
+
+
 class EventError(ValueError):
     """A known event whose fields are missing or of the wrong type. Its message names the field
     (a missing one as `'name'`, as audit verify has always worded it)."""
@@ -266,7 +270,11 @@ class SessionCreated(AuditEvent):
     policy: str | None = absent()
     """The written policy's version it was taken under (absent in logs older than the policy)."""
     created: Instant | None = absent()
-    """When it began by the trusted clock (written with `policy`)."""
+    """When it began by the trusted clock (written with `policy`; in `sealed` when `details` is set)."""
+    details: int | None = absent()
+    """1: the personal fields (`created`) are in `sealed` (edge.store.details); absent in older lines."""
+    sealed: str | None = absent()
+    """Base64 ChaCha20-Poly1305 of those fields under the session's own details key (docs/FORMATS.md 6)."""
 
     @property
     def needs_checkpoint(self) -> bool:
@@ -279,9 +287,12 @@ class SessionSealed(AuditEvent):
     event_type = "session.sealed"
     signed_at_once = True
     session: str
-    seconds: float
     audio_sealed: bool
     transcript_sealed: bool
+    seconds: float | None = absent()
+    """The audio's length (in `sealed` when `details` is set; always written by older edges)."""
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 @dataclass(frozen=True)
@@ -292,13 +303,16 @@ class SessionServed(AuditEvent):
     signed_at_once = True
     session: str
     source: str
-    listener: str
     profile: str
-    seconds: float
-    characters: int
-    end_reason: str
     kept: bool | None = None
     """None: written by an edge before keep_unrecognised, which did not say."""
+    listener: str | None = absent()
+    """These four are in `sealed` when `details` is set (a kept utterance); else in clear."""
+    seconds: float | None = absent()
+    characters: int | None = absent()
+    end_reason: str | None = absent()
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 # -- access to kept data ---------------------------------------------------------------------
@@ -309,7 +323,10 @@ class Export(AuditEvent):
     event_type = "export"
     session: str
     purpose: str
-    seconds: float
+    seconds: float | None = absent()
+    """The recording's length: in `sealed` when `details` is set; in clear in older lines."""
+    details: int | None = absent()
+    sealed: str | None = absent()
 
 
 @dataclass(frozen=True)

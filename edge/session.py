@@ -166,12 +166,12 @@ class Session:
             if spoken is not None and command is not None:
                 tag = self._sink.decide()
                 self._sink.abandon()  # a command, not a session to retain: nothing of it is kept
-                log.info("session %s: a spoken command (%s) of %s; nothing of the utterance is kept", self.id, command, tag.profile.name)
+                log.debug("session %s: a spoken command (%s) of %s; nothing of the utterance is kept", self.id, command, tag.profile.name)
                 return Transcript(text=spoken.run(command, tag, self.began, self._through), words=())
             if spoken is not None:
                 self._sink.tag = spoken.narrowed(self._sink.decide())
             if not transcript.text and not self._keep_unrecognised:
-                log.info("session %s: nothing was recognised, so nothing of it is kept", self.id)
+                log.debug("session %s: nothing was recognised, so nothing of it is kept", self.id)
                 self._sink.abandon()
             else:
                 self._sink.finish(transcript)

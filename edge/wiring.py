@@ -312,6 +312,15 @@ def verification(
     return verify(audit, keystore, trusted_now(config), grace, witness, progress=progress)
 
 
+def held_details_keys(config: Config) -> dict[str, str]:
+    """session -> the key its audit lines' sealed details open with, for every session the
+    device holds now (read-only). EdgeError when the keystore cannot be read: the details are
+    then unknown here, not forgotten."""
+    keystore, _audit = open_store(config, Access.READ)
+    data = keystore.read()
+    return {entry.id: entry.details for entry in data.sessions.entries() if entry.details is not None}
+
+
 def _read_witness(path: Path) -> Checkpoint | SignedNote:
     try:
         text = path.read_bytes()

@@ -870,11 +870,24 @@ class Check:
         check = self.checks.check
         log = self.data / "audit.jsonl"
         entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
-        served = [entry["fields"] for entry in entries if entry["type"] == "session.served"]
-        expected = [(u.listener.name, u.listener.expect[0], len(u.said or "")) for u in self.utterances]
+        from edge import wiring
+        from edge.config import load_config
+        from edge.store.details import readable
+
+        raw = [entry for entry in entries if entry["type"] == "session.served"]
+        keys = wiring.held_details_keys(load_config(self.edge.config))  # a kept utterance's details are sealed under its own key
+        served = [readable(entry["type"], entry["fields"], keys) for entry in raw]
+        expected = [(u.listener.name, u.listener.expect[0], len(u.said or "")) for u in self.utterances if u.said is not None]
+        check(
+            "each kept utterance's listener, length and characters are sealed in the log (forgotten with its data); of one that "
+            "keeps nothing the log says only that it was served, whose, and how it ended",
+            all(("sealed" in e["fields"]) == bool(e["fields"].get("kept")) and "listener" not in e["fields"] for e in raw),
+            [e["fields"] for e in raw],
+        )
         check(
             "each utterance is audited (session.served: listener, profile, characters handed out)",
-            [(s["listener"], s["profile"], s["characters"]) for s in served] == expected,
+            len(served) == len(self.utterances)
+            and [(s.get("listener"), s["profile"], s.get("characters")) for s in served if s.get("kept")] == expected,
             served,
         )
         status = edge_agent("--config", str(self.edge.config), "status", "--json")
@@ -900,8 +913,8 @@ class Check:
         silent = [s for u, s in zip(self.utterances, served, strict=False) if u.said is None]
         kept = [s["session"] in sessions or s.get("kept") for s in silent]
         self.checks.check(
-            "the utterance of silence: audited as served (0 characters), nothing of it kept (keep_unrecognised = false)",
-            silent != [] and not any(kept) and all(s["characters"] == 0 for s in silent),
+            "the utterance of silence: audited as served, nothing of it kept (keep_unrecognised = false) nor said in the log",
+            silent != [] and not any(kept) and all(not {"characters", "seconds", "listener"} & s.keys() for s in silent),
             silent,
         )
 

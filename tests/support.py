@@ -419,9 +419,9 @@ def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
     return clock, store[0], wiring.make_shredder(config, store=store, clock=clock)
 
 
-def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: str = "given") -> str:
+def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: str = "given", policy: str | None = None) -> str:
     """One real sealed session: audio sealed in chunks, transcript sealed at the end; `rule`:
-    how its profile was chosen (a TagRule's value)."""
+    how its profile was chosen (a TagRule's value); `policy`: the version it is taken under."""
     from edge import wiring
     from edge.audit.log import AuditLog
     from edge.policy import Tag
@@ -429,10 +429,38 @@ def record_in_process(store: Any, clock: Any, config: Any, profile: str, rule: s
     from edge.values import TagRule
 
     session_id = os.urandom(8).hex()
-    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock).begin(session_id, Tag(config.profile(profile), TagRule(rule)))
+    sealed = wiring.make_recorder(store, AuditLog(store.data_dir), clock, policy=policy).begin(
+        session_id, Tag(config.profile(profile), TagRule(rule))
+    )
     sealed.write(PCM)
     sealed.finish(Transcript("메시지", (Word("메시지", 0.5, 1.0, 1.0),)))
     return session_id
+
+
+def sealed_details(config: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """A log line's fields with its sealed details opened by the keys the device holds now
+    (docs/FORMATS.md section 6, "Sealed details")."""
+    from edge import wiring
+    from edge.config import load_config
+    from edge.store.details import readable
+
+    return readable(entry["type"], entry["fields"], wiring.held_details_keys(load_config(config)))
+
+
+def opened_fields(data: Path, event_type: str) -> list[dict[str, Any]]:
+    """The fields of every `event_type` line of the data folder's log, their sealed details
+    opened with the keys its device holds now (its config: household.toml beside the folder)."""
+    from edge import wiring
+    from edge.config import load_config
+    from edge.store.details import readable
+
+    log = data / "audit.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    entries = [entry for entry in entries if entry["type"] == event_type]
+    if not any("sealed" in entry["fields"] for entry in entries):
+        return [entry["fields"] for entry in entries]
+    keys = wiring.held_details_keys(load_config(data.parent / "household.toml"))
+    return [readable(event_type, entry["fields"], keys) for entry in entries]
 
 
 def keystore_rows(data_dir: Path) -> list[tuple[Any, ...]]:

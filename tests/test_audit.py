@@ -3,6 +3,7 @@ openssl, the data is cross-checked, the log holds nothing private, the report re
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -15,9 +16,13 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.audit import chain, parallel
 from edge.audit.log import AuditLog, Checkpoint, canonical, entry_hash
@@ -1093,3 +1098,216 @@ def test_a_long_verify_says_how_far_it_has_come(tmp_path, valid_log):
     assert result.entries > 1000
     assert len(heard) > 10 and heard[-1] == (len(valid_log), len(valid_log))
     assert [done for done, _ in heard] == sorted({done for done, _ in heard})  # forward only, each chunk once
+
+
+# -- sealed details (docs/FORMATS.md section 6, "Sealed details") ----------------------------
+
+
+def test_sealed_details_are_shown_and_checked_while_kept_and_forgotten_with_the_data(write_config):
+    """A kept session's start and length are sealed under its own details key: `audit show`
+    opens them and verify holds the start to the policy while the session lives; after the
+    shred of its last data both say the details were forgotten, and the log still verifies."""
+    from edge.config import load_config
+    from edge.store.details import FORGOTTEN
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, record_in_process, retention_parts
+
+    path = write_config(mode="always")
+    config = load_config(path)
+    wall = FakeWall(datetime.now(timezone.utc) - timedelta(days=7, hours=2))  # the commands run on the real clock
+    clock, store, shredder = retention_parts(config, wall)
+    version = terms_of(config, store.vault.level).version
+    from edge.store.export import export_audio
+    from edge.values import Purpose
+
+    session = record_in_process(store, clock, config, "child", policy=version)
+    data = config.device.data_dir
+    export_audio(store, AuditLog(data), config, session, path.parent / "played.wav", Purpose.PLAYBACK, clock.now())
+    [exported] = [e["fields"] for e in AuditLog(data).entries() if e["type"] == "export"]
+    assert exported["purpose"] == "playback" and "seconds" not in exported and exported["details"] == 1  # its length, sealed
+
+    def shown() -> list[str]:
+        out = edge_agent(
+            "--config", str(path), "audit", "show", "--type", "session.created", "--type", "session.sealed", "--type", "export"
+        )
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if session in line]
+
+    created, sealed, export = shown()
+    assert "created=20" in created and "seconds=2.4" in sealed and "seconds=2.4" in export and "purpose=playback" in export
+    assert " sealed=" not in created + sealed + export and " details=" not in created + sealed + export
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 0, result.problems
+
+    wall.advance(7 * 86400)  # past both expiries
+    shredder.sweep()
+    assert session not in store.read().sessions
+    created, sealed, export = shown()
+    assert all(f"details={FORGOTTEN}" in line for line in (created, sealed, export)) and "seconds" not in sealed + export
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 1, result.problems
+    verified = edge_agent("--config", str(path), "audit", "verify")
+    assert verified.returncode == 0 and "details of 1 session(s)" in verified.stdout, verified.stdout
+
+
+def test_sealed_details_vector_from_formats_opens_and_nothing_else_does():
+    """docs/FORMATS.md's vector, made with pyca's HKDF and ChaCha20-Poly1305 directly (not
+    edge's seal): edge opens it; another key, session or line type, or one byte changed, opens nothing."""
+    from edge.store.details import open_sealed
+
+    vector, key, session = "qqqqqqqqqqqqqqqqqbVpIea6DoLtZXZo5MYrwPHXqrdNjHwJqB88UX8EUw==", bytes(range(32)).hex(), "0011223344556677"
+    assert "`" + vector + "`" in (ROOT / "docs" / "FORMATS.md").read_text(encoding="utf-8")
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"edge/v2 audit details").derive(bytes(range(32)))
+    made = ChaCha20Poly1305(derived).encrypt(b"\xaa" * 12, b'{"seconds":2.5}', f"edge audit details {session} session.sealed".encode())
+    assert base64.b64encode(b"\xaa" * 12 + made).decode() == vector
+    assert open_sealed(vector, key, session, "session.sealed") == {"seconds": 2.5}
+    raw = bytearray(base64.b64decode(vector))
+    raw[20] ^= 1
+    assert open_sealed(base64.b64encode(raw).decode(), key, session, "session.sealed") is None
+    assert open_sealed(vector, "ff" * 32, session, "session.sealed") is None
+    assert open_sealed(vector, key, "0011223344556678", "session.sealed") is None
+    assert open_sealed(vector, key, session, "session.created") is None
+    assert open_sealed(vector, None, session, "session.sealed") is None
+    assert open_sealed("not base64!", key, session, "session.sealed") is None
+
+
+def test_verify_holds_a_sealed_start_to_the_policy(write_config):
+    """A faulty edge's session whose sealed start is 8 days before its transcript's expiry
+    (the child may keep transcripts 7 days): verify opens the start with the key the
+    keystore holds for it and names the session."""
+    from dataclasses import replace
+
+    from edge.config import load_config
+    from edge.disk.lock import DataLock
+    from edge.store.details import new_key, seal
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, record_in_process, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    version = terms_of(config, store.vault.level).version
+    session = record_in_process(store, clock, config, "child", policy=version)
+    data = config.device.data_dir
+    real = store.read().sessions[session]
+    bucket = store.read().buckets[real.transcript_bucket]
+
+    def forged(name: str, start: datetime) -> SessionCreated:
+        key = new_key()
+        with DataLock(data), store.transaction() as rows:
+            rows.sessions[name] = replace(real, id=name, created=start, details=key)
+        return SessionCreated(
+            session=name,
+            profile="child",
+            rule="given",
+            child=True,
+            audio_expires=None,
+            transcript_expires=bucket.expires.isoformat(),
+            audio_bucket=None,
+            transcript_bucket=bucket.id,
+            policy=version,
+            details=1,
+            sealed=seal({"created": start.isoformat()}, key, name, "session.created"),
+        )
+
+    AuditLog(data).append_many(
+        [forged("00000000000000bb", bucket.expires - timedelta(days=8)), forged("00000000000000cc", bucket.expires - timedelta(days=6))],
+        checkpoint=True,
+    )
+    problems = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2)).problems
+    [longer] = [p.message for p in problems]
+    assert "00000000000000bb" in longer and "longer than policy" in longer and "604800 s" in longer
+
+
+def test_a_sealed_field_also_in_clear_or_a_details_marker_without_sealed_is_malformed(write_config):
+    """Hashes are unkeyed: a line that gives its start both in clear and sealed, or `details`
+    without `sealed`, is named by verify as malformed, not read one way or the other."""
+    from edge.config import load_config
+
+    from support import FakeWall, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    data = config.device.data_dir
+
+    def line(session: str, **sealing: Any) -> SessionCreated:
+        return SessionCreated(
+            session=session,
+            profile="child",
+            rule="given",
+            child=True,
+            audio_expires=None,
+            transcript_expires=None,
+            audio_bucket=None,
+            transcript_bucket=None,
+            **sealing,
+        )
+
+    AuditLog(data).append_many(
+        [
+            line("00000000000000e1", created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
+            line("00000000000000e2", details=1),
+        ],
+        checkpoint=True,
+    )
+    problems = [p.message for p in verify(AuditLog(data), store, clock.now(), timedelta(seconds=2)).problems]
+    assert len(problems) == 2 and all("malformed" in p for p in problems), problems
+    assert "'created' in clear beside 'sealed'" in problems[0] and "'details' must be 1 with 'sealed'" in problems[1], problems
+
+
+def test_a_format_1_session_with_its_details_in_clear_still_verifies_and_shows(write_config):
+    """Lines written before sealed details keep `created` and `seconds` in clear: read as before."""
+    path = write_config()
+    data = path.parent / "data"
+    AuditLog(data).append_many(
+        [
+            SessionCreated(
+                session="00000000000000cc",
+                profile="child",
+                rule="given",
+                child=True,
+                audio_expires=None,
+                transcript_expires=None,
+                audio_bucket=None,
+                transcript_bucket=None,
+            ),
+            SessionSealed(session="00000000000000cc", seconds=3.2, audio_sealed=False, transcript_sealed=False),
+        ],
+        checkpoint=True,
+    )
+    line = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-2])
+    assert line["fields"] == {"session": "00000000000000cc", "seconds": 3.2, "audio_sealed": False, "transcript_sealed": False}
+    out = edge_agent("--config", str(path), "audit", "show", "--type", "session.sealed")
+    assert out.returncode == 0 and "seconds=3.2" in out.stdout, out.stderr
+    assert edge_agent("--config", str(path), "audit", "verify").returncode == 0
+
+
+def test_a_session_that_keeps_nothing_logs_no_start_and_verifies(write_config):
+    """Under a written policy, a session that keeps nothing writes neither `created` nor
+    `sealed` (it has no details to forget): verify has nothing to measure and passes."""
+    from edge.config import load_config
+    from edge.written.terms import terms_of
+
+    from support import FakeWall, retention_parts
+
+    config = load_config(write_config(mode="always"))
+    clock, store, _shredder = retention_parts(config, FakeWall())
+    version = terms_of(config, store.vault.level).version
+    data = config.device.data_dir
+    nothing = SessionCreated(
+        session="00000000000000dd",
+        profile="child",
+        rule="given",
+        child=True,
+        audio_expires=None,
+        transcript_expires=None,
+        audio_bucket=None,
+        transcript_bucket=None,
+        policy=version,
+    )
+    AuditLog(data).append(nothing)
+    fields = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-2])["fields"]
+    assert fields["session"] == "00000000000000dd" and not {"created", "sealed", "details"} & fields.keys()
+    result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
+    assert result.ok and result.details_forgotten == 0, result.problems

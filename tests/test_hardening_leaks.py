@@ -59,21 +59,31 @@ def test_a_service_run_prints_no_transcript(virtual_mic, write_config, speech):
         assert word not in stdout + stderr
 
 
-def test_json_refuses_to_write_into_the_journal(write_config, clip, tmp_path):
+def test_json_refuses_to_write_into_the_journal_and_sessions_print_nothing_there(write_config, clip, tmp_path):
+    """--json (the text) is refused into the journal; without it, a session's line (its id,
+    times, length) is not written there either: the journal keeps it after the data is gone."""
     config = write_config(mode="always")
     journal = tmp_path / "journal"
-    with journal.open("w") as stdout:
-        info = os.fstat(stdout.fileno())
-        ran = subprocess.run(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--input", str(clip), "--json"],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"},
-        )
+
+    def into_journal(*extra: str) -> subprocess.CompletedProcess[str]:
+        with journal.open("w") as stdout:
+            info = os.fstat(stdout.fileno())
+            return subprocess.run(
+                [sys.executable, "-m", "edge", "--config", str(config), "run", "--input", str(clip), *extra],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"},
+            )
+
+    ran = into_journal("--json")
     assert ran.returncode == 2 and "journal" in ran.stderr and "Traceback" not in ran.stderr
     assert journal.read_text() == ""
+    ran = into_journal()
+    assert ran.returncode == 0, ran.stderr
+    assert journal.read_text() == "" and "2 session(s)" in ran.stderr  # heard and sealed: only the run's count is said
+    assert ran.stderr.count("session") == 1, ran.stderr
     piped = edge_agent("--config", str(config), "run", "--input", str(clip), "--json", env={"JOURNAL_STREAM": "1:2"})
     assert piped.returncode == 0 and WORDS[0] in piped.stdout  # a pipe a person asked for gets the text
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge.events import SessionCreated
 
-from support import Retention, edge_agent, faketime, file_vault, record
+from support import Retention, edge_agent, faketime, file_vault, record, sealed_details
 
 LISTENER = '\n[[wyoming]]\nuri = "unix:///tmp/edge-policy-test.sock"\nprofile = "child"\nname = "kids speaker"\n'
 
@@ -107,7 +107,7 @@ def test_each_version_is_adopted_once_sessions_carry_it_and_verify_holds_them_to
     [adopted] = _of(data, "policy.adopted")
     assert adopted["version"] == first and adopted["previous"] is None
     assert set(adopted["changed"]) >= {"profiles", "vault", "child_caps"}
-    [created] = _of(data, "session.created")
+    [created] = [sealed_details(config, e) for e in _entries(data) if e["type"] == "session.created"]
     assert created["session"] == session and created["policy"] == first
     assert datetime.fromisoformat(created["created"]) <= datetime.fromisoformat(created["audio_expires"])
     types = [e["type"] for e in _entries(data)]
@@ -203,7 +203,7 @@ def test_a_profile_near_its_inactivity_purge_is_listed_kept_by_a_parent_and_then
     config = write_config(parent=Retention("adult", "24h", "30d", inactive_after="2h"))
     data = config.parent / "data"
     record(config, speech.say("메시지"), profile="parent")
-    heard = datetime.fromisoformat(_of(data, "session.created")[0]["created"])
+    heard = datetime.fromisoformat(sealed_details(config, next(e for e in _entries(data) if e["type"] == "session.created"))["created"])
 
     now = json.loads(edge_agent("--config", str(config), "status", "--json").stdout)
     assert now["inactive"] == []  # 2 h away: outside its notice (half its inactive_after)

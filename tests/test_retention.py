@@ -19,15 +19,18 @@ import pytest
 
 from edge import wiring
 from edge.audit.log import AuditLog
+from edge.audit.verify import verify
 from edge.config import load_config
 from edge.crypto.age import decrypt, rekey_in_place
 from edge.disk.layout import recording_path, transcript_path
 from edge.disk.lock import DataLock
 from edge.errors import KeystoreError
+from edge.instants import iso_utc
 from edge.policy import Tag, strictest_policy
 from edge.retention.clock import TrustedClock
 from edge.retention.shredder import ForgetRequest, Shredder
 from edge.store.buckets import expiry_for, window_for
+from edge.store.details import open_sealed
 from edge.store.keystore import Keystore
 from edge.systemd import Notifier
 from edge.transcript import Transcript, Word
@@ -171,6 +174,73 @@ def test_remnant_after_shred(tmp_path, write_config):
         Keystore(data_dir, store.vault).read()
 
 
+def session_lines(log: bytes, session: str) -> list[dict]:
+    """A session's session.created and session.sealed lines in (a copy of) the audit log."""
+    lines = [json.loads(line) for line in log.splitlines()]
+    return [e for e in lines if e["type"] in ("session.created", "session.sealed") and e["fields"]["session"] == session]
+
+
+def held_keys(store) -> dict[str, str]:
+    """Every details key the device holds now (session -> key, from the keystore's rows)."""
+    return {entry.id: entry.details for entry in store.read().sessions.entries() if entry.details}
+
+
+def opened(entry: dict, keys: dict[str, str]) -> dict | None:
+    """A line's sealed details, opened with the keys given (None: they do not open)."""
+    session = entry["fields"]["session"]
+    return open_sealed(entry["fields"]["sealed"], keys.get(session), session, entry["type"])
+
+
+def test_remnant_in_the_audit_log_after_shred(tmp_path, write_config):
+    """A kept session's start and length are in the log only sealed under its own details
+    key, and its lines say only the hour they were written in: a copy of the log taken before
+    the shred of its last data opens them with the keys held then, and with none of the keys
+    the device holds after it; the chain still verifies."""
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    doomed = record(store, clock, config, "child")  # its transcript, kept longest, expires in 7 days
+    wall.advance(6 * 86400)
+    live = record(store, clock, config, "child")
+    copy = (config.device.data_dir / "audit.jsonl").read_bytes()  # taken before the shred
+    mine = {session: session_lines(copy, session) for session in (doomed, live)}
+    for lines in mine.values():
+        assert [e["type"] for e in lines] == ["session.created", "session.sealed"]
+        assert all(e["fields"]["details"] == 1 and not {"created", "seconds"} & e["fields"].keys() for e in lines)
+        assert all(e["mono"] is None and e["wall"].endswith(":00:00+00:00") for e in lines)  # the hour, no more
+    signing = [json.loads(line) for line in copy.splitlines()][mine[doomed][-1]["seq"]]  # the checkpoint in its last write
+    assert signing["type"] == "checkpoint" and signing["mono"] is None and signing["wall"].endswith(":00:00+00:00")
+    assert iso_utc(START).encode() not in copy  # the doomed session's start, by the trusted clock
+    before = held_keys(store)
+    assert [opened(e, before) for e in mine[doomed]] == [{"created": iso_utc(START)}, {"seconds": round(len(PCM) / 32000, 3)}]
+    wall.advance(86400)  # past the first session's transcript expiry, not the second's
+    shredder.sweep()
+    assert doomed not in store.read().sessions and live in store.read().sessions
+    after = held_keys(store)
+    assert [opened(e, after) for e in mine[doomed]] == [None, None]  # forgotten with the data
+    assert all(opened(e, after) is not None for e in mine[live])
+    assert verify(AuditLog(config.device.data_dir), store, clock.now(), timedelta(seconds=2)).ok
+
+
+def test_a_forgotten_session_leaves_no_trace_in_its_voiceprints_heard(tmp_path, write_config):
+    """A voiceprint's `heard` (logged by voice.forgotten and profile.kept) is set by every
+    session: forgetting the latest falls back to the one before, not its exact start."""
+    from edge.disk.lock import DataLock
+    from edge.store.records import Voiceprint
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    with DataLock(config.device.data_dir), store.transaction() as data:
+        data.voices["child"] = Voiceprint("child", START, START, 3.0, 3, True, "test", bytes(1024))
+    wall.advance(60)
+    kept = record(store, clock, config, "child")
+    wall.advance(60)
+    forgotten = record(store, clock, config, "child")
+    assert store.read().voices["child"].heard == START + timedelta(seconds=120)
+    shredder.forget(ForgetRequest(session=forgotten))
+    after = store.read()
+    assert after.voices["child"].heard == after.sessions[kept].created == START + timedelta(seconds=60)
+    shredder.forget(ForgetRequest(session=kept))
+    assert store.read().voices["child"].heard == START  # its enrolment: nothing later stays
+
+
 @pytest.mark.parametrize("which", ["session", "profile", "all", "before"])
 def test_remnant_after_forget(tmp_path, write_config, which):
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
@@ -197,6 +267,12 @@ def test_remnant_after_forget(tmp_path, write_config, which):
         assert openable(store, [recording_path(image, session), transcript_path(image, session)]) == [False, False]
     for session in kept:  # everything live still opens
         assert openable(store, [recording_path(data_dir, session), transcript_path(data_dir, session)]) == [True, True]
+    log, keys = (image / "audit.jsonl").read_bytes(), held_keys(store)
+    for session in gone:  # and the log copied before keeps nothing of theirs a key the device holds opens
+        lines = session_lines(log, session)
+        assert len(lines) == 2 and all(opened(e, keys) is None for e in lines)
+    for session in kept:  # a session that stays keeps its details readable, in a re-keyed bucket too
+        assert all(opened(e, keys) is not None for e in session_lines(log, session))
     if which in ("session", "before"):
         assert len(report.rekeyed) == 2  # the child's audio and transcript buckets got new keys
         assert all(b.retiring_identity is None for b in store.read().buckets.values())

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 
 from edge.audit.log import ZERO_HASH, canonical, checkpoint_text, public_key_from_hex
 from edge.events import (
+    DETAILS,
     MUST_BE_SIGNED,
     AuditEvent,
     CheckpointSigned,
@@ -151,8 +152,9 @@ Voice = tuple[Literal["voice"], int, str, bool]
 """line, profile, whether its voiceprint is held from then on (enrolled) or not (forgotten)"""
 Adopted = tuple[Literal["adopted"], int, str, dict[str, tuple[int, int]]]
 """line, policy version, per profile (audio seconds, transcript seconds) it allows"""
-Taken = tuple[Literal["taken"], int, str, str, str, str, str | None, str | None]
-"""line, session, policy version, profile, created, audio_expires, transcript_expires (as in Created)"""
+Taken = tuple[Literal["taken"], int, str, str, str, str | None, str | None, str | None, str | None]
+"""line, session, policy version, profile, created (None: sealed, or a session that keeps
+nothing), audio_expires, transcript_expires (as in Created), sealed (its sealed details)"""
 ScanOp = (
     Created
     | Gone
@@ -203,13 +205,24 @@ def scan(line: int, entry: dict[str, Any], sink: Sink) -> None:
         sink(("malformed", line, f"a {kind!r} event with missing or malformed fields ({exc})"))
 
 
+def _sealed_shape(event: AuditEvent) -> None:
+    """`details` is 1 exactly when `sealed` is there, and a sealed field is not also in clear."""
+    sealed, details = getattr(event, "sealed", None), getattr(event, "details", None)
+    if (sealed is None) != (details is None) or details not in (None, DETAILS):
+        raise EventError(event.event_type, "details", f"'details' must be {DETAILS} with 'sealed' and absent without it")
+    if sealed is not None and getattr(event, "created", None) is not None:
+        raise EventError(event.event_type, "created", "'created' in clear beside 'sealed', which holds it")
+
+
 def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
+    _sealed_shape(event)
     match event:
         case SessionCreated():
             sink(("created", line, event.session, event.audio_expires, event.transcript_expires, event.child))
             if event.policy is not None:  # sessions logged before the written policy carry none
-                if event.created is None:
-                    raise EventError(event.event_type, "created", "'created'")
+                keeps = event.audio_expires is not None or event.transcript_expires is not None
+                if event.created is None and (event.sealed is None) == keeps:  # a kept session's start is in one of them
+                    raise EventError(event.event_type, "created", "'created'" if event.details is None else "'sealed'")
                 sink(
                     (
                         "taken",
@@ -220,6 +233,7 @@ def _scan(line: int, event: AuditEvent, sink: Sink) -> None:
                         event.created,
                         event.audio_expires,
                         event.transcript_expires,
+                        event.sealed,
                     )
                 )
         case PolicyAdopted(version=version, terms=terms):

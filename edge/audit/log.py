@@ -112,6 +112,10 @@ def sign_open_tails() -> None:
         raise failed
 
 
+SESSION_LINES = "session."
+"""The types whose writes carry coarse times (docs/FORMATS.md section 6, "Coarse times")."""
+
+
 class AuditLog:
     """Appends events; one writer at a time (the data-folder lock)."""
 
@@ -172,8 +176,9 @@ class AuditLog:
         """The lines for `batch` (type, fields, whether it needs a checkpoint) after `last`,
         with the checkpoints the format requires, and the last of them."""
         lines = []
+        coarse = any(event_type.startswith(SESSION_LINES) for event_type, _, _ in batch)
         for event_type, fields, _ in batch:
-            last = self._entry(last, event_type, fields)
+            last = self._entry(last, event_type, fields, coarse)
             written.append(last)
             lines.append(canonical(last))
             if last["seq"] % CHECKPOINT_EVERY == 0:
@@ -212,7 +217,7 @@ class AuditLog:
         log_id = self.log_id()
         signature = self._signing_key().sign(checkpoint_text(log_id, last["seq"], last["hash"]))
         signed = CheckpointSigned(entries=last["seq"], head=last["hash"], signature=signature.hex())
-        entry = self._entry(last, signed.event_type, signed.to_fields())
+        entry = self._entry(last, signed.event_type, signed.to_fields(), coarse=last["mono"] is None)
         return entry, Checkpoint(log_id, last["seq"], last["hash"], signature)
 
     def public_key_pem(self) -> bytes:
@@ -416,11 +421,15 @@ class AuditLog:
         last, _ = self._last_entry()  # signed at once by the caller: what the torn write lost may have been a checkpoint
         return last, LogRecovered(torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest())
 
-    def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _entry(self, last: dict[str, Any] | None, event_type: str, fields: dict[str, Any], coarse: bool = False) -> dict[str, Any]:
+        """The next line. `coarse`: a write about a session, or the checkpoint that signs one,
+        says only the hour it was written in (and no monotonic time): its exact time would tell
+        when someone spoke, and for how long, after the data is gone (docs/FORMATS.md section 6)."""
+        now = datetime.now(timezone.utc)
         entry: dict[str, Any] = {
             "seq": 1 if last is None else last["seq"] + 1,
-            "wall": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "mono": round(time.monotonic(), 3),
+            "wall": now.replace(minute=0, second=0, microsecond=0).isoformat() if coarse else now.isoformat(timespec="milliseconds"),
+            "mono": None if coarse else round(time.monotonic(), 3),
             "boot": boot_id(),
             "type": event_type,
             "fields": fields,

@@ -244,7 +244,8 @@ def _timeline(every: list[Session], now: datetime) -> str:
     return (
         f"<p class=meta>Each row is one session: who spoke and when. The bars run from the session for as long as it may "
         f"be kept, the recording above the transcript (the scale grows by steps, so minutes and months fit side by side). "
-        f"Grey is gone: no key on this device opens it.</p>{cut}<p>{legend}</p>"
+        f"Grey is gone: no key on this device opens it. A session's time is given to the hour: the log keeps its exact "
+        f"time and length only sealed under a key that goes with its data.</p>{cut}<p>{legend}</p>"
         f'<svg width="{width}" height="{height}" role="img" aria-label="timeline of kept sessions">{"".join(marks + rows)}</svg>'
     )
 

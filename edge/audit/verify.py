@@ -33,7 +33,9 @@ from edge.disk import layout
 from edge.disk.files import open_in, reader_in
 from edge.errors import AgeError, AuditError, EdgeError, StorageError
 from edge.events import WitnessCosigned
+from edge.instants import iso_utc
 from edge.progress import Progress
+from edge.store.details import open_sealed
 from edge.store.keystore import Keystore
 from edge.store.tables import KeystoreData
 from edge.values import DataKind
@@ -66,6 +68,9 @@ class Verification:
     """What the witness check found, when a witness was given."""
     cosigned: list[str] = field(default_factory=list)
     """Per witness that cosigned the log's tree (`audit witness push`): its latest cosignature."""
+    details_forgotten: int = 0
+    """Sessions whose sealed details no key the device holds opens: forgotten with the data
+    (their policy check is then made from what stays clear only; see docs/FORMATS.md 6)."""
 
     @property
     def ok(self) -> bool:
@@ -284,6 +289,8 @@ class _DataScan:
         """policy version -> what each profile may keep (s), for every version adopted so far"""
         self.cosigned: list[tuple[int, WitnessCosigned]] = []
         """(line, event) of every witness cosignature kept in the log"""
+        self.sealed: list[tuple[_Taken, str]] = []
+        """Sessions whose start is sealed (edge.store.details), with their sealed details"""
         self.problems: list[Problem] = []
         """Found while scanning; reported by _check_data, after the chain proved intact."""
 
@@ -317,32 +324,44 @@ class _DataScan:
                 self.problems.append(Problem(f"a child's session {session} was exported for training", line, session))
             case ("adopted", line, version, limits):
                 self.policies[version] = limits
-            case ("taken", line, session, version, profile, created, audio_expires, transcript_expires):
-                self.problems.extend(
-                    _within_policy(line, session, self.policies.get(version), version, profile, created, audio_expires, transcript_expires)
-                )
+            case ("taken", line, session, version, profile, created, audio_expires, transcript_expires, sealed):
+                taken = _Taken(line, session, self.policies.get(version), version, profile, audio_expires, transcript_expires)
+                if sealed is not None:  # its start is opened in _check_data, with the keystore's keys
+                    self.sealed.append((taken, sealed))
+                else:
+                    self.problems.extend(_within_policy(taken, created))
             case ("cosigned", line, event):
                 self.cosigned.append((line, event))
             case ("malformed", line, message):
                 self.problems.append(Problem(message, line))
 
 
-def _within_policy(
-    line: int,
-    session: str,
-    limits: dict[str, tuple[int, int]] | None,
-    version: str,
-    profile: str,
-    created: str,
-    audio_expires: str | None,
-    transcript_expires: str | None,
-) -> list[Problem]:
+@dataclass(frozen=True)
+class _Taken:
+    """A session.created taken under a written policy: what its policy check needs but its start."""
+
+    line: int
+    session: str
+    limits: dict[str, tuple[int, int]] | None
+    """What the policy in force at its line lets each profile keep (None: no such policy)."""
+    version: str
+    profile: str
+    audio_expires: str | None
+    transcript_expires: str | None
+
+
+def _within_policy(taken: _Taken, created: str | None) -> list[Problem]:
     """A session taken under a policy adopted before it, and kept no longer than that policy
-    lets its profile keep each kind (an expiry is rounded down to its bucket, never up)."""
+    lets its profile keep each kind (an expiry is rounded down to its bucket, never up).
+    `created` None: a session that keeps nothing (nothing to measure)."""
+    line, session, limits, version, profile = taken.line, taken.session, taken.limits, taken.version, taken.profile
+    audio_expires, transcript_expires = taken.audio_expires, taken.transcript_expires
     if limits is None:
         return [Problem(f"session {session} was taken under policy {version[:12]}, which no policy.adopted before it names", line, session)]
     if profile not in limits:
         return [Problem(f"session {session} is {profile}'s, a profile policy {version[:12]} does not have", line, session)]
+    if created is None:
+        return []
     start, problems = datetime.fromisoformat(created), []
     for kind, expires, seconds in (
         (DataKind.AUDIO, audio_expires, limits[profile][0]),
@@ -360,6 +379,32 @@ def _within_policy(
                 )
             )
     return problems
+
+
+def _sealed_start(session: str, sealed: str, data: KeystoreData | None, result: Verification) -> str | None:
+    """A session's start from its sealed details, opened with the key its keystore row holds;
+    None, counted as forgotten, once the row is gone: it was forgotten with the data."""
+    entry = data.sessions.get(session) if data is not None else None
+    details = open_sealed(sealed, entry.details, session, "session.created") if entry is not None else None
+    created = details.get("created") if details is not None else None
+    if isinstance(created, str) and _instant_or_none(created) is not None:
+        return created
+    if entry is not None:
+        result.problems.append(
+            Problem(f"session {session}: its sealed details do not open with the key the keystore holds for it", None, session)
+        )
+        return iso_utc(entry.created)
+    result.details_forgotten += 1
+    return None
+
+
+def _instant_or_none(text: str) -> datetime | None:
+    """A sealed instant as read (sealed fields are checked here, not by chain.scan)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def _instant(value: str | None) -> datetime | None:
@@ -382,8 +427,11 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
                     f"session {session}: its {kind} expired at {expires.isoformat()} but no shred or forget of it is logged", line, session
                 )
             )
+    for taken, sealed in scan.sealed:
+        result.problems.extend(_within_policy(taken, _sealed_start(taken.session, sealed, data, result)))
     if data is None or keystore is None:
         return
+    identities = [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
     if keystore.root_lost:
         result.problems.append(
             Problem(
@@ -391,7 +439,6 @@ def _check_data(scan: _DataScan, keystore: Keystore | None, now: datetime, on_ti
                 "opened; the agent records the loss at its next start"
             )
         )
-    identities = [identity for bucket in data.buckets.values() for identity in keystore.identities(bucket)]
     for entry in sorted(data.sessions.entries(), key=lambda s: s.created):
         if entry.id not in created:
             result.problems.append(Problem(f"session {entry.id}: held by the device but never logged", None, entry.id))

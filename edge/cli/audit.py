@@ -21,6 +21,7 @@ from edge.disk.outputs import check_output, write_output
 from edge.errors import AuditError, EdgeError, UsageError
 from edge.instants import parse_instant
 from edge.progress import Meter
+from edge.store.details import readable
 from edge.store.keystore import Access
 from edge.written.notice import Notice
 
@@ -68,6 +69,11 @@ def _verify(args: argparse.Namespace) -> int:
     for cosigned in result.cosigned:
         print(f"cosigned by witness {cosigned}")
     print(f"shredded: {result.shredded} bucket(s), {result.shredded_on_time} on time, worst lateness {result.worst_late_seconds:.1f} s")
+    if result.details_forgotten:
+        print(
+            f"forgotten: the details of {result.details_forgotten} session(s) (when, how long) were forgotten with their data; "
+            "what verification needs stays in clear"
+        )
     print(f"live: {result.live_sessions} session(s)" + (f", next expiry {result.next_expiry}" if result.next_expiry else ""))
     print("nothing past its retention can be opened with any key this device holds")
     if problems is not None:
@@ -237,6 +243,8 @@ def _show(args: argparse.Namespace) -> int:
     config = config_of(args)
     since = parse_instant(args.since, "--since")
     undated = 0
+    keys: dict[str, str] | None = None  # read at the first sealed entry: older logs have none
+    unread = False
     for entry in wiring.open_audit(config).entries():
         if types and entry["type"] not in types:
             continue
@@ -250,7 +258,17 @@ def _show(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(entry, sort_keys=True))
         else:
-            fields = " ".join(f"{k}={v}" for k, v in sorted(entry["fields"].items()) if k not in ("signature", "public_key"))
+            if "sealed" in entry["fields"] and keys is None and not unread:
+                try:
+                    keys = wiring.held_details_keys(config)
+                except EdgeError as exc:  # their details are unknown here, not forgotten
+                    log.warning("sealed details are shown as sealed: %s", exc)
+                    unread = True
+            fields = " ".join(
+                f"{k}={v}"
+                for k, v in sorted(readable(entry["type"], entry["fields"], keys).items())
+                if k not in ("signature", "public_key")
+            )
             print(f"{entry['seq']:>6}  {entry['wall']}  {entry['type']:<18} {fields}")
     if undated:
         log.warning("%d event(s) left out: their time is not a date (run `edge-agent audit verify`)", undated)
@@ -301,7 +319,11 @@ def _notices(config: Config, now: datetime) -> list[Notice]:
 
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", metavar="ISO8601", help="only events at or after this instant")
+    parser.add_argument(
+        "--since",
+        metavar="ISO8601",
+        help="only events at or after this instant (a session's lines say only the hour they were written in)",
+    )
     parser.add_argument(
         "--type", metavar="TYPE", action="append", help="only events of this type (e.g. shred, session.created); repeat for several"
     )

@@ -95,15 +95,20 @@ def config_of(args: argparse.Namespace, quiet: bool = False) -> Config:
 # -- output ----------------------------------------------------------------------------
 
 
-def refuse_text_into_journal(what: str) -> None:
-    """Transcript text must never reach the systemd journal, which stores it on disk in
-    plaintext: refuse when stdout is the journal stream systemd gave this process."""
+def stdout_is_journal() -> bool:
+    """Whether stdout is the journal stream systemd gave this process (JOURNAL_STREAM)."""
     device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
     try:
         info = os.fstat(sys.stdout.fileno())
     except (OSError, ValueError):
-        return
-    if device.isdigit() and inode.isdigit() and (info.st_dev, info.st_ino) == (int(device), int(inode)):
+        return False
+    return device.isdigit() and inode.isdigit() and (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def refuse_text_into_journal(what: str) -> None:
+    """Transcript text must never reach the systemd journal, which stores it on disk in
+    plaintext: refuse when stdout is the journal stream systemd gave this process."""
+    if stdout_is_journal():
         raise UsageError(
             f"{what} prints what was said, and stdout is the systemd journal, which keeps it on disk in "
             "plaintext. Run it at a terminal or pipe its output to the program that needs the text "
@@ -114,9 +119,14 @@ def refuse_text_into_journal(what: str) -> None:
 def session_printer(as_json: bool, show_text: bool = False) -> Callable[[SessionRecord], None]:
     """One line per finished session: JSON with the text (`--json`, asked for), or a readable
     pair of lines that says what was kept but never what was said (unless `show_text`: the
-    demo, run by a person at a terminal)."""
+    demo, run by a person at a terminal). Nothing into the systemd journal: it keeps each
+    line, exactly timed, on disk long after the session's data and details are forgotten
+    (the audit log holds what must be kept, docs/FORMATS.md section 6)."""
+    quiet = not as_json and stdout_is_journal()
 
     def emit(record: SessionRecord) -> None:
+        if quiet:
+            return
         if as_json:
             print(json.dumps(record.to_json(), ensure_ascii=False), flush=True)
             return

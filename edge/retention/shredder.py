@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -660,3 +660,6 @@ def _forget_when_last_seen(data: KeystoreData, profiles: set[str], latest: dict[
             data.last_seen[profile] = min(data.last_seen[profile], latest[profile])
         else:
             data.last_seen.pop(profile, None)
+        voice = data.voices.get(profile)  # its voiceprint's "heard" too (logged by voice.forgotten, profile.kept)
+        if voice is not None:
+            data.voices[profile] = replace(voice, heard=min(voice.heard, max(latest.get(profile, voice.enrolled), voice.enrolled)))

@@ -21,6 +21,7 @@ from edge.errors import AgeError, PolicyError, UsageError
 from edge.events import Export, ExportRefused, IdentityExported
 from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.sink import AuditSink
+from edge.store.details import DETAILS, seal
 from edge.store.keystore import Keystore
 from edge.store.records import SessionEntry
 from edge.store.tables import KeystoreData
@@ -99,7 +100,13 @@ def export_audio(
             raise
         identities = keystore.identities(data.buckets[entry.audio_bucket])  # type: ignore[index]
         seconds = _write_wav(keystore.data_dir, session_id, identities, out)
-        audit.append(Export(session=session_id, purpose=purpose, seconds=round(seconds, 3)))
+        length = round(seconds, 3)  # the session's length: sealed under its details key, as its own lines hold it
+        sealed = seal({"seconds": length}, entry.details, session_id, Export.event_type) if entry.details else None
+        audit.append(
+            Export(
+                session=session_id, purpose=purpose, seconds=None if sealed else length, details=DETAILS if sealed else None, sealed=sealed
+            )
+        )
     return Exported(session_id, entry.profile, purpose, out, seconds)
 
 

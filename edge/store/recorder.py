@@ -28,6 +28,7 @@ from edge.pcm import PIPELINE_RATE, SAMPLE_BYTES
 from edge.policy import Tag
 from edge.sink import AuditSink
 from edge.store.buckets import bucket_id, expiry_for
+from edge.store.details import DETAILS, new_key, seal
 from edge.store.keystore import Keystore
 from edge.store.records import Bucket, SessionEntry
 from edge.store.tables import KeystoreData
@@ -90,11 +91,15 @@ class Recorder:
                     transcript_expires=transcript.expires if transcript else None,
                     audio_bucket=audio.id if audio else None,
                     transcript_bucket=transcript.id if transcript else None,
+                    details=new_key() if audio or transcript else None,
                 )
                 if audio or transcript:
                     data.sessions[session_id] = entry
             # Logged after the keystore holds it: a crash in between leaves a session the log
             # learns of when it is shredded, never a logged session that could not be shredded.
+            # Its start is sealed under its own details key (forgotten with its last data); a
+            # session that keeps nothing logs no start at all.
+            sealed = seal({"created": iso_utc(now)}, entry.details, session_id, SessionCreated.event_type) if entry.details else None
             self.audit.append(  # keeping nothing, the session logs nothing more: then signed in its write
                 SessionCreated(
                     session=session_id,
@@ -106,7 +111,8 @@ class Recorder:
                     audio_bucket=entry.audio_bucket,
                     transcript_bucket=entry.transcript_bucket,
                     policy=self.policy,
-                    created=iso_utc(now) if self.policy is not None else None,
+                    details=DETAILS if sealed is not None else None,
+                    sealed=sealed,
                 )
             )
             return SealedSession(self.keystore, self.audit, entry, Recipient.parse(audio.recipient) if audio else None)
@@ -192,8 +198,14 @@ class SealedSession:
                 write_atomic_in(self._keystore.data_dir, layout.transcript(entry.id), sealed, writer=LOCKED)  # in the transaction's lock
             seconds = round(self._bytes / (SAMPLE_BYTES * PIPELINE_RATE), 3)
             data.sessions[entry.id] = replace(entry, state="complete", seconds=seconds)
+            details = seal({"seconds": seconds}, entry.details, entry.id, SessionSealed.event_type) if entry.details else None
             self._audit.append(  # the session's end: signed in the same write (docs/FORMATS.md section 6)
                 SessionSealed(
-                    session=entry.id, seconds=seconds, audio_sealed=self._writer is not None, transcript_sealed=bucket is not None
+                    session=entry.id,
+                    audio_sealed=self._writer is not None,
+                    transcript_sealed=bucket is not None,
+                    seconds=None if details is not None else seconds,
+                    details=DETAILS if details is not None else None,
+                    sealed=details,
                 )
             )

@@ -57,6 +57,10 @@ class SessionEntry:
     sealed row and its clear columns; never stored)."""
     transcript_shredded: datetime | None = None
     """The same for the transcript."""
+    details: str | None = None
+    """The key (hex) its audit lines' personal details are sealed under (edge.store.details):
+    it lives only in this row, so it goes with the session's last data. None in rows older
+    than sealed details."""
 
     def buckets(self) -> tuple[str | None, str | None]:
         return self.audio_bucket, self.transcript_bucket

@@ -71,7 +71,7 @@ class HeldSession:
             self.decide()
             sealed = self._recorder.begin_held(self._session, self.tag, self._started)
             if sealed is None:
-                log.info("session %s: a forget ran while it was spoken; nothing of it is kept", self._session)
+                log.debug("session %s: a forget ran while it was spoken; nothing of it is kept", self._session)
                 return
             for start in range(0, len(self._audio), _CHUNK):
                 sealed.write(bytes(self._audio[start : start + _CHUNK]))

@@ -25,6 +25,7 @@ from edge.config import ListenerSettings
 from edge.disk.space import FLOOR_BYTES, below_floor
 from edge.errors import EdgeError, WyomingError
 from edge.events import SessionServed
+from edge.store.details import DETAILS, seal
 from edge.values import EndReason
 from edge.wyoming.allowance import AudioAllowance
 from edge.wyoming.audio import WireFormat
@@ -282,20 +283,26 @@ class Connection:
             self._server.give_slot()
 
     def _served(self, utterance: Utterance, reason: EndReason, characters: int) -> None:
-        """Audited before the text is handed out: the log never claims less than left the device."""
+        """Audited before the text is handed out: the log never claims less than left the device.
+        What the utterance was (listener, length, characters, how it ended) is sealed under the
+        session's details key when anything of it is kept, so it is forgotten with its data;
+        of an utterance that keeps nothing the log says only that it was served, whose, and how
+        the exchange ended."""
+        seconds, key = utterance.seconds, utterance.details_key
+        personal = {"listener": self._listener.name, "seconds": seconds, "characters": characters, "end_reason": str(reason)}
+        sealed = seal(personal, key, utterance.session, SessionServed.event_type) if key is not None else None
         self._server.household.audit.append(  # a Wyoming session's last event: signed in the same write
             SessionServed(
                 session=utterance.session,
                 source="wyoming",
-                listener=self._listener.name,
                 profile=utterance.tag.profile.name,
-                seconds=utterance.seconds,
-                characters=characters,
-                end_reason=reason,
                 kept=utterance.kept,
+                end_reason=None if sealed else reason,  # how the protocol ended, not who spoke: in clear when nothing is kept
+                details=DETAILS if sealed else None,
+                sealed=sealed,
             )
         )
-        log.info(
+        log.debug(  # not at info: the journal would keep it after the session is forgotten
             "wyoming %s: session %s (%s, %.1f s): %d character(s) handed out",
             self._listener.name,
             utterance.session,

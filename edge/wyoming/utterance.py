@@ -82,6 +82,12 @@ class Utterance:
         """Whether anything of it was kept (known once finished)."""
         return self._session.kept is not None
 
+    @property
+    def details_key(self) -> str | None:
+        """The key its audit lines' personal details are sealed under (None: nothing kept)."""
+        entry = self._session.kept
+        return entry.details if entry is not None else None
+
     def feed(self, raw: bytes) -> None:
         """Client audio in its declared format (WyomingError if not whole frames)."""
         self._take(self._converter.convert(raw))
