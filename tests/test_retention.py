@@ -136,6 +136,47 @@ def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
     assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
 
 
+def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last(tmp_path, write_config, monkeypatch):
+    """The due check of every start and sweep reads the state row's bound on the buckets'
+    expiries (docs/FORMATS.md section 3), not every bucket row; the rows made since are opened,
+    so a bucket that expires before the bound (a shorter policy, used later) still goes on
+    time, and a state row without the bound (an older edge wrote it) has every row opened."""
+    import sqlite3
+    from contextlib import closing
+
+    from edge.store.rows import RootKeys, state_document, state_from
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    for _ in range(4):  # kept 24 h and 30 d, in 1 h windows: two buckets an hour
+        record(store, clock, config, "parent")
+        wall.advance(3600)
+    opened: list[int] = []
+    real = RootKeys.open_bucket
+    monkeypatch.setattr(RootKeys, "open_bucket", lambda keys, handle, sealed: opened.append(handle) or real(keys, handle, sealed))
+    assert shredder.sweep().empty and len(opened) == 8  # made since the last look: opened once, then bounded
+    opened.clear()
+    assert shredder.sweep().empty and opened == []
+    child = record(store, clock, config, "child")  # audio 1 h: before every parent bucket
+    opened.clear()
+    assert shredder.sweep().empty and len(opened) == 2  # the child's two buckets, new
+    opened.clear()
+    assert shredder.sweep().empty and opened == []
+    wall.advance(3600)
+    report = shredder.sweep()
+    assert [(b.profile, b.kind, b.sessions) for b in report.buckets] == [("child", "audio", (child,))]
+    opened.clear()
+    assert shredder.sweep().empty and opened == []
+    keys = RootKeys(store.vault.read("current"))
+    with DataLock(store.data_dir), closing(sqlite3.connect(store.data_dir / "keystore.db", isolation_level=None)) as db:
+        plain = state_from(keys.open_state(db.execute("SELECT value FROM meta WHERE name = 'state'").fetchone()[0]))
+        assert plain[6] is not None  # the state row as an older edge writes it: no bound
+        db.execute("UPDATE meta SET value = ? WHERE name = 'state'", (keys.seal_state(state_document(*plain[:6])),))
+    opened.clear()
+    assert shredder.sweep().empty and len(set(opened)) == len(opened) == 9  # every live row, once
+    opened.clear()
+    assert shredder.sweep().empty and opened == []
+
+
 @pytest.mark.parametrize("profile", ["child", "parent"])
 def test_inactive_profile_is_shredded(tmp_path, write_config, profile):
     """Child or adult: a profile unused for its inactive_after loses everything it kept."""
@@ -373,6 +414,32 @@ def test_bucket_job_fires_at_expiry(tmp_path, write_config):
         assert wait_for(lambda: not path.exists() and reports, 12), "the bucket's date job did not shred it"
         late = reports[-1].buckets[0].late
         assert timedelta(0) <= late < timedelta(seconds=5)  # the sweep is 10 minutes away
+    finally:
+        service.stop()
+
+
+def test_the_start_places_one_job_at_the_earliest_expiry_opening_no_bucket_row(tmp_path, write_config, monkeypatch):
+    """The agent's start schedules the keystore's earliest expiry from the state row's bound
+    (not a job per bucket, each row opened: O(buckets) at every start); that job's sweep
+    shreds a bucket made before the start on time, and places the next."""
+    from edge.store.rows import RootKeys
+
+    config = load_config(write_config(mode="always", child=Retention("child", "4s", "7d"), sweep="10m"))
+    clock = wiring.make_clock(config)
+    reports: list = []
+    (store, audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the start's job can do it
+    sessions = [record_in_process(store, clock, config, profile) for profile in ("parent", "parent", "child")]
+    service.catch_up()  # what the agent's start does first: the rows made since the last look are opened once
+    opened: list[int] = []
+    real = RootKeys.open_bucket
+    monkeypatch.setattr(RootKeys, "open_bucket", lambda keys, handle, sealed: opened.append(handle) or real(keys, handle, sealed))
+    service.start()
+    try:
+        assert opened == []
+        path = recording_path(config.device.data_dir, sessions[-1])
+        assert wait_for(lambda: not path.exists() and reports, 12), "the start's job did not shred it"
+        assert [(b.profile, b.kind) for b in reports[-1].buckets] == [("child", "audio")]
+        assert timedelta(0) <= reports[-1].buckets[0].late < timedelta(seconds=5)
     finally:
         service.stop()
 
