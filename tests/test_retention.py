@@ -136,6 +136,21 @@ def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
     assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
 
 
+def _bucket_rows_opened(monkeypatch) -> list[int]:
+    """The handles of the bucket rows opened from here on (each is decrypted when opened)."""
+    from edge.store.rows import RootKeys
+
+    opened: list[int] = []
+    real = RootKeys.open_bucket
+
+    def counted(keys: RootKeys, handle: int, sealed: bytes):
+        opened.append(handle)
+        return real(keys, handle, sealed)
+
+    monkeypatch.setattr(RootKeys, "open_bucket", counted)
+    return opened
+
+
 def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last(tmp_path, write_config, monkeypatch):
     """The due check of every start and sweep reads the state row's bound on the buckets'
     expiries (docs/FORMATS.md section 3), not every bucket row; the rows made since are opened,
@@ -150,9 +165,7 @@ def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last(tmp
     for _ in range(4):  # kept 24 h and 30 d, in 1 h windows: two buckets an hour
         record(store, clock, config, "parent")
         wall.advance(3600)
-    opened: list[int] = []
-    real = RootKeys.open_bucket
-    monkeypatch.setattr(RootKeys, "open_bucket", lambda keys, handle, sealed: opened.append(handle) or real(keys, handle, sealed))
+    opened = _bucket_rows_opened(monkeypatch)
     assert shredder.sweep().empty and len(opened) == 8  # made since the last look: opened once, then bounded
     opened.clear()
     assert shredder.sweep().empty and opened == []
@@ -422,17 +435,14 @@ def test_the_start_places_one_job_at_the_earliest_expiry_opening_no_bucket_row(t
     """The agent's start schedules the keystore's earliest expiry from the state row's bound
     (not a job per bucket, each row opened: O(buckets) at every start); that job's sweep
     shreds a bucket made before the start on time, and places the next."""
-    from edge.store.rows import RootKeys
 
     config = load_config(write_config(mode="always", child=Retention("child", "4s", "7d"), sweep="10m"))
     clock = wiring.make_clock(config)
     reports: list = []
-    (store, audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the start's job can do it
+    (store, _audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the start's job can do it
     sessions = [record_in_process(store, clock, config, profile) for profile in ("parent", "parent", "child")]
     service.catch_up()  # what the agent's start does first: the rows made since the last look are opened once
-    opened: list[int] = []
-    real = RootKeys.open_bucket
-    monkeypatch.setattr(RootKeys, "open_bucket", lambda keys, handle, sealed: opened.append(handle) or real(keys, handle, sealed))
+    opened = _bucket_rows_opened(monkeypatch)
     service.start()
     try:
         assert opened == []

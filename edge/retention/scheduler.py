@@ -74,6 +74,9 @@ class RetentionService:
         self._drift = 0.0
         self.notifier = notifier or Notifier(None, None)
         self._beating = threading.Event()  # a heartbeat job is queued or running
+        self._swept = threading.Event()
+        """A sweep ended: the watch thread places the next job (a job that adds one could wait
+        for the scheduler's lock while a shutdown holding it waits for the job)."""
 
     def catch_up(self) -> ShredReport:
         """Shred everything already due, synchronously (before the microphone opens)."""
@@ -103,7 +106,7 @@ class RetentionService:
     def sweep(self) -> None:
         try:
             report = self.shredder.sweep()
-            self._place_next()
+            self._swept.set()
         except EdgeError as exc:  # keep the agent running; say what went wrong
             log.error("retention sweep failed: %s", exc)
             return
@@ -112,8 +115,9 @@ class RetentionService:
 
     def _place_next(self) -> None:
         """A job at the earliest instant a bucket kept may expire (one already past runs at
-        once: it expired since the sweep that placed it looked). After a sweep that failed
-        none is placed: the periodic sweep tries again, as it would after a bucket's job."""
+        once: it expired since the sweep looked), at the start and within a second of each
+        sweep. After a sweep that failed none is placed: the periodic sweep tries again, as it
+        would after a bucket's job."""
         earliest = self.shredder.keystore.read().buckets.earliest_expiry()
         if earliest is None:
             return
@@ -156,6 +160,9 @@ class RetentionService:
                 jumped = abs(self.clock.read().drift - self._drift) > JUMP
                 if jumped:
                     self._replace_jobs()
+                elif self._swept.is_set():
+                    self._swept.clear()
+                    self._place_next()
                 if jumped or time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every.total_seconds()
                     self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
@@ -170,6 +177,7 @@ class RetentionService:
         """After a clock step: every bucket job at the wall instant of its trusted expiry, and
         the job at the earliest one."""
         self._measure_clock()
+        self._swept.clear()
         with contextlib.suppress(EdgeError):  # the sweep that follows at once says what failed
             self._place_next()
         buckets: Mapping[str, Bucket]

@@ -409,7 +409,7 @@ class Keystore:
                 self.vault.write("current", root)
             if write and staged is not None:
                 self.vault.erase("next")
-            return KeystoreData(connection, keys, state)
+            return KeystoreData(connection, keys, state, write=write)
         if current is None and staged is None:
             return self._after_root_loss(connection, self.vault.why_missing(), write)  # VaultError if maybe only invisible
         raise KeystoreError(

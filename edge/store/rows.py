@@ -154,7 +154,13 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
 
 
 State = tuple[
-    dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None, ClockRewind | None, datetime | None, BucketBound | None
+    dict[str, datetime],
+    dict[str, PendingForget],
+    dict[str, Voiceprint],
+    datetime | None,
+    ClockRewind | None,
+    datetime | None,
+    BucketBound | None,
 ]
 """The state row: when each profile was last heard, pending forgets, voiceprints by profile,
 when the latest forget was requested, the latest rewind of the trusted clock, when guest

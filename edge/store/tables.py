@@ -28,8 +28,10 @@ CHUNK = 500
 class KeystoreData:
     """One transaction's (or one read's) view of the keystore."""
 
-    def __init__(self, connection: sqlite3.Connection, keys: RootKeys, state: bytes) -> None:
+    def __init__(self, connection: sqlite3.Connection, keys: RootKeys, state: bytes, write: bool = True) -> None:
         self._connection: sqlite3.Connection | None = connection
+        self._write = write
+        """False for a snapshot: reading every bucket row makes its bound exact, which is no change to write."""
         self.keys = keys
         self._state = state
         """The state row's plaintext as read (written back only when it changed)."""
@@ -50,8 +52,8 @@ class KeystoreData:
         self.guest_until: datetime | None
         """When guest mode ends (edge.spoken), by the trusted clock; None: off. Kept here so a
         restart never ends it early: that would lengthen what guests' sessions keep."""
-        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, bound = state_from(state)
-        self.buckets = BucketTable(self, bound)
+        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, self._bound = state_from(state)
+        self.buckets = BucketTable(self, self._bound)
         self.sessions = SessionTable(self)
 
     @property
@@ -69,7 +71,7 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        bound = self.buckets.bound()
+        bound = self.buckets.bound() if self._write else self._bound
         state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, bound)
         if state != self._state or self._state_dirty:
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
@@ -127,11 +129,12 @@ class KeystoreData:
         return found
 
     def _members_in_one_pass(self, handles: dict[int, str]) -> dict[str, list[str]]:
-        """members_of for most buckets (a purge of all that is overdue): one pass over the
-        table instead of two index searches a bucket."""
+        """members_of for most buckets (a purge of all that is overdue): one pass over each of
+        the two indexes (they hold the ids: the rows are not read) instead of two searches a bucket."""
         found: dict[str, list[str]] = {bucket_id: [] for bucket_id in handles.values()}
-        for session_id, audio, transcript in self.db.execute("SELECT id, audio, transcript FROM sessions"):
-            for handle in (audio, transcript):
+        for column in ("audio", "transcript"):
+            query = f"SELECT {column}, id FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL"
+            for handle, session_id in self.db.execute(query):
                 bucket_id = handles.get(handle)
                 if bucket_id is not None:
                     found[bucket_id].append(session_id)
