@@ -151,11 +151,12 @@ def _bucket_rows_opened(monkeypatch) -> list[int]:
     return opened
 
 
-def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last(tmp_path, write_config, monkeypatch):
+def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last_shred(tmp_path, write_config, monkeypatch):
     """The due check of every start and sweep reads the state row's bound on the buckets'
-    expiries (docs/FORMATS.md section 3), not every bucket row; the rows made since are opened,
-    so a bucket that expires before the bound (a shorter policy, used later) still goes on
-    time, and a state row without the bound (an older edge wrote it) has every row opened."""
+    expiries (docs/FORMATS.md section 3), not every bucket row: only the rows made since the
+    bound was last stored (by a shred) are opened, so a bucket that expires before the bound (a
+    shorter policy, used later) still goes on time, and a state row without the bound (an
+    older edge wrote it) has every row opened."""
     import sqlite3
     from contextlib import closing
 
@@ -166,28 +167,22 @@ def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last(tmp
         record(store, clock, config, "parent")
         wall.advance(3600)
     opened = _bucket_rows_opened(monkeypatch)
-    assert shredder.sweep().empty and len(opened) == 8  # made since the last look: opened once, then bounded
-    opened.clear()
-    assert shredder.sweep().empty and opened == []
+    assert shredder.sweep().empty and len(opened) == 8  # all made since: a sweep that changes nothing writes nothing
     child = record(store, clock, config, "child")  # audio 1 h: before every parent bucket
     opened.clear()
-    assert shredder.sweep().empty and len(opened) == 2  # the child's two buckets, new
-    opened.clear()
-    assert shredder.sweep().empty and opened == []
+    assert shredder.sweep().empty and len(opened) == 10
     wall.advance(3600)
     report = shredder.sweep()
     assert [(b.profile, b.kind, b.sessions) for b in report.buckets] == [("child", "audio", (child,))]
     opened.clear()
-    assert shredder.sweep().empty and opened == []
+    assert shredder.sweep().empty and opened == []  # the shred stored the bound exact
     keys = RootKeys(store.vault.read("current"))
     with DataLock(store.data_dir), closing(sqlite3.connect(store.data_dir / "keystore.db", isolation_level=None)) as db:
         plain = state_from(keys.open_state(db.execute("SELECT value FROM meta WHERE name = 'state'").fetchone()[0]))
         assert plain[6] is not None  # the state row as an older edge writes it: no bound
         db.execute("UPDATE meta SET value = ? WHERE name = 'state'", (keys.seal_state(state_document(*plain[:6])),))
     opened.clear()
-    assert shredder.sweep().empty and len(set(opened)) == len(opened) == 9  # every live row, once
-    opened.clear()
-    assert shredder.sweep().empty and opened == []
+    assert shredder.sweep().empty and len(set(opened)) == len(opened) == 9  # every live row
 
 
 @pytest.mark.parametrize("profile", ["child", "parent"])
@@ -441,7 +436,9 @@ def test_the_start_places_one_job_at_the_earliest_expiry_opening_no_bucket_row(t
     reports: list = []
     (store, _audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the start's job can do it
     sessions = [record_in_process(store, clock, config, profile) for profile in ("parent", "parent", "child")]
-    service.catch_up()  # what the agent's start does first: the rows made since the last look are opened once
+    with store.transaction() as data:
+        store.ratchet(data)  # as every shred does: the bound is stored exact
+    service.catch_up()  # what the agent's start does first
     opened = _bucket_rows_opened(monkeypatch)
     service.start()
     try:

@@ -33,8 +33,6 @@ class KeystoreData:
         self._write = write
         """False for a snapshot: reading every bucket row makes its bound exact, which is no change to write."""
         self.keys = keys
-        self._state = state
-        """The state row's plaintext as read (written back only when it changed)."""
         self._state_dirty = False
         self.held_by: object = None
         """What must live as long as this data (a snapshot's keystore, which owns its connection)."""
@@ -53,6 +51,8 @@ class KeystoreData:
         """When guest mode ends (edge.spoken), by the trusted clock; None: off. Kept here so a
         restart never ends it early: that would lengthen what guests' sessions keep."""
         self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, self._bound = state_from(state)
+        self._state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
+        """The state row as read or last written, but its bound (kept in _bound)."""
         self.buckets = BucketTable(self, self._bound)
         self.sessions = SessionTable(self)
 
@@ -71,11 +71,14 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        bound = self.buckets.bound() if self._write else self._bound
-        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, bound)
-        if state != self._state or self._state_dirty:
+        core = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
+        folded = self.buckets.folded_bound() if self._write else self._bound
+        if core != self._state or folded != self._bound or self._state_dirty:  # a bound only made tighter is no change
+            bound = self.buckets.bound() if self._write else self._bound
+            state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, bound)
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
-            self._state, self._state_dirty = state, False
+            self._state, self._bound, self._state_dirty = core, bound, False
+            self.buckets.stored(bound)
 
     def rekey_root(self, keys: RootKeys) -> None:
         """Re-seal every bucket row and the state under a new root (the ratchet): O(live buckets)."""
@@ -194,6 +197,14 @@ class BucketTable(LazyTable[Bucket]):
         if self._bound.earliest is not None:
             expiries.append(self._bound.earliest)
         return min(expiries, default=None)
+
+    def folded_bound(self) -> BucketBound | None:
+        """The stored bound with the bucket rows written since folded in: a change that must be stored."""
+        return self._bound
+
+    def stored(self, bound: BucketBound | None) -> None:
+        """The bound the state row now holds."""
+        self._bound = bound
 
     def bound(self) -> BucketBound | None:
         """The bound to store with what was flushed: exact once every row was opened; else the
