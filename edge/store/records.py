@@ -229,8 +229,12 @@ class BucketBound:
         )
 
     def folded(self, handle: int, bucket: Bucket) -> BucketBound:
-        """The bound once `bucket` (row `handle`) is written."""
-        if handle > self.upto:
-            return self  # opened by the check anyway
+        """The bound once `bucket` (row `handle`) is written. The row right after `upto` (a new
+        bucket: handles are never reused, so no other row lies between) joins it."""
+        if handle > self.upto + 1:
+            return self  # rows between were made without it: the check opens those above `upto`
+        if handle == self.upto + 1:
+            earliest = bucket.expires if self.earliest is None else min(self.earliest, bucket.expires)
+            return BucketBound(earliest, handle, self.rekeying or bucket.retiring_identity is not None)
         earliest = bucket.expires if self.earliest is None else min(self.earliest, bucket.expires)
         return BucketBound(earliest, self.upto, self.rekeying or bucket.retiring_identity is not None)
