@@ -20,7 +20,7 @@ from edge.crypto.vault import FileVault
 from edge.disk.layout import KEYSTORE, KEYSTORE_DB, recording_path, transcript_path
 from edge.errors import KeystoreError
 from edge.store.legacy import open_v1
-from edge.store.records import Bucket, PendingForget, SessionEntry
+from edge.store.records import Bucket, BucketBound, PendingForget, SessionEntry
 from edge.store.rows import (
     RootKeys,
     bucket_document,
@@ -78,7 +78,9 @@ def test_rows_round_trip_every_field_shape():
         both, audio_bucket=None, audio_expires=None, audio_shredded=when
     )
     pending = PendingForget("r1", "session c", ("c",), {"b1": ("c",)}, ("b2",))
-    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {}, None, None, None)
+    assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {}, None, None, None, None)
+    bound = BucketBound(when, 7, True)
+    assert state_from(state_document({}, {}, bound=bound))[6] == bound
 
 
 def test_a_commit_opens_only_the_rows_it_touches(tmp_path, write_config, monkeypatch):

@@ -139,6 +139,55 @@ def test_cost_is_per_bucket_not_per_session(tmp_path, write_config):
     assert len(report.buckets) == 1 and set(report.buckets[0].sessions) == set(sessions)
 
 
+def _bucket_rows_opened(monkeypatch) -> list[int]:
+    """The handles of the bucket rows opened from here on (each is decrypted when opened)."""
+    from edge.store.rows import RootKeys
+
+    opened: list[int] = []
+    real = RootKeys.open_bucket
+
+    def counted(keys: RootKeys, handle: int, sealed: bytes):
+        opened.append(handle)
+        return real(keys, handle, sealed)
+
+    monkeypatch.setattr(RootKeys, "open_bucket", counted)
+    return opened
+
+
+def test_a_sweep_with_nothing_due_opens_only_the_buckets_made_since_the_last_shred(tmp_path, write_config, monkeypatch):
+    """The due check of every start and sweep reads the state row's bound on the buckets'
+    expiries (docs/FORMATS.md section 3), not every bucket row: only the rows made since the
+    bound was last stored (by a shred) are opened, so a bucket that expires before the bound (a
+    shorter policy, used later) still goes on time, and a state row without the bound (an
+    older edge wrote it) has every row opened."""
+    import sqlite3
+    from contextlib import closing
+
+    from edge.store.rows import RootKeys, state_document, state_from
+
+    config, wall, clock, store, shredder = setup(tmp_path, write_config)
+    for _ in range(4):  # kept 24 h and 30 d, in 1 h windows: two buckets an hour
+        record(store, clock, config, "parent")
+        wall.advance(3600)
+    opened = _bucket_rows_opened(monkeypatch)
+    assert shredder.sweep().empty and opened == []  # each new bucket joined the bound in its commit
+    child = record(store, clock, config, "child")  # audio 1 h: before every parent bucket
+    opened.clear()  # the recording itself opened its buckets
+    assert shredder.sweep().empty and opened == []
+    wall.advance(3600)
+    report = shredder.sweep()
+    assert [(b.profile, b.kind, b.sessions) for b in report.buckets] == [("child", "audio", (child,))]
+    opened.clear()
+    assert shredder.sweep().empty and opened == []  # the shred stored the bound exact
+    keys = RootKeys(store.vault.read("current"))
+    with DataLock(store.data_dir), closing(sqlite3.connect(store.data_dir / "keystore.db", isolation_level=None)) as db:
+        plain = state_from(keys.open_state(db.execute("SELECT value FROM meta WHERE name = 'state'").fetchone()[0]))
+        assert plain[6] is not None  # the state row as an older edge writes it: no bound
+        db.execute("UPDATE meta SET value = ? WHERE name = 'state'", (keys.seal_state(state_document(*plain[:6])),))
+    opened.clear()
+    assert shredder.sweep().empty and len(set(opened)) == len(opened) == 9  # every live row
+
+
 @pytest.mark.parametrize("profile", ["child", "parent"])
 def test_inactive_profile_is_shredded(tmp_path, write_config, profile):
     """Child or adult: a profile unused for its inactive_after loses everything it kept."""
@@ -449,6 +498,31 @@ def test_bucket_job_fires_at_expiry(tmp_path, write_config):
         assert wait_for(lambda: not path.exists() and reports, 12), "the bucket's date job did not shred it"
         late = reports[-1].buckets[0].late
         assert timedelta(0) <= late < timedelta(seconds=5)  # the sweep is 10 minutes away
+    finally:
+        service.stop()
+
+
+def test_the_start_places_one_job_at_the_earliest_expiry_opening_no_bucket_row(tmp_path, write_config, monkeypatch):
+    """The agent's start schedules the keystore's earliest expiry from the state row's bound
+    (not a job per bucket, each row opened: O(buckets) at every start); that job's sweep
+    shreds a bucket made before the start on time, and places the next."""
+
+    config = load_config(write_config(mode="always", child=Retention("child", "4s", "7d"), sweep="10m"))
+    clock = wiring.make_clock(config)
+    reports: list = []
+    (store, _audit), service = _scheduled(config, clock, reports)  # the sweep is 10 min away: only the start's job can do it
+    sessions = [record_in_process(store, clock, config, profile) for profile in ("parent", "parent", "child")]
+    with store.transaction() as data:
+        store.ratchet(data)  # as every shred does: the bound is stored exact
+    service.catch_up()  # what the agent's start does first
+    opened = _bucket_rows_opened(monkeypatch)
+    service.start()
+    try:
+        assert opened == []
+        path = recording_path(config.device.data_dir, sessions[-1])
+        assert wait_for(lambda: not path.exists() and reports, 12), "the start's job did not shred it"
+        assert [(b.profile, b.kind) for b in reports[-1].buckets] == [("child", "audio")]
+        assert timedelta(0) <= reports[-1].buckets[0].late < timedelta(seconds=5)
     finally:
         service.stop()
 

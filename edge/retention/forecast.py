@@ -60,8 +60,11 @@ def reason_at(bucket: Bucket, inactive: datetime | None, now: datetime) -> Shred
 
 
 def due(config: Config, data: KeystoreData, now: datetime) -> dict[str, ShredReason]:
-    """The buckets to shred at `now`, with why."""
+    """The buckets to shred at `now`, with why. Every bucket row is opened only when one may be
+    due: the state row bounds their expiries (BucketBound), and says when each profile goes inactive."""
     inactive = inactive_from(config, data)
+    if all(at > now for at in inactive.values()) and not data.buckets.may_expire_by(now):
+        return {}
     reasons = {b.id: reason_at(b, inactive.get(b.profile), now) for b in data.buckets.values()}
     return {bucket: reason for bucket, reason in reasons.items() if reason is not None}
 

@@ -1,6 +1,8 @@
 """Retention on schedule while the agent runs (APScheduler 3.x).
 
-Derived from the keystore at start: one `date` job per bucket at its expiry.
+Derived from the keystore: one `date` job at the earliest instant a bucket may expire (the
+keystore's bound on the expiries: no bucket row is opened for it), placed again after every
+sweep, and one per bucket made since the start, at its expiry.
 `misfire_grace_time=None` and `coalesce=True` so a job missed while the device was
 off runs once at start instead of being dropped (a grace time of 1 s silently drops it).
 
@@ -21,6 +23,7 @@ shred, the backstop's too) all end the heartbeats, and systemd restarts the agen
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -71,6 +74,9 @@ class RetentionService:
         self._drift = 0.0
         self.notifier = notifier or Notifier(None, None)
         self._beating = threading.Event()  # a heartbeat job is queued or running
+        self._swept = threading.Event()
+        """A sweep ended: the watch thread places the next job (a job that adds one could wait
+        for the scheduler's lock while a shutdown holding it waits for the job)."""
 
     def catch_up(self) -> ShredReport:
         """Shred everything already due, synchronously (before the microphone opens)."""
@@ -80,8 +86,7 @@ class RetentionService:
 
     def start(self) -> None:
         self._measure_clock()
-        for bucket in self.shredder.keystore.read().buckets.values():
-            self.add_bucket(bucket)
+        self._place_next()
         self._scheduler.start()
         self._watch_thread.start()
 
@@ -101,11 +106,24 @@ class RetentionService:
     def sweep(self) -> None:
         try:
             report = self.shredder.sweep()
+            self._swept.set()
         except EdgeError as exc:  # keep the agent running; say what went wrong
             log.error("retention sweep failed: %s", exc)
             return
         if not report.empty:
             self.on_report(report)
+
+    def _place_next(self) -> None:
+        """A job at the earliest instant a bucket kept may expire (one already past runs at
+        once: it expired since the sweep looked), at the start and within a second of each
+        sweep. After a sweep that failed none is placed: the periodic sweep tries again, as it
+        would after a bucket's job."""
+        earliest = self.shredder.keystore.read().buckets.earliest_expiry()
+        if earliest is None:
+            return
+        # an id per instant: the job that ran this sweep may not be removed yet, and must not take this one with it
+        job = f"due:{earliest.isoformat()}"
+        self._scheduler.add_job(self.sweep, DateTrigger(run_date=self._wall_time(earliest)), id=job, replace_existing=True)
 
     def _measure_clock(self) -> None:
         """Note how far the trusted clock is ahead of the wall clock, and the drift it held at.
@@ -142,6 +160,9 @@ class RetentionService:
                 jumped = abs(self.clock.read().drift - self._drift) > JUMP
                 if jumped:
                     self._replace_jobs()
+                elif self._swept.is_set():
+                    self._swept.clear()
+                    self._place_next()
                 if jumped or time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every.total_seconds()
                     self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
@@ -153,8 +174,12 @@ class RetentionService:
                     said = message
 
     def _replace_jobs(self) -> None:
-        """After a clock step: every bucket job at the wall instant of its trusted expiry."""
+        """After a clock step: every bucket job at the wall instant of its trusted expiry, and
+        the job at the earliest one."""
         self._measure_clock()
+        self._swept.clear()
+        with contextlib.suppress(EdgeError):  # the sweep that follows at once says what failed
+            self._place_next()
         buckets: Mapping[str, Bucket]
         try:
             buckets = self.shredder.keystore.read().buckets

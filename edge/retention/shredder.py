@@ -549,6 +549,8 @@ class Shredder:
     def _rekey_files(self, data: KeystoreData, report: ShredReport) -> list[str]:
         """Re-encrypt the files of buckets being re-keyed to their new identity; returns those
         buckets (the caller drops their retiring identities with a ratchet)."""
+        if not data.buckets.may_be_rekeying():
+            return []
         rekeying = [b for b in data.buckets.values() if b.retiring_identity is not None]
         if not rekeying:
             return []

@@ -34,7 +34,7 @@ from edge.faults import crash_point
 from edge.progress import Progress
 from edge.store import database
 from edge.store.legacy import LegacyKeystore, open_v1
-from edge.store.records import Bucket
+from edge.store.records import Bucket, BucketBound
 from edge.store.rows import RootKeys, state_document
 from edge.store.tables import KeystoreData
 from edge.values import DataKind
@@ -374,7 +374,7 @@ class Keystore:
 
     def _filled(self, connection: sqlite3.Connection, root: bytes, legacy: LegacyKeystore | None) -> KeystoreData:
         keys = RootKeys(root)
-        empty = state_document({}, {})
+        empty = state_document({}, {}, bound=BucketBound(None, 0, False))  # no bucket yet: nothing to open to know
         connection.execute("INSERT INTO meta (name, value) VALUES ('state', ?)", (keys.seal_state(empty),))
         data = KeystoreData(connection, keys, empty)
         if legacy is not None:
@@ -409,7 +409,7 @@ class Keystore:
                 self.vault.write("current", root)
             if write and staged is not None:
                 self.vault.erase("next")
-            return KeystoreData(connection, keys, state)
+            return KeystoreData(connection, keys, state, write=write)
         if current is None and staged is None:
             return self._after_root_loss(connection, self.vault.why_missing(), write)  # VaultError if maybe only invisible
         raise KeystoreError(

@@ -204,3 +204,41 @@ class ClockRewind:
             sessions=int(document["sessions"]),
             finished=bool(document["finished"]),
         )
+
+
+@dataclass(frozen=True)
+class BucketBound:
+    """What the state row says of the buckets, so the due check at every start and sweep need
+    not open every bucket row (O(buckets)): no live bucket whose handle is at most `upto`
+    expires before `earliest` (None: there is none), and none of them has a retiring identity
+    unless `rekeying`. Buckets with a higher handle (made since, by any edge) are opened.
+
+    A bound, not a copy: a shred leaves it low (one more full check, which writes it exact);
+    every write of a bucket up to `upto` folds into it in the same commit."""
+
+    earliest: datetime | None
+    upto: int
+    rekeying: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"earliest": iso_utc(self.earliest), "upto": self.upto, "rekeying": self.rekeying}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> BucketBound:
+        earliest = document["earliest"]
+        return cls(
+            earliest=datetime.fromisoformat(earliest) if earliest is not None else None,
+            upto=int(document["upto"]),
+            rekeying=bool(document["rekeying"]),
+        )
+
+    def folded(self, handle: int, bucket: Bucket) -> BucketBound:
+        """The bound once `bucket` (row `handle`) is written. The row right after `upto` (a new
+        bucket: handles are never reused, so no other row lies between) joins it."""
+        if handle > self.upto + 1:
+            return self  # rows between were made without it: the check opens those above `upto`
+        if handle == self.upto + 1:
+            earliest = bucket.expires if self.earliest is None else min(self.earliest, bucket.expires)
+            return BucketBound(earliest, handle, self.rekeying or bucket.retiring_identity is not None)
+        earliest = bucket.expires if self.earliest is None else min(self.earliest, bucket.expires)
+        return BucketBound(earliest, self.upto, self.rekeying or bucket.retiring_identity is not None)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.instants import iso_utc
 from edge.store.buckets import bucket_id
-from edge.store.records import Bucket, ClockRewind, PendingForget, SessionEntry, Voiceprint
+from edge.store.records import Bucket, BucketBound, ClockRewind, PendingForget, SessionEntry, Voiceprint
 from edge.values import DataKind, TagRule
 
 NONCE = 12
@@ -153,10 +153,19 @@ def session_from(session_id: str, plaintext: bytes, audio_live: bool, transcript
     return SessionEntry(id=session_id, **document)
 
 
-State = tuple[dict[str, datetime], dict[str, PendingForget], dict[str, Voiceprint], datetime | None, ClockRewind | None, datetime | None]
+State = tuple[
+    dict[str, datetime],
+    dict[str, PendingForget],
+    dict[str, Voiceprint],
+    datetime | None,
+    ClockRewind | None,
+    datetime | None,
+    BucketBound | None,
+]
 """The state row: when each profile was last heard, pending forgets, voiceprints by profile,
-when the latest forget was requested, the latest rewind of the trusted clock, and when
-guest mode ends (a spoken command; None: off)."""
+when the latest forget was requested, the latest rewind of the trusted clock, when guest
+mode ends (a spoken command; None: off), and the bound on the buckets' expiries (None:
+unknown, every bucket row is opened)."""
 
 
 def state_document(
@@ -166,6 +175,7 @@ def state_document(
     last_forget: datetime | None = None,
     rewind: ClockRewind | None = None,
     guest_until: datetime | None = None,
+    bound: BucketBound | None = None,
 ) -> bytes:
     document: dict[str, Any] = {
         "last_seen": {name: iso_utc(instant) for name, instant in sorted(last_seen.items())},
@@ -177,6 +187,8 @@ def state_document(
         document["rewind"] = rewind.to_json()
     if guest_until is not None:  # absent while guest mode is off
         document["guest_until"] = iso_utc(guest_until)
+    if bound is not None:  # absent: unknown (an older edge wrote the row last), so every bucket is checked
+        document["buckets"] = bound.to_json()
     return _json(document)
 
 
@@ -189,7 +201,8 @@ def state_from(plaintext: bytes) -> State:
     forgot = datetime.fromisoformat(last_forget) if last_forget else None
     rewind = ClockRewind.from_json(document["rewind"]) if document.get("rewind") else None
     guest_until = datetime.fromisoformat(document["guest_until"]) if document.get("guest_until") else None
-    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind, guest_until
+    bound = BucketBound.from_json(document["buckets"]) if document.get("buckets") else None
+    return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind, guest_until, bound
 
 
 def _json(document: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge.errors import KeystoreError
 from edge.store.lazy import LazyTable
-from edge.store.records import Bucket, ClockRewind, PendingForget, SessionEntry, Voiceprint
+from edge.store.records import Bucket, BucketBound, ClockRewind, PendingForget, SessionEntry, Voiceprint
 from edge.store.rows import RootKeys, seal, session_context, session_document, session_from, session_key, state_document, state_from, unseal
 
 CHUNK = 500
@@ -28,11 +28,11 @@ CHUNK = 500
 class KeystoreData:
     """One transaction's (or one read's) view of the keystore."""
 
-    def __init__(self, connection: sqlite3.Connection, keys: RootKeys, state: bytes) -> None:
+    def __init__(self, connection: sqlite3.Connection, keys: RootKeys, state: bytes, write: bool = True) -> None:
         self._connection: sqlite3.Connection | None = connection
+        self._write = write
+        """False for a snapshot: reading every bucket row makes its bound exact, which is no change to write."""
         self.keys = keys
-        self._state = state
-        """The state row's plaintext as read (written back only when it changed)."""
         self._state_dirty = False
         self.held_by: object = None
         """What must live as long as this data (a snapshot's keystore, which owns its connection)."""
@@ -50,8 +50,10 @@ class KeystoreData:
         self.guest_until: datetime | None
         """When guest mode ends (edge.spoken), by the trusted clock; None: off. Kept here so a
         restart never ends it early: that would lengthen what guests' sessions keep."""
-        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until = state_from(state)
-        self.buckets = BucketTable(self)
+        self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, self._bound = state_from(state)
+        self._state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
+        """The state row as read or last written, but its bound (kept in _bound)."""
+        self.buckets = BucketTable(self, self._bound)
         self.sessions = SessionTable(self)
 
     @property
@@ -69,10 +71,14 @@ class KeystoreData:
         """Write every change into the open SQL transaction (the caller commits)."""
         self.buckets.flush()
         self.sessions.flush()
-        state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
-        if state != self._state or self._state_dirty:
+        core = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until)
+        folded = self.buckets.folded_bound() if self._write else self._bound
+        if core != self._state or folded != self._bound or self._state_dirty:  # a bound only made tighter is no change
+            bound = self.buckets.bound() if self._write else self._bound
+            state = state_document(self.last_seen, self.forgets, self.voices, self.last_forget, self.rewind, self.guest_until, bound)
             self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('state', ?)", (self.keys.seal_state(state),))
-            self._state, self._state_dirty = state, False
+            self._state, self._bound, self._state_dirty = core, bound, False
+            self.buckets.stored(bound)
 
     def rekey_root(self, keys: RootKeys) -> None:
         """Re-seal every bucket row and the state under a new root (the ratchet): O(live buckets)."""
@@ -90,10 +96,16 @@ class KeystoreData:
         bucket_ids = list(bucket_ids)
         self.flush()
         handles = [h for h in (self.buckets.handle_of(b) for b in bucket_ids) if h is not None]
-        for start in range(0, len(handles), CHUNK):
-            chunk = handles[start : start + CHUNK]
+        if len(set(handles)) == self.db.execute("SELECT count(*) FROM buckets").fetchone()[0]:
+            # every bucket goes, so every session does (each is sealed by one): SQLite then frees the
+            # table's and its indexes' pages whole instead of taking each row out of four trees
+            self.db.execute("DELETE FROM sessions")
+            handles = []
+        chunks = [handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)]
+        for chunk in chunks:  # every doomed row first: a row is never rewritten just before it goes
+            self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})", chunk)
+        for chunk in chunks:
             marks = ",".join("?" * len(chunk))
-            self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({marks})", chunk)
             self.db.execute(f"UPDATE sessions SET audio = NULL WHERE audio IN ({marks})", chunk)
             self.db.execute(f"UPDATE sessions SET transcript = NULL WHERE transcript IN ({marks})", chunk)
         self.sessions.forget_cache()
@@ -102,8 +114,12 @@ class KeystoreData:
         self.buckets.flush()
 
     def members_of(self, bucket_ids: Iterable[str]) -> dict[str, list[str]]:
-        """For each of these buckets, the sessions whose data is in it."""
+        """For each of these buckets, the sessions whose data is in it (in the table's order either way)."""
         self.flush()
+        bucket_ids = list(bucket_ids)
+        handles = {h: b for h, b in ((self.buckets.handle_of(b), b) for b in bucket_ids) if h is not None}
+        if 2 * len(handles) >= self.db.execute("SELECT count(*) FROM buckets").fetchone()[0]:
+            return self._members_in_one_pass(handles)
         found: dict[str, list[str]] = {}
         for bucket_id in bucket_ids:
             handle = self.buckets.handle_of(bucket_id)
@@ -113,6 +129,18 @@ class KeystoreData:
                 "SELECT id FROM sessions WHERE audio = ?1 UNION ALL SELECT id FROM sessions WHERE transcript = ?1", (handle,)
             )
             found[bucket_id] = [session_id for (session_id,) in rows]
+        return found
+
+    def _members_in_one_pass(self, handles: dict[int, str]) -> dict[str, list[str]]:
+        """members_of for most buckets (a purge of all that is overdue): one pass over each of
+        the two indexes (they hold the ids: the rows are not read) instead of two searches a bucket."""
+        found: dict[str, list[str]] = {bucket_id: [] for bucket_id in handles.values()}
+        for column in ("audio", "transcript"):
+            query = f"SELECT {column}, id FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL"
+            for handle, session_id in self.db.execute(query):
+                bucket_id = handles.get(handle)
+                if bucket_id is not None:
+                    found[bucket_id].append(session_id)
         return found
 
     def members_by_bucket(self) -> dict[str, list[str]]:
@@ -128,14 +156,84 @@ class KeystoreData:
 
 class BucketTable(LazyTable[Bucket]):
     """Buckets by id. One is found by its lookup tag (a keyed hash of the id) without opening
-    any other; iterating opens them all (O(live buckets): the sweep, the ratchet, status)."""
+    any other; iterating opens them all (O(live buckets): a shred, the ratchet, status). Whether
+    any is due or being re-keyed is answered from the state row's bound (BucketBound) and the
+    few rows made since, so a sweep with nothing to do opens none of the others."""
 
-    def __init__(self, owner: KeystoreData) -> None:
+    def __init__(self, owner: KeystoreData, bound: BucketBound | None) -> None:
         super().__init__()
         self._owner = owner
         self._handles: dict[str, int] = {}
         self._ids: dict[int, str] = {}
         self._complete = False
+        self._bound = bound
+        """The state row's bound with every bucket written since folded in (None: unknown)."""
+        self._newer = False
+        """Whether every row above the bound's handle has been opened."""
+
+    def may_expire_by(self, instant: datetime) -> bool:
+        """False only if no live bucket expires at or before `instant` (True: open them all to see)."""
+        if self._bound is None or self._complete:
+            return True
+        if self._bound.earliest is not None and self._bound.earliest <= instant:
+            return True
+        self._load_newer()  # with every row read or written in this transaction, in _known
+        return any(bucket.expires <= instant for bucket in self._known.values())
+
+    def may_be_rekeying(self) -> bool:
+        """False only if no live bucket has a retiring identity (True: open them all to see)."""
+        if self._bound is None or self._complete or self._bound.rekeying:
+            return True
+        self._load_newer()
+        return any(bucket.retiring_identity is not None for bucket in self._known.values())
+
+    def earliest_expiry(self) -> datetime | None:
+        """No live bucket expires before this (None: there is none): the bound, with the rows
+        above it opened; exact once every row was opened, or when the bound is unknown (then all are)."""
+        if self._bound is None or self._complete:
+            return min((bucket.expires for bucket in self.values()), default=None)
+        self._load_newer()
+        expiries = [bucket.expires for bucket in self._known.values()]
+        if self._bound.earliest is not None:
+            expiries.append(self._bound.earliest)
+        return min(expiries, default=None)
+
+    def folded_bound(self) -> BucketBound | None:
+        """The stored bound with the bucket rows written since folded in: a change that must be stored."""
+        return self._bound
+
+    def stored(self, bound: BucketBound | None) -> None:
+        """The bound the state row now holds."""
+        self._bound = bound
+
+    def bound(self) -> BucketBound | None:
+        """The bound to store with what was flushed: exact once every row was opened; else the
+        stored one, widened to the rows above it when those were opened."""
+        if self._complete:
+            live = [(self._handles[bucket_id], bucket) for bucket_id, bucket in self._known.items()]
+            return BucketBound(
+                min((bucket.expires for _, bucket in live), default=None),
+                max((handle for handle, _ in live), default=self._bound.upto if self._bound is not None else 0),
+                any(bucket.retiring_identity is not None for _, bucket in live),
+            )
+        if self._bound is None or not self._newer:
+            return self._bound
+        bound = self._bound
+        for bucket_id, bucket in self._known.items():
+            handle = self._handles[bucket_id]
+            if handle > self._bound.upto:
+                earliest = bucket.expires if bound.earliest is None else min(bound.earliest, bucket.expires)
+                bound = BucketBound(earliest, max(bound.upto, handle), bound.rekeying or bucket.retiring_identity is not None)
+        return bound
+
+    def _load_newer(self) -> None:
+        """Open the rows above the bound's handle: made since the bound was written (by any edge)."""
+        if self._newer or self._bound is None:
+            return
+        for handle, sealed in self._owner.db.execute("SELECT handle, sealed FROM buckets WHERE handle > ?", (self._bound.upto,)):
+            if handle not in self._ids:
+                self._remember(handle, sealed)
+        self._newer = True
 
     def _remember(self, handle: int, sealed: bytes) -> Bucket:
         try:
@@ -174,6 +272,8 @@ class BucketTable(LazyTable[Bucket]):
             assert handle is not None
             self._handles[key], self._ids[handle] = handle, key
         db.execute("UPDATE buckets SET sealed = ? WHERE handle = ?", (keys.seal_bucket(handle, value), handle))
+        if self._bound is not None:
+            self._bound = self._bound.folded(handle, value)
 
     def _delete(self, key: str) -> None:
         handle = self._handles.pop(key, None)
