@@ -81,6 +81,10 @@ def test_rows_round_trip_every_field_shape():
     assert state_from(state_document({"child": when}, {"r1": pending})) == ({"child": when}, {"r1": pending}, {}, None, None, None, None)
     bound = BucketBound(when, 7, True)
     assert state_from(state_document({}, {}, bound=bound))[6] == bound
+    for odd in ({"earliest": "2026-11-28T12:00:00", "upto": 7, "rekeying": False}, {"earliest": "soon", "upto": 7}, ["x"]):
+        document = json.loads(state_document({}, {}, bound=bound))
+        document["buckets"] = odd  # a bound the due check cannot compare (no zone): none, and every row is opened
+        assert state_from(json.dumps(document).encode())[6] is None
 
 
 def test_a_commit_opens_only_the_rows_it_touches(tmp_path, write_config, monkeypatch):

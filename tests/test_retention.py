@@ -481,6 +481,42 @@ def _scheduled(config, clock, reports):
     return store, service
 
 
+@pytest.mark.parametrize("fails", ["placing the next job", "the sweep"])
+def test_one_failure_does_not_leave_the_next_expiry_to_the_periodic_sweep(tmp_path, write_config, fails):
+    """The scheduler keeps one job, at the earliest expiry: a placement that fails once (a
+    vault read, say), or a sweep that fails once, must not lose it, or every later expiry would
+    wait for the periodic sweep (10 min here)."""
+    config = load_config(write_config(mode="always", child=Retention("child", "4s", "7d"), sweep="10m"))
+    clock = wiring.make_clock(config)
+    (store, _audit), service = _scheduled(config, clock, [])
+    first = record_in_process(store, clock, config, "child")
+    time.sleep(2.2)  # the next audio bucket expires about 2 s later (1 s windows)
+    second = record_in_process(store, clock, config, "child")
+    service.catch_up()
+    calls: list[int] = []
+    target = "_place_next" if fails == "placing the next job" else "sweep"
+    real = getattr(service, target) if target == "_place_next" else service.shredder.sweep
+
+    def once_broken():
+        calls.append(1)
+        if len(calls) == 2:  # the second call: after the first bucket's job
+            raise KeystoreError("a vault read failed (injected)")
+        return real()
+
+    if target == "_place_next":
+        service._place_next = once_broken
+    else:
+        service.shredder.sweep = once_broken
+    service.start()
+    try:
+        data = config.device.data_dir
+        assert wait_for(lambda: not recording_path(data, first).exists(), 15)
+        assert wait_for(lambda: not recording_path(data, second).exists(), 15), "left to the periodic sweep"
+        assert len(calls) >= 3
+    finally:
+        service.stop()
+
+
 def test_bucket_job_fires_at_expiry(tmp_path, write_config):
     config = load_config(write_config(mode="always", child=Retention("child", "3s", "7d"), sweep="10m"))
     clock = wiring.make_clock(config)

@@ -23,7 +23,6 @@ shred, the backstop's too) all end the heartbeats, and systemd restarts the agen
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -47,6 +46,8 @@ WATCH_SECONDS = 1.0
 granularity of the periodic sweep)."""
 JUMP = 2.0
 """Seconds the wall clock may step (against the monotonic clock) before jobs are re-placed."""
+SWEEP_RETRY_SECONDS = 5.0
+"""After a sweep that failed, the next job waits this long (not the periodic sweep's minutes)."""
 
 
 class RetentionService:
@@ -74,9 +75,12 @@ class RetentionService:
         self._drift = 0.0
         self.notifier = notifier or Notifier(None, None)
         self._beating = threading.Event()  # a heartbeat job is queued or running
-        self._swept = threading.Event()
-        """A sweep ended: the watch thread places the next job (a job that adds one could wait
+        self._to_place = threading.Event()
+        """A sweep ended (or failed), or the clock stepped: the watch thread places the next job,
+        and keeps trying every tick until one is placed (a job that added one itself could wait
         for the scheduler's lock while a shutdown holding it waits for the job)."""
+        self._retry_after = 0.0
+        """time.monotonic() before which a sweep that failed is not tried again by the next job."""
 
     def catch_up(self) -> ShredReport:
         """Shred everything already due, synchronously (before the microphone opens)."""
@@ -106,18 +110,22 @@ class RetentionService:
     def sweep(self) -> None:
         try:
             report = self.shredder.sweep()
-            self._swept.set()
-        except EdgeError as exc:  # keep the agent running; say what went wrong
+        except EdgeError as exc:  # keep the agent running; say what went wrong, and try again soon
             log.error("retention sweep failed: %s", exc)
+            self._retry_after = time.monotonic() + SWEEP_RETRY_SECONDS
             return
+        except BaseException:
+            self._retry_after = time.monotonic() + SWEEP_RETRY_SECONDS
+            raise
+        finally:
+            self._to_place.set()  # whatever happened, the one job that ran is gone: place the next
         if not report.empty:
             self.on_report(report)
 
     def _place_next(self) -> None:
         """A job at the earliest instant a bucket kept may expire (one already past runs at
         once: it expired since the sweep looked), at the start and within a second of each
-        sweep. After a sweep that failed none is placed: the periodic sweep tries again, as it
-        would after a bucket's job."""
+        sweep; after a sweep that failed, not before SWEEP_RETRY_SECONDS."""
         earliest = self.shredder.keystore.read().buckets.earliest_expiry()
         if earliest is None:
             return
@@ -158,14 +166,18 @@ class RetentionService:
                     self._beating.set()  # a heartbeat stuck behind a hung lock holder is never doubled
                     self._scheduler.add_job(self._heartbeat, id="heartbeat", replace_existing=True)
                 jumped = abs(self.clock.read().drift - self._drift) > JUMP
-                if jumped:
-                    self._replace_jobs()
-                elif self._swept.is_set():
-                    self._swept.clear()
-                    self._place_next()
                 if jumped or time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_every.total_seconds()
                     self._scheduler.add_job(self.sweep, id="sweep-now", replace_existing=True)  # runs at once
+                if jumped:
+                    self._replace_jobs()
+                if self._to_place.is_set() and time.monotonic() >= self._retry_after:
+                    self._to_place.clear()
+                    try:
+                        self._place_next()
+                    except BaseException:
+                        self._to_place.set()  # tried again next tick: a lost placement would wait for the periodic sweep
+                        raise
                 said = ""
             except Exception as exc:  # an I/O error or a bug must not end retention: retry next tick
                 message = f"the retention watch failed (retrying every second): {exc}"
@@ -177,13 +189,11 @@ class RetentionService:
         """After a clock step: every bucket job at the wall instant of its trusted expiry, and
         the job at the earliest one."""
         self._measure_clock()
-        self._swept.clear()
-        with contextlib.suppress(EdgeError):  # the sweep that follows at once says what failed
-            self._place_next()
+        self._to_place.set()  # placed by the watch thread, at the new offset
         buckets: Mapping[str, Bucket]
         try:
             buckets = self.shredder.keystore.read().buckets
-        except EdgeError as exc:
+        except Exception as exc:  # the sweep queued before this says what failed; the jobs stay
             log.error("cannot re-place retention jobs after a clock change: %s", exc)
             buckets = {}
         for job in self._scheduler.get_jobs():

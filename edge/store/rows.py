@@ -201,9 +201,22 @@ def state_from(plaintext: bytes) -> State:
     forgot = datetime.fromisoformat(last_forget) if last_forget else None
     rewind = ClockRewind.from_json(document["rewind"]) if document.get("rewind") else None
     guest_until = datetime.fromisoformat(document["guest_until"]) if document.get("guest_until") else None
-    bound = BucketBound.from_json(document["buckets"]) if document.get("buckets") else None
+    bound = _bound(document.get("buckets"))
     return last_seen, {f.request: f for f in forgets}, {v.profile: v for v in voices}, forgot, rewind, guest_until, bound
 
 
 def _json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _bound(document: Any) -> BucketBound | None:
+    """The state row's bound on the buckets, or None (every row is then opened) when it is
+    absent or not one that can be compared with the trusted clock: a bound that made every due
+    check fail would stop every shred."""
+    if not document:
+        return None
+    try:
+        bound = BucketBound.from_json(document)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return bound if bound.earliest is None or bound.earliest.tzinfo is not None else None
