@@ -1100,6 +1100,21 @@ def test_a_long_verify_says_how_far_it_has_come(tmp_path, valid_log):
     assert [done for done, _ in heard] == sorted({done for done, _ in heard})  # forward only, each chunk once
 
 
+def _keeping_nothing(session: str, **more: Any) -> SessionCreated:
+    """A child's session.created that keeps nothing (no bucket), with `more` fields."""
+    return SessionCreated(
+        session=session,
+        profile="child",
+        rule="given",
+        child=True,
+        audio_expires=None,
+        transcript_expires=None,
+        audio_bucket=None,
+        transcript_bucket=None,
+        **more,
+    )
+
+
 # -- sealed details (docs/FORMATS.md section 6, "Sealed details") ----------------------------
 
 
@@ -1231,23 +1246,10 @@ def test_a_sealed_field_also_in_clear_or_a_details_marker_without_sealed_is_malf
     clock, store, _shredder = retention_parts(config, FakeWall())
     data = config.device.data_dir
 
-    def line(session: str, **sealing: Any) -> SessionCreated:
-        return SessionCreated(
-            session=session,
-            profile="child",
-            rule="given",
-            child=True,
-            audio_expires=None,
-            transcript_expires=None,
-            audio_bucket=None,
-            transcript_bucket=None,
-            **sealing,
-        )
-
     AuditLog(data).append_many(
         [
-            line("00000000000000e1", created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
-            line("00000000000000e2", details=1),
+            _keeping_nothing("00000000000000e1", created="2026-12-01T00:00:00+00:00", details=1, sealed="AAAA"),
+            _keeping_nothing("00000000000000e2", details=1),
         ],
         checkpoint=True,
     )
@@ -1262,16 +1264,7 @@ def test_a_format_1_session_with_its_details_in_clear_still_verifies_and_shows(w
     data = path.parent / "data"
     AuditLog(data).append_many(
         [
-            SessionCreated(
-                session="00000000000000cc",
-                profile="child",
-                rule="given",
-                child=True,
-                audio_expires=None,
-                transcript_expires=None,
-                audio_bucket=None,
-                transcript_bucket=None,
-            ),
+            _keeping_nothing("00000000000000cc"),
             SessionSealed(session="00000000000000cc", seconds=3.2, audio_sealed=False, transcript_sealed=False),
         ],
         checkpoint=True,
@@ -1295,17 +1288,7 @@ def test_a_session_that_keeps_nothing_logs_no_start_and_verifies(write_config):
     clock, store, _shredder = retention_parts(config, FakeWall())
     version = terms_of(config, store.vault.level).version
     data = config.device.data_dir
-    nothing = SessionCreated(
-        session="00000000000000dd",
-        profile="child",
-        rule="given",
-        child=True,
-        audio_expires=None,
-        transcript_expires=None,
-        audio_bucket=None,
-        transcript_bucket=None,
-        policy=version,
-    )
+    nothing = _keeping_nothing("00000000000000dd", policy=version)
     AuditLog(data).append(nothing)
     fields = json.loads((data / "audit.jsonl").read_bytes().splitlines()[-2])["fields"]
     assert fields["session"] == "00000000000000dd" and not {"created", "sealed", "details"} & fields.keys()
