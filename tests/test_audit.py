@@ -1154,12 +1154,15 @@ def test_sealed_details_are_shown_and_checked_while_kept_and_forgotten_with_the_
     assert " sealed=" not in created + sealed + export and " details=" not in created + sealed + export
     result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
     assert result.ok and result.details_forgotten == 0, result.problems
+    assert FORGOTTEN not in edge_agent("--config", str(path), "audit", "report", "--html", "-").stdout
 
     wall.advance(7 * 86400)  # past both expiries
     shredder.sweep()
     assert session not in store.read().sessions
     created, sealed, export = shown()
     assert all(f"details={FORGOTTEN}" in line for line in (created, sealed, export)) and "seconds" not in sealed + export
+    page = edge_agent("--config", str(path), "audit", "report", "--html", "-")
+    assert page.returncode == 0 and f"({FORGOTTEN})" in page.stdout, page.stderr  # its row on the timeline says so
     result = verify(AuditLog(data), store, clock.now(), timedelta(seconds=2))
     assert result.ok and result.details_forgotten == 1, result.problems
     verified = edge_agent("--config", str(path), "audit", "verify")

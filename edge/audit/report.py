@@ -223,9 +223,11 @@ def _timeline(every: list[Session], now: datetime) -> str:
     rows = []
     for index, session in enumerate(sessions):
         y = 30 + index * row
+        kept = [kind for kind in DataKind if session.expires[kind] is not None]
+        forgotten = " (details forgotten with the data)" if kept and all(session.ended[kind] for kind in kept) else ""
         rows.append(
             f'<text x="0" y="{y + 11}" font-size="12"><tspan font-weight="bold">{html.escape(session.profile)}</tspan> '
-            f"{html.escape(local(session.created))}</text>"
+            f"{html.escape(local(session.created))}{forgotten}</text>"
         )
         for offset, kind in ((0, DataKind.AUDIO), (9, DataKind.TRANSCRIPT)):
             rows.extend(_bars(session, kind, now, x, y + offset))
