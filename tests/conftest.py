@@ -57,6 +57,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    support.WarmAgent.stop()
     shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
@@ -65,17 +66,18 @@ def speech(tmp_path_factory) -> Speech:
     return Speech(tmp_path_factory.mktemp("speech"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def voices(tmp_path_factory):
-    """espeak-ng speakers' clips, made once per module."""
+    """espeak-ng speakers' clips, each made once for the whole run (a clip is never changed:
+    what alters one writes a new file)."""
     from support import Voices
 
     return Voices(tmp_path_factory.mktemp("voices"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def encoder():
-    """The real speaker encoder, loaded once per module."""
+    """The real speaker encoder, loaded once (it holds only its weights: nothing a test changes)."""
     from edge.voice.encoder import SpeakerEncoder
 
     return SpeakerEncoder.load()
