@@ -25,8 +25,15 @@ The rule has two halves:
 
 from __future__ import annotations
 
-import importlib
 import os
+
+# numpy's small matrix products on one thread, as edge-agent runs them (edge.cli.main sets the
+# same before numpy loads): set before anything here imports numpy. The in-process pipeline and
+# the speaker encoder then run as the agent does; OpenBLAS's default (a thread per core, spinning
+# on 256-wide products) cost the suite ~15x the CPU of the encoder's work on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import importlib
 import shutil
 import subprocess
 import sys
