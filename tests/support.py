@@ -150,6 +150,8 @@ class WarmAgent:
     process: subprocess.Popen[str] | None = None
     path: Path | None = None
     started: dict[str, str | None] = {}
+    commands: list[int] = []
+    """The pid of every command it ran."""
 
     @classmethod
     def serves(cls, env: dict[str, str]) -> bool:
@@ -184,10 +186,22 @@ class WarmAgent:
             process.kill()
             process.communicate()
             raise
+        except BaseException:  # as subprocess.run: the command does not outlive the test
+            process.kill()
+            raise
         return subprocess.CompletedProcess(process.args, process.wait(), stdout, stderr)
 
     @classmethod
     def stop(cls) -> None:
+        """Stop the warm agent, and any command of it a failed test left running (a fork's
+        command line is the warm agent's, its socket named: a pid since reused by another program is left alone)."""
+        for pid in cls.commands:
+            try:
+                if str(cls.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cls.commands.clear()
         if cls.process is not None and cls.process.poll() is None:
             cls.process.kill()
             cls.process.wait()
@@ -234,6 +248,7 @@ class WarmProcess:
         started = self._answer_line(None)
         assert started is not None
         self.pid: int = started["pid"]
+        WarmAgent.commands.append(self.pid)
 
     def _answer_line(self, timeout: float | None) -> dict[str, int] | None:
         """The warm agent's next line, or None when `timeout` seconds pass first."""
