@@ -143,10 +143,10 @@ class WarmAgent:
     """The client of tests/warm_agent.py, started at the first command it can run (the session's
     keyring is joined by then) and stopped by conftest at the end of the run."""
 
-    COLD = ("LD_PRELOAD", "LD_LIBRARY_PATH", "EDGE_CRASH_AT", "PYTHONPATH", "PYTHONHASHSEED")
-    """Variables the dynamic linker, Python or edge read as the process starts: a command given
-    other values than the warm agent started with runs cold (so does a command with other
-    numpy threads than the one edge.cli sets)."""
+    COLD = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHASHSEED")
+    """Variables the dynamic linker or Python read as the process starts: a command given other
+    values than the warm agent started with runs cold (so does a command with other numpy
+    threads than the one edge.cli sets). EDGE_CRASH_AT and PYTHONFAULTHANDLER the fork reads."""
     process: subprocess.Popen[str] | None = None
     path: Path | None = None
     started: dict[str, str | None] = {}
@@ -244,6 +244,7 @@ class WarmProcess:
         self.stdout = open(out_read, encoding=encoding)
         self.stderr = open(err_read, encoding=encoding)
         self._buffer = b""
+        self._received: dict[int, bytes] = {}
         self.returncode: int | None = None
         started = self._answer_line(None)
         assert started is not None
@@ -293,10 +294,12 @@ class WarmProcess:
         """As Popen's: the rest of stdout and stderr, read off their descriptors, then the exit."""
         deadline = None if timeout is None else time.monotonic() + timeout
         streams = [stream for stream in (self.stdout, self.stderr) if not stream.closed]
-        received = {stream.fileno(): b"" for stream in streams}
+        received = self._received  # kept across a call that timed out, as Popen keeps it
+        for stream in streams:
+            received.setdefault(stream.fileno(), b"")
         with selectors.DefaultSelector() as selector:
-            for fd in received:
-                selector.register(fd, selectors.EVENT_READ)
+            for stream in streams:
+                selector.register(stream.fileno(), selectors.EVENT_READ)
             while selector.get_map():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

@@ -7,8 +7,8 @@ tests are about start-up. The child is a separate process that runs the real com
 (edge.cli.main) on the caller's stdin/stdout/stderr, environment, folder and umask; its
 `make_model` hands out the model loaded here when the config names the same model (a model
 that has never decoded, as a fresh process's is; the child's use of it is its own, copied on
-write), and loads any other as usual. What the child cannot get from a fork (LD_PRELOAD,
-EDGE_CRASH_AT, read when edge starts) makes support run a cold process instead.
+write), and loads any other as usual. What edge reads as it loads (EDGE_CRASH_AT) is read
+again in the child; what only a new process gets (LD_PRELOAD) makes support run a cold one.
 
 Protocol (a Unix socket): the client sends one JSON line {"args", "env", "cwd", "umask"} with
 its stdin, stdout and stderr as SCM_RIGHTS; the answer is two JSON lines, {"pid"} of the
@@ -17,6 +17,8 @@ command's process, then {"code"}: its exit status as subprocess reports it.
 
 from __future__ import annotations
 
+import faulthandler
+import importlib
 import json
 import os
 import socket
@@ -98,8 +100,12 @@ def _run_command(request: dict[str, Any], fds: list[int], model: Any) -> None:
     time.tzset()  # TZ as the command's environment says
     os.chdir(request["cwd"])
     os.umask(request["umask"])
+    if os.environ.get("PYTHONFAULTHANDLER"):
+        faulthandler.enable()  # as Python does at start with the variable set
     import edge
+    import edge.faults
 
+    importlib.reload(edge.faults)  # EDGE_CRASH_AT, read as edge loads (the crash points' globals are refilled in place)
     sys.argv = [str(Path(edge.__file__).parent / "__main__.py"), *request["args"]]
     _share_model(model)
     from edge.cli import main as edge_main
