@@ -8,6 +8,7 @@ No test file imports another: helpers live here, fixtures in conftest.py.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import locale
@@ -168,7 +169,10 @@ class WarmAgent:
             cls.path.unlink(missing_ok=True)
             script = Path(__file__).resolve().parent / "warm_agent.py"
             cls.started = {name: os.environ.get(name) for name in cls.COLD}
-            cls.process = subprocess.Popen([sys.executable, str(script), str(cls.path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            cls.process = subprocess.Popen(
+                [sys.executable, str(script), str(cls.path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT
+            )
+            atexit.register(cls.stop)  # a script using support (scripts/ha-check.py) leaves nothing behind either
             assert cls.process.stdout is not None
             ready = cls.process.stdout.readline()
             assert ready == "ready\n", f"the warm agent did not start (exit {cls.process.poll()})"
