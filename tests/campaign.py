@@ -32,7 +32,7 @@ from typing import Any
 from edge.faults import POINTS
 from edge.retention.clock import TrustedClock
 
-from support import ROOT, WORDS, Retention, faketime, household_toml, pcm_of, plaintext_files
+from support import ROOT, WORDS, Retention, WarmAgent, WarmProcess, faketime, household_toml, pcm_of, plaintext_files
 
 HITS = {
     "audio.chunk": 70,  # one per 30 ms frame written: two phrases are about 80
@@ -109,16 +109,20 @@ class Campaign:
         if crash:
             env["EDGE_CRASH_AT"] = crash
         env["PYTHONFAULTHANDLER"] = "1"  # a hung command is made to say where it hung (below)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
+        process: subprocess.Popen[str] | WarmProcess
+        if WarmAgent.serves(env):
+            process = WarmProcess(list(args), env)
+        else:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+            )
         try:
             stdout, stderr = process.communicate(timeout=HUNG)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             stdout, stderr = process.communicate()
             raise AssertionError(f"edge-agent {' '.join(args)} hung for {HUNG} s:\n{stderr[-6000:]}") from None
-        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        return subprocess.CompletedProcess(process.args, process.wait(), stdout, stderr)
 
     def trial(self, point: str | None = None, hit: int | None = None, phase: str | None = None) -> None:
         """One crash: while recording (the agent on speech) or while shredding (a purge of due

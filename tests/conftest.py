@@ -25,8 +25,15 @@ The rule has two halves:
 
 from __future__ import annotations
 
-import importlib
 import os
+
+# numpy's small matrix products on one thread, as edge-agent runs them (edge.cli.main sets the
+# same before numpy loads): set before anything here imports numpy. The in-process pipeline and
+# the speaker encoder then run as the agent does; OpenBLAS's default (a thread per core, spinning
+# on 256-wide products) cost the suite ~15x the CPU of the encoder's work on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import importlib
 import shutil
 import subprocess
 import sys
@@ -57,6 +64,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    support.WarmAgent.stop()
     shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
@@ -65,17 +73,18 @@ def speech(tmp_path_factory) -> Speech:
     return Speech(tmp_path_factory.mktemp("speech"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def voices(tmp_path_factory):
-    """espeak-ng speakers' clips, made once per module."""
+    """espeak-ng speakers' clips, each made once for the whole run (a clip is never changed:
+    what alters one writes a new file)."""
     from support import Voices
 
     return Voices(tmp_path_factory.mktemp("voices"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def encoder():
-    """The real speaker encoder, loaded once per module."""
+    """The real speaker encoder, loaded once (it holds only its weights: nothing a test changes)."""
     from edge.voice.encoder import SpeakerEncoder
 
     return SpeakerEncoder.load()

@@ -8,9 +8,12 @@ No test file imports another: helpers live here, fixtures in conftest.py.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
+import locale
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -125,12 +128,201 @@ def default_config() -> Path:
 
 
 def edge_agent(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run the real command line (`python -m edge`) and capture its output."""
+    """Run the real command line (`python -m edge`) and capture its output: in a process forked
+    from the warm agent (tests/warm_agent.py) when nothing edge reads at start differs, else
+    in a new Python (EDGE_TESTS_COLD=1: always)."""
     full_env = {**os.environ, "EDGE_CONFIG": str(default_config())}
     full_env.update(env or {})  # never /etc/edge/household.toml of the machine running the tests
+    if not kwargs and WarmAgent.serves(full_env):
+        return WarmAgent.run(list(args), full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT, **kwargs
     )
+
+
+class WarmAgent:
+    """The client of tests/warm_agent.py, started at the first command it can run (the session's
+    keyring is joined by then) and stopped by conftest at the end of the run."""
+
+    COLD = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHASHSEED")
+    """Variables the dynamic linker or Python read as the process starts: a command given other
+    values than the warm agent started with runs cold (so does a command with other numpy
+    threads than the one edge.cli sets). EDGE_CRASH_AT and PYTHONFAULTHANDLER the fork reads."""
+    process: subprocess.Popen[str] | None = None
+    path: Path | None = None
+    started: dict[str, str | None] = {}
+    commands: list[int] = []
+    """The pid of every command it ran."""
+
+    @classmethod
+    def serves(cls, env: dict[str, str]) -> bool:
+        if os.environ.get("EDGE_TESTS_COLD") or SCRATCH is None:
+            return False
+        started = cls.started if cls.process is not None else {name: os.environ.get(name) for name in cls.COLD}
+        return all(env.get(name) == started[name] for name in cls.COLD) and env.get("OPENBLAS_NUM_THREADS") in (None, "1")
+
+    @classmethod
+    def connect(cls) -> socket.socket:
+        if cls.process is None or cls.process.poll() is not None:
+            assert SCRATCH is not None
+            cls.path = SCRATCH / f"warm-agent-{os.getpid()}.sock"
+            cls.path.unlink(missing_ok=True)
+            script = Path(__file__).resolve().parent / "warm_agent.py"
+            cls.started = {name: os.environ.get(name) for name in cls.COLD}
+            cls.process = subprocess.Popen(
+                [sys.executable, str(script), str(cls.path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT
+            )
+            atexit.register(cls.stop)  # a script using support (scripts/ha-check.py) leaves nothing behind either
+            assert cls.process.stdout is not None
+            ready = cls.process.stdout.readline()
+            assert ready == "ready\n", f"the warm agent did not start (exit {cls.process.poll()})"
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(str(cls.path))
+        return connection
+
+    @classmethod
+    def run(cls, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """`python -m edge ARGS` as subprocess.run(capture_output=True, text=True) runs it."""
+        process = WarmProcess(args, env)
+        try:
+            stdout, stderr = process.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        except BaseException:  # as subprocess.run: the command does not outlive the test
+            process.kill()
+            raise
+        return subprocess.CompletedProcess(process.args, process.wait(), stdout, stderr)
+
+    @classmethod
+    def stop(cls) -> None:
+        """Stop the warm agent, and any command of it a failed test left running (a fork's
+        command line is the warm agent's, its socket named: a pid since reused by another program is left alone)."""
+        for pid in cls.commands:
+            try:
+                if str(cls.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cls.commands.clear()
+        if cls.process is not None and cls.process.poll() is None:
+            cls.process.kill()
+            cls.process.wait()
+        if cls.path is not None:
+            cls.path.unlink(missing_ok=True)
+        cls.process = None
+
+
+def _stdin() -> int:
+    """What a child of this process would have as stdin: this process's (or nothing)."""
+    try:
+        os.fstat(0)
+        return 0
+    except OSError:
+        return os.open(os.devnull, os.O_RDONLY)
+
+
+class WarmProcess:
+    """A command the warm agent runs, with what the tests use of subprocess.Popen(stdout=PIPE,
+    stderr=PIPE, text=True): pid, stdout, stderr, returncode, poll, wait, communicate, signals."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = [sys.executable, "-m", "edge", *args]
+        umask = os.umask(0o077)
+        os.umask(umask)
+        request = json.dumps({"args": args, "env": env, "cwd": str(ROOT), "umask": umask}).encode() + b"\n"
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            self._answer = WarmAgent.connect()
+            socket.send_fds(self._answer, [request], [_stdin(), out_write, err_write])
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        encoding = locale.getpreferredencoding(False)
+        self.stdout = open(out_read, encoding=encoding)
+        self.stderr = open(err_read, encoding=encoding)
+        self._buffer = b""
+        self._received: dict[int, bytes] = {}
+        self.returncode: int | None = None
+        started = self._answer_line(None)
+        assert started is not None
+        self.pid: int = started["pid"]
+        WarmAgent.commands.append(self.pid)
+
+    def _answer_line(self, timeout: float | None) -> dict[str, int] | None:
+        """The warm agent's next line, or None when `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._answer], [], [], left)[0]:
+                return None
+            chunk = self._answer.recv(4096)
+            if not chunk:
+                raise AssertionError(f"the warm agent ended without an answer for {self.args}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return cast(dict[str, int], json.loads(line))
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            answer = self._answer_line(timeout)
+            if answer is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self.returncode = answer["code"]
+            self._answer.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """As Popen's: the rest of stdout and stderr, read off their descriptors, then the exit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        streams = [stream for stream in (self.stdout, self.stderr) if not stream.closed]
+        received = self._received  # kept across a call that timed out, as Popen keeps it
+        for stream in streams:
+            received.setdefault(stream.fileno(), b"")
+        with selectors.DefaultSelector() as selector:
+            for stream in streams:
+                selector.register(stream.fileno(), selectors.EVENT_READ)
+            while selector.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0)
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 1 << 16)
+                    received[key.fd] += chunk
+                    if not chunk:
+                        selector.unregister(key.fd)
+        texts = [_text(received.get(stream.fileno(), b"")) if not stream.closed else "" for stream in (self.stdout, self.stderr)]
+        for stream in streams:
+            stream.close()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return texts[0], texts[1]
+
+
+def _text(data: bytes) -> str:
+    """Output as subprocess's text mode gives it (the locale's encoding, universal newlines)."""
+    return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def record(config: Path, clip: Path, profile: str | None = "child", env: dict[str, str] | None = None) -> list[str]:
@@ -300,15 +492,20 @@ class MicAgent:
         self, env: dict[str, str], config: Path, *args: str, as_json: bool = True, preexec_fn: Callable[[], None] | None = None
     ) -> None:
         self.as_json = as_json
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), *self.command, *(["--json"] if as_json else []), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            preexec_fn=preexec_fn,
-        )
+        arguments = ["--config", str(config), *self.command, *(["--json"] if as_json else []), *args]
+        self.process: subprocess.Popen[str] | WarmProcess
+        if preexec_fn is None and WarmAgent.serves(env):
+            self.process = WarmProcess(arguments, env)
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edge", *arguments],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+                preexec_fn=preexec_fn,
+            )
         self.stderr = ""
         selector = selectors.DefaultSelector()
         assert self.process.stderr is not None
@@ -325,9 +522,10 @@ class MicAgent:
     def stop(self, sig: int = signal.SIGINT) -> tuple[Any, str, int]:
         self.process.send_signal(sig)
         out, err = self.process.communicate(timeout=60)
+        code = self.process.wait()
         if not self.as_json:
-            return out, self.stderr + err, self.process.returncode
-        return [json.loads(line) for line in out.splitlines()], self.stderr + err, self.process.returncode
+            return out, self.stderr + err, code
+        return [json.loads(line) for line in out.splitlines()], self.stderr + err, code
 
 
 class ServeAgent(MicAgent):
@@ -671,7 +869,7 @@ GUEST = Retention("adult", "12h", "14d")
 
 
 class Voices:
-    """espeak-ng clips (16 kHz mono WAV), made once per test module."""
+    """espeak-ng clips (16 kHz mono WAV), each made once per test run."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -696,7 +894,9 @@ class Voices:
         return out
 
     def joined(self, parts: list[Path], gap: float = 1.5) -> Path:
-        out = self.folder / f"joined-{abs(hash(tuple(map(str, parts)))) % 10**10}.wav"
+        out = self.folder / f"joined-{abs(hash(tuple(map(str, parts)))) % 10**10}-{gap}.wav"
+        if out.exists():
+            return out
         silence = self.folder / f"silence-{gap}.wav"
         if not silence.exists():
             run_tool(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", str(gap)])
