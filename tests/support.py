@@ -608,6 +608,22 @@ PCM = bytes(range(256)) * 300
 """76,800 bytes of 'audio': more than one 64 KiB chunk."""
 
 
+def traced_sql(monkeypatch: Any) -> list[str]:
+    """The SQL statements every keystore connection opened from here on runs."""
+    from edge.store import database
+
+    statements: list[str] = []
+    real = database.connect
+
+    def traced(data_dir: Path, readonly: bool) -> Any:
+        connection = real(data_dir, readonly)
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    monkeypatch.setattr(database, "connect", traced)
+    return statements
+
+
 def retention_parts(config: Any, wall: FakeWall) -> tuple[Any, Any, Any]:
     """(clock, keystore, shredder) for `config`, the clock moved by `wall`."""
     from edge import wiring

@@ -44,6 +44,7 @@ from support import (
     record_in_process,
     remove_faketime_leftovers,
     retention_parts,
+    traced_sql,
     wyoming_utterance,
 )
 
@@ -121,22 +122,6 @@ def test_a_cut_short_keystore_fails_closed_and_loses_nothing(recorded, cut):
     assert len(json.loads(_status(config).stdout)["sessions"]) == 2
 
 
-def _traced(monkeypatch) -> list[str]:
-    """The SQL statements every keystore connection opened from here on runs."""
-    from edge.store import database
-
-    statements: list[str] = []
-    real = database.connect
-
-    def traced(data_dir: Path, readonly: bool):
-        connection = real(data_dir, readonly)
-        connection.set_trace_callback(statements.append)
-        return connection
-
-    monkeypatch.setattr(database, "connect", traced)
-    return statements
-
-
 def _damage_an_index(keystore: Path) -> None:
     """Garbage over the root page of the keystore's first index (the file at rest, its WAL folded in)."""
     import sqlite3
@@ -163,7 +148,7 @@ def test_a_clean_stop_leaves_the_keystore_at_rest_and_only_an_unchanged_one_skip
     config = load_config(config_path)
     marker = data / "keystore-at-rest"
     assert marker.read_bytes() == database.fingerprint(data) and oct(marker.stat().st_mode & 0o777) == "0o600"
-    statements = _traced(monkeypatch)
+    statements = traced_sql(monkeypatch)
     store, _ = wiring.open_store(config, Access.AGENT)
     store.read()
     assert not any("quick_check" in s for s in statements) and not marker.exists()

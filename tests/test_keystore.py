@@ -47,6 +47,7 @@ from support import (
     record_in_process,
     retention_parts,
     status,
+    traced_sql,
 )
 
 VECTOR = ROOT / "tests" / "vectors" / "keystore-v1"
@@ -233,6 +234,44 @@ def test_a_session_commit_writes_only_its_rows(tmp_path, write_config):
     populate(store, 5_000, span=timedelta(hours=48), end=START)
     later = one_session()
     assert 0 < first and later <= max(2 * first, 64 * 1024), (first, later)
+
+
+@pytest.mark.parametrize("overdue", [2_000, 2])
+def test_a_purge_of_most_sessions_empties_the_table_around_the_survivors(tmp_path, write_config, monkeypatch, overdue):
+    """When far more rows go than stay, the table is emptied in one statement (SQLite frees
+    its pages whole) and the survivors are put back as they were: one whose audio went keeps
+    its transcript, one whose data all lives keeps both. When few go, they go row by row."""
+    config = load_config(write_config(mode="always"))
+    wall = FakeWall()
+    statements = traced_sql(monkeypatch)
+    clock, store, shredder = retention_parts(config, wall)
+    half = record_in_process(store, clock, config, "child")
+    wall.advance(2 * 3600)  # its audio (kept 1 h) is due, its transcript (7 days) is not
+    whole = record_in_process(store, clock, config, "child")
+    populate(store, overdue, span=timedelta(hours=48), end=START)
+    before = {s: store.read().sessions[s] for s in (half, whole)}
+    statements.clear()
+    report = shredder.sweep()
+    populated = [f"{i:016x}" for i in range(overdue)]  # edge.testing.populate's ids
+    assert sorted(s for b in report.buckets for s in b.sessions) == sorted([*populated, *populated, half])
+    deletes = [s for s in statements if s.startswith("DELETE FROM sessions")]
+    if overdue > 2:
+        assert deletes == ["DELETE FROM sessions"]
+    else:
+        assert deletes and all(" WHERE sealer IN " in s for s in deletes)
+    after = store.read().sessions
+    assert set(after) == {half, whole}
+    audio = {"audio_bucket", "audio_expires", "audio_shredded"}
+    assert after[half].audio_bucket is None and after[half].transcript_bucket is not None
+    assert replace(after[half], **{f: getattr(before[half], f) for f in audio}) == before[half] and after[whole] == before[whole]
+    data_dir = config.device.data_dir
+    files = [
+        recording_path(data_dir, half),
+        transcript_path(data_dir, half),
+        recording_path(data_dir, whole),
+        transcript_path(data_dir, whole),
+    ]
+    assert openable(store, files) == [False, True, True, True]
 
 
 # -- migration from v1 ----------------------------------------------------------------------------

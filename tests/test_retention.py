@@ -358,10 +358,13 @@ def test_crash_after_ratchet_before_delete_is_finished_by_next_sweep(tmp_path, w
     assert report.files_deleted == 1 and not path.exists() and (data_dir / "files-clean").exists()
 
 
-def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files(tmp_path, write_config, monkeypatch):
+@pytest.mark.parametrize("many", [False, True])
+def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files(tmp_path, write_config, monkeypatch, many):
     """Once a sweep has left the folder clean, the next shred deletes its sessions' files by
     name (100,000 retained sessions are 200,000 files: listing them cost every start half a
-    second), including the temp copy a power cut left of a transcript being written."""
+    second), including the temp copy a power cut left of a transcript being written. `many`:
+    a purge of at least LIST_TEMPS_FROM transcripts lists their folder once to find the temp
+    copies (cheaper than trying every name), and still deletes only those of what it dropped."""
     from edge.retention import shredder as module
 
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
@@ -385,12 +388,25 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     assert temp.exists() and recording_path(data_dir, cut.id).exists()
     stray = recording_path(data_dir, "0123456789abcdef")  # not edge's doing in a clean folder: proves nothing is listed
     stray.write_bytes(b"")
+    kept_temp = data_dir / "transcripts" / f".{kept}.json.age.0.tmp"  # of a transcript that stays: left alone
+    kept_temp.write_bytes(b"")
     wall.advance(8 * 86400)  # the child's audio and transcript and the parent's audio are due, not the parent's transcript
-    monkeypatch.setattr(module, "files_in", lambda *args: pytest.fail("a clean folder was listed"))
+    listed: list[str] = []
+    from edge.disk.files import files_in as real_files_in
+
+    def files_in(root: Path, folder: str = "") -> list[str]:
+        if not many:
+            pytest.fail("a clean folder was listed")
+        listed.append(folder)
+        return real_files_in(root, folder)
+
+    monkeypatch.setattr(module, "files_in", files_in)
+    monkeypatch.setattr(module, "LIST_TEMPS_FROM", 1 if many else 1_000)
     report = shredder.sweep()
+    assert listed == (["transcripts"] if many else [])
     assert {b.kind for b in report.buckets if cut.id in b.sessions} == {"audio", "transcript"}
     assert not temp.exists() and not recording_path(data_dir, cut.id).exists()
-    assert not recording_path(data_dir, kept).exists() and transcript_path(data_dir, kept).exists()
+    assert not recording_path(data_dir, kept).exists() and transcript_path(data_dir, kept).exists() and kept_temp.exists()
     assert stray.exists() and (data_dir / "files-clean").exists()
 
 

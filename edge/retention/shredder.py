@@ -8,7 +8,8 @@ Order, always under the data-folder lock:
 Each step is idempotent and a crash between steps is finished by the next sweep: a
 marker (layout.FILES_CLEAN) is removed before step 1 and made again after step 2, so a
 folder without it gets one full scan that deletes every file no live session refers to.
-A sweep in a clean folder never lists the folders (100,000 sessions are 200,000 files).
+A sweep in a clean folder deletes by name and lists neither folder (100,000 sessions are
+200,000 files), but for a purge of many transcripts, which lists theirs once for temporary copies.
 
 Forgetting some sessions of a bucket (but not all) re-keys the bucket: its files
 get headers for a fresh identity, then the old identity is destroyed with a
@@ -270,6 +271,9 @@ class ForgetRequest:
 ROOM_NEEDED = 1 << 20
 """Free bytes (besides two keystore copies) below which a shred deletes the doomed ciphertext
 before it writes anything."""
+LIST_TEMPS_FROM = 1_000
+"""Transcripts dropped from which a clean folder's leftover temporary copies are found by
+listing the folder once rather than by trying each name."""
 
 
 class Shredder:
@@ -587,8 +591,7 @@ class Shredder:
         if clean:
             named = self._named(report)
             deleted = self._unlink(named)
-            temps = [f".{name}.{LOCKED}.tmp" for name in named[layout.TRANSCRIPTS]]  # a write a crash cut short
-            deleted += unlink_each_in(root, layout.TRANSCRIPTS, temps)
+            deleted += unlink_each_in(root, layout.TRANSCRIPTS, self._leftover_temps(named[layout.TRANSCRIPTS]))
         else:
             deleted = self._unlink(self._orphans(data))
         for folder in (layout.RECORDINGS, layout.TRANSCRIPTS):
@@ -598,6 +601,17 @@ class Shredder:
         except StorageError as exc:  # the shred stands; without the marker the next sweep scans again
             log.warning("%s", exc)
         return deleted
+
+    def _leftover_temps(self, transcripts: list[str]) -> list[str]:
+        """The temporary copies a power cut may have left of these transcripts (".NAME.0.tmp":
+        the recorder writes them under the data lock, so none is being written now). A few are
+        tried by name; for a purge the folder is listed once instead: unlinking a name that is
+        not there costs as much as listing ~16 names (100,000: 0.95 s against 0.06 s)."""
+        temps = [f".{name}.{LOCKED}.tmp" for name in transcripts]
+        if len(temps) < LIST_TEMPS_FROM:
+            return temps
+        doomed = set(temps)
+        return [name for name in files_in(self.keystore.data_dir, layout.TRANSCRIPTS) if name in doomed]
 
     @staticmethod
     def _named(report: ShredReport) -> dict[str, list[str]]:

@@ -23,6 +23,8 @@ from edge.store.rows import RootKeys, seal, session_context, session_document, s
 
 CHUNK = 500
 """Handles per SQL statement (SQLite allows 32766 parameters; small chunks keep statements cheap)."""
+SURVIVORS_ASIDE = 20_000
+"""The most session rows a shred holds in memory to empty the table around them (~4 MB)."""
 
 
 class KeystoreData:
@@ -96,14 +98,10 @@ class KeystoreData:
         bucket_ids = list(bucket_ids)
         self.flush()
         handles = [h for h in (self.buckets.handle_of(b) for b in bucket_ids) if h is not None]
-        if len(set(handles)) == self.db.execute("SELECT count(*) FROM buckets").fetchone()[0]:
-            # every bucket goes, so every session does (each is sealed by one): SQLite then frees the
-            # table's and its indexes' pages whole instead of taking each row out of four trees
-            self.db.execute("DELETE FROM sessions")
-            handles = []
         chunks = [handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)]
-        for chunk in chunks:  # every doomed row first: a row is never rewritten just before it goes
-            self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})", chunk)
+        if not self._empty_around_survivors(set(handles)):
+            for chunk in chunks:  # every doomed row first: a row is never rewritten just before it goes
+                self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})", chunk)
         for chunk in chunks:
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"UPDATE sessions SET audio = NULL WHERE audio IN ({marks})", chunk)
@@ -112,6 +110,38 @@ class KeystoreData:
         for bucket_id in bucket_ids:
             self.buckets.pop(bucket_id, None)
         self.buckets.flush()
+
+    def _empty_around_survivors(self, doomed: set[int]) -> bool:
+        """When far more rows go than stay (a purge of all that is overdue), empty the table in
+        one statement and put the survivors back: SQLite then frees the table's and its indexes'
+        pages whole instead of taking each doomed row out of four B-trees, every page rewritten
+        and logged. The survivors are the rows whose sealer lives (a session is sealed by one
+        bucket: the others are exactly the doomed); at most SURVIVORS_ASIDE of them are held in
+        memory. False: nothing done, the doomed rows are to be deleted one by one."""
+        if not doomed:
+            return False
+        living = [h for (h,) in self.db.execute("SELECT handle FROM buckets") if h not in doomed]
+        survivors = self._rows_sealed_by(living, SURVIVORS_ASIDE + 1)
+        if living and (survivors > SURVIVORS_ASIDE or survivors * 2 >= self._rows_sealed_by(sorted(doomed), survivors * 2 + 1)):
+            return False
+        rows: list[tuple[object, ...]] = []
+        for chunk in (living[start : start + CHUNK] for start in range(0, len(living), CHUNK)):
+            query = f"SELECT sealer, id, audio, transcript, sealed FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})"
+            rows.extend(self.db.execute(query, chunk))
+        self.db.execute("DELETE FROM sessions")  # no WHERE: SQLite's truncate
+        self.db.executemany("INSERT INTO sessions (sealer, id, audio, transcript, sealed) VALUES (?, ?, ?, ?, ?)", sorted(rows))
+        return True
+
+    def _rows_sealed_by(self, handles: list[int], enough: int) -> int:
+        """How many rows these buckets seal, counted up to `enough` (a range of the table's key
+        each, no row read: the cost is the count, so a large one is cut short)."""
+        total = 0
+        for chunk in (handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)):
+            if total >= enough:
+                break
+            query = f"SELECT count(*) FROM (SELECT 1 FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))}) LIMIT ?)"
+            total += self.db.execute(query, [*chunk, enough - total]).fetchone()[0]
+        return total
 
     def members_of(self, bucket_ids: Iterable[str]) -> dict[str, list[str]]:
         """For each of these buckets, the sessions whose data is in it (in the table's order either way)."""
@@ -133,14 +163,23 @@ class KeystoreData:
 
     def _members_in_one_pass(self, handles: dict[int, str]) -> dict[str, list[str]]:
         """members_of for most buckets (a purge of all that is overdue): one pass over each of
-        the two indexes (they hold the ids: the rows are not read) instead of two searches a bucket."""
+        the two indexes (they hold the ids: the rows are not read) instead of two searches a
+        bucket, each bucket's ids joined by SQLite and split here (a Python step per bucket,
+        not per session). An id is hex; one holding a comma (never written by edge) would show
+        in the count, and that bucket's ids are then read one by one."""
         found: dict[str, list[str]] = {bucket_id: [] for bucket_id in handles.values()}
         for column in ("audio", "transcript"):
-            query = f"SELECT {column}, id FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL"
-            for handle, session_id in self.db.execute(query):
+            query = (
+                f"SELECT {column}, count(*), group_concat(id, ',') FROM sessions INDEXED BY sessions_by_{column} "
+                f"WHERE {column} IS NOT NULL GROUP BY {column}"
+            )
+            for handle, count, joined in self.db.execute(query):
                 bucket_id = handles.get(handle)
                 if bucket_id is not None:
-                    found[bucket_id].append(session_id)
+                    ids = joined.split(",")
+                    if len(ids) != count:
+                        ids = [i for (i,) in self.db.execute(f"SELECT id FROM sessions WHERE {column} = ?", (handle,))]
+                    found[bucket_id].extend(ids)
         return found
 
     def members_by_bucket(self) -> dict[str, list[str]]:
