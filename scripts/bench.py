@@ -1371,11 +1371,10 @@ def embed_cost(model: SpeechModel, ways: dict[str, Embedder | Tagged], pcm: byte
 
 def voice(work: Path, pairs: int) -> list[Row]:
     """The speaker encoder: its CPU per session against Vosk's on the same session, where
-    its time goes, and the RSS it adds to a process holding the Vosk model."""
+    its time goes (the RSS it adds: voice_memory, the next step)."""
     from edge.stt.recognizer import SpeechModel
 
     one_thread()
-    from edge.tagging.voice import EMBED_SECONDS
 
     model, full = SpeechModel(find_model("auto")), embedders()
     ways: dict[str, Embedder | Tagged] = {**full, **tagged_ways(work)}
@@ -1390,7 +1389,16 @@ def voice(work: Path, pairs: int) -> list[Row]:
         rows += [embed_row(seconds, how, cost, ways[how].partials(pcm), pairs) for how in ways]
     default = next(iter(full.values()))
     rows.append(embed_split(default.encoder, speech[: 4 * 2 * PIPELINE_RATE], max(pairs, 5)))
-    return rows + voice_rss(work, speech[: int(EMBED_SECONDS * PIPELINE_RATE) * 2])
+    return rows
+
+
+def voice_memory(work: Path) -> list[Row]:
+    """The voice step's RSS rows, a step of their own (`--only "voice: memory"`) as they need
+    none of its CPU pairs."""
+    one_thread()
+    from edge.tagging.voice import EMBED_SECONDS
+
+    return voice_rss(work, voice_speech(work, max(VOICE_SECONDS))[: int(EMBED_SECONDS * PIPELINE_RATE) * 2])
 
 
 def embed_row(seconds: int, how: str, cost: EmbedCost, partials: int, pairs: int) -> Row:
@@ -1738,6 +1746,7 @@ def main() -> int:
             ("latency", lambda: latency(work, speech())),
             ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
             ("voice: speaker encoder", lambda: voice(work, pairs)),
+            ("voice: memory", lambda: voice_memory(work)),
             ("tail signing", lambda: tail_signing(work, utterances, pairs)),
         ]
         for name, step in steps:

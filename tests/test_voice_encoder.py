@@ -10,6 +10,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -111,7 +112,59 @@ def test_missing_weights_say_how_to_install_them(monkeypatch):
 def test_a_truncated_checkpoint_is_refused():
     data = weights.find_weights().read_bytes()
     with pytest.raises(ModelError, match="truncated"):
-        weights.read_checkpoint(data[:-1000], "short.pt")
+        weights.read_checkpoint(data[:-1000], "short.pt")  # in the optimizer's last storage, read past
+    with pytest.raises(ModelError, match="truncated"):
+        weights.read_checkpoint(data[:3_000_000], "short.pt")  # in the LSTM's flat storage, kept
+
+
+def test_the_weights_load_without_holding_the_file():
+    """The 17 MB file is streamed, not read whole: Python's and numpy's allocations while
+    loading stay near the 5.7 MB of weights (the storage they are copied from, then the
+    copies), far below the file's size (before: the whole file, then the weights: 23 MB)."""
+    size = weights.find_weights().stat().st_size
+    tracemalloc.start()
+    try:
+        state = weights.load_weights()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    kept = sum(array.nbytes for array in state.values())
+    assert size > 16_000_000 and 5_000_000 < kept < 6_000_000
+    assert peak < 2.25 * kept < size
+
+
+def test_a_file_changed_between_the_two_reads_is_refused(tmp_path, monkeypatch):
+    """The digest is checked on a first read, the parse hashes what it reads on a second:
+    weights from bytes other than the checked ones are never returned."""
+    # A file with the wrong digest is refused before any of it is unpickled.
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(legacy_file(pickle.dumps({"model_state": {"x": Evil(marker)}}, protocol=2)))
+    monkeypatch.setattr(weights._Unpickler, "find_class", lambda *args: pytest.fail("unpickled before the digest was checked"))
+    with pytest.raises(ModelError, match="not the speaker encoder weights edge expects"):
+        weights.load_weights(evil)
+    assert not marker.exists()
+    monkeypatch.undo()
+    # The real file, changed once its digest has been checked (as a reinstall would).
+    copy = tmp_path / "pretrained.pt"
+    shutil.copyfile(weights.find_weights(), copy)
+    first_pass = weights._file_sha256
+    passes = []
+
+    def hash_then_change(file):
+        passes.append(first_pass(file))
+        with copy.open("r+b") as other:
+            other.seek(copy.stat().st_size // 2)  # in an optimizer's storage: the parse itself succeeds
+            flipped = other.read(1)[0] ^ 0x01
+            other.seek(-1, os.SEEK_CUR)
+            other.write(bytes([flipped]))
+        return passes[-1]
+
+    monkeypatch.setattr(weights, "_file_sha256", hash_then_change)
+    with pytest.raises(ModelError, match="not the speaker encoder weights edge expects") as refused:
+        weights.load_weights(copy)
+    assert passes == [weights.SHA256]  # the first pass saw the right file
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() in str(refused.value)  # the second, the changed one
 
 
 # -- the port, against resemblyzer itself ----------------------------------------------------------

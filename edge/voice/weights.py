@@ -8,6 +8,15 @@ little-endian data. Unpickling runs whatever code a pickle names, so the file's 
 is checked first and the pickles are read by an unpickler that knows only the globals
 a state dict needs, each replaced by a harmless stand-in: a different file, or a
 pickle naming anything else, is refused.
+
+The file is 17 MB, of which 5.7 are the model's weights (the rest, the optimizer's
+storages), and is never held whole: it is read twice through one open descriptor. The
+first pass streams it through SHA-256 in small chunks; nothing is unpickled unless that
+digest is resemblyzer's. The second parses it through a reader that hashes every byte
+it hands out, keeps only the storages the model uses, reads past the others in small
+chunks, reads on to the end, and the weights are returned only if its digest is the
+same again: the bytes parsed are the bytes whose digest was checked, even if the file
+changed between or during the passes.
 """
 
 from __future__ import annotations
@@ -77,20 +86,103 @@ def find_weights() -> Path:
 
 def load_weights(path: Path | None = None) -> Weights:
     """The checkpoint's model_state as float32 arrays, from `path` (default: the installed
-    package's file) if its SHA-256 is resemblyzer 0.1.4's."""
+    package's file) if its SHA-256 is resemblyzer 0.1.4's. The file is read twice through one
+    descriptor, never held whole: its digest first, then the parse, which hashes every byte it
+    reads to the end, so the weights returned come from the very bytes that were checked."""
     path = path or find_weights()
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:  # one descriptor for both passes
+            _check(path, _file_sha256(file))
+            file.seek(0)
+            reader = _HashingReader(file)
+            weights = _parse(reader, str(path))
+            reader.read_to_end()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the speaker encoder's weights ({exc.strerror})", path=path) from None
-    found = hashlib.sha256(data).hexdigest()
+    _check(path, reader.hexdigest())  # differs from the first pass's only if the file changed while being read
+    return weights
+
+
+def _check(path: Path, found: str) -> None:
     if found != SHA256:
         raise ModelError(
             f"{path}: not the speaker encoder weights edge expects (SHA-256 {found}, expected {SHA256}); "
             f"reinstall them with `{install_command()}`",
             path=path,
         )
-    return read_checkpoint(data, str(path))
+
+
+_CHUNK = 1 << 20
+"""Bytes read at a time from the parts of the file not kept (the optimizer's storages)."""
+
+
+def _file_sha256(file: io.BufferedIOBase) -> str:
+    """The first pass: the digest of the whole file, read in 256 KiB chunks (a seam for tests)."""
+    return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+class _HashingReader:
+    """A seekable binary stream that hashes every byte it hands out, for the unpickler
+    (read, readinto, readline: no peek, so it never reads past a pickle's end) and then
+    for the storages."""
+
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        self._stream = stream
+        self._sha256 = hashlib.sha256()
+
+    def head(self, size: int) -> bytes:
+        """The stream's next `size` bytes (fewer at its end), left unread and unhashed."""
+        here = self._stream.tell()
+        data = self._stream.read(size)
+        self._stream.seek(here)
+        return data
+
+    def remaining(self) -> int:
+        """Bytes left to read: a storage claiming more is refused before memory is set
+        aside for it."""
+        here = self._stream.tell()
+        end = self._stream.seek(0, io.SEEK_END)
+        self._stream.seek(here)
+        return end - here
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sha256.update(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):  # a buffered stream may return less than asked before its end
+            count = self._stream.readinto(view[done:])
+            if not count:
+                break
+            done += count
+        self._sha256.update(view[:done])
+        return done
+
+    def readline(self) -> bytes:
+        data = self._stream.readline()
+        self._sha256.update(data)
+        return data
+
+    def skip(self, size: int) -> int:
+        """Reads and hashes `size` bytes (fewer at the end) in small chunks, keeping none."""
+        buffer = bytearray(min(size, _CHUNK))
+        done = 0
+        while done < size:
+            count = self.readinto(memoryview(buffer)[: min(_CHUNK, size - done)])
+            if not count:
+                break
+            done += count
+        return done
+
+    def read_to_end(self) -> None:
+        while self.skip(_CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 # -- stand-ins for the globals a state dict names ----------------------------------------------
@@ -146,8 +238,8 @@ class _Unpickler(pickle.Unpickler):
     """Knows collections.OrderedDict, torch._utils._rebuild_tensor_v2 and torch's storage
     types (as stand-ins); any other global is refused. Persistent ids must name storages."""
 
-    def __init__(self, data: io.BytesIO, where: str) -> None:
-        super().__init__(data)
+    def __init__(self, reader: _HashingReader, where: str) -> None:
+        super().__init__(reader)
         self.where = where
         self.storages: dict[str, _Storage] = {}
         """Every storage the pickle referred to, by key."""
@@ -175,21 +267,27 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-def read_checkpoint(data: bytes, where: str) -> Weights:
-    """The model_state of a legacy torch checkpoint (`where` names it in errors).
-    Storages the model does not use (the optimizer's) are skipped, not copied."""
-    if data[:4] == b"PK\x03\x04":
+def read_checkpoint(data: bytes | io.BufferedIOBase, where: str) -> Weights:
+    """The model_state of a legacy torch checkpoint, given whole or as a seekable binary
+    stream (`where` names it in errors). Storages the model does not use (the optimizer's)
+    are read past in small chunks, not kept."""
+    return _parse(_HashingReader(io.BytesIO(data) if isinstance(data, bytes) else data), where)
+
+
+def _parse(reader: _HashingReader, where: str) -> Weights:
+    """read_checkpoint's parse, from the reader's current position; it reads every storage
+    (kept or not) and nothing after the last one."""
+    if reader.head(4) == b"PK\x03\x04":
         raise ModelError(f"{where}: a zip-format torch checkpoint; edge reads only the legacy format resemblyzer 0.1.4 ships")
-    stream = io.BytesIO(data)
     try:
-        magic, protocol, sys_info = (_Unpickler(stream, where).load() for _ in range(3))
+        magic, protocol, sys_info = (_Unpickler(reader, where).load() for _ in range(3))
         if magic != _MAGIC or protocol != _PROTOCOL:
             raise ModelError(f"{where}: not a legacy torch checkpoint (magic number {magic!r}, protocol {protocol!r})")
         if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
             raise ModelError(f"{where}: the checkpoint was written on a big-endian machine; edge reads only little-endian ones")
-        unpickler = _Unpickler(stream, where)
+        unpickler = _Unpickler(reader, where)
         checkpoint = unpickler.load()
-        keys = _Unpickler(stream, where).load()
+        keys = _Unpickler(reader, where).load()
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
         raise ModelError(f"{where}: not a readable torch checkpoint ({exc})") from None
     state = checkpoint.get("model_state") if isinstance(checkpoint, dict) else None
@@ -201,14 +299,16 @@ def read_checkpoint(data: bytes, where: str) -> Weights:
     storages: dict[str, NDArray[Any]] = {}
     for key in keys:
         storage = unpickler.storages[key]
-        header = stream.read(8)
+        header = reader.read(8)
         count = int.from_bytes(header, "little") if len(header) == 8 else -1
         size = count * np.dtype(storage.dtype).itemsize
-        if count != storage.count or stream.tell() + size > len(data):
+        if count == storage.count and key in wanted and size <= reader.remaining():
+            storages[key] = np.empty(count, dtype=storage.dtype)
+            done = reader.readinto(storages[key])
+        elif count == storage.count:
+            done = reader.skip(size)
+        if count != storage.count or done != size:
             raise ModelError(f"{where}: storage {key!r} is truncated or has the wrong size; reinstall with `{install_command()}`")
-        if key in wanted:
-            storages[key] = np.frombuffer(data, dtype=storage.dtype, count=count, offset=stream.tell())
-        stream.seek(size, io.SEEK_CUR)
     return {name: _materialise(tensor, storages[tensor.storage.key]) for name, tensor in state.items()}
 
 
