@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -27,6 +28,7 @@ from wyoming.info import Describe, Info
 
 from edge import wiring
 from edge.config import load_config
+from edge.pcm import FRAME_BYTES
 from edge.wyoming.framing import Limits
 from edge.wyoming.server import WyomingServer
 from edge.wyoming.settings import ServerSettings
@@ -470,6 +472,35 @@ def test_audio_longer_than_max_session_is_neither_sealed_nor_decoded(server, cli
     assert _text(asyncio.run(wyoming_utterance(uri, long_clip))) == SAID
     [entry] = _served(data)
     assert entry["end_reason"] == "max_length" and entry["seconds"] == 15.0
+
+
+def _wav(path: Path, pcm: bytes) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm)
+    return path
+
+
+def _decoded_bytes(model) -> int:
+    """Audio handed to Vosk so far by the model's idle recognizers (an utterance's goes back to them)."""
+    return sum(r.fed for idle in model._idle.values() for r in idle)
+
+
+def test_trailing_silence_is_not_decoded_when_the_audio_ends_inside_a_frame(server, clip, speech, model, tmp_path):
+    """Silence at the end is decoded only as far as the padding after speech, as in `run
+    --input`, also when the client's audio ends inside a 30 ms frame: that last part is judged
+    by the VAD (padded with silence), not decoded whole with the silence held before it."""
+    _served, uri, _data = server
+    pcm, _rate, _width, _channels = wav_pcm(speech.join(clip, 1.0))
+    whole = pcm[: len(pcm) - len(pcm) % FRAME_BYTES]
+    decoded = []
+    for audio in (whole, whole + bytes(FRAME_BYTES // 3)):  # ends on a frame; 10 ms more silence
+        before = _decoded_bytes(model)
+        assert _text(asyncio.run(wyoming_utterance(uri, _wav(tmp_path / f"{len(audio)}.wav", audio)))) == SAID
+        decoded.append(_decoded_bytes(model) - before)
+    assert decoded[0] == decoded[1] and decoded[0] < len(whole) - 0.5 * 32000, decoded
 
 
 def _free_port() -> int:

@@ -99,8 +99,9 @@ class Utterance:
         except BaseException:
             self._session.abandon()
             raise
-        if self._frame:  # the last part of a frame: decoded whole
-            self._session.feed(bytes(self._frame), silent=False)
+        if self._frame:  # the last part of a frame, judged padded with silence as the file path's is
+            padded = bytes(self._frame) + bytes(FRAME_BYTES - len(self._frame))
+            self._session.feed(bytes(self._frame), silent=not self._vad.is_speech(padded, PIPELINE_RATE))
             self._frame.clear()
         return self._session.finish()
 
