@@ -274,6 +274,31 @@ def test_a_purge_of_most_sessions_empties_the_table_around_the_survivors(tmp_pat
     assert openable(store, files) == [False, True, True, True]
 
 
+def test_a_row_sealed_by_no_bucket_is_never_swept_away_with_the_table(tmp_path, write_config, monkeypatch):
+    """Emptying the table around the survivors puts back the rows of living buckets only, so
+    a row whose sealer is in no bucket row (edge never writes one) makes the purge delete row
+    by row instead: the row stays, as it always did."""
+    import sqlite3
+
+    config = load_config(write_config(mode="always"))
+    statements = traced_sql(monkeypatch)
+    clock, store, shredder = retention_parts(config, FakeWall())
+    populate(store, 2_000, span=timedelta(hours=48), end=START)
+    store.close()
+    database = sqlite3.connect(config.device.data_dir / KEYSTORE_DB)
+    with database:
+        database.execute(
+            "INSERT INTO sessions (sealer, id, audio, transcript, sealed) VALUES (999999, 'feedfacefeedface', NULL, NULL, x'00')"
+        )
+    database.close()
+    statements.clear()
+    shredder.sweep()
+    assert any(" WHERE sealer IN " in s for s in statements if s.startswith("DELETE FROM sessions"))
+    database = sqlite3.connect(config.device.data_dir / KEYSTORE_DB)
+    assert database.execute("SELECT sealer, id FROM sessions").fetchall() == [(999999, "feedfacefeedface")]
+    database.close()
+
+
 # -- migration from v1 ----------------------------------------------------------------------------
 
 

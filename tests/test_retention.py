@@ -363,8 +363,8 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     """Once a sweep has left the folder clean, the next shred deletes its sessions' files by
     name (100,000 retained sessions are 200,000 files: listing them cost every start half a
     second), including the temp copy a power cut left of a transcript being written. `many`:
-    a purge of at least LIST_TEMPS_FROM transcripts lists their folder once to find the temp
-    copies (cheaper than trying every name), and still deletes only those of what it dropped."""
+    a purge of most transcripts lists their folder once to find the temp copies (cheaper than
+    trying every name), and still deletes only those of what it dropped."""
     from edge.retention import shredder as module
 
     config, wall, clock, store, shredder = setup(tmp_path, write_config)
@@ -392,16 +392,17 @@ def test_a_clean_folder_deletes_what_it_shreds_by_name_and_never_lists_its_files
     kept_temp.write_bytes(b"")
     wall.advance(8 * 86400)  # the child's audio and transcript and the parent's audio are due, not the parent's transcript
     listed: list[str] = []
-    from edge.disk.files import files_in as real_files_in
+    from edge.disk.files import names_in as real_names_in
 
-    def files_in(root: Path, folder: str = "") -> list[str]:
+    def names_in(root: Path, folder: str) -> list[str]:
         if not many:
             pytest.fail("a clean folder was listed")
         listed.append(folder)
-        return real_files_in(root, folder)
+        return real_names_in(root, folder)
 
-    monkeypatch.setattr(module, "files_in", files_in)
-    monkeypatch.setattr(module, "LIST_TEMPS_FROM", 1 if many else 1_000)
+    monkeypatch.setattr(module, "files_in", lambda *args: pytest.fail("a clean folder's files were listed"))
+    monkeypatch.setattr(module, "names_in", names_in)
+    monkeypatch.setattr(module, "LIST_TEMPS_OVER", 1_000 if many else 0)
     report = shredder.sweep()
     assert listed == (["transcripts"] if many else [])
     assert {b.kind for b in report.buckets if cut.id in b.sessions} == {"audio", "transcript"}

@@ -311,6 +311,18 @@ def files_in(root: Path, folder: str = "") -> list[str]:
         return []
 
 
+def names_in(root: Path, folder: str) -> list[str]:
+    """Every name in root/folder, whatever it is (through a descriptor of the folder opened
+    without following links); [] when the folder does not exist."""
+    try:
+        with folder_fd(root, [folder]) as fd:
+            return os.listdir(fd)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageError(f"{root / folder}: cannot list: {why(exc)}", path=root / folder) from None
+
+
 def entries_in(root: Path) -> list[str]:
     """Every name in the folder, whatever it is; [] when it does not exist."""
     try:

@@ -9,7 +9,7 @@ Each step is idempotent and a crash between steps is finished by the next sweep:
 marker (layout.FILES_CLEAN) is removed before step 1 and made again after step 2, so a
 folder without it gets one full scan that deletes every file no live session refers to.
 A sweep in a clean folder deletes by name and lists neither folder (100,000 sessions are
-200,000 files), but for a purge of many transcripts, which lists theirs once for temporary copies.
+200,000 files), but for a purge of most transcripts, which lists theirs once for temporary copies.
 
 Forgetting some sessions of a bucket (but not all) re-keys the bucket: its files
 get headers for a fresh identity, then the old identity is destroyed with a
@@ -42,6 +42,7 @@ from edge.disk.files import (
     exists_in,
     files_in,
     folder_fd,
+    names_in,
     open_in,
     size_in,
     sync_folder_in,
@@ -271,9 +272,9 @@ class ForgetRequest:
 ROOM_NEEDED = 1 << 20
 """Free bytes (besides two keystore copies) below which a shred deletes the doomed ciphertext
 before it writes anything."""
-LIST_TEMPS_FROM = 1_000
-"""Transcripts dropped from which a clean folder's leftover temporary copies are found by
-listing the folder once rather than by trying each name."""
+LIST_TEMPS_OVER = 16
+"""A clean folder's leftover temporary copies are found by listing it once, rather than by
+trying each name, when the transcripts dropped times this reach the files it held."""
 
 
 class Shredder:
@@ -591,7 +592,7 @@ class Shredder:
         if clean:
             named = self._named(report)
             deleted = self._unlink(named)
-            deleted += unlink_each_in(root, layout.TRANSCRIPTS, self._leftover_temps(named[layout.TRANSCRIPTS]))
+            deleted += unlink_each_in(root, layout.TRANSCRIPTS, self._leftover_temps(data, named[layout.TRANSCRIPTS]))
         else:
             deleted = self._unlink(self._orphans(data))
         for folder in (layout.RECORDINGS, layout.TRANSCRIPTS):
@@ -602,16 +603,17 @@ class Shredder:
             log.warning("%s", exc)
         return deleted
 
-    def _leftover_temps(self, transcripts: list[str]) -> list[str]:
+    def _leftover_temps(self, data: KeystoreData, transcripts: list[str]) -> list[str]:
         """The temporary copies a power cut may have left of these transcripts (".NAME.0.tmp":
-        the recorder writes them under the data lock, so none is being written now). A few are
-        tried by name; for a purge the folder is listed once instead: unlinking a name that is
-        not there costs as much as listing ~16 names (100,000: 0.95 s against 0.06 s)."""
+        the recorder writes them under the data lock, so none is being written now). Tried by
+        name; found by listing the folder once when LIST_TEMPS_OVER times the names reach the
+        files it held: unlinking a name that is not there costs as much as listing ~16 names
+        (100,000 of each: 0.95 s against 0.06 s)."""
         temps = [f".{name}.{LOCKED}.tmp" for name in transcripts]
-        if len(temps) < LIST_TEMPS_FROM:
+        if len(temps) * LIST_TEMPS_OVER < data.sessions.count_kept("transcript") + len(temps):
             return temps
         doomed = set(temps)
-        return [name for name in files_in(self.keystore.data_dir, layout.TRANSCRIPTS) if name in doomed]
+        return [name for name in names_in(self.keystore.data_dir, layout.TRANSCRIPTS) if name in doomed]
 
     @staticmethod
     def _named(report: ShredReport) -> dict[str, list[str]]:

@@ -115,14 +115,16 @@ class KeystoreData:
         """When far more rows go than stay (a purge of all that is overdue), empty the table in
         one statement and put the survivors back: SQLite then frees the table's and its indexes'
         pages whole instead of taking each doomed row out of four B-trees, every page rewritten
-        and logged. The survivors are the rows whose sealer lives (a session is sealed by one
-        bucket: the others are exactly the doomed); at most SURVIVORS_ASIDE of them are held in
-        memory. False: nothing done, the doomed rows are to be deleted one by one."""
+        and logged. Done when fewer than half as many rows stay as go, and at most
+        SURVIVORS_ASIDE (held in memory meanwhile). The survivors are the rows whose sealer
+        lives; a row sealed by a bucket in neither set (never written by edge) makes it fall
+        back. False: nothing done, the doomed rows are to be deleted one by one."""
         if not doomed:
             return False
+        going = self._rows_sealed_by(sorted(doomed), 2 * SURVIVORS_ASIDE + 1)
         living = [h for (h,) in self.db.execute("SELECT handle FROM buckets") if h not in doomed]
-        survivors = self._rows_sealed_by(living, SURVIVORS_ASIDE + 1)
-        if living and (survivors > SURVIVORS_ASIDE or survivors * 2 >= self._rows_sealed_by(sorted(doomed), survivors * 2 + 1)):
+        enough = min(SURVIVORS_ASIDE, (going - 1) // 2) + 1  # this many survivors: not worth it
+        if self._rows_sealed_by(living, enough) >= enough or not self._sealers() <= doomed.union(living):
             return False
         rows: list[tuple[object, ...]] = []
         for chunk in (living[start : start + CHUNK] for start in range(0, len(living), CHUNK)):
@@ -133,8 +135,8 @@ class KeystoreData:
         return True
 
     def _rows_sealed_by(self, handles: list[int], enough: int) -> int:
-        """How many rows these buckets seal, counted up to `enough` (a range of the table's key
-        each, no row read: the cost is the count, so a large one is cut short)."""
+        """How many rows these buckets seal, counted up to `enough`: a range of the table's key
+        each, whose pages (sealed rows and all) are walked, so a large count is cut short."""
         total = 0
         for chunk in (handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)):
             if total >= enough:
@@ -142,6 +144,16 @@ class KeystoreData:
             query = f"SELECT count(*) FROM (SELECT 1 FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))}) LIMIT ?)"
             total += self.db.execute(query, [*chunk, enough - total]).fetchone()[0]
         return total
+
+    def _sealers(self) -> set[int]:
+        """The distinct sealers of the session rows: one seek of the table's key each (a few
+        hundred buckets), no scan."""
+        found: set[int] = set()
+        row = self.db.execute("SELECT min(sealer) FROM sessions").fetchone()
+        while row is not None and row[0] is not None:
+            found.add(row[0])
+            row = self.db.execute("SELECT sealer FROM sessions WHERE sealer > ? ORDER BY sealer LIMIT 1", (row[0],)).fetchone()
+        return found
 
     def members_of(self, bucket_ids: Iterable[str]) -> dict[str, list[str]]:
         """For each of these buckets, the sessions whose data is in it (in the table's order either way)."""
@@ -473,6 +485,18 @@ class SessionTable(LazyTable[SessionEntry]):
             raise ValueError(column)
         self._owner.flush()
         return {session_id for (session_id,) in self._owner.db.execute(f"SELECT id FROM sessions WHERE {column} IS NOT NULL")}
+
+    def count_kept(self, column: str) -> int:
+        """How many sessions still keep their audio (column "audio") or transcript: read from
+        that column's partial index alone."""
+        if column not in ("audio", "transcript"):
+            raise ValueError(column)
+        self._owner.flush()
+        return int(
+            self._owner.db.execute(f"SELECT count(*) FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL").fetchone()[
+                0
+            ]
+        )
 
     def reseal_members(self, bucket_id: str) -> None:
         """Open every session this bucket seals, so the next flush seals it again under the
