@@ -1148,6 +1148,62 @@ def wyoming(work: Path, utterances: int, pairs: int) -> list[Row]:
     return wyoming_rows(runs, vosk_pace(pcm, min(utterances, 5)), utterances, len(pcm) / (2 * PIPELINE_RATE))
 
 
+def wyoming_in_process(work: Path, pairs: int) -> list[Row]:
+    """Where the Wyoming path's extra CPU is not: its utterance's own work (the VAD, Vosk,
+    sealing, the keystore, the audit; edge.wyoming.utterance.Utterance fed 10 ms chunks) against
+    the file path's (the agent's pipeline, Agent.run, on the same audio), in this one process,
+    one thread, no event loop or hand-offs: CPU (time.process_time) per utterance in A/B pairs,
+    after one warm-up of each, and the seconds of audio each handed to Vosk."""
+    from edge.config import load_config as load
+    from edge.stt.recognizer import SpeechModel
+    from edge.wyoming.audio import WireFormat
+    from edge.wyoming.utterance import Household, Utterance
+
+    config_path, _uri = listener_config(Path(tempfile.mkdtemp(prefix="in-process-", dir=work)) / "run")
+    config = load(config_path)
+    model = SpeechModel(find_model("auto"))
+    runtime = wiring.build_runtime(config, lambda _record: None, lambda _record: None, model=model)
+    runtime.keystore.read()
+    household = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile, runtime.agent.tagger)
+    pcm = wav_pcm(make_utterance(work, config.trigger.silence_end.total_seconds()))
+
+    def decoded() -> int:
+        return sum(r.fed for idle in model._idle.values() for r in idle)
+
+    def by_wyoming() -> None:
+        utterance = Utterance(household, config.listeners[0], WireFormat(rate=PIPELINE_RATE, width=2, channels=1))
+        for start in range(0, len(pcm), PIPELINE_RATE * 2 * CHUNK_MS // 1000):
+            utterance.feed(pcm[start : start + PIPELINE_RATE * 2 * CHUNK_MS // 1000])
+        utterance.finish()
+
+    def by_file() -> None:
+        runtime.agent.run([pcm[start : start + 4000] for start in range(0, len(pcm), 4000)])
+
+    def measured(run: Callable[[], None]) -> tuple[float, int]:
+        before, start = decoded(), time.process_time()
+        run()
+        return time.process_time() - start, decoded() - before
+
+    measured(by_wyoming), measured(by_file)  # warm-ups: a recognizer and its graph cache each
+    ratios, fed = [], {"wyoming": 0, "file": 0}
+    for pair in range(pairs):
+        order = (("wyoming", by_wyoming), ("file", by_file)) if pair % 2 == 0 else (("file", by_file), ("wyoming", by_wyoming))
+        cpu = {}
+        for name, run in order:
+            cpu[name], fed[name] = measured(run)
+        ratios.append(cpu["wyoming"] / cpu["file"])
+    seconds = {name: count / (2 * PIPELINE_RATE) for name, count in fed.items()}
+    return [
+        Row(
+            "CPU per utterance, in one process: Wyoming's utterance / the file path's session",
+            round(statistics.median(ratios), 3),
+            "x",
+            note=f"{pairs} A/B pairs, spread {min(ratios):.3f}-{max(ratios):.3f}; the same {len(pcm) / (2 * PIPELINE_RATE):.1f} s utterance, "
+            f"audio handed to Vosk {seconds['wyoming']:.2f} s and {seconds['file']:.2f} s; no server around it",
+        )
+    ]
+
+
 def wyoming_rows(runs: list[WyomingPair], vosk: list[float], utterances: int, seconds: float) -> list[Row]:
     fast = [run.fast.cpu / run.file_cpu for run in runs]
     live = [run.live.cpu / run.file_cpu for run in runs]
@@ -1745,6 +1801,7 @@ def main() -> int:
             ("sealing", lambda: sealing(work)),
             ("latency", lambda: latency(work, speech())),
             ("wyoming vs run --input", lambda: wyoming(work, utterances, pairs)),
+            ("wyoming in one process", lambda: wyoming_in_process(work, max(pairs, 10))),
             ("voice: speaker encoder", lambda: voice(work, pairs)),
             ("voice: memory", lambda: voice_memory(work)),
             ("tail signing", lambda: tail_signing(work, utterances, pairs)),
