@@ -1172,8 +1172,9 @@ def wyoming_in_process(work: Path, pairs: int) -> list[Row]:
 
     def by_wyoming() -> None:
         utterance = Utterance(household, config.listeners[0], WireFormat(rate=PIPELINE_RATE, width=2, channels=1))
-        for start in range(0, len(pcm), PIPELINE_RATE * 2 * CHUNK_MS // 1000):
-            utterance.feed(pcm[start : start + PIPELINE_RATE * 2 * CHUNK_MS // 1000])
+        step = PIPELINE_RATE * 2 * CHUNK_MS // 1000
+        for start in range(0, len(pcm), step):
+            utterance.feed(pcm[start : start + step])
         utterance.finish()
 
     def by_file() -> None:

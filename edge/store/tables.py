@@ -27,6 +27,12 @@ SURVIVORS_ASIDE = 20_000
 """The most session rows a shred holds in memory to empty the table around them (~4 MB)."""
 
 
+def _chunked(handles: list[int]) -> list[tuple[list[int], str]]:
+    """The handles in CHUNK-sized pieces, each with its `?,?,...` for an `IN (...)`."""
+    pieces = [handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)]
+    return [(piece, ",".join("?" * len(piece))) for piece in pieces]
+
+
 class KeystoreData:
     """One transaction's (or one read's) view of the keystore."""
 
@@ -98,12 +104,11 @@ class KeystoreData:
         bucket_ids = list(bucket_ids)
         self.flush()
         handles = [h for h in (self.buckets.handle_of(b) for b in bucket_ids) if h is not None]
-        chunks = [handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)]
+        chunks = _chunked(handles)
         if not self._empty_around_survivors(set(handles)):
-            for chunk in chunks:  # every doomed row first: a row is never rewritten just before it goes
-                self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})", chunk)
-        for chunk in chunks:
-            marks = ",".join("?" * len(chunk))
+            for chunk, marks in chunks:  # every doomed row first: a row is never rewritten just before it goes
+                self.db.execute(f"DELETE FROM sessions WHERE sealer IN ({marks})", chunk)
+        for chunk, marks in chunks:
             self.db.execute(f"UPDATE sessions SET audio = NULL WHERE audio IN ({marks})", chunk)
             self.db.execute(f"UPDATE sessions SET transcript = NULL WHERE transcript IN ({marks})", chunk)
         self.sessions.forget_cache()
@@ -127,9 +132,8 @@ class KeystoreData:
         if self._rows_sealed_by(living, enough) >= enough or not self._sealers() <= doomed.union(living):
             return False
         rows: list[tuple[object, ...]] = []
-        for chunk in (living[start : start + CHUNK] for start in range(0, len(living), CHUNK)):
-            query = f"SELECT sealer, id, audio, transcript, sealed FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))})"
-            rows.extend(self.db.execute(query, chunk))
+        for chunk, marks in _chunked(living):
+            rows.extend(self.db.execute(f"SELECT sealer, id, audio, transcript, sealed FROM sessions WHERE sealer IN ({marks})", chunk))
         self.db.execute("DELETE FROM sessions")  # no WHERE: SQLite's truncate
         self.db.executemany("INSERT INTO sessions (sealer, id, audio, transcript, sealed) VALUES (?, ?, ?, ?, ?)", sorted(rows))
         return True
@@ -138,10 +142,10 @@ class KeystoreData:
         """How many rows these buckets seal, counted up to `enough`: a range of the table's key
         each, whose pages (sealed rows and all) are walked, so a large count is cut short."""
         total = 0
-        for chunk in (handles[start : start + CHUNK] for start in range(0, len(handles), CHUNK)):
+        for chunk, marks in _chunked(handles):
             if total >= enough:
                 break
-            query = f"SELECT count(*) FROM (SELECT 1 FROM sessions WHERE sealer IN ({','.join('?' * len(chunk))}) LIMIT ?)"
+            query = f"SELECT count(*) FROM (SELECT 1 FROM sessions WHERE sealer IN ({marks}) LIMIT ?)"
             total += self.db.execute(query, [*chunk, enough - total]).fetchone()[0]
         return total
 
@@ -492,11 +496,9 @@ class SessionTable(LazyTable[SessionEntry]):
         if column not in ("audio", "transcript"):
             raise ValueError(column)
         self._owner.flush()
-        return int(
-            self._owner.db.execute(f"SELECT count(*) FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL").fetchone()[
-                0
-            ]
-        )
+        query = f"SELECT count(*) FROM sessions INDEXED BY sessions_by_{column} WHERE {column} IS NOT NULL"
+        (count,) = self._owner.db.execute(query).fetchone()
+        return int(count)
 
     def reseal_members(self, bucket_id: str) -> None:
         """Open every session this bucket seals, so the next flush seals it again under the
