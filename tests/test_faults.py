@@ -462,11 +462,22 @@ def test_clock_steps_under_a_running_agent(virtual_mic, speech, write_config, tm
         assert timedelta(seconds=5) < audio_due - datetime.now(timezone.utc) <= timedelta(seconds=20)
 
         step_wall_clock("-1y")  # the wall clock is set back a year
-        _wait_for(lambda: [s for s in _sessions(config, virtual_mic) if s["audio_expires"] is None], 25, "audio shredded")
-        late = datetime.now(timezone.utc) - audio_due
+        looked = datetime.now(timezone.utc)  # when the last poll that still found the audio began
+        while not [s for s in _sessions(config, virtual_mic) if s["audio_expires"] is None]:
+            assert datetime.now(timezone.utc) - audio_due < timedelta(seconds=25), "audio not shredded"
+            looked = datetime.now(timezone.utc)
+            time.sleep(0.25)
+        seen = datetime.now(timezone.utc)  # each poll is a process: seconds apiece on a loaded CI
+        entries = AuditLog(config.parent / "data").entries()
+        [shred] = [e["fields"] for e in entries if e["type"] == "shred" and e["fields"]["kind"] == "audio"]
+        late = timedelta(seconds=shred["late_seconds"])  # the agent's own trusted clock, held to the polls:
+        assert looked - audio_due - timedelta(seconds=1) < late < seen - audio_due + timedelta(seconds=1), (late, looked, seen)
         assert late < timedelta(seconds=4), f"audio shredded {late} after its expiry"
-        set_back = [e for e in AuditLog(config.parent / "data").entries() if e["type"] == "clock.set_back"]
-        assert set_back and set_back[0]["fields"]["seconds"] > 364 * 86400
+
+        def set_back() -> list[dict]:  # logged after the shred's commit, with the rest of that sweep
+            return [e["fields"] for e in AuditLog(config.parent / "data").entries() if e["type"] == "clock.set_back"]
+
+        assert _wait_for(set_back, 10, "the step audited")[0]["seconds"] > 364 * 86400
 
         step_wall_clock("+12y")  # and forward, past 2038: the transcript (7 days) is due at once
         stepped = time.monotonic()
