@@ -580,9 +580,12 @@ def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
     return samples.tobytes(), rate, samples.dtype.itemsize, samples.shape[1]
 
 
-async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None, timeout: float = 60) -> Event:
+async def wyoming_utterance(
+    uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None, timeout: float = 60, live: bool = False
+) -> Event:
     """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
-    audio-stop; the one event that answers (within `timeout` seconds of audio-stop)."""
+    audio-stop; the one event that answers (within `timeout` seconds of audio-stop). `live`:
+    the chunks at the pace of speech, as a satellite streams them; else as fast as they go."""
     pcm, rate, width, channels = wav_pcm(path)
     step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
     client = AsyncClient.from_uri(uri)
@@ -592,7 +595,10 @@ async def wyoming_utterance(uri: str, path: Path, chunk_ms: int = 10, extra: dic
         transcribe.data.update(extra or {})
         await client.write_event(transcribe)
         await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
-        for index in range(0, len(pcm), step):
+        began = time.monotonic()
+        for number, index in enumerate(range(0, len(pcm), step)):
+            if live:
+                await asyncio.sleep(max(0.0, began + number * chunk_ms / 1000 - time.monotonic()))
             await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
         await client.write_event(AudioStop().event())
         event = await asyncio.wait_for(client.read_event(), timeout)

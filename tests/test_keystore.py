@@ -299,6 +299,30 @@ def test_a_row_sealed_by_no_bucket_is_never_swept_away_with_the_table(tmp_path, 
     database.close()
 
 
+def test_an_id_holding_a_comma_is_listed_whole_when_most_buckets_are_listed_at_once(tmp_path, write_config, monkeypatch):
+    """The members of most buckets are joined by SQLite and split on commas; an id holding a
+    comma (edge writes hex, but the file is the parent's) is read row by row instead, so a
+    purge never misses a session or shreds one that is not there."""
+    import sqlite3
+
+    config = load_config(write_config(mode="always"))
+    _clock, store, _shredder = retention_parts(config, FakeWall())
+    populate(store, 200, span=timedelta(hours=48), end=START)
+    store.close()
+    database = sqlite3.connect(config.device.data_dir / KEYSTORE_DB)
+    with database:
+        database.execute("UPDATE sessions SET id = 'feed,face' WHERE id = (SELECT min(id) FROM sessions)")
+    database.close()
+    statements = traced_sql(monkeypatch)
+    data = store.read()
+    one_by_one = {bucket: sorted(ids) for bucket, ids in data.members_by_bucket().items()}
+    statements.clear()
+    at_once = {bucket: sorted(ids) for bucket, ids in data.members_of(list(one_by_one)).items()}
+    assert at_once == one_by_one and sum("feed,face" in ids for ids in at_once.values()) == 2
+    assert sum("group_concat" in s for s in statements) == 2  # one pass per index, and for the two
+    assert len([s for s in statements if s.startswith("SELECT id FROM sessions WHERE")]) == 2  # buckets of that id, row by row
+
+
 # -- migration from v1 ----------------------------------------------------------------------------
 
 

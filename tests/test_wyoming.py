@@ -32,7 +32,7 @@ from edge.pcm import FRAME_BYTES
 from edge.wyoming.framing import Limits
 from edge.wyoming.server import WyomingServer
 from edge.wyoming.settings import ServerSettings
-from edge.wyoming.utterance import Household
+from edge.wyoming.utterance import Household, Utterance
 
 from support import (
     CHILD,
@@ -503,6 +503,31 @@ def test_trailing_silence_is_not_decoded_when_the_audio_ends_inside_a_frame(serv
     assert decoded[0] == decoded[1] and decoded[0] < len(whole) - 0.5 * 32000, decoded
 
 
+def test_audio_sent_ahead_of_speech_goes_to_the_decoder_a_second_at_a_time(server, clip, monkeypatch):
+    """Each hop to a worker thread wakes two threads, often on the other core: audio a client
+    sends faster than it is spoken (a recording sent whole) is handed to the decoder a second
+    at a time, and audio at the pace of speech every 250 ms, so its transcript waits no longer.
+    Both transcribed exactly, every byte handed over once."""
+    _served, uri, _data = server
+    fed: list[int] = []
+    feed = Utterance.feed
+
+    def counted(utterance: Utterance, audio: bytes) -> None:
+        fed.append(len(audio))
+        feed(utterance, audio)
+
+    monkeypatch.setattr(Utterance, "feed", counted)
+    whole = len(pcm_of(clip))
+    for live, size in ((False, 32000), (True, 8000)):
+        fed.clear()
+        assert _text(asyncio.run(wyoming_utterance(uri, clip, live=live))) == SAID
+        assert sum(fed) == whole and all(part <= size for part in fed), (live, fed)
+        if live:  # the last one is what was left at audio-stop
+            assert fed[:-1] == [size] * (len(fed) - 1), fed
+        else:  # a hop of 250 ms only if a loaded machine let the loop fall behind the client
+            assert size in fed and len(fed) <= whole // size + 2, fed
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -562,7 +587,7 @@ def test_a_defect_inside_one_utterance_is_an_error_for_that_client_only(server, 
         raise RuntimeError("a defect")
 
     monkeypatch.setattr(Utterance, "feed", broken)  # the server's resilience is under test, not the decoder
-    answers = asyncio.run(_raw(uri, b"", [START, CHUNK, CHUNK, CHUNK, CHUNK, CHUNK]))
+    answers = asyncio.run(_raw(uri, b"", [START] + [CHUNK] * 11))  # 1.1 s at once: fed a second at a time
     assert [(e.type, e.data["code"]) for e in answers] == [("error", "internal")]
     monkeypatch.undo()
     assert _text(asyncio.run(wyoming_utterance(uri, clip))) == SAID

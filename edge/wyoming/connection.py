@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 _FEED_SECONDS = 0.25
-"""Audio gathered before it goes to a worker thread (one hop per 250 ms, not per 10 ms chunk)."""
+"""Audio gathered before it goes to a worker thread while the client streams at the pace of
+speech (one hop per 250 ms, not per 10 ms chunk: the transcript waits for no more than this)."""
+_AHEAD_FEED_SECONDS = 1.0
+"""Audio gathered while the client is ahead of the pace of speech (a recording sent whole, a
+satellite catching up). Each hop wakes a worker and then the event loop, often on the other
+core, whose caches hold none of Vosk's: with a hop every 250 ms an utterance sent whole cost
+1.12-1.16x the file path's CPU on a 2-core machine, a second at a time 1.07x (docs/BENCHMARKS.md)."""
 _TOLD_AT_STOP = frozenset({"busy", "rate", "storage", "unsupported-language"})
 """Refusals a well-behaved client gets as it begins or streams an utterance: the rest of the
 utterance is read and dropped, and the error is sent after its audio-stop. Closed at once, the
@@ -80,6 +86,8 @@ class Connection:
         self._wire: WireFormat | None = None
         self._pending = bytearray()
         self._feed_bytes = 0
+        self._streamed = 0
+        """Bytes of audio the client sent in this utterance."""
         self._waiting: float | None = None
         """Since when (loop time) the next event is awaited; None while one is handled."""
         self._cut_off: WyomingError | None = None
@@ -210,6 +218,7 @@ class Connection:
             raise
         self._wire = wire
         self._feed_bytes = round(wire.rate * _FEED_SECONDS) * wire.frame_bytes
+        self._streamed = 0
 
     async def _chunk(self, event: Event) -> None:
         if self._utterance is None or self._wire is None:
@@ -225,8 +234,17 @@ class Connection:
         if not self._server.allowance(self._listener).take(len(audio) / (self._wire.rate * self._wire.frame_bytes)):
             raise WyomingError(self._over_allowance(), "rate")
         self._pending += audio
-        if len(self._pending) >= self._feed_bytes:
+        self._streamed += len(audio)
+        if len(self._pending) >= self._feed_bytes and not self._ahead():
             await self._feed()
+
+    def _ahead(self) -> bool:
+        """Whether the client is ahead of the pace of speech by more than a feed, and less than
+        _AHEAD_FEED_SECONDS is gathered: then the hop waits for more (fewer, larger hops)."""
+        assert self._wire is not None and self._streaming_since is not None
+        sent = self._streamed / (self._wire.rate * self._wire.frame_bytes)
+        ahead = sent - (asyncio.get_running_loop().time() - self._streaming_since) > _FEED_SECONDS
+        return ahead and len(self._pending) < round(self._wire.rate * _AHEAD_FEED_SECONDS) * self._wire.frame_bytes
 
     async def _feed(self) -> None:
         assert self._utterance is not None
