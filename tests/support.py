@@ -581,11 +581,18 @@ def wav_pcm(path: Path) -> tuple[bytes, int, int, int]:
 
 
 async def wyoming_utterance(
-    uri: str, path: Path, chunk_ms: int = 10, extra: dict[str, Any] | None = None, timeout: float = 60, live: bool = False
+    uri: str,
+    path: Path,
+    chunk_ms: int = 10,
+    extra: dict[str, Any] | None = None,
+    timeout: float = 60,
+    live: bool = False,
+    burst: float = 0.0,
 ) -> Event:
     """One utterance the way Home Assistant sends it: transcribe, audio-start, 10 ms chunks,
     audio-stop; the one event that answers (within `timeout` seconds of audio-stop). `live`:
-    the chunks at the pace of speech, as a satellite streams them; else as fast as they go."""
+    the chunks at the pace of speech, as a satellite streams them, after the first `burst`
+    seconds sent at once (what it buffered); else as fast as they go."""
     pcm, rate, width, channels = wav_pcm(path)
     step = rate * chunk_ms // 1000 * width * channels  # whole frames, as Home Assistant sends
     client = AsyncClient.from_uri(uri)
@@ -598,7 +605,7 @@ async def wyoming_utterance(
         began = time.monotonic()
         for number, index in enumerate(range(0, len(pcm), step)):
             if live:
-                await asyncio.sleep(max(0.0, began + number * chunk_ms / 1000 - time.monotonic()))
+                await asyncio.sleep(max(0.0, began + number * chunk_ms / 1000 - burst - time.monotonic()))
             await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[index : index + step]).event())
         await client.write_event(AudioStop().event())
         event = await asyncio.wait_for(client.read_event(), timeout)

@@ -40,8 +40,8 @@ _FEED_SECONDS = 0.25
 """Audio gathered before it goes to a worker thread while the client streams at the pace of
 speech (one hop per 250 ms, not per 10 ms chunk: the transcript waits for no more than this)."""
 _AHEAD_FEED_SECONDS = 1.0
-"""Audio gathered while the client is ahead of the pace of speech (a recording sent whole, a
-satellite catching up). Each hop wakes a worker and then the event loop, often on the other
+"""Audio gathered while it arrives faster than it is spoken (a recording sent whole, a
+satellite's buffered audio): each hop wakes a worker and then the event loop, often on the other
 core, whose caches hold none of Vosk's: with a hop every 250 ms an utterance sent whole cost
 1.12-1.16x the file path's CPU on a 2-core machine, a second at a time 1.07x (docs/BENCHMARKS.md)."""
 _TOLD_AT_STOP = frozenset({"busy", "rate", "storage", "unsupported-language"})
@@ -86,8 +86,8 @@ class Connection:
         self._wire: WireFormat | None = None
         self._pending = bytearray()
         self._feed_bytes = 0
-        self._streamed = 0
-        """Bytes of audio the client sent in this utterance."""
+        self._pending_since = 0.0
+        """When (loop time) the first of the audio now pending arrived."""
         self._waiting: float | None = None
         """Since when (loop time) the next event is awaited; None while one is handled."""
         self._cut_off: WyomingError | None = None
@@ -177,7 +177,7 @@ class Connection:
                 await self._send(Pong(text=Ping.from_event(event).text).event())
             # anything else is dropped, as the protocol asks of servers
         except WyomingError as exc:
-            if exc.code in _TOLD_AT_STOP:
+            if exc.code in _TOLD_AT_STOP and not AudioStop.is_type(event.type):  # at its audio-stop: told now
                 self._refusal = exc
                 await self._end_utterance(EndReason.STOPPED)  # its core is free now
                 return True
@@ -218,7 +218,6 @@ class Connection:
             raise
         self._wire = wire
         self._feed_bytes = round(wire.rate * _FEED_SECONDS) * wire.frame_bytes
-        self._streamed = 0
 
     async def _chunk(self, event: Event) -> None:
         if self._utterance is None or self._wire is None:
@@ -233,18 +232,22 @@ class Connection:
             )
         if not self._server.allowance(self._listener).take(len(audio) / (self._wire.rate * self._wire.frame_bytes)):
             raise WyomingError(self._over_allowance(), "rate")
+        if not self._pending:
+            self._pending_since = asyncio.get_running_loop().time()
         self._pending += audio
-        self._streamed += len(audio)
-        if len(self._pending) >= self._feed_bytes and not self._ahead():
+        if len(self._pending) >= self._feed_bytes and not self._arriving_fast():
             await self._feed()
 
-    def _ahead(self) -> bool:
-        """Whether the client is ahead of the pace of speech by more than a feed, and less than
-        _AHEAD_FEED_SECONDS is gathered: then the hop waits for more (fewer, larger hops)."""
-        assert self._wire is not None and self._streaming_since is not None
-        sent = self._streamed / (self._wire.rate * self._wire.frame_bytes)
-        ahead = sent - (asyncio.get_running_loop().time() - self._streaming_since) > _FEED_SECONDS
-        return ahead and len(self._pending) < round(self._wire.rate * _AHEAD_FEED_SECONDS) * self._wire.frame_bytes
+    def _arriving_fast(self) -> bool:
+        """Whether the audio pending came in less than half the time it lasts, and less than
+        _AHEAD_FEED_SECONDS of it is gathered: then the hop waits for more. Judged on what is
+        pending only, so a client that sent a burst and then streams live is handed over every
+        250 ms again once the burst is taken (what arrived while the last hop was decoded is
+        a small part of the next)."""
+        assert self._wire is not None
+        gathered = len(self._pending) / (self._wire.rate * self._wire.frame_bytes)
+        fast = asyncio.get_running_loop().time() - self._pending_since < gathered / 2
+        return fast and len(self._pending) < round(self._wire.rate * _AHEAD_FEED_SECONDS) * self._wire.frame_bytes
 
     async def _feed(self) -> None:
         assert self._utterance is not None
