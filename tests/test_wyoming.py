@@ -598,8 +598,6 @@ def test_serve_says_what_is_missing(household, tmp_path):
 
 
 def test_a_defect_inside_one_utterance_is_an_error_for_that_client_only(server, clip, monkeypatch):
-    from edge.wyoming.utterance import Utterance
-
     served, uri, data = server
 
     def broken(self, raw):

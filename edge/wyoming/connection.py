@@ -43,7 +43,7 @@ _AHEAD_FEED_SECONDS = 1.0
 """Audio gathered while it arrives faster than it is spoken (a recording sent whole, a
 satellite's buffered audio): each hop wakes a worker and then the event loop, often on the other
 core, whose caches hold none of Vosk's: with a hop every 250 ms an utterance sent whole cost
-1.12-1.16x the file path's CPU on a 2-core machine, a second at a time 1.07x (docs/BENCHMARKS.md)."""
+1.12-1.16x the file path's CPU on a 2-core machine, a second at a time 1.07-1.09x (docs/BENCHMARKS.md)."""
 _TOLD_AT_STOP = frozenset({"busy", "rate", "storage", "unsupported-language"})
 """Refusals a well-behaved client gets as it begins or streams an utterance: the rest of the
 utterance is read and dropped, and the error is sent after its audio-stop. Closed at once, the
