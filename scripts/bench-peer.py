@@ -190,19 +190,9 @@ def versions() -> str:
 
     return (
         f"peer: wyoming-vosk {peer[0]} (wyoming {peer[1]}, vosk {peer[2]}); "
-        f"edge: {m.version('edge') if _has('edge') else '?'} (wyoming {m.version('wyoming')}, vosk {m.version('vosk')}); "
+        f"edge: {m.version('edge')} (wyoming {m.version('wyoming')}, vosk {m.version('vosk')}); "
         f"edge git {subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}"
     )
-
-
-def _has(dist: str) -> bool:
-    import importlib.metadata as m
-
-    try:
-        m.version(dist)
-    except m.PackageNotFoundError:
-        return False
-    return True
 
 
 def main() -> int:

@@ -1167,9 +1167,6 @@ def wyoming_in_process(work: Path, pairs: int) -> list[Row]:
     household = Household(config, model, runtime.recorder, runtime.audit, lambda: runtime.agent.active_profile, runtime.agent.tagger)
     pcm = wav_pcm(make_utterance(work, config.trigger.silence_end.total_seconds()))
 
-    def decoded() -> int:
-        return sum(r.fed for idle in model._idle.values() for r in idle)
-
     def by_wyoming() -> None:
         utterance = Utterance(household, config.listeners[0], WireFormat(rate=PIPELINE_RATE, width=2, channels=1))
         step = PIPELINE_RATE * 2 * CHUNK_MS // 1000
@@ -1181,9 +1178,9 @@ def wyoming_in_process(work: Path, pairs: int) -> list[Row]:
         runtime.agent.run([pcm[start : start + 4000] for start in range(0, len(pcm), 4000)])
 
     def measured(run: Callable[[], None]) -> tuple[float, int]:
-        before, start = decoded(), time.process_time()
+        before, start = model.decoded_bytes(), time.process_time()
         run()
-        return time.process_time() - start, decoded() - before
+        return time.process_time() - start, model.decoded_bytes() - before
 
     measured(by_wyoming), measured(by_file)  # warm-ups: a recognizer and its graph cache each
     ratios, fed = [], {"wyoming": 0, "file": 0}

@@ -484,11 +484,6 @@ def _wav(path: Path, pcm: bytes) -> Path:
     return path
 
 
-def _decoded_bytes(model) -> int:
-    """Audio handed to Vosk so far by the model's idle recognizers (an utterance's goes back to them)."""
-    return sum(r.fed for idle in model._idle.values() for r in idle)
-
-
 def test_trailing_silence_is_not_decoded_when_the_audio_ends_inside_a_frame(server, clip, speech, model, tmp_path):
     """Silence at the end is decoded only as far as the padding after speech, as in `run
     --input`, also when the client's audio ends inside a 30 ms frame: that last part is judged
@@ -498,9 +493,9 @@ def test_trailing_silence_is_not_decoded_when_the_audio_ends_inside_a_frame(serv
     whole = pcm[: len(pcm) - len(pcm) % FRAME_BYTES]
     decoded = []
     for audio in (whole, whole + bytes(FRAME_BYTES // 3)):  # ends on a frame; 10 ms more silence
-        before = _decoded_bytes(model)
+        before = model.decoded_bytes()
         assert _text(asyncio.run(wyoming_utterance(uri, _wav(tmp_path / f"{len(audio)}.wav", audio)))) == SAID
-        decoded.append(_decoded_bytes(model) - before)
+        decoded.append(model.decoded_bytes() - before)
     assert decoded[0] == decoded[1] and decoded[0] < len(whole) - 0.5 * 32000, decoded
 
 

@@ -118,6 +118,12 @@ class SpeechModel:
             recognizer = idle.pop() if idle else None
         return Decoder(recognizer or self._recognizer(key), self.unknown_word, idle, padding)
 
+    def decoded_bytes(self) -> int:
+        """Audio handed to Vosk so far by the recognizers now idle (each session's goes back at
+        its end): what the tests and the bench hold the decoder's work to."""
+        with self._idle_lock:
+            return sum(recognizer.fed for idle in self._idle.values() for recognizer in idle)
+
     def _recognizer(self, phrases: tuple[str, ...]) -> _Recognizer:
         if phrases:
             spec = json.dumps(list(phrases) + [self.unknown_word], ensure_ascii=False)
